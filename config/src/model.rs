@@ -1,0 +1,154 @@
+//! The effective configuration: what the daemon runs after defaults are applied and
+//! every value has been validated. Nothing in here can be invalid.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// The whole configuration of one daemon: daemon-wide settings and its devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Daemon-wide settings (`[daemon]`).
+    pub daemon: DaemonConfig,
+    /// The devices (`[[device]]`), in file order. Names and sockets are unique.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// Daemon-wide settings (`[daemon]` table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Directory for sockets; created if missing.
+    pub run_dir: PathBuf,
+    /// Path of the control socket used by `vdpactl`.
+    pub control_socket: PathBuf,
+    /// Default log filter (`error`, `warn`, `info`, `debug`, `trace`, or an
+    /// `EnvFilter` directive string).
+    pub log_level: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Ownership and mode given to every socket the daemon creates, unless a device
+    /// overrides it.
+    pub socket_perms: SocketPerms,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Owner, group and permission bits applied to a Unix socket after it is bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketPerms {
+    /// Permission bits, e.g. `0o600`.
+    pub mode: u32,
+    /// Owner uid to `chown` the socket to, if set.
+    pub owner: Option<u32>,
+    /// Group gid to `chown` the socket to, if set.
+    pub group: Option<u32>,
+}
+
+/// How a device chooses its datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Offload when the PCI function has virtio rings, software otherwise.
+    Auto,
+    /// Hardware offload through VFIO; needs `pci`.
+    Offload,
+    /// Software datapath with the configured backend.
+    Software,
+}
+
+/// The host side of the software datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Every frame the guest sends comes back to its own RX queue (tests, benchmarks).
+    Loopback,
+    /// A tap device; `None` lets the kernel pick the name (`vdpadN`... style prefix).
+    Tap {
+        /// Tap interface name to create or attach to.
+        name: Option<String>,
+    },
+    /// AF_PACKET on an existing network interface. `None` means "the netdev of the
+    /// device's PCI function", resolved at start.
+    AfPacket {
+        /// Interface name to bind to.
+        netdev: Option<String>,
+    },
+}
+
+/// A PCI address `domain:bus:device.function`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PciAddress {
+    /// PCI domain (segment), 0..=0xffff.
+    pub domain: u16,
+    /// Bus number.
+    pub bus: u8,
+    /// Device number, 0..=31.
+    pub device: u8,
+    /// Function number, 0..=7.
+    pub function: u8,
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
+    }
+}
+
+/// An Ethernet MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddress(pub [u8; 6]);
+
+impl fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// One vhost-user virtio-net device (`[[device]]` entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Unique device name, `[A-Za-z0-9_.-]`, 1..=64 characters.
+    pub name: String,
+    /// vhost-user socket path; default `<run_dir>/<name>.sock`.
+    pub socket: PathBuf,
+    /// Datapath selection.
+    pub mode: Mode,
+    /// PCI function for offload (and the netdev owner for software on a NIC).
+    pub pci: Option<PciAddress>,
+    /// Software backend (used in software mode and as the offload fallback).
+    pub backend: Backend,
+    /// Number of RX/TX queue pairs offered (1..=MAX_QUEUE_PAIRS).
+    pub queue_pairs: u16,
+    /// Maximum ring size accepted from the frontend (power of two, 2..=32768).
+    pub queue_size: u16,
+    /// MAC address offered with VIRTIO_NET_F_MAC.
+    pub mac: Option<MacAddress>,
+    /// MTU offered with VIRTIO_NET_F_MTU (68..=65535).
+    pub mtu: Option<u16>,
+    /// Offer VIRTIO_RING_F_EVENT_IDX.
+    pub event_idx: bool,
+    /// Offer VIRTIO_NET_F_MRG_RXBUF.
+    pub mrg_rxbuf: bool,
+    /// When offload fails to come up, run the software datapath instead.
+    pub fallback: bool,
+    /// Socket ownership and mode for this device's socket.
+    pub socket_perms: SocketPerms,
+}
+
+/// Largest `queue_pairs` accepted.
+pub const MAX_QUEUE_PAIRS: u16 = 64;
+/// Largest split-ring size the virtio spec allows.
+pub const MAX_QUEUE_SIZE: u16 = 32768;

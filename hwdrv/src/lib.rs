@@ -1,0 +1,1 @@
+//! hwdrv (being written)

@@ -1,0 +1,1 @@
+//! swpath (being written)

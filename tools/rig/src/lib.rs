@@ -1,0 +1,1 @@
+//! vdpa-rig library (being written)

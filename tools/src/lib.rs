@@ -1,0 +1,1 @@
+//! vdpad daemon wiring (being written)

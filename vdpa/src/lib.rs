@@ -1,0 +1,1 @@
+//! vdpa (being written)
