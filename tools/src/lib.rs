@@ -1,1 +1,14 @@
-//! vdpad daemon wiring (being written)
+//! The vdpad daemon's wiring, as a library so that tests can run a daemon in-process:
+//! configuration in, devices wired to a datapath, sockets served, signals handled.
+//!
+//! - [`daemon`]: start and stop all configured devices.
+//! - [`wiring`]: the one place that chooses a datapath for a device.
+//! - [`qemu`]: the QEMU command line that attaches a VM to a device.
+//! - [`signals`]: SIGTERM/SIGINT/SIGUSR1 handling for the daemon's main thread.
+//! - [`logging`]: `tracing` setup.
+
+pub mod daemon;
+pub mod logging;
+pub mod qemu;
+pub mod signals;
+pub mod wiring;

@@ -1,1 +1,23 @@
-//! vdpa (being written)
+//! The vdpad control plane: vhost-user request handling for virtio-net devices, the
+//! device model and its lifecycle, guest memory, per-queue statistics — and the
+//! vocabulary the two datapaths share ([`datapath`]).
+//!
+//! Layering: `vdpa` depends only on `vdpad-config`; the datapaths (`swpath`, `hwdrv`)
+//! depend on `vdpa`; the daemon (`tools`) wires them together.
+
+pub mod datapath;
+pub mod device;
+pub mod features;
+pub mod handler;
+pub mod memory;
+pub mod net_config;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod vring;
+pub mod wire;
+
+pub use datapath::{Datapath, DatapathError, QueuePairConfig, RingAddrs, RingConfig, RingEvents};
+pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus};
+pub use memory::{GuestMemory, MemoryError, MemoryRegion};
+pub use stats::{BadDescriptor, BurstCounts, DropReason, QueueCounters, QueueStats};

@@ -1,0 +1,400 @@
+//! The device side of a split virtqueue (virtio 1.x section 2.7) in guest memory:
+//! reading the avail ring, walking and validating descriptor chains, writing used
+//! entries in batches, and EVENT_IDX notification suppression in both directions.
+//!
+//! Guest memory is shared with a running guest, so every access here goes through a
+//! raw pointer obtained from [`GuestMemory::translate`], which proves the whole range
+//! lies inside a mapping that the `Arc<GuestMemory>` held by the ring keeps alive.
+//! Index fields are accessed atomically with the orderings the virtio memory model
+//! asks for; everything else with volatile reads and writes.
+
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::Arc;
+
+use vdpa::{BadDescriptor, DatapathError, GuestMemory, RingConfig};
+
+/// Descriptor flag: the chain continues at `next`.
+const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the device writes this buffer.
+const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is a table of descriptors.
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// Avail flag (no EVENT_IDX): the driver does not want interrupts.
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Used flag (no EVENT_IDX): the device does not want kicks.
+const VRING_USED_F_NO_NOTIFY: u16 = 1;
+
+/// One descriptor as laid out in the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Descriptor {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+/// One guest buffer of a chain, already translated to a host address.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    /// Host address of the buffer.
+    pub ptr: *mut u8,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+// SAFETY: a segment is only an address into guest memory, whose mapping is kept alive
+// by the `Arc<GuestMemory>` of the ring that produced it; segments live in the same
+// mover as that ring and move between threads together with it.
+unsafe impl Send for Segment {}
+
+/// A validated descriptor chain: its head and its buffers, all of one direction.
+#[derive(Debug)]
+pub struct Chain {
+    /// Head descriptor index, to return in the used ring.
+    pub head: u16,
+    /// The buffers in order.
+    pub segs: Vec<Segment>,
+    /// Total length of all buffers.
+    pub total: u64,
+}
+
+impl Chain {
+    /// An empty chain able to hold `capacity` buffers without reallocating.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Chain {
+            head: 0,
+            segs: Vec::with_capacity(capacity),
+            total: 0,
+        }
+    }
+}
+
+/// Which way the buffers of a chain must point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Device reads (guest TX).
+    DeviceReads,
+    /// Device writes (guest RX).
+    DeviceWrites,
+}
+
+/// `vring_need_event` from the virtio spec: whether moving an index from `old` to
+/// `new` crossed the other side's `event` index.
+#[inline]
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// The device side of one split ring.
+pub struct DeviceRing {
+    index: u16,
+    size: u16,
+    desc: *const Descriptor,
+    avail: *mut u8,
+    used: *mut u8,
+    event_idx: bool,
+    next_avail: u16,
+    next_used: u16,
+    /// Used index the driver last saw (published).
+    published_used: u16,
+    /// Used index when we last decided about an interrupt.
+    signalled_used: u16,
+    mem: Arc<GuestMemory>,
+    hint: usize,
+    broken: bool,
+}
+
+// SAFETY: the raw pointers point into guest memory kept mapped by `mem` (an Arc that
+// moves with the ring); the ring is used by one thread at a time.
+unsafe impl Send for DeviceRing {}
+
+impl DeviceRing {
+    /// Maps a ring's three parts. Fails if any part is outside guest memory or
+    /// misaligned; resumes at `cfg.base` and at the used index found in memory.
+    pub fn new(
+        cfg: &RingConfig,
+        mem: Arc<GuestMemory>,
+        event_idx: bool,
+    ) -> Result<Self, DatapathError> {
+        let n = u64::from(cfg.size);
+        let err = |what: &str| DatapathError::Ring {
+            ring: cfg.index,
+            what: what.to_owned(),
+        };
+        if cfg.size == 0 || !cfg.size.is_power_of_two() {
+            return Err(err("size is not a power of two"));
+        }
+        if cfg.addrs.desc % 16 != 0 || cfg.addrs.avail % 2 != 0 || cfg.addrs.used % 4 != 0 {
+            return Err(err("misaligned ring address"));
+        }
+        let desc = mem
+            .translate(cfg.addrs.desc, 16 * n)
+            .ok_or_else(|| err("descriptor table outside guest memory"))?;
+        let avail = mem
+            .translate(cfg.addrs.avail, 6 + 2 * n)
+            .ok_or_else(|| err("avail ring outside guest memory"))?;
+        let used = mem
+            .translate(cfg.addrs.used, 6 + 8 * n)
+            .ok_or_else(|| err("used ring outside guest memory"))?;
+        let mut ring = DeviceRing {
+            index: cfg.index,
+            size: cfg.size,
+            desc: desc as *const Descriptor,
+            avail,
+            used,
+            event_idx,
+            next_avail: cfg.base,
+            next_used: 0,
+            published_used: 0,
+            signalled_used: 0,
+            mem,
+            hint: 0,
+            broken: false,
+        };
+        let used_idx = ring.used_idx_field().load(Ordering::Acquire);
+        ring.next_used = used_idx;
+        ring.published_used = used_idx;
+        ring.signalled_used = used_idx;
+        Ok(ring)
+    }
+
+    /// vhost-user ring index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// Number of descriptors.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// The next avail entry the device will take (`last_avail_idx`).
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// Whether the ring was found corrupt and is no longer processed.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn avail_idx_field(&self) -> &AtomicU16 {
+        // SAFETY: `avail + 2` is inside the translated avail ring and 2-byte aligned
+        // (avail is checked even); AtomicU16 has the layout of u16.
+        unsafe { &*(self.avail.add(2) as *const AtomicU16) }
+    }
+
+    fn used_idx_field(&self) -> &AtomicU16 {
+        // SAFETY: `used + 2` is inside the translated used ring, 2-byte aligned.
+        unsafe { &*(self.used.add(2) as *const AtomicU16) }
+    }
+
+    fn used_event_field(&self) -> &AtomicU16 {
+        // SAFETY: the avail ring was translated with room for `used_event` at
+        // `4 + 2 * size`, which is even.
+        unsafe { &*(self.avail.add(4 + 2 * usize::from(self.size)) as *const AtomicU16) }
+    }
+
+    fn avail_event_field(&self) -> &AtomicU16 {
+        // SAFETY: the used ring was translated with room for `avail_event` at
+        // `4 + 8 * size`, which is even.
+        unsafe { &*(self.used.add(4 + 8 * usize::from(self.size)) as *const AtomicU16) }
+    }
+
+    fn avail_flags(&self) -> u16 {
+        // SAFETY: offset 0 of the avail ring, 2-byte aligned, inside the mapping.
+        unsafe { (*(self.avail as *const AtomicU16)).load(Ordering::Relaxed) }
+    }
+
+    fn used_flags_field(&self) -> &AtomicU16 {
+        // SAFETY: offset 0 of the used ring, 2-byte aligned, inside the mapping.
+        unsafe { &*(self.used as *const AtomicU16) }
+    }
+
+    /// How many chains the driver has made available beyond `next_avail`. A jump of
+    /// more than the ring size means the driver corrupted the ring: the ring is marked
+    /// broken (no longer processed) and the error is returned once.
+    pub fn available(&mut self) -> Result<u16, BadDescriptor> {
+        if self.broken {
+            return Ok(0);
+        }
+        // Acquire pairs with the driver's write barrier before it bumps `idx`: the
+        // ring entries up to `idx` are visible after this load.
+        let idx = self.avail_idx_field().load(Ordering::Acquire);
+        let n = idx.wrapping_sub(self.next_avail);
+        if n > self.size {
+            self.broken = true;
+            return Err(BadDescriptor::AvailIndexJump);
+        }
+        Ok(n)
+    }
+
+    /// Takes the next available head index. Call only when `available() > 0`.
+    pub fn pop_head(&mut self) -> u16 {
+        let slot = usize::from(self.next_avail & (self.size - 1));
+        // SAFETY: slot < size, and the avail ring was translated for 4 + 2*size bytes.
+        let head = unsafe {
+            (*(self.avail.add(4 + 2 * slot) as *const AtomicU16)).load(Ordering::Relaxed)
+        };
+        self.next_avail = self.next_avail.wrapping_add(1);
+        head
+    }
+
+    /// Gives back the last `n` heads taken with [`pop_head`](Self::pop_head).
+    pub fn unpop(&mut self, n: u16) {
+        self.next_avail = self.next_avail.wrapping_sub(n);
+    }
+
+    fn descriptor(&self, i: u16) -> Descriptor {
+        // SAFETY: callers pass i < size; the table was translated for 16*size bytes
+        // and is 16-byte aligned.
+        let d = unsafe { std::ptr::read_volatile(self.desc.add(usize::from(i))) };
+        Descriptor {
+            addr: u64::from_le(d.addr),
+            len: u32::from_le(d.len),
+            flags: u16::from_le(d.flags),
+            next: u16::from_le(d.next),
+        }
+    }
+
+    /// Walks the chain at `head` into `out`, checking every descriptor: index in
+    /// range, buffer inside guest memory, non-zero length, the expected direction, no
+    /// indirect tables (not negotiated), at most `size` descriptors (so no loops).
+    pub fn read_chain(
+        &mut self,
+        head: u16,
+        dir: Direction,
+        out: &mut Chain,
+    ) -> Result<(), BadDescriptor> {
+        out.head = head;
+        out.segs.clear();
+        out.total = 0;
+        if head >= self.size {
+            return Err(BadDescriptor::HeadOutOfRange);
+        }
+        let mut i = head;
+        loop {
+            if out.segs.len() >= usize::from(self.size) {
+                return Err(BadDescriptor::ChainTooLong);
+            }
+            let d = self.descriptor(i);
+            if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+                return Err(BadDescriptor::Indirect);
+            }
+            let writes = d.flags & VIRTQ_DESC_F_WRITE != 0;
+            if writes != (dir == Direction::DeviceWrites) {
+                return Err(BadDescriptor::WrongDirection);
+            }
+            if d.len == 0 {
+                return Err(BadDescriptor::ZeroLength);
+            }
+            let ptr = self
+                .mem
+                .translate_cached(&mut self.hint, d.addr, u64::from(d.len))
+                .ok_or(BadDescriptor::Address)?;
+            out.segs.push(Segment { ptr, len: d.len });
+            out.total += u64::from(d.len);
+            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            if d.next >= self.size {
+                return Err(BadDescriptor::NextOutOfRange);
+            }
+            i = d.next;
+        }
+    }
+
+    /// Writes a used entry; the driver sees it after [`publish_used`](Self::publish_used).
+    pub fn push_used(&mut self, head: u16, len: u32) {
+        let slot = usize::from(self.next_used & (self.size - 1));
+        // SAFETY: slot < size; the used ring was translated for 4 + 8*size bytes and
+        // each 8-byte element is 4-byte aligned.
+        unsafe {
+            let elem = self.used.add(4 + 8 * slot) as *mut u32;
+            std::ptr::write_volatile(elem, u32::from(head).to_le());
+            std::ptr::write_volatile(elem.add(1), len.to_le());
+        }
+        self.next_used = self.next_used.wrapping_add(1);
+    }
+
+    /// Whether used entries were written but not yet published.
+    pub fn has_unpublished(&self) -> bool {
+        self.next_used != self.published_used
+    }
+
+    /// Publishes every used entry written so far with one index store.
+    pub fn publish_used(&mut self) {
+        if !self.has_unpublished() {
+            return;
+        }
+        // Release orders the element writes before the index the driver reads.
+        self.used_idx_field()
+            .store(self.next_used, Ordering::Release);
+        self.published_used = self.next_used;
+    }
+
+    /// Whether the driver wants an interrupt for what was published since the last
+    /// decision. Records the decision point either way.
+    pub fn needs_interrupt(&mut self) -> bool {
+        let old = self.signalled_used;
+        let new = self.published_used;
+        if old == new {
+            return false;
+        }
+        self.signalled_used = new;
+        // Full barrier: our used-index store must be visible before we read the
+        // driver's used_event / flags, or both sides could decide not to notify.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            need_event(self.used_event_field().load(Ordering::Relaxed), new, old)
+        } else {
+            self.avail_flags() & VRING_AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+
+    /// Asks the driver for a kick when it adds buffers, then checks whether some were
+    /// added meanwhile. Returns true if there is work (the caller should process
+    /// again instead of sleeping).
+    pub fn enable_notification(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        if self.event_idx {
+            self.avail_event_field()
+                .store(self.next_avail, Ordering::Relaxed);
+        } else {
+            self.used_flags_field().store(0, Ordering::Relaxed);
+        }
+        // Full barrier: the request for a kick must be visible before we re-read the
+        // avail index, or a buffer added in between would go unnoticed.
+        fence(Ordering::SeqCst);
+        self.avail_idx_field().load(Ordering::Acquire) != self.next_avail
+    }
+
+    /// Tells the driver kicks are not needed while the device is busy. With EVENT_IDX
+    /// this is implicit: `avail_event` is simply not advanced.
+    pub fn disable_notification(&mut self) {
+        if !self.event_idx {
+            self.used_flags_field()
+                .store(VRING_USED_F_NO_NOTIFY, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn need_event_matches_the_spec_formula() {
+        // Event at 5: moving 4 -> 6 crosses it, 6 -> 8 does not.
+        assert!(need_event(5, 6, 4));
+        assert!(!need_event(5, 8, 6));
+        // Exactly reaching event+1 crosses it.
+        assert!(need_event(5, 6, 5));
+        // Across the 16-bit wrap.
+        assert!(need_event(0xffff, 1, 0xfffe));
+        assert!(!need_event(0xfff0, 1, 0xfffe));
+    }
+}

@@ -1,0 +1,128 @@
+//! The vocabulary both datapaths share with the control plane: what a ring looks
+//! like, the kick/call eventfds that drive it, and the [`Datapath`] trait.
+//!
+//! The control plane (this crate) decides *when* a queue pair runs; a datapath
+//! (`swpath` in software, `hwdrv` in hardware) decides *how*. Both get the same
+//! [`QueuePairConfig`]: guest-physical ring addresses, the index to start from, and the
+//! same kick and call eventfds — software reads kicks and writes calls itself, offload
+//! routes them to a NIC's doorbell and MSI-X vectors.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::features::Negotiated;
+use crate::memory::GuestMemory;
+use crate::stats::QueueStats;
+
+/// Guest-physical addresses of one split virtqueue's three parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingAddrs {
+    /// Descriptor table (16-byte aligned).
+    pub desc: u64,
+    /// Available ring, written by the driver (2-byte aligned).
+    pub avail: u64,
+    /// Used ring, written by the device (4-byte aligned).
+    pub used: u64,
+}
+
+/// The notification pair of one ring.
+#[derive(Clone, Debug)]
+pub struct RingEvents {
+    /// Guest → device: signalled when the driver adds buffers.
+    pub kick: Arc<EventFd>,
+    /// Device → guest: written to interrupt the guest. `None` when the frontend polls.
+    pub call: Option<Arc<EventFd>>,
+}
+
+/// Everything needed to serve one ring.
+#[derive(Clone, Debug)]
+pub struct RingConfig {
+    /// vhost-user ring index (RX of pair i is 2i, TX is 2i+1).
+    pub index: u16,
+    /// Number of descriptors (a power of two).
+    pub size: u16,
+    /// Where the ring lives in guest memory.
+    pub addrs: RingAddrs,
+    /// Avail index to resume from (SET_VRING_BASE, or where a previous run stopped).
+    pub base: u16,
+    /// Kick and call eventfds.
+    pub events: RingEvents,
+}
+
+/// One RX/TX queue pair ready to run.
+#[derive(Clone, Debug)]
+pub struct QueuePairConfig {
+    /// Queue pair number.
+    pub pair: u16,
+    /// The receive ring (device writes frames into guest buffers).
+    pub rx: RingConfig,
+    /// The transmit ring (device reads frames from guest buffers).
+    pub tx: RingConfig,
+    /// Features the frontend acked.
+    pub features: Negotiated,
+    /// Guest memory the rings and buffers live in.
+    pub mem: Arc<GuestMemory>,
+}
+
+/// Why a datapath could not do what it was asked.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    /// A ring does not lie within guest memory or is misaligned.
+    #[error("ring {ring}: {what}")]
+    Ring {
+        /// vhost-user ring index.
+        ring: u16,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The queue pair is not one this datapath can serve.
+    #[error("queue pair {pair} is not available: {why}")]
+    Pair {
+        /// Queue pair number.
+        pair: u16,
+        /// Why not.
+        why: String,
+    },
+    /// A worker thread could not be started.
+    #[error("starting worker for queue pair {pair}")]
+    Spawn {
+        /// Queue pair number.
+        pair: u16,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host backend (tap, socket, NIC) failed.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// A way of moving packets for one device: software workers or a NIC.
+///
+/// The control plane calls these from its message thread, never concurrently.
+/// Implementations must not block for long: a frontend waits for the reply.
+pub trait Datapath: Send {
+    /// Short description for logs and `vdpactl`, e.g. `software/loopback`.
+    fn describe(&self) -> String;
+
+    /// Starts serving a queue pair. The pair is not running when this is called.
+    fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError>;
+
+    /// Stops a running queue pair and waits until it no longer touches guest memory
+    /// or the eventfds. Afterwards [`base`](Self::base) reports where each of its
+    /// rings stopped. Stopping a pair that is not running does nothing.
+    fn stop(&mut self, pair: u16);
+
+    /// The avail index a stopped ring should resume from (its `last_avail_idx`), or
+    /// `None` if this datapath never ran the ring since the last reset.
+    fn base(&self, ring: u16) -> Option<u16>;
+
+    /// Counters of every ring this datapath has run since it was created.
+    fn stats(&self) -> Vec<QueueStats>;
+
+    /// Stops everything and forgets ring positions (frontend disconnected). Counters
+    /// are kept.
+    fn reset(&mut self);
+}

@@ -1,0 +1,147 @@
+//! Virtio and vhost-user feature bits, and the feature sets a device offers.
+//!
+//! The guest-visible feature set is a function of the device configuration only, so
+//! that the same device offers the same features whichever datapath serves it.
+
+use vdpad_config::DeviceConfig;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+
+/// VIRTIO_NET_F_MTU: the device reports a maximum MTU in its config space.
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
+/// VIRTIO_NET_F_MAC: the device has a MAC address in its config space.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// VIRTIO_NET_F_MRG_RXBUF: the driver can merge receive buffers.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// VIRTIO_NET_F_STATUS: the config space has a link status field.
+pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// VIRTIO_NET_F_MQ: more than one RX/TX queue pair.
+pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+/// VIRTIO_RING_F_INDIRECT_DESC: indirect descriptor tables.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// VIRTIO_RING_F_EVENT_IDX: used_event / avail_event notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// VHOST_USER_F_PROTOCOL_FEATURES: the vhost-user protocol feature negotiation.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// VIRTIO_F_VERSION_1: virtio 1.x (little-endian, 12-byte net header).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_IOMMU_PLATFORM: never offered (no IOTLB support).
+pub const VIRTIO_F_IOMMU_PLATFORM: u64 = 1 << 33;
+
+/// The virtio features a device offers to the frontend, from its configuration.
+pub fn offered_features(cfg: &DeviceConfig) -> u64 {
+    let mut f = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
+    if cfg.event_idx {
+        f |= VIRTIO_RING_F_EVENT_IDX;
+    }
+    if cfg.mrg_rxbuf {
+        f |= VIRTIO_NET_F_MRG_RXBUF;
+    }
+    if cfg.mac.is_some() {
+        f |= VIRTIO_NET_F_MAC;
+    }
+    if cfg.mtu.is_some() {
+        f |= VIRTIO_NET_F_MTU;
+    }
+    if cfg.queue_pairs > 1 {
+        f |= VIRTIO_NET_F_MQ;
+    }
+    f
+}
+
+/// The vhost-user protocol features this control plane implements, and so offers.
+///
+/// STATUS, LOG_SHMFD, BACKEND_REQ, HOST_NOTIFIER and INFLIGHT are deliberately absent:
+/// they are only offered once they are implemented.
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::MTU
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+}
+
+/// Negotiated features as the datapath needs them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// All acked virtio feature bits.
+    pub bits: u64,
+}
+
+impl Negotiated {
+    /// Whether `bit` was acked.
+    pub fn has(&self, bit: u64) -> bool {
+        self.bits & bit != 0
+    }
+
+    /// EVENT_IDX notification suppression is on.
+    pub fn event_idx(&self) -> bool {
+        self.has(VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    /// Mergeable receive buffers are on.
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.has(VIRTIO_NET_F_MRG_RXBUF)
+    }
+
+    /// Length of the virtio-net header that precedes every frame: 12 bytes with
+    /// VERSION_1 or MRG_RXBUF (it carries `num_buffers`), 10 bytes for a legacy driver.
+    pub fn net_header_len(&self) -> usize {
+        if self.has(VIRTIO_F_VERSION_1) || self.mrg_rxbuf() {
+            12
+        } else {
+            10
+        }
+    }
+}
+
+/// Names of the feature bits set in `bits`, for logs and `vdpactl`.
+pub fn feature_names(bits: u64) -> Vec<&'static str> {
+    const NAMES: &[(u64, &str)] = &[
+        (VIRTIO_NET_F_MTU, "MTU"),
+        (VIRTIO_NET_F_MAC, "MAC"),
+        (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
+        (VIRTIO_NET_F_STATUS, "STATUS"),
+        (VIRTIO_NET_F_MQ, "MQ"),
+        (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
+        (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
+        (VHOST_USER_F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
+        (VIRTIO_F_VERSION_1, "VERSION_1"),
+        (VIRTIO_F_IOMMU_PLATFORM, "IOMMU_PLATFORM"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_length_follows_version_and_mrg() {
+        assert_eq!(
+            Negotiated {
+                bits: VIRTIO_F_VERSION_1
+            }
+            .net_header_len(),
+            12
+        );
+        assert_eq!(
+            Negotiated {
+                bits: VIRTIO_NET_F_MRG_RXBUF
+            }
+            .net_header_len(),
+            12
+        );
+        assert_eq!(Negotiated { bits: 0 }.net_header_len(), 10);
+    }
+
+    #[test]
+    fn names_cover_set_bits() {
+        let n = feature_names(VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+        assert_eq!(n, vec!["EVENT_IDX", "VERSION_1"]);
+    }
+}

@@ -1,0 +1,420 @@
+//! Guest memory as the frontend shares it: file-backed regions mapped into this
+//! process, with guest-physical and frontend-virtual address translation.
+//!
+//! A [`GuestMemory`] is immutable. A memory-table change builds a new one (sharing the
+//! regions that did not change) and the control plane swaps it in after quiescing the
+//! datapath, so a worker never sees regions disappear under it: it holds an `Arc` to
+//! the table it started with.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+/// Why a memory region could not be used.
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    /// The region's size, addresses or offset are zero or overflow.
+    #[error(
+        "invalid region: gpa {gpa:#x} size {size:#x} user_addr {user_addr:#x} offset {offset:#x}"
+    )]
+    InvalidRegion {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Length in bytes.
+        size: u64,
+        /// Frontend virtual address.
+        user_addr: u64,
+        /// Offset into the file.
+        offset: u64,
+    },
+    /// The backing file is not a regular file or is smaller than the region.
+    #[error("region gpa {gpa:#x} needs {needed:#x} bytes of its file, which has {actual:#x}")]
+    FileTooSmall {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Bytes needed (offset + size).
+        needed: u64,
+        /// Bytes the file has (0 if not a regular file).
+        actual: u64,
+    },
+    /// fstat or mmap failed.
+    #[error("mapping region gpa {gpa:#x} failed")]
+    Map {
+        /// Guest-physical start.
+        gpa: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The region overlaps an existing one in guest-physical or frontend-virtual space.
+    #[error("region gpa {gpa:#x} size {size:#x} overlaps an existing region")]
+    Overlap {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Length in bytes.
+        size: u64,
+    },
+    /// A removal named a region that is not in the table.
+    #[error("no region at gpa {gpa:#x} size {size:#x} to remove")]
+    NoSuchRegion {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Length in bytes.
+        size: u64,
+    },
+    /// More regions than the table may hold.
+    #[error("too many memory regions (at most {max})")]
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Most regions one memory table may hold (answered to GET_MAX_MEM_SLOTS).
+pub const MAX_REGIONS: usize = 64;
+
+/// One mapped region of guest memory.
+#[derive(Debug)]
+pub struct MemoryRegion {
+    gpa: u64,
+    size: u64,
+    user_addr: u64,
+    mmap_offset: u64,
+    /// Host address of guest-physical `gpa`.
+    host: *mut u8,
+    map_base: *mut libc::c_void,
+    map_len: usize,
+    _file: File,
+}
+
+// SAFETY: the region owns its mapping; the raw pointers are only addresses into that
+// shared mapping, which stays valid until Drop, and every access through them is done
+// by code that already treats the memory as shared with a concurrently running guest.
+unsafe impl Send for MemoryRegion {}
+// SAFETY: see Send; the struct itself is never mutated after construction.
+unsafe impl Sync for MemoryRegion {}
+
+impl MemoryRegion {
+    /// Maps `size` bytes of `file` at `mmap_offset`, to serve guest-physical
+    /// `[gpa, gpa + size)`, known to the frontend at virtual address `user_addr`.
+    pub fn map(
+        gpa: u64,
+        size: u64,
+        user_addr: u64,
+        mmap_offset: u64,
+        file: File,
+    ) -> Result<Self, MemoryError> {
+        let invalid = || MemoryError::InvalidRegion {
+            gpa,
+            size,
+            user_addr,
+            offset: mmap_offset,
+        };
+        let end_in_file = mmap_offset.checked_add(size).ok_or_else(invalid)?;
+        if size == 0
+            || gpa.checked_add(size).is_none()
+            || user_addr.checked_add(size).is_none()
+            || usize::try_from(end_in_file).is_err()
+        {
+            return Err(invalid());
+        }
+        // Touching a mapping beyond the end of its file raises SIGBUS: refuse regions
+        // that the file cannot back, and anything that is not a regular file.
+        let meta = file
+            .metadata()
+            .map_err(|source| MemoryError::Map { gpa, source })?;
+        let actual = if meta.file_type().is_file() {
+            meta.len()
+        } else {
+            0
+        };
+        if actual < end_in_file {
+            return Err(MemoryError::FileTooSmall {
+                gpa,
+                needed: end_in_file,
+                actual,
+            });
+        }
+        let page = page_size();
+        let aligned_offset = mmap_offset & !(page - 1);
+        let lead = (mmap_offset - aligned_offset) as usize;
+        let map_len = lead + size as usize;
+        // SAFETY: a fresh shared mapping of a file we own, at an address the kernel
+        // picks; the offset is page aligned and the length was checked against the file.
+        let map_base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                aligned_offset as libc::off_t,
+            )
+        };
+        if map_base == libc::MAP_FAILED {
+            return Err(MemoryError::Map {
+                gpa,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `lead < page <= map_len`, so the result stays inside the mapping.
+        let host = unsafe { (map_base as *mut u8).add(lead) };
+        Ok(MemoryRegion {
+            gpa,
+            size,
+            user_addr,
+            mmap_offset,
+            host,
+            map_base,
+            map_len,
+            _file: file,
+        })
+    }
+
+    /// Guest-physical start address.
+    pub fn gpa(&self) -> u64 {
+        self.gpa
+    }
+
+    /// Length in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The frontend's virtual address of the region start.
+    pub fn user_addr(&self) -> u64 {
+        self.user_addr
+    }
+
+    /// Offset of the region in its file.
+    pub fn mmap_offset(&self) -> u64 {
+        self.mmap_offset
+    }
+
+    /// Host address of the region start in this process (for DMA mapping).
+    pub fn host_addr(&self) -> *mut u8 {
+        self.host
+    }
+
+    fn contains_gpa(&self, gpa: u64, len: u64) -> bool {
+        gpa >= self.gpa && len <= self.size && gpa - self.gpa <= self.size - len
+    }
+
+    fn same_placement(&self, gpa: u64, size: u64, user_addr: u64) -> bool {
+        self.gpa == gpa && self.size == size && self.user_addr == user_addr
+    }
+}
+
+impl Drop for MemoryRegion {
+    fn drop(&mut self) {
+        // SAFETY: `map_base`/`map_len` are exactly what mmap returned; nothing borrows
+        // the mapping any more because every user holds an Arc to this region.
+        unsafe {
+            libc::munmap(self.map_base, self.map_len);
+        }
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+fn ranges_overlap(a: u64, alen: u64, b: u64, blen: u64) -> bool {
+    a < b.saturating_add(blen) && b < a.saturating_add(alen)
+}
+
+/// An immutable table of guest memory regions.
+#[derive(Clone, Debug, Default)]
+pub struct GuestMemory {
+    regions: Vec<Arc<MemoryRegion>>,
+}
+
+impl GuestMemory {
+    /// A table with no memory.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// A table holding exactly `regions` (SET_MEM_TABLE).
+    pub fn from_regions(regions: Vec<MemoryRegion>) -> Result<Self, MemoryError> {
+        let mut mem = Self::empty();
+        for r in regions {
+            mem = mem.with_region(r)?;
+        }
+        Ok(mem)
+    }
+
+    /// This table plus `region` (ADD_MEM_REG). A region identical in placement to one
+    /// already present is accepted as a no-op (multiqueue frontends repeat it).
+    pub fn with_region(&self, region: MemoryRegion) -> Result<Self, MemoryError> {
+        if self
+            .regions
+            .iter()
+            .any(|r| r.same_placement(region.gpa, region.size, region.user_addr))
+        {
+            return Ok(self.clone());
+        }
+        if self.regions.len() >= MAX_REGIONS {
+            return Err(MemoryError::TooMany { max: MAX_REGIONS });
+        }
+        let clash = self.regions.iter().any(|r| {
+            ranges_overlap(r.gpa, r.size, region.gpa, region.size)
+                || ranges_overlap(r.user_addr, r.size, region.user_addr, region.size)
+        });
+        if clash {
+            return Err(MemoryError::Overlap {
+                gpa: region.gpa,
+                size: region.size,
+            });
+        }
+        let mut regions = self.regions.clone();
+        regions.push(Arc::new(region));
+        regions.sort_by_key(|r| r.gpa);
+        Ok(GuestMemory { regions })
+    }
+
+    /// This table without the region at `gpa`/`size`/`user_addr` (REM_MEM_REG).
+    pub fn without_region(&self, gpa: u64, size: u64, user_addr: u64) -> Result<Self, MemoryError> {
+        let before = self.regions.len();
+        let regions: Vec<_> = self
+            .regions
+            .iter()
+            .filter(|r| !r.same_placement(gpa, size, user_addr))
+            .cloned()
+            .collect();
+        if regions.len() == before {
+            return Err(MemoryError::NoSuchRegion { gpa, size });
+        }
+        Ok(GuestMemory { regions })
+    }
+
+    /// The regions, sorted by guest-physical address.
+    pub fn regions(&self) -> &[Arc<MemoryRegion>] {
+        &self.regions
+    }
+
+    /// Whether the table has no memory.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+
+    /// Host pointer for guest-physical `[gpa, gpa + len)`, which must lie within one
+    /// region. `None` for any range that is not entirely guest memory.
+    pub fn translate(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let mut hint = 0;
+        self.translate_cached(&mut hint, gpa, len)
+    }
+
+    /// [`translate`](Self::translate) that tries region `*hint` first and leaves the
+    /// index of the region that matched in `*hint`: consecutive buffers of a guest
+    /// usually sit in the same region, so the hot path rarely searches.
+    #[inline]
+    pub fn translate_cached(&self, hint: &mut usize, gpa: u64, len: u64) -> Option<*mut u8> {
+        if let Some(r) = self.regions.get(*hint) {
+            if r.contains_gpa(gpa, len) {
+                // SAFETY: contains_gpa proved `gpa - r.gpa + len <= r.size`.
+                return Some(unsafe { r.host.add((gpa - r.gpa) as usize) });
+            }
+        }
+        let i = self.regions.iter().position(|r| r.contains_gpa(gpa, len))?;
+        *hint = i;
+        let r = &self.regions[i];
+        // SAFETY: as above, the range lies within region `i`.
+        Some(unsafe { r.host.add((gpa - r.gpa) as usize) })
+    }
+
+    /// Guest-physical address of frontend virtual address `va`, if `[va, va + len)`
+    /// lies in one region. Ring addresses in SET_VRING_ADDR are frontend VAs.
+    pub fn va_to_gpa(&self, va: u64, len: u64) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let off = va.checked_sub(r.user_addr)?;
+            (len <= r.size && off <= r.size - len).then_some(r.gpa + off)
+        })
+    }
+
+    /// Total bytes of guest memory mapped.
+    pub fn total_size(&self) -> u64 {
+        self.regions.iter().map(|r| r.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn memfd(len: u64) -> File {
+        let name = std::ffi::CString::new("vdpa-test").unwrap();
+        // SAFETY: memfd_create with a valid NUL-terminated name; the fd is checked and
+        // immediately owned by a File.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.set_len(len).unwrap();
+        f
+    }
+
+    #[test]
+    fn translate_and_va_to_gpa_respect_bounds() {
+        let mut f = memfd(0x3000);
+        f.write_all(b"hello").unwrap();
+        let r = MemoryRegion::map(0x10000, 0x2000, 0x7f00_0000, 0x1000, f).unwrap();
+        let mem = GuestMemory::from_regions(vec![r]).unwrap();
+        assert!(mem.translate(0x10000, 0x2000).is_some());
+        assert!(mem.translate(0x10000, 0x2001).is_none());
+        assert!(mem.translate(0xffff, 1).is_none());
+        assert!(mem.translate(0x11fff, 1).is_some());
+        assert!(mem.translate(0x12000, 1).is_none());
+        assert!(mem.translate(u64::MAX, 2).is_none());
+        assert_eq!(mem.va_to_gpa(0x7f00_0010, 16), Some(0x10010));
+        assert_eq!(mem.va_to_gpa(0x7f00_1ff8, 16), None);
+    }
+
+    #[test]
+    fn unaligned_offset_maps_the_right_bytes() {
+        let mut f = memfd(0x2000);
+        f.write_all(&[0u8; 0x1010]).unwrap();
+        f.write_all(b"marker").unwrap();
+        let r = MemoryRegion::map(0x0, 0x100, 0x1000, 0x1010, f).unwrap();
+        let mem = GuestMemory::from_regions(vec![r]).unwrap();
+        let p = mem.translate(0, 6).unwrap();
+        // SAFETY: translate guaranteed 6 readable bytes at p.
+        let got = unsafe { std::slice::from_raw_parts(p, 6) };
+        assert_eq!(got, b"marker");
+    }
+
+    #[test]
+    fn file_smaller_than_region_is_refused() {
+        let f = memfd(0x1000);
+        let e = MemoryRegion::map(0, 0x2000, 0, 0, f).unwrap_err();
+        assert!(matches!(e, MemoryError::FileTooSmall { .. }));
+    }
+
+    #[test]
+    fn overlap_duplicate_and_removal() {
+        let a = MemoryRegion::map(0, 0x1000, 0x10000, 0, memfd(0x1000)).unwrap();
+        let mem = GuestMemory::empty().with_region(a).unwrap();
+        let dup = MemoryRegion::map(0, 0x1000, 0x10000, 0, memfd(0x1000)).unwrap();
+        assert_eq!(mem.with_region(dup).unwrap().regions().len(), 1);
+        let clash = MemoryRegion::map(0x800, 0x1000, 0x20000, 0, memfd(0x1000)).unwrap();
+        assert!(matches!(
+            mem.with_region(clash),
+            Err(MemoryError::Overlap { .. })
+        ));
+        let b = MemoryRegion::map(0x4000, 0x1000, 0x20000, 0, memfd(0x1000)).unwrap();
+        let mem = mem.with_region(b).unwrap();
+        assert_eq!(mem.total_size(), 0x2000);
+        let mem = mem.without_region(0, 0x1000, 0x10000).unwrap();
+        assert_eq!(mem.regions().len(), 1);
+        assert!(mem.without_region(0, 0x1000, 0x10000).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! The listening side: one Unix socket per device, one thread per device that accepts
+//! a frontend, serves its requests until it goes away, cleans up, and accepts the next.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use thiserror::Error;
+use tracing::{error, info, warn};
+use vdpad_config::SocketPerms;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::{Device, DeviceHandle};
+use crate::handler::Reply;
+use crate::session::Session;
+use crate::wire::{Connection, WireError};
+
+/// Why a device socket could not be set up.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Another process is accepting connections on the socket path.
+    #[error("socket {0} is in use by another process")]
+    InUse(PathBuf),
+    /// Creating, binding or securing the socket failed.
+    #[error("socket {path}: {what}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The device thread could not be started.
+    #[error("starting the thread for device {0}")]
+    Thread(String, #[source] io::Error),
+}
+
+/// A process-wide stop signal: once raised, every device thread finishes its current
+/// request, stops its datapath, removes its socket and exits.
+#[derive(Clone, Debug)]
+pub struct Shutdown(Arc<EventFd>);
+
+impl Shutdown {
+    /// A signal that is not raised.
+    pub fn new() -> io::Result<Self> {
+        Ok(Shutdown(Arc::new(EventFd::new(libc::EFD_NONBLOCK)?)))
+    }
+
+    /// Raises the signal. Safe to call from any thread, any number of times.
+    pub fn raise(&self) {
+        // The counter saturating is harmless: we only ever test readability.
+        let _ = self.0.write(1);
+    }
+
+    /// The eventfd to poll; readable once raised.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Whether the signal was raised.
+    pub fn is_raised(&self) -> bool {
+        poll_readable(&[self.as_raw_fd()], 0)
+            .map(|r| r[0])
+            .unwrap_or(false)
+    }
+}
+
+/// Polls `fds` for readability (or hang-up) for up to `timeout_ms` (-1 = forever).
+fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for the call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+        if n >= 0 {
+            return Ok(pfds.iter().map(|p| p.revents != 0).collect());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Binds a Unix socket at `path` with `perms`, replacing a stale socket file left by a
+/// previous run but refusing to steal one that a live process still accepts on.
+///
+/// The permission change happens right after bind; the daemon runs with umask 077 so
+/// the socket is never reachable by others in between.
+pub fn bind_socket(path: &Path, perms: &SocketPerms) -> Result<UnixListener, ServerError> {
+    let err = |what, source| ServerError::Socket {
+        path: path.to_owned(),
+        what,
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ServerError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| err("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(perms.mode))
+        .map_err(|e| err("setting its mode", e))?;
+    if perms.owner.is_some() || perms.group.is_some() {
+        std::os::unix::fs::chown(path, perms.owner, perms.group)
+            .map_err(|e| err("changing its owner", e))?;
+    }
+    Ok(listener)
+}
+
+/// A device being served on its socket by its own thread.
+pub struct DeviceServer {
+    handle: DeviceHandle,
+    socket: PathBuf,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DeviceServer {
+    /// Binds the device's socket and starts serving it.
+    pub fn start(device: Device, shutdown: Shutdown) -> Result<Self, ServerError> {
+        let socket = device.config().socket.clone();
+        let listener = bind_socket(&socket, &device.config().socket_perms)?;
+        let handle = device.handle();
+        let name = device.name().to_owned();
+        info!(device = %name, socket = %socket.display(), "listening for a vhost-user frontend");
+        let path = socket.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vdpa-{name}"))
+            .spawn(move || serve(device, listener, &path, shutdown))
+            .map_err(|e| ServerError::Thread(name, e))?;
+        Ok(DeviceServer {
+            handle,
+            socket,
+            thread: Some(thread),
+        })
+    }
+
+    /// A view of the device for observers.
+    pub fn handle(&self) -> &DeviceHandle {
+        &self.handle
+    }
+
+    /// The socket it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Waits for the device thread to finish (after the shutdown signal was raised).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                error!(device = self.handle.name(), "device thread panicked");
+            }
+        }
+    }
+}
+
+fn serve(device: Device, listener: UnixListener, path: &Path, shutdown: Shutdown) {
+    loop {
+        match poll_readable(&[listener.as_raw_fd(), shutdown.as_raw_fd()], -1) {
+            Ok(r) if r[1] => break,
+            Ok(r) if r[0] => {}
+            Ok(_) => continue,
+            Err(e) => {
+                error!(device = device.name(), error = %e, "poll failed; device stops");
+                break;
+            }
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(device = device.name(), error = %e, "accept failed");
+                continue;
+            }
+        };
+        device.update_status(|s| s.connections += 1);
+        info!(device = device.name(), "frontend connected");
+        let reason = match Connection::new(stream) {
+            Ok(conn) => serve_connection(&device, conn, &shutdown),
+            Err(e) => format!("socket setup failed: {e}"),
+        };
+        info!(device = device.name(), %reason, "frontend disconnected; datapath stopped, memory released");
+        if shutdown.is_raised() {
+            break;
+        }
+    }
+    // Only remove the socket if it is still ours (a later daemon may have replaced it).
+    let _ = std::fs::remove_file(path);
+    info!(device = device.name(), "device stopped");
+}
+
+/// Serves one frontend until it disconnects, breaks the protocol, or shutdown.
+/// Returns why the connection ended.
+fn serve_connection(device: &Device, mut conn: Connection, shutdown: &Shutdown) -> String {
+    let mut session = Session::new(device);
+    session.publish_status();
+    let reason = loop {
+        match poll_readable(&[conn.stream().as_raw_fd(), shutdown.as_raw_fd()], -1) {
+            Ok(r) if r[1] => break "daemon shutting down".to_owned(),
+            Ok(r) if r[0] => {}
+            Ok(_) => continue,
+            Err(e) => break format!("poll failed: {e}"),
+        }
+        let msg = match conn.recv() {
+            Ok(m) => m,
+            Err(WireError::Disconnected) => break "closed by the frontend".to_owned(),
+            Err(e) => break error_chain(&e),
+        };
+        let header = msg.header;
+        let wants_ack = session.wants_ack(&msg);
+        let sent = match session.handle(msg) {
+            Ok(Reply::Payload(p)) => conn.reply(&header, &p),
+            Ok(Reply::Ack) if wants_ack => conn.reply(&header, &0u64.to_ne_bytes()),
+            Ok(Reply::Ack) => Ok(()),
+            Err(e) => {
+                let text = error_chain(&e);
+                warn!(device = device.name(), error = %text, "request refused");
+                device.update_status(|s| s.last_error = Some(text));
+                if wants_ack {
+                    conn.reply(&header, &1u64.to_ne_bytes())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if let Err(e) = sent {
+            break format!("sending a reply failed: {}", error_chain(&e));
+        }
+    };
+    session.close();
+    reason
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,288 @@
+//! Per-queue counters, shared lock-free between a datapath worker (which adds to them
+//! once per burst) and whoever reads them (logs, `vdpactl`, tests).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Why a frame was dropped. Every drop path has its own reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The guest's RX buffer chain is too small for the frame (mergeable buffers off).
+    RxBufferTooSmall = 0,
+    /// The frame is larger than the device accepts.
+    Oversized = 1,
+    /// The host backend refused the frame.
+    Backend = 2,
+}
+
+impl DropReason {
+    /// All reasons, in counter order.
+    pub const ALL: [DropReason; 3] = [
+        DropReason::RxBufferTooSmall,
+        DropReason::Oversized,
+        DropReason::Backend,
+    ];
+
+    /// Stable name used in logs, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::RxBufferTooSmall => "rx_buffer_too_small",
+            DropReason::Oversized => "oversized",
+            DropReason::Backend => "backend",
+        }
+    }
+}
+
+/// What was wrong with a descriptor chain the guest posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadDescriptor {
+    /// A head index read from the avail ring is not below the queue size.
+    HeadOutOfRange = 0,
+    /// A `next` index is not below the queue size.
+    NextOutOfRange = 1,
+    /// A buffer address/length is not entirely inside guest memory.
+    Address = 2,
+    /// The chain is longer than the queue (a loop, or simply too long).
+    ChainTooLong = 3,
+    /// A descriptor of length zero.
+    ZeroLength = 4,
+    /// A device-writable buffer where the device must read (TX), or the reverse (RX).
+    WrongDirection = 5,
+    /// An indirect descriptor, which was not negotiated.
+    Indirect = 6,
+    /// The chain is too short to hold a virtio-net header, or its total is too large.
+    BadLength = 7,
+    /// The avail index moved further than the queue size: the ring is corrupt and the
+    /// queue stops until the frontend resets it.
+    AvailIndexJump = 8,
+}
+
+impl BadDescriptor {
+    /// All kinds, in counter order.
+    pub const ALL: [BadDescriptor; 9] = [
+        BadDescriptor::HeadOutOfRange,
+        BadDescriptor::NextOutOfRange,
+        BadDescriptor::Address,
+        BadDescriptor::ChainTooLong,
+        BadDescriptor::ZeroLength,
+        BadDescriptor::WrongDirection,
+        BadDescriptor::Indirect,
+        BadDescriptor::BadLength,
+        BadDescriptor::AvailIndexJump,
+    ];
+
+    /// Stable name used in logs, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            BadDescriptor::HeadOutOfRange => "head_out_of_range",
+            BadDescriptor::NextOutOfRange => "next_out_of_range",
+            BadDescriptor::Address => "address",
+            BadDescriptor::ChainTooLong => "chain_too_long",
+            BadDescriptor::ZeroLength => "zero_length",
+            BadDescriptor::WrongDirection => "wrong_direction",
+            BadDescriptor::Indirect => "indirect",
+            BadDescriptor::BadLength => "bad_length",
+            BadDescriptor::AvailIndexJump => "avail_index_jump",
+        }
+    }
+}
+
+/// Live counters of one virtqueue.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    kicks: AtomicU64,
+    interrupts: AtomicU64,
+    interrupts_suppressed: AtomicU64,
+    bursts: AtomicU64,
+    rx_no_buffer: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+    bad: [AtomicU64; BadDescriptor::ALL.len()],
+}
+
+/// Counts gathered locally during one burst, added to [`QueueCounters`] in one go.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BurstCounts {
+    /// Frames completed.
+    pub packets: u64,
+    /// Frame bytes completed (without the virtio-net header).
+    pub bytes: u64,
+    /// Notifications received from the guest.
+    pub kicks: u64,
+    /// Interrupts (call eventfd writes) sent.
+    pub interrupts: u64,
+    /// Interrupts the guest asked us not to send (EVENT_IDX or NO_INTERRUPT).
+    pub interrupts_suppressed: u64,
+    /// Bursts processed (used index publications).
+    pub bursts: u64,
+    /// Times the queue had no buffer when a frame was waiting.
+    pub rx_no_buffer: u64,
+    /// Drops by reason, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::ALL.len()],
+    /// Bad chains by kind, indexed by `BadDescriptor as usize`.
+    pub bad: [u64; BadDescriptor::ALL.len()],
+}
+
+impl BurstCounts {
+    /// Counts one drop.
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    /// Counts one bad chain.
+    pub fn bad(&mut self, kind: BadDescriptor) {
+        self.bad[kind as usize] += 1;
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.packets == 0
+            && self.kicks == 0
+            && self.interrupts == 0
+            && self.interrupts_suppressed == 0
+            && self.bursts == 0
+            && self.rx_no_buffer == 0
+            && self.drops.iter().all(|&d| d == 0)
+            && self.bad.iter().all(|&d| d == 0)
+    }
+}
+
+fn add(c: &AtomicU64, v: u64) {
+    if v != 0 {
+        c.fetch_add(v, Ordering::Relaxed);
+    }
+}
+
+impl QueueCounters {
+    /// Adds a burst's counts and clears them.
+    pub fn flush(&self, b: &mut BurstCounts) {
+        if b.is_empty() {
+            return;
+        }
+        add(&self.packets, b.packets);
+        add(&self.bytes, b.bytes);
+        add(&self.kicks, b.kicks);
+        add(&self.interrupts, b.interrupts);
+        add(&self.interrupts_suppressed, b.interrupts_suppressed);
+        add(&self.bursts, b.bursts);
+        add(&self.rx_no_buffer, b.rx_no_buffer);
+        for (c, v) in self.drops.iter().zip(b.drops) {
+            add(c, v);
+        }
+        for (c, v) in self.bad.iter().zip(b.bad) {
+            add(c, v);
+        }
+        *b = BurstCounts::default();
+    }
+
+    /// A consistent-enough copy of the counters of ring `ring`.
+    pub fn snapshot(&self, ring: u16) -> QueueStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        QueueStats {
+            ring,
+            direction: if ring % 2 == 0 { "rx" } else { "tx" },
+            packets: get(&self.packets),
+            bytes: get(&self.bytes),
+            kicks: get(&self.kicks),
+            interrupts: get(&self.interrupts),
+            interrupts_suppressed: get(&self.interrupts_suppressed),
+            bursts: get(&self.bursts),
+            rx_no_buffer: get(&self.rx_no_buffer),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name(), get(&self.drops[*r as usize])))
+                .collect(),
+            bad_descriptors: BadDescriptor::ALL
+                .iter()
+                .map(|k| (k.name(), get(&self.bad[*k as usize])))
+                .collect(),
+        }
+    }
+}
+
+/// A snapshot of one queue's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// vhost-user ring index (RX of pair i is 2i, TX is 2i+1).
+    pub ring: u16,
+    /// "rx" (device to guest) or "tx" (guest to device).
+    pub direction: &'static str,
+    /// Frames completed.
+    pub packets: u64,
+    /// Frame bytes completed.
+    pub bytes: u64,
+    /// Guest notifications received on this queue.
+    pub kicks: u64,
+    /// Interrupts sent to the guest for this queue.
+    pub interrupts: u64,
+    /// Interrupts the guest suppressed.
+    pub interrupts_suppressed: u64,
+    /// Used-index publications.
+    pub bursts: u64,
+    /// Times a frame waited because the guest had posted no RX buffer.
+    pub rx_no_buffer: u64,
+    /// Drops by reason.
+    pub drops: Vec<(&'static str, u64)>,
+    /// Bad descriptor chains by kind.
+    pub bad_descriptors: Vec<(&'static str, u64)>,
+}
+
+impl QueueStats {
+    /// Total drops over all reasons.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(|(_, v)| v).sum()
+    }
+
+    /// Total bad chains over all kinds.
+    pub fn total_bad_descriptors(&self) -> u64 {
+        self.bad_descriptors.iter().map(|(_, v)| v).sum()
+    }
+
+    /// Count for one bad-descriptor kind.
+    pub fn bad(&self, kind: BadDescriptor) -> u64 {
+        self.bad_descriptors[kind as usize].1
+    }
+
+    /// Count for one drop reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].1
+    }
+
+    /// Packets per guest notification ("what is N?" for kicks); `None` before any kick.
+    pub fn packets_per_kick(&self) -> Option<f64> {
+        (self.kicks > 0).then(|| self.packets as f64 / self.kicks as f64)
+    }
+
+    /// Packets per interrupt sent; `None` before any interrupt.
+    pub fn packets_per_interrupt(&self) -> Option<f64> {
+        (self.interrupts > 0).then(|| self.packets as f64 / self.interrupts as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_adds_and_clears() {
+        let c = QueueCounters::default();
+        let mut b = BurstCounts {
+            packets: 3,
+            kicks: 1,
+            ..Default::default()
+        };
+        b.bad(BadDescriptor::Address);
+        b.drop(DropReason::Oversized);
+        c.flush(&mut b);
+        assert!(b.is_empty());
+        let s = c.snapshot(1);
+        assert_eq!(s.direction, "tx");
+        assert_eq!(s.packets, 3);
+        assert_eq!(s.bad(BadDescriptor::Address), 1);
+        assert_eq!(s.dropped(DropReason::Oversized), 1);
+        assert_eq!(s.packets_per_kick(), Some(3.0));
+        assert_eq!(s.packets_per_interrupt(), None);
+    }
+}
