@@ -7,6 +7,9 @@ use std::sync::Arc;
 use tracing::debug;
 use vdpa::{Datapath, DatapathError, QueueCounters, QueuePairConfig, QueueStats, RingConfig};
 
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::interrupt::Interrupt;
 use crate::loopback::{LoopbackPair, Side};
 use crate::ring::DeviceRing;
 use crate::worker::Worker;
@@ -17,6 +20,7 @@ pub struct SoftwareDatapath {
     workers: BTreeMap<u16, Worker>,
     bases: BTreeMap<u16, u16>,
     counters: BTreeMap<u16, Arc<QueueCounters>>,
+    interrupts: BTreeMap<u16, Arc<Interrupt>>,
 }
 
 impl SoftwareDatapath {
@@ -27,15 +31,18 @@ impl SoftwareDatapath {
             workers: BTreeMap::new(),
             bases: BTreeMap::new(),
             counters: BTreeMap::new(),
+            interrupts: BTreeMap::new(),
         }
     }
 
     fn side(&mut self, cfg: &RingConfig, qp: &QueuePairConfig) -> Result<Side, DatapathError> {
         let ring = DeviceRing::new(cfg, qp.mem.clone(), qp.features.event_idx())?;
         let counters = self.counters.entry(cfg.index).or_default().clone();
+        let interrupt = Arc::new(Interrupt::new(cfg.events.call.clone()));
+        self.interrupts.insert(cfg.index, interrupt.clone());
         Ok(Side {
             ring,
-            call: cfg.events.call.clone(),
+            interrupt,
             counters,
             counts: Default::default(),
         })
@@ -69,10 +76,22 @@ impl Datapath for SoftwareDatapath {
         let Some(worker) = self.workers.remove(&pair) else {
             return;
         };
+        self.interrupts.remove(&(2 * pair));
+        self.interrupts.remove(&(2 * pair + 1));
         if let Some((rx, tx)) = worker.stop() {
             debug!(device = %self.device, pair, rx, tx, "worker stopped");
             self.bases.insert(2 * pair, rx);
             self.bases.insert(2 * pair + 1, tx);
+        }
+    }
+
+    fn set_call(&mut self, ring: u16, call: Option<Arc<EventFd>>) -> bool {
+        match self.interrupts.get(&ring) {
+            Some(i) if self.workers.contains_key(&(ring / 2)) => {
+                i.replace(call);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -9,11 +9,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::interrupt::Interrupt;
+use crate::ring::{Chain, DeviceRing, Direction, Segment};
 use vdpa::features::Negotiated;
 use vdpa::{BadDescriptor, BurstCounts, DropReason, QueueCounters};
-use vmm_sys_util::eventfd::EventFd;
-
-use crate::ring::{Chain, DeviceRing, Direction, Segment};
 
 /// Largest Ethernet frame accepted from the guest without GSO (64 KiB, the most a
 /// virtio-net driver can post without segmentation offloads).
@@ -34,8 +33,8 @@ pub enum Outcome {
 pub struct Side {
     /// The ring.
     pub ring: DeviceRing,
-    /// Where interrupts go (`None`: the frontend polls).
-    pub call: Option<Arc<EventFd>>,
+    /// Where interrupts go.
+    pub interrupt: Arc<Interrupt>,
     /// Shared counters.
     pub counters: Arc<QueueCounters>,
     /// Counts of the current burst.
@@ -50,10 +49,7 @@ impl Side {
             self.ring.publish_used();
             self.counts.bursts += 1;
             if self.ring.needs_interrupt() {
-                if let Some(call) = &self.call {
-                    // A full eventfd counter still means "interrupt pending".
-                    let _ = call.write(1);
-                }
+                self.interrupt.signal();
                 self.counts.interrupts += 1;
             } else {
                 self.counts.interrupts_suppressed += 1;

@@ -125,7 +125,10 @@ impl DeviceRing {
         if cfg.size == 0 || !cfg.size.is_power_of_two() {
             return Err(err("size is not a power of two"));
         }
-        if cfg.addrs.desc % 16 != 0 || cfg.addrs.avail % 2 != 0 || cfg.addrs.used % 4 != 0 {
+        if !cfg.addrs.desc.is_multiple_of(16)
+            || !cfg.addrs.avail.is_multiple_of(2)
+            || !cfg.addrs.used.is_multiple_of(4)
+        {
             return Err(err("misaligned ring address"));
         }
         let desc = mem

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
+use swpath::interrupt::Interrupt;
 use swpath::loopback::{LoopbackPair, Outcome, Side};
 use swpath::ring::DeviceRing;
 use vdpa::features::{Negotiated, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
@@ -72,7 +73,7 @@ fn ring_config(index: u16, q: &MockSplitQueue<GuestMemoryMmap<()>>, size: u16) -
 fn side(cfg: &RingConfig, mem: &Arc<GuestMemory>) -> Side {
     Side {
         ring: DeviceRing::new(cfg, mem.clone(), false).unwrap(),
-        call: cfg.events.call.clone(),
+        interrupt: Arc::new(Interrupt::new(cfg.events.call.clone())),
         counters: Arc::new(QueueCounters::default()),
         counts: Default::default(),
     }

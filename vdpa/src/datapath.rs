@@ -115,6 +115,15 @@ pub trait Datapath: Send {
     /// rings stopped. Stopping a pair that is not running does nothing.
     fn stop(&mut self, pair: u16);
 
+    /// Points a running ring's interrupts at a new call eventfd (the frontend re-sent
+    /// SET_VRING_CALL, e.g. QEMU masking or unmasking a vector). Returns false if this
+    /// datapath cannot do that while running; the control plane then stops and
+    /// restarts the pair. Implementations signal the new eventfd once, so an
+    /// interrupt raised during the switch is not lost.
+    fn set_call(&mut self, _ring: u16, _call: Option<Arc<EventFd>>) -> bool {
+        false
+    }
+
     /// The avail index a stopped ring should resume from (its `last_avail_idx`), or
     /// `None` if this datapath never ran the ring since the last reset.
     fn base(&self, ring: u16) -> Option<u16>;

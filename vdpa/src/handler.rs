@@ -440,11 +440,11 @@ impl Session<'_> {
                 self.rings[ring].kick = Some(Arc::new(as_eventfd(f)));
             }
             FrontendReq::SET_VRING_CALL => {
-                self.before_ring_change(ring);
-                self.rings[ring].call = match file {
+                let call = match file {
                     None => CallSetting::Polling,
                     Some(f) => CallSetting::Fd(Arc::new(as_eventfd(f))),
                 };
+                self.change_call(ring, call);
             }
             _ => self.rings[ring].err = file,
         }

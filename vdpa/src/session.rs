@@ -11,7 +11,7 @@ use crate::datapath::{QueuePairConfig, RingConfig};
 use crate::device::{ConnectionState, Device};
 use crate::features::{feature_names, Negotiated, VHOST_USER_F_PROTOCOL_FEATURES};
 use crate::memory::GuestMemory;
-use crate::vring::VringState;
+use crate::vring::{CallSetting, VringState};
 
 /// State of one vhost-user connection.
 pub struct Session<'d> {
@@ -92,6 +92,22 @@ impl<'d> Session<'d> {
     /// Stops the pair that owns `ring` before the ring's settings change.
     pub(crate) fn before_ring_change(&mut self, ring: usize) {
         self.stop_pair(ring / 2);
+    }
+
+    /// Applies SET_VRING_CALL: a running pair switches its interrupts over in place
+    /// when the datapath can, and is stopped (to restart afterwards) otherwise.
+    pub(crate) fn change_call(&mut self, ring: usize, call: CallSetting) {
+        let pair = ring / 2;
+        if self.running[pair] {
+            let fd = match &call {
+                CallSetting::Fd(fd) => Some(fd.clone()),
+                _ => None,
+            };
+            if !self.dev.datapath().set_call(ring as u16, fd) {
+                self.stop_pair(pair);
+            }
+        }
+        self.rings[ring].call = call;
     }
 
     /// Starts every queue pair that is ready and not running.

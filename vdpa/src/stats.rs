@@ -182,7 +182,7 @@ impl QueueCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         QueueStats {
             ring,
-            direction: if ring % 2 == 0 { "rx" } else { "tx" },
+            direction: if ring.is_multiple_of(2) { "rx" } else { "tx" },
             packets: get(&self.packets),
             bytes: get(&self.bytes),
             kicks: get(&self.kicks),
