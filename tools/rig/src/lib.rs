@@ -1,1 +1,49 @@
-//! vdpa-rig library (being written)
+//! vdpa-rig: a vhost-user *frontend* that plays the VM, for testing and benchmarking
+//! vhost-user virtio-net backends (vdpad, DPDK's vhost PMD, ...).
+//!
+//! * [`memory`]: memfd-backed guest memory at a configurable guest-physical base, one or
+//!   two regions, sent with SET_MEM_TABLE.
+//! * [`driver_ring`]: the driver side of a split ring (free list, chains, wrap-around,
+//!   EVENT_IDX both ways, fences).
+//! * [`setup`]: the vhost-user setup sequence, step by step ([`RigSetup`]).
+//! * [`rig`]: the ready rig ([`Rig`]): queue pairs, send-and-wait, stop, interrupts.
+//! * [`verify`], [`bench`]: the two workloads of the CLI.
+//! * [`hostile`]: broken descriptor chains for robustness tests.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use vdpa_rig::{run_verify, Rig, RigOptions, VerifyOptions};
+//!
+//! let mut rig = Rig::connect(RigOptions::new("/run/vdpad/vm1-net0.sock"))?;
+//! let report = run_verify(&mut rig, &VerifyOptions::new(10_000, 64))?;
+//! println!("{}", report.summary());
+//! assert!(report.passed());
+//! # Ok::<(), vdpa_rig::RigError>(())
+//! ```
+
+pub mod bench;
+pub mod connection;
+pub mod driver_ring;
+pub mod error;
+pub mod frame;
+pub mod hostile;
+pub mod memory;
+pub mod notify;
+pub mod options;
+pub mod rig;
+pub mod rxq;
+pub mod setup;
+pub mod stats;
+pub mod txq;
+pub mod verify;
+pub mod virtio;
+
+pub use bench::{run_bench, BenchOptions, BenchReport};
+pub use driver_ring::{DriverRing, RawDesc, RingLayout, Segment, UsedElem, UsedKind};
+pub use error::RigError;
+pub use hostile::{Direction, Hostile, Injected};
+pub use memory::{GuestMemory, MemoryLayout};
+pub use options::RigOptions;
+pub use rig::{QueuePair, Received, Rig};
+pub use setup::{Negotiated, RigSetup, SetupStep};
+pub use verify::{run_verify, VerifyOptions, VerifyReport};

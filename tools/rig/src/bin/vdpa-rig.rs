@@ -1,1 +1,207 @@
-fn main() {}
+//! `vdpa-rig`: command-line front of the vdpa_rig library (a vhost-user frontend that plays
+//! the VM). Exit codes: 0 success, 1 verify failed (or the device misbehaved during a
+//! run), 2 setup or usage error.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vdpa_rig::options::DEFAULT_RX_BUF_SIZE;
+use vdpa_rig::{run_bench, run_verify, BenchOptions, Rig, RigError, RigOptions, VerifyOptions};
+
+/// A vhost-user frontend that plays the VM: verify a loopback device or benchmark it.
+#[derive(Debug, Parser)]
+#[command(name = "vdpa-rig", version)]
+struct Cli {
+    /// vhost-user socket of the backend.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Queue pairs (RX of pair i is ring 2i, TX is 2i+1).
+    #[arg(long, default_value_t = 1)]
+    queue_pairs: usize,
+    /// Descriptors per ring (power of two).
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+    /// Do not ack VIRTIO_RING_F_EVENT_IDX.
+    #[arg(long)]
+    no_event_idx: bool,
+    /// Do not ack VIRTIO_NET_F_MRG_RXBUF.
+    #[arg(long)]
+    no_mrg_rxbuf: bool,
+    /// Bytes per RX buffer, header included (smaller than a frame forces merging with
+    /// MRG_RXBUF, or chained buffers without it).
+    #[arg(long, default_value_t = DEFAULT_RX_BUF_SIZE)]
+    rx_buf_size: u32,
+    /// Post TX frames as one descriptor (header + frame) instead of two.
+    #[arg(long)]
+    tx_one_desc: bool,
+    /// Initial ring index (SET_VRING_BASE), e.g. 65500 to wrap early.
+    #[arg(long, default_value_t = 0)]
+    initial_index: u16,
+    /// Guest memory regions (1 or 2).
+    #[arg(long, default_value_t = 1)]
+    mem_regions: usize,
+    /// Use ADD_MEM_REG when the backend offers CONFIGURE_MEM_SLOTS.
+    #[arg(long)]
+    mem_slots: bool,
+    /// Seconds to keep retrying while the socket is missing or refuses.
+    #[arg(long, default_value_t = 5.0)]
+    connect_timeout: f64,
+    /// Machine-readable output (one JSON object).
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Send N frames through a loopback device and check every byte of what comes back.
+    Verify {
+        /// Frames to send (spread over the queue pairs).
+        #[arg(long)]
+        packets: u64,
+        /// Frame size in bytes (L2, 60..=65535).
+        #[arg(long)]
+        size: usize,
+        /// Vary frame sizes in SIZE..=SIZE_MAX.
+        #[arg(long)]
+        size_max: Option<usize>,
+        /// Overall timeout in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// Busy-poll instead of sleeping on call eventfds.
+        #[arg(long)]
+        poll: bool,
+    },
+    /// Saturate the device and report rates, packets per kick and per interrupt.
+    Bench {
+        /// Measured duration.
+        #[arg(long)]
+        seconds: f64,
+        /// Frame size in bytes (L2).
+        #[arg(long)]
+        size: usize,
+        /// Busy-poll instead of sleeping on call eventfds.
+        #[arg(long)]
+        poll: bool,
+    },
+}
+
+fn chain(e: &dyn Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("invalid {what} {v}"))
+}
+
+fn usage(msg: String) -> ExitCode {
+    eprintln!("vdpa-rig: error: {msg}");
+    ExitCode::from(2)
+}
+
+fn run_error(e: RigError) -> ExitCode {
+    let code = if matches!(e, RigError::Options(_)) {
+        2
+    } else {
+        1
+    };
+    eprintln!("vdpa-rig: error: {}", chain(&e));
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let max_frame = match &cli.cmd {
+        Cmd::Verify { size, size_max, .. } => (*size).max(size_max.unwrap_or(0)),
+        Cmd::Bench { size, .. } => *size,
+    };
+    let connect_timeout = match secs(cli.connect_timeout, "connect timeout") {
+        Ok(d) => d,
+        Err(m) => return usage(m),
+    };
+    let mut opts = RigOptions::new(&cli.socket);
+    opts.queue_pairs = cli.queue_pairs;
+    opts.queue_size = cli.queue_size;
+    opts.event_idx = !cli.no_event_idx;
+    opts.mrg_rxbuf = !cli.no_mrg_rxbuf;
+    opts.rx_buf_size = cli.rx_buf_size;
+    opts.tx_two_desc = !cli.tx_one_desc;
+    opts.initial_index = cli.initial_index;
+    opts.mem_regions = cli.mem_regions;
+    opts.mem_slots = cli.mem_slots;
+    opts.connect_timeout = connect_timeout;
+    opts.max_frame = u32::try_from(max_frame).unwrap_or(u32::MAX);
+
+    let mut rig = match Rig::connect(opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vdpa-rig: setup failed: {}", chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.cmd {
+        Cmd::Verify {
+            packets,
+            size,
+            size_max,
+            timeout,
+            poll,
+        } => {
+            let mut o = VerifyOptions::new(packets, size);
+            o.size_max = size_max.unwrap_or(size);
+            o.poll = poll;
+            o.timeout = match secs(timeout, "timeout") {
+                Ok(d) => d,
+                Err(m) => return usage(m),
+            };
+            let r = match run_verify(&mut rig, &o) {
+                Ok(r) => r,
+                Err(e) => return run_error(e),
+            };
+            if cli.json {
+                let mut v = serde_json::to_value(&r).expect("report serialises");
+                v["passed"] = r.passed().into();
+                v["negotiated"] = serde_json::to_value(rig.negotiated()).expect("serialises");
+                println!("{v}");
+            } else {
+                println!("{}", r.summary());
+                if !r.passed() {
+                    eprint!("{}", r.failure_details());
+                }
+            }
+            ExitCode::from(if r.passed() { 0 } else { 1 })
+        }
+        Cmd::Bench {
+            seconds,
+            size,
+            poll,
+        } => {
+            let mut o = BenchOptions::new(seconds, size);
+            o.poll = poll;
+            let r = match run_bench(&mut rig, &o) {
+                Ok(r) => r,
+                Err(e) => return run_error(e),
+            };
+            if cli.json {
+                println!("{}", serde_json::to_string(&r).expect("report serialises"));
+            } else {
+                println!("{}", r.render());
+            }
+            if r.rx_frames == 0 {
+                eprintln!("vdpa-rig: no frame came back");
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Kick and call eventfds of one ring, with counters, and waiting on many call fds.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// The kick (driver → device) and call (device → driver) eventfds of one ring.
+#[derive(Debug)]
+pub struct Notifier {
+    kick: EventFd,
+    call: EventFd,
+    kicks: u64,
+    interrupts: u64,
+    interrupt_sum: u64,
+}
+
+impl Notifier {
+    /// Creates both eventfds non-blocking.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            kick: EventFd::new(libc::EFD_NONBLOCK)?,
+            call: EventFd::new(libc::EFD_NONBLOCK)?,
+            kicks: 0,
+            interrupts: 0,
+            interrupt_sum: 0,
+        })
+    }
+    /// The kick eventfd (sent with SET_VRING_KICK).
+    pub fn kick_fd(&self) -> &EventFd {
+        &self.kick
+    }
+    /// The call eventfd (sent with SET_VRING_CALL).
+    pub fn call_fd(&self) -> &EventFd {
+        &self.call
+    }
+    /// Kicks the device (one eventfd write) and counts it.
+    pub fn kick(&mut self) -> io::Result<()> {
+        self.kick.write(1)?;
+        self.kicks += 1;
+        Ok(())
+    }
+    /// Reads the call eventfd if signalled. One successful read counts as one interrupt;
+    /// the counter value (how many times the device signalled) is added to the sum.
+    /// Returns the value read, 0 if there was nothing.
+    pub fn drain_call(&mut self) -> io::Result<u64> {
+        match self.call.read() {
+            Ok(v) => {
+                self.interrupts += 1;
+                self.interrupt_sum += v;
+                Ok(v)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+    /// Kicks sent so far.
+    pub fn kicks(&self) -> u64 {
+        self.kicks
+    }
+    /// Interrupts (successful call eventfd reads) so far.
+    pub fn interrupts(&self) -> u64 {
+        self.interrupts
+    }
+    /// Sum of the call eventfd counter values read so far.
+    pub fn interrupt_sum(&self) -> u64 {
+        self.interrupt_sum
+    }
+}
+
+/// Blocks until one of `fds` is readable or `timeout` passes (poll(2)). Returns the number
+/// of readable fds (0 on timeout). EINTR counts as a timeout.
+pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<usize> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
+    // A sub-millisecond timeout still sleeps for one tick rather than spinning.
+    let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
+    // SAFETY: `pfds` is a valid, exclusively borrowed array of `pfds.len()` pollfd structs
+    // that lives across the call.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n as usize)
+}
+
+/// Raw fd of an eventfd, for [`wait_readable`].
+pub fn raw(e: &EventFd) -> RawFd {
+    e.as_raw_fd()
+}

@@ -1,0 +1,327 @@
+//! The ready rig: guest memory, the connection and the queue pairs, plus the operations
+//! tests need around them (send one frame and wait, stop a ring, wait for interrupts).
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::VhostBackend;
+
+use crate::connection::Connection;
+use crate::error::RigError;
+use crate::memory::GuestMemory;
+use crate::notify::{raw, wait_readable};
+use crate::options::RigOptions;
+use crate::rxq::RxQueue;
+use crate::setup::{Negotiated, PairAreas, PreparedRing, RigSetup, Scratch};
+use crate::stats::RigStats;
+use crate::txq::{SlotPool, TxQueue};
+use crate::virtio::VirtioNetHdr;
+
+/// RX and TX queue of one queue pair.
+#[derive(Debug)]
+pub struct QueuePair {
+    /// Ring 2i: device → driver.
+    pub rx: RxQueue,
+    /// Ring 2i+1: driver → device.
+    pub tx: TxQueue,
+}
+
+/// A frame that came back, from [`Rig::send_and_wait`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Its virtio-net header.
+    pub hdr: VirtioNetHdr,
+    /// Frame bytes.
+    pub data: Vec<u8>,
+    /// RX buffers (used elements) it took.
+    pub buffers: u16,
+    /// Other frames received on the pair while waiting.
+    pub others: usize,
+}
+
+/// What [`RigSetup::finish`] hands over.
+#[derive(Debug)]
+pub(crate) struct RigParts {
+    pub(crate) opts: RigOptions,
+    pub(crate) mem: Arc<GuestMemory>,
+    pub(crate) conn: Connection,
+    pub(crate) neg: Negotiated,
+    pub(crate) rings: Vec<PreparedRing>,
+    pub(crate) areas: Vec<PairAreas>,
+    pub(crate) scratch: Scratch,
+}
+
+/// A vhost-user frontend playing the VM, fully set up.
+#[derive(Debug)]
+pub struct Rig {
+    opts: RigOptions,
+    mem: Arc<GuestMemory>,
+    conn: Connection,
+    neg: Negotiated,
+    pairs: Vec<QueuePair>,
+    scratch: Scratch,
+}
+
+impl Rig {
+    /// Connects and runs the whole setup.
+    pub fn connect(opts: RigOptions) -> Result<Self, RigError> {
+        RigSetup::new(opts)?.finish()
+    }
+
+    pub(crate) fn from_parts(p: RigParts) -> Self {
+        let mrg = p.neg.mrg_rxbuf();
+        let qs = u64::from(p.opts.queue_size);
+        let k = p.opts.rx_descs_per_chain(mrg);
+        let buf = u64::from(p.opts.rx_buf_size);
+        let mut rings = p.rings.into_iter();
+        let mut pairs = Vec::with_capacity(p.areas.len());
+        for (i, a) in p.areas.iter().enumerate() {
+            let rx = rings.next().expect("two rings per pair");
+            let tx = rings.next().expect("two rings per pair");
+            let rx_pool = SlotPool {
+                gpa: a.rx_area,
+                stride: buf * k as u64,
+                count: (qs / k as u64) as u16,
+            };
+            let tx_pool = SlotPool {
+                gpa: a.tx_pool,
+                stride: p.opts.tx_slot_bytes(),
+                count: qs as u16,
+            };
+            pairs.push(QueuePair {
+                rx: RxQueue::new(
+                    rx.ring,
+                    rx.notify,
+                    2 * i,
+                    rx_pool,
+                    p.opts.rx_buf_size,
+                    k,
+                    mrg,
+                ),
+                tx: TxQueue::new(tx.ring, tx.notify, 2 * i + 1, tx_pool, p.opts.tx_two_desc),
+            });
+        }
+        Self {
+            opts: p.opts,
+            mem: p.mem,
+            conn: p.conn,
+            neg: p.neg,
+            pairs,
+            scratch: p.scratch,
+        }
+    }
+
+    /// The session options.
+    pub fn options(&self) -> &RigOptions {
+        &self.opts
+    }
+    /// What was negotiated.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.neg
+    }
+    /// Guest memory.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+    /// Spare guest memory (hostile chains point into it).
+    pub fn scratch(&self) -> Scratch {
+        self.scratch
+    }
+    /// All queue pairs.
+    pub fn pairs(&self) -> &[QueuePair] {
+        &self.pairs
+    }
+    /// All queue pairs, mutable.
+    pub fn pairs_mut(&mut self) -> &mut [QueuePair] {
+        &mut self.pairs
+    }
+    /// Queue pair `i`.
+    pub fn pair_mut(&mut self, i: usize) -> &mut QueuePair {
+        &mut self.pairs[i]
+    }
+    /// The `vhost` crate frontend, for requests of the test's own.
+    pub fn frontend(&mut self) -> &mut Frontend {
+        self.conn.frontend()
+    }
+    /// The connection.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Counters summed over all pairs.
+    pub fn stats(&self) -> RigStats {
+        let mut s = RigStats::default();
+        for p in &self.pairs {
+            s.tx.add(&p.tx.stats());
+            s.rx.add(&p.rx.stats());
+        }
+        s
+    }
+
+    /// The call eventfds of every ring (RX and TX of each pair).
+    pub fn call_fds(&self) -> Vec<RawFd> {
+        self.pairs
+            .iter()
+            .flat_map(|p| {
+                [
+                    raw(p.rx.notifier().call_fd()),
+                    raw(p.tx.notifier().call_fd()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Reads every signalled call eventfd; returns how many were signalled.
+    pub fn drain_calls(&mut self) -> Result<usize, RigError> {
+        let mut n = 0;
+        for p in &mut self.pairs {
+            for v in [
+                p.rx.notifier_mut().drain_call(),
+                p.tx.notifier_mut().drain_call(),
+            ] {
+                if v.map_err(RigError::Poll)? > 0 {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Interrupts off on every ring (the rig is polling).
+    pub fn disable_interrupts(&mut self) {
+        for p in &mut self.pairs {
+            p.rx.ring_mut().disable_interrupts();
+            p.tx.ring_mut().disable_interrupts();
+        }
+    }
+
+    /// NAPI-style sleep: re-enables interrupts on every RX ring (and, with `want_tx`, on
+    /// TX rings with frames in flight, delayed), re-checks for used entries that raced
+    /// in, sleeps on the call eventfds for at most `timeout`, drains them and disables
+    /// interrupts again. Returns the number of call eventfds that were signalled.
+    pub fn sleep_for_work(&mut self, want_tx: bool, timeout: Duration) -> Result<usize, RigError> {
+        let mut pending = false;
+        for p in &mut self.pairs {
+            pending |= p.rx.ring_mut().enable_interrupts();
+            if want_tx && p.tx.in_flight() > 0 {
+                pending |= p.tx.ring_mut().enable_interrupts_delayed();
+            }
+        }
+        if !pending {
+            wait_readable(&self.call_fds(), timeout).map_err(RigError::Poll)?;
+        }
+        let n = self.drain_calls()?;
+        self.disable_interrupts();
+        Ok(n)
+    }
+
+    /// Posts RX buffers on every pair as far as they go, and publishes them.
+    pub fn refill_all(&mut self) -> Result<(), RigError> {
+        for p in &mut self.pairs {
+            p.rx.refill()?;
+            p.rx.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends `frame` on pair `pair` and waits (at most `timeout`) until a byte-identical
+    /// frame comes back on that pair's RX queue. Other frames are counted and dropped.
+    pub fn send_and_wait(
+        &mut self,
+        pair: usize,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Received, RigError> {
+        if pair >= self.pairs.len() {
+            return Err(RigError::Options(format!("no queue pair {pair}")));
+        }
+        let deadline = Instant::now() + timeout;
+        self.refill_all()?;
+        {
+            let tx = &mut self.pairs[pair].tx;
+            tx.reap()?;
+            if !tx.send(frame)? {
+                return Err(RigError::Timeout(format!(
+                    "TX ring {} is full ({} frames in flight)",
+                    tx.index(),
+                    tx.in_flight()
+                )));
+            }
+            tx.flush()?;
+        }
+        let mut others = 0;
+        loop {
+            let p = &mut self.pairs[pair];
+            p.tx.reap()?;
+            let mut got = None;
+            p.rx.poll(usize::MAX, |f| {
+                if got.is_none() && f.data == frame {
+                    got = Some((f.hdr, f.buffers));
+                } else {
+                    others += 1;
+                }
+            })?;
+            p.rx.refill()?;
+            p.rx.flush()?;
+            if let Some((hdr, buffers)) = got {
+                return Ok(Received {
+                    hdr,
+                    data: frame.to_vec(),
+                    buffers,
+                    others,
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RigError::Timeout(format!(
+                    "frame of {} bytes sent on pair {pair} did not come back within {:?} \
+                     ({others} other frames received)",
+                    frame.len(),
+                    timeout
+                )));
+            }
+            self.sleep_for_work(true, (deadline - now).min(Duration::from_millis(50)))?;
+        }
+    }
+
+    /// Sends GET_VRING_BASE for `ring` (which stops it in the backend) and returns the
+    /// index the backend reports.
+    pub fn get_vring_base(&mut self, ring: usize) -> Result<u32, RigError> {
+        self.conn
+            .without_need_reply(|fe| fe.get_vring_base(ring))
+            .map_err(|source| RigError::Request {
+                request: format!("GET_VRING_BASE (ring {ring})"),
+                source,
+            })
+    }
+
+    /// SET_VRING_ENABLE for `ring`.
+    pub fn set_vring_enable(&mut self, ring: usize, enable: bool) -> Result<(), RigError> {
+        self.conn
+            .frontend()
+            .set_vring_enable(ring, enable)
+            .map_err(|source| RigError::Request {
+                request: format!("SET_VRING_ENABLE({}) (ring {ring})", u8::from(enable)),
+                source,
+            })
+    }
+
+    /// Stops every ring as DPDK's virtio-user does (SET_VRING_ENABLE 0 when protocol
+    /// features are in use, then GET_VRING_BASE); returns the bases, by ring index.
+    pub fn stop(&mut self) -> Result<Vec<u32>, RigError> {
+        let rings = 2 * self.pairs.len();
+        if self.neg.protocol_features() {
+            for r in 0..rings {
+                self.set_vring_enable(r, false)?;
+            }
+        }
+        (0..rings).map(|r| self.get_vring_base(r)).collect()
+    }
+
+    /// Closes the connection now.
+    pub fn disconnect(self) {
+        self.conn.shutdown();
+    }
+}

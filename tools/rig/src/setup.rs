@@ -1,0 +1,487 @@
+//! Step-by-step vhost-user setup, as QEMU/DPDK drive it, so that a test can stop after any
+//! step (and drop the connection: "disconnect mid-setup").
+//!
+//! Order: connect, SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES (then every setter
+//! carries NEED_REPLY if REPLY_ACK was acked), SET_FEATURES, GET_QUEUE_NUM (with MQ),
+//! SET_MEM_TABLE (or ADD_MEM_REG per region), then per ring (RX of pair i = 2i,
+//! TX = 2i+1): SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK,
+//! SET_VRING_CALL, SET_VRING_ENABLE(1) (only with PROTOCOL_FEATURES).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::{VhostBackend, VringConfigData};
+
+use crate::connection::{connect_with_retry, Connection};
+use crate::driver_ring::{DriverRing, RingLayout};
+use crate::error::RigError;
+use crate::memory::{GuestMemory, MemoryLayout};
+use crate::notify::Notifier;
+use crate::options::RigOptions;
+use crate::rig::{Rig, RigParts};
+use crate::virtio::{
+    feature_names, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// One step of the setup sequence. Ring steps carry the vhost-user ring index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SetupStep {
+    /// Connect to the socket.
+    Connect,
+    /// SET_OWNER.
+    SetOwner,
+    /// GET_FEATURES.
+    GetFeatures,
+    /// GET_PROTOCOL_FEATURES + SET_PROTOCOL_FEATURES (skipped if not offered).
+    ProtocolFeatures,
+    /// SET_FEATURES.
+    SetFeatures,
+    /// GET_QUEUE_NUM (only with the MQ protocol feature).
+    GetQueueNum,
+    /// SET_MEM_TABLE, or ADD_MEM_REG per region.
+    MemTable,
+    /// SET_VRING_NUM.
+    VringNum(usize),
+    /// SET_VRING_BASE.
+    VringBase(usize),
+    /// SET_VRING_ADDR.
+    VringAddr(usize),
+    /// SET_VRING_KICK.
+    VringKick(usize),
+    /// SET_VRING_CALL.
+    VringCall(usize),
+    /// SET_VRING_ENABLE(1) (only with PROTOCOL_FEATURES).
+    VringEnable(usize),
+}
+
+impl fmt::Display for SetupStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect => write!(f, "connect"),
+            Self::SetOwner => write!(f, "SET_OWNER"),
+            Self::GetFeatures => write!(f, "GET_FEATURES"),
+            Self::ProtocolFeatures => write!(f, "GET/SET_PROTOCOL_FEATURES"),
+            Self::SetFeatures => write!(f, "SET_FEATURES"),
+            Self::GetQueueNum => write!(f, "GET_QUEUE_NUM"),
+            Self::MemTable => write!(f, "SET_MEM_TABLE"),
+            Self::VringNum(r) => write!(f, "SET_VRING_NUM (ring {r})"),
+            Self::VringBase(r) => write!(f, "SET_VRING_BASE (ring {r})"),
+            Self::VringAddr(r) => write!(f, "SET_VRING_ADDR (ring {r})"),
+            Self::VringKick(r) => write!(f, "SET_VRING_KICK (ring {r})"),
+            Self::VringCall(r) => write!(f, "SET_VRING_CALL (ring {r})"),
+            Self::VringEnable(r) => write!(f, "SET_VRING_ENABLE (ring {r})"),
+        }
+    }
+}
+
+/// What was negotiated with the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Negotiated {
+    /// Features the backend offered (GET_FEATURES).
+    pub offered_features: u64,
+    /// Features the rig acked (SET_FEATURES).
+    pub acked_features: u64,
+    /// Protocol features the backend offered.
+    pub offered_protocol: u64,
+    /// Protocol features the rig acked.
+    pub acked_protocol: u64,
+    /// GET_QUEUE_NUM reply, if it was sent.
+    pub queue_num: Option<u64>,
+}
+
+impl Negotiated {
+    /// EVENT_IDX is in use.
+    pub fn event_idx(&self) -> bool {
+        self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0
+    }
+    /// MRG_RXBUF is in use.
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.acked_features & VIRTIO_NET_F_MRG_RXBUF != 0
+    }
+    /// PROTOCOL_FEATURES is in use (rings start disabled; SET_VRING_ENABLE needed).
+    pub fn protocol_features(&self) -> bool {
+        self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0
+    }
+    /// REPLY_ACK is in use (setters are acknowledged).
+    pub fn reply_ack(&self) -> bool {
+        self.acked_protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
+    }
+}
+
+/// A ring laid out and initialised in guest memory, with its eventfds.
+#[derive(Debug)]
+pub(crate) struct PreparedRing {
+    pub(crate) ring: DriverRing,
+    pub(crate) notify: Notifier,
+}
+
+/// Guest memory set aside for the queues of one pair and for hostile chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PairAreas {
+    pub(crate) tx_pool: u64,
+    pub(crate) rx_area: u64,
+}
+
+/// A spare guest memory area (hostile descriptors point into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scratch {
+    /// GPA of the area.
+    pub gpa: u64,
+    /// Its length.
+    pub len: u64,
+}
+
+/// The setup sequence in progress.
+#[derive(Debug)]
+pub struct RigSetup {
+    opts: RigOptions,
+    mem: Arc<GuestMemory>,
+    conn: Option<Connection>,
+    plan: VecDeque<SetupStep>,
+    done: Vec<SetupStep>,
+    neg: Negotiated,
+    rings: Vec<PreparedRing>,
+    areas: Vec<PairAreas>,
+    scratch: Scratch,
+}
+
+impl RigSetup {
+    /// Creates guest memory and lays out and initialises every ring; connects nothing yet.
+    pub fn new(opts: RigOptions) -> Result<Self, RigError> {
+        opts.validate().map_err(RigError::Options)?;
+        let mem = Arc::new(GuestMemory::new(&MemoryLayout {
+            base_gpa: opts.mem_base,
+            size: opts.memory_bytes(),
+            regions: opts.mem_regions,
+            gap: 1 << 20,
+        })?);
+        let qs = u64::from(opts.queue_size);
+        let mut alloc = mem.allocator();
+        let mut rings = Vec::with_capacity(2 * opts.queue_pairs);
+        let mut areas = Vec::with_capacity(opts.queue_pairs);
+        for _ in 0..opts.queue_pairs {
+            for _ in 0..2 {
+                let layout = RingLayout::allocate(&mut alloc, opts.queue_size)?;
+                rings.push(PreparedRing {
+                    ring: DriverRing::new(mem.clone(), layout, opts.initial_index)?,
+                    notify: Notifier::new().map_err(RigError::Eventfd)?,
+                });
+            }
+            areas.push(PairAreas {
+                tx_pool: alloc.alloc(qs * opts.tx_slot_bytes(), 4096)?,
+                rx_area: alloc.alloc(qs * u64::from(opts.rx_buf_size), 4096)?,
+            });
+        }
+        let scratch_len = 64 << 10;
+        let scratch = Scratch {
+            gpa: alloc.alloc(scratch_len, 4096)?,
+            len: scratch_len,
+        };
+        let mut plan = VecDeque::from([
+            SetupStep::Connect,
+            SetupStep::SetOwner,
+            SetupStep::GetFeatures,
+            SetupStep::ProtocolFeatures,
+            SetupStep::SetFeatures,
+            SetupStep::GetQueueNum,
+            SetupStep::MemTable,
+        ]);
+        for r in 0..2 * opts.queue_pairs {
+            plan.extend([
+                SetupStep::VringNum(r),
+                SetupStep::VringBase(r),
+                SetupStep::VringAddr(r),
+                SetupStep::VringKick(r),
+                SetupStep::VringCall(r),
+                SetupStep::VringEnable(r),
+            ]);
+        }
+        Ok(Self {
+            opts,
+            mem,
+            conn: None,
+            plan,
+            done: Vec::new(),
+            neg: Negotiated::default(),
+            rings,
+            areas,
+            scratch,
+        })
+    }
+
+    /// The options of this session.
+    pub fn options(&self) -> &RigOptions {
+        &self.opts
+    }
+    /// Guest memory.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+    /// What has been negotiated so far.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.neg
+    }
+    /// Steps performed so far (skipped ones are not listed).
+    pub fn done(&self) -> &[SetupStep] {
+        &self.done
+    }
+    /// Steps still to handle (some may be skipped when their turn comes).
+    pub fn remaining(&self) -> impl Iterator<Item = &SetupStep> {
+        self.plan.iter()
+    }
+    /// The connection, once the Connect step ran (for requests of the test's own).
+    pub fn connection(&mut self) -> Option<&mut Connection> {
+        self.conn.as_mut()
+    }
+    /// The driver ring of vhost-user ring `index` (e.g. to inspect its layout).
+    pub fn ring(&self, index: usize) -> Option<&DriverRing> {
+        self.rings.get(index).map(|r| &r.ring)
+    }
+
+    fn applicable(&self, step: SetupStep) -> bool {
+        match step {
+            SetupStep::ProtocolFeatures => {
+                self.neg.offered_features & VHOST_USER_F_PROTOCOL_FEATURES != 0
+            }
+            SetupStep::GetQueueNum => {
+                self.neg.acked_protocol & VhostUserProtocolFeatures::MQ.bits() != 0
+            }
+            SetupStep::VringEnable(_) => self.neg.protocol_features(),
+            _ => true,
+        }
+    }
+
+    /// Handles the next step: performs it, or skips it when it does not apply (e.g.
+    /// GET_QUEUE_NUM without MQ). Returns the step handled, `None` when all are done.
+    pub fn step(&mut self) -> Result<Option<SetupStep>, RigError> {
+        let Some(step) = self.plan.pop_front() else {
+            return Ok(None);
+        };
+        if self.applicable(step) {
+            self.perform(step)?;
+            self.done.push(step);
+        }
+        Ok(Some(step))
+    }
+
+    /// Handles steps up to and including `stop`.
+    pub fn run_until(&mut self, stop: SetupStep) -> Result<(), RigError> {
+        if !self.plan.contains(&stop) {
+            return Err(RigError::SetupOrder(format!(
+                "step {stop} is not ahead in the plan"
+            )));
+        }
+        while let Some(s) = self.step()? {
+            if s == stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every remaining step and returns the ready rig.
+    pub fn finish(mut self) -> Result<Rig, RigError> {
+        while self.step()?.is_some() {}
+        let conn = self
+            .conn
+            .take()
+            .ok_or_else(|| RigError::SetupOrder("finished without a connection".to_string()))?;
+        Ok(Rig::from_parts(RigParts {
+            opts: self.opts,
+            mem: self.mem,
+            conn,
+            neg: self.neg,
+            rings: self.rings,
+            areas: self.areas,
+            scratch: self.scratch,
+        }))
+    }
+
+    /// Closes the connection now, whatever step was reached.
+    pub fn disconnect(self) {
+        if let Some(c) = &self.conn {
+            c.shutdown();
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection, RigError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| RigError::SetupOrder("not connected".to_string()))
+    }
+
+    fn perform(&mut self, step: SetupStep) -> Result<(), RigError> {
+        let req = |source| RigError::Request {
+            request: step.to_string(),
+            source,
+        };
+        match step {
+            SetupStep::Connect => {
+                let s = connect_with_retry(&self.opts.socket, self.opts.connect_timeout)?;
+                self.conn = Some(Connection::new(
+                    s,
+                    2 * self.opts.queue_pairs,
+                    self.opts.reply_timeout,
+                )?);
+            }
+            SetupStep::SetOwner => self.conn()?.frontend().set_owner().map_err(req)?,
+            SetupStep::GetFeatures => {
+                let f = self
+                    .conn()?
+                    .without_need_reply(|fe| fe.get_features())
+                    .map_err(req)?;
+                self.neg.offered_features = f;
+                if f & VIRTIO_F_VERSION_1 == 0 {
+                    return Err(RigError::Unsupported(format!(
+                        "VIRTIO_F_VERSION_1 (offered {})",
+                        feature_names(f)
+                    )));
+                }
+            }
+            SetupStep::ProtocolFeatures => self.negotiate_protocol(step)?,
+            SetupStep::SetFeatures => {
+                let offered = self.neg.offered_features;
+                let mut ack = VIRTIO_F_VERSION_1 | (offered & VHOST_USER_F_PROTOCOL_FEATURES);
+                if self.opts.event_idx {
+                    ack |= offered & VIRTIO_RING_F_EVENT_IDX;
+                }
+                if self.opts.mrg_rxbuf {
+                    ack |= offered & VIRTIO_NET_F_MRG_RXBUF;
+                }
+                if self.opts.queue_pairs > 1 {
+                    ack |= offered & VIRTIO_NET_F_MQ;
+                }
+                self.conn()?.frontend().set_features(ack).map_err(req)?;
+                self.neg.acked_features = ack;
+                let event_idx = self.neg.event_idx();
+                for r in &mut self.rings {
+                    r.ring.set_event_idx(event_idx);
+                }
+            }
+            SetupStep::GetQueueNum => {
+                let n = self.conn()?.get_queue_num()?;
+                self.neg.queue_num = Some(n);
+                if n < self.opts.queue_pairs as u64 {
+                    return Err(RigError::Unsupported(format!(
+                        "{} queue pairs (GET_QUEUE_NUM says {n})",
+                        self.opts.queue_pairs
+                    )));
+                }
+            }
+            SetupStep::MemTable => {
+                let infos = self.mem.region_infos();
+                let slots = self.opts.mem_slots
+                    && self.neg.acked_protocol
+                        & VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS.bits()
+                        != 0;
+                let fe = self.conn()?.frontend();
+                if slots {
+                    for info in &infos {
+                        fe.add_mem_region(info).map_err(req)?;
+                    }
+                } else {
+                    fe.set_mem_table(&infos).map_err(req)?;
+                }
+            }
+            SetupStep::VringNum(r) => {
+                let qs = self.opts.queue_size;
+                self.conn()?.frontend().set_vring_num(r, qs).map_err(req)?;
+            }
+            SetupStep::VringBase(r) => {
+                let base = self.opts.initial_index;
+                self.conn()?
+                    .frontend()
+                    .set_vring_base(r, base)
+                    .map_err(req)?;
+            }
+            SetupStep::VringAddr(r) => {
+                let layout = *self.ring_at(r)?.ring.layout();
+                let va = |gpa| self.mem.user_addr(gpa);
+                let cfg = VringConfigData {
+                    queue_max_size: layout.size,
+                    queue_size: layout.size,
+                    flags: 0,
+                    desc_table_addr: va(layout.desc)?,
+                    used_ring_addr: va(layout.used)?,
+                    avail_ring_addr: va(layout.avail)?,
+                    log_addr: None,
+                };
+                self.conn()?
+                    .frontend()
+                    .set_vring_addr(r, &cfg)
+                    .map_err(req)?;
+            }
+            SetupStep::VringKick(r) => {
+                let conn = self.conn.as_mut().ok_or_else(not_connected)?;
+                let notify = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.notify;
+                conn.frontend()
+                    .set_vring_kick(r, notify.kick_fd())
+                    .map_err(req)?;
+            }
+            SetupStep::VringCall(r) => {
+                let conn = self.conn.as_mut().ok_or_else(not_connected)?;
+                let notify = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.notify;
+                conn.frontend()
+                    .set_vring_call(r, notify.call_fd())
+                    .map_err(req)?;
+            }
+            SetupStep::VringEnable(r) => {
+                self.conn()?
+                    .frontend()
+                    .set_vring_enable(r, true)
+                    .map_err(req)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ring_at(&self, r: usize) -> Result<&PreparedRing, RigError> {
+        self.rings.get(r).ok_or_else(|| bad_ring(r))
+    }
+
+    fn negotiate_protocol(&mut self, step: SetupStep) -> Result<(), RigError> {
+        let req = |source| RigError::Request {
+            request: step.to_string(),
+            source,
+        };
+        let pairs = self.opts.queue_pairs;
+        let want_slots = self.opts.mem_slots;
+        let conn = self.conn()?;
+        let offered = conn
+            .without_need_reply(|fe| fe.get_protocol_features())
+            .map_err(req)?;
+        let mut ack =
+            offered & (VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ);
+        if want_slots {
+            ack |= offered & VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        }
+        if pairs > 1 && !ack.contains(VhostUserProtocolFeatures::MQ) {
+            return Err(RigError::Unsupported(format!(
+                "{pairs} queue pairs: protocol feature MQ not offered ({:#x})",
+                offered.bits()
+            )));
+        }
+        conn.frontend().set_protocol_features(ack).map_err(req)?;
+        if ack.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // From now on every setter waits for the backend's acknowledgement, so setup
+            // is synchronous and a failure is reported at the step that caused it.
+            conn.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        self.neg.offered_protocol = offered.bits();
+        self.neg.acked_protocol = ack.bits();
+        Ok(())
+    }
+}
+
+fn not_connected() -> RigError {
+    RigError::SetupOrder("not connected".to_string())
+}
+
+fn bad_ring(r: usize) -> RigError {
+    RigError::SetupOrder(format!("no ring {r}"))
+}
