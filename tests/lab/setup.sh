@@ -1,0 +1,201 @@
+#!/bin/bash
+# Prepare a Debian 12 (bookworm) machine for vdpad's real-peer tests.
+#
+#   sudo tests/lab/setup.sh [--smoke]
+#
+# Runs as root, needs no terminal, and is idempotent: work already done is detected and
+# skipped, so a second run takes a few seconds. What it does:
+#   1. apt packages: DPDK testpmd with the vhost, virtio, tap, af_packet and ring-mempool
+#      drivers, busybox-static/cpio/kmod/xz/zstd for the guest image, iperf3, iproute2,
+#      ethtool, tcpdump, gcc, python3;
+#   2. QEMU >= 10 from bookworm-backports (bookworm's QEMU 7.2 crashes with vhost-user
+#      and MSI-X under TCG). /etc/apt is left alone: the backports source, its package
+#      lists and its download cache live in a private apt configuration under the lab dir;
+#   3. Debian's 6.1 kernel (linux-image-amd64's current ABI package) extracted into the lab
+#      dir; nothing is installed into /boot and no bootloader is touched;
+#   4. hugepages for testpmd, best effort (the tests also run with --no-huge);
+#   5. the guest initramfs (tests/lab/initramfs.sh), rebuilt when that script or the
+#      kernel changes;
+#   6. with --smoke (or VDPAD_LAB_SMOKE=1): boots the guest once as a check.
+#
+# Lab dir: $VDPAD_LAB, default /var/tmp/vdpad-lab. The tests find the kernel at
+# $VDPAD_LAB/vmlinuz and the initramfs at $VDPAD_LAB/initramfs.cpio.gz.
+set -euo pipefail
+
+LAB=${VDPAD_LAB:-/var/tmp/vdpad-lab}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SMOKE=${VDPAD_LAB_SMOKE:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) SMOKE=1 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+export DEBIAN_FRONTEND=noninteractive
+APT_OPTS=(-y -q -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300 -o APT::Install-Recommends=false)
+START=$(date +%s.%N)
+STEP_START=$START
+STEP=""
+
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+step() { STEP=$1; STEP_START=$(date +%s.%N); echo "[setup] $STEP ..."; }
+done_step() { echo "[setup] $STEP: ${1:-done} ($(elapsed "$STEP_START") s)"; }
+DIED=0
+die() { DIED=1; echo "[setup] FAILED in step '$STEP' after $(elapsed "$START") s: $*" >&2; exit 1; }
+trap 'rc=$?; [ $rc -eq 0 ] || [ $DIED = 1 ] || echo "[setup] FAILED in step '"'"'$STEP'"'"' (exit $rc) after $(elapsed "$START") s; see the output above" >&2' EXIT
+
+# ---------------------------------------------------------------------------------------
+step "preflight"
+[ "$(id -u)" -eq 0 ] || die "must run as root (sudo tests/lab/setup.sh)"
+command -v apt-get >/dev/null || die "apt-get not found: this installer targets Debian 12"
+CODENAME=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+[ "$CODENAME" = bookworm ] || echo "[setup] warning: this is '$CODENAME', not Debian 12 (bookworm); continuing"
+[ "$(uname -m)" = x86_64 ] || die "x86_64 only (found $(uname -m))"
+mkdir -p "$LAB"
+exec 9>"$LAB/.setup.lock"
+flock -w 600 9 || die "another setup.sh holds $LAB/.setup.lock"
+done_step "root, $CODENAME, lab dir $LAB"
+
+# ---------------------------------------------------------------------------------------
+step "apt packages"
+PACKAGES=(
+  dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-net-tap23 librte-net-af-packet23
+  librte-mempool-ring23
+  busybox-static cpio kmod xz-utils zstd gzip
+  iperf3 iproute2 ethtool tcpdump procps util-linux coreutils
+  gcc libc6-dev python3 ca-certificates
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  done_step "all ${#PACKAGES[@]} already installed"
+else
+  echo "[setup] installing: ${missing[*]}"
+  apt-get -qq -o DPkg::Lock::Timeout=300 update </dev/null || die "apt-get update failed"
+  apt-get "${APT_OPTS[@]}" install "${missing[@]}" </dev/null || die "apt-get install failed"
+  done_step "installed ${#missing[@]}"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "QEMU >= 10"
+qemu_major() { qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p'; }
+if [ "$(qemu_major || true)" -ge 10 ] 2>/dev/null && [ "${VDPAD_LAB_FORCE_QEMU:-0}" != 1 ]; then
+  done_step "present: $(qemu-system-x86_64 --version | head -n 1)"
+else
+  # Private apt configuration: the machine's own sources plus bookworm-backports, with
+  # their lists and archives under $LAB/apt-backports. /etc/apt and /var/lib/apt/lists
+  # are not modified; only dpkg's database learns about the installed packages.
+  B=$LAB/apt-backports
+  mkdir -p "$B/lists/partial" "$B/archives/partial"
+  MIRROR=""
+  if [ -r /etc/apt/sources.list.d/debian.sources ]; then
+    MIRROR=$(awk '$1 == "URIs:" && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$MIRROR" ] && [ -r /etc/apt/sources.list ]; then
+    MIRROR=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file|ftp):/) { print $i; exit } }' /etc/apt/sources.list)
+  fi
+  MIRROR=${MIRROR:-http://deb.debian.org/debian}
+  echo "deb $MIRROR bookworm-backports main" >"$B/backports.list"
+  PRIV=(-o "Dir::Etc::sourcelist=$B/backports.list" -o "Dir::State::lists=$B/lists"
+        -o "Dir::Cache::archives=$B/archives")
+  echo "[setup] private apt config: $B (mirror $MIRROR)"
+  apt-get "${PRIV[@]}" -qq -o DPkg::Lock::Timeout=300 update </dev/null || die "apt-get update (backports) failed"
+  apt-get "${PRIV[@]}" "${APT_OPTS[@]}" -t bookworm-backports install qemu-system-x86 </dev/null ||
+    die "installing qemu-system-x86 from bookworm-backports failed"
+  apt-get "${PRIV[@]}" -q clean </dev/null || true
+  [ "$(qemu_major || true)" -ge 10 ] 2>/dev/null || die "QEMU is still $(qemu-system-x86_64 --version | head -n 1)"
+  done_step "installed $(qemu-system-x86_64 --version | head -n 1)"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "guest kernel"
+KROOT=$LAB/kernel
+KVER=$(ls "$KROOT/lib/modules" 2>/dev/null | grep -E -- '-amd64$' | sort -V | tail -n 1 || true)
+if [ -n "$KVER" ] && [ -s "$KROOT/boot/vmlinuz-$KVER" ] && [ -s "$KROOT/lib/modules/$KVER/modules.dep" ]; then
+  ln -sfn "kernel/boot/vmlinuz-$KVER" "$LAB/vmlinuz"
+  done_step "present: $KVER"
+else
+  KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null |
+    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-amd64$/ { print $2; exit }')
+  [ -n "$KPKG" ] || die "cannot resolve linux-image-amd64 to a kernel package (apt lists missing?)"
+  KVER=${KPKG#linux-image-}
+  DL=$LAB/downloads
+  rm -rf "$DL" "$KROOT.tmp"
+  mkdir -p "$DL"
+  # apt-get download as root warns that it cannot drop privileges to _apt; harmless.
+  (cd "$DL" && apt-get -q download "$KPKG" </dev/null) || die "apt-get download $KPKG failed"
+  dpkg-deb -x "$DL"/"${KPKG}"_*.deb "$KROOT.tmp" || die "cannot unpack $KPKG"
+  depmod -b "$KROOT.tmp" "$KVER" || die "depmod failed"
+  rm -rf "$KROOT" "$DL"
+  mv "$KROOT.tmp" "$KROOT"
+  ln -sfn "kernel/boot/vmlinuz-$KVER" "$LAB/vmlinuz"
+  done_step "extracted $KPKG"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "hugepages (best effort)"
+total=$(awk '/^HugePages_Total:/ { print $2 }' /proc/meminfo)
+if [ "${total:-0}" -lt 512 ]; then
+  echo 1024 >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+  total=$(awk '/^HugePages_Total:/ { print $2 }' /proc/meminfo)
+fi
+if ! mountpoint -q /dev/hugepages; then
+  mkdir -p /dev/hugepages && mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null || true
+fi
+hp_mount=no
+mountpoint -q /dev/hugepages && hp_mount=yes
+done_step "${total:-0} x 2 MiB pages, /dev/hugepages mounted: $hp_mount (tests fall back to --no-huge)"
+
+# ---------------------------------------------------------------------------------------
+step "guest initramfs"
+INITRD=$LAB/initramfs.cpio.gz
+STAMP="$(sha256sum "$HERE/initramfs.sh" | cut -d' ' -f1) $KVER"
+if [ -s "$INITRD" ] && [ "$(cat "$LAB/initramfs.stamp" 2>/dev/null)" = "$STAMP" ]; then
+  done_step "up to date"
+else
+  VDPAD_LAB=$LAB "$HERE/initramfs.sh" "$KROOT" "$KVER" "$INITRD" || die "initramfs.sh failed"
+  echo "$STAMP" >"$LAB/initramfs.stamp"
+  done_step "built"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "checks"
+for tool in qemu-system-x86_64 dpdk-testpmd timeout taskset ip iperf3 ethtool tcpdump; do
+  command -v "$tool" >/dev/null || die "$tool not found after installation"
+done
+[ -c /dev/net/tun ] || echo "[setup] warning: /dev/net/tun missing (tap-based tests will fail)"
+PMDS=$(ls -d /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/ 2>/dev/null | head -n 1)
+for pmd in net_vhost net_virtio net_tap mempool_ring; do
+  ls "$PMDS"librte_"$pmd".so* >/dev/null 2>&1 || die "DPDK driver librte_$pmd missing in ${PMDS:-<no pmds dir>}"
+done
+done_step "tools and DPDK drivers present"
+
+if [ "$SMOKE" = 1 ]; then
+  step "smoke boot"
+  W=$(mktemp -d "$LAB/smoke.XXXXXX")
+  printf 'echo "smoke: $(chroot /host /bin/uname -s) $(ls /lab | tr "\\n" " ")"\n' >"$W/guest.sh"
+  touch "$W/share-visible"
+  timeout 120 qemu-system-x86_64 -machine q35 -accel tcg -m 512M -smp 1 -nodefaults -display none \
+    -serial stdio -no-reboot -kernel "$LAB/vmlinuz" -initrd "$INITRD" \
+    -append "console=ttyS0 quiet panic=-1 lab.script=/host$W/guest.sh" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$W,mount_tag=lab,security_model=none" </dev/null >"$W/console.log" 2>&1 || true
+  if grep -q 'smoke: Linux .*share-visible' "$W/console.log" && grep -q 'VDPAD-GUEST-EXIT rc=0' "$W/console.log"; then
+    rm -rf "$W"
+    done_step "guest booted and ran a host binary"
+  else
+    cat "$W/console.log" >&2
+    die "the guest did not boot (console above, kept in $W)"
+  fi
+fi
+
+STEP="summary"
+echo "[setup] lab ready in $(elapsed "$START") s: $LAB"
+echo "[setup]   qemu:   $(command -v qemu-system-x86_64) ($(qemu-system-x86_64 --version | head -n 1 | awk '{ print $4 }'))"
+echo "[setup]   kernel: $LAB/vmlinuz -> $(readlink "$LAB/vmlinuz")"
+echo "[setup]   initrd: $INITRD"
+echo "[setup]   testpmd: $(command -v dpdk-testpmd)"
