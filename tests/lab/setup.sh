@@ -42,6 +42,20 @@ STEP=""
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 step() { STEP=$1; STEP_START=$(date +%s.%N); echo "[setup] $STEP ..."; }
 done_step() { echo "[setup] $STEP: ${1:-done} ($(elapsed "$STEP_START") s)"; }
+# logged LOGNAME CMD...: run CMD with its output in $LAB/logs/LOGNAME.log; on failure
+# show the end of that log.
+logged() {
+  local log=$LAB/logs/$1.log
+  shift
+  mkdir -p "$LAB/logs"
+  if "$@" </dev/null >"$log" 2>&1; then
+    return 0
+  fi
+  echo "[setup] command failed: $*" >&2
+  tail -n 30 "$log" | sed 's/^/    /' >&2
+  echo "[setup] full log: $log" >&2
+  return 1
+}
 DIED=0
 die() { DIED=1; echo "[setup] FAILED in step '$STEP' after $(elapsed "$START") s: $*" >&2; exit 1; }
 trap 'rc=$?; [ $rc -eq 0 ] || [ $DIED = 1 ] || echo "[setup] FAILED in step '"'"'$STEP'"'"' (exit $rc) after $(elapsed "$START") s; see the output above" >&2' EXIT
@@ -64,7 +78,7 @@ PACKAGES=(
   dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-net-tap23 librte-net-af-packet23
   librte-mempool-ring23
   busybox-static cpio kmod xz-utils zstd gzip
-  iperf3 iproute2 ethtool tcpdump procps util-linux coreutils
+  iperf3 iproute2 iputils-ping ethtool tcpdump procps util-linux coreutils
   gcc libc6-dev python3 ca-certificates
 )
 missing=()
@@ -75,8 +89,8 @@ if [ ${#missing[@]} -eq 0 ]; then
   done_step "all ${#PACKAGES[@]} already installed"
 else
   echo "[setup] installing: ${missing[*]}"
-  apt-get -qq -o DPkg::Lock::Timeout=300 update </dev/null || die "apt-get update failed"
-  apt-get "${APT_OPTS[@]}" install "${missing[@]}" </dev/null || die "apt-get install failed"
+  logged apt-update apt-get -q -o DPkg::Lock::Timeout=300 update || die "apt-get update failed"
+  logged apt-install apt-get "${APT_OPTS[@]}" install "${missing[@]}" || die "apt-get install failed"
   done_step "installed ${#missing[@]}"
 fi
 
@@ -103,10 +117,11 @@ else
   PRIV=(-o "Dir::Etc::sourcelist=$B/backports.list" -o "Dir::State::lists=$B/lists"
         -o "Dir::Cache::archives=$B/archives")
   echo "[setup] private apt config: $B (mirror $MIRROR)"
-  apt-get "${PRIV[@]}" -qq -o DPkg::Lock::Timeout=300 update </dev/null || die "apt-get update (backports) failed"
-  apt-get "${PRIV[@]}" "${APT_OPTS[@]}" -t bookworm-backports install qemu-system-x86 </dev/null ||
+  logged apt-backports-update apt-get "${PRIV[@]}" -q -o DPkg::Lock::Timeout=300 update ||
+    die "apt-get update (backports) failed"
+  logged apt-backports-install apt-get "${PRIV[@]}" "${APT_OPTS[@]}" -t bookworm-backports install qemu-system-x86 ||
     die "installing qemu-system-x86 from bookworm-backports failed"
-  apt-get "${PRIV[@]}" -q clean </dev/null || true
+  apt-get "${PRIV[@]}" -q clean </dev/null >/dev/null 2>&1 || true
   [ "$(qemu_major || true)" -ge 10 ] 2>/dev/null || die "QEMU is still $(qemu-system-x86_64 --version | head -n 1)"
   done_step "installed $(qemu-system-x86_64 --version | head -n 1)"
 fi
@@ -126,8 +141,9 @@ else
   DL=$LAB/downloads
   rm -rf "$DL" "$KROOT.tmp"
   mkdir -p "$DL"
-  # apt-get download as root warns that it cannot drop privileges to _apt; harmless.
-  (cd "$DL" && apt-get -q download "$KPKG" </dev/null) || die "apt-get download $KPKG failed"
+  # Let apt's unprivileged download user write there (else apt warns and runs as root).
+  id _apt >/dev/null 2>&1 && chown _apt "$DL"
+  (cd "$DL" && logged kernel-download apt-get -q download "$KPKG") || die "apt-get download $KPKG failed"
   dpkg-deb -x "$DL"/"${KPKG}"_*.deb "$KROOT.tmp" || die "cannot unpack $KPKG"
   depmod -b "$KROOT.tmp" "$KVER" || die "depmod failed"
   rm -rf "$KROOT" "$DL"

@@ -203,3 +203,58 @@ impl Drop for Netns {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_addresses_outside_the_test_ranges() {
+        check_test_address("192.0.2.7/24");
+        check_test_address("198.51.100.1/30");
+        for bad in ["10.0.0.1/24", "192.0.2.1/16", "192.0.20.1/24", "8.8.8.8"] {
+            assert!(
+                std::panic::catch_unwind(|| check_test_address(bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    /// Harness self-test: veth between two namespaces, ping, a spawned process, and
+    /// cleanup of the namespace and of the process on drop.
+    #[test]
+    #[ignore = "needs the lab: tests/lab/setup.sh (root)"]
+    fn veth_ping_and_cleanup() {
+        let dir = super::super::tmp::TempDir::new("netns");
+        let (a, b) = (Netns::new(), Netns::new());
+        a.veth_to("va", &b, "vb");
+        a.addr("va", "198.51.100.1/24");
+        b.addr("vb", "198.51.100.2/24");
+        let out = a.exec(
+            "busybox",
+            &["ping", "-c", "2", "-i", "0.2", "-W", "2", "198.51.100.2"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(b.counter("vb", "rx_packets") >= 2);
+        a.tap("tap0");
+        a.up("tap0");
+        let mut sleeper =
+            a.spawn(Spawn::new("sleep", "sleep", dir.join("sleep.log")).args(["600"]));
+        let pid = sleeper.target_pid().expect("sleep pid");
+        assert!(a.pids().contains(&pid), "{pid} not in {:?}", a.pids());
+        let name = a.name().to_string();
+        drop(a);
+        let status = sleeper
+            .wait_timeout(Duration::from_secs(5))
+            .expect("sleep killed");
+        assert!(!status.success());
+        let list = ip(&["netns", "list"]).unwrap();
+        assert!(!list.contains(&name), "{name} still exists: {list}");
+        // The peer end went with the deleted namespace.
+        assert!(!b.ip(&["link"]).contains("vb"));
+    }
+}
