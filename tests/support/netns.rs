@@ -54,7 +54,11 @@ pub struct Netns {
 
 impl Netns {
     /// Creates the namespace with its loopback up.
+    ///
+    /// First deletes namespaces of this naming scheme whose test process is gone
+    /// (left behind by a test binary that was killed before it could clean up).
     pub fn new() -> Netns {
+        sweep_orphans();
         let name = format!(
             "vdpadt-{}-{}",
             std::process::id(),
@@ -165,6 +169,26 @@ impl Netns {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// Deletes `vdpadt-<pid>-<n>` namespaces whose `<pid>` no longer exists.
+fn sweep_orphans() {
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix("vdpadt-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("deleting orphaned test namespace {name}");
+            let _ = ip(&["netns", "del", name]);
+        }
     }
 }
 

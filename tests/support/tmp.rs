@@ -30,6 +30,7 @@ impl TempDir {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/tmp/vdpad-tests"));
         std::fs::create_dir_all(&base).unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
+        sweep_orphans(&base);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = base.join(format!("{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
@@ -50,6 +51,30 @@ impl TempDir {
     /// A path inside the directory.
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
+    }
+}
+
+/// Removes `<tag>-<pid>-<n>` directories in `base` whose `<pid>` no longer exists
+/// (left by a killed test binary), unless `VDPAD_KEEP_TMP=1`.
+fn sweep_orphans(base: &Path) {
+    if std::env::var("VDPAD_KEEP_TMP").as_deref() == Ok("1") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplitn(3, '-');
+        let (Some(_n), Some(pid), Some(_tag)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
