@@ -40,6 +40,9 @@ pub enum RingError {
         /// Descriptors free.
         have: usize,
     },
+    /// Every avail ring slot holds an entry the device has not completed.
+    #[error("avail ring full: every slot holds an entry not yet used")]
+    AvailFull,
     /// A chain with no segment.
     #[error("empty descriptor chain")]
     EmptyChain,
@@ -358,6 +361,10 @@ impl DriverRing {
     pub fn num_free(&self) -> usize {
         self.free.len()
     }
+    /// True when a chain of `n` descriptors can be added now.
+    pub fn can_add(&self, n: usize) -> bool {
+        n <= self.free.len() && self.avail_slot_free()
+    }
     /// Normal chains made available and not yet returned.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -410,6 +417,9 @@ impl DriverRing {
                 have: self.free.len(),
             });
         }
+        if !self.avail_slot_free() {
+            return Err(RingError::AvailFull);
+        }
         for s in segs {
             self.mem
                 .host_ptr(s.gpa, u64::from(s.len))
@@ -443,6 +453,14 @@ impl DriverRing {
         self.push_avail(head);
         self.in_flight += 1;
         Ok(head)
+    }
+
+    /// True when one more avail entry may be queued. Each in-flight chain holds one avail
+    /// entry until it is used; so does each hostile head (the device may have skipped it
+    /// without a used element, and we cannot tell), so the ring never holds more than
+    /// `size` entries the device has not consumed.
+    fn avail_slot_free(&self) -> bool {
+        self.in_flight + self.raw.len() < usize::from(self.size)
     }
 
     fn push_avail(&mut self, head: u16) {
@@ -624,8 +642,12 @@ impl DriverRing {
 
     /// Queues an arbitrary head value in the avail ring; `descs` are the descriptors it
     /// owns, returned to the free list if the device ever completes `head`.
-    pub fn add_raw_head(&mut self, head: u16, descs: Vec<u16>) {
+    pub fn add_raw_head(&mut self, head: u16, descs: Vec<u16>) -> Result<(), RingError> {
+        if !self.avail_slot_free() {
+            return Err(RingError::AvailFull);
+        }
         self.push_avail(head);
         self.raw.push(RawChain { head, descs });
+        Ok(())
     }
 }

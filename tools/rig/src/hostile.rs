@@ -152,7 +152,8 @@ impl Rig {
         descs: Vec<u16>,
     ) -> Result<Injected, RigError> {
         let (ring, r) = self.ring_for(pair, dir)?;
-        r.add_raw_head(head, descs.clone());
+        r.add_raw_head(head, descs.clone())
+            .map_err(|source| RigError::Queue(crate::txq::QueueError::Ring { ring, source }))?;
         r.publish();
         let _ = r.kick_needed();
         let p = &mut self.pairs_mut()[pair];

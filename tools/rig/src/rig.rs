@@ -205,7 +205,7 @@ impl Rig {
         let mut pending = false;
         for p in &mut self.pairs {
             pending |= p.rx.ring_mut().enable_interrupts();
-            if want_tx && p.tx.in_flight() > 0 {
+            if want_tx && p.tx.in_flight() + p.tx.ring().raw_outstanding() > 0 {
                 pending |= p.tx.ring_mut().enable_interrupts_delayed();
             }
         }
@@ -239,17 +239,24 @@ impl Rig {
         }
         let deadline = Instant::now() + timeout;
         self.refill_all()?;
-        {
+        // Post the frame, waiting (bounded) for TX room if the ring is full.
+        loop {
             let tx = &mut self.pairs[pair].tx;
             tx.reap()?;
-            if !tx.send(frame)? {
+            if tx.send(frame)? {
+                tx.flush()?;
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(RigError::Timeout(format!(
-                    "TX ring {} is full ({} frames in flight)",
+                    "TX ring {} stayed full ({} frames and {} hostile chains in flight)",
                     tx.index(),
-                    tx.in_flight()
+                    tx.in_flight(),
+                    tx.ring().raw_outstanding()
                 )));
             }
-            tx.flush()?;
+            self.sleep_for_work(true, (deadline - now).min(Duration::from_millis(50)))?;
         }
         let mut others = 0;
         loop {

@@ -118,7 +118,9 @@ impl RxQueue {
     /// How many `len`-byte frames all chains of this queue hold at once (0 if a frame
     /// does not fit a chain without MRG_RXBUF).
     pub fn frames_capacity(&self, len: usize) -> usize {
-        let chains = usize::from(self.pool.count);
+        // Hostile heads the device never completed keep their avail slots.
+        let slots = usize::from(self.ring.size()) - self.ring.raw_outstanding();
+        let chains = usize::from(self.pool.count).min(slots / self.descs_per_chain);
         let need = VIRTIO_NET_HDR_LEN + len;
         if self.mrg {
             chains / need.div_ceil(self.buf_size as usize)
@@ -146,7 +148,7 @@ impl RxQueue {
             writable: true,
         }; 64];
         let k = self.descs_per_chain;
-        while !self.free_slots.is_empty() && self.ring.num_free() >= k {
+        while !self.free_slots.is_empty() && self.ring.can_add(k) {
             let slot = self.free_slots.pop().expect("checked non-empty");
             let gpa = self.pool.slot(slot);
             let head = if k <= segs.len() {

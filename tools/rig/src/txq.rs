@@ -134,7 +134,7 @@ impl TxQueue {
     }
     /// True when one more frame can be posted.
     pub fn can_send(&self) -> bool {
-        !self.free_slots.is_empty() && self.ring.num_free() >= self.descs_per_frame()
+        !self.free_slots.is_empty() && self.ring.can_add(self.descs_per_frame())
     }
 
     fn ring_err(&self, source: RingError) -> QueueError {
