@@ -5,11 +5,13 @@
 //! Each kind breaks exactly one rule; the rest of the chain is valid (buffers point into
 //! the rig's scratch area, RX buffers are writable, TX ones readable).
 
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 
 use crate::driver_ring::{DriverRing, RawDesc};
 use crate::error::RigError;
-use crate::frame::build_frame;
+use crate::frame::{build_frame, MIN_FRAME};
 use crate::rig::Rig;
 use crate::virtio::{
     VirtioNetHdr, VIRTIO_NET_HDR_LEN, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT,
@@ -164,7 +166,43 @@ impl Rig {
         Ok(Injected { ring, head, descs })
     }
 
+    /// Uses up every RX buffer posted on `pair` by looping filler frames (marked pair
+    /// 0xfffe) without reposting, so that an RX chain injected next is the first one the
+    /// device looks at (rings are FIFO: a hostile chain behind posted buffers is only
+    /// reached once those are used). Returns the number of filler frames looped.
+    pub fn drain_rx(&mut self, pair: usize, timeout: Duration) -> Result<u64, RigError> {
+        if pair >= self.pairs().len() {
+            return Err(RigError::Options(format!("no queue pair {pair}")));
+        }
+        let deadline = Instant::now() + timeout;
+        let filler = build_frame(0xfffe, 0, MIN_FRAME);
+        let (mut sent, mut back) = (0u64, 0u64);
+        loop {
+            let p = &mut self.pairs_mut()[pair];
+            p.tx.reap()?;
+            back += p.rx.poll(usize::MAX, |_| {})? as u64;
+            let posted = p.rx.ring().in_flight() as u64;
+            if posted == 0 {
+                return Ok(sent);
+            }
+            while sent - back < posted && p.tx.can_send() {
+                p.tx.send(&filler)?;
+                sent += 1;
+            }
+            p.tx.flush()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RigError::Timeout(format!(
+                    "{posted} RX buffers of pair {pair} still posted after {timeout:?}"
+                )));
+            }
+            self.sleep_for_work(true, (deadline - now).min(Duration::from_millis(20)))?;
+        }
+    }
+
     /// Publishes one hostile chain of `kind` on the `dir` ring of `pair`, and kicks.
+    /// On RX the device reaches it only after the buffers posted before it (see
+    /// [`Rig::drain_rx`]).
     pub fn inject(
         &mut self,
         pair: usize,

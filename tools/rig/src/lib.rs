@@ -7,7 +7,7 @@
 //!   EVENT_IDX both ways, fences).
 //! * [`setup`]: the vhost-user setup sequence, step by step ([`RigSetup`]).
 //! * [`rig`]: the ready rig ([`Rig`]): queue pairs, send-and-wait, stop, interrupts.
-//! * [`verify`], [`bench`]: the two workloads of the CLI.
+//! * [`verify`](mod@verify), [`bench`](mod@bench): the two workloads of the CLI.
 //! * [`hostile`]: broken descriptor chains for robustness tests.
 //!
 //! ```no_run

@@ -245,6 +245,14 @@ fn hostile_chains_then_traffic() {
             let (_be, mut o) = start("hostile", BackendConfig::loopback(1));
             o.queue_size = 16;
             let mut rig = Rig::connect(o).unwrap();
+            // Normal traffic first, so RX buffers are posted; drain them so the device
+            // meets the hostile RX chain first.
+            verify_ok(&mut rig, 50, 64, 64);
+            if dir == Direction::Rx {
+                let n = rig.drain_rx(0, Duration::from_secs(5)).unwrap();
+                assert_eq!(n, 16);
+                assert_eq!(rig.pairs()[0].rx.ring().in_flight(), 0);
+            }
             let inj = rig
                 .inject(0, dir, kind)
                 .unwrap_or_else(|e| panic!("{kind:?} {dir:?}: {e}"));
