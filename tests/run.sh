@@ -1,0 +1,44 @@
+#!/bin/bash
+# Install everything the tests need on a fresh Debian 12 machine, then run them all:
+# the fast in-process tests and the real-peer tests (DPDK testpmd, QEMU guests).
+#
+#   sudo tests/run.sh            # everything (about 10 minutes on 2 cores)
+#   sudo tests/run.sh --fast     # skip the installer and the lab tests: plain cargo test
+#
+# Ends with one line "N passed, N failed" covering every test it ran; exits non-zero
+# if anything failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FAST=0
+for arg in "$@"; do
+  case "$arg" in
+    --fast) FAST=1 ;;
+    -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null || { echo "run.sh: cargo not found (install Rust with rustup first)" >&2; exit 2; }
+
+if [ $FAST = 0 ]; then
+  bash tests/lab/setup.sh || { echo "run.sh: lab setup failed"; echo "0 passed, 1 failed"; exit 1; }
+  IGNORED=(--include-ignored)
+else
+  IGNORED=()
+fi
+
+LOG=$(mktemp /tmp/vdpad-tests.XXXXXX.log)
+echo "[run] cargo test --workspace -- ${IGNORED[*]}   (full log: $LOG)"
+cargo test --workspace --no-fail-fast -- "${IGNORED[@]}" 2>&1 | tee "$LOG"
+rc=${PIPESTATUS[0]}
+
+# Sum every "test result:" line cargo printed (unit, integration and doc tests).
+read -r passed failed < <(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i }
+  } END { print p + 0, f + 0 }' "$LOG")
+# A test binary that failed to build or crashed reports no result line: count it.
+if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+echo "$passed passed, $failed failed"
+[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]
