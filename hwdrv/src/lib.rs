@@ -1,1 +1,26 @@
-//! hwdrv (being written)
+//! hwdrv: the hardware datapath of vdpad. A NIC whose hardware consumes virtio rings
+//! (a virtio-pci function, an IFC-style VF) is driven through VFIO; the guest's rings
+//! are programmed into it and its interrupts routed straight to the guest's call
+//! eventfds.
+//!
+//! - [`pci`]: the PCI function trait, with two implementations: [`vfio`] (real
+//!   hardware) and [`sim`] (a simulated virtio-net function for tests).
+//! - [`spec`]: PCI and virtio constants.
+//! - [`virtio_pci`]: the virtio 1.x modern PCI driver over a PCI function.
+//! - [`kick_relay`]: the thread that turns guest kicks into NIC doorbell writes.
+//! - [`offload`]: [`OffloadDatapath`], the [`vdpa::Datapath`] implementation.
+//! - [`classify`]: auto-mode classification of a PCI function (offload or software).
+
+pub mod pci;
+pub mod virtio_pci;
+pub mod sim;
+pub mod spec;
+pub mod capabilities;
+pub mod kick_relay;
+pub mod offload;
+
+pub use capabilities::NicCapabilities;
+pub use offload::{OffloadDatapath, OffloadError};
+pub use pci::{PciFunction, ResetOutcome};
+pub use sim::{SimConfig, SimNic};
+pub use virtio_pci::{VirtioError, VirtioPci};

@@ -1,0 +1,233 @@
+//! What a virtio-net NIC can serve, and which features to negotiate with it for a
+//! given guest: the policy part of offload, separate from the register work.
+//!
+//! The NIC processes the guest's rings itself, so every feature that changes the
+//! ring layout or the virtio-net header (VERSION_1, EVENT_IDX, MRG_RXBUF, INDIRECT,
+//! PACKED, checksum/segmentation offloads) must be negotiated with the NIC exactly
+//! as the guest acked it. Features that only concern the device configuration or the
+//! control queue (MAC, MTU, STATUS, MQ, CTRL_*) stay with QEMU, which emulates them
+//! for vhost-user; the NIC does not need them.
+
+use vdpa::features::{
+    feature_names, offered_features, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+};
+use vdpad_config::DeviceConfig;
+
+use crate::spec::feature;
+use crate::virtio_pci::{NetConfig, VirtioError, VirtioPci};
+
+/// Guest feature bits the NIC does not need to support: they are answered by the
+/// frontend (QEMU emulates config space and the control queue for vhost-user) or by
+/// the vhost-user protocol.
+pub const CONFIG_ONLY_FEATURES: u64 = VIRTIO_NET_F_MAC
+    | VIRTIO_NET_F_MTU
+    | VIRTIO_NET_F_STATUS
+    | VIRTIO_NET_F_MQ
+    | feature::NET_CTRL_VQ
+    | feature::NET_CTRL_RX
+    | feature::NET_CTRL_VLAN
+    | feature::NET_GUEST_ANNOUNCE
+    | feature::NET_CTRL_MAC_ADDR
+    | feature::NET_CTRL_GUEST_OFFLOADS
+    | VHOST_USER_F_PROTOCOL_FEATURES
+    | feature::ACCESS_PLATFORM;
+
+/// Names of `bits`, including bits `feature_names` does not know (as `bit N`).
+pub fn describe_bits(bits: u64) -> String {
+    let mut names: Vec<String> = feature_names(bits).iter().map(|s| s.to_string()).collect();
+    let mut named = 0u64;
+    for b in 0..64 {
+        let bit = 1u64 << b;
+        if bits & bit != 0 && !feature_names(bit).is_empty() {
+            named |= bit;
+        }
+    }
+    for b in 0..64 {
+        let bit = 1u64 << b;
+        if bits & bit != 0 && named & bit == 0 {
+            names.push(format!("bit {b}"));
+        }
+    }
+    names.join(", ")
+}
+
+/// What a NIC offers, as far as offload is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicCapabilities {
+    /// PCI identity (vendor, device).
+    pub ids: (u16, u16),
+    /// Device feature bits.
+    pub features: u64,
+    /// Virtqueues of the device.
+    pub num_queues: u16,
+    /// Queue pairs offload can use (see [`usable_pairs`](Self::usable_pairs)).
+    pub max_pairs: u16,
+    /// MSI-X vectors.
+    pub msix_vectors: u16,
+    /// Smallest maximum ring size over the data queues.
+    pub queue_max_size: u16,
+    /// Queues can resume at any index (vendor ring-state registers).
+    pub ring_state: bool,
+    /// Queues can be started and stopped one by one after DRIVER_OK.
+    pub ring_reset: bool,
+    /// The device configuration.
+    pub net: NetConfig,
+}
+
+impl NicCapabilities {
+    /// Reads the capabilities of a probed device. Does not change its state beyond
+    /// selecting queues to read their maximum sizes.
+    pub fn probe(nic: &VirtioPci) -> Result<Self, VirtioError> {
+        let features = nic.device_features();
+        let net = nic.net_config()?;
+        let max_pairs = Self::usable_pairs(features, net.max_pairs, nic.num_queues());
+        let mut queue_max_size = u16::MAX;
+        for q in 0..2 * max_pairs {
+            queue_max_size = queue_max_size.min(nic.queue_max_size(q)?);
+        }
+        Ok(NicCapabilities {
+            ids: nic.ids(),
+            features,
+            num_queues: nic.num_queues(),
+            max_pairs,
+            msix_vectors: nic.msix_vectors(),
+            queue_max_size: if max_pairs == 0 { 0 } else { queue_max_size },
+            ring_state: nic.has_ring_state(),
+            ring_reset: features & feature::RING_RESET != 0,
+            net,
+        })
+    }
+
+    /// Queue pairs offload can drive. A spec device with MQ uses only pair 0 until
+    /// the driver sends VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET on its control queue, which
+    /// this driver does not implement; so MQ counts only without CTRL_VQ (a device
+    /// that runs every enabled queue, like the simulator or ifcvf with its vendor MQ
+    /// register).
+    pub fn usable_pairs(features: u64, max_pairs: u16, num_queues: u16) -> u16 {
+        let by_queues = num_queues / 2;
+        let pairs = if features & VIRTIO_NET_F_MQ != 0 && features & feature::NET_CTRL_VQ == 0 {
+            max_pairs
+        } else {
+            1
+        };
+        pairs.min(by_queues)
+    }
+
+    /// MSI-X vectors needed to serve `pairs`: one per ring plus the config vector.
+    pub fn vectors_needed(pairs: u16) -> u32 {
+        1 + 2 * u32::from(pairs)
+    }
+
+    /// The features to negotiate with the NIC for a guest that acked `guest`, or why
+    /// the NIC cannot serve it.
+    pub fn nic_features_for(&self, guest: u64, pairs: u16) -> Result<u64, String> {
+        if guest & VIRTIO_F_VERSION_1 == 0 {
+            return Err("the guest did not ack VERSION_1 (legacy drivers are not offloaded)".into());
+        }
+        let needed = guest & !CONFIG_ONLY_FEATURES;
+        let missing = needed & !self.features;
+        if missing != 0 {
+            return Err(format!("the NIC lacks {}", describe_bits(missing)));
+        }
+        let mut wanted = needed
+            | (self.features
+                & (feature::ACCESS_PLATFORM
+                    | feature::RING_RESET
+                    | VIRTIO_NET_F_MAC
+                    | VIRTIO_NET_F_STATUS
+                    | VIRTIO_NET_F_MTU));
+        if pairs > 1 {
+            wanted |= VIRTIO_NET_F_MQ;
+        }
+        Ok(wanted)
+    }
+
+    /// Checks up front that this NIC can serve a device configured by `cfg`: the
+    /// guest-visible features the configuration offers, its queue pairs, ring size and
+    /// the MSI-X vectors they need. Returns every reason it cannot.
+    pub fn can_serve(&self, cfg: &DeviceConfig) -> Result<(), Vec<String>> {
+        let mut why = Vec::new();
+        let offered = offered_features(cfg);
+        if let Err(e) = self.nic_features_for(offered, cfg.queue_pairs) {
+            why.push(e);
+        }
+        if cfg.queue_pairs > self.max_pairs {
+            why.push(format!(
+                "{} queue pairs configured, the NIC can drive {}{}",
+                cfg.queue_pairs,
+                self.max_pairs,
+                if self.features & feature::NET_CTRL_VQ != 0 && self.features & VIRTIO_NET_F_MQ != 0 {
+                    " (multiqueue through the NIC's control queue is not implemented)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let need = Self::vectors_needed(cfg.queue_pairs);
+        if u32::from(self.msix_vectors) < need {
+            why.push(format!(
+                "{} queue pairs need {need} MSI-X vectors (one per ring + config), the NIC has {}",
+                cfg.queue_pairs, self.msix_vectors
+            ));
+        }
+        if cfg.queue_size > self.queue_max_size {
+            why.push(format!(
+                "queue_size {} exceeds the NIC's maximum ring size {}",
+                cfg.queue_size, self.queue_max_size
+            ));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdpa::features::VIRTIO_RING_F_EVENT_IDX;
+
+    fn caps(features: u64) -> NicCapabilities {
+        NicCapabilities {
+            ids: (0x1af4, 0x1041),
+            features,
+            num_queues: 8,
+            max_pairs: 4,
+            msix_vectors: 9,
+            queue_max_size: 256,
+            ring_state: false,
+            ring_reset: false,
+            net: NetConfig::default(),
+        }
+    }
+
+    #[test]
+    fn ring_features_must_match_config_features_need_not() {
+        let c = caps(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM);
+        let guest = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VHOST_USER_F_PROTOCOL_FEATURES;
+        let w = c.nic_features_for(guest, 1).unwrap();
+        assert_eq!(w, VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM);
+        let e = c
+            .nic_features_for(guest | VIRTIO_RING_F_EVENT_IDX, 1)
+            .unwrap_err();
+        assert!(e.contains("EVENT_IDX"), "{e}");
+        assert!(c.nic_features_for(VIRTIO_NET_F_MAC, 1).is_err());
+    }
+
+    #[test]
+    fn multiqueue_needs_mq_without_control_queue() {
+        let f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
+        assert_eq!(NicCapabilities::usable_pairs(f, 4, 8), 4);
+        assert_eq!(NicCapabilities::usable_pairs(f | feature::NET_CTRL_VQ, 4, 9), 1);
+        assert_eq!(NicCapabilities::usable_pairs(VIRTIO_F_VERSION_1, 4, 3), 1);
+        assert_eq!(NicCapabilities::usable_pairs(f, 4, 4), 2);
+    }
+
+    #[test]
+    fn unknown_bits_are_named_by_number() {
+        assert_eq!(describe_bits((1 << 29) | (1 << 50)), "EVENT_IDX, bit 50");
+    }
+}

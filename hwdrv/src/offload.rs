@@ -1,0 +1,664 @@
+//! The offload [`Datapath`]: the guest's virtqueues are programmed into a virtio-net
+//! NIC, which moves packets by DMA straight between guest memory and the wire.
+//!
+//! Bring-up (DESIGN.md section 4, the ifcvf order): DMA-map every guest region
+//! (IOVA = GPA) → route MSI-X (vector 0 = config, vector i+1 = call eventfd of ring
+//! i, the full list every time) → reset, ACK, DRIVER, features, FEATURES_OK →
+//! program and enable the queues → DRIVER_OK → kick relay → one kick and one call
+//! per ring so that nothing raised during the switch is lost.
+//!
+//! Pairs start one at a time. A pair added while others run is enabled live when the
+//! NIC negotiated VIRTIO_F_RING_RESET; otherwise the NIC is reset and every running
+//! pair is reprogrammed with it, which needs either the ring-state registers (resume
+//! at any index) or rings that have not completed anything yet. A ring that must
+//! resume at a nonzero index on a NIC without ring-state registers is refused with a
+//! [`DatapathError`] (the daemon then falls back to software).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+use vdpa::{
+    Datapath, DatapathError, GuestMemory, QueueCounters, QueuePairConfig, QueueStats, RingConfig,
+};
+use vdpad_config::DeviceConfig;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::capabilities::NicCapabilities;
+use crate::kick_relay::{KickRelay, KickTarget};
+use crate::pci::PciFunction;
+use crate::spec::ring;
+use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
+
+/// Why an offload datapath could not be created for a NIC.
+#[derive(Debug, thiserror::Error)]
+pub enum OffloadError {
+    /// The function is not a usable virtio-net device, or talking to it failed.
+    #[error("probing {pci}")]
+    Probe {
+        /// The function.
+        pci: String,
+        /// What failed.
+        #[source]
+        source: VirtioError,
+    },
+    /// The NIC cannot serve the requested configuration.
+    #[error("{pci} cannot offload device {device}: {}", reasons.join("; "))]
+    Unsuitable {
+        /// The function.
+        pci: String,
+        /// The device name.
+        device: String,
+        /// Every reason.
+        reasons: Vec<String>,
+    },
+    /// Enabling DMA (bus mastering) failed.
+    #[error("enabling bus mastering on {pci}")]
+    BusMaster {
+        /// The function.
+        pci: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn backend(what: impl std::fmt::Display) -> DatapathError {
+    DatapathError::Backend(what.to_string())
+}
+
+/// The hardware datapath of one device.
+pub struct OffloadDatapath {
+    name: String,
+    pci: Arc<dyn PciFunction>,
+    nic: VirtioPci,
+    caps: NicCapabilities,
+    pairs: u16,
+    config_event: EventFd,
+    spare_calls: Vec<EventFd>,
+    running: BTreeMap<u16, QueuePairConfig>,
+    calls: BTreeMap<u16, Option<Arc<EventFd>>>,
+    doorbells: BTreeMap<u16, Doorbell>,
+    nic_features: u64,
+    mapped: Option<Arc<GuestMemory>>,
+    relay: Option<KickRelay>,
+    bases: BTreeMap<u16, u16>,
+    counters: BTreeMap<u16, Arc<QueueCounters>>,
+    lost: BTreeSet<u16>,
+}
+
+impl OffloadDatapath {
+    /// An offload datapath for device `name` serving `pairs` queue pairs on `pci`.
+    /// Probes the NIC, checks queue pairs and MSI-X vectors, enables bus mastering and
+    /// leaves the NIC reset (status 0).
+    pub fn new(name: &str, pci: Arc<dyn PciFunction>, pairs: u16) -> Result<Self, OffloadError> {
+        let pci_name = pci.describe();
+        let probe = |source| OffloadError::Probe {
+            pci: pci_name.clone(),
+            source,
+        };
+        let mut nic = VirtioPci::probe(pci.clone()).map_err(probe)?;
+        let caps = NicCapabilities::probe(&nic).map_err(probe)?;
+        let mut reasons = Vec::new();
+        if pairs == 0 || pairs > caps.max_pairs {
+            reasons.push(format!(
+                "{pairs} queue pairs requested, the NIC can drive {}",
+                caps.max_pairs
+            ));
+        }
+        let need = NicCapabilities::vectors_needed(pairs);
+        if u32::from(caps.msix_vectors) < need {
+            reasons.push(format!(
+                "{pairs} queue pairs need {need} MSI-X vectors (one per ring + config), the NIC has {}",
+                caps.msix_vectors
+            ));
+        }
+        if !reasons.is_empty() {
+            return Err(OffloadError::Unsuitable {
+                pci: pci_name,
+                device: name.into(),
+                reasons,
+            });
+        }
+        pci.set_bus_master(true)
+            .map_err(|source| OffloadError::BusMaster {
+                pci: pci_name.clone(),
+                source,
+            })?;
+        nic.reset().map_err(probe)?;
+        let spare_calls = (0..2 * pairs)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| probe(VirtioError::Io {
+                what: "creating eventfds".into(),
+                source: e,
+            }))?;
+        let config_event = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| {
+            probe(VirtioError::Io {
+                what: "creating eventfd".into(),
+                source: e,
+            })
+        })?;
+        info!(device = name, pci = %pci_name, features = format_args!("{:#x}", caps.features),
+              max_pairs = caps.max_pairs, vectors = caps.msix_vectors,
+              queue_max = caps.queue_max_size, ring_state = caps.ring_state,
+              ring_reset = caps.ring_reset, "offload: NIC ready");
+        Ok(OffloadDatapath {
+            name: name.into(),
+            pci,
+            nic,
+            caps,
+            pairs,
+            config_event,
+            spare_calls,
+            running: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            doorbells: BTreeMap::new(),
+            nic_features: 0,
+            mapped: None,
+            relay: None,
+            bases: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            lost: BTreeSet::new(),
+        })
+    }
+
+    /// [`new`](Self::new) plus the up-front check of a device configuration: the
+    /// guest-visible features it offers (minus PROTOCOL_FEATURES), queue pairs,
+    /// vectors and ring size. The daemon calls this before any frontend connects, to
+    /// decide offload or fallback.
+    pub fn for_device(pci: Arc<dyn PciFunction>, cfg: &DeviceConfig) -> Result<Self, OffloadError> {
+        let dp = Self::new(&cfg.name, pci, cfg.queue_pairs)?;
+        dp.caps.can_serve(cfg).map_err(|reasons| OffloadError::Unsuitable {
+            pci: dp.pci.describe(),
+            device: cfg.name.clone(),
+            reasons,
+        })?;
+        Ok(dp)
+    }
+
+    /// What the NIC offers.
+    pub fn capabilities(&self) -> &NicCapabilities {
+        &self.caps
+    }
+
+    /// Queue pairs running on the NIC now.
+    pub fn running_pairs(&self) -> Vec<u16> {
+        self.running.keys().copied().collect()
+    }
+
+    /// Pairs that stopped running because the NIC had to be reset under them (see
+    /// docs/offload.md: stopping one pair on a NIC without per-queue control).
+    pub fn lost_pairs(&self) -> Vec<u16> {
+        self.lost.iter().copied().collect()
+    }
+
+    /// The config-change eventfd (MSI-X vector 0).
+    pub fn config_event(&self) -> &EventFd {
+        &self.config_event
+    }
+
+    fn counters(&mut self, ring: u16) -> Arc<QueueCounters> {
+        self.counters.entry(ring).or_default().clone()
+    }
+
+    /// The used index of a ring, read from guest memory.
+    fn used_idx(mem: &GuestMemory, r: &RingConfig) -> Option<u16> {
+        let p = mem.translate(r.addrs.used + 2, 2)?;
+        if p as usize % 2 != 0 {
+            return None;
+        }
+        // SAFETY: translate returned 2 bytes of mapped guest memory, aligned; guest
+        // memory is shared with the guest and the NIC, so read it volatile, no reference.
+        Some(u16::from_le(unsafe { std::ptr::read_volatile(p as *const u16) }))
+    }
+
+    /// Checks a ring against guest memory and the NIC, and says where it resumes.
+    fn ring_plan(&self, qp: &QueuePairConfig, r: &RingConfig) -> Result<Option<(u16, u16)>, DatapathError> {
+        let bad = |what: String| DatapathError::Ring {
+            ring: r.index,
+            what,
+        };
+        if !r.size.is_power_of_two() || r.size > self.caps.queue_max_size {
+            return Err(bad(format!(
+                "size {} does not fit the NIC (maximum {}, power of two)",
+                r.size, self.caps.queue_max_size
+            )));
+        }
+        let areas = [
+            (r.addrs.desc, ring::desc_bytes(r.size), 16, "descriptor table"),
+            (r.addrs.avail, ring::avail_bytes(r.size), 2, "avail ring"),
+            (r.addrs.used, ring::used_bytes(r.size), 4, "used ring"),
+        ];
+        for (gpa, len, align, what) in areas {
+            if gpa % align != 0 || qp.mem.translate(gpa, len).is_none() {
+                return Err(bad(format!(
+                    "{what} at {gpa:#x} ({len} bytes) is misaligned or not in guest memory"
+                )));
+            }
+        }
+        let used = Self::used_idx(&qp.mem, r).unwrap_or(0);
+        if r.base == 0 && used == 0 {
+            return Ok(None);
+        }
+        if !self.caps.ring_state {
+            return Err(bad(format!(
+                "cannot resume at avail index {} (used index {used}): this NIC starts every \
+                 queue at 0 and has no ring-state registers",
+                r.base
+            )));
+        }
+        Ok(Some((r.base, used)))
+    }
+
+    fn check_pair(&self, qp: &QueuePairConfig) -> Result<(), DatapathError> {
+        if qp.pair >= self.pairs {
+            return Err(DatapathError::Pair {
+                pair: qp.pair,
+                why: format!("this offload serves {} queue pairs", self.pairs),
+            });
+        }
+        self.caps
+            .nic_features_for(qp.features.bits, self.pairs)
+            .map_err(|why| DatapathError::Pair { pair: qp.pair, why })?;
+        self.ring_plan(qp, &qp.rx)?;
+        self.ring_plan(qp, &qp.tx)?;
+        Ok(())
+    }
+
+    /// Maps `mem` for DMA (IOVA = GPA), replacing whatever was mapped before.
+    fn map_memory(&mut self, mem: &Arc<GuestMemory>) -> Result<(), DatapathError> {
+        if self.mapped.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
+            return Ok(());
+        }
+        self.unmap_memory();
+        for (i, r) in mem.regions().iter().enumerate() {
+            // SAFETY: the region is a live mapping of guest memory owned by `mem`,
+            // which `self.mapped` keeps alive until unmap_memory has unmapped it;
+            // nothing in this process holds references into guest memory.
+            let res = unsafe { self.pci.dma_map(r.gpa(), r.size(), r.host_addr()) };
+            if let Err(e) = res {
+                for done in &mem.regions()[..i] {
+                    let _ = self.pci.dma_unmap(done.gpa(), done.size());
+                }
+                return Err(backend(format!(
+                    "DMA map of guest region gpa {:#x} size {:#x} failed: {e}",
+                    r.gpa(),
+                    r.size()
+                )));
+            }
+            info!(device = %self.name, iova = format_args!("{:#x}", r.gpa()),
+                  size = format_args!("{:#x}", r.size()), "offload: DMA mapped (IOVA = GPA)");
+        }
+        self.mapped = Some(mem.clone());
+        Ok(())
+    }
+
+    fn unmap_memory(&mut self) {
+        let Some(mem) = self.mapped.take() else {
+            return;
+        };
+        let mut failed = false;
+        for r in mem.regions() {
+            if let Err(e) = self.pci.dma_unmap(r.gpa(), r.size()) {
+                error!(device = %self.name, gpa = format_args!("{:#x}", r.gpa()), error = %e,
+                       "offload: DMA unmap failed; keeping guest memory mapped");
+                failed = true;
+            }
+        }
+        if failed {
+            // The NIC may still reach this memory: never unmap it from the process.
+            std::mem::forget(mem);
+        }
+    }
+
+    /// Routes the full vector list: 0 = config, i+1 = call of ring i (or a spare).
+    fn route_vectors(&self) -> Result<(), DatapathError> {
+        let mut fds: Vec<&EventFd> = vec![&self.config_event];
+        for ring in 0..2 * self.pairs {
+            match self.calls.get(&ring) {
+                Some(Some(call)) => fds.push(call),
+                _ => fds.push(&self.spare_calls[usize::from(ring)]),
+            }
+        }
+        self.pci
+            .set_msix(&fds)
+            .map_err(|e| backend(format!("routing {} MSI-X vectors: {e}", fds.len())))?;
+        info!(device = %self.name, vectors = fds.len(), "offload: MSI-X routed (0 = config, i+1 = ring i)");
+        Ok(())
+    }
+
+    fn program_ring(&mut self, qp: &QueuePairConfig, r: &RingConfig) -> Result<(), DatapathError> {
+        let resume = self.ring_plan(qp, r)?;
+        let setup = QueueSetup {
+            size: r.size,
+            desc: r.addrs.desc,
+            driver: r.addrs.avail,
+            device: r.addrs.used,
+            vector: r.index + 1,
+            resume,
+        };
+        let db = self
+            .nic
+            .program_queue(r.index, &setup)
+            .and_then(|db| self.nic.enable_queue(r.index).map(|()| db))
+            .map_err(|e| backend(format!("programming ring {}: {e}", r.index)))?;
+        info!(device = %self.name, ring = r.index, size = r.size,
+              desc = format_args!("{:#x}", r.addrs.desc), avail = format_args!("{:#x}", r.addrs.avail),
+              used = format_args!("{:#x}", r.addrs.used), vector = r.index + 1, ?resume,
+              doorbell = format_args!("bar{}+{:#x}", db.bar, db.offset), "offload: queue enabled");
+        self.doorbells.insert(r.index, db);
+        Ok(())
+    }
+
+    fn stop_relay(&mut self) {
+        if let Some(r) = self.relay.take() {
+            r.stop();
+        }
+    }
+
+    fn start_relay(&mut self) -> Result<(), DatapathError> {
+        let mut targets = Vec::new();
+        for qp in self.running.values() {
+            for r in [&qp.rx, &qp.tx] {
+                targets.push(KickTarget {
+                    ring: r.index,
+                    kick: r.events.kick.clone(),
+                    doorbell: self.doorbells[&r.index],
+                    counters: self.counters.get(&r.index).cloned().unwrap_or_default(),
+                });
+            }
+        }
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let relay = KickRelay::start(&self.name, self.pci.clone(), targets).map_err(|source| {
+            DatapathError::Spawn {
+                pair: 0,
+                source,
+            }
+        })?;
+        self.relay = Some(relay);
+        Ok(())
+    }
+
+    /// One doorbell and one call per ring of `pairs`, so that a kick or an interrupt
+    /// raised while the rings changed hands is not lost.
+    fn nudge(&self, pairs: &[u16]) {
+        for p in pairs {
+            for ring in [2 * p, 2 * p + 1] {
+                if let Some(db) = self.doorbells.get(&ring) {
+                    if let Err(e) = self.nic.notify(db) {
+                        warn!(device = %self.name, ring, error = %e, "offload: doorbell failed");
+                    }
+                }
+                if let Some(Some(call)) = self.calls.get(&ring) {
+                    let _ = call.write(1);
+                }
+            }
+        }
+    }
+
+    /// Full bring-up of `pairs` on a reset NIC.
+    fn bring_up(&mut self, pairs: Vec<QueuePairConfig>) -> Result<(), DatapathError> {
+        self.stop_relay();
+        let Some(first) = pairs.first() else {
+            return Ok(());
+        };
+        let (mem, guest) = (first.mem.clone(), first.features.bits);
+        let wanted = self
+            .caps
+            .nic_features_for(guest, self.pairs)
+            .map_err(|why| DatapathError::Pair {
+                pair: first.pair,
+                why,
+            })?;
+        self.map_memory(&mem)?;
+        let result = (|| {
+            self.pci.set_bus_master(true).map_err(backend)?;
+            self.nic_features = self.nic.initialize(wanted).map_err(backend)?;
+            for qp in &pairs {
+                for r in [&qp.rx, &qp.tx] {
+                    self.calls.insert(r.index, r.events.call.clone());
+                    self.counters(r.index);
+                }
+            }
+            self.route_vectors()?;
+            self.nic.set_config_vector(0).map_err(backend)?;
+            for qp in &pairs {
+                self.program_ring(qp, &qp.rx)?;
+                self.program_ring(qp, &qp.tx)?;
+            }
+            self.nic.driver_ok().map_err(backend)?;
+            info!(device = %self.name, features = format_args!("{:#x}", self.nic_features),
+                  pairs = ?pairs.iter().map(|p| p.pair).collect::<Vec<_>>(), "offload: DRIVER_OK");
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = self.nic.reset();
+            self.running.clear();
+            self.calls.clear();
+            self.doorbells.clear();
+            return Err(e);
+        }
+        let ids: Vec<u16> = pairs.iter().map(|p| p.pair).collect();
+        for qp in pairs {
+            self.running.insert(qp.pair, qp);
+        }
+        self.start_relay()?;
+        self.nudge(&ids);
+        Ok(())
+    }
+
+    /// Adds a pair while others run, with per-queue control (VIRTIO_F_RING_RESET).
+    fn add_live(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
+        self.stop_relay();
+        for r in [&qp.rx, &qp.tx] {
+            self.calls.insert(r.index, r.events.call.clone());
+            self.counters(r.index);
+        }
+        let result = self
+            .route_vectors()
+            .and_then(|()| self.program_ring(&qp, &qp.rx))
+            .and_then(|()| self.program_ring(&qp, &qp.tx));
+        if let Err(e) = result {
+            for ring in [qp.rx.index, qp.tx.index] {
+                let _ = self.nic.stop_queue(ring);
+                self.calls.remove(&ring);
+                self.doorbells.remove(&ring);
+            }
+            let _ = self.route_vectors();
+            self.start_relay()?;
+            return Err(e);
+        }
+        let pair = qp.pair;
+        self.running.insert(pair, qp);
+        self.start_relay()?;
+        self.nudge(&[pair]);
+        Ok(())
+    }
+
+    /// Resets the NIC, records where every running pair stopped and returns their
+    /// configurations with `base` set to that position.
+    fn quiesce_all(&mut self) -> Vec<QueuePairConfig> {
+        self.stop_relay();
+        if let Err(e) = self.nic.reset() {
+            error!(device = %self.name, error = %e, "offload: NIC reset failed");
+        }
+        let mut out = Vec::new();
+        for (_, mut qp) in std::mem::take(&mut self.running) {
+            for r in [&mut qp.rx, &mut qp.tx] {
+                let used = Self::used_idx(&qp.mem, r).unwrap_or(r.base);
+                self.bases.insert(r.index, used);
+                r.base = used;
+            }
+            out.push(qp);
+        }
+        self.doorbells.clear();
+        out
+    }
+}
+
+impl Datapath for OffloadDatapath {
+    fn describe(&self) -> String {
+        format!("offload/{}", self.pci.describe())
+    }
+
+    fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
+        self.check_pair(&qp)?;
+        self.lost.remove(&qp.pair);
+        if self.running.is_empty() {
+            return self.bring_up(vec![qp]);
+        }
+        let (mem, features) = {
+            let any = self.running.values().next().expect("running is not empty");
+            (any.mem.clone(), any.features.bits)
+        };
+        if !Arc::ptr_eq(&mem, &qp.mem) || features != qp.features.bits {
+            return Err(DatapathError::Pair {
+                pair: qp.pair,
+                why: "running pairs use another memory table or feature set; stop them first".into(),
+            });
+        }
+        if self.nic.per_queue_control() {
+            return self.add_live(qp);
+        }
+        // No per-queue control: reset the NIC and program every pair again. Refuse
+        // before touching anything if a running ring could not resume.
+        if !self.caps.ring_state {
+            for p in self.running.values() {
+                for r in [&p.rx, &p.tx] {
+                    if Self::used_idx(&p.mem, r).unwrap_or(1) != 0 {
+                        return Err(DatapathError::Pair {
+                            pair: qp.pair,
+                            why: format!(
+                                "cannot add a queue pair while ring {} has traffic: the NIC has \
+                                 neither VIRTIO_F_RING_RESET nor ring-state registers",
+                                r.index
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let mut all = self.quiesce_all();
+        all.push(qp);
+        let ids: Vec<u16> = all.iter().map(|p| p.pair).collect();
+        self.bring_up(all).inspect_err(|_| {
+            self.lost.extend(ids.iter().copied());
+        })
+    }
+
+    fn stop(&mut self, pair: u16) {
+        if self.lost.remove(&pair) {
+            return;
+        }
+        let Some(qp) = self.running.get(&pair).cloned() else {
+            return;
+        };
+        self.stop_relay();
+        let alone = self.running.len() == 1;
+        let per_queue = !alone
+            && [qp.rx.index, qp.tx.index]
+                .iter()
+                .all(|&q| match self.nic.stop_queue(q) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(device = %self.name, ring = q, error = %e, "offload: queue stop");
+                        false
+                    }
+                });
+        if per_queue {
+            self.running.remove(&pair);
+            for r in [&qp.rx, &qp.tx] {
+                let used = Self::used_idx(&qp.mem, r).unwrap_or(r.base);
+                self.bases.insert(r.index, used);
+                self.doorbells.remove(&r.index);
+                self.calls.remove(&r.index);
+            }
+            if let Err(e) = self.route_vectors().and_then(|()| self.start_relay()) {
+                error!(device = %self.name, error = %e, "offload: restarting relay after stop");
+            }
+            info!(device = %self.name, pair, "offload: queue pair stopped (per-queue)");
+            return;
+        }
+        let mut others = self.quiesce_all();
+        others.retain(|p| p.pair != pair);
+        for r in [&qp.rx, &qp.tx] {
+            self.calls.remove(&r.index);
+        }
+        info!(device = %self.name, pair, rx_base = self.bases.get(&qp.rx.index).copied(),
+              tx_base = self.bases.get(&qp.tx.index).copied(), "offload: queue pair stopped (NIC reset)");
+        if others.is_empty() {
+            return;
+        }
+        let ids: Vec<u16> = others.iter().map(|p| p.pair).collect();
+        if let Err(e) = self.bring_up(others) {
+            error!(device = %self.name, pairs = ?ids, error = %e,
+                   "offload: pairs could not be restarted after a NIC reset; they are lost \
+                    until the control plane restarts them");
+            self.lost.extend(ids);
+        }
+    }
+
+    fn set_call(&mut self, ring: u16, call: Option<Arc<EventFd>>) -> bool {
+        if !self.running.contains_key(&(ring / 2)) {
+            return false;
+        }
+        self.calls.insert(ring, call.clone());
+        if let Err(e) = self.route_vectors() {
+            error!(device = %self.name, ring, error = %e, "offload: re-routing interrupts failed");
+            return false;
+        }
+        if let Some(c) = &call {
+            let _ = c.write(1);
+        }
+        info!(device = %self.name, ring, vector = ring + 1, polled = call.is_none(),
+              "offload: call eventfd switched");
+        true
+    }
+
+    fn base(&self, ring: u16) -> Option<u16> {
+        self.bases.get(&ring).copied()
+    }
+
+    fn stats(&self) -> Vec<QueueStats> {
+        self.counters
+            .iter()
+            .map(|(&ring, c)| {
+                let mut s = c.snapshot(ring);
+                if let Some(n) = self.pci.vector_fired(ring + 1) {
+                    s.interrupts = n;
+                }
+                s
+            })
+            .collect()
+    }
+
+    fn reset(&mut self) {
+        self.stop_relay();
+        if let Err(e) = self.nic.reset() {
+            error!(device = %self.name, error = %e, "offload: NIC reset failed");
+        }
+        match self.pci.reset() {
+            Ok(outcome) => info!(device = %self.name, ?outcome, "offload: function reset"),
+            Err(e) => warn!(device = %self.name, error = %e, "offload: function reset failed"),
+        }
+        if let Err(e) = self.pci.clear_msix() {
+            warn!(device = %self.name, error = %e, "offload: clearing MSI-X failed");
+        }
+        self.unmap_memory();
+        self.running.clear();
+        self.calls.clear();
+        self.doorbells.clear();
+        self.bases.clear();
+        self.lost.clear();
+        info!(device = %self.name, "offload: reset (NIC status 0, MSI-X cleared, DMA unmapped)");
+    }
+}
+
+impl Drop for OffloadDatapath {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
