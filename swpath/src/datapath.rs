@@ -10,8 +10,11 @@ use vdpa::{Datapath, DatapathError, QueueCounters, QueuePairConfig, QueueStats, 
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::interrupt::Interrupt;
-use crate::loopback::{LoopbackPair, Side};
+use crate::loopback::Loopback;
+use crate::queue::Queue;
 use crate::ring::DeviceRing;
+use crate::rxq::RxQueue;
+use crate::txq::TxQueue;
 use crate::worker::Worker;
 
 /// The software datapath of one device.
@@ -35,17 +38,12 @@ impl SoftwareDatapath {
         }
     }
 
-    fn side(&mut self, cfg: &RingConfig, qp: &QueuePairConfig) -> Result<Side, DatapathError> {
+    fn queue(&mut self, cfg: &RingConfig, qp: &QueuePairConfig) -> Result<Queue, DatapathError> {
         let ring = DeviceRing::new(cfg, qp.mem.clone(), qp.features.event_idx())?;
         let counters = self.counters.entry(cfg.index).or_default().clone();
         let interrupt = Arc::new(Interrupt::new(cfg.events.call.clone()));
         self.interrupts.insert(cfg.index, interrupt.clone());
-        Ok(Side {
-            ring,
-            interrupt,
-            counters,
-            counts: Default::default(),
-        })
+        Ok(Queue::new(ring, interrupt, counters))
     }
 }
 
@@ -55,12 +53,13 @@ impl Datapath for SoftwareDatapath {
     }
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
-        let rx = self.side(&qp.rx, &qp)?;
-        let tx = self.side(&qp.tx, &qp)?;
-        let pair = LoopbackPair::new(rx, tx, qp.features);
+        let hdr_len = qp.features.net_header_len();
+        let rx = RxQueue::new(self.queue(&qp.rx, &qp)?, hdr_len, qp.features.mrg_rxbuf());
+        let tx = TxQueue::new(self.queue(&qp.tx, &qp)?, hdr_len);
+        let engine = Box::new(Loopback::new(rx, tx));
         let worker = Worker::spawn(
             format!("{}-q{}", self.device, qp.pair),
-            pair,
+            engine,
             qp.rx.events.kick.clone(),
             qp.tx.events.kick.clone(),
         )

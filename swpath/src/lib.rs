@@ -4,15 +4,22 @@
 //!
 //! - [`ring`]: the device side of a split virtqueue, with validation of every
 //!   descriptor the guest posts.
-//! - [`loopback`]: the loopback backend's frame mover (TX ring → RX ring).
+//! - [`queue`], [`txq`], [`rxq`]: a ring with its interrupt and counters, and the TX
+//!   and RX halves of a queue pair (frames out of, and into, guest buffers).
+//! - [`engine`]: what moves frames for one pair, and what it waits for next.
+//! - [`loopback`]: the loopback backend (TX ring → RX ring).
 //! - [`interrupt`]: a ring's replaceable call eventfd.
 //! - [`worker`]: the per-queue-pair thread and its notification loop.
 //! - [`datapath`]: [`SoftwareDatapath`], the [`vdpa::Datapath`] implementation.
 
 pub mod datapath;
+pub mod engine;
 pub mod interrupt;
 pub mod loopback;
+pub mod queue;
 pub mod ring;
+pub mod rxq;
+pub mod txq;
 pub mod worker;
 
 pub use datapath::SoftwareDatapath;

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use tracing::{error, warn};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::loopback::{LoopbackPair, Outcome};
+use crate::engine::{Engine, RxState, TxState};
 
 /// Most chains handled per pass before used entries are published and the stop flag
 /// is checked (the burst size).
@@ -25,10 +25,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a thread serving `pair`, woken by `rx_kick` and `tx_kick`.
+    /// Starts a thread running `engine`, woken by `rx_kick` and `tx_kick`.
     pub fn spawn(
         name: String,
-        pair: LoopbackPair,
+        engine: Box<dyn Engine>,
         rx_kick: Arc<EventFd>,
         tx_kick: Arc<EventFd>,
     ) -> io::Result<Self> {
@@ -42,7 +42,7 @@ impl Worker {
         };
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(pair, ctx))?;
+            .spawn(move || run(engine, ctx))?;
         Ok(Worker {
             stop,
             wake,
@@ -89,53 +89,71 @@ impl Context {
     }
 }
 
-fn run(mut pair: LoopbackPair, ctx: Context) -> (u16, u16) {
-    let fds = [
-        ctx.rx_kick.as_raw_fd(),
-        ctx.tx_kick.as_raw_fd(),
-        ctx.wake.as_raw_fd(),
-    ];
+fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
+    let backend = engine.backend_fd();
     // RX kicks are only wanted while a frame waits for buffers.
-    pair.rx.ring.disable_notification();
+    engine.queues().0.q.ring.disable_notification();
     let mut rx_armed = false;
     // Kicks may have been sent before we started: look at the rings first.
     'outer: while !ctx.stopping() {
-        pair.tx.ring.disable_notification();
+        engine.queues().1.q.ring.disable_notification();
+        let mut backend_events: i16;
         loop {
-            let outcome = pair.process(BURST);
-            pair.flush();
+            let progress = engine.process(BURST);
+            engine.flush();
             if ctx.stopping() {
                 break 'outer;
             }
-            match outcome {
-                Outcome::BudgetSpent => continue,
-                Outcome::TxEmpty => {
+            if progress.busy() {
+                continue;
+            }
+            let (rx, tx) = engine.queues();
+            let mut again = false;
+            backend_events = 0;
+            match progress.tx {
+                TxState::Idle => {
+                    if tx.q.ring.enable_notification() {
+                        tx.q.ring.disable_notification();
+                        again = true;
+                    }
+                }
+                // Kicks stay off: the frames are there, the backend is not ready.
+                TxState::Blocked => backend_events |= libc::POLLOUT,
+                TxState::Busy => again = true,
+            }
+            match progress.rx {
+                RxState::Starved => {
+                    rx_armed = true;
+                    if rx.q.ring.enable_notification() {
+                        again = true;
+                    }
+                }
+                RxState::Idle => {
                     if rx_armed {
-                        pair.rx.ring.disable_notification();
+                        rx.q.ring.disable_notification();
                         rx_armed = false;
                     }
-                    if pair.tx.ring.enable_notification() {
-                        pair.tx.ring.disable_notification();
-                        continue;
-                    }
-                    break;
+                    backend_events |= libc::POLLIN;
                 }
-                Outcome::RxStarved => {
-                    rx_armed = true;
-                    if pair.rx.ring.enable_notification() {
-                        continue;
-                    }
-                    break;
-                }
+                RxState::Busy => again = true,
+            }
+            if !again {
+                break;
             }
         }
+        let fds = [
+            (ctx.rx_kick.as_raw_fd(), libc::POLLIN),
+            (ctx.tx_kick.as_raw_fd(), libc::POLLIN),
+            (ctx.wake.as_raw_fd(), libc::POLLIN),
+            (backend.unwrap_or(-1), backend_events),
+        ];
         match wait(&fds) {
             Ok(ready) => {
                 if ready[0] {
-                    pair.rx.counts.kicks += drain(&ctx.rx_kick);
+                    engine.queues().0.q.counts.kicks += drain(&ctx.rx_kick);
                 }
                 if ready[1] {
-                    pair.tx.counts.kicks += drain(&ctx.tx_kick);
+                    engine.queues().1.q.counts.kicks += drain(&ctx.tx_kick);
                 }
                 if ready[2] {
                     let _ = ctx.wake.read();
@@ -147,7 +165,7 @@ fn run(mut pair: LoopbackPair, ctx: Context) -> (u16, u16) {
             }
         }
     }
-    pair.finish()
+    engine.finish()
 }
 
 /// Reads an eventfd's counter: the number of signals since the last read.
@@ -155,18 +173,18 @@ fn drain(fd: &EventFd) -> u64 {
     fd.read().unwrap_or(0)
 }
 
-/// Blocks until one of `fds` is readable.
-fn wait(fds: &[RawFd; 3]) -> io::Result<[bool; 3]> {
-    let mut p = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
+/// Blocks until one of `fds` is ready for its events (a negative fd is ignored).
+fn wait(fds: &[(RawFd, i16); 4]) -> io::Result<[bool; 4]> {
+    let mut p = fds.map(|(fd, events)| libc::pollfd {
+        fd: if events == 0 { -1 } else { fd },
+        events,
         revents: 0,
     });
     loop {
-        // SAFETY: `p` is a valid array of 3 pollfd structs for the duration of the call.
-        let n = unsafe { libc::poll(p.as_mut_ptr(), 3, -1) };
+        // SAFETY: `p` is a valid array of 4 pollfd structs for the duration of the call.
+        let n = unsafe { libc::poll(p.as_mut_ptr(), 4, -1) };
         if n >= 0 {
-            return Ok([p[0].revents != 0, p[1].revents != 0, p[2].revents != 0]);
+            return Ok(p.map(|x| x.revents != 0));
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {

@@ -6,9 +6,13 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
+use swpath::engine::{Engine, Progress, RxState, TxState};
 use swpath::interrupt::Interrupt;
-use swpath::loopback::{LoopbackPair, Outcome, Side};
+use swpath::loopback::Loopback;
+use swpath::queue::Queue;
 use swpath::ring::DeviceRing;
+use swpath::rxq::RxQueue;
+use swpath::txq::TxQueue;
 use vdpa::features::{Negotiated, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
 use vdpa::{
     BadDescriptor, DropReason, GuestMemory, MemoryRegion, QueueCounters, RingAddrs, RingConfig,
@@ -70,14 +74,30 @@ fn ring_config(index: u16, q: &MockSplitQueue<GuestMemoryMmap<()>>, size: u16) -
     }
 }
 
-fn side(cfg: &RingConfig, mem: &Arc<GuestMemory>) -> Side {
-    Side {
-        ring: DeviceRing::new(cfg, mem.clone(), false).unwrap(),
-        interrupt: Arc::new(Interrupt::new(cfg.events.call.clone())),
-        counters: Arc::new(QueueCounters::default()),
-        counts: Default::default(),
-    }
+fn queue(cfg: &RingConfig, mem: &Arc<GuestMemory>) -> Queue {
+    Queue::new(
+        DeviceRing::new(cfg, mem.clone(), false).unwrap(),
+        Arc::new(Interrupt::new(cfg.events.call.clone())),
+        Arc::new(QueueCounters::default()),
+    )
 }
+
+fn pair(rc: &RingConfig, tc: &RingConfig, mem: &Arc<GuestMemory>, f: Negotiated) -> Loopback {
+    let hdr = f.net_header_len();
+    Loopback::new(
+        RxQueue::new(queue(rc, mem), hdr, f.mrg_rxbuf()),
+        TxQueue::new(queue(tc, mem), hdr),
+    )
+}
+
+const IDLE: Progress = Progress {
+    tx: TxState::Idle,
+    rx: RxState::Idle,
+};
+const STARVED: Progress = Progress {
+    tx: TxState::Idle,
+    rx: RxState::Starved,
+};
 
 fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
@@ -117,12 +137,8 @@ fn frame_comes_back_with_header_and_one_buffer() {
     )
     .unwrap();
     let (rc, tc) = (ring_config(0, &rxq, 16), ring_config(1, &txq, 16));
-    let mut lp = LoopbackPair::new(
-        side(&rc, &fx.ours),
-        side(&tc, &fx.ours),
-        Negotiated { bits: F_V1 },
-    );
-    assert_eq!(lp.process(64), Outcome::TxEmpty);
+    let mut lp = pair(&rc, &tc, &fx.ours, Negotiated { bits: F_V1 });
+    assert_eq!(lp.process(64), IDLE);
     lp.flush();
     assert_eq!(rxq.used().idx().load(), 1);
     assert_eq!(txq.used().idx().load(), 1);
@@ -158,8 +174,8 @@ fn mergeable_buffers_carry_num_buffers_and_lengths() {
     let features = Negotiated {
         bits: F_V1 | VIRTIO_NET_F_MRG_RXBUF,
     };
-    let mut lp = LoopbackPair::new(side(&rc, &fx.ours), side(&tc, &fx.ours), features);
-    assert_eq!(lp.process(64), Outcome::TxEmpty);
+    let mut lp = pair(&rc, &tc, &fx.ours, features);
+    assert_eq!(lp.process(64), IDLE);
     lp.flush();
     assert_eq!(rxq.used().idx().load(), 3);
     assert_eq!(used_entry(&rxq, 0), (0, 40));
@@ -188,21 +204,17 @@ fn frame_waits_for_rx_buffers_instead_of_dropping() {
     txq.add_desc_chains(&[desc(BASE + 0x20000, 72, 0, 0)], 0)
         .unwrap();
     let (rc, tc) = (ring_config(0, &rxq, 16), ring_config(1, &txq, 16));
-    let mut lp = LoopbackPair::new(
-        side(&rc, &fx.ours),
-        side(&tc, &fx.ours),
-        Negotiated { bits: F_V1 },
-    );
-    assert_eq!(lp.process(64), Outcome::RxStarved);
+    let mut lp = pair(&rc, &tc, &fx.ours, Negotiated { bits: F_V1 });
+    assert_eq!(lp.process(64), STARVED);
     lp.flush();
     assert_eq!(txq.used().idx().load(), 0, "the frame stays on the TX ring");
     rxq.add_desc_chains(&[desc(BASE + 0x10000, 2048, WRITE, 0)], 0)
         .unwrap();
-    assert_eq!(lp.process(64), Outcome::TxEmpty);
+    assert_eq!(lp.process(64), IDLE);
     lp.flush();
     assert_eq!(txq.used().idx().load(), 1);
     assert_eq!(rxq.used().idx().load(), 1);
-    let s = lp.rx.counters.snapshot(0);
+    let s = lp.rx.q.counters.snapshot(0);
     assert_eq!(s.rx_no_buffer, 1);
     assert_eq!(s.total_drops(), 0);
 }
@@ -241,14 +253,10 @@ fn hostile_tx_chains_are_counted_and_skipped() {
         txq.add_desc_chains(c, at).unwrap();
     }
     let (rc, tc) = (ring_config(0, &rxq, 16), ring_config(1, &txq, 16));
-    let mut lp = LoopbackPair::new(
-        side(&rc, &fx.ours),
-        side(&tc, &fx.ours),
-        Negotiated { bits: F_V1 },
-    );
-    assert_eq!(lp.process(64), Outcome::TxEmpty);
+    let mut lp = pair(&rc, &tc, &fx.ours, Negotiated { bits: F_V1 });
+    assert_eq!(lp.process(64), IDLE);
     lp.flush();
-    let s = lp.tx.counters.snapshot(1);
+    let s = lp.tx.q.counters.snapshot(1);
     assert_eq!(s.bad(BadDescriptor::Address), 1);
     assert_eq!(s.bad(BadDescriptor::ChainTooLong), 1);
     assert_eq!(s.bad(BadDescriptor::WrongDirection), 1);
@@ -275,15 +283,12 @@ fn too_small_rx_buffer_without_mergeable_is_a_counted_drop() {
     txq.add_desc_chains(&[desc(BASE + 0x20000, 112, 0, 0)], 0)
         .unwrap();
     let (rc, tc) = (ring_config(0, &rxq, 16), ring_config(1, &txq, 16));
-    let mut lp = LoopbackPair::new(
-        side(&rc, &fx.ours),
-        side(&tc, &fx.ours),
-        Negotiated { bits: F_V1 },
-    );
-    assert_eq!(lp.process(64), Outcome::TxEmpty);
+    let mut lp = pair(&rc, &tc, &fx.ours, Negotiated { bits: F_V1 });
+    assert_eq!(lp.process(64), IDLE);
     lp.flush();
     assert_eq!(
         lp.rx
+            .q
             .counters
             .snapshot(0)
             .dropped(DropReason::RxBufferTooSmall),
@@ -304,25 +309,23 @@ fn corrupt_avail_index_breaks_only_that_ring() {
     let txq = MockSplitQueue::create(&fx.vm, GuestAddress(BASE + 0x1000), 16);
     txq.avail().idx().store(1000);
     let (rc, tc) = (ring_config(0, &rxq, 16), ring_config(1, &txq, 16));
-    let mut lp = LoopbackPair::new(
-        side(&rc, &fx.ours),
-        side(&tc, &fx.ours),
-        Negotiated { bits: F_V1 },
-    );
-    assert_eq!(lp.process(64), Outcome::TxEmpty);
+    let mut lp = pair(&rc, &tc, &fx.ours, Negotiated { bits: F_V1 });
+    assert_eq!(lp.process(64), IDLE);
     lp.flush();
     assert_eq!(
         lp.tx
+            .q
             .counters
             .snapshot(1)
             .bad(BadDescriptor::AvailIndexJump),
         1
     );
-    assert!(lp.tx.ring.is_broken());
-    assert_eq!(lp.process(64), Outcome::TxEmpty);
+    assert!(lp.tx.q.ring.is_broken());
+    assert_eq!(lp.process(64), IDLE);
     lp.flush();
     assert_eq!(
         lp.tx
+            .q
             .counters
             .snapshot(1)
             .bad(BadDescriptor::AvailIndexJump),
