@@ -36,7 +36,7 @@ impl Engine for Loopback {
             rx: RxState::Idle,
         };
         for _ in 0..budget {
-            match self.tx.next() {
+            match self.tx.take() {
                 TxNext::Empty => return idle,
                 TxNext::Skipped => continue,
                 TxNext::Frame => {}

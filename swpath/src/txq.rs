@@ -10,7 +10,7 @@ use crate::ring::{Chain, Direction};
 /// (a GSO frame included).
 pub const MAX_FRAME: u64 = 65_535;
 
-/// What [`TxQueue::next`] found.
+/// What [`TxQueue::take`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxNext {
     /// The ring has no more frames.
@@ -40,7 +40,7 @@ impl TxQueue {
     }
 
     /// Takes the next chain off the ring and checks it.
-    pub fn next(&mut self) -> TxNext {
+    pub fn take(&mut self) -> TxNext {
         if self.q.available() == 0 {
             return TxNext::Empty;
         }
