@@ -123,7 +123,9 @@ impl NicCapabilities {
     /// the NIC cannot serve it.
     pub fn nic_features_for(&self, guest: u64, pairs: u16) -> Result<u64, String> {
         if guest & VIRTIO_F_VERSION_1 == 0 {
-            return Err("the guest did not ack VERSION_1 (legacy drivers are not offloaded)".into());
+            return Err(
+                "the guest did not ack VERSION_1 (legacy drivers are not offloaded)".into(),
+            );
         }
         let needed = guest & !CONFIG_ONLY_FEATURES;
         let missing = needed & !self.features;
@@ -157,7 +159,8 @@ impl NicCapabilities {
                 "{} queue pairs configured, the NIC can drive {}{}",
                 cfg.queue_pairs,
                 self.max_pairs,
-                if self.features & feature::NET_CTRL_VQ != 0 && self.features & VIRTIO_NET_F_MQ != 0 {
+                if self.features & feature::NET_CTRL_VQ != 0 && self.features & VIRTIO_NET_F_MQ != 0
+                {
                     " (multiqueue through the NIC's control queue is not implemented)"
                 } else {
                     ""
@@ -221,7 +224,10 @@ mod tests {
     fn multiqueue_needs_mq_without_control_queue() {
         let f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
         assert_eq!(NicCapabilities::usable_pairs(f, 4, 8), 4);
-        assert_eq!(NicCapabilities::usable_pairs(f | feature::NET_CTRL_VQ, 4, 9), 1);
+        assert_eq!(
+            NicCapabilities::usable_pairs(f | feature::NET_CTRL_VQ, 4, 9),
+            1
+        );
         assert_eq!(NicCapabilities::usable_pairs(VIRTIO_F_VERSION_1, 4, 3), 1);
         assert_eq!(NicCapabilities::usable_pairs(f, 4, 4), 2);
     }

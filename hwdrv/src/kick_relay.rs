@@ -44,7 +44,11 @@ pub struct KickRelay {
 
 impl KickRelay {
     /// Starts relaying kicks of `targets` to doorbells of `pci`.
-    pub fn start(name: &str, pci: Arc<dyn PciFunction>, targets: Vec<KickTarget>) -> io::Result<Self> {
+    pub fn start(
+        name: &str,
+        pci: Arc<dyn PciFunction>,
+        targets: Vec<KickTarget>,
+    ) -> io::Result<Self> {
         // SAFETY: epoll_create1 has no memory preconditions; the result is checked.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if ep < 0 {
@@ -111,7 +115,12 @@ fn relay(ep: OwnedFd, stop: Arc<EventFd>, pci: Arc<dyn PciFunction>, targets: Ve
     loop {
         // SAFETY: `events` has room for `events.len()` entries; `ep` is valid.
         let n = unsafe {
-            libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, WAIT_MS)
+            libc::epoll_wait(
+                ep.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                WAIT_MS,
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();

@@ -11,13 +11,13 @@
 //! - [`offload`]: [`OffloadDatapath`], the [`vdpa::Datapath`] implementation.
 //! - [`classify`]: auto-mode classification of a PCI function (offload or software).
 
-pub mod pci;
-pub mod virtio_pci;
-pub mod sim;
-pub mod spec;
 pub mod capabilities;
 pub mod kick_relay;
 pub mod offload;
+pub mod pci;
+pub mod sim;
+pub mod spec;
+pub mod virtio_pci;
 
 pub use capabilities::NicCapabilities;
 pub use offload::{OffloadDatapath, OffloadError};

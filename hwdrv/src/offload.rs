@@ -129,10 +129,12 @@ impl OffloadDatapath {
         let spare_calls = (0..2 * pairs)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| probe(VirtioError::Io {
-                what: "creating eventfds".into(),
-                source: e,
-            }))?;
+            .map_err(|e| {
+                probe(VirtioError::Io {
+                    what: "creating eventfds".into(),
+                    source: e,
+                })
+            })?;
         let config_event = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| {
             probe(VirtioError::Io {
                 what: "creating eventfd".into(),
@@ -169,11 +171,13 @@ impl OffloadDatapath {
     /// decide offload or fallback.
     pub fn for_device(pci: Arc<dyn PciFunction>, cfg: &DeviceConfig) -> Result<Self, OffloadError> {
         let dp = Self::new(&cfg.name, pci, cfg.queue_pairs)?;
-        dp.caps.can_serve(cfg).map_err(|reasons| OffloadError::Unsuitable {
-            pci: dp.pci.describe(),
-            device: cfg.name.clone(),
-            reasons,
-        })?;
+        dp.caps
+            .can_serve(cfg)
+            .map_err(|reasons| OffloadError::Unsuitable {
+                pci: dp.pci.describe(),
+                device: cfg.name.clone(),
+                reasons,
+            })?;
         Ok(dp)
     }
 
@@ -205,16 +209,22 @@ impl OffloadDatapath {
     /// The used index of a ring, read from guest memory.
     fn used_idx(mem: &GuestMemory, r: &RingConfig) -> Option<u16> {
         let p = mem.translate(r.addrs.used + 2, 2)?;
-        if p as usize % 2 != 0 {
+        if !(p as usize).is_multiple_of(2) {
             return None;
         }
         // SAFETY: translate returned 2 bytes of mapped guest memory, aligned; guest
         // memory is shared with the guest and the NIC, so read it volatile, no reference.
-        Some(u16::from_le(unsafe { std::ptr::read_volatile(p as *const u16) }))
+        Some(u16::from_le(unsafe {
+            std::ptr::read_volatile(p as *const u16)
+        }))
     }
 
     /// Checks a ring against guest memory and the NIC, and says where it resumes.
-    fn ring_plan(&self, qp: &QueuePairConfig, r: &RingConfig) -> Result<Option<(u16, u16)>, DatapathError> {
+    fn ring_plan(
+        &self,
+        qp: &QueuePairConfig,
+        r: &RingConfig,
+    ) -> Result<Option<(u16, u16)>, DatapathError> {
         let bad = |what: String| DatapathError::Ring {
             ring: r.index,
             what,
@@ -226,7 +236,12 @@ impl OffloadDatapath {
             )));
         }
         let areas = [
-            (r.addrs.desc, ring::desc_bytes(r.size), 16, "descriptor table"),
+            (
+                r.addrs.desc,
+                ring::desc_bytes(r.size),
+                16,
+                "descriptor table",
+            ),
             (r.addrs.avail, ring::avail_bytes(r.size), 2, "avail ring"),
             (r.addrs.used, ring::used_bytes(r.size), 4, "used ring"),
         ];
@@ -372,12 +387,8 @@ impl OffloadDatapath {
         if targets.is_empty() {
             return Ok(());
         }
-        let relay = KickRelay::start(&self.name, self.pci.clone(), targets).map_err(|source| {
-            DatapathError::Spawn {
-                pair: 0,
-                source,
-            }
-        })?;
+        let relay = KickRelay::start(&self.name, self.pci.clone(), targets)
+            .map_err(|source| DatapathError::Spawn { pair: 0, source })?;
         self.relay = Some(relay);
         Ok(())
     }
@@ -517,7 +528,8 @@ impl Datapath for OffloadDatapath {
         if !Arc::ptr_eq(&mem, &qp.mem) || features != qp.features.bits {
             return Err(DatapathError::Pair {
                 pair: qp.pair,
-                why: "running pairs use another memory table or feature set; stop them first".into(),
+                why: "running pairs use another memory table or feature set; stop them first"
+                    .into(),
             });
         }
         if self.nic.per_queue_control() {

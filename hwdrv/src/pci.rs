@@ -303,7 +303,8 @@ impl ConfigSnapshot {
                     return None;
                 }
                 let cfg_type = self.u8_at(o + 3);
-                let notify_off_multiplier = if cfg_type == crate::spec::cap::NOTIFY && cap_len >= 20 {
+                let notify_off_multiplier = if cfg_type == crate::spec::cap::NOTIFY && cap_len >= 20
+                {
                     self.u32_at(o + 16)
                 } else {
                     0

@@ -171,7 +171,10 @@ impl std::fmt::Debug for VirtioPci {
         f.debug_struct("VirtioPci")
             .field("pci", &self.pci.describe())
             .field("num_queues", &self.num_queues)
-            .field("device_features", &format_args!("{:#x}", self.device_features))
+            .field(
+                "device_features",
+                &format_args!("{:#x}", self.device_features),
+            )
             .finish()
     }
 }

@@ -41,9 +41,14 @@ fn capabilities_are_found_and_described() {
 fn features_ok_is_read_back_and_refusal_is_an_error() {
     let (sim, mut drv) = nic(SimConfig::default());
     let got = drv
-        .initialize(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM | VIRTIO_RING_F_EVENT_IDX | (1 << 50))
+        .initialize(
+            VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM | VIRTIO_RING_F_EVENT_IDX | (1 << 50),
+        )
         .unwrap();
-    assert_eq!(got, VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM | VIRTIO_RING_F_EVENT_IDX);
+    assert_eq!(
+        got,
+        VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM | VIRTIO_RING_F_EVENT_IDX
+    );
     assert_eq!(sim.driver_features(), got);
     assert_ne!(sim.device_status() & status::FEATURES_OK, 0);
     // The simulated device, like QEMU with iommu_platform=on, insists on ACCESS_PLATFORM.
@@ -58,10 +63,14 @@ fn vectors_are_read_back_and_queues_programmed() {
         msix_vectors: 3,
         ..Default::default()
     });
-    drv.initialize(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM).unwrap();
+    drv.initialize(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM)
+        .unwrap();
     drv.set_config_vector(0).unwrap();
     let e = drv.set_config_vector(3).unwrap_err();
-    assert!(matches!(e, VirtioError::VectorRejected { read: 0xffff, .. }), "{e}");
+    assert!(
+        matches!(e, VirtioError::VectorRejected { read: 0xffff, .. }),
+        "{e}"
+    );
     assert_eq!(drv.queue_max_size(0).unwrap(), 1024);
     let setup = QueueSetup {
         size: 256,
@@ -71,16 +80,31 @@ fn vectors_are_read_back_and_queues_programmed() {
         vector: 1,
         resume: None,
     };
-    let too_big = QueueSetup { size: 2048, ..setup };
-    assert!(matches!(drv.program_queue(0, &too_big), Err(VirtioError::Queue { .. })));
+    let too_big = QueueSetup {
+        size: 2048,
+        ..setup
+    };
+    assert!(matches!(
+        drv.program_queue(0, &too_big),
+        Err(VirtioError::Queue { .. })
+    ));
     let bad_vec = QueueSetup { vector: 7, ..setup };
-    assert!(matches!(drv.program_queue(0, &bad_vec), Err(VirtioError::VectorRejected { .. })));
+    assert!(matches!(
+        drv.program_queue(0, &bad_vec),
+        Err(VirtioError::VectorRejected { .. })
+    ));
     let db = drv.program_queue(1, &setup).unwrap();
     assert_eq!(db.queue, 1);
-    assert_eq!(db.offset, layout::NOTIFY + u64::from(layout::NOTIFY_MULTIPLIER));
+    assert_eq!(
+        db.offset,
+        layout::NOTIFY + u64::from(layout::NOTIFY_MULTIPLIER)
+    );
     drv.enable_queue(1).unwrap();
     assert!(sim.queue_enabled(1));
-    assert!(matches!(drv.program_queue(9, &setup), Err(VirtioError::Queue { .. })));
+    assert!(matches!(
+        drv.program_queue(9, &setup),
+        Err(VirtioError::Queue { .. })
+    ));
     drv.driver_ok().unwrap();
     assert_eq!(sim.device_status(), 0xf);
     drv.reset().unwrap();
@@ -95,7 +119,8 @@ fn resume_needs_ring_state_and_late_enable_needs_ring_reset() {
         features: SimConfig::default().features & !feature::RING_RESET,
         ..Default::default()
     });
-    drv.initialize(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM).unwrap();
+    drv.initialize(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM)
+        .unwrap();
     let setup = QueueSetup {
         size: 64,
         desc: 0x10_0000,
@@ -106,11 +131,21 @@ fn resume_needs_ring_state_and_late_enable_needs_ring_reset() {
     };
     let e = drv.program_queue(0, &setup).unwrap_err();
     assert!(e.to_string().contains("cannot resume"), "{e}");
-    assert!(matches!(drv.stop_queue(0), Err(VirtioError::Unsupported(_))));
+    assert!(matches!(
+        drv.stop_queue(0),
+        Err(VirtioError::Unsupported(_))
+    ));
     drv.driver_ok().unwrap();
     // Enabling a queue after DRIVER_OK without RING_RESET is a driver bug the
     // simulator flags with DEVICE_NEEDS_RESET.
-    drv.program_queue(0, &QueueSetup { resume: None, ..setup }).unwrap();
+    drv.program_queue(
+        0,
+        &QueueSetup {
+            resume: None,
+            ..setup
+        },
+    )
+    .unwrap();
     let _ = drv.enable_queue(0);
     assert!(drv.needs_reset().unwrap());
     assert_ne!(sim.device_status() & status::DEVICE_NEEDS_RESET, 0);

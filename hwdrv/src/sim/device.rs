@@ -228,7 +228,11 @@ impl Shared {
             cc::QUEUE_RESET => q.map_or(0, |q| u64::from(q.reset)),
             _ => 0,
         };
-        let mask = if len >= 4 { 0xffff_ffff } else { (1u64 << (8 * len)) - 1 };
+        let mask = if len >= 4 {
+            0xffff_ffff
+        } else {
+            (1u64 << (8 * len)) - 1
+        };
         (v & mask) as u32
     }
 
@@ -236,7 +240,13 @@ impl Shared {
     pub(crate) fn common_write(&self, st: &mut State, off: u64, v: u32) {
         let qs = usize::from(st.queue_select);
         let nvec = self.cfg.msix_vectors;
-        let vector = |v: u32| if v < u32::from(nvec) { v as u16 } else { NO_VECTOR };
+        let vector = |v: u32| {
+            if v < u32::from(nvec) {
+                v as u16
+            } else {
+                NO_VECTOR
+            }
+        };
         let running = st.status & status::DRIVER_OK != 0;
         match off {
             cc::DEVICE_FEATURE_SELECT => st.dev_feature_select = v,
@@ -264,13 +274,9 @@ impl Shared {
                     cc::QUEUE_MSIX_VECTOR => q.msix = vector(v),
                     cc::QUEUE_DESC if idle => q.desc = (q.desc & !0xffff_ffff) | u64::from(v),
                     0x24 if idle => q.desc = (q.desc & 0xffff_ffff) | (u64::from(v) << 32),
-                    cc::QUEUE_DRIVER if idle => {
-                        q.driver = (q.driver & !0xffff_ffff) | u64::from(v)
-                    }
+                    cc::QUEUE_DRIVER if idle => q.driver = (q.driver & !0xffff_ffff) | u64::from(v),
                     0x2c if idle => q.driver = (q.driver & 0xffff_ffff) | (u64::from(v) << 32),
-                    cc::QUEUE_DEVICE if idle => {
-                        q.device = (q.device & !0xffff_ffff) | u64::from(v)
-                    }
+                    cc::QUEUE_DEVICE if idle => q.device = (q.device & !0xffff_ffff) | u64::from(v),
                     0x34 if idle => q.device = (q.device & 0xffff_ffff) | (u64::from(v) << 32),
                     cc::QUEUE_ENABLE => self.write_queue_enable(st, qs, v as u16, running),
                     cc::QUEUE_RESET if v & 1 == 1 => {
@@ -309,7 +315,10 @@ impl Shared {
             return;
         }
         if running && st.driver_features & feature::RING_RESET == 0 {
-            self.needs_reset(st, "queue enabled after DRIVER_OK without VIRTIO_F_RING_RESET");
+            self.needs_reset(
+                st,
+                "queue enabled after DRIVER_OK without VIRTIO_F_RING_RESET",
+            );
             return;
         }
         let event_idx = st.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
@@ -359,7 +368,11 @@ impl Shared {
     pub(crate) fn device_cfg_read(&self, off: u64, buf: &mut [u8]) {
         let mut c = [0u8; net_cfg::LEN as usize];
         c[..6].copy_from_slice(&self.cfg.mac);
-        let link = if self.cfg.link_up { net_cfg::S_LINK_UP } else { 0 };
+        let link = if self.cfg.link_up {
+            net_cfg::S_LINK_UP
+        } else {
+            0
+        };
         c[6..8].copy_from_slice(&link.to_le_bytes());
         c[8..10].copy_from_slice(&self.cfg.max_pairs.to_le_bytes());
         c[10..12].copy_from_slice(&self.cfg.mtu.to_le_bytes());
@@ -406,7 +419,13 @@ pub(crate) fn run(shared: Arc<Shared>) {
             });
         }
         // SAFETY: `fds` is a valid array of pollfd of the given length for the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK.as_millis() as i32) };
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                TICK.as_millis() as i32,
+            )
+        };
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
@@ -417,7 +436,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
         pull_wire(&shared, &mut st, &mut scratch);
         if st.status & status::DRIVER_OK != 0 && st.status & status::DEVICE_NEEDS_RESET == 0 {
             for q in 0..st.queues.len().min(2 * usize::from(shared.cfg.max_pairs)) {
-                if bits & (1 << q) != 0 && q % 2 == 1 && process_tx(&shared, &mut st, q, &mut scratch, &mut segs) {
+                if bits & (1 << q) != 0
+                    && q % 2 == 1
+                    && process_tx(&shared, &mut st, q, &mut scratch, &mut segs)
+                {
                     again |= 1 << q;
                 }
             }
@@ -448,7 +470,11 @@ fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
             }
         };
         let (pair, len) = got;
-        let pair = if pair < shared.cfg.max_pairs { usize::from(pair) } else { 0 };
+        let pair = if pair < shared.cfg.max_pairs {
+            usize::from(pair)
+        } else {
+            0
+        };
         if st.status & status::DRIVER_OK == 0 || st.backlog[pair].len() >= BACKLOG_LIMIT {
             shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -471,7 +497,13 @@ fn ring_failed(shared: &Shared, st: &mut State, q: usize, e: RingError) {
 }
 
 /// Transmits up to one burst from TX queue `q`. Returns true if chains remain.
-fn process_tx(shared: &Shared, st: &mut State, q: usize, scratch: &mut [u8], segs: &mut Vec<Seg>) -> bool {
+fn process_tx(
+    shared: &Shared,
+    st: &mut State,
+    q: usize,
+    scratch: &mut [u8],
+    segs: &mut Vec<Seg>,
+) -> bool {
     let Some(mut ring) = st.queues[q].ring else {
         return false;
     };
@@ -547,7 +579,10 @@ fn scatter(dma: &Dma, segs: &[Seg], data: &[u8]) -> Option<usize> {
 }
 
 fn capacity(segs: &[Seg]) -> usize {
-    segs.iter().filter(|s| s.writable).map(|s| s.len as usize).sum()
+    segs.iter()
+        .filter(|s| s.writable)
+        .map(|s| s.len as usize)
+        .sum()
 }
 
 /// Delivers backlog frames of pair `p` into its RX queue while buffers last.

@@ -53,7 +53,10 @@ impl Dma {
     /// Adds a mapping; overlapping an existing one is refused like VFIO does (EEXIST).
     pub(crate) fn map(&self, iova: u64, size: u64, host: *mut u8) -> std::io::Result<()> {
         let end = iova.checked_add(size).filter(|_| size > 0).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty or overflowing DMA range")
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "empty or overflowing DMA range",
+            )
         })?;
         let mut maps = lock(&self.maps);
         if maps.iter().any(|m| iova < m.iova + m.size && m.iova < end) {
@@ -108,18 +111,19 @@ impl Dma {
         };
         self.faults.fetch_add(1, Ordering::SeqCst);
         *lock(&self.last_fault) = Some(f);
-        tracing::warn!(iova = format_args!("{iova:#x}"), len, write, ?reason, "sim: IOMMU fault");
+        tracing::warn!(
+            iova = format_args!("{iova:#x}"),
+            len,
+            write,
+            ?reason,
+            "sim: IOMMU fault"
+        );
         f
     }
 
     /// Splits `[iova, iova + len)` into host pieces, or faults without side effects if
     /// any byte is not mapped.
-    fn translate(
-        &self,
-        iova: u64,
-        len: u64,
-        write: bool,
-    ) -> Result<Vec<(usize, usize)>, DmaFault> {
+    fn translate(&self, iova: u64, len: u64, write: bool) -> Result<Vec<(usize, usize)>, DmaFault> {
         if !self.bus_master.load(Ordering::SeqCst) {
             return Err(self.fault(iova, len, write, FaultReason::BusMasterOff));
         }
@@ -128,10 +132,7 @@ impl Dma {
         let mut cur = iova;
         let mut left = len;
         while left > 0 {
-            let Some(m) = maps
-                .iter()
-                .find(|m| cur >= m.iova && cur - m.iova < m.size)
-            else {
+            let Some(m) = maps.iter().find(|m| cur >= m.iova && cur - m.iova < m.size) else {
                 drop(maps);
                 return Err(self.fault(iova, len, write, FaultReason::Unmapped));
             };
@@ -182,7 +183,7 @@ impl Dma {
     /// Device read of a little-endian u16 (ring indices), as one access.
     pub(crate) fn read_u16(&self, iova: u64) -> Result<u16, DmaFault> {
         let pieces = self.translate(iova, 2, false)?;
-        if pieces.len() == 1 && pieces[0].0 % 2 == 0 {
+        if pieces.len() == 1 && pieces[0].0.is_multiple_of(2) {
             // SAFETY: two mapped, aligned bytes; a volatile load sees the driver's
             // latest store and is not torn.
             let v = unsafe { std::ptr::read_volatile(pieces[0].0 as *const u16) };
@@ -196,7 +197,7 @@ impl Dma {
     /// Device write of a little-endian u16 (used index, avail_event), as one access.
     pub(crate) fn write_u16(&self, iova: u64, v: u16) -> Result<(), DmaFault> {
         let pieces = self.translate(iova, 2, true)?;
-        if pieces.len() == 1 && pieces[0].0 % 2 == 0 {
+        if pieces.len() == 1 && pieces[0].0.is_multiple_of(2) {
             // SAFETY: two mapped, aligned, writable bytes.
             unsafe { std::ptr::write_volatile(pieces[0].0 as *mut u16, v.to_le()) };
             return Ok(());

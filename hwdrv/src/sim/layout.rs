@@ -62,34 +62,82 @@ fn virtio_cap(b: &mut [u8], at: usize, next: usize, len: u8, cfg_type: u8, off: 
 pub fn config_space(c: &SimConfig) -> Vec<u8> {
     let mut b = vec![0u8; CONFIG_SIZE];
     put16(&mut b, cfg::VENDOR_ID as usize, spec::VIRTIO_VENDOR_ID);
-    put16(&mut b, cfg::DEVICE_ID as usize, spec::VIRTIO_NET_MODERN_DEVICE_ID);
+    put16(
+        &mut b,
+        cfg::DEVICE_ID as usize,
+        spec::VIRTIO_NET_MODERN_DEVICE_ID,
+    );
     put16(&mut b, cfg::STATUS as usize, cfg::STATUS_CAP_LIST);
     // Revision 1 (modern), class 02 00 00 (Ethernet).
-    put32(&mut b, cfg::REVISION as usize, 1 | (cfg::CLASS_ETHERNET << 8));
+    put32(
+        &mut b,
+        cfg::REVISION as usize,
+        1 | (cfg::CLASS_ETHERNET << 8),
+    );
     // BAR1: 32-bit memory (MSI-X), BAR4: 64-bit memory, prefetchable.
     put32(&mut b, cfg::BAR0 as usize + 4, 0xfe00_0000);
     put32(&mut b, cfg::BAR0 as usize + 16, 0xfc00_000c);
-    put16(&mut b, cfg::SUBSYSTEM_VENDOR as usize, spec::VIRTIO_VENDOR_ID);
+    put16(
+        &mut b,
+        cfg::SUBSYSTEM_VENDOR as usize,
+        spec::VIRTIO_VENDOR_ID,
+    );
     put16(&mut b, cfg::SUBSYSTEM_ID as usize, 0x1100);
     b[cfg::CAP_PTR as usize] = MSIX_CAP as u8;
 
     // MSI-X: table size - 1, table and PBA in BAR 1.
     b[MSIX_CAP] = cfg::CAP_ID_MSIX;
     b[MSIX_CAP + 1] = 0x50;
-    put16(&mut b, MSIX_CAP + 2, c.msix_vectors.saturating_sub(1) & 0x7ff);
+    put16(
+        &mut b,
+        MSIX_CAP + 2,
+        c.msix_vectors.saturating_sub(1) & 0x7ff,
+    );
     put32(&mut b, MSIX_CAP + 4, u32::from(MSIX_BAR));
     put32(&mut b, MSIX_CAP + 8, 0x800 | u32::from(MSIX_BAR));
 
     let nq = u32::from(c.num_queues());
-    virtio_cap(&mut b, 0x50, 0x60, 16, cap::COMMON, COMMON, spec::common::LEN);
+    virtio_cap(
+        &mut b,
+        0x50,
+        0x60,
+        16,
+        cap::COMMON,
+        COMMON,
+        spec::common::LEN,
+    );
     virtio_cap(&mut b, 0x60, 0x70, 16, cap::ISR, ISR, 1);
-    virtio_cap(&mut b, 0x70, 0x80, 16, cap::DEVICE, DEVICE, spec::net_cfg::LEN);
-    virtio_cap(&mut b, 0x80, 0x98, 20, cap::NOTIFY, NOTIFY, nq * NOTIFY_MULTIPLIER);
+    virtio_cap(
+        &mut b,
+        0x70,
+        0x80,
+        16,
+        cap::DEVICE,
+        DEVICE,
+        spec::net_cfg::LEN,
+    );
+    virtio_cap(
+        &mut b,
+        0x80,
+        0x98,
+        20,
+        cap::NOTIFY,
+        NOTIFY,
+        nq * NOTIFY_MULTIPLIER,
+    );
     put32(&mut b, 0x80 + 16, NOTIFY_MULTIPLIER);
     let after_pci_cfg = if c.ring_state { 0xb0 } else { 0 };
     virtio_cap(&mut b, 0x98, after_pci_cfg, 20, cap::PCI_CFG, 0, 0);
     if c.ring_state {
-        virtio_cap(&mut b, 0xb0, 0, 16, cap::VDPAD_RING_STATE, RING_STATE, 4 * nq);
+        virtio_cap(
+            &mut b,
+            0xb0,
+            0,
+            16,
+            cap::VDPAD_RING_STATE,
+            RING_STATE,
+            4 * nq,
+        );
     }
     b
 }

@@ -11,8 +11,8 @@
 //! queue after DRIVER_OK without VIRTIO_F_RING_RESET, a queue reset without that
 //! feature, an invalid queue size, or an unreachable ring set DEVICE_NEEDS_RESET.
 
-pub mod dma;
 mod device;
+pub mod dma;
 pub mod layout;
 mod ring;
 pub mod wire;
@@ -28,11 +28,11 @@ use crate::pci::{check_width, PciFunction, ResetOutcome};
 use crate::spec::{cfg, feature};
 use device::{lock, Shared};
 pub use dma::{DmaFault, FaultReason};
-pub use wire::{ChannelWire, Loopback, TapWire, Wire};
 use vdpa::features::{
     VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX,
 };
+pub use wire::{ChannelWire, Loopback, TapWire, Wire};
 
 /// Largest number of queue pairs the simulator models (doorbells are a 64-bit mask).
 pub const SIM_MAX_PAIRS: u16 = 32;
@@ -265,7 +265,11 @@ impl PciFunction for SimNic {
         let v: u32 = match offset {
             o if o < layout::ISR => sh.common_read(&st, o - layout::COMMON, buf.len()),
             o if o < layout::DEVICE => {
-                let v = if o == layout::ISR { u32::from(st.isr) } else { 0 };
+                let v = if o == layout::ISR {
+                    u32::from(st.isr)
+                } else {
+                    0
+                };
                 st.isr = 0;
                 v
             }

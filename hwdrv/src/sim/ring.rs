@@ -68,7 +68,9 @@ impl SplitRing {
     pub(crate) fn pending(&self, dma: &Dma) -> Result<u16, RingError> {
         let n = self.avail_idx(dma)?.wrapping_sub(self.last_avail);
         if n > self.size {
-            return Err(RingError::Malformed("avail index moved by more than the ring size"));
+            return Err(RingError::Malformed(
+                "avail index moved by more than the ring size",
+            ));
         }
         Ok(n)
     }
@@ -95,7 +97,9 @@ impl SplitRing {
         let mut idx = head;
         loop {
             if segs.len() >= usize::from(self.size) {
-                return Err(RingError::Malformed("descriptor chain longer than the ring"));
+                return Err(RingError::Malformed(
+                    "descriptor chain longer than the ring",
+                ));
             }
             let mut d = [0u8; DESC_SIZE as usize];
             dma.read(self.desc + DESC_SIZE * u64::from(idx), &mut d)?;

@@ -69,12 +69,24 @@ impl Guest {
 
     pub fn write(&self, gpa: u64, data: &[u8]) {
         // SAFETY: translate checked the range; guest memory is accessed by copy only.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr(gpa, data.len() as u64), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.ptr(gpa, data.len() as u64),
+                data.len(),
+            )
+        };
     }
 
     pub fn read(&self, gpa: u64, buf: &mut [u8]) {
         // SAFETY: as in write.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr(gpa, buf.len() as u64), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr(gpa, buf.len() as u64),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
     }
 
     pub fn write_u16(&self, gpa: u64, v: u16) {
@@ -165,7 +177,10 @@ impl DriverRing {
     /// Asks for an interrupt at the next used element (EVENT_IDX used_event).
     pub fn want_interrupt(&self, g: &Guest) {
         if self.event_idx {
-            g.write_u16(self.addrs.avail + 4 + 2 * u64::from(self.size), self.last_used);
+            g.write_u16(
+                self.addrs.avail + 4 + 2 * u64::from(self.size),
+                self.last_used,
+            );
             fence(Ordering::SeqCst);
         }
     }
@@ -240,7 +255,14 @@ impl PairRig {
         Self::with_start(g, pair, size, event_idx, rx_buf_len, 0)
     }
 
-    pub fn with_start(g: &mut Guest, pair: u16, size: u16, event_idx: bool, rx_buf_len: u32, start: u16) -> Self {
+    pub fn with_start(
+        g: &mut Guest,
+        pair: u16,
+        size: u16,
+        event_idx: bool,
+        rx_buf_len: u32,
+        start: u16,
+    ) -> Self {
         let rx = DriverRing::new(g, size, event_idx, start);
         let tx = DriverRing::new(g, size, event_idx, start);
         let rx_bufs = g.alloc(SLOT * u64::from(size), 4096);
@@ -263,20 +285,35 @@ impl PairRig {
     }
 
     pub fn config(&self, g: &Guest, features: u64) -> QueuePairConfig {
-        let ring = |index: u16, r: &DriverRing, kick: &Arc<EventFd>, call: &Arc<EventFd>, base: u16| RingConfig {
-            index,
-            size: r.size,
-            addrs: r.addrs,
-            base,
-            events: RingEvents {
-                kick: kick.clone(),
-                call: Some(call.clone()),
-            },
-        };
+        let ring =
+            |index: u16, r: &DriverRing, kick: &Arc<EventFd>, call: &Arc<EventFd>, base: u16| {
+                RingConfig {
+                    index,
+                    size: r.size,
+                    addrs: r.addrs,
+                    base,
+                    events: RingEvents {
+                        kick: kick.clone(),
+                        call: Some(call.clone()),
+                    },
+                }
+            };
         QueuePairConfig {
             pair: self.pair,
-            rx: ring(2 * self.pair, &self.rx, &self.rx_kick, &self.rx_call, self.rx.last_used),
-            tx: ring(2 * self.pair + 1, &self.tx, &self.tx_kick, &self.tx_call, self.tx.last_used),
+            rx: ring(
+                2 * self.pair,
+                &self.rx,
+                &self.rx_kick,
+                &self.rx_call,
+                self.rx.last_used,
+            ),
+            tx: ring(
+                2 * self.pair + 1,
+                &self.tx,
+                &self.tx_kick,
+                &self.tx_call,
+                self.tx.last_used,
+            ),
             features: Negotiated { bits: features },
             mem: g.mem.clone(),
         }
@@ -347,7 +384,12 @@ impl PairRig {
                 if let Some(e) = self.rx.pop_used(g) {
                     break e;
                 }
-                assert!(start.elapsed() < WAIT, "missing merged buffer");
+                assert!(
+                    start.elapsed() < WAIT,
+                    "missing merged buffer: nbuf {nbuf} first len {len} used {} last {}",
+                    self.rx.device_used(g),
+                    self.rx.last_used
+                );
                 wait_fd(&self.rx_call, Duration::from_millis(20));
             };
             let mut more = vec![0u8; l as usize];
@@ -355,8 +397,13 @@ impl PairRig {
             data.extend_from_slice(&more);
             heads.push(h);
         }
-        for h in heads {
-            self.rx.add(g, &[(self.rx_bufs + SLOT * u64::from(h), self.rx_buf_len, true)]);
+        // Buffer slot i belongs to descriptor i: re-post one slot per freed descriptor.
+        for _ in heads {
+            let d = *self.rx_free_peek();
+            self.rx.add(
+                g,
+                &[(self.rx_bufs + SLOT * u64::from(d), self.rx_buf_len, true)],
+            );
         }
         self.rx.publish(g);
         self.rx_kick.write(1).unwrap();
@@ -397,7 +444,9 @@ pub fn exchange(g: &Guest, p: &mut PairRig, first_seq: u32, n: u32) {
     for seq in first_seq..first_seq + n {
         let f = frame(p.pair, seq);
         p.send(g, &f);
-        let got = p.recv(g).unwrap_or_else(|| panic!("frame {seq} on pair {} never came back", p.pair));
+        let got = p
+            .recv(g)
+            .unwrap_or_else(|| panic!("frame {seq} on pair {} never came back", p.pair));
         assert_eq!(got, f, "frame {seq} on pair {} corrupted", p.pair);
         p.reap_tx(g);
     }
