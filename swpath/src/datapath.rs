@@ -9,17 +9,31 @@ use vdpa::{Datapath, DatapathError, QueueCounters, QueuePairConfig, QueueStats, 
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::engine::Engine;
 use crate::interrupt::Interrupt;
 use crate::loopback::Loopback;
 use crate::queue::Queue;
 use crate::ring::DeviceRing;
 use crate::rxq::RxQueue;
+use crate::tap::{Tap, TapEngine, GUEST_GSO, TAP_OFFLOADS};
 use crate::txq::TxQueue;
+use crate::txq::MAX_FRAME;
 use crate::worker::Worker;
+
+/// Where a software device's frames go.
+pub enum Backend {
+    /// Back to the guest.
+    Loopback,
+    /// A tap device, one queue per queue pair.
+    Tap(Tap),
+}
 
 /// The software datapath of one device.
 pub struct SoftwareDatapath {
     device: String,
+    backend: Backend,
+    /// Largest L3 packet the device carries (for sizing RX reads).
+    mtu: u16,
     workers: BTreeMap<u16, Worker>,
     bases: BTreeMap<u16, u16>,
     counters: BTreeMap<u16, Arc<QueueCounters>>,
@@ -29,8 +43,16 @@ pub struct SoftwareDatapath {
 impl SoftwareDatapath {
     /// A loopback datapath for device `device`: every transmitted frame comes back.
     pub fn loopback(device: &str) -> Self {
+        Self::new(device, Backend::Loopback, 1500)
+    }
+
+    /// A datapath for device `device` moving frames to and from `backend`; `mtu`
+    /// bounds the frames received without segmentation offload.
+    pub fn new(device: &str, backend: Backend, mtu: u16) -> Self {
         SoftwareDatapath {
             device: device.to_owned(),
+            backend,
+            mtu,
             workers: BTreeMap::new(),
             bases: BTreeMap::new(),
             counters: BTreeMap::new(),
@@ -49,14 +71,46 @@ impl SoftwareDatapath {
 
 impl Datapath for SoftwareDatapath {
     fn describe(&self) -> String {
-        "software/loopback".to_owned()
+        match &self.backend {
+            Backend::Loopback => "software/loopback".to_owned(),
+            Backend::Tap(t) => format!("software/tap {}", t.name()),
+        }
+    }
+
+    fn offload_features(&self) -> u64 {
+        match &self.backend {
+            Backend::Tap(t) if t.supports_offloads() => TAP_OFFLOADS,
+            _ => 0,
+        }
     }
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
         let hdr_len = qp.features.net_header_len();
         let rx = RxQueue::new(self.queue(&qp.rx, &qp)?, hdr_len, qp.features.mrg_rxbuf());
         let tx = TxQueue::new(self.queue(&qp.tx, &qp)?, hdr_len);
-        let engine = Box::new(Loopback::new(rx, tx));
+        let engine: Box<dyn Engine> = match &self.backend {
+            Backend::Loopback => Box::new(Loopback::new(rx, tx)),
+            Backend::Tap(tap) => {
+                let backend =
+                    |e: std::io::Error| DatapathError::Backend(format!("tap {}: {e}", tap.name()));
+                if usize::from(qp.pair) >= tap.queues() {
+                    return Err(DatapathError::Pair {
+                        pair: qp.pair,
+                        why: format!("tap {} has {} queues", tap.name(), tap.queues()),
+                    });
+                }
+                tap.set_vnet_hdr_len(hdr_len).map_err(backend)?;
+                tap.set_offload(qp.features.bits).map_err(backend)?;
+                let fd = tap.queue(usize::from(qp.pair)).map_err(backend)?;
+                let max_rx = hdr_len as u64
+                    + if qp.features.bits & GUEST_GSO != 0 {
+                        MAX_FRAME
+                    } else {
+                        u64::from(self.mtu) + 18
+                    };
+                Box::new(TapEngine::new(rx, tx, fd, max_rx, qp.features.mrg_rxbuf()))
+            }
+        };
         let worker = Worker::spawn(
             format!("{}-q{}", self.device, qp.pair),
             engine,

@@ -9,6 +9,7 @@
 //! - [`engine`]: what moves frames for one pair, and what it waits for next.
 //! - [`loopback`]: the loopback backend (TX ring → RX ring).
 //! - [`interrupt`]: a ring's replaceable call eventfd.
+//! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
 //! - [`worker`]: the per-queue-pair thread and its notification loop.
 //! - [`datapath`]: [`SoftwareDatapath`], the [`vdpa::Datapath`] implementation.
 
@@ -19,6 +20,7 @@ pub mod loopback;
 pub mod queue;
 pub mod ring;
 pub mod rxq;
+pub mod tap;
 pub mod txq;
 pub mod worker;
 

@@ -107,6 +107,12 @@ pub trait Datapath: Send {
     /// Short description for logs and `vdpactl`, e.g. `software/loopback`.
     fn describe(&self) -> String;
 
+    /// Checksum and segmentation offload features (VIRTIO_NET_F_CSUM, GUEST_TSO4, ...)
+    /// this datapath can serve, added to what the device offers. None by default.
+    fn offload_features(&self) -> u64 {
+        0
+    }
+
     /// Starts serving a queue pair. The pair is not running when this is called.
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError>;
 

@@ -55,7 +55,7 @@ impl Device {
     /// A device served by `datapath`.
     pub fn new(cfg: DeviceConfig, datapath: Box<dyn Datapath>) -> Self {
         Device {
-            offered: offered_features(&cfg),
+            offered: offered_features(&cfg) | datapath.offload_features(),
             cfg,
             datapath: Arc::new(Mutex::new(datapath)),
             status: Arc::default(),

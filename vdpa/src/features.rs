@@ -6,6 +6,22 @@
 use vdpad_config::DeviceConfig;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
+/// VIRTIO_NET_F_CSUM: the device takes frames with a partial checksum (guest TX).
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// VIRTIO_NET_F_GUEST_CSUM: the driver takes frames with a partial checksum (guest RX).
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// VIRTIO_NET_F_GUEST_TSO4: the driver takes TCPv4 GSO frames.
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+/// VIRTIO_NET_F_GUEST_TSO6: the driver takes TCPv6 GSO frames.
+pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+/// VIRTIO_NET_F_GUEST_ECN: the driver takes TSO frames with ECN.
+pub const VIRTIO_NET_F_GUEST_ECN: u64 = 1 << 9;
+/// VIRTIO_NET_F_HOST_TSO4: the device takes TCPv4 GSO frames.
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// VIRTIO_NET_F_HOST_TSO6: the device takes TCPv6 GSO frames.
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// VIRTIO_NET_F_HOST_ECN: the device takes TSO frames with ECN.
+pub const VIRTIO_NET_F_HOST_ECN: u64 = 1 << 13;
 /// VIRTIO_NET_F_MTU: the device reports a maximum MTU in its config space.
 pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// VIRTIO_NET_F_MAC: the device has a MAC address in its config space.
@@ -98,6 +114,14 @@ impl Negotiated {
 /// Names of the feature bits set in `bits`, for logs and `vdpactl`.
 pub fn feature_names(bits: u64) -> Vec<&'static str> {
     const NAMES: &[(u64, &str)] = &[
+        (VIRTIO_NET_F_CSUM, "CSUM"),
+        (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+        (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
+        (VIRTIO_NET_F_GUEST_TSO6, "GUEST_TSO6"),
+        (VIRTIO_NET_F_GUEST_ECN, "GUEST_ECN"),
+        (VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
+        (VIRTIO_NET_F_HOST_TSO6, "HOST_TSO6"),
+        (VIRTIO_NET_F_HOST_ECN, "HOST_ECN"),
         (VIRTIO_NET_F_MTU, "MTU"),
         (VIRTIO_NET_F_MAC, "MAC"),
         (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
