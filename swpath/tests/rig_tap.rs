@@ -136,7 +136,7 @@ fn reflector(ns: &Netns, ifname: String, stop: Arc<AtomicBool>) -> JoinHandle<u6
                     &mut len,
                 )
             };
-            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             // SAFETY: sending n bytes of our buffer to the bound interface.
