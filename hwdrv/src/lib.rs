@@ -12,11 +12,14 @@
 //! - [`classify`]: auto-mode classification of a PCI function (offload or software).
 
 pub mod capabilities;
+pub mod classify;
 pub mod kick_relay;
 pub mod offload;
 pub mod pci;
 pub mod sim;
 pub mod spec;
+pub mod vfio;
+pub mod vfio_sys;
 pub mod virtio_pci;
 
 pub use capabilities::NicCapabilities;
