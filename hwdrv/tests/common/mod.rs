@@ -248,6 +248,8 @@ pub struct PairRig {
     pub rx_bufs: u64,
     pub tx_bufs: u64,
     pub rx_buf_len: u32,
+    /// Times `recv` was woken by the RX call eventfd (an interrupt).
+    pub rx_irqs: u64,
 }
 
 impl PairRig {
@@ -278,6 +280,7 @@ impl PairRig {
             rx_bufs,
             tx_bufs,
             rx_buf_len,
+            rx_irqs: 0,
         };
         p.rx.want_interrupt(g);
         p.tx.want_interrupt(g);
@@ -373,7 +376,9 @@ impl PairRig {
             if start.elapsed() > WAIT {
                 return None;
             }
-            wait_fd(&self.rx_call, Duration::from_millis(50));
+            if wait_fd(&self.rx_call, Duration::from_millis(50)) {
+                self.rx_irqs += 1;
+            }
         };
         let mut data = vec![0u8; len as usize];
         g.read(self.rx_bufs + SLOT * u64::from(head), &mut data);
