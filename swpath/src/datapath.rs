@@ -9,6 +9,7 @@ use vdpa::{Datapath, DatapathError, QueueCounters, QueuePairConfig, QueueStats, 
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::af_packet::{AfPacket, AfPacketEngine, AF_PACKET_OFFLOADS};
 use crate::engine::Engine;
 use crate::interrupt::Interrupt;
 use crate::loopback::Loopback;
@@ -26,6 +27,8 @@ pub enum Backend {
     Loopback,
     /// A tap device, one queue per queue pair.
     Tap(Tap),
+    /// Packet sockets on a network interface, one per queue pair.
+    AfPacket(AfPacket),
 }
 
 /// The software datapath of one device.
@@ -74,12 +77,14 @@ impl Datapath for SoftwareDatapath {
         match &self.backend {
             Backend::Loopback => "software/loopback".to_owned(),
             Backend::Tap(t) => format!("software/tap {}", t.name()),
+            Backend::AfPacket(p) => format!("software/af_packet {}", p.ifname()),
         }
     }
 
     fn offload_features(&self) -> u64 {
         match &self.backend {
             Backend::Tap(t) if t.supports_offloads() => TAP_OFFLOADS,
+            Backend::AfPacket(_) => AF_PACKET_OFFLOADS,
             _ => 0,
         }
     }
@@ -88,27 +93,30 @@ impl Datapath for SoftwareDatapath {
         let hdr_len = qp.features.net_header_len();
         let rx = RxQueue::new(self.queue(&qp.rx, &qp)?, hdr_len, qp.features.mrg_rxbuf());
         let tx = TxQueue::new(self.queue(&qp.tx, &qp)?, hdr_len);
+        let max_rx = hdr_len as u64
+            + if qp.features.bits & GUEST_GSO != 0 {
+                MAX_FRAME
+            } else {
+                u64::from(self.mtu) + 18
+            };
+        let pair = usize::from(qp.pair);
         let engine: Box<dyn Engine> = match &self.backend {
             Backend::Loopback => Box::new(Loopback::new(rx, tx)),
             Backend::Tap(tap) => {
                 let backend =
                     |e: std::io::Error| DatapathError::Backend(format!("tap {}: {e}", tap.name()));
-                if usize::from(qp.pair) >= tap.queues() {
-                    return Err(DatapathError::Pair {
-                        pair: qp.pair,
-                        why: format!("tap {} has {} queues", tap.name(), tap.queues()),
-                    });
-                }
+                check_queue(qp.pair, tap.queues(), tap.name())?;
                 tap.set_vnet_hdr_len(hdr_len).map_err(backend)?;
                 tap.set_offload(qp.features.bits).map_err(backend)?;
-                let fd = tap.queue(usize::from(qp.pair)).map_err(backend)?;
-                let max_rx = hdr_len as u64
-                    + if qp.features.bits & GUEST_GSO != 0 {
-                        MAX_FRAME
-                    } else {
-                        u64::from(self.mtu) + 18
-                    };
+                let fd = tap.queue(pair).map_err(backend)?;
                 Box::new(TapEngine::new(rx, tx, fd, max_rx, qp.features.mrg_rxbuf()))
+            }
+            Backend::AfPacket(p) => {
+                check_queue(qp.pair, p.queues(), p.ifname())?;
+                let sock = p.queue(pair).map_err(|e| {
+                    DatapathError::Backend(format!("AF_PACKET on {}: {e}", p.ifname()))
+                })?;
+                Box::new(AfPacketEngine::new(rx, tx, sock, max_rx, qp.features.bits))
             }
         };
         let worker = Worker::spawn(
@@ -165,5 +173,16 @@ impl Datapath for SoftwareDatapath {
             self.stop(p);
         }
         self.bases.clear();
+    }
+}
+
+fn check_queue(pair: u16, queues: usize, what: &str) -> Result<(), DatapathError> {
+    if usize::from(pair) < queues {
+        Ok(())
+    } else {
+        Err(DatapathError::Pair {
+            pair,
+            why: format!("{what} has {queues} queues"),
+        })
     }
 }

@@ -9,10 +9,14 @@
 //! - [`engine`]: what moves frames for one pair, and what it waits for next.
 //! - [`loopback`]: the loopback backend (TX ring → RX ring).
 //! - [`interrupt`]: a ring's replaceable call eventfd.
+//! - [`af_packet`]: the AF_PACKET backend (fanout, vnet header, mmsg batches).
+//! - [`csum`]: completing a partial checksum for a guest without GUEST_CSUM.
 //! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
 //! - [`worker`]: the per-queue-pair thread and its notification loop.
 //! - [`datapath`]: [`SoftwareDatapath`], the [`vdpa::Datapath`] implementation.
 
+pub mod af_packet;
+pub mod csum;
 pub mod datapath;
 pub mod engine;
 pub mod interrupt;

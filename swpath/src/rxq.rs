@@ -78,24 +78,8 @@ impl RxQueue {
             if !self.mrg && !self.pending.is_empty() {
                 return Reserve::TooSmall;
             }
-            if self.q.available() == 0 {
+            if self.reserve_one().is_none() {
                 return Reserve::Starved;
-            }
-            let head = self.q.ring.pop_head();
-            let mut chain = self.spare.pop().unwrap_or_else(|| Chain::with_capacity(4));
-            match self
-                .q
-                .ring
-                .read_chain(head, Direction::DeviceWrites, &mut chain)
-            {
-                Ok(()) => self.pending.push_back(chain),
-                Err(kind) => {
-                    self.spare.push(chain);
-                    self.q.reject(head, kind);
-                    if !self.pending.is_empty() {
-                        self.interleaved = true;
-                    }
-                }
             }
         }
     }
@@ -150,10 +134,24 @@ impl RxQueue {
     ///
     /// [`reserve`]: Self::reserve
     pub fn iovecs(&mut self, nbufs: usize, hole: bool) -> &mut [libc::iovec] {
-        self.iov.clear();
+        let mut iov = std::mem::take(&mut self.iov);
+        iov.clear();
+        self.append_iovecs(0..nbufs, hole, &mut iov);
+        self.iov = iov;
+        &mut self.iov
+    }
+
+    /// Appends iovecs for pending chains `chains` (one frame's worth), as
+    /// [`iovecs`](Self::iovecs) does.
+    pub fn append_iovecs(
+        &self,
+        chains: std::ops::Range<usize>,
+        hole: bool,
+        out: &mut Vec<libc::iovec>,
+    ) {
         let mut offset = 0usize;
         let hole = hole && self.hdr_len == 12;
-        for c in self.pending.iter().take(nbufs) {
+        for c in self.pending.range(chains) {
             for s in &c.segs {
                 let (start, len) = (offset, s.len as usize);
                 offset += len;
@@ -161,7 +159,7 @@ impl RxQueue {
                     if to > from {
                         // SAFETY: from < to <= len: inside the translated segment.
                         let base = unsafe { s.ptr.add(from) };
-                        self.iov.push(libc::iovec {
+                        out.push(libc::iovec {
                             iov_base: base.cast(),
                             iov_len: to - from,
                         });
@@ -177,7 +175,54 @@ impl RxQueue {
                 }
             }
         }
-        &mut self.iov
+    }
+
+    /// Takes chains from the ring until the first `max` pending chains can each hold
+    /// `need` bytes on their own, for a backend that receives several frames at once
+    /// (one chain per frame). Returns how many such chains lead the pending list.
+    pub fn reserve_each(&mut self, need: u64, max: usize) -> usize {
+        loop {
+            let fit = self
+                .pending
+                .iter()
+                .take(max)
+                .take_while(|c| c.total >= need)
+                .count();
+            if fit == max || fit < self.pending.len() {
+                return fit;
+            }
+            if self.reserve_one().is_none() {
+                return fit;
+            }
+        }
+    }
+
+    /// Takes one chain from the ring into the pending list; `None` if the ring is empty.
+    fn reserve_one(&mut self) -> Option<()> {
+        loop {
+            if self.q.available() == 0 {
+                return None;
+            }
+            let head = self.q.ring.pop_head();
+            let mut chain = self.spare.pop().unwrap_or_else(|| Chain::with_capacity(4));
+            match self
+                .q
+                .ring
+                .read_chain(head, Direction::DeviceWrites, &mut chain)
+            {
+                Ok(()) => {
+                    self.pending.push_back(chain);
+                    return Some(());
+                }
+                Err(kind) => {
+                    self.spare.push(chain);
+                    self.q.reject(head, kind);
+                    if !self.pending.is_empty() {
+                        self.interleaved = true;
+                    }
+                }
+            }
+        }
     }
 
     /// A backend wrote `written` bytes (header included, `num_buffers` hole excluded if
@@ -212,6 +257,39 @@ impl RxQueue {
         }
         self.q.counts.packets += 1;
         self.q.counts.bytes += frame_len;
+    }
+
+    /// The first 10 bytes the front pending chains hold (a virtio-net header a backend
+    /// just wrote).
+    pub fn peek_header(&self) -> [u8; 10] {
+        let mut out = [0u8; 10];
+        let mut got = 0;
+        for s in self.pending_segments() {
+            let n = (s.len as usize).min(10 - got);
+            // SAFETY: `s.ptr` is valid for `s.len >= n` bytes of guest memory.
+            unsafe { std::ptr::copy(s.ptr, out[got..].as_mut_ptr(), n) };
+            got += n;
+            if got == 10 {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The buffers of the pending chains, in order.
+    pub fn pending_segments(&self) -> impl Iterator<Item = &Segment> {
+        self.pending.iter().flat_map(|c| c.segs.iter())
+    }
+
+    /// Moves the front pending chain (unused: its frame was dropped) to the back, for
+    /// backends that received into several chains at once.
+    pub fn requeue_front(&mut self) {
+        if let Some(c) = self.pending.pop_front() {
+            self.pending.push_back(c);
+            // Pending chains are no longer in ring order: hand them back as empty
+            // completions rather than by rewinding.
+            self.interleaved = true;
+        }
     }
 
     /// Hands pending buffers back before the pair stops.

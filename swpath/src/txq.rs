@@ -41,27 +41,50 @@ impl TxQueue {
 
     /// Takes the next chain off the ring and checks it.
     pub fn take(&mut self) -> TxNext {
+        let mut chain = std::mem::replace(&mut self.chain, Chain::with_capacity(0));
+        let next = self.take_into(&mut chain);
+        self.chain = chain;
+        next
+    }
+
+    /// [`take`](Self::take) into a chain of the caller's, for backends that send
+    /// several frames at once; complete it with [`complete_chain`](Self::complete_chain).
+    pub fn take_into(&mut self, chain: &mut Chain) -> TxNext {
         if self.q.available() == 0 {
             return TxNext::Empty;
         }
         let head = self.q.ring.pop_head();
-        if let Err(kind) = self
-            .q
-            .ring
-            .read_chain(head, Direction::DeviceReads, &mut self.chain)
-        {
+        if let Err(kind) = self.q.ring.read_chain(head, Direction::DeviceReads, chain) {
             self.q.reject(head, kind);
             return TxNext::Skipped;
         }
-        if self.chain.total < self.hdr_len as u64 {
+        if chain.total < self.hdr_len as u64 {
             self.q.reject(head, BadDescriptor::BadLength);
             return TxNext::Skipped;
         }
-        if self.frame_len() > MAX_FRAME {
-            self.drop_frame(DropReason::Oversized);
+        if chain.total - self.hdr_len as u64 > MAX_FRAME {
+            self.drop_chain(chain, DropReason::Oversized);
             return TxNext::Skipped;
         }
         TxNext::Frame
+    }
+
+    /// The backend took `chain` (from [`take_into`](Self::take_into)).
+    pub fn complete_chain(&mut self, chain: &Chain) {
+        self.q.ring.push_used(chain.head, 0);
+        self.q.counts.packets += 1;
+        self.q.counts.bytes += chain.total - self.hdr_len as u64;
+    }
+
+    /// `chain` cannot be sent: return it, count the drop.
+    pub fn drop_chain(&mut self, chain: &Chain, reason: DropReason) {
+        self.q.ring.push_used(chain.head, 0);
+        self.q.counts.drop(reason);
+    }
+
+    /// Puts the last `n` chains taken back on the ring.
+    pub fn unpop_n(&mut self, n: u16) {
+        self.q.ring.unpop(n);
     }
 
     /// The current frame's chain (header included).
@@ -81,15 +104,42 @@ impl TxQueue {
 
     /// The backend took the current frame: return the chain to the guest, count it.
     pub fn complete(&mut self) {
-        self.q.ring.push_used(self.chain.head, 0);
-        self.q.counts.packets += 1;
-        self.q.counts.bytes += self.frame_len();
+        let chain = std::mem::replace(&mut self.chain, Chain::with_capacity(0));
+        self.complete_chain(&chain);
+        self.chain = chain;
     }
 
     /// The current frame cannot be sent: return the chain, count the drop.
     pub fn drop_frame(&mut self, reason: DropReason) {
         self.q.ring.push_used(self.chain.head, 0);
         self.q.counts.drop(reason);
+    }
+
+    /// iovecs over `chain`'s buffers, appended to `out`; with `hole`, bytes 10..12 of
+    /// the 12-byte header are left out (for a backend that takes the 10-byte one).
+    pub fn append_iovecs(&self, chain: &Chain, hole: bool, out: &mut Vec<libc::iovec>) {
+        let hole = hole && self.hdr_len == 12;
+        let mut offset = 0usize;
+        for s in &chain.segs {
+            let (start, len) = (offset, s.len as usize);
+            offset += len;
+            let mut push = |from: usize, to: usize| {
+                if to > from {
+                    // SAFETY: from < to <= len: inside the translated segment.
+                    let base = unsafe { s.ptr.add(from) };
+                    out.push(libc::iovec {
+                        iov_base: base.cast(),
+                        iov_len: to - from,
+                    });
+                }
+            };
+            if hole && start < 12 && start + len > 10 {
+                push(0, 10usize.saturating_sub(start));
+                push((12 - start).min(len), len);
+            } else {
+                push(0, len);
+            }
+        }
     }
 
     /// Puts the current frame back on the ring (the backend could not take it now).

@@ -14,14 +14,18 @@ pub enum DropReason {
     Oversized = 1,
     /// The host backend refused the frame.
     Backend = 2,
+    /// The host backend's receive queue overflowed before the frame could be taken
+    /// (the kernel's count for our socket).
+    BackendQueue = 3,
 }
 
 impl DropReason {
     /// All reasons, in counter order.
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::RxBufferTooSmall,
         DropReason::Oversized,
         DropReason::Backend,
+        DropReason::BackendQueue,
     ];
 
     /// Stable name used in logs, JSON and metrics.
@@ -30,6 +34,7 @@ impl DropReason {
             DropReason::RxBufferTooSmall => "rx_buffer_too_small",
             DropReason::Oversized => "oversized",
             DropReason::Backend => "backend",
+            DropReason::BackendQueue => "backend_queue",
         }
     }
 }

@@ -1,6 +1,7 @@
-//! vdpa-rig ⇄ control plane ⇄ software datapath ⇄ a real tap device in a private
-//! network namespace, where a packet socket reflects every frame back into the tap:
-//! frames cross the kernel twice and must come back intact, in order, exactly once.
+//! vdpa-rig ⇄ control plane ⇄ software datapath ⇄ real kernel interfaces in a private
+//! network namespace — a tap device, or AF_PACKET on one end of a veth pair — where a
+//! packet socket on the far side reflects every frame back: frames cross the kernel
+//! twice and must come back intact, in order, exactly once.
 //!
 //! Needs root (network namespaces, /dev/net/tun); run with `--include-ignored`.
 
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use swpath::af_packet::AfPacket;
 use swpath::datapath::Backend;
 use swpath::tap::Tap;
 use swpath::SoftwareDatapath;
@@ -118,6 +120,21 @@ fn reflector(ns: &Netns, ifname: String, stop: Arc<AtomicBool>) -> JoinHandle<u6
                 std::mem::size_of::<libc::timeval>() as u32,
             );
         }
+        // Room for every frame the rig can have in flight: a slow reflector must not
+        // be where frames are lost.
+        let big: libc::c_int = 8 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            // SAFETY: an int socket option with its exact size.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&big as *const libc::c_int).cast(),
+                    4,
+                );
+            }
+        }
         let mut buf = vec![0u8; 65536];
         let mut n_reflected = 0;
         ready_tx.send(()).unwrap();
@@ -160,7 +177,7 @@ fn reflector(ns: &Netns, ifname: String, stop: Arc<AtomicBool>) -> JoinHandle<u6
     t
 }
 
-struct TapRig {
+struct KernelRig {
     ns: Netns,
     dir: PathBuf,
     shutdown: Shutdown,
@@ -170,14 +187,47 @@ struct TapRig {
     refl: Option<JoinHandle<u64>>,
 }
 
-impl TapRig {
-    fn new(pairs: u16) -> Self {
+impl KernelRig {
+    /// A tap device `vdt0`; the reflector sits on the tap's kernel side.
+    fn tap(pairs: u16) -> Self {
         let ns = Netns::new();
         let tap = ns
             .run(move || Tap::open(Some("vdt0"), pairs))
             .join()
             .unwrap()
             .expect("tap opens");
+        let cfg = CfgBackend::Tap {
+            name: Some("vdt0".into()),
+        };
+        Self::serve(ns, Backend::Tap(tap), cfg, pairs, "vdt0")
+    }
+
+    /// AF_PACKET on `veth0`; the reflector sits on its peer `veth1`.
+    fn af_packet(pairs: u16) -> Self {
+        let ns = Netns::new();
+        ns.exec(&[
+            "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+        ]);
+        ns.exec(&["ip", "link", "set", "veth0", "up"]);
+        ns.exec(&["ip", "link", "set", "veth1", "up"]);
+        let sock = ns
+            .run(move || AfPacket::open("veth0", pairs))
+            .join()
+            .unwrap()
+            .expect("sockets open");
+        let cfg = CfgBackend::AfPacket {
+            netdev: Some("veth0".into()),
+        };
+        Self::serve(ns, Backend::AfPacket(sock), cfg, pairs, "veth1")
+    }
+
+    fn serve(
+        ns: Netns,
+        backend: Backend,
+        cfg_backend: CfgBackend,
+        pairs: u16,
+        far_side: &str,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("swpath-tap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = DeviceConfig {
@@ -185,9 +235,7 @@ impl TapRig {
             socket: dir.join("tap0.sock"),
             mode: Mode::Software,
             pci: None,
-            backend: CfgBackend::Tap {
-                name: Some("vdt0".into()),
-            },
+            backend: cfg_backend,
             queue_pairs: pairs,
             queue_size: 256,
             mac: None,
@@ -201,13 +249,13 @@ impl TapRig {
                 group: None,
             },
         };
-        let dp = SoftwareDatapath::new("tap0", Backend::Tap(tap), 1500);
+        let dp = SoftwareDatapath::new("tap0", backend, 1500);
         let shutdown = Shutdown::new().unwrap();
         let server = DeviceServer::start(Device::new(cfg, Box::new(dp)), shutdown.clone()).unwrap();
         let handle = server.handle().clone();
         let stop = Arc::new(AtomicBool::new(false));
-        let refl = Some(reflector(&ns, "vdt0".into(), stop.clone()));
-        TapRig {
+        let refl = Some(reflector(&ns, far_side.into(), stop.clone()));
+        KernelRig {
             ns,
             dir,
             shutdown,
@@ -233,7 +281,7 @@ impl TapRig {
     }
 }
 
-impl Drop for TapRig {
+impl Drop for KernelRig {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(r) = self.refl.take() {
@@ -251,9 +299,29 @@ impl Drop for TapRig {
 #[test]
 #[ignore = "needs root (netns, /dev/net/tun); run with --include-ignored"]
 fn frames_cross_a_real_tap_and_come_back() {
-    let t = TapRig::new(1);
+    let t = KernelRig::tap(1);
     t.verify(|_| {}, 20_000, 64);
     t.verify(|o| o.event_idx = false, 5_000, 1514);
+    t.verify(|o| o.rx_buf_size = 512, 5_000, 1514);
+    t.verify(
+        |o| {
+            o.mrg_rxbuf = false;
+            o.rx_buf_size = 2048;
+        },
+        5_000,
+        1000,
+    );
+    let s = t.handle.stats();
+    assert_eq!(s[0].total_drops() + s[1].total_drops(), 0, "{s:#?}");
+}
+
+#[test]
+#[ignore = "needs root (netns, veth, AF_PACKET); run with --include-ignored"]
+fn frames_cross_af_packet_on_a_veth_and_come_back() {
+    let t = KernelRig::af_packet(1);
+    t.verify(|_| {}, 20_000, 64);
+    t.verify(|o| o.event_idx = false, 5_000, 1514);
+    // Small mergeable buffers: frames spread over several chains (one recvmsg each).
     t.verify(|o| o.rx_buf_size = 512, 5_000, 1514);
     t.verify(
         |o| {

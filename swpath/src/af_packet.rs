@@ -1,0 +1,468 @@
+//! The AF_PACKET backend: raw packet sockets bound to an existing network interface
+//! (the kernel netdev of a NIC without virtio rings), with `PACKET_VNET_HDR` so that
+//! offloaded frames keep their virtio-net header, `PACKET_FANOUT` to spread flows over
+//! one socket per queue pair, and batches: `sendmmsg` from the guest's TX buffers and
+//! `recvmmsg` straight into the guest's RX buffers.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+use tracing::warn;
+use vdpa::features::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6};
+use vdpa::DropReason;
+
+use crate::csum::{self, Bytes};
+use crate::engine::{Engine, Progress, RxState, TxState};
+use crate::ring::Chain;
+use crate::rxq::{Reserve, RxQueue};
+use crate::tap::TAP_OFFLOADS;
+use crate::txq::{TxNext, TxQueue};
+
+const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
+const PACKET_MR_PROMISC: libc::c_ushort = 1;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_FANOUT_HASH: libc::c_int = 0;
+/// The offloads a packet socket with a vnet header can serve (the same as a tap).
+pub const AF_PACKET_OFFLOADS: u64 = TAP_OFFLOADS;
+/// Frames per `sendmmsg`/`recvmmsg`.
+pub const BATCH: usize = 32;
+/// virtio_net_hdr flag: the checksum from csum_start is to be completed.
+const NEEDS_CSUM: u8 = 1;
+/// Receive buffer asked for each socket.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+const PACKET_STATISTICS: libc::c_int = 6;
+/// Header length of a packet socket's vnet header (no `num_buffers`).
+const VNET_HDR_LEN: usize = 10;
+
+/// Packet sockets on one interface, one per queue pair.
+#[derive(Debug)]
+pub struct AfPacket {
+    ifname: String,
+    sockets: Vec<File>,
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: `v` points at a value of the type the option expects, of exactly
+    // size_of::<T>() bytes, valid for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl AfPacket {
+    /// Opens `queue_pairs` packet sockets on `ifname`, promiscuous, with vnet headers,
+    /// ignoring their own outgoing frames, fanned out by flow hash.
+    pub fn open(ifname: &str, queue_pairs: u16) -> io::Result<AfPacket> {
+        let cname = std::ffi::CString::new(ifname)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no network interface {ifname:?}"),
+            ));
+        }
+        let fanout_id = (std::process::id() ^ ifindex) as u16;
+        let mut sockets = Vec::new();
+        for _ in 0..queue_pairs {
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: socket(2) with constant arguments; checked and owned below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    i32::from(proto),
+                )
+            };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("AF_PACKET socket: {e} (needs CAP_NET_RAW)"),
+                ));
+            }
+            // SAFETY: a fresh descriptor that nobody else owns.
+            let sock = unsafe { File::from_raw_fd(fd) };
+            let s = sock.as_raw_fd();
+            setsockopt(s, libc::SOL_PACKET, PACKET_VNET_HDR, &1i32)?;
+            setsockopt(s, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32)?;
+            // Best effort: skipping the qdisc is faster; not fatal where refused.
+            let _ = setsockopt(s, libc::SOL_PACKET, PACKET_QDISC_BYPASS, &1i32);
+            // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: bind with a sockaddr_ll of the right size.
+            let rc = unsafe {
+                libc::bind(
+                    s,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mr = libc::packet_mreq {
+                mr_ifindex: ifindex as i32,
+                mr_type: PACKET_MR_PROMISC,
+                mr_alen: 0,
+                mr_address: [0; 8],
+            };
+            setsockopt(s, libc::SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr)?;
+            // Room for bursts while the worker is descheduled; above rmem_max this
+            // needs CAP_NET_ADMIN, else the system limit applies.
+            let buf: libc::c_int = SOCKET_BUFFER;
+            if setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buf).is_err() {
+                let _ = setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, &buf);
+            }
+            if queue_pairs > 1 {
+                let arg: libc::c_int = i32::from(fanout_id) | (PACKET_FANOUT_HASH << 16);
+                setsockopt(s, libc::SOL_PACKET, PACKET_FANOUT, &arg)?;
+            }
+            sockets.push(sock);
+        }
+        Ok(AfPacket {
+            ifname: ifname.to_owned(),
+            sockets,
+        })
+    }
+
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Number of sockets (queue pairs).
+    pub fn queues(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// A duplicate of socket `i`, for a worker.
+    pub fn queue(&self, i: usize) -> io::Result<File> {
+        self.sockets[i].try_clone()
+    }
+}
+
+/// Moves frames between one queue pair and one packet socket.
+pub struct AfPacketEngine {
+    rx: RxQueue,
+    tx: TxQueue,
+    sock: File,
+    max_rx: u64,
+    guest_features: u64,
+    tx_chains: Vec<Chain>,
+    iov: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    logged_error: bool,
+}
+
+// SAFETY: `iov` and `msgs` only cache pointers into guest memory and into `iov`,
+// rebuilt before every system call; they move with the engine.
+unsafe impl Send for AfPacketEngine {}
+
+impl AfPacketEngine {
+    /// An engine over `rx`/`tx` and packet socket `sock`; `max_rx` bounds one received
+    /// frame (the guest's header included); `guest_features` are the acked features.
+    pub fn new(rx: RxQueue, tx: TxQueue, sock: File, max_rx: u64, guest_features: u64) -> Self {
+        AfPacketEngine {
+            rx,
+            tx,
+            sock,
+            max_rx,
+            guest_features,
+            tx_chains: (0..BATCH).map(|_| Chain::with_capacity(4)).collect(),
+            iov: Vec::with_capacity(BATCH * 4),
+            // SAFETY: an all-zero mmsghdr is a valid (empty) value.
+            msgs: vec![unsafe { std::mem::zeroed() }; BATCH],
+            logged_error: false,
+        }
+    }
+
+    fn note_error(&mut self, what: &str, e: &io::Error) {
+        if !self.logged_error {
+            warn!(error = %e, "AF_PACKET {what} failed; frames are dropped and counted (logged once)");
+            self.logged_error = true;
+        }
+    }
+
+    /// Points `msgs[i]` at the iovec ranges in `spans`.
+    fn build_msgs(&mut self, spans: &[(usize, usize)]) {
+        for (m, &(start, len)) in self.msgs.iter_mut().zip(spans) {
+            // SAFETY: an all-zero mmsghdr is valid; the iovec pointer is set below.
+            *m = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = self.iov[start..].as_mut_ptr();
+            m.msg_hdr.msg_iovlen = len;
+        }
+    }
+
+    fn transmit(&mut self, budget: usize) -> TxState {
+        let mut sent_total = 0;
+        while sent_total < budget {
+            // Gather a batch of good frames.
+            let mut n = 0;
+            let mut empty = false;
+            while n < BATCH.min(budget - sent_total) {
+                let mut c = std::mem::replace(&mut self.tx_chains[n], Chain::with_capacity(0));
+                let next = self.tx.take_into(&mut c);
+                self.tx_chains[n] = c;
+                match next {
+                    TxNext::Frame => n += 1,
+                    TxNext::Skipped => {}
+                    TxNext::Empty => {
+                        empty = true;
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                return TxState::Idle;
+            }
+            self.iov.clear();
+            let mut spans = [(0usize, 0usize); BATCH];
+            for (i, span) in spans.iter_mut().enumerate().take(n) {
+                let start = self.iov.len();
+                self.tx
+                    .append_iovecs(&self.tx_chains[i], true, &mut self.iov);
+                *span = (start, self.iov.len() - start);
+            }
+            self.build_msgs(&spans[..n]);
+            // SAFETY: `msgs[..n]` point at iovecs over translated guest buffers.
+            let rc = unsafe {
+                libc::sendmmsg(self.sock.as_raw_fd(), self.msgs.as_mut_ptr(), n as u32, 0)
+            };
+            let sent = if rc >= 0 { rc as usize } else { 0 };
+            for i in 0..sent {
+                let c = std::mem::replace(&mut self.tx_chains[i], Chain::with_capacity(0));
+                self.tx.complete_chain(&c);
+                self.tx_chains[i] = c;
+            }
+            sent_total += sent;
+            if sent < n {
+                let e = io::Error::last_os_error();
+                if rc >= 0 || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS)) {
+                    // The rest stay on the ring until the socket is writable again.
+                    self.tx.unpop_n((n - sent) as u16);
+                    return TxState::Blocked;
+                }
+                // The first unsent frame is refused for good (bad header, too big):
+                // drop it, put the others back.
+                self.note_error("send", &e);
+                let c = std::mem::replace(&mut self.tx_chains[sent], Chain::with_capacity(0));
+                self.tx.drop_chain(&c, DropReason::Backend);
+                self.tx_chains[sent] = c;
+                self.tx.unpop_n((n - sent - 1) as u16);
+                sent_total += 1;
+                continue;
+            }
+            if empty {
+                return TxState::Idle;
+            }
+        }
+        TxState::Busy
+    }
+
+    fn receive(&mut self, budget: usize) -> RxState {
+        let mut done = 0;
+        while done < budget {
+            // Whole frames per chain when the guest's buffers allow: receive a batch.
+            let each = self.rx.reserve_each(self.max_rx, BATCH.min(budget - done));
+            let n = if each > 0 {
+                self.iov.clear();
+                let mut spans = [(0usize, 0usize); BATCH];
+                for (i, span) in spans.iter_mut().enumerate().take(each) {
+                    let start = self.iov.len();
+                    self.rx.append_iovecs(i..i + 1, true, &mut self.iov);
+                    *span = (start, self.iov.len() - start);
+                }
+                self.build_msgs(&spans[..each]);
+                each
+            } else {
+                // Otherwise one frame over as many chains as it needs.
+                let nbufs = match self.rx.reserve(self.max_rx) {
+                    Reserve::Ready(n) => n,
+                    Reserve::TooSmall => 1,
+                    Reserve::Starved => return RxState::Starved,
+                };
+                self.iov.clear();
+                let mut iov = std::mem::take(&mut self.iov);
+                self.rx.append_iovecs(0..nbufs, true, &mut iov);
+                self.iov = iov;
+                let len = self.iov.len();
+                self.build_msgs(&[(0, len)]);
+                1
+            };
+            // SAFETY: `msgs[..n]` point at iovecs over translated guest buffers.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    self.sock.as_raw_fd(),
+                    self.msgs.as_mut_ptr(),
+                    n as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                    self.note_error("receive", &e);
+                }
+                self.count_kernel_drops();
+                return RxState::Idle;
+            }
+            for i in 0..rc as usize {
+                let len = self.msgs[i].msg_len as usize;
+                let truncated = self.msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+                if !self.deliver(len, truncated) && each > 0 {
+                    // The next message's data is in the next chain: move this one away.
+                    self.rx.requeue_front();
+                }
+            }
+            done += rc as usize;
+            if (rc as usize) < n {
+                self.count_kernel_drops();
+                return RxState::Idle;
+            }
+        }
+        RxState::Busy
+    }
+
+    /// Adds the frames the kernel dropped at this socket since the last look (its
+    /// receive queue was full) to the drop counters.
+    fn count_kernel_drops(&mut self) {
+        let mut st = [0u32; 2];
+        let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
+        // SAFETY: PACKET_STATISTICS fills a struct tpacket_stats (two u32) of `len` bytes;
+        // reading it also resets the kernel's counters.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                st.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            self.rx.q.counts.drops[DropReason::BackendQueue as usize] += u64::from(st[1]);
+        }
+    }
+
+    /// One frame of `len` bytes (10-byte vnet header included) is in the front pending
+    /// chains: fix up what the guest cannot take, then hand it over. Returns false if
+    /// the frame was dropped (its buffers stay pending).
+    fn deliver(&mut self, len: usize, truncated: bool) -> bool {
+        if truncated || len < VNET_HDR_LEN {
+            self.rx.drop_frame(DropReason::RxBufferTooSmall);
+            return false;
+        }
+        let hdr = self.rx.peek_header();
+        let (flags, gso_type) = (hdr[0], hdr[1]);
+        if gso_type != 0
+            && self.guest_features & (VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6) == 0
+        {
+            // A GRO frame the guest cannot take (turn GRO off on the interface).
+            self.rx.drop_frame(DropReason::Backend);
+            return false;
+        }
+        if flags & NEEDS_CSUM != 0 && self.guest_features & VIRTIO_NET_F_GUEST_CSUM == 0 {
+            let start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
+            let offset = usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));
+            let hdr_len = self.rx.hdr_len();
+            let total = len + hdr_len - VNET_HDR_LEN;
+            let mut frame = GuestFrame::new(&self.rx, total, hdr_len);
+            if csum::complete(&mut frame, start, offset) {
+                GuestFrame::new(&self.rx, total, 0).set(0, flags & !NEEDS_CSUM);
+            }
+        }
+        self.rx.complete_read(len, true);
+        true
+    }
+}
+
+/// A frame's bytes in the front pending RX chains, from `base` on, readable and
+/// writable by offset (used only to complete a checksum: allocates).
+struct GuestFrame {
+    segs: Vec<(*mut u8, usize)>,
+    base: usize,
+    len: usize,
+}
+
+impl GuestFrame {
+    fn new(rx: &RxQueue, total: usize, base: usize) -> Self {
+        let mut segs = Vec::new();
+        let mut have = 0;
+        for s in rx.pending_segments() {
+            if have >= total {
+                break;
+            }
+            let l = (s.len as usize).min(total - have);
+            segs.push((s.ptr, l));
+            have += l;
+        }
+        GuestFrame {
+            segs,
+            base,
+            len: have.saturating_sub(base),
+        }
+    }
+
+    fn locate(&self, i: usize) -> *mut u8 {
+        let mut i = i + self.base;
+        for &(p, l) in &self.segs {
+            if i < l {
+                // SAFETY: i < l, inside a translated guest segment.
+                return unsafe { p.add(i) };
+            }
+            i -= l;
+        }
+        unreachable!("offset checked against len")
+    }
+}
+
+impl Bytes for GuestFrame {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn get(&self, i: usize) -> u8 {
+        // SAFETY: locate returns a pointer inside guest memory for i < len.
+        unsafe { self.locate(i).read_volatile() }
+    }
+    fn set(&mut self, i: usize, v: u8) {
+        // SAFETY: as in get.
+        unsafe { self.locate(i).write_volatile(v) }
+    }
+}
+
+impl Engine for AfPacketEngine {
+    fn process(&mut self, budget: usize) -> Progress {
+        let tx = self.transmit(budget);
+        let rx = self.receive(budget);
+        Progress { tx, rx }
+    }
+
+    fn queues(&mut self) -> (&mut RxQueue, &mut TxQueue) {
+        (&mut self.rx, &mut self.tx)
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.sock.as_raw_fd())
+    }
+}
