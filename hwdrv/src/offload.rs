@@ -85,6 +85,8 @@ pub struct OffloadDatapath {
     bases: BTreeMap<u16, u16>,
     counters: BTreeMap<u16, Arc<QueueCounters>>,
     lost: BTreeSet<u16>,
+    /// The NIC was programmed (or memory mapped) since the last reset.
+    active: bool,
 }
 
 impl OffloadDatapath {
@@ -162,6 +164,7 @@ impl OffloadDatapath {
             bases: BTreeMap::new(),
             counters: BTreeMap::new(),
             lost: BTreeSet::new(),
+            active: false,
         })
     }
 
@@ -424,6 +427,7 @@ impl OffloadDatapath {
                 pair: first.pair,
                 why,
             })?;
+        self.active = true;
         self.map_memory(&mem)?;
         let result = (|| {
             self.pci.set_bus_master(true).map_err(backend)?;
@@ -665,12 +669,15 @@ impl Datapath for OffloadDatapath {
         self.doorbells.clear();
         self.bases.clear();
         self.lost.clear();
+        self.active = false;
         info!(device = %self.name, "offload: reset (NIC status 0, MSI-X cleared, DMA unmapped)");
     }
 }
 
 impl Drop for OffloadDatapath {
     fn drop(&mut self) {
-        self.reset();
+        if self.active {
+            self.reset();
+        }
     }
 }

@@ -157,16 +157,20 @@ struct Bar {
 }
 
 /// A PCI function bound to vfio-pci, opened in a [`VfioVm`].
+// Field order is drop order: the duplicate fd must be closed before the VfioDevice
+// (whose drop detaches the group from the container, EBUSY while any device fd of the
+// group is open), and the container (in `vm`) must outlive the device.
 pub struct VfioFunction {
-    vm: Arc<VfioVm>,
     bdf: String,
-    _device: VfioDevice,
     fd: File,
     flags: u32,
     config: RegionInfo,
     bars: Vec<Bar>,
     msix_count: u16,
     my_maps: Mutex<Vec<(u64, u64)>>,
+    msix_on: std::sync::atomic::AtomicBool,
+    _device: VfioDevice,
+    vm: Arc<VfioVm>,
 }
 
 // SAFETY: the raw pointers are addresses of BAR mappings owned by this struct until
@@ -253,6 +257,7 @@ impl VfioFunction {
             bars,
             msix_count,
             my_maps: Mutex::new(Vec::new()),
+            msix_on: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -501,10 +506,16 @@ impl PciFunction for VfioFunction {
             ));
         }
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        vfio_sys::set_msix(self.fd.as_raw_fd(), &raw)
+        vfio_sys::set_msix(self.fd.as_raw_fd(), &raw)?;
+        self.msix_on.store(!raw.is_empty(), Ordering::SeqCst);
+        Ok(())
     }
 
     fn clear_msix(&self) -> io::Result<()> {
+        // Disabling MSI-X that is not enabled is EINVAL: nothing to do then.
+        if !self.msix_on.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
         vfio_sys::set_msix(self.fd.as_raw_fd(), &[])
     }
 
