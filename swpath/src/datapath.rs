@@ -17,6 +17,7 @@ use crate::queue::Queue;
 use crate::ring::DeviceRing;
 use crate::rxq::RxQueue;
 use crate::tap::{Tap, TapEngine, GUEST_GSO, TAP_OFFLOADS};
+use crate::tuning::Tuning;
 use crate::txq::TxQueue;
 use crate::txq::MAX_FRAME;
 use crate::worker::Worker;
@@ -37,6 +38,7 @@ pub struct SoftwareDatapath {
     backend: Backend,
     /// Largest L3 packet the device carries (for sizing RX reads).
     mtu: u16,
+    tuning: Tuning,
     workers: BTreeMap<u16, Worker>,
     bases: BTreeMap<u16, u16>,
     counters: BTreeMap<u16, Arc<QueueCounters>>,
@@ -46,16 +48,17 @@ pub struct SoftwareDatapath {
 impl SoftwareDatapath {
     /// A loopback datapath for device `device`: every transmitted frame comes back.
     pub fn loopback(device: &str) -> Self {
-        Self::new(device, Backend::Loopback, 1500)
+        Self::new(device, Backend::Loopback, 1500, Tuning::default())
     }
 
     /// A datapath for device `device` moving frames to and from `backend`; `mtu`
     /// bounds the frames received without segmentation offload.
-    pub fn new(device: &str, backend: Backend, mtu: u16) -> Self {
+    pub fn new(device: &str, backend: Backend, mtu: u16, tuning: Tuning) -> Self {
         SoftwareDatapath {
             device: device.to_owned(),
             backend,
             mtu,
+            tuning,
             workers: BTreeMap::new(),
             bases: BTreeMap::new(),
             counters: BTreeMap::new(),
@@ -91,7 +94,11 @@ impl Datapath for SoftwareDatapath {
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
         let hdr_len = qp.features.net_header_len();
-        let rx = RxQueue::new(self.queue(&qp.rx, &qp)?, hdr_len, qp.features.mrg_rxbuf());
+        let mut rxq = self.queue(&qp.rx, &qp)?;
+        if self.tuning.coalescing() {
+            rxq.set_coalescing(self.tuning.rx_coalesce_frames, self.tuning.rx_coalesce_time);
+        }
+        let rx = RxQueue::new(rxq, hdr_len, qp.features.mrg_rxbuf());
         let tx = TxQueue::new(self.queue(&qp.tx, &qp)?, hdr_len);
         let max_rx = hdr_len as u64
             + if qp.features.bits & GUEST_GSO != 0 {
@@ -124,6 +131,9 @@ impl Datapath for SoftwareDatapath {
             engine,
             qp.rx.events.kick.clone(),
             qp.tx.events.kick.clone(),
+            self.tuning.clone(),
+            (!self.tuning.cpus.is_empty())
+                .then(|| self.tuning.cpus[usize::from(qp.pair) % self.tuning.cpus.len()]),
         )
         .map_err(|source| DatapathError::Spawn {
             pair: qp.pair,

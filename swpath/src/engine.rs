@@ -38,6 +38,14 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Both directions idle: nothing to do until a kick or the backend.
+    pub const IDLE: Progress = Progress {
+        tx: TxState::Idle,
+        rx: RxState::Idle,
+    };
+}
+
+impl Progress {
     /// Whether the pass stopped only because of the work cap.
     pub fn busy(&self) -> bool {
         self.tx == TxState::Busy || self.rx == RxState::Busy
@@ -69,6 +77,7 @@ pub trait Engine: Send {
         let (rx, tx) = self.queues();
         rx.release_pending();
         rx.q.flush();
+        rx.q.release_held_interrupt();
         tx.q.flush();
         (rx.q.ring.next_avail(), tx.q.ring.next_avail())
     }

@@ -12,6 +12,7 @@
 //! - [`af_packet`]: the AF_PACKET backend (fanout, vnet header, mmsg batches).
 //! - [`csum`]: completing a partial checksum for a guest without GUEST_CSUM.
 //! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
+//! - [`tuning`]: the knobs (burst, weight, busy poll, RX coalescing, pinning).
 //! - [`worker`]: the per-queue-pair thread and its notification loop.
 //! - [`datapath`]: [`SoftwareDatapath`], the [`vdpa::Datapath`] implementation.
 
@@ -25,7 +26,9 @@ pub mod queue;
 pub mod ring;
 pub mod rxq;
 pub mod tap;
+pub mod tuning;
 pub mod txq;
 pub mod worker;
 
-pub use datapath::SoftwareDatapath;
+pub use datapath::{Backend, SoftwareDatapath};
+pub use tuning::Tuning;

@@ -2,6 +2,7 @@
 //! the counts of the burst in progress.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vdpa::{BadDescriptor, BurstCounts, QueueCounters};
 
@@ -18,6 +19,16 @@ pub struct Queue {
     pub counters: Arc<QueueCounters>,
     /// Counts of the current burst.
     pub counts: BurstCounts,
+    coalesce: Option<Coalesce>,
+}
+
+/// Interrupt coalescing state of a queue.
+#[derive(Debug)]
+struct Coalesce {
+    max_frames: u32,
+    max_wait: Duration,
+    held_frames: u32,
+    since: Option<Instant>,
 }
 
 impl Queue {
@@ -28,26 +39,86 @@ impl Queue {
             interrupt,
             counters,
             counts: BurstCounts::default(),
+            coalesce: None,
         }
     }
 
-    /// Publishes used entries, interrupts the guest if it asked for it, and adds the
-    /// burst's counts to the shared counters.
+    /// Holds interrupts until `max_frames` completions (0: no frame limit) or
+    /// `max_wait` after the first held one (zero: no time limit).
+    pub fn set_coalescing(&mut self, max_frames: u32, max_wait: Duration) {
+        self.coalesce = Some(Coalesce {
+            max_frames,
+            max_wait,
+            held_frames: 0,
+            since: None,
+        });
+    }
+
+    /// When a held interrupt is due, if one is held.
+    pub fn interrupt_deadline(&self) -> Option<Instant> {
+        let c = self.coalesce.as_ref()?;
+        let since = c.since?;
+        (!c.max_wait.is_zero()).then(|| since + c.max_wait)
+    }
+
+    /// Publishes used entries, interrupts the guest if it asked for it (or holds the
+    /// interrupt while coalescing), and adds the burst's counts to the shared counters.
     pub fn flush(&mut self) {
         // Counted before the guest can see the completions, so an observer that saw a
         // frame come back also sees it counted.
+        let frames = self.counts.packets;
         self.counters.flush(&mut self.counts);
         if self.ring.has_unpublished() {
             self.ring.publish_used();
             self.counts.bursts += 1;
-            if self.ring.needs_interrupt() {
-                self.interrupt.signal();
-                self.counts.interrupts += 1;
-            } else {
-                self.counts.interrupts_suppressed += 1;
+            if !self.hold_interrupt(frames) {
+                self.decide_interrupt();
             }
+        } else if self.held_interrupt_due() {
+            self.decide_interrupt();
         }
         self.counters.flush(&mut self.counts);
+    }
+
+    /// Whether to keep holding the interrupt for what was just published.
+    fn hold_interrupt(&mut self, frames: u64) -> bool {
+        let Some(c) = self.coalesce.as_mut() else {
+            return false;
+        };
+        c.held_frames = c.held_frames.saturating_add(frames as u32);
+        let now = Instant::now();
+        let since = *c.since.get_or_insert(now);
+        let enough = c.max_frames > 0 && c.held_frames >= c.max_frames;
+        let late = !c.max_wait.is_zero() && now.duration_since(since) >= c.max_wait;
+        !(enough || late)
+    }
+
+    /// Sends a held interrupt now (the pair is stopping).
+    pub fn release_held_interrupt(&mut self) {
+        if self.coalesce.as_ref().is_some_and(|c| c.since.is_some()) {
+            self.decide_interrupt();
+            self.counters.flush(&mut self.counts);
+        }
+    }
+
+    fn held_interrupt_due(&self) -> bool {
+        self.interrupt_deadline()
+            .is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Asks the ring whether the guest wants an interrupt for everything published
+    /// since the last decision, and sends it.
+    fn decide_interrupt(&mut self) {
+        if let Some(c) = self.coalesce.as_mut() {
+            c.held_frames = 0;
+            c.since = None;
+        }
+        if self.ring.needs_interrupt() {
+            self.interrupt.signal();
+            self.counts.interrupts += 1;
+        } else {
+            self.counts.interrupts_suppressed += 1;
+        }
     }
 
     /// Counts a bad chain and, if its head is a real descriptor, returns it to the

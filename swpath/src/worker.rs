@@ -1,21 +1,21 @@
-//! The worker thread of one queue pair: sleeps on the kick eventfds, processes in
-//! bursts with notifications off, re-arms notifications before sleeping again (the
-//! disable → drain → enable → re-check loop), and stops on request.
+//! The worker thread of one queue pair: sleeps on the kick eventfds and the backend,
+//! processes in bursts with notifications off, re-arms notifications before sleeping
+//! again (the disable → drain → enable → re-check loop), and stops on request. The
+//! knobs of [`Tuning`] (burst, weight, busy polling, RX interrupt coalescing, CPU
+//! pinning) act here.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::engine::{Engine, RxState, TxState};
-
-/// Most chains handled per pass before used entries are published and the stop flag
-/// is checked (the burst size).
-pub const BURST: usize = 64;
+use crate::engine::{Engine, Progress, RxState, TxState};
+use crate::tuning::Tuning;
 
 /// A running worker thread and the means to stop it.
 pub struct Worker {
@@ -31,6 +31,8 @@ impl Worker {
         engine: Box<dyn Engine>,
         rx_kick: Arc<EventFd>,
         tx_kick: Arc<EventFd>,
+        tuning: Tuning,
+        cpu: Option<usize>,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -39,6 +41,8 @@ impl Worker {
             wake: wake.try_clone()?,
             rx_kick,
             tx_kick,
+            tuning,
+            cpu,
         };
         let thread = std::thread::Builder::new()
             .name(name)
@@ -81,6 +85,8 @@ struct Context {
     wake: EventFd,
     rx_kick: Arc<EventFd>,
     tx_kick: Arc<EventFd>,
+    tuning: Tuning,
+    cpu: Option<usize>,
 }
 
 impl Context {
@@ -89,7 +95,34 @@ impl Context {
     }
 }
 
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it for
+    // cpu < CPU_SETSIZE (checked), and sched_setaffinity reads exactly its size.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The worker loop: process in bursts with notifications off until idle (or the
+/// per-wakeup weight is spent), optionally busy-poll a while, re-arm notifications
+/// and re-check, then sleep until a kick, the backend, a held interrupt's deadline or
+/// a stop request.
 fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
+    if let Some(cpu) = ctx.cpu {
+        if let Err(e) = pin_to(cpu) {
+            warn!(cpu, error = %e, "cannot pin worker; it runs unpinned");
+        }
+    }
+    let t = &ctx.tuning;
     let backend = engine.backend_fd();
     // RX kicks are only wanted while a frame waits for buffers.
     engine.queues().0.q.ring.disable_notification();
@@ -98,14 +131,29 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
     'outer: while !ctx.stopping() {
         engine.queues().1.q.ring.disable_notification();
         let mut backend_events: i16;
+        let mut moved_since_yield = 0;
+        let mut idle_since: Option<Instant> = None;
         loop {
-            let progress = engine.process(BURST);
+            let progress = engine.process(t.burst);
             engine.flush();
             if ctx.stopping() {
                 break 'outer;
             }
             if progress.busy() {
+                idle_since = None;
+                moved_since_yield += t.burst;
+                if moved_since_yield >= t.weight {
+                    moved_since_yield = 0;
+                    std::thread::yield_now();
+                }
                 continue;
+            }
+            if !t.busy_poll.is_zero() && progress == Progress::IDLE {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < t.busy_poll {
+                    std::hint::spin_loop();
+                    continue;
+                }
             }
             let (rx, tx) = engine.queues();
             let mut again = false;
@@ -141,13 +189,19 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
                 break;
             }
         }
+        let timeout = engine
+            .queues()
+            .0
+            .q
+            .interrupt_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
         let fds = [
             (ctx.rx_kick.as_raw_fd(), libc::POLLIN),
             (ctx.tx_kick.as_raw_fd(), libc::POLLIN),
             (ctx.wake.as_raw_fd(), libc::POLLIN),
             (backend.unwrap_or(-1), backend_events),
         ];
-        match wait(&fds) {
+        match wait(&fds, timeout) {
             Ok(ready) => {
                 if ready[0] {
                     engine.queues().0.q.counts.kicks += drain(&ctx.rx_kick);
@@ -173,16 +227,20 @@ fn drain(fd: &EventFd) -> u64 {
     fd.read().unwrap_or(0)
 }
 
-/// Blocks until one of `fds` is ready for its events (a negative fd is ignored).
-fn wait(fds: &[(RawFd, i16); 4]) -> io::Result<[bool; 4]> {
+/// Blocks until one of `fds` is ready for its events (a negative fd or no events is
+/// ignored) or `timeout` passes.
+fn wait(fds: &[(RawFd, i16); 4], timeout: Option<Duration>) -> io::Result<[bool; 4]> {
     let mut p = fds.map(|(fd, events)| libc::pollfd {
         fd: if events == 0 { -1 } else { fd },
         events,
         revents: 0,
     });
+    let ms = timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
     loop {
         // SAFETY: `p` is a valid array of 4 pollfd structs for the duration of the call.
-        let n = unsafe { libc::poll(p.as_mut_ptr(), 4, -1) };
+        let n = unsafe { libc::poll(p.as_mut_ptr(), 4, ms) };
         if n >= 0 {
             return Ok(p.map(|x| x.revents != 0));
         }

@@ -249,7 +249,7 @@ impl KernelRig {
                 group: None,
             },
         };
-        let dp = SoftwareDatapath::new("tap0", backend, 1500);
+        let dp = SoftwareDatapath::new("tap0", backend, 1500, swpath::Tuning::default());
         let shutdown = Shutdown::new().unwrap();
         let server = DeviceServer::start(Device::new(cfg, Box::new(dp)), shutdown.clone()).unwrap();
         let handle = server.handle().clone();

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use std::time::Duration;
-use swpath::SoftwareDatapath;
+use swpath::{Backend, SoftwareDatapath, Tuning};
 use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::{Device, DeviceHandle};
 
@@ -14,10 +14,11 @@ use vdpa::stats::BadDescriptor;
 use vdpa_rig::{
     run_verify, Direction, Hostile, Rig, RigOptions, RigSetup, SetupStep, VerifyOptions,
 };
-use vdpad_config::{Backend, DeviceConfig, MacAddress, Mode, SocketPerms};
+use vdpad_config::{Backend as CfgBackend, DeviceConfig, MacAddress, Mode, SocketPerms};
 
 /// A loopback device served on a socket in a private directory.
 struct Served {
+    name: String,
     dir: PathBuf,
     shutdown: Shutdown,
     server: Option<DeviceServer>,
@@ -26,6 +27,10 @@ struct Served {
 
 impl Served {
     fn new(pairs: u16, queue_size: u16) -> Self {
+        Self::tuned(pairs, queue_size, Tuning::default())
+    }
+
+    fn tuned(pairs: u16, queue_size: u16, tuning: Tuning) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("swpath-rig-{}-{n}", std::process::id()));
@@ -35,7 +40,7 @@ impl Served {
             socket: dir.join("lo.sock"),
             mode: Mode::Software,
             pci: None,
-            backend: Backend::Loopback,
+            backend: CfgBackend::Loopback,
             queue_pairs: pairs,
             queue_size,
             mac: Some(MacAddress([0x52, 0x54, 0, 0, 0, 1])),
@@ -49,11 +54,12 @@ impl Served {
                 group: None,
             },
         };
-        let dp = SoftwareDatapath::loopback(&cfg.name);
+        let dp = SoftwareDatapath::new(&cfg.name, Backend::Loopback, 1500, tuning);
         let shutdown = Shutdown::new().unwrap();
         let server = DeviceServer::start(Device::new(cfg, Box::new(dp)), shutdown.clone()).unwrap();
         let handle = server.handle().clone();
         Served {
+            name: format!("lo{n}"),
             dir,
             shutdown,
             server: Some(server),
@@ -274,4 +280,72 @@ fn wait_for_free_descriptors(rig: &mut Rig, want: usize) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn coalesced_interrupts_are_released_by_their_deadline() {
+    // Hold RX interrupts for 64 frames or 2 ms: a lone frame must still arrive (the
+    // deadline releases it), and a stream must arrive complete.
+    let tuning = Tuning {
+        rx_coalesce_frames: 64,
+        rx_coalesce_time: Duration::from_millis(2),
+        ..Tuning::default()
+    };
+    let d = Served::tuned(1, 256, tuning);
+    d.verify(|_| {}, 1, 64);
+    d.verify(|o| o.event_idx = false, 1, 64);
+    d.verify(|_| {}, 20_000, 64);
+    let rx = &d.handle.stats()[0];
+    println!(
+        "coalesced: {} frames, {} interrupts",
+        rx.packets, rx.interrupts
+    );
+    assert!(rx.interrupts <= rx.packets / 2 + 4, "{rx:?}");
+}
+
+#[test]
+fn busy_polling_and_small_bursts_still_deliver_everything() {
+    let tuning = Tuning {
+        burst: 4,
+        weight: 16,
+        busy_poll: Duration::from_micros(200),
+        ..Tuning::default()
+    };
+    let d = Served::tuned(1, 256, tuning);
+    d.verify(|_| {}, 20_000, 64);
+    d.verify(|o| o.event_idx = false, 5_000, 1514);
+}
+
+#[test]
+fn workers_run_on_the_configured_cpu() {
+    let cpu = 1 % std::thread::available_parallelism().map_or(1, |n| n.get());
+    let d = Served::tuned(
+        1,
+        256,
+        Tuning {
+            cpus: vec![cpu],
+            ..Tuning::default()
+        },
+    );
+    let mut rig = Rig::connect(d.options()).unwrap();
+    rig.send_and_wait(0, &[0x42u8; 60], Duration::from_secs(5))
+        .unwrap();
+    let mut found = false;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == format!("{}-q0", d.name) {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list"))
+                .unwrap();
+            assert_eq!(
+                line.split_whitespace().last(),
+                Some(cpu.to_string().as_str())
+            );
+            found = true;
+        }
+    }
+    assert!(found, "worker thread not found");
 }

@@ -1,0 +1,53 @@
+//! The software datapath's knobs. Each is a trade-off; docs/software-datapath.md has
+//! the measurements behind the defaults.
+
+use std::time::Duration;
+
+/// How workers trade latency, throughput and CPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Chains handled per pass and direction before the used index is published and
+    /// the guest possibly interrupted (one publication and at most one interrupt per
+    /// burst). Bigger bursts: fewer interrupts and atomics per packet, more latency
+    /// for the first packet of a burst.
+    pub burst: usize,
+    /// Frames a worker moves per wakeup before it yields the CPU, so that one busy
+    /// queue cannot starve other threads on the same core (vhost-net: 256).
+    pub weight: usize,
+    /// After the rings go idle, keep polling this long before asking for kicks and
+    /// sleeping: no guest exit per kick and lower latency, at the cost of a spinning
+    /// core. Zero: sleep at once.
+    pub busy_poll: Duration,
+    /// RX interrupt coalescing: hold an interrupt until this many frames are
+    /// completed... (0: off)
+    pub rx_coalesce_frames: u32,
+    /// ...or this much time passed since the first held completion (0: off).
+    pub rx_coalesce_time: Duration,
+    /// CPUs to pin workers to: pair i runs on `cpus[i % cpus.len()]`. Empty: no pinning.
+    pub cpus: Vec<usize>,
+}
+
+/// Default burst: vhost-net's VHOST_NET_BATCH.
+pub const DEFAULT_BURST: usize = 64;
+/// Default per-wakeup weight: vhost-net's VHOST_NET_PKT_WEIGHT.
+pub const DEFAULT_WEIGHT: usize = 256;
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            burst: DEFAULT_BURST,
+            weight: DEFAULT_WEIGHT,
+            busy_poll: Duration::ZERO,
+            rx_coalesce_frames: 0,
+            rx_coalesce_time: Duration::ZERO,
+            cpus: Vec::new(),
+        }
+    }
+}
+
+impl Tuning {
+    /// Whether RX interrupts are coalesced.
+    pub fn coalescing(&self) -> bool {
+        self.rx_coalesce_frames > 1 || !self.rx_coalesce_time.is_zero()
+    }
+}
