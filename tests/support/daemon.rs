@@ -69,6 +69,13 @@ fn socket_path(dir: &Path, d: &DeviceSpec) -> PathBuf {
     dir.join(format!("{}.sock", d.name))
 }
 
+/// What tells two files at the same path apart: device, inode and change time.
+type SocketId = (u64, u64, i64, i64);
+
+fn socket_id(m: &std::fs::Metadata) -> SocketId {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+}
+
 /// The daemon binary built by cargo for this test run.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vdpad"))
@@ -149,15 +156,12 @@ impl Daemon {
     fn launch(&mut self) {
         assert!(self.proc.is_none(), "daemon already running");
         // Identity of sockets left over by a killed predecessor: the new daemon must
-        // replace them, so "socket exists" alone does not mean "ready".
-        let stale: Vec<Option<(u64, u64)>> = self
+        // replace them, so "socket exists" alone does not mean "ready". The inode
+        // number alone is not enough (tmpfs reuses it at once), the change time is.
+        let stale: Vec<Option<SocketId>> = self
             .sockets
             .iter()
-            .map(|s| {
-                std::fs::symlink_metadata(s)
-                    .ok()
-                    .map(|m| (m.dev(), m.ino()))
-            })
+            .map(|s| std::fs::symlink_metadata(s).ok().map(|m| socket_id(&m)))
             .collect();
         self.starts += 1;
         if self.starts > 1 {
@@ -173,6 +177,8 @@ impl Daemon {
             .limit(Duration::from_secs(900))
             .cpu(self.cpu);
         spawn.append_log = self.starts > 1;
+        // Plain text in the log file (tracing-subscriber honours NO_COLOR).
+        spawn = spawn.env("NO_COLOR", "1");
         if let Ok(filter) = std::env::var("VDPAD_TEST_LOG") {
             spawn = spawn.env("RUST_LOG", &filter);
         }
@@ -184,7 +190,7 @@ impl Daemon {
                 let fresh = std::fs::symlink_metadata(socket)
                     .ok()
                     .filter(|m| m.file_type().is_socket())
-                    .is_some_and(|m| Some((m.dev(), m.ino())) != old);
+                    .is_some_and(|m| Some(socket_id(&m)) != old);
                 if fresh {
                     break;
                 }
