@@ -1,15 +1,17 @@
 //! hwdrv: the hardware datapath of vdpad. A NIC whose hardware consumes virtio rings
 //! (a virtio-pci function, an IFC-style VF) is driven through VFIO; the guest's rings
 //! are programmed into it and its interrupts routed straight to the guest's call
-//! eventfds.
+//! eventfds. See `docs/offload.md`.
 //!
 //! - [`pci`]: the PCI function trait, with two implementations: [`vfio`] (real
-//!   hardware) and [`sim`] (a simulated virtio-net function for tests).
+//!   hardware; raw calls in [`vfio_sys`]) and [`sim`] (a simulated virtio-net function
+//!   for tests).
 //! - [`spec`]: PCI and virtio constants.
 //! - [`virtio_pci`]: the virtio 1.x modern PCI driver over a PCI function.
+//! - [`capabilities`]: what a NIC can serve and which features to negotiate with it.
 //! - [`kick_relay`]: the thread that turns guest kicks into NIC doorbell writes.
 //! - [`offload`]: [`OffloadDatapath`], the [`vdpa::Datapath`] implementation.
-//! - [`classify`]: auto-mode classification of a PCI function (offload or software).
+//! - [`mod@classify`]: auto-mode classification of a PCI function (offload or software).
 
 pub mod capabilities;
 pub mod classify;
@@ -23,7 +25,9 @@ pub mod vfio_sys;
 pub mod virtio_pci;
 
 pub use capabilities::NicCapabilities;
+pub use classify::{classify, Classification, Decision};
 pub use offload::{OffloadDatapath, OffloadError};
 pub use pci::{PciFunction, ResetOutcome};
 pub use sim::{SimConfig, SimNic};
+pub use vfio::{VfioFunction, VfioVm};
 pub use virtio_pci::{VirtioError, VirtioPci};
