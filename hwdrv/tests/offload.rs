@@ -47,7 +47,12 @@ fn loopback_integrity_with_wraparound_and_event_idx() {
     let stats = dp.stats();
     let tx = stats.iter().find(|s| s.ring == 1).unwrap();
     let rx = stats.iter().find(|s| s.ring == 0).unwrap();
-    assert!(tx.kicks >= 1000, "tx kicks relayed: {}", tx.kicks);
+    // Kicks written close together coalesce in the eventfd: at most one relay per kick.
+    assert!(
+        tx.kicks > 0 && tx.kicks <= 1000,
+        "tx kicks relayed: {}",
+        tx.kicks
+    );
     assert!(
         rx.interrupts > 0 && rx.interrupts <= 1001,
         "rx interrupts: {}",
