@@ -134,6 +134,13 @@ pub trait Datapath: Send {
     /// `None` if this datapath never ran the ring since the last reset.
     fn base(&self, ring: u16) -> Option<u16>;
 
+    /// Pairs this datapath stopped on its own since the last call (e.g. a NIC reset
+    /// needed to stop one pair took the others down too). Their rings report where
+    /// they stopped through [`base`](Self::base); the control plane restarts them.
+    fn take_lost(&mut self) -> Vec<u16> {
+        Vec::new()
+    }
+
     /// Counters of every ring this datapath has run since it was created.
     fn stats(&self) -> Vec<QueueStats>;
 

@@ -38,10 +38,15 @@ pub struct DeviceStatus {
     pub running_pairs: Vec<u16>,
     /// The last error a frontend caused, if any.
     pub last_error: Option<String>,
+    /// Why the device left its first datapath for the fallback, if it did.
+    pub fallback_reason: Option<String>,
 }
 
 /// The datapath of a device, shared between the message thread and observers.
 pub type SharedDatapath = Arc<Mutex<Box<dyn Datapath>>>;
+
+/// Builds the datapath a device falls back to when its first one cannot serve.
+pub type FallbackFactory = Box<dyn FnOnce() -> Result<Box<dyn Datapath>, String> + Send>;
 
 /// One configured device.
 pub struct Device {
@@ -49,6 +54,7 @@ pub struct Device {
     offered: u64,
     datapath: SharedDatapath,
     status: Arc<Mutex<DeviceStatus>>,
+    fallback: Mutex<Option<FallbackFactory>>,
 }
 
 impl Device {
@@ -59,7 +65,32 @@ impl Device {
             cfg,
             datapath: Arc::new(Mutex::new(datapath)),
             status: Arc::default(),
+            fallback: Mutex::new(None),
         }
+    }
+
+    /// A device served by `primary`, which switches for good to the datapath `make`
+    /// builds the first time `primary` cannot start a queue pair. The guest sees the
+    /// same features either way: only offloads both can serve (`fallback_offloads`
+    /// for the fallback) are offered.
+    pub fn with_fallback(
+        cfg: DeviceConfig,
+        primary: Box<dyn Datapath>,
+        make: FallbackFactory,
+        fallback_offloads: u64,
+    ) -> Self {
+        let offloads = primary.offload_features() & fallback_offloads;
+        Device {
+            offered: offered_features(&cfg) | offloads,
+            cfg,
+            datapath: Arc::new(Mutex::new(primary)),
+            status: Arc::default(),
+            fallback: Mutex::new(Some(make)),
+        }
+    }
+
+    pub(crate) fn take_fallback(&self) -> Option<FallbackFactory> {
+        lock(&self.fallback).take()
     }
 
     /// The configuration it was built from.

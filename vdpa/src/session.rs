@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::datapath::{QueuePairConfig, RingConfig};
 use crate::device::{ConnectionState, Device};
@@ -65,9 +65,24 @@ impl<'d> Session<'d> {
         }
         let mut dp = self.dev.datapath();
         dp.stop(pair as u16);
-        for ring in [2 * pair, 2 * pair + 1] {
-            if let Some(base) = dp.base(ring as u16) {
-                self.rings[ring].base = base;
+        let mut stopped = vec![pair];
+        for lost in dp.take_lost() {
+            let lost = usize::from(lost);
+            if lost < self.running.len() && self.running[lost] && lost != pair {
+                warn!(
+                    device = self.dev.name(),
+                    pair = lost,
+                    "queue pair went down with pair {pair}; restarting it"
+                );
+                self.running[lost] = false;
+                stopped.push(lost);
+            }
+        }
+        for p in stopped {
+            for ring in [2 * p, 2 * p + 1] {
+                if let Some(base) = dp.base(ring as u16) {
+                    self.rings[ring].base = base;
+                }
             }
         }
         drop(dp);
@@ -172,6 +187,10 @@ impl<'d> Session<'d> {
                 }
                 Err(e) => {
                     drop(dp);
+                    if self.fall_back(&e) {
+                        // Every pair starts again, on the new datapath.
+                        return self.reconcile();
+                    }
                     let why = format!("datapath refused to start: {e}");
                     if self.not_ready[pair].as_deref() != Some(why.as_str()) {
                         warn!(device = self.dev.name(), pair, error = %e, "queue pair cannot start");
@@ -181,6 +200,34 @@ impl<'d> Session<'d> {
                 }
             }
         }
+    }
+
+    /// Switches the device to its fallback datapath after `cause`, if it has one:
+    /// every running pair stops where it is (bases recorded), the first datapath is
+    /// reset (releasing its NIC), and the fallback takes over. Returns whether it did.
+    fn fall_back(&mut self, cause: &crate::DatapathError) -> bool {
+        let Some(make) = self.dev.take_fallback() else {
+            return false;
+        };
+        let from = self.dev.datapath().describe();
+        self.stop_all();
+        let new = match make() {
+            Ok(d) => d,
+            Err(why) => {
+                error!(device = self.dev.name(), %from, error = %cause, fallback_error = %why,
+                       "datapath failed and the fallback cannot be built");
+                return false;
+            }
+        };
+        let mut dp = self.dev.datapath();
+        dp.reset();
+        *dp = new;
+        let to = dp.describe();
+        drop(dp);
+        let reason = format!("{from} failed: {cause}");
+        warn!(device = self.dev.name(), %from, %to, %reason, "falling back to the software datapath");
+        self.dev.update_status(|s| s.fallback_reason = Some(reason));
+        true
     }
 
     /// Replaces guest memory: quiesce everything that runs, swap, restart.

@@ -38,6 +38,8 @@ enum Event {
 struct Recorder {
     /// Whether it switches call eventfds of running rings in place.
     live_call: bool,
+    /// Pairs it refuses to start.
+    refuse: Vec<u16>,
     events: Arc<Mutex<Vec<Event>>>,
     bases: Arc<Mutex<std::collections::BTreeMap<u16, u16>>>,
     running: Arc<Mutex<std::collections::BTreeMap<u16, (u16, u16)>>>,
@@ -60,6 +62,12 @@ impl Datapath for Recorder {
         "recorder".into()
     }
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
+        if self.refuse.contains(&qp.pair) {
+            return Err(DatapathError::Pair {
+                pair: qp.pair,
+                why: "refused by the test".into(),
+            });
+        }
         self.events.lock().unwrap().push(Event::Start {
             pair: qp.pair,
             rx_base: qp.rx.base,
@@ -585,4 +593,64 @@ impl Frontend {
         self.s.read_exact(&mut b).unwrap();
         b
     }
+}
+
+#[test]
+fn a_datapath_that_cannot_start_a_pair_hands_the_device_to_its_fallback() {
+    let dir = TempDir::new();
+    let socket = dir.0.join("t0.sock");
+    // The first datapath runs pair 0 but refuses pair 1.
+    let primary = Recorder {
+        live_call: true,
+        refuse: vec![1],
+        ..Default::default()
+    };
+    let fallback = Recorder {
+        live_call: true,
+        ..Default::default()
+    };
+    let fb = fallback.clone();
+    let device = Device::with_fallback(
+        device_config(socket.clone(), 2),
+        Box::new(primary.clone()),
+        Box::new(move || Ok(Box::new(fb) as Box<dyn Datapath>)),
+        0,
+    );
+    let shutdown = Shutdown::new().unwrap();
+    let server = DeviceServer::start(device, shutdown.clone()).unwrap();
+    let handle = server.handle().clone();
+    let mut f = Frontend::connect(&socket);
+    f.negotiate(REPLY_ACK | MQ);
+    assert_eq!(
+        f.set_features(FEATURES | vdpa::features::VIRTIO_NET_F_MQ),
+        0
+    );
+    assert_eq!(f.set_mem_table(), 0);
+    for ring in 0..2 {
+        f.ring_setup(ring, 7, true);
+        assert_eq!(f.enable(ring, true), 0);
+    }
+    assert_eq!(primary.events(), vec![start_event(0, 7, 7)]);
+    assert!(handle.status().fallback_reason.is_none());
+    for ring in 2..4 {
+        f.ring_setup(ring, 0, true);
+        assert_eq!(f.enable(ring, true), 0);
+    }
+    // Pair 0 left the first datapath where it was and resumed on the fallback.
+    assert_eq!(
+        primary.events(),
+        vec![start_event(0, 7, 7), Event::Stop(0), Event::Reset]
+    );
+    let ev = fallback.events();
+    assert!(ev.contains(&start_event(0, 12, 12)), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Start { pair: 1, .. })),
+        "{ev:?}"
+    );
+    let why = handle.status().fallback_reason.expect("reason recorded");
+    assert!(why.contains("refused by the test"), "{why}");
+    assert_eq!(handle.status().running_pairs, vec![0, 1]);
+    drop(f);
+    shutdown.raise();
+    server.join();
 }
