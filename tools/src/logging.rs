@@ -1,6 +1,8 @@
 //! Log setup: `tracing` to stderr, text or JSON, with a filter from the command line,
 //! `RUST_LOG`, or the configuration, in that order of precedence.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use vdpad_config::LogFormat;
 
@@ -18,6 +20,7 @@ pub fn init(cli: Option<&str>, configured: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_thread_names(true);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
