@@ -1,8 +1,36 @@
 //! vdpad configuration: the TOML schema, its defaults, and validation whose errors
 //! name the file, line and column and say how to fix the problem.
 //!
-//! (Parsing and validation are being written; see `model` for the effective types.)
+//! * [`Config::from_file`] / [`Config::from_toml_str`] read and validate a whole file;
+//! * [`Config::embedded_default`] is what `vdpad` runs without `--config`;
+//! * [`DeviceConfig::parse_snippet`] and [`Config::with_snippet`] handle `[[device]]`
+//!   snippets (`vdpactl add`);
+//! * `Display` for [`Config`] renders the effective configuration as TOML;
+//! * [`ConfigError`] renders as `file:line:column: error: ...` plus a `help:` line.
+//!
+//! The user documentation of every key is `docs/config.md`.
 
+mod address;
+mod defaults;
+mod error;
+mod fields;
+mod ids;
+mod load;
 mod model;
+mod raw;
+mod render;
+mod schema;
+mod validate;
 
+#[cfg(test)]
+mod tests;
+
+pub use address::{ParseMacError, ParsePciError};
+pub use defaults::{
+    default_run_dir, CONTROL_SOCKET_NAME, DEFAULT_LOG_LEVEL, DEFAULT_QUEUE_PAIRS,
+    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, EMBEDDED_DEFAULT_ORIGIN, EMBEDDED_DEFAULT_TOML,
+    IFNAME_MAX, MAX_NAME_LEN, MIN_MTU, MIN_QUEUE_SIZE, ROOT_RUN_DIR, SOCKET_PATH_MAX,
+};
+pub use error::{ConfigError, ErrorKind};
+pub use load::ADDED_DEVICES_ORIGIN;
 pub use model::*;

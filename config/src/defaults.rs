@@ -1,0 +1,158 @@
+//! Default values, limits, the embedded default configuration, and where sockets go
+//! when the file does not say.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use crate::error::ConfigError;
+use crate::model::Config;
+
+/// The embedded default configuration (one loopback software device), run by `vdpad`
+/// when it is started without `--config`.
+pub const EMBEDDED_DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Origin name used in errors about [`EMBEDDED_DEFAULT_TOML`].
+pub const EMBEDDED_DEFAULT_ORIGIN: &str = "<embedded default>";
+
+/// Run directory used when running as root.
+pub const ROOT_RUN_DIR: &str = "/run/vdpad";
+
+/// File name of the control socket inside the run directory.
+pub const CONTROL_SOCKET_NAME: &str = "control.sock";
+
+/// Default `log_level`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// Default socket permission bits (owner read and write).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+
+/// Default `queue_pairs`.
+pub const DEFAULT_QUEUE_PAIRS: u16 = 1;
+
+/// Default `queue_size`.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+
+/// Smallest `queue_size` accepted.
+pub const MIN_QUEUE_SIZE: u16 = 2;
+
+/// Smallest `mtu` accepted (the IPv4 minimum).
+pub const MIN_MTU: u16 = 68;
+
+/// Longest device name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest socket path, in bytes, that fits in `sockaddr_un.sun_path` (108 bytes
+/// including the terminating NUL).
+pub const SOCKET_PATH_MAX: usize = 107;
+
+/// Longest network interface name (`IFNAMSIZ` - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// The directory for sockets when the configuration does not set `run_dir`:
+///
+/// * `/run/vdpad` when running as root (effective uid 0);
+/// * otherwise `$XDG_RUNTIME_DIR/vdpad` when that variable is set to an absolute path
+///   of an existing directory;
+/// * otherwise `/tmp/vdpad-<uid>`.
+///
+/// The directory itself need not exist; the daemon creates it. (Under `/tmp` the
+/// daemon must check that an existing directory belongs to it.)
+pub fn default_run_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+    run_dir_for(euid, xdg.as_deref(), |p| p.is_dir())
+}
+
+/// The pure decision behind [`default_run_dir`]: `euid` is the effective uid,
+/// `xdg_runtime_dir` the value of `XDG_RUNTIME_DIR`, and `is_dir` tells whether a
+/// path is an existing directory.
+pub(crate) fn run_dir_for(
+    euid: u32,
+    xdg_runtime_dir: Option<&OsStr>,
+    is_dir: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    if euid == 0 {
+        return PathBuf::from(ROOT_RUN_DIR);
+    }
+    if let Some(xdg) = xdg_runtime_dir.map(Path::new) {
+        // The XDG base directory spec says relative values are to be ignored.
+        if xdg.is_absolute() && is_dir(xdg) {
+            return xdg.join("vdpad");
+        }
+    }
+    PathBuf::from(format!("/tmp/vdpad-{euid}"))
+}
+
+impl Config {
+    /// The embedded default configuration ([`EMBEDDED_DEFAULT_TOML`]), with its socket
+    /// in [`default_run_dir`].
+    pub fn embedded_default() -> Config {
+        Self::try_embedded_default().expect("the embedded default configuration is valid")
+    }
+
+    /// Like [`Config::embedded_default`], but returns the error instead of panicking
+    /// (only possible if the default run directory is too long for a socket path).
+    pub fn try_embedded_default() -> Result<Config, ConfigError> {
+        Config::from_toml_str(EMBEDDED_DEFAULT_TOML, EMBEDDED_DEFAULT_ORIGIN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Backend, MacAddress, Mode};
+
+    #[test]
+    fn root_uses_run_vdpad_even_with_xdg() {
+        let dir = run_dir_for(0, Some(OsStr::new("/run/user/0")), |_| true);
+        assert_eq!(dir, PathBuf::from("/run/vdpad"));
+    }
+
+    #[test]
+    fn non_root_uses_existing_xdg_runtime_dir() {
+        let dir = run_dir_for(1000, Some(OsStr::new("/run/user/1000")), |p| {
+            p == Path::new("/run/user/1000")
+        });
+        assert_eq!(dir, PathBuf::from("/run/user/1000/vdpad"));
+    }
+
+    #[test]
+    fn non_root_falls_back_to_tmp() {
+        let missing = run_dir_for(1000, Some(OsStr::new("/run/user/1000")), |_| false);
+        assert_eq!(missing, PathBuf::from("/tmp/vdpad-1000"));
+        let unset = run_dir_for(1000, None, |_| true);
+        assert_eq!(unset, PathBuf::from("/tmp/vdpad-1000"));
+        let relative = run_dir_for(1000, Some(OsStr::new("run/user")), |_| true);
+        assert_eq!(relative, PathBuf::from("/tmp/vdpad-1000"));
+    }
+
+    #[test]
+    fn embedded_default_is_one_loopback_device() {
+        let config = Config::embedded_default();
+        assert_eq!(config.daemon.run_dir, default_run_dir());
+        assert_eq!(
+            config.daemon.control_socket,
+            default_run_dir().join("control.sock")
+        );
+        let [dev] = config.devices.as_slice() else {
+            panic!("expected one device, got {:?}", config.devices);
+        };
+        assert_eq!(dev.name, "vdpad0");
+        assert_eq!(dev.socket, default_run_dir().join("vdpad0.sock"));
+        assert_eq!(dev.mode, Mode::Software);
+        assert_eq!(dev.backend, Backend::Loopback);
+        assert_eq!((dev.queue_pairs, dev.queue_size), (1, 256));
+        assert!(dev.event_idx && dev.mrg_rxbuf);
+        assert_eq!(dev.mac, Some(MacAddress([0x52, 0x54, 0, 0, 0, 1])));
+    }
+
+    #[test]
+    fn embedded_default_round_trips_through_display() {
+        let config = Config::embedded_default();
+        let rendered = config.to_string();
+        let again =
+            Config::from_toml_str(&rendered, "<rendered>").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, config);
+    }
+}

@@ -1,0 +1,394 @@
+//! Validators for single values: each takes the value as written (with its span) and
+//! returns the effective value or an error pointing at the value, with a fix hint.
+
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use toml::Spanned;
+
+use crate::defaults::{IFNAME_MAX, MAX_NAME_LEN, MIN_QUEUE_SIZE, SOCKET_PATH_MAX};
+use crate::error::{ConfigError, ErrorKind, Source};
+use crate::ids;
+use crate::model::{MacAddress, PciAddress};
+use crate::raw::RawId;
+use crate::schema::closest;
+
+type Span = Range<usize>;
+
+const QUEUE_SIZE_HELP: &str = "use a power of two between 2 and 32768, e.g. 256";
+const SOCKET_MODE_HELP: &str =
+    "use 3 or 4 octal digits that give the owner read and write, e.g. \"0600\" or \"0660\"";
+const LOG_LEVEL_HELP: &str = "use a level (off, error, warn, info, debug, trace) or a list of \
+                              directives such as \"info,vdpa=debug\"";
+
+fn invalid(src: &Source<'_>, span: Span, message: String) -> ConfigError {
+    src.error(ErrorKind::InvalidValue, span, message)
+}
+
+/// Picks the option named by `value`; unknown names get "did you mean" and the list.
+pub(crate) fn choice<T: Copy>(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+    options: &[(&'static str, T)],
+) -> Result<T, ConfigError> {
+    let text = value.get_ref();
+    if let Some((_, v)) = options.iter().find(|(name, _)| name == text) {
+        return Ok(*v);
+    }
+    let names = options.iter().map(|(name, _)| *name);
+    let message = match closest(text, names.clone()) {
+        Some(best) => format!("unknown {key} `{text}`, did you mean `{best}`?"),
+        None => format!("unknown {key} `{text}`"),
+    };
+    let list: Vec<String> = names.map(|n| format!("\"{n}\"")).collect();
+    Err(invalid(src, value.span(), message)
+        .with_help(format!("{key} must be one of {}", list.join(", "))))
+}
+
+/// An integer within `lo..=hi`.
+pub(crate) fn int_in(
+    src: &Source<'_>,
+    value: &Spanned<i64>,
+    key: &str,
+    range: std::ops::RangeInclusive<u16>,
+    help: &str,
+) -> Result<u16, ConfigError> {
+    let v = *value.get_ref();
+    match u16::try_from(v) {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => {
+            let msg = format!(
+                "{key} = {v} is out of range ({}..={})",
+                range.start(),
+                range.end()
+            );
+            Err(invalid(src, value.span(), msg).with_help(help))
+        }
+    }
+}
+
+/// `queue_size`: a power of two in 2..=32768.
+pub(crate) fn queue_size(src: &Source<'_>, value: &Spanned<i64>) -> Result<u16, ConfigError> {
+    let size = int_in(
+        src,
+        value,
+        "queue_size",
+        MIN_QUEUE_SIZE..=crate::MAX_QUEUE_SIZE,
+        QUEUE_SIZE_HELP,
+    )?;
+    if !size.is_power_of_two() {
+        let msg = format!("queue_size = {size} is not a power of two");
+        return Err(invalid(src, value.span(), msg).with_help(QUEUE_SIZE_HELP));
+    }
+    Ok(size)
+}
+
+/// A device name: `[A-Za-z0-9_.-]{1,64}`.
+pub(crate) fn device_name(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+) -> Result<String, ConfigError> {
+    let name = value.get_ref();
+    let help = "use 1 to 64 letters, digits, '_', '.' or '-', e.g. \"vm1-net0\"";
+    let problem = if name.is_empty() {
+        Some("device name must not be empty".to_owned())
+    } else if name.chars().count() > MAX_NAME_LEN {
+        Some(format!(
+            "device name is {} characters long; at most {MAX_NAME_LEN} are allowed",
+            name.chars().count()
+        ))
+    } else {
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+            .map(|c| format!("device name `{name}` contains {c:?}, which is not allowed"))
+    };
+    match problem {
+        Some(msg) => Err(invalid(src, value.span(), msg).with_help(help)),
+        None => Ok(name.clone()),
+    }
+}
+
+/// A network interface name, by the kernel's rules (`dev_valid_name`).
+pub(crate) fn ifname(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<String, ConfigError> {
+    let name = value.get_ref();
+    let problem = if name.is_empty() || name.len() > IFNAME_MAX {
+        Some(format!(
+            "{key} = \"{name}\" must be 1 to {IFNAME_MAX} bytes long"
+        ))
+    } else if name == "." || name == ".." {
+        Some(format!("{key} = \"{name}\" is not a valid interface name"))
+    } else {
+        name.chars()
+            .find(|&c| c == '/' || c == ':' || c.is_whitespace())
+            .map(|c| format!("{key} = \"{name}\" contains {c:?}, which interface names cannot"))
+    };
+    match problem {
+        Some(msg) => Err(invalid(src, value.span(), msg).with_help(
+            "interface names are 1 to 15 bytes without '/', ':' or whitespace, e.g. \"eth1\"",
+        )),
+        None => Ok(name.clone()),
+    }
+}
+
+/// A PCI address, in canonical or short form.
+pub(crate) fn pci(src: &Source<'_>, value: &Spanned<String>) -> Result<PciAddress, ConfigError> {
+    value.get_ref().parse().map_err(|e| {
+        invalid(
+            src,
+            value.span(),
+            format!("pci = \"{}\": {e}", value.get_ref()),
+        )
+        .with_help(
+            "write the address as `lspci -D` shows it, e.g. \"0000:3b:00.2\" \
+             (domain:bus:device.function in hex)",
+        )
+    })
+}
+
+/// A unicast MAC address.
+pub(crate) fn mac(src: &Source<'_>, value: &Spanned<String>) -> Result<MacAddress, ConfigError> {
+    let text = value.get_ref();
+    let unicast_help = "use a unicast address (first octet even), e.g. a locally administered \
+                        \"52:54:00:12:34:56\" or \"02:00:00:00:00:01\"";
+    let mac: MacAddress = text.parse().map_err(|_| {
+        invalid(
+            src,
+            value.span(),
+            format!("mac = \"{text}\" is not a MAC address"),
+        )
+        .with_help("write six two-digit hex octets separated by ':', e.g. \"52:54:00:12:34:56\"")
+    })?;
+    if mac.is_multicast() {
+        let msg =
+            format!("mac = \"{text}\" is a multicast address (bit 0 of the first octet is set)");
+        return Err(invalid(src, value.span(), msg).with_help(unicast_help));
+    }
+    if mac.is_zero() {
+        let msg = format!("mac = \"{text}\" is all zeros, which no interface may use");
+        return Err(invalid(src, value.span(), msg).with_help(unicast_help));
+    }
+    Ok(mac)
+}
+
+/// `log_level`: a level or `EnvFilter` directives made of `[a-z0-9_=,:.-]`.
+pub(crate) fn log_level(src: &Source<'_>, value: &Spanned<String>) -> Result<String, ConfigError> {
+    let text = value.get_ref();
+    let fail = |msg: String| Err(invalid(src, value.span(), msg).with_help(LOG_LEVEL_HELP));
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_=,:.-".contains(*c)))
+    {
+        return fail(format!(
+            "log_level = \"{text}\" contains {c:?}, which is not allowed"
+        ));
+    }
+    let directives: Vec<&str> = text.split(',').filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() {
+        return fail("log_level must not be empty".to_owned());
+    }
+    for directive in directives {
+        if let Some((target, level)) = directive.split_once('=') {
+            if target.is_empty() || !is_level(level) {
+                return fail(format!(
+                    "log_level directive `{directive}` is not of the form target=level"
+                ));
+            }
+        }
+    }
+    Ok(text.clone())
+}
+
+fn is_level(s: &str) -> bool {
+    matches!(
+        s,
+        "off" | "error" | "warn" | "info" | "debug" | "trace" | "0" | "1" | "2" | "3" | "4" | "5"
+    )
+}
+
+/// `socket_mode`: 3 or 4 octal digits, permission bits only, owner read and write.
+pub(crate) fn socket_mode(src: &Source<'_>, value: &Spanned<String>) -> Result<u32, ConfigError> {
+    let text = value.get_ref();
+    let fail = |msg: String| Err(invalid(src, value.span(), msg).with_help(SOCKET_MODE_HELP));
+    if !(3..=4).contains(&text.len()) || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return fail(format!(
+            "socket_mode = \"{text}\" is not an octal mode of 3 or 4 digits"
+        ));
+    }
+    let mode = u32::from_str_radix(text, 8).expect("checked octal digits");
+    if mode & !0o777 != 0 {
+        return fail(format!(
+            "socket_mode = \"{text}\" sets setuid, setgid or sticky bits; only permission bits are allowed"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return fail(format!(
+            "socket_mode = \"{text}\" does not give the socket's owner read and write permission"
+        ));
+    }
+    Ok(mode)
+}
+
+/// Whether an id names a user or a group.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum IdKind {
+    /// `socket_owner`.
+    User,
+    /// `socket_group`.
+    Group,
+}
+
+/// `socket_owner` / `socket_group`: a name resolved now, or a numeric id.
+pub(crate) fn id(
+    src: &Source<'_>,
+    value: &Spanned<RawId>,
+    kind: IdKind,
+) -> Result<u32, ConfigError> {
+    let (key, what, db) = match kind {
+        IdKind::User => ("socket_owner", "user", "passwd"),
+        IdKind::Group => ("socket_group", "group", "group"),
+    };
+    let number = |n: i64| {
+        // u32::MAX is (uid_t)-1, which chown(2) reads as "leave unchanged".
+        u32::try_from(n)
+            .ok()
+            .filter(|&id| id != u32::MAX)
+            .ok_or_else(|| {
+                invalid(
+                    src,
+                    value.span(),
+                    format!("{key} = {n} is not a valid {what} id"),
+                )
+                .with_help(format!("use an id between 0 and {}", u32::MAX - 1))
+            })
+    };
+    let name = match value.get_ref() {
+        RawId::Number(n) => return number(*n),
+        RawId::Text(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            return number(t.parse().unwrap_or(i64::MAX));
+        }
+        RawId::Text(t) => t,
+    };
+    match lookup(kind, name) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(src
+            .error(
+                ErrorKind::UnknownId,
+                value.span(),
+                format!("unknown {what} `{name}`"),
+            )
+            .with_help(format!(
+                "{key} must name an existing {what} (check `getent {db} {name}`) or be a numeric id"
+            ))),
+        Err(e) => Err(src.error(
+            ErrorKind::UnknownId,
+            value.span(),
+            format!("cannot look up {what} `{name}`: {e}"),
+        )),
+    }
+}
+
+fn lookup(kind: IdKind, name: &str) -> std::io::Result<Option<u32>> {
+    match kind {
+        IdKind::User => ids::user_id(name),
+        IdKind::Group => ids::group_id(name),
+    }
+}
+
+/// `run_dir`: an absolute directory path.
+pub(crate) fn run_dir(src: &Source<'_>, value: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+    let text = value.get_ref();
+    check_path_text(src, value, "run_dir")?;
+    let path = Path::new(text);
+    if !path.is_absolute() {
+        return Err(invalid(
+            src,
+            value.span(),
+            format!("run_dir = \"{text}\" is not an absolute path"),
+        )
+        .with_help("use an absolute path, e.g. \"/run/vdpad\""));
+    }
+    Ok(clean(path))
+}
+
+fn check_path_text(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<(), ConfigError> {
+    let text = value.get_ref();
+    if text.is_empty() {
+        return Err(invalid(
+            src,
+            value.span(),
+            format!("{key} must not be empty"),
+        ));
+    }
+    if text.contains('\0') {
+        return Err(invalid(
+            src,
+            value.span(),
+            format!("{key} contains a NUL character"),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes `.` components and repeated slashes (`..` is kept: it depends on symlinks).
+fn clean(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}
+
+/// A socket path: `given` (relative to `run_dir` unless absolute) or, when absent,
+/// `run_dir/default_file`. The result must fit in `sockaddr_un`. Errors about a
+/// defaulted path point at `blame` when there is one.
+pub(crate) fn socket_path(
+    src: &Source<'_>,
+    key: &str,
+    given: Option<&Spanned<String>>,
+    default_file: &str,
+    run_dir: &Path,
+    blame: Option<Span>,
+) -> Result<PathBuf, ConfigError> {
+    let path = match given {
+        Some(value) => {
+            check_path_text(src, value, key)?;
+            if value.get_ref().ends_with('/') {
+                let msg = format!(
+                    "{key} = \"{}\" names a directory, not a socket file",
+                    value.get_ref()
+                );
+                return Err(invalid(src, value.span(), msg)
+                    .with_help(format!("for example: {key} = \"{default_file}\"")));
+            }
+            clean(&run_dir.join(value.get_ref()))
+        }
+        None => run_dir.join(default_file),
+    };
+    let len = path.as_os_str().len();
+    if len <= SOCKET_PATH_MAX {
+        return Ok(path);
+    }
+    let msg = format!(
+        "{key} path `{}` is {len} bytes long; a Unix socket path can hold at most {SOCKET_PATH_MAX}",
+        path.display()
+    );
+    let (span, help) = match (given, blame) {
+        (Some(value), _) => (Some(value.span()), format!("use a shorter {key} path")),
+        (None, span) => (
+            span,
+            format!("set a shorter `{key}`, or a shorter `run_dir`"),
+        ),
+    };
+    Err(match span {
+        Some(span) => invalid(src, span, msg),
+        None => ConfigError::unlocated(ErrorKind::InvalidValue, src.origin, msg),
+    }
+    .with_help(help))
+}

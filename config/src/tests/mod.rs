@@ -1,0 +1,57 @@
+//! Whole-configuration tests: every validation rule with the exact position it
+//! reports, the effective values, rendering round trips, snippets and files.
+
+mod docs;
+mod files;
+mod rules;
+mod snippets;
+
+use crate::{Config, ConfigError, ErrorKind};
+
+/// Parses `text` as `t.toml`, expecting an error.
+fn err(text: &str) -> ConfigError {
+    match Config::from_toml_str(text, "t.toml") {
+        Ok(c) => panic!("expected an error, got {c:?}\nfor:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// Parses `text` as `t.toml`, expecting success.
+fn ok(text: &str) -> Config {
+    Config::from_toml_str(text, "t.toml").unwrap_or_else(|e| panic!("{e}\nfor:\n{text}"))
+}
+
+/// Asserts the kind, 1-based line and column of an error and that its message
+/// contains `message`.
+#[track_caller]
+fn assert_err(
+    text: &str,
+    kind: ErrorKind,
+    line: usize,
+    column: usize,
+    message: &str,
+) -> ConfigError {
+    let e = err(text);
+    assert_eq!(e.kind(), kind, "kind of: {e}");
+    assert_eq!(
+        (e.line(), e.column()),
+        (Some(line), Some(column)),
+        "position of: {e}"
+    );
+    assert!(
+        e.message().contains(message),
+        "message {:?} lacks {message:?}",
+        e.message()
+    );
+    assert_eq!(e.file(), "t.toml");
+    e
+}
+
+/// Renders `config`, parses the output, and checks it is equal.
+#[track_caller]
+fn assert_round_trip(config: &Config) {
+    let rendered = config.to_string();
+    let again = Config::from_toml_str(&rendered, "<rendered>")
+        .unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+    assert_eq!(&again, config, "rendered:\n{rendered}");
+}

@@ -1,0 +1,702 @@
+//! One test per validation rule, asserting the exact line and column reported.
+
+use super::{assert_err, err, ok};
+use crate::ErrorKind::{
+    Conflict, Duplicate, InvalidValue, MissingKey, Syntax, UnknownId, UnknownKey, WrongType,
+};
+
+const DEV: &str = "[[device]]\nname = \"a\"\n";
+
+/// A one-device file with `line` as its third line.
+fn dev(line: &str) -> String {
+    format!("{DEV}{line}\n")
+}
+
+#[test]
+fn unknown_key_suggests_the_closest() {
+    let e = assert_err(
+        &dev("queue_szie = 256"),
+        UnknownKey,
+        3,
+        1,
+        "unknown key `queue_szie`, did you mean `queue_size`?",
+    );
+    assert!(e
+        .help()
+        .unwrap()
+        .contains("valid keys in [[device]] are: name, socket,"));
+}
+
+#[test]
+fn unknown_key_without_a_close_match_lists_valid_keys() {
+    let e = assert_err(
+        "[daemon]\n  colour = 1\n",
+        UnknownKey,
+        2,
+        3,
+        "unknown key `colour` in [daemon]",
+    );
+    assert_eq!(
+        e.help(),
+        Some(
+            "valid keys in [daemon] are: run_dir, control_socket, log_level, log_format, socket_mode, \
+             socket_owner, socket_group"
+        )
+    );
+}
+
+#[test]
+fn device_key_at_top_level_hints_at_the_missing_header() {
+    let e = assert_err(
+        "queue_size = 256\n",
+        UnknownKey,
+        1,
+        1,
+        "unknown key `queue_size` in the top level",
+    );
+    assert!(
+        e.help()
+            .unwrap()
+            .contains("put it below a [[device]] header"),
+        "{e}"
+    );
+    assert_err("[devices]\n", UnknownKey, 1, 2, "did you mean `device`?");
+}
+
+#[test]
+fn first_problem_in_file_order_is_reported() {
+    let text = "[[device]]\nname = \"a\"\nzzz = 1\naaa = 2\n";
+    assert_err(text, UnknownKey, 3, 1, "`zzz`");
+}
+
+#[test]
+fn wrong_types_point_at_the_value() {
+    let e = assert_err(
+        &dev("queue_size = \"256\""),
+        WrongType,
+        3,
+        14,
+        "`queue_size` must be an integer, not a string",
+    );
+    assert_eq!(e.help(), Some("remove the quotes: queue_size = 256"));
+    assert_err(
+        &dev("event_idx = 1"),
+        WrongType,
+        3,
+        13,
+        "`event_idx` must be a boolean",
+    );
+    assert_err(&dev("mtu = 1500.0"), WrongType, 3, 7, "not a float");
+    assert_err(
+        &dev("socket_owner = true"),
+        WrongType,
+        3,
+        16,
+        "a name (string) or a numeric id",
+    );
+    let e = assert_err(
+        "[daemon]\nsocket_mode = 600\n",
+        WrongType,
+        2,
+        15,
+        "`socket_mode` must be a string",
+    );
+    assert!(e.help().unwrap().contains("\"0600\""));
+    let e = assert_err(
+        "[device]\nname = \"a\"\n",
+        WrongType,
+        1,
+        1,
+        "`device` must be an array of tables",
+    );
+    assert!(e.help().unwrap().contains("double brackets"));
+    assert_err("daemon = 1\n", WrongType, 1, 10, "`daemon` must be a table");
+    assert_err(
+        "device = [1]\n",
+        WrongType,
+        1,
+        11,
+        "each `device` entry must be a table",
+    );
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    assert_err(
+        "[[device]]\nname = \"a\nmtu = 1\n",
+        Syntax,
+        2,
+        10,
+        "invalid TOML",
+    );
+    let e = assert_err(
+        "[[device]]\nname = \"a\"\nname = \"b\"\n",
+        Syntax,
+        3,
+        1,
+        "duplicate key `name`",
+    );
+    assert_eq!(e.help(), Some("each key may appear only once in a table"));
+    let text = "[daemon]\n[[device]]\nname = \"a\"\n[daemon]\n";
+    let e = assert_err(text, Syntax, 4, 2, "table [daemon] is defined twice");
+    assert!(e.help().unwrap().contains("merge"));
+}
+
+#[test]
+fn integers_beyond_i64_are_rejected_with_position() {
+    let text = dev("queue_size = 99999999999999999999");
+    assert_err(
+        &text,
+        InvalidValue,
+        3,
+        14,
+        "the value of `queue_size` is too large",
+    );
+    assert_err(
+        &dev("socket_owner = 0x7fffffffffffffffff"),
+        InvalidValue,
+        3,
+        16,
+        "too large",
+    );
+}
+
+#[test]
+fn missing_name_points_at_the_table_header() {
+    let e = assert_err(
+        "[[device]]\nname = \"a\"\n\n[[device]]\nmtu = 1500\n",
+        MissingKey,
+        4,
+        1,
+        "no `name`",
+    );
+    assert!(e.help().unwrap().contains("name = \"vm1-net0\""));
+}
+
+#[test]
+fn bad_device_names() {
+    assert_err(
+        "[[device]]\nname = \"vm 1\"\n",
+        InvalidValue,
+        2,
+        8,
+        "contains ' '",
+    );
+    assert_err(
+        "[[device]]\nname = \"\"\n",
+        InvalidValue,
+        2,
+        8,
+        "must not be empty",
+    );
+    let long = format!("[[device]]\nname = \"{}\"\n", "x".repeat(65));
+    assert_err(&long, InvalidValue, 2, 8, "65 characters long");
+    ok(&format!("[[device]]\nname = \"{}\"\n", "x".repeat(64)));
+}
+
+#[test]
+fn queue_size_must_be_a_power_of_two_in_range() {
+    let e = assert_err(&dev("queue_size = 300"), InvalidValue, 3, 14, "");
+    assert_eq!(e.message(), "queue_size = 300 is not a power of two");
+    assert_eq!(
+        e.help(),
+        Some("use a power of two between 2 and 32768, e.g. 256")
+    );
+    assert_err(
+        &dev("queue_size = 65536"),
+        InvalidValue,
+        3,
+        14,
+        "queue_size = 65536 is out of range (2..=32768)",
+    );
+    assert_err(&dev("queue_size = 1"), InvalidValue, 3, 14, "out of range");
+    assert_err(
+        &dev("queue_size = -256"),
+        InvalidValue,
+        3,
+        14,
+        "out of range",
+    );
+    assert_eq!(ok(&dev("queue_size = 32768")).devices[0].queue_size, 32768);
+    assert_eq!(ok(&dev("queue_size = 2")).devices[0].queue_size, 2);
+}
+
+#[test]
+fn queue_pairs_and_mtu_ranges() {
+    assert_err(
+        &dev("queue_pairs = 0"),
+        InvalidValue,
+        3,
+        15,
+        "queue_pairs = 0 is out of range (1..=64)",
+    );
+    assert_err(
+        &dev("queue_pairs = 65"),
+        InvalidValue,
+        3,
+        15,
+        "out of range",
+    );
+    assert_eq!(ok(&dev("queue_pairs = 64")).devices[0].queue_pairs, 64);
+    assert_err(
+        &dev("mtu = 67"),
+        InvalidValue,
+        3,
+        7,
+        "mtu = 67 is out of range (68..=65535)",
+    );
+    assert_err(&dev("mtu = 65536"), InvalidValue, 3, 7, "out of range");
+    assert_eq!(ok(&dev("mtu = 68")).devices[0].mtu, Some(68));
+}
+
+#[test]
+fn mac_addresses() {
+    let e = assert_err(
+        &dev("mac = \"52:54:00:12:34\""),
+        InvalidValue,
+        3,
+        7,
+        "is not a MAC address",
+    );
+    assert!(e.help().unwrap().contains("52:54:00:12:34:56"));
+    let e = assert_err(
+        &dev("mac = \"01:00:5e:00:00:01\""),
+        InvalidValue,
+        3,
+        7,
+        "is a multicast address",
+    );
+    assert!(e.help().unwrap().contains("first octet even"), "{e}");
+    assert_err(
+        &dev("mac = \"ff:ff:ff:ff:ff:ff\""),
+        InvalidValue,
+        3,
+        7,
+        "multicast",
+    );
+    assert_err(
+        &dev("mac = \"00:00:00:00:00:00\""),
+        InvalidValue,
+        3,
+        7,
+        "all zeros",
+    );
+}
+
+#[test]
+fn pci_addresses() {
+    let e = assert_err(
+        &dev("pci = \"3b:00:2\""),
+        InvalidValue,
+        3,
+        7,
+        "not a PCI address",
+    );
+    assert!(e.help().unwrap().contains("lspci -D"));
+    assert_err(
+        &dev("pci = \"0000:3b:20.0\""),
+        InvalidValue,
+        3,
+        7,
+        "device number 0x20 is above 0x1f",
+    );
+    assert_err(
+        &dev("pci = \"0000:3b:00.8\""),
+        InvalidValue,
+        3,
+        7,
+        "function number 8 is above 7",
+    );
+}
+
+#[test]
+fn mode_and_backend_keywords() {
+    assert_err(
+        &dev("mode = \"Software\""),
+        InvalidValue,
+        3,
+        8,
+        "unknown mode `Software`, did you mean `software`?",
+    );
+    let e = assert_err(
+        &dev("mode = \"fast\""),
+        InvalidValue,
+        3,
+        8,
+        "unknown mode `fast`",
+    );
+    assert_eq!(
+        e.help(),
+        Some("mode must be one of \"auto\", \"offload\", \"software\"")
+    );
+    assert_err(
+        &dev("backend = \"af-packet\""),
+        InvalidValue,
+        3,
+        11,
+        "did you mean `af_packet`?",
+    );
+    assert_err(
+        &dev("backend = \"af_xdp\""),
+        InvalidValue,
+        3,
+        11,
+        "not supported yet",
+    );
+}
+
+#[test]
+fn offload_and_auto_need_pci() {
+    let e = assert_err(
+        &dev("mode = \"offload\""),
+        Conflict,
+        3,
+        8,
+        "mode = \"offload\" needs a `pci` address",
+    );
+    assert!(e.help().unwrap().contains("mode = \"software\""));
+    assert_err(&dev("mode = \"auto\""), Conflict, 3, 8, "needs a `pci`");
+    ok(&dev("mode = \"offload\"\npci = \"3b:00.2\""));
+}
+
+#[test]
+fn tap_name_needs_the_tap_backend() {
+    let e = assert_err(
+        &dev("tap_name = \"t0\""),
+        Conflict,
+        3,
+        12,
+        "the default without `pci`",
+    );
+    assert_eq!(
+        e.help(),
+        Some("set backend = \"tap\", or remove `tap_name`")
+    );
+    assert_err(
+        &dev("backend = \"af_packet\"\nnetdev = \"eth0\"\ntap_name = \"t0\""),
+        Conflict,
+        5,
+        12,
+        "`tap_name` only applies to backend = \"tap\", but this device's backend is \"af_packet\"",
+    );
+}
+
+#[test]
+fn netdev_needs_the_af_packet_backend() {
+    assert_err(
+        &dev("backend = \"tap\"\nnetdev = \"eth0\""),
+        Conflict,
+        4,
+        10,
+        "`netdev` only applies",
+    );
+    assert_err(
+        &dev("netdev = \"eth0\""),
+        Conflict,
+        3,
+        10,
+        "backend is \"loopback\"",
+    );
+    // With pci the default backend is af_packet, so netdev fits.
+    ok(&dev("pci = \"3b:00.2\"\nnetdev = \"eth0\""));
+}
+
+#[test]
+fn af_packet_needs_netdev_or_pci() {
+    let e = assert_err(
+        &dev("backend = \"af_packet\""),
+        Conflict,
+        3,
+        11,
+        "needs an interface",
+    );
+    assert!(e.help().unwrap().contains("netdev = \"eth1\""));
+    ok(&dev("backend = \"af_packet\"\nnetdev = \"eth1\""));
+    ok(&dev(
+        "backend = \"af_packet\"\npci = \"3b:00.2\"\nmode = \"software\"",
+    ));
+}
+
+#[test]
+fn interface_names() {
+    assert_err(
+        &dev("backend = \"tap\"\ntap_name = \"a/b\""),
+        InvalidValue,
+        4,
+        12,
+        "contains '/'",
+    );
+    assert_err(
+        &dev("backend = \"tap\"\ntap_name = \"sixteen-bytes-xx\""),
+        InvalidValue,
+        4,
+        12,
+        "1 to 15 bytes",
+    );
+    assert_err(
+        &dev("netdev = \"eth 1\"\nbackend = \"af_packet\""),
+        InvalidValue,
+        3,
+        10,
+        "contains ' '",
+    );
+    assert_err(
+        &dev("backend = \"af_packet\"\nnetdev = \"\""),
+        InvalidValue,
+        4,
+        10,
+        "1 to 15 bytes",
+    );
+}
+
+#[test]
+fn duplicate_names_point_at_the_second() {
+    let text =
+        "[[device]]\nname = \"a\"\n\n[[device]]\nname = \"b\"\n\n[[device]]\n  name = \"a\"\n";
+    let e = assert_err(text, Duplicate, 8, 10, "duplicate device name `a`");
+    assert!(e.help().unwrap().contains("the device at line 2"), "{e}");
+}
+
+#[test]
+fn duplicate_sockets_point_at_the_second() {
+    let text = "[daemon]\nrun_dir = \"/r\"\n[[device]]\nname = \"a\"\n[[device]]\nname = \"b\"\nsocket = \"a.sock\"\n";
+    let e = assert_err(
+        text,
+        Duplicate,
+        7,
+        10,
+        "socket `/r/a.sock` is already used by device `a` at line 4",
+    );
+    assert_eq!(e.help(), Some("give each device its own socket path"));
+    // The second device's socket is the default one, so the error points at its name.
+    let text = "[daemon]\nrun_dir = \"/r\"\n[[device]]\nname = \"a\"\nsocket = \"/r/./b.sock\"\n[[device]]\nname = \"b\"\n";
+    assert_err(text, Duplicate, 7, 8, "socket `/r/b.sock` is already used");
+}
+
+#[test]
+fn device_socket_must_not_be_the_control_socket() {
+    let text = "[daemon]\nrun_dir = \"/r\"\n[[device]]\nname = \"a\"\nsocket = \"control.sock\"\n";
+    assert_err(text, Duplicate, 5, 10, "is the daemon's control socket");
+    assert_err(
+        "[[device]]\nname = \"control\"\n",
+        Duplicate,
+        2,
+        8,
+        "control socket",
+    );
+}
+
+#[test]
+fn socket_paths_must_fit_in_sockaddr_un() {
+    let long = format!("/{}", "s".repeat(106));
+    ok(&dev(&format!("socket = \"{long}\"")));
+    let e = assert_err(
+        &dev(&format!("socket = \"{long}x\"")),
+        InvalidValue,
+        3,
+        10,
+        "is 108 bytes long",
+    );
+    assert!(e.message().contains("at most 107"));
+    // A default socket that is too long blames the name, the control socket the run_dir.
+    let run_dir = format!("/{}", "r".repeat(90));
+    let text = format!(
+        "[daemon]\nrun_dir = \"{run_dir}\"\n[[device]]\nname = \"{}\"\n",
+        "n".repeat(20)
+    );
+    let e = assert_err(&text, InvalidValue, 4, 8, "socket path");
+    assert!(e.help().unwrap().contains("shorter `run_dir`"));
+    let run_dir = format!("/{}", "r".repeat(100));
+    assert_err(
+        &format!("[daemon]\nrun_dir = \"{run_dir}\"\n"),
+        InvalidValue,
+        2,
+        11,
+        "control_socket path",
+    );
+    assert_err(
+        &dev("socket = \"dir/\""),
+        InvalidValue,
+        3,
+        10,
+        "names a directory",
+    );
+    assert_err(
+        &dev("socket = \"\""),
+        InvalidValue,
+        3,
+        10,
+        "must not be empty",
+    );
+    assert_err(&dev("socket = \"a\\u0000b\""), InvalidValue, 3, 10, "NUL");
+}
+
+#[test]
+fn run_dir_must_be_absolute() {
+    let e = assert_err(
+        "[daemon]\nrun_dir = \"run/vdpad\"\n",
+        InvalidValue,
+        2,
+        11,
+        "not an absolute path",
+    );
+    assert!(e.help().unwrap().contains("/run/vdpad"));
+}
+
+#[test]
+fn socket_modes() {
+    let cases = [
+        ("\"600a\"", "not an octal mode"),
+        ("\"0o600\"", "not an octal mode"),
+        ("\"60\"", "not an octal mode"),
+        ("\"06000\"", "not an octal mode"),
+        ("\"0800\"", "not an octal mode"),
+        ("\"4600\"", "setuid, setgid or sticky"),
+        ("\"1660\"", "setuid, setgid or sticky"),
+        (
+            "\"0400\"",
+            "does not give the socket's owner read and write",
+        ),
+        (
+            "\"0266\"",
+            "does not give the socket's owner read and write",
+        ),
+    ];
+    for (mode, msg) in cases {
+        assert_err(
+            &format!("[daemon]\nsocket_mode = {mode}\n"),
+            InvalidValue,
+            2,
+            15,
+            msg,
+        );
+        assert_err(
+            &dev(&format!("socket_mode = {mode}")),
+            InvalidValue,
+            3,
+            15,
+            msg,
+        );
+    }
+    let config = ok(&format!(
+        "[daemon]\nsocket_mode = \"660\"\n{}",
+        dev("socket_mode = \"0777\"")
+    ));
+    assert_eq!(config.daemon.socket_perms.mode, 0o660);
+    assert_eq!(config.devices[0].socket_perms.mode, 0o777);
+}
+
+#[test]
+fn unknown_user_and_group() {
+    let e = assert_err(
+        "[daemon]\nsocket_owner = \"vdpad-no-such-user\"\n",
+        UnknownId,
+        2,
+        16,
+        "unknown user `vdpad-no-such-user`",
+    );
+    assert!(e
+        .help()
+        .unwrap()
+        .contains("getent passwd vdpad-no-such-user"));
+    assert_err(
+        &dev("socket_group = \"vdpad-no-such-group\""),
+        UnknownId,
+        3,
+        16,
+        "unknown group",
+    );
+}
+
+#[test]
+fn numeric_ids() {
+    let config = ok(&format!(
+        "[daemon]\nsocket_owner = \"107\"\nsocket_group = 108\n{DEV}"
+    ));
+    assert_eq!(config.daemon.socket_perms.owner, Some(107));
+    assert_eq!(config.devices[0].socket_perms.group, Some(108));
+    assert_err(
+        &dev("socket_owner = -1"),
+        InvalidValue,
+        3,
+        16,
+        "not a valid user id",
+    );
+    assert_err(
+        &dev("socket_owner = 4294967295"),
+        InvalidValue,
+        3,
+        16,
+        "not a valid user id",
+    );
+    assert_err(
+        &dev("socket_group = \"99999999999\""),
+        InvalidValue,
+        3,
+        16,
+        "not a valid group id",
+    );
+}
+
+#[test]
+fn log_levels() {
+    for good in [
+        "info",
+        "trace",
+        "off",
+        "info,vdpa=debug",
+        "vdpa::control=trace",
+        "my-crate.x",
+        "warn,vdpa=3",
+    ] {
+        assert_eq!(
+            ok(&format!("[daemon]\nlog_level = \"{good}\"\n"))
+                .daemon
+                .log_level,
+            good
+        );
+    }
+    let bad = [
+        ("\"\"", "must not be empty"),
+        ("\",\"", "must not be empty"),
+        ("\"INFO\"", "contains 'I'"),
+        ("\"info vdpa\"", "contains ' '"),
+        (
+            "\"vdpa=verbose\"",
+            "`vdpa=verbose` is not of the form target=level",
+        ),
+        ("\"=debug\"", "not of the form"),
+        ("\"a=b=debug\"", "not of the form"),
+    ];
+    for (value, msg) in bad {
+        assert_err(
+            &format!("[daemon]\nlog_level = {value}\n"),
+            InvalidValue,
+            2,
+            13,
+            msg,
+        );
+    }
+}
+
+#[test]
+fn log_format() {
+    assert_err(
+        "[daemon]\nlog_format = \"jsn\"\n",
+        InvalidValue,
+        2,
+        14,
+        "did you mean `json`?",
+    );
+}
+
+#[test]
+fn error_display_reads_like_a_compiler_diagnostic() {
+    let e = err("[[device]]\nname = \"vm1-net0\"\nqueue_size = 300\n");
+    let expected = "t.toml:3:14: error: queue_size = 300 is not a power of two\n\
+                    \x20 help: use a power of two between 2 and 32768, e.g. 256\n\
+                    \x20 |\n\
+                    3 | queue_size = 300\n\
+                    \x20 |              ^^^";
+    assert_eq!(e.to_string(), expected);
+}

@@ -1,0 +1,442 @@
+//! Turns the raw mirror into the effective configuration: applies defaults, validates
+//! every value and every combination, and checks that device names and sockets are
+//! unique. Each error points at the value (or table header) that has to change.
+
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+
+use crate::defaults::{
+    default_run_dir, CONTROL_SOCKET_NAME, DEFAULT_LOG_LEVEL, DEFAULT_QUEUE_PAIRS,
+    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, MIN_MTU,
+};
+use crate::error::{ConfigError, ErrorKind, Source};
+use crate::fields::{self, IdKind};
+use crate::model::{
+    Backend, DaemonConfig, DeviceConfig, LogFormat, Mode, SocketPerms, MAX_QUEUE_PAIRS,
+};
+use crate::raw::{RawDaemon, RawDevice, RawId};
+
+type Span = Range<usize>;
+
+/// Builds the daemon settings from `[daemon]` (absent table: all defaults).
+pub(crate) fn daemon(
+    src: &Source<'_>,
+    raw: Option<&Spanned<RawDaemon>>,
+) -> Result<DaemonConfig, ConfigError> {
+    let empty = RawDaemon::default();
+    let (d, header) = match raw {
+        Some(table) => (table.get_ref(), Some(table.span())),
+        None => (&empty, None),
+    };
+    let run_dir = match &d.run_dir {
+        Some(v) => fields::run_dir(src, v)?,
+        None => default_run_dir(),
+    };
+    let blame = d.run_dir.as_ref().map(Spanned::span).or(header);
+    let control_socket = fields::socket_path(
+        src,
+        "control_socket",
+        d.control_socket.as_ref(),
+        CONTROL_SOCKET_NAME,
+        &run_dir,
+        blame,
+    )?;
+    let log_level = match &d.log_level {
+        Some(v) => fields::log_level(src, v)?,
+        None => DEFAULT_LOG_LEVEL.to_owned(),
+    };
+    let log_format = match &d.log_format {
+        Some(v) => fields::choice(
+            src,
+            v,
+            "log_format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )?,
+        None => LogFormat::Text,
+    };
+    let defaults = SocketPerms {
+        mode: DEFAULT_SOCKET_MODE,
+        owner: None,
+        group: None,
+    };
+    let socket_perms = perms(
+        src,
+        &d.socket_mode,
+        &d.socket_owner,
+        &d.socket_group,
+        defaults,
+    )?;
+    Ok(DaemonConfig {
+        run_dir,
+        control_socket,
+        log_level,
+        log_format,
+        socket_perms,
+    })
+}
+
+/// Socket permissions: each written value overrides the one in `inherited`.
+fn perms(
+    src: &Source<'_>,
+    mode: &Option<Spanned<String>>,
+    owner: &Option<Spanned<RawId>>,
+    group: &Option<Spanned<RawId>>,
+    inherited: SocketPerms,
+) -> Result<SocketPerms, ConfigError> {
+    Ok(SocketPerms {
+        mode: match mode {
+            Some(v) => fields::socket_mode(src, v)?,
+            None => inherited.mode,
+        },
+        owner: match owner {
+            Some(v) => Some(fields::id(src, v, IdKind::User)?),
+            None => inherited.owner,
+        },
+        group: match group {
+            Some(v) => Some(fields::id(src, v, IdKind::Group)?),
+            None => inherited.group,
+        },
+    })
+}
+
+/// A validated device and the spans needed to report conflicts with other devices.
+#[derive(Debug)]
+pub(crate) struct CheckedDevice {
+    /// The effective device.
+    pub config: DeviceConfig,
+    /// Span of the `name` value.
+    pub name_span: Span,
+    /// Span of the `socket` value, or of `name` when the socket is the default.
+    pub socket_span: Span,
+}
+
+/// The backend keyword as written, before `tap_name`/`netdev` are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BackendKind {
+    Loopback,
+    Tap,
+    AfPacket,
+}
+
+impl BackendKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Loopback => "loopback",
+            BackendKind::Tap => "tap",
+            BackendKind::AfPacket => "af_packet",
+        }
+    }
+}
+
+/// Validates one `[[device]]` table against the daemon settings it inherits from.
+pub(crate) fn device(
+    src: &Source<'_>,
+    table: &Spanned<RawDevice>,
+    daemon: &DaemonConfig,
+) -> Result<CheckedDevice, ConfigError> {
+    let d = table.get_ref();
+    let Some(name_value) = &d.name else {
+        return Err(src
+            .error(
+                ErrorKind::MissingKey,
+                table.span(),
+                "this [[device]] has no `name`",
+            )
+            .with_help("every device needs a unique name, e.g. name = \"vm1-net0\""));
+    };
+    let name = fields::device_name(src, name_value)?;
+    let socket = fields::socket_path(
+        src,
+        "socket",
+        d.socket.as_ref(),
+        &format!("{name}.sock"),
+        &daemon.run_dir,
+        Some(name_value.span()),
+    )?;
+    let socket_span = d.socket.as_ref().map_or(name_value.span(), Spanned::span);
+
+    let pci = d.pci.as_ref().map(|v| fields::pci(src, v)).transpose()?;
+    let default_mode = if pci.is_some() {
+        Mode::Auto
+    } else {
+        Mode::Software
+    };
+    let mode = match &d.mode {
+        Some(v) => fields::choice(
+            src,
+            v,
+            "mode",
+            &[
+                ("auto", Mode::Auto),
+                ("offload", Mode::Offload),
+                ("software", Mode::Software),
+            ],
+        )?,
+        None => default_mode,
+    };
+    if let (Some(v), None) = (&d.mode, pci) {
+        if mode != Mode::Software {
+            let msg = format!(
+                "mode = \"{}\" needs a `pci` address to offload to",
+                v.get_ref()
+            );
+            return Err(src.error(ErrorKind::Conflict, v.span(), msg).with_help(
+                "add pci = \"0000:3b:00.2\" (the NIC's address, see `lspci -D`), or use mode = \"software\"",
+            ));
+        }
+    }
+    let backend = backend(src, d, pci.is_some())?;
+
+    let queue_pairs = match &d.queue_pairs {
+        Some(v) => fields::int_in(
+            src,
+            v,
+            "queue_pairs",
+            1..=MAX_QUEUE_PAIRS,
+            "use between 1 and 64 queue pairs (and the same number in QEMU's `queues=`)",
+        )?,
+        None => DEFAULT_QUEUE_PAIRS,
+    };
+    let queue_size = match &d.queue_size {
+        Some(v) => fields::queue_size(src, v)?,
+        None => DEFAULT_QUEUE_SIZE,
+    };
+    let mac = d.mac.as_ref().map(|v| fields::mac(src, v)).transpose()?;
+    let mtu = d
+        .mtu
+        .as_ref()
+        .map(|v| {
+            fields::int_in(
+                src,
+                v,
+                "mtu",
+                MIN_MTU..=u16::MAX,
+                "use an MTU between 68 and 65535, e.g. 1500",
+            )
+        })
+        .transpose()?;
+    let flag = |v: &Option<Spanned<bool>>| v.as_ref().is_none_or(|b| *b.get_ref());
+    let socket_perms = perms(
+        src,
+        &d.socket_mode,
+        &d.socket_owner,
+        &d.socket_group,
+        daemon.socket_perms,
+    )?;
+
+    Ok(CheckedDevice {
+        config: DeviceConfig {
+            name,
+            socket,
+            mode,
+            pci,
+            backend,
+            queue_pairs,
+            queue_size,
+            mac,
+            mtu,
+            event_idx: flag(&d.event_idx),
+            mrg_rxbuf: flag(&d.mrg_rxbuf),
+            fallback: flag(&d.fallback),
+            socket_perms,
+        },
+        name_span: name_value.span(),
+        socket_span,
+    })
+}
+
+/// The software backend, with `tap_name`/`netdev` checked against it.
+fn backend(src: &Source<'_>, d: &RawDevice, has_pci: bool) -> Result<Backend, ConfigError> {
+    let kind = match &d.backend {
+        Some(v) if v.get_ref() == "af_xdp" => {
+            return Err(src
+                .error(
+                    ErrorKind::InvalidValue,
+                    v.span(),
+                    "backend `af_xdp` is not supported yet",
+                )
+                .with_help("use backend = \"af_packet\" on the same interface"));
+        }
+        Some(v) => fields::choice(
+            src,
+            v,
+            "backend",
+            &[
+                ("loopback", BackendKind::Loopback),
+                ("tap", BackendKind::Tap),
+                ("af_packet", BackendKind::AfPacket),
+            ],
+        )?,
+        None if has_pci => BackendKind::AfPacket,
+        None => BackendKind::Loopback,
+    };
+    let actual = match &d.backend {
+        Some(_) => format!("backend is \"{}\"", kind.as_str()),
+        None if has_pci => "backend is \"af_packet\" (the default with `pci`)".to_owned(),
+        None => "backend is \"loopback\" (the default without `pci`)".to_owned(),
+    };
+    let misplaced = |value: &Spanned<String>, key: &str, wanted: BackendKind| {
+        let msg = format!(
+            "`{key}` only applies to backend = \"{}\", but this device's {actual}",
+            wanted.as_str()
+        );
+        src.error(ErrorKind::Conflict, value.span(), msg)
+            .with_help(format!(
+                "set backend = \"{}\", or remove `{key}`",
+                wanted.as_str()
+            ))
+    };
+    if let (Some(v), false) = (&d.tap_name, kind == BackendKind::Tap) {
+        return Err(misplaced(v, "tap_name", BackendKind::Tap));
+    }
+    if let (Some(v), false) = (&d.netdev, kind == BackendKind::AfPacket) {
+        return Err(misplaced(v, "netdev", BackendKind::AfPacket));
+    }
+    Ok(match kind {
+        BackendKind::Loopback => Backend::Loopback,
+        BackendKind::Tap => Backend::Tap {
+            name: d
+                .tap_name
+                .as_ref()
+                .map(|v| fields::ifname(src, v, "tap_name"))
+                .transpose()?,
+        },
+        BackendKind::AfPacket => {
+            let netdev = d
+                .netdev
+                .as_ref()
+                .map(|v| fields::ifname(src, v, "netdev"))
+                .transpose()?;
+            if let (None, false, Some(v)) = (&netdev, has_pci, &d.backend) {
+                return Err(src
+                    .error(
+                        ErrorKind::Conflict,
+                        v.span(),
+                        "backend = \"af_packet\" needs an interface: set `netdev` or `pci`",
+                    )
+                    .with_help(
+                        "add netdev = \"eth1\" (the host interface to attach to), or pci = \"...\" \
+                         to use that NIC's interface",
+                    ));
+            }
+            Backend::AfPacket { netdev }
+        }
+    })
+}
+
+/// Validates `tables` in order and checks each device's name and socket against the
+/// control socket, the `existing` devices, and the devices before it.
+pub(crate) fn devices(
+    src: &Source<'_>,
+    tables: &[Spanned<RawDevice>],
+    daemon: &DaemonConfig,
+    existing: &[DeviceConfig],
+) -> Result<Vec<DeviceConfig>, ConfigError> {
+    let mut checked: Vec<CheckedDevice> = Vec::with_capacity(tables.len());
+    for table in tables {
+        let dev = device(src, table, daemon)?;
+        check_unique(src, &dev, daemon, existing, &checked)?;
+        checked.push(dev);
+    }
+    Ok(checked.into_iter().map(|d| d.config).collect())
+}
+
+fn check_unique(
+    src: &Source<'_>,
+    dev: &CheckedDevice,
+    daemon: &DaemonConfig,
+    existing: &[DeviceConfig],
+    earlier: &[CheckedDevice],
+) -> Result<(), ConfigError> {
+    let name = &dev.config.name;
+    let socket = &dev.config.socket;
+    let dup = |span: Span, msg: String, help: String| {
+        Err(src.error(ErrorKind::Duplicate, span, msg).with_help(help))
+    };
+    if existing.iter().any(|e| &e.name == name) {
+        return dup(
+            dev.name_span.clone(),
+            format!("a device named `{name}` already exists"),
+            "choose another name, or remove the existing device first".to_owned(),
+        );
+    }
+    if let Some(first) = earlier.iter().find(|e| &e.config.name == name) {
+        return dup(
+            dev.name_span.clone(),
+            format!("duplicate device name `{name}`"),
+            format!(
+                "the device at line {} already uses this name; device names must be unique",
+                src.line_of(first.name_span.start)
+            ),
+        );
+    }
+    if socket == &daemon.control_socket {
+        return dup(
+            dev.socket_span.clone(),
+            format!(
+                "socket `{}` is the daemon's control socket",
+                socket.display()
+            ),
+            "give the device another socket path".to_owned(),
+        );
+    }
+    let owner = existing
+        .iter()
+        .find(|e| &e.socket == socket)
+        .map(|e| format!("existing device `{}`", e.name))
+        .or_else(|| {
+            earlier
+                .iter()
+                .find(|e| &e.config.socket == socket)
+                .map(|e| {
+                    format!(
+                        "device `{}` at line {}",
+                        e.config.name,
+                        src.line_of(e.name_span.start)
+                    )
+                })
+        });
+    if let Some(owner) = owner {
+        return dup(
+            dev.socket_span.clone(),
+            format!("socket `{}` is already used by {owner}", socket.display()),
+            "give each device its own socket path".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks already-validated devices for clashes with `existing` ones and with each
+/// other; errors have no position, only `origin` and the device name.
+pub(crate) fn unique_without_spans(
+    origin: &str,
+    control_socket: &Path,
+    existing: &[DeviceConfig],
+    new: &[DeviceConfig],
+) -> Result<(), ConfigError> {
+    for (i, dev) in new.iter().enumerate() {
+        let others = existing.iter().chain(&new[..i]);
+        let fail = |msg: String| Err(ConfigError::unlocated(ErrorKind::Duplicate, origin, msg));
+        if let Some(other) = others.clone().find(|o| o.name == dev.name) {
+            return fail(format!("a device named `{}` already exists", other.name));
+        }
+        if dev.socket == control_socket {
+            return fail(format!(
+                "device `{}`: socket `{}` is the daemon's control socket",
+                dev.name,
+                dev.socket.display()
+            ));
+        }
+        if let Some(other) = others.clone().find(|o| o.socket == dev.socket) {
+            return fail(format!(
+                "device `{}`: socket `{}` is already used by device `{}`",
+                dev.name,
+                dev.socket.display(),
+                other.name
+            ));
+        }
+    }
+    Ok(())
+}
