@@ -28,6 +28,8 @@ pub struct DaemonConfig {
     /// Ownership and mode given to every socket the daemon creates, unless a device
     /// overrides it.
     pub socket_perms: SocketPerms,
+    /// Address (`IP:port`) of the Prometheus metrics endpoint, if enabled.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// How log lines are written.
@@ -146,6 +148,43 @@ pub struct DeviceConfig {
     pub fallback: bool,
     /// Socket ownership and mode for this device's socket.
     pub socket_perms: SocketPerms,
+    /// Offer checksum and segmentation offloads when the datapath supports them.
+    pub offloads: bool,
+    /// The VM this device belongs to: devices of one VM share one IOMMU container
+    /// (offload); `None` gives the device a container of its own.
+    pub vm: Option<String>,
+    /// Software datapath tuning.
+    pub tuning: Tuning,
+}
+
+/// Software datapath knobs of one device (see docs/software-datapath.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Chains per pass and direction before the used index is published (1..=1024).
+    pub burst: u16,
+    /// Frames a worker moves per wakeup before yielding the CPU (1..=65536).
+    pub weight: u32,
+    /// Busy-poll budget after the rings go idle, in microseconds (0 = off, ..=1_000_000).
+    pub busy_poll_us: u32,
+    /// Hold RX interrupts until this many frames completed (0 = off, ..=65535).
+    pub rx_coalesce_frames: u32,
+    /// ...or until this many microseconds passed (0 = off, ..=1_000_000).
+    pub rx_coalesce_usecs: u32,
+    /// CPUs workers are pinned to: pair i on `cpus[i % len]`; empty = no pinning.
+    pub cpus: Vec<u16>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            burst: 64,
+            weight: 256,
+            busy_poll_us: 0,
+            rx_coalesce_frames: 0,
+            rx_coalesce_usecs: 0,
+            cpus: Vec::new(),
+        }
+    }
 }
 
 /// Largest `queue_pairs` accepted.

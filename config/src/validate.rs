@@ -74,6 +74,7 @@ pub(crate) fn daemon(
         log_level,
         log_format,
         socket_perms,
+        metrics_listen: None,
     })
 }
 
@@ -241,6 +242,9 @@ pub(crate) fn device(
             mrg_rxbuf: flag(&d.mrg_rxbuf),
             fallback: flag(&d.fallback),
             socket_perms,
+            offloads: true,
+            vm: None,
+            tuning: crate::Tuning::default(),
         },
         name_span: name_value.span(),
         socket_span,

@@ -129,6 +129,9 @@ fn device_config(socket: PathBuf, pairs: u16) -> DeviceConfig {
             owner: None,
             group: None,
         },
+        offloads: true,
+        vm: None,
+        tuning: Default::default(),
     }
 }
 
