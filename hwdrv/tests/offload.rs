@@ -389,5 +389,8 @@ fn device_config() -> vdpad_config::DeviceConfig {
             owner: None,
             group: None,
         },
+        offloads: true,
+        vm: None,
+        tuning: Default::default(),
     }
 }
