@@ -39,6 +39,7 @@ pub struct SoftwareDatapath {
     /// Largest L3 packet the device carries (for sizing RX reads).
     mtu: u16,
     tuning: Tuning,
+    offloads: bool,
     workers: BTreeMap<u16, Worker>,
     bases: BTreeMap<u16, u16>,
     counters: BTreeMap<u16, Arc<QueueCounters>>,
@@ -59,10 +60,26 @@ impl SoftwareDatapath {
             backend,
             mtu,
             tuning,
+            offloads: true,
             workers: BTreeMap::new(),
             bases: BTreeMap::new(),
             counters: BTreeMap::new(),
             interrupts: BTreeMap::new(),
+        }
+    }
+
+    /// Offers no checksum/segmentation offloads even if the backend could.
+    pub fn without_offloads(mut self) -> Self {
+        self.offloads = false;
+        self
+    }
+
+    /// The offloads `backend` can serve (what the device will offer with it).
+    pub fn backend_offloads(backend: &Backend) -> u64 {
+        match backend {
+            Backend::Tap(t) if t.supports_offloads() => TAP_OFFLOADS,
+            Backend::AfPacket(_) => AF_PACKET_OFFLOADS,
+            _ => 0,
         }
     }
 
@@ -85,10 +102,10 @@ impl Datapath for SoftwareDatapath {
     }
 
     fn offload_features(&self) -> u64 {
-        match &self.backend {
-            Backend::Tap(t) if t.supports_offloads() => TAP_OFFLOADS,
-            Backend::AfPacket(_) => AF_PACKET_OFFLOADS,
-            _ => 0,
+        if self.offloads {
+            Self::backend_offloads(&self.backend)
+        } else {
+            0
         }
     }
 

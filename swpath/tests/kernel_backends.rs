@@ -248,9 +248,9 @@ impl KernelRig {
                 owner: None,
                 group: None,
             },
-        offloads: true,
-        vm: None,
-        tuning: Default::default(),
+            offloads: true,
+            vm: None,
+            tuning: Default::default(),
         };
         let dp = SoftwareDatapath::new("tap0", backend, 1500, swpath::Tuning::default());
         let shutdown = Shutdown::new().unwrap();

@@ -53,9 +53,9 @@ impl Served {
                 owner: None,
                 group: None,
             },
-        offloads: true,
-        vm: None,
-        tuning: Default::default(),
+            offloads: true,
+            vm: None,
+            tuning: Default::default(),
         };
         let dp = SoftwareDatapath::new(&cfg.name, Backend::Loopback, 1500, tuning);
         let shutdown = Shutdown::new().unwrap();

@@ -4,10 +4,10 @@
 use anyhow::{Context, Result};
 use tracing::info;
 use vdpa::server::{DeviceServer, Shutdown};
-use vdpa::{Device, DeviceHandle};
+use vdpa::DeviceHandle;
 use vdpad_config::Config;
 
-use crate::wiring;
+use crate::wiring::{self, Containers};
 
 /// A running daemon.
 pub struct Daemon {
@@ -26,18 +26,18 @@ impl Daemon {
             servers: Vec::new(),
             shutdown,
         };
+        let mut containers = Containers::default();
         for dev in &cfg.devices {
-            let choice = match wiring::choose(dev) {
-                Ok(c) => c,
+            let wired = match wiring::build(dev, &mut containers) {
+                Ok(w) => w,
                 Err(e) => {
                     daemon.stop();
                     return Err(e.into());
                 }
             };
-            info!(device = %dev.name, datapath = %choice.datapath.describe(), reason = %choice.reason,
-                  "datapath chosen");
-            let device = Device::new(dev.clone(), choice.datapath);
-            match DeviceServer::start(device, daemon.shutdown.clone()) {
+            info!(device = %dev.name, mode = wired.mode, reason = %wired.reason,
+                  datapath = %wired.device.handle().datapath_description(), "datapath chosen");
+            match DeviceServer::start(wired.device, daemon.shutdown.clone()) {
                 Ok(s) => daemon.servers.push(s),
                 Err(e) => {
                     daemon.stop();

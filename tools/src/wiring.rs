@@ -1,49 +1,212 @@
-//! Choosing a datapath for a device. Every decision about which datapath serves a
-//! device, and why, is made here.
+//! Choosing and building the datapath of a device. Every decision about which
+//! datapath serves a device — and why — is made here: the configured mode, auto-mode
+//! classification of the PCI function, and the software fallback when offload cannot
+//! serve.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hwdrv::classify::netdev_of;
+use hwdrv::{classify, Decision, OffloadDatapath, VfioFunction, VfioVm};
+use swpath::af_packet::AfPacket;
+use swpath::tap::Tap;
+use swpath::{Backend as SwBackend, SoftwareDatapath, Tuning};
 use thiserror::Error;
-use vdpa::Datapath;
+use tracing::warn;
+use vdpa::{Datapath, Device};
 use vdpad_config::{Backend, DeviceConfig, Mode};
 
-/// A device configuration this build cannot serve.
+/// A device that cannot be served.
 #[derive(Debug, Error)]
 #[error("device {device}: {what}")]
 pub struct WiringError {
     /// Device name.
     pub device: String,
-    /// What is missing.
+    /// What went wrong, with its cause.
     pub what: String,
 }
 
-/// The datapath chosen for a device and the reason, for logs and `vdpactl`.
-pub struct Choice {
-    /// The datapath.
-    pub datapath: Box<dyn Datapath>,
-    /// Why it was chosen.
+/// A device ready to serve, and why it is served the way it is.
+pub struct Wired {
+    /// The device.
+    pub device: Device,
+    /// `offload` or `software`.
+    pub mode: &'static str,
+    /// Why this datapath was chosen, for logs and `vdpactl`.
     pub reason: String,
 }
 
-/// Picks and builds the datapath for `dev`.
-pub fn choose(dev: &DeviceConfig) -> Result<Choice, WiringError> {
-    let unsupported = |what: &str| WiringError {
-        device: dev.name.clone(),
-        what: what.to_owned(),
-    };
-    match dev.mode {
-        Mode::Software => {}
-        Mode::Offload | Mode::Auto => {
-            return Err(unsupported(
-                "the offload datapath is not available in this build; use mode = \"software\"",
-            ))
+/// IOMMU containers by VM: the devices of one VM share one, so its memory is mapped
+/// once; devices of different VMs never do.
+#[derive(Default)]
+pub struct Containers {
+    by_vm: HashMap<String, Arc<VfioVm>>,
+}
+
+impl Containers {
+    fn for_device(&mut self, dev: &DeviceConfig) -> std::io::Result<Arc<VfioVm>> {
+        match &dev.vm {
+            Some(vm) => {
+                if let Some(c) = self.by_vm.get(vm) {
+                    return Ok(c.clone());
+                }
+                let c = VfioVm::new(vm)?;
+                self.by_vm.insert(vm.clone(), c.clone());
+                Ok(c)
+            }
+            // No VM given: a container of its own (safe; memory is pinned per device).
+            None => VfioVm::new(&dev.name),
         }
     }
-    match &dev.backend {
-        Backend::Loopback => Ok(Choice {
-            datapath: Box::new(swpath::SoftwareDatapath::loopback(&dev.name)),
-            reason: "mode = \"software\", backend = \"loopback\"".to_owned(),
-        }),
-        Backend::Tap { .. } | Backend::AfPacket { .. } => Err(unsupported(
-            "this build's software datapath has only the loopback backend; use backend = \"loopback\"",
-        )),
+}
+
+/// The software knobs of a device, in the datapath's terms.
+pub fn tuning(dev: &DeviceConfig) -> Tuning {
+    let t = &dev.tuning;
+    Tuning {
+        burst: usize::from(t.burst),
+        weight: t.weight as usize,
+        busy_poll: Duration::from_micros(u64::from(t.busy_poll_us)),
+        rx_coalesce_frames: t.rx_coalesce_frames,
+        rx_coalesce_time: Duration::from_micros(u64::from(t.rx_coalesce_usecs)),
+        cpus: t.cpus.iter().map(|&c| usize::from(c)).collect(),
     }
+}
+
+/// Builds `dev` with the datapath its configuration asks for.
+pub fn build(dev: &DeviceConfig, containers: &mut Containers) -> Result<Wired, WiringError> {
+    let err = |what: String| WiringError {
+        device: dev.name.clone(),
+        what,
+    };
+    match dev.mode {
+        Mode::Software => {
+            let dp = software(dev).map_err(err)?;
+            let reason = format!(
+                "mode = \"software\", backend = \"{}\"",
+                dev.backend.keyword()
+            );
+            Ok(Wired {
+                device: Device::new(dev.clone(), Box::new(dp)),
+                mode: "software",
+                reason,
+            })
+        }
+        Mode::Offload => offload(dev, containers, "mode = \"offload\"".into()),
+        Mode::Auto => {
+            let bdf = pci_of(dev).map_err(err)?;
+            let c = classify(&bdf).map_err(|e| err(format!("auto mode cannot read {bdf}: {e}")))?;
+            match c.decision {
+                Decision::Offload => offload(dev, containers, format!("auto: {}", c.reason)),
+                Decision::Software => {
+                    let dp = software(dev).map_err(err)?;
+                    Ok(Wired {
+                        device: Device::new(dev.clone(), Box::new(dp)),
+                        mode: "software",
+                        reason: format!("auto: {}", c.reason),
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn pci_of(dev: &DeviceConfig) -> Result<String, String> {
+    dev.pci
+        .map(|p| p.to_string())
+        .ok_or_else(|| "this mode needs `pci`".to_owned())
+}
+
+/// The offload datapath on the device's PCI function, with the software fallback
+/// behind it when `fallback = true`.
+fn offload(
+    dev: &DeviceConfig,
+    containers: &mut Containers,
+    why: String,
+) -> Result<Wired, WiringError> {
+    let err = |what: String| WiringError {
+        device: dev.name.clone(),
+        what,
+    };
+    let bdf = pci_of(dev).map_err(err)?;
+    let primary = containers
+        .for_device(dev)
+        .and_then(|vm| VfioFunction::open(&vm, &bdf))
+        .map_err(|e| format!("VFIO on {bdf}: {e}"))
+        .and_then(|f| OffloadDatapath::for_device(Arc::new(f), dev).map_err(|e| e.to_string()));
+    match primary {
+        Ok(dp) if dev.fallback => {
+            let cfg = dev.clone();
+            let make = Box::new(move || software(&cfg).map(|d| Box::new(d) as Box<dyn Datapath>));
+            let fallback_offloads = fallback_offloads(dev);
+            Ok(Wired {
+                device: Device::with_fallback(dev.clone(), Box::new(dp), make, fallback_offloads),
+                mode: "offload",
+                reason: format!("{why}; software fallback ready"),
+            })
+        }
+        Ok(dp) => Ok(Wired {
+            device: Device::new(dev.clone(), Box::new(dp)),
+            mode: "offload",
+            reason: why,
+        }),
+        Err(e) if dev.fallback => {
+            warn!(device = %dev.name, error = %e, "offload unavailable; falling back to software");
+            let dp = software(dev)
+                .map_err(|f| err(format!("offload failed ({e}) and so did the fallback: {f}")))?;
+            let device = Device::new(dev.clone(), Box::new(dp));
+            Ok(Wired {
+                device,
+                mode: "software",
+                reason: format!("fallback: offload failed: {e}"),
+            })
+        }
+        Err(e) => Err(err(format!(
+            "offload failed: {e} (set fallback = true to use software instead)"
+        ))),
+    }
+}
+
+/// Offloads the software fallback would offer, so both datapaths offer the same.
+fn fallback_offloads(dev: &DeviceConfig) -> u64 {
+    if !dev.offloads {
+        return 0;
+    }
+    match dev.backend {
+        Backend::Loopback => 0,
+        Backend::Tap { .. } => swpath::tap::TAP_OFFLOADS,
+        Backend::AfPacket { .. } => swpath::af_packet::AF_PACKET_OFFLOADS,
+    }
+}
+
+/// The software datapath with the configured backend.
+pub fn software(dev: &DeviceConfig) -> Result<SoftwareDatapath, String> {
+    let backend = match &dev.backend {
+        Backend::Loopback => SwBackend::Loopback,
+        Backend::Tap { name } => SwBackend::Tap(
+            Tap::open(name.as_deref(), dev.queue_pairs).map_err(|e| format!("tap: {e}"))?,
+        ),
+        Backend::AfPacket { netdev } => {
+            let ifname = match (netdev, dev.pci) {
+                (Some(n), _) => n.clone(),
+                (None, Some(pci)) => netdev_of(&pci.to_string())
+                    .map_err(|e| format!("finding the netdev of {pci}: {e}"))?
+                    .ok_or_else(|| {
+                        format!("{pci} has no network interface (is it bound to a kernel NIC driver, not vfio-pci?); set netdev")
+                    })?,
+                (None, None) => return Err("backend af_packet needs netdev or pci".into()),
+            };
+            SwBackend::AfPacket(
+                AfPacket::open(&ifname, dev.queue_pairs)
+                    .map_err(|e| format!("AF_PACKET on {ifname}: {e}"))?,
+            )
+        }
+    };
+    let dp = SoftwareDatapath::new(&dev.name, backend, dev.mtu.unwrap_or(1500), tuning(dev));
+    Ok(if dev.offloads {
+        dp
+    } else {
+        dp.without_offloads()
+    })
 }

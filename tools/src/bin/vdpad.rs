@@ -59,7 +59,11 @@ fn main() -> ExitCode {
     // Everything the daemon creates (sockets before their chmod) is private.
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0o077) };
-    logging::init(args.log_level.as_deref(), &cfg.daemon.log_level, cfg.daemon.log_format);
+    logging::init(
+        args.log_level.as_deref(),
+        &cfg.daemon.log_level,
+        cfg.daemon.log_format,
+    );
     info!(version = env!("CARGO_PKG_VERSION"), devices = cfg.devices.len(),
           config = %args.config.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
           "vdpad starting");
@@ -74,7 +78,10 @@ fn main() -> ExitCode {
     for dev in &cfg.devices {
         let line = qemu::command_line(dev, "1G");
         if embedded {
-            println!("Attach a VM to device {} with these QEMU options:\n  {line}\n", dev.name);
+            println!(
+                "Attach a VM to device {} with these QEMU options:\n  {line}\n",
+                dev.name
+            );
         } else {
             info!(device = %dev.name, qemu = %line.replace(" \\\n  ", " "), "attach with");
         }
@@ -83,7 +90,9 @@ fn main() -> ExitCode {
         match signals::wait() {
             Ok(Signal::Terminate) => break,
             Ok(Signal::DumpStats) => daemon.log_stats(),
-            Ok(Signal::Reload) => info!("SIGHUP: configuration reload is not supported yet; ignored"),
+            Ok(Signal::Reload) => {
+                info!("SIGHUP: configuration reload is not supported yet; ignored")
+            }
             Err(e) => {
                 error!(error = %e, "waiting for signals failed");
                 break;
