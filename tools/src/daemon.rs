@@ -1,18 +1,60 @@
-//! Starting and stopping a daemon: every configured device wired to its datapath and
-//! served on its socket.
+//! A running daemon: every configured device wired to its datapath and served on its
+//! socket, with devices added and removed while it runs (`vdpactl add/remove`, SIGHUP).
 
-use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
 use tracing::info;
 use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::DeviceHandle;
-use vdpad_config::Config;
+use vdpad_config::{Config, DeviceConfig};
 
 use crate::wiring::{self, Containers};
 
+/// One served device.
+struct Served {
+    server: DeviceServer,
+    shutdown: Shutdown,
+    config: DeviceConfig,
+    mode: &'static str,
+    reason: String,
+    pci_name: Option<String>,
+}
+
+/// What the daemon knows about one device, for `vdpactl list` and metrics.
+#[derive(Clone)]
+pub struct DeviceInfo {
+    /// Its configuration.
+    pub config: DeviceConfig,
+    /// `offload` or `software`, as chosen at start.
+    pub mode: &'static str,
+    /// Why.
+    pub reason: String,
+    /// Vendor and device name of its PCI function, if it has one.
+    pub pci_name: Option<String>,
+    /// Live status and counters.
+    pub handle: DeviceHandle,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    /// Devices started.
+    pub added: Vec<String>,
+    /// Devices stopped and removed.
+    pub removed: Vec<String>,
+    /// Devices whose configuration changed: stopped and started again.
+    pub restarted: Vec<String>,
+    /// Devices left running untouched.
+    pub unchanged: Vec<String>,
+}
+
 /// A running daemon.
 pub struct Daemon {
-    servers: Vec<DeviceServer>,
-    shutdown: Shutdown,
+    config: Config,
+    devices: BTreeMap<String, Served>,
+    containers: Containers,
 }
 
 impl Daemon {
@@ -21,54 +63,140 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Daemon> {
         std::fs::create_dir_all(&cfg.daemon.run_dir)
             .with_context(|| format!("creating run directory {}", cfg.daemon.run_dir.display()))?;
-        let shutdown = Shutdown::new().context("creating the shutdown eventfd")?;
         let mut daemon = Daemon {
-            servers: Vec::new(),
-            shutdown,
+            config: Config {
+                daemon: cfg.daemon.clone(),
+                devices: Vec::new(),
+            },
+            devices: BTreeMap::new(),
+            containers: Containers::default(),
         };
-        let mut containers = Containers::default();
         for dev in &cfg.devices {
-            let wired = match wiring::build(dev, &mut containers) {
-                Ok(w) => w,
-                Err(e) => {
-                    daemon.stop();
-                    return Err(e.into());
-                }
-            };
-            info!(device = %dev.name, mode = wired.mode, reason = %wired.reason,
-                  datapath = %wired.device.handle().datapath_description(), "datapath chosen");
-            match DeviceServer::start(wired.device, daemon.shutdown.clone()) {
-                Ok(s) => daemon.servers.push(s),
-                Err(e) => {
-                    daemon.stop();
-                    return Err(e).with_context(|| format!("device {}", dev.name));
-                }
+            if let Err(e) = daemon.serve(dev.clone()) {
+                daemon.stop();
+                return Err(e);
             }
         }
         Ok(daemon)
     }
 
-    /// Views of every device.
-    pub fn devices(&self) -> Vec<DeviceHandle> {
-        self.servers.iter().map(|s| s.handle().clone()).collect()
+    /// The configuration in effect (devices added or removed at run time included).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn serve(&mut self, dev: DeviceConfig) -> Result<()> {
+        let wired = wiring::build(&dev, &mut self.containers)?;
+        info!(device = %dev.name, mode = wired.mode, reason = %wired.reason,
+              datapath = %wired.device.handle().datapath_description(), "datapath chosen");
+        let shutdown = Shutdown::new().context("creating a shutdown eventfd")?;
+        let server = DeviceServer::start(wired.device, shutdown.clone())
+            .with_context(|| format!("device {}", dev.name))?;
+        let pci_name = dev
+            .pci
+            .and_then(|p| hwdrv::classify(&p.to_string()).ok())
+            .map(|c| c.name);
+        self.config.devices.push(dev.clone());
+        self.devices.insert(
+            dev.name.clone(),
+            Served {
+                server,
+                shutdown,
+                config: dev,
+                mode: wired.mode,
+                reason: wired.reason,
+                pci_name,
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds and starts a device. Its name and socket must be new; the caller validated
+    /// it (see `Config::with_added_devices`).
+    pub fn add(&mut self, dev: DeviceConfig) -> Result<()> {
+        let check = self.config.with_added_devices(vec![dev.clone()]);
+        check.map_err(|e| anyhow!("{e}"))?;
+        self.serve(dev)
+    }
+
+    /// Stops and removes device `name`: its frontend is disconnected, its datapath
+    /// stopped, its socket removed.
+    pub fn remove(&mut self, name: &str) -> Result<()> {
+        let served = self
+            .devices
+            .remove(name)
+            .ok_or_else(|| anyhow!("no device named {name:?}"))?;
+        served.shutdown.raise();
+        served.server.join();
+        self.config.devices.retain(|d| d.name != name);
+        info!(device = name, "device removed");
+        Ok(())
+    }
+
+    /// Applies a new configuration: new devices start, vanished ones stop, changed
+    /// ones restart, unchanged ones keep running untouched. Daemon-wide settings that
+    /// need a restart (run_dir, control socket) are not changed.
+    pub fn reload(&mut self, new: &Config) -> Result<ReloadReport> {
+        let mut report = ReloadReport::default();
+        let old: BTreeMap<String, DeviceConfig> = self
+            .config
+            .devices
+            .iter()
+            .map(|d| (d.name.clone(), d.clone()))
+            .collect();
+        for (name, cfg) in &old {
+            match new.device(name) {
+                None => {
+                    self.remove(name)?;
+                    report.removed.push(name.clone());
+                }
+                Some(n) if n != cfg => {
+                    self.remove(name)?;
+                    report.restarted.push(name.clone());
+                }
+                Some(_) => report.unchanged.push(name.clone()),
+            }
+        }
+        for dev in &new.devices {
+            if !self.devices.contains_key(&dev.name) {
+                self.serve(dev.clone())?;
+                if !report.restarted.contains(&dev.name) {
+                    report.added.push(dev.name.clone());
+                }
+            }
+        }
+        self.config.daemon.log_level = new.daemon.log_level.clone();
+        Ok(report)
+    }
+
+    /// Every device, in name order.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.devices
+            .values()
+            .map(|s| DeviceInfo {
+                config: s.config.clone(),
+                mode: s.mode,
+                reason: s.reason.clone(),
+                pci_name: s.pci_name.clone(),
+                handle: s.server.handle().clone(),
+            })
+            .collect()
     }
 
     /// The device called `name`.
     pub fn device(&self, name: &str) -> Option<DeviceHandle> {
-        self.servers
-            .iter()
-            .find(|s| s.handle().name() == name)
-            .map(|s| s.handle().clone())
+        self.devices.get(name).map(|s| s.server.handle().clone())
     }
 
     /// Logs every queue's counters (SIGUSR1).
     pub fn log_stats(&self) {
         for d in self.devices() {
-            let st = d.status();
-            info!(device = d.name(), state = ?st.state, running_pairs = ?st.running_pairs,
+            let h = &d.handle;
+            let st = h.status();
+            info!(device = h.name(), state = ?st.state, running_pairs = ?st.running_pairs,
                   connections = st.connections, "device status");
-            for q in d.stats() {
-                info!(device = d.name(), ring = q.ring, dir = q.direction, packets = q.packets,
+            for q in h.stats() {
+                info!(device = h.name(), ring = q.ring, dir = q.direction, packets = q.packets,
                       bytes = q.bytes, kicks = q.kicks, interrupts = q.interrupts,
                       suppressed = q.interrupts_suppressed, bursts = q.bursts,
                       rx_no_buffer = q.rx_no_buffer, drops = q.total_drops(),
@@ -81,10 +209,13 @@ impl Daemon {
 
     /// Stops every device: datapaths stopped, frontends disconnected, sockets removed.
     pub fn stop(&mut self) {
-        self.shutdown.raise();
-        for s in self.servers.drain(..) {
-            s.join();
+        for s in self.devices.values() {
+            s.shutdown.raise();
         }
+        for (_, s) in std::mem::take(&mut self.devices) {
+            s.server.join();
+        }
+        self.config.devices.clear();
     }
 }
 

@@ -90,9 +90,7 @@ fn main() -> ExitCode {
         match signals::wait() {
             Ok(Signal::Terminate) => break,
             Ok(Signal::DumpStats) => daemon.log_stats(),
-            Ok(Signal::Reload) => {
-                info!("SIGHUP: configuration reload is not supported yet; ignored")
-            }
+            Ok(Signal::Reload) => reload(&mut daemon, args.config.as_deref()),
             Err(e) => {
                 error!(error = %e, "waiting for signals failed");
                 break;
@@ -103,4 +101,22 @@ fn main() -> ExitCode {
     daemon.stop();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-reads the configuration file and applies added, removed and changed
+/// devices; on any error nothing changes.
+fn reload(daemon: &mut Daemon, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        info!("SIGHUP: running the embedded default, there is no file to re-read");
+        return;
+    };
+    info!(config = %path.display(), "SIGHUP: re-reading the configuration");
+    match Config::from_file(path) {
+        Err(e) => error!("configuration not reloaded, nothing changed:\n{e}"),
+        Ok(new) => match daemon.reload(&new) {
+            Ok(r) => info!(added = ?r.added, removed = ?r.removed, restarted = ?r.restarted,
+                           unchanged = r.unchanged.len(), "configuration reloaded"),
+            Err(e) => error!("configuration reload failed part way: {e:#}"),
+        },
+    }
 }
