@@ -282,6 +282,24 @@ impl Drop for Testpmd {
     fn drop(&mut self) {
         self.proc.stop(SIGINT, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        // Hugepage backing files are named after the file prefix; DPDK leaves them
+        // behind when it is killed (and with --single-file-segments even on exit).
+        if let (Some(prefix), Ok(entries)) = (
+            self.runtime_dir
+                .file_name()
+                .map(|p| p.to_string_lossy().into_owned()),
+            std::fs::read_dir("/dev/hugepages"),
+        ) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{prefix}map_"))
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 }
 
