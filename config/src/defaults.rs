@@ -48,6 +48,30 @@ pub const SOCKET_PATH_MAX: usize = 107;
 /// Longest network interface name (`IFNAMSIZ` - 1).
 pub const IFNAME_MAX: usize = 15;
 
+/// Default `burst`: vhost-net's `VHOST_NET_BATCH`.
+pub const DEFAULT_BURST: u16 = 64;
+
+/// Largest `burst` accepted.
+pub const MAX_BURST: u16 = 1024;
+
+/// Default `weight`: vhost-net's `VHOST_NET_PKT_WEIGHT`.
+pub const DEFAULT_WEIGHT: u32 = 256;
+
+/// Largest `weight` accepted.
+pub const MAX_WEIGHT: u32 = 65536;
+
+/// Largest `busy_poll_us` accepted (one second).
+pub const MAX_BUSY_POLL_US: u32 = 1_000_000;
+
+/// Largest `rx_coalesce_frames` accepted.
+pub const MAX_RX_COALESCE_FRAMES: u32 = 65535;
+
+/// Largest `rx_coalesce_usecs` accepted (one second).
+pub const MAX_RX_COALESCE_USECS: u32 = 1_000_000;
+
+/// Highest CPU number accepted in `cpus`.
+pub const MAX_CPU: u16 = 1023;
+
 /// The directory for sockets when the configuration does not set `run_dir`:
 ///
 /// * `/run/vdpad` when running as root (effective uid 0);

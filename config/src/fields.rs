@@ -1,12 +1,14 @@
 //! Validators for single values: each takes the value as written (with its span) and
 //! returns the effective value or an error pointing at the value, with a fix hint.
 
-use std::ops::Range;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
 use std::path::{Component, Path, PathBuf};
 
 use toml::Spanned;
 
-use crate::defaults::{IFNAME_MAX, MAX_NAME_LEN, MIN_QUEUE_SIZE, SOCKET_PATH_MAX};
+use crate::defaults::{IFNAME_MAX, MAX_CPU, MAX_NAME_LEN, MIN_QUEUE_SIZE, SOCKET_PATH_MAX};
 use crate::error::{ConfigError, ErrorKind, Source};
 use crate::ids;
 use crate::model::{MacAddress, PciAddress};
@@ -20,6 +22,11 @@ const SOCKET_MODE_HELP: &str =
     "use 3 or 4 octal digits that give the owner read and write, e.g. \"0600\" or \"0660\"";
 const LOG_LEVEL_HELP: &str = "use a level (off, error, warn, info, debug, trace) or a list of \
                               directives such as \"info,vdpa=debug\"";
+const METRICS_LISTEN_HELP: &str = "write IP:port with a port from 1 to 65535, e.g. \
+                                   \"127.0.0.1:9464\", or \"[::1]:9464\" for IPv6 \
+                                   (host names are not resolved)";
+const CPUS_HELP: &str = "list each CPU once, numbered from 0 to 1023 as in `lscpu -e`, \
+                         e.g. cpus = [2, 3]";
 
 fn invalid(src: &Source<'_>, span: Span, message: String) -> ConfigError {
     src.error(ErrorKind::InvalidValue, span, message)
@@ -46,16 +53,19 @@ pub(crate) fn choice<T: Copy>(
         .with_help(format!("{key} must be one of {}", list.join(", "))))
 }
 
-/// An integer within `lo..=hi`.
-pub(crate) fn int_in(
+/// An integer within `range`, converted to the effective type `T`.
+pub(crate) fn int_in<T>(
     src: &Source<'_>,
     value: &Spanned<i64>,
     key: &str,
-    range: std::ops::RangeInclusive<u16>,
+    range: RangeInclusive<T>,
     help: &str,
-) -> Result<u16, ConfigError> {
+) -> Result<T, ConfigError>
+where
+    T: TryFrom<i64> + PartialOrd + Copy + fmt::Display,
+{
     let v = *value.get_ref();
-    match u16::try_from(v) {
+    match T::try_from(v) {
         Ok(n) if range.contains(&n) => Ok(n),
         _ => {
             let msg = format!(
@@ -89,24 +99,121 @@ pub(crate) fn device_name(
     src: &Source<'_>,
     value: &Spanned<String>,
 ) -> Result<String, ConfigError> {
+    name_like(src, value, "device name", "vm1-net0")
+}
+
+/// `vm`: a VM name by the same rules as a device name.
+pub(crate) fn vm_name(src: &Source<'_>, value: &Spanned<String>) -> Result<String, ConfigError> {
+    name_like(src, value, "vm name", "vm1")
+}
+
+/// A name of 1 to 64 characters from `[A-Za-z0-9_.-]`; `what` names it in messages
+/// and `example` is a valid one for the hint.
+fn name_like(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    what: &str,
+    example: &str,
+) -> Result<String, ConfigError> {
     let name = value.get_ref();
-    let help = "use 1 to 64 letters, digits, '_', '.' or '-', e.g. \"vm1-net0\"";
+    let help = format!("use 1 to 64 letters, digits, '_', '.' or '-', e.g. \"{example}\"");
     let problem = if name.is_empty() {
-        Some("device name must not be empty".to_owned())
+        Some(format!("{what} must not be empty"))
     } else if name.chars().count() > MAX_NAME_LEN {
         Some(format!(
-            "device name is {} characters long; at most {MAX_NAME_LEN} are allowed",
+            "{what} is {} characters long; at most {MAX_NAME_LEN} are allowed",
             name.chars().count()
         ))
     } else {
         name.chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-            .map(|c| format!("device name `{name}` contains {c:?}, which is not allowed"))
+            .map(|c| format!("{what} `{name}` contains {c:?}, which is not allowed"))
     };
     match problem {
         Some(msg) => Err(invalid(src, value.span(), msg).with_help(help)),
         None => Ok(name.clone()),
     }
+}
+
+/// `metrics_listen`: a numeric `IP:port` (`[IPv6]:port`) with a port from 1 to 65535.
+pub(crate) fn metrics_listen(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+) -> Result<SocketAddr, ConfigError> {
+    let text = value.get_ref();
+    let problem = match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => format!(
+            "metrics_listen = \"{text}\" has port 0; the endpoint needs a fixed port \
+             that Prometheus can scrape"
+        ),
+        Ok(addr) => return Ok(addr),
+        Err(_) => socket_addr_problem(text),
+    };
+    Err(invalid(src, value.span(), problem).with_help(METRICS_LISTEN_HELP))
+}
+
+/// Why `text` (which does not parse as a socket address) is not `IP:port`.
+fn socket_addr_problem(text: &str) -> String {
+    let quoted = format!("metrics_listen = \"{text}\"");
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return match ip {
+            IpAddr::V4(_) => format!("{quoted} has no port"),
+            IpAddr::V6(_) => format!(
+                "{quoted} is an IPv6 address without a port (put the address in brackets \
+                 before the port)"
+            ),
+        };
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return format!("{quoted} is not of the form IP:port");
+    };
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let ip = bracketed.unwrap_or(host).parse::<IpAddr>();
+    match (ip, bracketed.is_some()) {
+        _ if host.is_empty() => format!("{quoted} has no IP address before the port"),
+        (Err(_), _) => format!("{quoted}: `{host}` is not an IP address"),
+        (Ok(IpAddr::V6(_)), false) => {
+            format!("{quoted}: an IPv6 address must be written in brackets before the port")
+        }
+        (Ok(IpAddr::V4(_)), true) => {
+            format!("{quoted}: only IPv6 addresses are written in brackets")
+        }
+        (Ok(_), _) => match port.parse::<u64>() {
+            Ok(p) if p > u64::from(u16::MAX) => {
+                format!("{quoted}: port {p} is out of range (1..=65535)")
+            }
+            Err(_) if !port.is_empty() => format!("{quoted}: `{port}` is not a port number"),
+            _ => format!("{quoted} is not of the form IP:port"),
+        },
+    }
+}
+
+/// `cpus`: CPU numbers in `0..=MAX_CPU`, each at most once. Errors point at the
+/// offending element.
+pub(crate) fn cpus(
+    src: &Source<'_>,
+    value: &Spanned<Vec<Spanned<i64>>>,
+) -> Result<Vec<u16>, ConfigError> {
+    let mut cpus: Vec<u16> = Vec::with_capacity(value.get_ref().len());
+    for element in value.get_ref() {
+        let v = *element.get_ref();
+        let Some(cpu) = u16::try_from(v).ok().filter(|&c| c <= MAX_CPU) else {
+            let msg = format!("CPU {v} in `cpus` is out of range (0..={MAX_CPU})");
+            return Err(invalid(src, element.span(), msg).with_help(CPUS_HELP));
+        };
+        if let Some(first) = cpus.iter().position(|&c| c == cpu) {
+            let msg = format!(
+                "CPU {cpu} is listed twice in `cpus` (first as element {})",
+                first + 1
+            );
+            return Err(invalid(src, element.span(), msg).with_help(
+                "list each CPU once; queue pairs wrap around the list (pair i runs on \
+                 cpus[i % len]), so fewer CPUs than pairs need no repeats",
+            ));
+        }
+        cpus.push(cpu);
+    }
+    Ok(cpus)
 }
 
 /// A network interface name, by the kernel's rules (`dev_valid_name`).

@@ -177,8 +177,8 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            burst: 64,
-            weight: 256,
+            burst: crate::DEFAULT_BURST,
+            weight: crate::DEFAULT_WEIGHT,
             busy_poll_us: 0,
             rx_coalesce_frames: 0,
             rx_coalesce_usecs: 0,

@@ -36,6 +36,7 @@ pub(crate) struct RawDaemon {
     pub control_socket: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
+    pub metrics_listen: Option<Spanned<String>>,
     pub socket_mode: Option<Spanned<String>>,
     pub socket_owner: Option<Spanned<RawId>>,
     pub socket_group: Option<Spanned<RawId>>,
@@ -50,6 +51,7 @@ pub(crate) struct RawDevice {
     pub socket: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub pci: Option<Spanned<String>>,
+    pub vm: Option<Spanned<String>>,
     pub backend: Option<Spanned<String>>,
     pub tap_name: Option<Spanned<String>>,
     pub netdev: Option<Spanned<String>>,
@@ -59,10 +61,19 @@ pub(crate) struct RawDevice {
     pub mtu: Option<Spanned<i64>>,
     pub event_idx: Option<Spanned<bool>>,
     pub mrg_rxbuf: Option<Spanned<bool>>,
+    pub offloads: Option<Spanned<bool>>,
     pub fallback: Option<Spanned<bool>>,
     pub socket_mode: Option<Spanned<String>>,
     pub socket_owner: Option<Spanned<RawId>>,
     pub socket_group: Option<Spanned<RawId>>,
+    pub burst: Option<Spanned<i64>>,
+    pub weight: Option<Spanned<i64>>,
+    pub busy_poll_us: Option<Spanned<i64>>,
+    pub rx_coalesce_frames: Option<Spanned<i64>>,
+    pub rx_coalesce_usecs: Option<Spanned<i64>>,
+    /// The array's span and each element with its own, so that a bad CPU number is
+    /// reported at the element.
+    pub cpus: Option<Spanned<Vec<Spanned<i64>>>>,
 }
 
 /// A user or group: a name (`"qemu"`), a numeric string (`"107"`), or an integer.
@@ -109,6 +120,8 @@ pub(crate) enum ValueType {
     String,
     /// An integer.
     Integer,
+    /// An array of integers (`[0, 1]`); the schema checks each element.
+    IntegerArray,
     /// `true` or `false`.
     Boolean,
     /// A user or group: a string or an integer.
@@ -125,6 +138,7 @@ impl ValueType {
         match self {
             ValueType::String => "a string",
             ValueType::Integer => "an integer",
+            ValueType::IntegerArray => "an array of integers",
             ValueType::Boolean => "a boolean (true or false)",
             ValueType::Id => "a name (string) or a numeric id",
             ValueType::Table(_) => "a table",
@@ -182,6 +196,11 @@ pub(crate) const DAEMON: TableSpec = TableSpec {
         ),
         key("log_level", ValueType::String, "log_level = \"info\""),
         key("log_format", ValueType::String, "log_format = \"text\""),
+        key(
+            "metrics_listen",
+            ValueType::String,
+            "metrics_listen = \"127.0.0.1:9464\"",
+        ),
         key("socket_mode", ValueType::String, "socket_mode = \"0600\""),
         key("socket_owner", ValueType::Id, "socket_owner = \"qemu\""),
         key("socket_group", ValueType::Id, "socket_group = \"kvm\""),
@@ -196,6 +215,7 @@ pub(crate) const DEVICE: TableSpec = TableSpec {
         key("socket", ValueType::String, "socket = \"vm1-net0.sock\""),
         key("mode", ValueType::String, "mode = \"software\""),
         key("pci", ValueType::String, "pci = \"0000:3b:00.2\""),
+        key("vm", ValueType::String, "vm = \"vm1\""),
         key("backend", ValueType::String, "backend = \"loopback\""),
         key("tap_name", ValueType::String, "tap_name = \"vdpad-tap0\""),
         key("netdev", ValueType::String, "netdev = \"eth1\""),
@@ -205,10 +225,25 @@ pub(crate) const DEVICE: TableSpec = TableSpec {
         key("mtu", ValueType::Integer, "mtu = 1500"),
         key("event_idx", ValueType::Boolean, "event_idx = true"),
         key("mrg_rxbuf", ValueType::Boolean, "mrg_rxbuf = true"),
+        key("offloads", ValueType::Boolean, "offloads = true"),
         key("fallback", ValueType::Boolean, "fallback = true"),
         key("socket_mode", ValueType::String, "socket_mode = \"0660\""),
         key("socket_owner", ValueType::Id, "socket_owner = \"qemu\""),
         key("socket_group", ValueType::Id, "socket_group = \"kvm\""),
+        key("burst", ValueType::Integer, "burst = 64"),
+        key("weight", ValueType::Integer, "weight = 256"),
+        key("busy_poll_us", ValueType::Integer, "busy_poll_us = 50"),
+        key(
+            "rx_coalesce_frames",
+            ValueType::Integer,
+            "rx_coalesce_frames = 32",
+        ),
+        key(
+            "rx_coalesce_usecs",
+            ValueType::Integer,
+            "rx_coalesce_usecs = 50",
+        ),
+        key("cpus", ValueType::IntegerArray, "cpus = [2, 3]"),
     ],
 };
 
@@ -245,6 +280,16 @@ mod tests {
         let raw: RawConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let dev = &raw.device[0].get_ref();
         assert!(dev.name.is_some() && dev.fallback.is_some() && dev.socket_group.is_some());
+        let cpus = dev.cpus.as_ref().expect("cpus");
+        let cpus: Vec<i64> = cpus.get_ref().iter().map(|c| *c.get_ref()).collect();
+        assert_eq!(cpus, [2, 3]);
+        assert!(raw
+            .daemon
+            .as_ref()
+            .unwrap()
+            .get_ref()
+            .metrics_listen
+            .is_some());
         let snippet: RawSnippet =
             toml::from_str(&format!("[[device]]\n{}\n", device.join("\n"))).unwrap();
         assert_eq!(snippet.device.len(), 1);

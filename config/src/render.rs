@@ -5,7 +5,9 @@
 use std::fmt::{self, Write};
 use std::path::Path;
 
-use crate::model::{Backend, Config, DaemonConfig, DeviceConfig, LogFormat, Mode, SocketPerms};
+use crate::model::{
+    Backend, Config, DaemonConfig, DeviceConfig, LogFormat, Mode, SocketPerms, Tuning,
+};
 
 impl Mode {
     /// The configuration keyword: `auto`, `offload` or `software`.
@@ -93,7 +95,20 @@ fn write_daemon(f: &mut fmt::Formatter<'_>, d: &DaemonConfig) -> fmt::Result {
     writeln!(f, "control_socket = {}", path(&d.control_socket))?;
     writeln!(f, "log_level = {}", quote(&d.log_level))?;
     writeln!(f, "log_format = \"{}\"", d.log_format)?;
+    if let Some(addr) = d.metrics_listen {
+        writeln!(f, "metrics_listen = \"{addr}\"")?;
+    }
     write_perms(f, &d.socket_perms)
+}
+
+fn write_tuning(f: &mut fmt::Formatter<'_>, t: &Tuning) -> fmt::Result {
+    writeln!(f, "burst = {}", t.burst)?;
+    writeln!(f, "weight = {}", t.weight)?;
+    writeln!(f, "busy_poll_us = {}", t.busy_poll_us)?;
+    writeln!(f, "rx_coalesce_frames = {}", t.rx_coalesce_frames)?;
+    writeln!(f, "rx_coalesce_usecs = {}", t.rx_coalesce_usecs)?;
+    let cpus: Vec<String> = t.cpus.iter().map(u16::to_string).collect();
+    writeln!(f, "cpus = [{}]", cpus.join(", "))
 }
 
 fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
@@ -103,6 +118,9 @@ fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
     writeln!(f, "mode = \"{}\"", d.mode)?;
     if let Some(pci) = d.pci {
         writeln!(f, "pci = \"{pci}\"")?;
+    }
+    if let Some(vm) = &d.vm {
+        writeln!(f, "vm = {}", quote(vm))?;
     }
     writeln!(f, "backend = \"{}\"", d.backend.keyword())?;
     match &d.backend {
@@ -122,15 +140,18 @@ fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
     }
     writeln!(f, "event_idx = {}", d.event_idx)?;
     writeln!(f, "mrg_rxbuf = {}", d.mrg_rxbuf)?;
+    writeln!(f, "offloads = {}", d.offloads)?;
     writeln!(f, "fallback = {}", d.fallback)?;
-    write_perms(f, &d.socket_perms)
+    write_perms(f, &d.socket_perms)?;
+    write_tuning(f, &d.tuning)
 }
 
-/// Renders the effective configuration as TOML with every default written out: PCI and
-/// MAC addresses in canonical form, socket modes as octal strings (`"0600"`), owners
-/// and groups as numeric ids. Parsing the output gives back an equal [`Config`] (for
-/// any configuration produced by parsing: a device's socket owner or group can only be
-/// unset if the daemon's is).
+/// Renders the effective configuration as TOML with every default written out: PCI,
+/// MAC and metrics addresses in canonical form, socket modes as octal strings
+/// (`"0600"`), owners and groups as numeric ids, the software datapath knobs of every
+/// device (`cpus = []` when workers are not pinned). Parsing the output gives back an
+/// equal [`Config`] (for any configuration produced by parsing: a device's socket
+/// owner or group can only be unset if the daemon's is).
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(

@@ -44,6 +44,9 @@ fn check_value(
         | (ValueType::Integer, DeValue::Integer(_))
         | (ValueType::Boolean, DeValue::Boolean(_))
         | (ValueType::Id, DeValue::String(_) | DeValue::Integer(_)) => Ok(()),
+        (ValueType::IntegerArray, DeValue::Array(items)) => items
+            .iter()
+            .try_for_each(|item| check_element(src, spec, item)),
         (ValueType::Table(inner), DeValue::Table(t)) => check_table(src, t, inner),
         (ValueType::TableArray(inner), DeValue::Array(items)) => {
             for item in items.iter() {
@@ -64,6 +67,40 @@ fn check_value(
             Ok(())
         }
         (expected, found) => Err(wrong_type(src, spec, expected, found, value.span())),
+    }
+}
+
+/// One element of an [`ValueType::IntegerArray`]: an integer that fits in an `i64`.
+/// Errors point at the element, not at the whole array.
+fn check_element(
+    src: &Source<'_>,
+    spec: &KeySpec,
+    item: &Spanned<DeValue<'_>>,
+) -> Result<(), ConfigError> {
+    match item.get_ref() {
+        DeValue::Integer(i) if i64::from_str_radix(i.as_str(), i.radix()).is_ok() => Ok(()),
+        DeValue::Integer(_) => {
+            let msg = format!("an element of `{}` is too large", spec.name);
+            Err(src
+                .error(ErrorKind::InvalidValue, item.span(), msg)
+                .with_help(format!("for example: {}", spec.example)))
+        }
+        other => {
+            let msg = format!(
+                "each element of `{}` must be an integer, not {}",
+                spec.name,
+                article(other.type_str())
+            );
+            let help = match other {
+                DeValue::String(s) if s.trim().parse::<i64>().is_ok() => {
+                    format!("remove the quotes: {}", spec.example)
+                }
+                _ => format!("for example: {}", spec.example),
+            };
+            Err(src
+                .error(ErrorKind::WrongType, item.span(), msg)
+                .with_help(help))
+        }
     }
 }
 
@@ -94,6 +131,15 @@ fn wrong_type(
         }
         (ValueType::Boolean, DeValue::String(s)) if matches!(s.as_ref(), "true" | "false") => {
             format!("remove the quotes: {}", spec.example)
+        }
+        (ValueType::IntegerArray, DeValue::Integer(i)) => {
+            match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => format!("write a list, even of one value: {} = [{n}]", spec.name),
+                Err(_) => format!("write a list of integers, e.g. {}", spec.example),
+            }
+        }
+        (ValueType::IntegerArray, _) => {
+            format!("write a list of integers, e.g. {}", spec.example)
         }
         (ValueType::String, DeValue::Integer(_)) if spec.name == "socket_mode" => {
             format!("write the mode as a quoted octal string: {}", spec.example)

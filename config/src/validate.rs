@@ -9,12 +9,13 @@ use toml::Spanned;
 
 use crate::defaults::{
     default_run_dir, CONTROL_SOCKET_NAME, DEFAULT_LOG_LEVEL, DEFAULT_QUEUE_PAIRS,
-    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, MIN_MTU,
+    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, MAX_BURST, MAX_BUSY_POLL_US, MAX_RX_COALESCE_FRAMES,
+    MAX_RX_COALESCE_USECS, MAX_WEIGHT, MIN_MTU,
 };
 use crate::error::{ConfigError, ErrorKind, Source};
 use crate::fields::{self, IdKind};
 use crate::model::{
-    Backend, DaemonConfig, DeviceConfig, LogFormat, Mode, SocketPerms, MAX_QUEUE_PAIRS,
+    Backend, DaemonConfig, DeviceConfig, LogFormat, Mode, SocketPerms, Tuning, MAX_QUEUE_PAIRS,
 };
 use crate::raw::{RawDaemon, RawDevice, RawId};
 
@@ -56,6 +57,11 @@ pub(crate) fn daemon(
         )?,
         None => LogFormat::Text,
     };
+    let metrics_listen = d
+        .metrics_listen
+        .as_ref()
+        .map(|v| fields::metrics_listen(src, v))
+        .transpose()?;
     let defaults = SocketPerms {
         mode: DEFAULT_SOCKET_MODE,
         owner: None,
@@ -74,7 +80,7 @@ pub(crate) fn daemon(
         log_level,
         log_format,
         socket_perms,
-        metrics_listen: None,
+        metrics_listen,
     })
 }
 
@@ -188,6 +194,7 @@ pub(crate) fn device(
             ));
         }
     }
+    let vm = d.vm.as_ref().map(|v| fields::vm_name(src, v)).transpose()?;
     let backend = backend(src, d, pci.is_some())?;
 
     let queue_pairs = match &d.queue_pairs {
@@ -226,6 +233,7 @@ pub(crate) fn device(
         &d.socket_group,
         daemon.socket_perms,
     )?;
+    let tuning = tuning(src, d)?;
 
     Ok(CheckedDevice {
         config: DeviceConfig {
@@ -242,12 +250,103 @@ pub(crate) fn device(
             mrg_rxbuf: flag(&d.mrg_rxbuf),
             fallback: flag(&d.fallback),
             socket_perms,
-            offloads: true,
-            vm: None,
-            tuning: crate::Tuning::default(),
+            offloads: flag(&d.offloads),
+            vm,
+            tuning,
         },
         name_span: name_value.span(),
         socket_span,
+    })
+}
+
+/// The software datapath knobs. They are accepted in every mode: an offloaded device
+/// uses them when it falls back to software.
+fn tuning(src: &Source<'_>, d: &RawDevice) -> Result<Tuning, ConfigError> {
+    let defaults = Tuning::default();
+    let burst = match &d.burst {
+        Some(v) => fields::int_in(
+            src,
+            v,
+            "burst",
+            1..=MAX_BURST,
+            "use between 1 and 1024 chains per burst; the default 64 suits most loads",
+        )?,
+        None => defaults.burst,
+    };
+    let weight = match &d.weight {
+        Some(v) => fields::int_in(
+            src,
+            v,
+            "weight",
+            1..=MAX_WEIGHT,
+            "use between 1 and 65536 frames per wakeup, e.g. 256",
+        )?,
+        None => defaults.weight,
+    };
+    let busy_poll_us = match &d.busy_poll_us {
+        Some(v) => fields::int_in(
+            src,
+            v,
+            "busy_poll_us",
+            0..=MAX_BUSY_POLL_US,
+            "use 0 (off) to 1000000 microseconds, e.g. 50",
+        )?,
+        None => defaults.busy_poll_us,
+    };
+    let rx_coalesce_frames = match &d.rx_coalesce_frames {
+        Some(v) => fields::int_in(
+            src,
+            v,
+            "rx_coalesce_frames",
+            0..=MAX_RX_COALESCE_FRAMES,
+            "use 0 (off) to 65535 frames, e.g. 32",
+        )?,
+        None => defaults.rx_coalesce_frames,
+    };
+    let rx_coalesce_usecs = match &d.rx_coalesce_usecs {
+        Some(v) => fields::int_in(
+            src,
+            v,
+            "rx_coalesce_usecs",
+            0..=MAX_RX_COALESCE_USECS,
+            "use 0 (off) to 1000000 microseconds, e.g. 50",
+        )?,
+        None => defaults.rx_coalesce_usecs,
+    };
+    if let (Some(frames), 0) = (&d.rx_coalesce_frames, rx_coalesce_usecs) {
+        if rx_coalesce_frames > 0 {
+            let (msg, help) = match &d.rx_coalesce_usecs {
+                None => (
+                    format!(
+                        "rx_coalesce_frames = {rx_coalesce_frames} without rx_coalesce_usecs: \
+                         a lone frame's interrupt could be held forever"
+                    ),
+                    "add rx_coalesce_usecs = 50 (or another bound)",
+                ),
+                Some(_) => (
+                    format!(
+                        "rx_coalesce_frames = {rx_coalesce_frames} with rx_coalesce_usecs = 0: \
+                         a lone frame's interrupt could be held forever"
+                    ),
+                    "set rx_coalesce_usecs = 50 (or another bound)",
+                ),
+            };
+            return Err(src
+                .error(ErrorKind::Conflict, frames.span(), msg)
+                .with_help(help));
+        }
+    }
+    let cpus = match &d.cpus {
+        Some(v) => fields::cpus(src, v)?,
+        None => defaults.cpus,
+    };
+    Ok(Tuning {
+        burst,
+        weight,
+        busy_poll_us,
+        rx_coalesce_frames,
+        rx_coalesce_usecs,
+        cpus,
     })
 }
 

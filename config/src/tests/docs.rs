@@ -76,6 +76,7 @@ fn documented_error_samples_are_real_output() {
     let cases = [
         "[daemon]\nrun_dir = \"/run/vdpad\"\n\n[[device]]\nname = \"vm1-net0\"\nqueue_pairs = 4\nqueue_size = 300\n",
         "[[device]]\nname = \"vm1-net0\"\nqueue_szie = 256\n",
+        "[[device]]\nname = \"vm1-net0\"\nbackend = \"tap\"\nrx_coalesce_frames = 32\n",
     ];
     for text in cases {
         let e = Config::from_toml_str(text, "/etc/vdpad/vdpad.toml").unwrap_err();

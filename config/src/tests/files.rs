@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::{assert_round_trip, ok};
 use crate::{
     default_run_dir, Backend, Config, DaemonConfig, DeviceConfig, ErrorKind, LogFormat, MacAddress,
-    Mode, PciAddress, SocketPerms, EMBEDDED_DEFAULT_TOML,
+    Mode, PciAddress, SocketPerms, Tuning, EMBEDDED_DEFAULT_TOML,
 };
 
 /// Every key, as in docs/config.md.
@@ -15,6 +15,7 @@ run_dir = "/run/vdpad"
 control_socket = "control.sock"
 log_level = "info,vdpa=debug"
 log_format = "json"
+metrics_listen = "127.0.0.1:9464"
 socket_mode = "0660"
 socket_owner = "root"
 socket_group = 0
@@ -24,6 +25,7 @@ name = "vm1-net0"
 socket = "/run/vdpad/vm1-net0.sock"
 mode = "auto"
 pci = "0000:3b:00.2"
+vm = "vm1"
 backend = "af_packet"
 netdev = "eth1"
 queue_pairs = 4
@@ -32,10 +34,17 @@ mac = "52:54:00:12:34:56"
 mtu = 9000
 event_idx = true
 mrg_rxbuf = false
+offloads = false
 fallback = false
 socket_mode = "0600"
 socket_owner = 107
 socket_group = "root"
+burst = 32
+weight = 512
+busy_poll_us = 50
+rx_coalesce_frames = 16
+rx_coalesce_usecs = 100
+cpus = [2, 3]
 
 [[device]]
 name = "vm2-net0"
@@ -60,6 +69,7 @@ fn full_example_parses_to_expected_values() {
         log_level: "info,vdpa=debug".into(),
         log_format: LogFormat::Json,
         socket_perms: perms(0o660, Some(0), Some(0)),
+        metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
     };
     assert_eq!(config.daemon, daemon);
     let vm1 = DeviceConfig {
@@ -83,9 +93,22 @@ fn full_example_parses_to_expected_values() {
         mrg_rxbuf: false,
         fallback: false,
         socket_perms: perms(0o600, Some(107), Some(0)),
+        offloads: false,
+        vm: Some("vm1".into()),
+        tuning: Tuning {
+            burst: 32,
+            weight: 512,
+            busy_poll_us: 50,
+            rx_coalesce_frames: 16,
+            rx_coalesce_usecs: 100,
+            cpus: vec![2, 3],
+        },
     };
     assert_eq!(config.devices[0], vm1);
     let vm2 = &config.devices[1];
+    assert!(vm2.offloads);
+    assert_eq!(vm2.vm, None);
+    assert_eq!(vm2.tuning, Tuning::default());
     assert_eq!(vm2.socket, PathBuf::from("/run/vdpad/vm2-net0.sock"));
     assert_eq!(vm2.mode, Mode::Software);
     assert_eq!(
@@ -116,10 +139,21 @@ fn device_defaults_without_pci() {
     assert_eq!((d.mode, &d.backend), (Mode::Software, &Backend::Loopback));
     assert_eq!((d.queue_pairs, d.queue_size), (1, 256));
     assert_eq!((d.mac, d.mtu), (None, None));
-    assert!(d.event_idx && d.mrg_rxbuf && d.fallback);
+    assert!(d.event_idx && d.mrg_rxbuf && d.fallback && d.offloads);
     assert_eq!(d.socket_perms, perms(0o600, None, None));
+    assert_eq!(d.vm, None);
+    let tuning = Tuning {
+        burst: 64,
+        weight: 256,
+        busy_poll_us: 0,
+        rx_coalesce_frames: 0,
+        rx_coalesce_usecs: 0,
+        cpus: Vec::new(),
+    };
+    assert_eq!(d.tuning, tuning);
     assert_eq!(config.daemon.log_level, "info");
     assert_eq!(config.daemon.log_format, LogFormat::Text);
+    assert_eq!(config.daemon.metrics_listen, None);
 }
 
 #[test]
@@ -225,10 +259,66 @@ queue_size = 256
 mac = \"52:54:00:ab:cd:ef\"
 event_idx = true
 mrg_rxbuf = true
+offloads = true
 fallback = true
 socket_mode = \"0600\"
+burst = 64
+weight = 256
+busy_poll_us = 0
+rx_coalesce_frames = 0
+rx_coalesce_usecs = 0
+cpus = []
 ";
     assert_eq!(config.to_string(), expected);
+}
+
+#[test]
+fn rendering_places_new_keys_next_to_their_relatives() {
+    let config = ok(r#"
+[daemon]
+run_dir = "/r"
+metrics_listen = "[0:0::1]:9464"
+
+[[device]]
+cpus = [3, 1]
+rx_coalesce_usecs = 20
+vm = "vm-7"
+name = "n"
+offloads = false
+"#);
+    let expected = "\
+# vdpad effective configuration (all defaults filled in)
+
+[daemon]
+run_dir = \"/r\"
+control_socket = \"/r/control.sock\"
+log_level = \"info\"
+log_format = \"text\"
+metrics_listen = \"[::1]:9464\"
+socket_mode = \"0600\"
+
+[[device]]
+name = \"n\"
+socket = \"/r/n.sock\"
+mode = \"software\"
+vm = \"vm-7\"
+backend = \"loopback\"
+queue_pairs = 1
+queue_size = 256
+event_idx = true
+mrg_rxbuf = true
+offloads = false
+fallback = true
+socket_mode = \"0600\"
+burst = 64
+weight = 256
+busy_poll_us = 0
+rx_coalesce_frames = 0
+rx_coalesce_usecs = 20
+cpus = [3, 1]
+";
+    assert_eq!(config.to_string(), expected);
+    assert_round_trip(&config);
 }
 
 #[test]
