@@ -8,12 +8,12 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
-use tracing::warn;
 use vdpa::features::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6};
 use vdpa::DropReason;
 
 use crate::csum::{self, Bytes};
-use crate::engine::{Engine, Progress, RxState, TxState};
+use crate::engine::{RxState, TxState};
+use crate::port::{FirstError, Port};
 use crate::ring::Chain;
 use crate::rxq::{Reserve, RxQueue};
 use crate::tap::TAP_OFFLOADS;
@@ -161,30 +161,26 @@ impl AfPacket {
     }
 }
 
-/// Moves frames between one queue pair and one packet socket.
-pub struct AfPacketEngine {
-    rx: RxQueue,
-    tx: TxQueue,
+/// The packet socket of one queue pair.
+pub struct AfPacketPort {
     sock: File,
     max_rx: u64,
     guest_features: u64,
     tx_chains: Vec<Chain>,
     iov: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
-    logged_error: bool,
+    errors: FirstError,
 }
 
 // SAFETY: `iov` and `msgs` only cache pointers into guest memory and into `iov`,
 // rebuilt before every system call; they move with the engine.
-unsafe impl Send for AfPacketEngine {}
+unsafe impl Send for AfPacketPort {}
 
-impl AfPacketEngine {
-    /// An engine over `rx`/`tx` and packet socket `sock`; `max_rx` bounds one received
-    /// frame (the guest's header included); `guest_features` are the acked features.
-    pub fn new(rx: RxQueue, tx: TxQueue, sock: File, max_rx: u64, guest_features: u64) -> Self {
-        AfPacketEngine {
-            rx,
-            tx,
+impl AfPacketPort {
+    /// A port on packet socket `sock`; `max_rx` bounds one received frame (the guest's
+    /// header included); `guest_features` are the acked features.
+    pub fn new(sock: File, max_rx: u64, guest_features: u64) -> Self {
+        AfPacketPort {
             sock,
             max_rx,
             guest_features,
@@ -192,14 +188,7 @@ impl AfPacketEngine {
             iov: Vec::with_capacity(BATCH * 4),
             // SAFETY: an all-zero mmsghdr is a valid (empty) value.
             msgs: vec![unsafe { std::mem::zeroed() }; BATCH],
-            logged_error: false,
-        }
-    }
-
-    fn note_error(&mut self, what: &str, e: &io::Error) {
-        if !self.logged_error {
-            warn!(error = %e, "AF_PACKET {what} failed; frames are dropped and counted (logged once)");
-            self.logged_error = true;
+            errors: FirstError::new("AF_PACKET"),
         }
     }
 
@@ -213,7 +202,7 @@ impl AfPacketEngine {
         }
     }
 
-    fn transmit(&mut self, budget: usize) -> TxState {
+    fn send_batch(&mut self, tx: &mut TxQueue, budget: usize) -> TxState {
         let mut sent_total = 0;
         while sent_total < budget {
             // Gather a batch of good frames.
@@ -221,7 +210,7 @@ impl AfPacketEngine {
             let mut empty = false;
             while n < BATCH.min(budget - sent_total) {
                 let mut c = std::mem::replace(&mut self.tx_chains[n], Chain::with_capacity(0));
-                let next = self.tx.take_into(&mut c);
+                let next = tx.take_into(&mut c);
                 self.tx_chains[n] = c;
                 match next {
                     TxNext::Frame => n += 1,
@@ -239,8 +228,7 @@ impl AfPacketEngine {
             let mut spans = [(0usize, 0usize); BATCH];
             for (i, span) in spans.iter_mut().enumerate().take(n) {
                 let start = self.iov.len();
-                self.tx
-                    .append_iovecs(&self.tx_chains[i], true, &mut self.iov);
+                tx.append_iovecs(&self.tx_chains[i], true, &mut self.iov);
                 *span = (start, self.iov.len() - start);
             }
             self.build_msgs(&spans[..n]);
@@ -251,7 +239,7 @@ impl AfPacketEngine {
             let sent = if rc >= 0 { rc as usize } else { 0 };
             for i in 0..sent {
                 let c = std::mem::replace(&mut self.tx_chains[i], Chain::with_capacity(0));
-                self.tx.complete_chain(&c);
+                tx.complete_chain(&c);
                 self.tx_chains[i] = c;
             }
             sent_total += sent;
@@ -259,16 +247,16 @@ impl AfPacketEngine {
                 let e = io::Error::last_os_error();
                 if rc >= 0 || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS)) {
                     // The rest stay on the ring until the socket is writable again.
-                    self.tx.unpop_n((n - sent) as u16);
+                    tx.unpop_n((n - sent) as u16);
                     return TxState::Blocked;
                 }
                 // The first unsent frame is refused for good (bad header, too big):
                 // drop it, put the others back.
-                self.note_error("send", &e);
+                self.errors.note("send", &e);
                 let c = std::mem::replace(&mut self.tx_chains[sent], Chain::with_capacity(0));
-                self.tx.drop_chain(&c, DropReason::Backend);
+                tx.drop_chain(&c, DropReason::Backend);
                 self.tx_chains[sent] = c;
-                self.tx.unpop_n((n - sent - 1) as u16);
+                tx.unpop_n((n - sent - 1) as u16);
                 sent_total += 1;
                 continue;
             }
@@ -279,31 +267,31 @@ impl AfPacketEngine {
         TxState::Busy
     }
 
-    fn receive(&mut self, budget: usize) -> RxState {
+    fn receive_batch(&mut self, rx: &mut RxQueue, budget: usize) -> RxState {
         let mut done = 0;
         while done < budget {
             // Whole frames per chain when the guest's buffers allow: receive a batch.
-            let each = self.rx.reserve_each(self.max_rx, BATCH.min(budget - done));
+            let each = rx.reserve_each(self.max_rx, BATCH.min(budget - done));
             let n = if each > 0 {
                 self.iov.clear();
                 let mut spans = [(0usize, 0usize); BATCH];
                 for (i, span) in spans.iter_mut().enumerate().take(each) {
                     let start = self.iov.len();
-                    self.rx.append_iovecs(i..i + 1, true, &mut self.iov);
+                    rx.append_iovecs(i..i + 1, true, &mut self.iov);
                     *span = (start, self.iov.len() - start);
                 }
                 self.build_msgs(&spans[..each]);
                 each
             } else {
                 // Otherwise one frame over as many chains as it needs.
-                let nbufs = match self.rx.reserve(self.max_rx) {
+                let nbufs = match rx.reserve(self.max_rx) {
                     Reserve::Ready(n) => n,
                     Reserve::TooSmall => 1,
                     Reserve::Starved => return RxState::Starved,
                 };
                 self.iov.clear();
                 let mut iov = std::mem::take(&mut self.iov);
-                self.rx.append_iovecs(0..nbufs, true, &mut iov);
+                rx.append_iovecs(0..nbufs, true, &mut iov);
                 self.iov = iov;
                 let len = self.iov.len();
                 self.build_msgs(&[(0, len)]);
@@ -322,22 +310,22 @@ impl AfPacketEngine {
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
-                    self.note_error("receive", &e);
+                    self.errors.note("receive", &e);
                 }
-                self.count_kernel_drops();
+                self.count_kernel_drops(rx);
                 return RxState::Idle;
             }
             for i in 0..rc as usize {
                 let len = self.msgs[i].msg_len as usize;
                 let truncated = self.msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-                if !self.deliver(len, truncated) && each > 0 {
+                if !self.deliver(rx, len, truncated) && each > 0 {
                     // The next message's data is in the next chain: move this one away.
-                    self.rx.requeue_front();
+                    rx.requeue_front();
                 }
             }
             done += rc as usize;
             if (rc as usize) < n {
-                self.count_kernel_drops();
+                self.count_kernel_drops(rx);
                 return RxState::Idle;
             }
         }
@@ -346,7 +334,7 @@ impl AfPacketEngine {
 
     /// Adds the frames the kernel dropped at this socket since the last look (its
     /// receive queue was full) to the drop counters.
-    fn count_kernel_drops(&mut self) {
+    fn count_kernel_drops(&mut self, rx: &mut RxQueue) {
         let mut st = [0u32; 2];
         let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
         // SAFETY: PACKET_STATISTICS fills a struct tpacket_stats (two u32) of `len` bytes;
@@ -361,38 +349,38 @@ impl AfPacketEngine {
             )
         };
         if rc == 0 {
-            self.rx.q.counts.drops[DropReason::BackendQueue as usize] += u64::from(st[1]);
+            rx.q.counts.drops[DropReason::BackendQueue as usize] += u64::from(st[1]);
         }
     }
 
     /// One frame of `len` bytes (10-byte vnet header included) is in the front pending
     /// chains: fix up what the guest cannot take, then hand it over. Returns false if
     /// the frame was dropped (its buffers stay pending).
-    fn deliver(&mut self, len: usize, truncated: bool) -> bool {
+    fn deliver(&mut self, rx: &mut RxQueue, len: usize, truncated: bool) -> bool {
         if truncated || len < VNET_HDR_LEN {
-            self.rx.drop_frame(DropReason::RxBufferTooSmall);
+            rx.drop_frame(DropReason::RxBufferTooSmall);
             return false;
         }
-        let hdr = self.rx.peek_header();
+        let hdr = rx.peek_header();
         let (flags, gso_type) = (hdr[0], hdr[1]);
         if gso_type != 0
             && self.guest_features & (VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6) == 0
         {
             // A GRO frame the guest cannot take (turn GRO off on the interface).
-            self.rx.drop_frame(DropReason::Backend);
+            rx.drop_frame(DropReason::Backend);
             return false;
         }
         if flags & NEEDS_CSUM != 0 && self.guest_features & VIRTIO_NET_F_GUEST_CSUM == 0 {
             let start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
             let offset = usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));
-            let hdr_len = self.rx.hdr_len();
+            let hdr_len = rx.hdr_len();
             let total = len + hdr_len - VNET_HDR_LEN;
-            let mut frame = GuestFrame::new(&self.rx, total, hdr_len);
+            let mut frame = GuestFrame::new(rx, total, hdr_len);
             if csum::complete(&mut frame, start, offset) {
-                GuestFrame::new(&self.rx, total, 0).set(0, flags & !NEEDS_CSUM);
+                GuestFrame::new(rx, total, 0).set(0, flags & !NEEDS_CSUM);
             }
         }
-        self.rx.complete_read(len, true);
+        rx.complete_read(len, true);
         true
     }
 }
@@ -451,18 +439,16 @@ impl Bytes for GuestFrame {
     }
 }
 
-impl Engine for AfPacketEngine {
-    fn process(&mut self, budget: usize) -> Progress {
-        let tx = self.transmit(budget);
-        let rx = self.receive(budget);
-        Progress { tx, rx }
+impl Port for AfPacketPort {
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
     }
 
-    fn queues(&mut self) -> (&mut RxQueue, &mut TxQueue) {
-        (&mut self.rx, &mut self.tx)
+    fn transmit(&mut self, tx: &mut TxQueue, budget: usize) -> TxState {
+        self.send_batch(tx, budget)
     }
 
-    fn backend_fd(&self) -> Option<RawFd> {
-        Some(self.sock.as_raw_fd())
+    fn receive(&mut self, rx: &mut RxQueue, budget: usize) -> RxState {
+        self.receive_batch(rx, budget)
     }
 }

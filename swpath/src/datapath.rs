@@ -9,14 +9,15 @@ use vdpa::{Datapath, DatapathError, QueueCounters, QueuePairConfig, QueueStats, 
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::af_packet::{AfPacket, AfPacketEngine, AF_PACKET_OFFLOADS};
+use crate::af_packet::{AfPacket, AfPacketPort, AF_PACKET_OFFLOADS};
 use crate::engine::Engine;
 use crate::interrupt::Interrupt;
 use crate::loopback::Loopback;
+use crate::port::PortEngine;
 use crate::queue::Queue;
 use crate::ring::DeviceRing;
 use crate::rxq::RxQueue;
-use crate::tap::{Tap, TapEngine, GUEST_GSO, TAP_OFFLOADS};
+use crate::tap::{Tap, TapPort, GUEST_GSO, TAP_OFFLOADS};
 use crate::tuning::Tuning;
 use crate::txq::TxQueue;
 use crate::txq::MAX_FRAME;
@@ -133,14 +134,22 @@ impl Datapath for SoftwareDatapath {
                 tap.set_vnet_hdr_len(hdr_len).map_err(backend)?;
                 tap.set_offload(qp.features.bits).map_err(backend)?;
                 let fd = tap.queue(pair).map_err(backend)?;
-                Box::new(TapEngine::new(rx, tx, fd, max_rx, qp.features.mrg_rxbuf()))
+                Box::new(PortEngine::new(
+                    rx,
+                    tx,
+                    TapPort::new(fd, max_rx, qp.features.mrg_rxbuf()),
+                ))
             }
             Backend::AfPacket(p) => {
                 check_queue(qp.pair, p.queues(), p.ifname())?;
                 let sock = p.queue(pair).map_err(|e| {
                     DatapathError::Backend(format!("AF_PACKET on {}: {e}", p.ifname()))
                 })?;
-                Box::new(AfPacketEngine::new(rx, tx, sock, max_rx, qp.features.bits))
+                Box::new(PortEngine::new(
+                    rx,
+                    tx,
+                    AfPacketPort::new(sock, max_rx, qp.features.bits),
+                ))
             }
         };
         let worker = Worker::spawn(

@@ -11,6 +11,7 @@
 //! - [`interrupt`]: a ring's replaceable call eventfd.
 //! - [`af_packet`]: the AF_PACKET backend (fanout, vnet header, mmsg batches).
 //! - [`csum`]: completing a partial checksum for a guest without GUEST_CSUM.
+//! - [`port`]: what fd-backed backends share (the [`port::Port`] trait).
 //! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
 //! - [`tuning`]: the knobs (burst, weight, busy poll, RX coalescing, pinning).
 //! - [`worker`]: the per-queue-pair thread and its notification loop.
@@ -22,6 +23,7 @@ pub mod datapath;
 pub mod engine;
 pub mod interrupt;
 pub mod loopback;
+pub mod port;
 pub mod queue;
 pub mod ring;
 pub mod rxq;

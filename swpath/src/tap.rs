@@ -12,14 +12,14 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use tracing::warn;
 use vdpa::features::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
 };
 use vdpa::DropReason;
 
-use crate::engine::{Engine, Progress, RxState, TxState};
+use crate::engine::{RxState, TxState};
+use crate::port::{FirstError, Port};
 use crate::rxq::{Reserve, RxQueue};
 use crate::txq::{TxNext, TxQueue};
 
@@ -217,87 +217,86 @@ impl Tap {
     }
 }
 
-/// Moves frames between one queue pair and one tap queue.
-pub struct TapEngine {
-    rx: RxQueue,
-    tx: TxQueue,
+/// The tap queue of one queue pair.
+pub struct TapPort {
     fd: File,
     /// Largest frame (header included) the tap may deliver.
     max_rx: u64,
     mrg: bool,
-    logged_error: bool,
+    errors: FirstError,
+    iov: Vec<libc::iovec>,
 }
 
-impl TapEngine {
-    /// An engine over `rx`/`tx` and tap queue `fd`; `max_rx` bounds one received frame
-    /// (header included) and `mrg` says whether it may span several RX buffers.
-    pub fn new(rx: RxQueue, tx: TxQueue, fd: File, max_rx: u64, mrg: bool) -> Self {
-        TapEngine {
-            rx,
-            tx,
+// SAFETY: `iov` only caches pointers into guest memory, rebuilt before every call; it
+// moves with the port and its rings.
+unsafe impl Send for TapPort {}
+
+impl TapPort {
+    /// A port on tap queue `fd`; `max_rx` bounds one received frame (header included)
+    /// and `mrg` says whether it may span several RX buffers.
+    pub fn new(fd: File, max_rx: u64, mrg: bool) -> Self {
+        TapPort {
             fd,
             max_rx,
             mrg,
-            logged_error: false,
+            errors: FirstError::new("tap"),
+            iov: Vec::with_capacity(16),
         }
     }
+}
 
-    fn note_error(&mut self, what: &str, e: &io::Error) {
-        if !self.logged_error {
-            warn!(error = %e, "tap {what} failed; frames are dropped and counted (logged once)");
-            self.logged_error = true;
-        }
+impl Port for TapPort {
+    fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
-    fn transmit(&mut self, budget: usize) -> TxState {
+    fn transmit(&mut self, tx: &mut TxQueue, budget: usize) -> TxState {
         for _ in 0..budget {
-            match self.tx.take() {
+            match tx.take() {
                 TxNext::Empty => return TxState::Idle,
                 TxNext::Skipped => continue,
                 TxNext::Frame => {}
             }
-            let iov: Vec<libc::iovec> = self
-                .tx
-                .frame()
-                .segs
-                .iter()
-                .map(|s| libc::iovec {
-                    iov_base: s.ptr.cast(),
-                    iov_len: s.len as usize,
-                })
-                .collect();
+            self.iov.clear();
+            tx.append_iovecs(tx.frame(), false, &mut self.iov);
             // SAFETY: every iovec points at a guest buffer translated for its length.
-            let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+            let n = unsafe {
+                libc::writev(
+                    self.fd.as_raw_fd(),
+                    self.iov.as_ptr(),
+                    self.iov.len() as i32,
+                )
+            };
             if n >= 0 {
-                self.tx.complete();
+                tx.complete();
                 continue;
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EAGAIN) => {
-                    self.tx.unpop();
+                    tx.unpop();
                     return TxState::Blocked;
                 }
-                Some(libc::EINTR) => self.tx.unpop(),
+                Some(libc::EINTR) => tx.unpop(),
                 _ => {
-                    self.note_error("write", &e);
-                    self.tx.drop_frame(DropReason::Backend);
+                    self.errors.note("tap write", &e);
+                    tx.drop_frame(DropReason::Backend);
                 }
             }
         }
         TxState::Busy
     }
 
-    fn receive(&mut self, budget: usize) -> RxState {
+    fn receive(&mut self, rx: &mut RxQueue, budget: usize) -> RxState {
         for _ in 0..budget {
             // Without mergeable buffers a frame must fit the next chain, whatever it is.
             let want = if self.mrg { self.max_rx } else { 1 };
-            let nbufs = match self.rx.reserve(want) {
+            let nbufs = match rx.reserve(want) {
                 Reserve::Ready(n) => n,
                 Reserve::TooSmall => 1,
                 Reserve::Starved => return RxState::Starved,
             };
-            let iov = self.rx.iovecs(nbufs, false);
+            let iov = rx.iovecs(nbufs, false);
             let capacity: usize = iov.iter().map(|v| v.iov_len).sum();
             // SAFETY: every iovec points at a guest buffer translated for its length.
             let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
@@ -305,9 +304,9 @@ impl TapEngine {
                 let n = n as usize;
                 if n > capacity {
                     // The tap reports the full length of a frame it had to truncate.
-                    self.rx.drop_frame(DropReason::RxBufferTooSmall);
+                    rx.drop_frame(DropReason::RxBufferTooSmall);
                 } else {
-                    self.rx.complete_read(n, false);
+                    rx.complete_read(n, false);
                 }
                 continue;
             }
@@ -316,27 +315,11 @@ impl TapEngine {
                 Some(libc::EAGAIN) => return RxState::Idle,
                 Some(libc::EINTR) => {}
                 _ => {
-                    self.note_error("read", &e);
-                    self.rx.drop_frame(DropReason::Backend);
+                    self.errors.note("tap read", &e);
+                    rx.drop_frame(DropReason::Backend);
                 }
             }
         }
         RxState::Busy
-    }
-}
-
-impl Engine for TapEngine {
-    fn process(&mut self, budget: usize) -> Progress {
-        let tx = self.transmit(budget);
-        let rx = self.receive(budget);
-        Progress { tx, rx }
-    }
-
-    fn queues(&mut self) -> (&mut RxQueue, &mut TxQueue) {
-        (&mut self.rx, &mut self.tx)
-    }
-
-    fn backend_fd(&self) -> Option<RawFd> {
-        Some(self.fd.as_raw_fd())
     }
 }

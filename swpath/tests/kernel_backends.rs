@@ -8,19 +8,18 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+
+mod support;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use support::Served;
 
 use swpath::af_packet::AfPacket;
-use swpath::datapath::Backend;
 use swpath::tap::Tap;
-use swpath::SoftwareDatapath;
-use vdpa::server::{DeviceServer, Shutdown};
-use vdpa::{Device, DeviceHandle};
-use vdpa_rig::{run_verify, Rig, RigOptions, VerifyOptions};
-use vdpad_config::{Backend as CfgBackend, DeviceConfig, Mode, SocketPerms};
+use swpath::{Backend, SoftwareDatapath};
+use vdpad_config::Backend as CfgBackend;
 
 /// A network namespace of our own, deleted on drop.
 struct Netns {
@@ -177,14 +176,13 @@ fn reflector(ns: &Netns, ifname: String, stop: Arc<AtomicBool>) -> JoinHandle<u6
     t
 }
 
+/// A device on a kernel backend in a namespace, with a reflector on the far side.
+/// Fields drop in order: the reflector stops, the device stops, the namespace goes.
 struct KernelRig {
-    ns: Netns,
-    dir: PathBuf,
-    shutdown: Shutdown,
-    server: Option<DeviceServer>,
-    handle: DeviceHandle,
     stop: Arc<AtomicBool>,
     refl: Option<JoinHandle<u64>>,
+    served: Served,
+    _ns: Netns,
 }
 
 impl KernelRig {
@@ -221,66 +219,22 @@ impl KernelRig {
         Self::serve(ns, Backend::AfPacket(sock), cfg, pairs, "veth1")
     }
 
-    fn serve(
-        ns: Netns,
-        backend: Backend,
-        cfg_backend: CfgBackend,
-        pairs: u16,
-        far_side: &str,
-    ) -> Self {
-        let dir = std::env::temp_dir().join(format!("swpath-tap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = DeviceConfig {
-            name: "tap0".into(),
-            socket: dir.join("tap0.sock"),
-            mode: Mode::Software,
-            pci: None,
-            backend: cfg_backend,
-            queue_pairs: pairs,
-            queue_size: 256,
-            mac: None,
-            mtu: None,
-            event_idx: true,
-            mrg_rxbuf: true,
-            fallback: true,
-            socket_perms: SocketPerms {
-                mode: 0o600,
-                owner: None,
-                group: None,
-            },
-            offloads: true,
-            vm: None,
-            tuning: Default::default(),
-        };
-        let dp = SoftwareDatapath::new("tap0", backend, 1500, swpath::Tuning::default());
-        let shutdown = Shutdown::new().unwrap();
-        let server = DeviceServer::start(Device::new(cfg, Box::new(dp)), shutdown.clone()).unwrap();
-        let handle = server.handle().clone();
+    fn serve(ns: Netns, backend: Backend, cfg: CfgBackend, pairs: u16, far_side: &str) -> Self {
+        let served = Served::start("kb", cfg, pairs, 256, |name| {
+            SoftwareDatapath::new(name, backend, 1500, swpath::Tuning::default())
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let refl = Some(reflector(&ns, far_side.into(), stop.clone()));
         KernelRig {
-            ns,
-            dir,
-            shutdown,
-            server: Some(server),
-            handle,
             stop,
             refl,
+            served,
+            _ns: ns,
         }
     }
 
-    fn verify(&self, tweak: impl FnOnce(&mut RigOptions), packets: u64, size: usize) {
-        let mut o = RigOptions::new(self.dir.join("tap0.sock"));
-        tweak(&mut o);
-        let mut rig = Rig::connect(o).expect("rig setup");
-        let report = run_verify(&mut rig, &VerifyOptions::new(packets, size)).expect("verify ran");
-        println!("{}", report.summary());
-        assert!(
-            report.passed(),
-            "{}\n{:#?}",
-            report.failure_details(),
-            self.handle.stats()
-        );
+    fn verify(&self, tweak: impl FnOnce(&mut vdpa_rig::RigOptions), packets: u64, size: usize) {
+        self.served.verify(tweak, packets, size);
     }
 }
 
@@ -290,12 +244,6 @@ impl Drop for KernelRig {
         if let Some(r) = self.refl.take() {
             println!("reflector sent {} frames", r.join().unwrap_or(0));
         }
-        self.shutdown.raise();
-        if let Some(s) = self.server.take() {
-            s.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = &self.ns;
     }
 }
 
@@ -314,7 +262,7 @@ fn frames_cross_a_real_tap_and_come_back() {
         5_000,
         1000,
     );
-    let s = t.handle.stats();
+    let s = t.served.handle.stats();
     assert_eq!(s[0].total_drops() + s[1].total_drops(), 0, "{s:#?}");
 }
 
@@ -334,6 +282,6 @@ fn frames_cross_af_packet_on_a_veth_and_come_back() {
         5_000,
         1000,
     );
-    let s = t.handle.stats();
+    let s = t.served.handle.stats();
     assert_eq!(s[0].total_drops() + s[1].total_drops(), 0, "{s:#?}");
 }

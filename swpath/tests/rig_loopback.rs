@@ -3,100 +3,31 @@
 //! once — across feature combinations, ring sizes that force index wrap-around, large
 //! packet counts, reconnects and hostile descriptors.
 
-use std::path::PathBuf;
+mod support;
 
 use std::time::Duration;
+
+use support::Served;
 use swpath::{Backend, SoftwareDatapath, Tuning};
-use vdpa::server::{DeviceServer, Shutdown};
-use vdpa::{Device, DeviceHandle};
-
 use vdpa::stats::BadDescriptor;
-use vdpa_rig::{
-    run_verify, Direction, Hostile, Rig, RigOptions, RigSetup, SetupStep, VerifyOptions,
-};
-use vdpad_config::{Backend as CfgBackend, DeviceConfig, MacAddress, Mode, SocketPerms};
+use vdpa_rig::{Direction, Hostile, Rig, RigSetup, SetupStep};
+use vdpad_config::Backend as CfgBackend;
 
-/// A loopback device served on a socket in a private directory.
-struct Served {
-    name: String,
-    dir: PathBuf,
-    shutdown: Shutdown,
-    server: Option<DeviceServer>,
-    handle: DeviceHandle,
+/// A loopback device with default knobs.
+fn served(pairs: u16, queue_size: u16) -> Served {
+    tuned(pairs, queue_size, Tuning::default())
 }
 
-impl Served {
-    fn new(pairs: u16, queue_size: u16) -> Self {
-        Self::tuned(pairs, queue_size, Tuning::default())
-    }
-
-    fn tuned(pairs: u16, queue_size: u16, tuning: Tuning) -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("swpath-rig-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = DeviceConfig {
-            name: format!("lo{n}"),
-            socket: dir.join("lo.sock"),
-            mode: Mode::Software,
-            pci: None,
-            backend: CfgBackend::Loopback,
-            queue_pairs: pairs,
-            queue_size,
-            mac: Some(MacAddress([0x52, 0x54, 0, 0, 0, 1])),
-            mtu: None,
-            event_idx: true,
-            mrg_rxbuf: true,
-            fallback: true,
-            socket_perms: SocketPerms {
-                mode: 0o600,
-                owner: None,
-                group: None,
-            },
-            offloads: true,
-            vm: None,
-            tuning: Default::default(),
-        };
-        let dp = SoftwareDatapath::new(&cfg.name, Backend::Loopback, 1500, tuning);
-        let shutdown = Shutdown::new().unwrap();
-        let server = DeviceServer::start(Device::new(cfg, Box::new(dp)), shutdown.clone()).unwrap();
-        let handle = server.handle().clone();
-        Served {
-            name: format!("lo{n}"),
-            dir,
-            shutdown,
-            server: Some(server),
-            handle,
-        }
-    }
-
-    fn options(&self) -> RigOptions {
-        RigOptions::new(self.dir.join("lo.sock"))
-    }
-
-    fn verify(&self, tweak: impl FnOnce(&mut RigOptions), packets: u64, size: usize) {
-        let mut o = self.options();
-        tweak(&mut o);
-        let mut rig = Rig::connect(o).expect("rig setup");
-        let report = run_verify(&mut rig, &VerifyOptions::new(packets, size)).expect("verify ran");
-        println!("{}", report.summary());
-        assert!(report.passed(), "{}", report.failure_details());
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.shutdown.raise();
-        if let Some(s) = self.server.take() {
-            s.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A loopback device with `tuning`.
+fn tuned(pairs: u16, queue_size: u16, tuning: Tuning) -> Served {
+    Served::start("lo", CfgBackend::Loopback, pairs, queue_size, |name| {
+        SoftwareDatapath::new(name, Backend::Loopback, 1500, tuning)
+    })
 }
 
 #[test]
 fn one_packet_with_every_feature_combination() {
-    let d = Served::new(1, 1024);
+    let d = served(1, 1024);
     for event_idx in [true, false] {
         for mrg in [true, false] {
             d.verify(
@@ -113,14 +44,14 @@ fn one_packet_with_every_feature_combination() {
 
 #[test]
 fn a_hundred_thousand_packets_with_event_idx_on_and_off() {
-    let d = Served::new(1, 1024);
+    let d = served(1, 1024);
     d.verify(|_| {}, 100_000, 64);
     d.verify(|o| o.event_idx = false, 100_000, 64);
 }
 
 #[test]
 fn ring_indices_wrap_around() {
-    let d = Served::new(1, 1024);
+    let d = served(1, 1024);
     // A 16-entry ring wraps its slots every 16 frames; starting near 65535 wraps the
     // 16-bit indices themselves after a few dozen.
     d.verify(
@@ -144,7 +75,7 @@ fn ring_indices_wrap_around() {
 
 #[test]
 fn mergeable_buffers_spread_big_frames_and_chains_carry_them_without() {
-    let d = Served::new(1, 1024);
+    let d = served(1, 1024);
     // 1514-byte frames into 256-byte buffers: six buffers per frame, num_buffers = 6.
     d.verify(|o| o.rx_buf_size = 256, 2_000, 1514);
     // Without MRG_RXBUF the rig chains 512-byte buffers into one descriptor chain.
@@ -169,7 +100,7 @@ fn mergeable_buffers_spread_big_frames_and_chains_carry_them_without() {
 
 #[test]
 fn two_queue_pairs_each_loop_back_their_own_frames() {
-    let d = Served::new(2, 256);
+    let d = served(2, 256);
     d.verify(|o| o.queue_pairs = 2, 20_000, 64);
     let rings: Vec<u64> = d.handle.stats().iter().map(|q| q.packets).collect();
     assert_eq!(rings.len(), 4);
@@ -181,7 +112,7 @@ fn two_queue_pairs_each_loop_back_their_own_frames() {
 
 #[test]
 fn disconnect_mid_setup_then_a_full_connection_works() {
-    let d = Served::new(1, 1024);
+    let d = served(1, 1024);
     for stop in [
         SetupStep::MemTable,
         SetupStep::VringAddr(0),
@@ -197,7 +128,7 @@ fn disconnect_mid_setup_then_a_full_connection_works() {
 
 #[test]
 fn hostile_descriptors_are_counted_and_good_traffic_continues() {
-    let d = Served::new(1, 1024);
+    let d = served(1, 1024);
     let mut o = d.options();
     o.queue_size = 64;
     let mut rig = Rig::connect(o).unwrap();
@@ -294,7 +225,7 @@ fn coalesced_interrupts_are_released_by_their_deadline() {
         rx_coalesce_time: Duration::from_millis(2),
         ..Tuning::default()
     };
-    let d = Served::tuned(1, 256, tuning);
+    let d = tuned(1, 256, tuning);
     d.verify(|_| {}, 1, 64);
     d.verify(|o| o.event_idx = false, 1, 64);
     d.verify(|_| {}, 20_000, 64);
@@ -314,7 +245,7 @@ fn busy_polling_and_small_bursts_still_deliver_everything() {
         busy_poll: Duration::from_micros(200),
         ..Tuning::default()
     };
-    let d = Served::tuned(1, 256, tuning);
+    let d = tuned(1, 256, tuning);
     d.verify(|_| {}, 20_000, 64);
     d.verify(|o| o.event_idx = false, 5_000, 1514);
 }
@@ -322,7 +253,7 @@ fn busy_polling_and_small_bursts_still_deliver_everything() {
 #[test]
 fn workers_run_on_the_configured_cpu() {
     let cpu = 1 % std::thread::available_parallelism().map_or(1, |n| n.get());
-    let d = Served::tuned(
+    let d = tuned(
         1,
         256,
         Tuning {

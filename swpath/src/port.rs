@@ -1,0 +1,81 @@
+//! Backends that sit behind a file descriptor (a tap queue, a packet socket) move
+//! frames the same way: a [`Port`] does the system calls for one direction at a time,
+//! and [`PortEngine`] pairs it with the queue pair's rings for the worker.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use tracing::warn;
+
+use crate::engine::{Engine, Progress, RxState, TxState};
+use crate::rxq::RxQueue;
+use crate::txq::TxQueue;
+
+/// The host side of one queue pair.
+pub trait Port: Send {
+    /// The descriptor the worker waits on.
+    fn fd(&self) -> RawFd;
+
+    /// Sends up to `budget` frames from the guest's TX ring.
+    fn transmit(&mut self, tx: &mut TxQueue, budget: usize) -> TxState;
+
+    /// Receives up to `budget` frames into the guest's RX ring.
+    fn receive(&mut self, rx: &mut RxQueue, budget: usize) -> RxState;
+}
+
+/// A queue pair's rings and its port, driven by a worker.
+pub struct PortEngine<P> {
+    rx: RxQueue,
+    tx: TxQueue,
+    port: P,
+}
+
+impl<P: Port> PortEngine<P> {
+    /// An engine moving frames between `rx`/`tx` and `port`.
+    pub fn new(rx: RxQueue, tx: TxQueue, port: P) -> Self {
+        PortEngine { rx, tx, port }
+    }
+}
+
+impl<P: Port> Engine for PortEngine<P> {
+    fn process(&mut self, budget: usize) -> Progress {
+        let tx = self.port.transmit(&mut self.tx, budget);
+        let rx = self.port.receive(&mut self.rx, budget);
+        Progress { tx, rx }
+    }
+
+    fn queues(&mut self) -> (&mut RxQueue, &mut TxQueue) {
+        (&mut self.rx, &mut self.tx)
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.port.fd())
+    }
+}
+
+/// Logs a backend's first failure, once: frames keep being dropped and counted, the
+/// log does not fill up.
+#[derive(Debug)]
+pub struct FirstError {
+    backend: &'static str,
+    logged: bool,
+}
+
+impl FirstError {
+    /// For backend `backend` ("tap", "AF_PACKET").
+    pub fn new(backend: &'static str) -> Self {
+        FirstError {
+            backend,
+            logged: false,
+        }
+    }
+
+    /// Records that `op` failed with `e`.
+    pub fn note(&mut self, op: &str, e: &io::Error) {
+        if !self.logged {
+            warn!(backend = self.backend, error = %e,
+                  "{op} failed; frames are dropped and counted (logged once)");
+            self.logged = true;
+        }
+    }
+}
