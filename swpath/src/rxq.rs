@@ -7,8 +7,6 @@
 //! pair stops they are handed back by rewinding the avail index (or, if a bad chain was
 //! returned in between, as empty completions).
 
-use std::collections::VecDeque;
-
 use vdpa::DropReason;
 
 use crate::queue::Queue;
@@ -16,6 +14,81 @@ use crate::ring::{Chain, Direction, Segment};
 
 /// Offset of `num_buffers` in the 12-byte virtio-net header.
 const NUM_BUFFERS_OFFSET: usize = 10;
+
+/// Validated RX chains taken from the ring and not used yet, oldest first, in a ring
+/// of preallocated slots (no allocation or moving of chains per frame).
+struct Pending {
+    slots: Vec<Chain>,
+    head: usize,
+    len: usize,
+}
+
+impl Pending {
+    /// Room for `cap` chains (a power of two): a ring never has more outstanding than
+    /// its size.
+    fn new(cap: usize) -> Self {
+        debug_assert!(cap.is_power_of_two());
+        Pending {
+            slots: (0..cap).map(|_| Chain::with_capacity(4)).collect(),
+            head: 0,
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.slots.len()
+    }
+
+    fn slot(&self, i: usize) -> usize {
+        // Ring sizes are powers of two.
+        (self.head + i) & (self.slots.len() - 1)
+    }
+
+    /// The `i`-th pending chain.
+    fn get(&self, i: usize) -> &Chain {
+        &self.slots[self.slot(i)]
+    }
+
+    /// The free slot after the last pending chain, to fill and then [`push`](Self::push).
+    fn next_free(&mut self) -> &mut Chain {
+        let i = self.slot(self.len);
+        &mut self.slots[i]
+    }
+
+    /// Makes the chain filled in [`next_free`](Self::next_free) pending.
+    fn push(&mut self) {
+        assert!(!self.is_full(), "pending chains overflow their ring");
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) {
+        self.head = self.slot(1);
+        self.len -= 1;
+    }
+
+    /// Moves the oldest chain behind the newest.
+    fn rotate(&mut self) {
+        let (from, to) = (self.slot(0), self.slot(self.len));
+        self.slots.swap(from, to);
+        self.head = self.slot(1);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Chain> {
+        (0..self.len).map(move |i| self.get(i))
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+}
 
 /// Whether the guest has buffers for a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +107,10 @@ pub struct RxQueue {
     pub q: Queue,
     hdr_len: usize,
     mrg: bool,
-    pending: VecDeque<Chain>,
+    pending: Pending,
     /// A bad chain was returned after the first pending one was taken: pending chains
     /// can no longer be handed back by rewinding.
     interleaved: bool,
-    spare: Vec<Chain>,
     iov: Vec<libc::iovec>,
 }
 
@@ -55,9 +127,8 @@ impl RxQueue {
             q,
             hdr_len,
             mrg,
-            pending: VecDeque::with_capacity(cap),
+            pending: Pending::new(cap),
             interleaved: false,
-            spare: (0..cap.min(64)).map(|_| Chain::with_capacity(4)).collect(),
             iov: Vec::with_capacity(64),
         }
     }
@@ -109,8 +180,40 @@ impl RxQueue {
         if self.hdr_len == 12 {
             hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&(nbufs as u16).to_le_bytes());
         }
-        let mut dst = Cursor::default();
-        let chains = &self.pending.make_contiguous()[..nbufs];
+        let whole = self.hdr_len as u64 + frame_len;
+        let first = self.pending.get(0);
+        if nbufs == 1 && u64::from(first.segs[0].len) >= whole {
+            // The common case: one buffer holds header and frame.
+            let (head, mut dst) = (first.head, first.segs[0].ptr);
+            // SAFETY: the segment was translated for `whole` bytes or more; the header
+            // is ours, the frame bytes come from translated TX segments (possibly the
+            // same guest memory, hence memmove).
+            unsafe {
+                std::ptr::copy(hdr.as_ptr(), dst, self.hdr_len);
+                dst = dst.add(self.hdr_len);
+                let mut skip = skip;
+                for seg in src {
+                    let len = seg.len as usize;
+                    if skip >= len {
+                        skip -= len;
+                        continue;
+                    }
+                    std::ptr::copy(seg.ptr.add(skip), dst, len - skip);
+                    dst = dst.add(len - skip);
+                    skip = 0;
+                }
+            }
+            self.q.ring.push_used(head, whole as u32);
+            self.pending.pop_front();
+            if self.pending.is_empty() {
+                self.interleaved = false;
+            }
+            self.q.counts.packets += 1;
+            self.q.counts.bytes += frame_len;
+            return;
+        }
+        let mut dst = Cursor::new(nbufs);
+        let chains = &self.pending;
         dst.write_from(chains, hdr.as_ptr(), self.hdr_len);
         let mut skip = skip;
         for seg in src {
@@ -151,7 +254,7 @@ impl RxQueue {
     ) {
         let mut offset = 0usize;
         let hole = hole && self.hdr_len == 12;
-        for c in self.pending.range(chains) {
+        for c in chains.map(|i| self.pending.get(i)) {
             for s in &c.segs {
                 let (start, len) = (offset, s.len as usize);
                 offset += len;
@@ -200,22 +303,19 @@ impl RxQueue {
     /// Takes one chain from the ring into the pending list; `None` if the ring is empty.
     fn reserve_one(&mut self) -> Option<()> {
         loop {
-            if self.q.available() == 0 {
+            // A guest that posts more than a ring's worth of buffers without the
+            // earlier ones being usable gets no more taken: nothing is overwritten.
+            if self.pending.is_full() || self.q.available() == 0 {
                 return None;
             }
             let head = self.q.ring.pop_head();
-            let mut chain = self.spare.pop().unwrap_or_else(|| Chain::with_capacity(4));
-            match self
-                .q
-                .ring
-                .read_chain(head, Direction::DeviceWrites, &mut chain)
-            {
+            let chain = self.pending.next_free();
+            match self.q.ring.read_chain(head, Direction::DeviceWrites, chain) {
                 Ok(()) => {
-                    self.pending.push_back(chain);
+                    self.pending.push();
                     return Some(());
                 }
                 Err(kind) => {
-                    self.spare.push(chain);
                     self.q.reject(head, kind);
                     if !self.pending.is_empty() {
                         self.interleaved = true;
@@ -231,12 +331,12 @@ impl RxQueue {
     pub fn complete_read(&mut self, written: usize, hole: bool) {
         let bytes = written as u64 + if hole && self.hdr_len == 12 { 2 } else { 0 };
         let (nbufs, _) = self.fit(bytes);
-        let mut dst = Cursor::default();
-        let chains = &self.pending.make_contiguous()[..nbufs];
+        let mut dst = Cursor::new(nbufs);
+        let chains = &self.pending;
         dst.skip(chains, bytes as usize);
         if self.hdr_len == 12 {
             let n = (nbufs as u16).to_le_bytes();
-            let mut at = Cursor::default();
+            let mut at = Cursor::new(nbufs);
             at.skip(chains, NUM_BUFFERS_OFFSET);
             at.write_from(chains, n.as_ptr(), 2);
         }
@@ -244,13 +344,13 @@ impl RxQueue {
     }
 
     fn complete(&mut self, nbufs: usize, dst: &Cursor, frame_len: u64) {
-        for (i, c) in self.pending.iter().take(nbufs).enumerate() {
+        for i in 0..nbufs {
+            let c = self.pending.get(i);
             let written = dst.written_in(i, c);
             self.q.ring.push_used(c.head, written as u32);
         }
         for _ in 0..nbufs {
-            let c = self.pending.pop_front().expect("nbufs pending");
-            self.spare.push(c);
+            self.pending.pop_front();
         }
         if self.pending.is_empty() {
             self.interleaved = false;
@@ -284,8 +384,8 @@ impl RxQueue {
     /// Moves the front pending chain (unused: its frame was dropped) to the back, for
     /// backends that received into several chains at once.
     pub fn requeue_front(&mut self) {
-        if let Some(c) = self.pending.pop_front() {
-            self.pending.push_back(c);
+        if !self.pending.is_empty() {
+            self.pending.rotate();
             // Pending chains are no longer in ring order: hand them back as empty
             // completions rather than by rewinding.
             self.interleaved = true;
@@ -298,9 +398,11 @@ impl RxQueue {
             return;
         }
         if self.interleaved {
-            for c in self.pending.drain(..) {
-                self.q.ring.push_used(c.head, 0);
+            for i in 0..self.pending.len() {
+                let head = self.pending.get(i).head;
+                self.q.ring.push_used(head, 0);
             }
+            self.pending.clear();
         } else {
             self.q.ring.unpop(self.pending.len() as u16);
             self.pending.clear();
@@ -309,9 +411,9 @@ impl RxQueue {
     }
 }
 
-/// A write position across a list of chains' buffers.
-#[derive(Default)]
+/// A write position across the first `limit` pending chains' buffers.
 struct Cursor {
+    limit: usize,
     chain: usize,
     seg: usize,
     off: usize,
@@ -320,9 +422,19 @@ struct Cursor {
 }
 
 impl Cursor {
+    fn new(limit: usize) -> Self {
+        Cursor {
+            limit,
+            chain: 0,
+            seg: 0,
+            off: 0,
+            in_chain: 0,
+        }
+    }
+
     /// Copies `len` bytes from `src` into the chains at the cursor. The caller made
     /// sure the chains have room.
-    fn write_from(&mut self, chains: &[Chain], mut src: *const u8, mut len: usize) {
+    fn write_from(&mut self, chains: &Pending, mut src: *const u8, mut len: usize) {
         while len > 0 {
             let Some(seg) = self.current(chains) else {
                 return;
@@ -342,7 +454,7 @@ impl Cursor {
     }
 
     /// Moves the cursor over `len` bytes already written by someone else.
-    fn skip(&mut self, chains: &[Chain], mut len: usize) {
+    fn skip(&mut self, chains: &Pending, mut len: usize) {
         while len > 0 {
             let Some(seg) = self.current(chains) else {
                 return;
@@ -355,9 +467,12 @@ impl Cursor {
     }
 
     /// The segment at the cursor, moving on over full segments and chains.
-    fn current(&mut self, chains: &[Chain]) -> Option<Segment> {
+    fn current(&mut self, chains: &Pending) -> Option<Segment> {
         loop {
-            let chain = chains.get(self.chain)?;
+            if self.chain >= self.limit {
+                return None;
+            }
+            let chain = chains.get(self.chain);
             match chain.segs.get(self.seg) {
                 Some(s) if self.off < s.len as usize => return Some(*s),
                 Some(_) => {

@@ -41,32 +41,13 @@ impl TxQueue {
 
     /// Takes the next chain off the ring and checks it.
     pub fn take(&mut self) -> TxNext {
-        let mut chain = std::mem::replace(&mut self.chain, Chain::with_capacity(0));
-        let next = self.take_into(&mut chain);
-        self.chain = chain;
-        next
+        take(&mut self.q, self.hdr_len, &mut self.chain)
     }
 
     /// [`take`](Self::take) into a chain of the caller's, for backends that send
     /// several frames at once; complete it with [`complete_chain`](Self::complete_chain).
     pub fn take_into(&mut self, chain: &mut Chain) -> TxNext {
-        if self.q.available() == 0 {
-            return TxNext::Empty;
-        }
-        let head = self.q.ring.pop_head();
-        if let Err(kind) = self.q.ring.read_chain(head, Direction::DeviceReads, chain) {
-            self.q.reject(head, kind);
-            return TxNext::Skipped;
-        }
-        if chain.total < self.hdr_len as u64 {
-            self.q.reject(head, BadDescriptor::BadLength);
-            return TxNext::Skipped;
-        }
-        if chain.total - self.hdr_len as u64 > MAX_FRAME {
-            self.drop_chain(chain, DropReason::Oversized);
-            return TxNext::Skipped;
-        }
-        TxNext::Frame
+        take(&mut self.q, self.hdr_len, chain)
     }
 
     /// The backend took `chain` (from [`take_into`](Self::take_into)).
@@ -104,9 +85,9 @@ impl TxQueue {
 
     /// The backend took the current frame: return the chain to the guest, count it.
     pub fn complete(&mut self) {
-        let chain = std::mem::replace(&mut self.chain, Chain::with_capacity(0));
-        self.complete_chain(&chain);
-        self.chain = chain;
+        self.q.ring.push_used(self.chain.head, 0);
+        self.q.counts.packets += 1;
+        self.q.counts.bytes += self.chain.total - self.hdr_len as u64;
     }
 
     /// The current frame cannot be sent: return the chain, count the drop.
@@ -146,4 +127,27 @@ impl TxQueue {
     pub fn unpop(&mut self) {
         self.q.ring.unpop(1);
     }
+}
+
+/// Takes the next chain of `q` into `chain` and checks it as a frame with a
+/// `hdr_len`-byte header.
+fn take(q: &mut Queue, hdr_len: usize, chain: &mut Chain) -> TxNext {
+    if q.available() == 0 {
+        return TxNext::Empty;
+    }
+    let head = q.ring.pop_head();
+    if let Err(kind) = q.ring.read_chain(head, Direction::DeviceReads, chain) {
+        q.reject(head, kind);
+        return TxNext::Skipped;
+    }
+    if chain.total < hdr_len as u64 {
+        q.reject(head, BadDescriptor::BadLength);
+        return TxNext::Skipped;
+    }
+    if chain.total - hdr_len as u64 > MAX_FRAME {
+        q.ring.push_used(chain.head, 0);
+        q.counts.drop(DropReason::Oversized);
+        return TxNext::Skipped;
+    }
+    TxNext::Frame
 }
