@@ -11,7 +11,7 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
-use vdpa::{BadDescriptor, DatapathError, GuestMemory, RingConfig};
+use vdpa::{BadDescriptor, DatapathError, GuestMemory, RegionCache, RingConfig};
 
 /// Descriptor flag: the chain continues at `next`.
 const VIRTQ_DESC_F_NEXT: u16 = 1;
@@ -101,7 +101,7 @@ pub struct DeviceRing {
     /// Used index when we last decided about an interrupt.
     signalled_used: u16,
     mem: Arc<GuestMemory>,
-    hint: usize,
+    cache: RegionCache,
     broken: bool,
 }
 
@@ -152,7 +152,7 @@ impl DeviceRing {
             published_used: 0,
             signalled_used: 0,
             mem,
-            hint: 0,
+            cache: RegionCache::default(),
             broken: false,
         };
         let used_idx = ring.used_idx_field().load(Ordering::Acquire);
@@ -294,7 +294,7 @@ impl DeviceRing {
             }
             let ptr = self
                 .mem
-                .translate_cached(&mut self.hint, d.addr, u64::from(d.len))
+                .translate_with(&mut self.cache, d.addr, u64::from(d.len))
                 .ok_or(BadDescriptor::Address)?;
             out.segs.push(Segment { ptr, len: d.len });
             out.total += u64::from(d.len);

@@ -19,5 +19,5 @@ pub mod wire;
 
 pub use datapath::{Datapath, DatapathError, QueuePairConfig, RingAddrs, RingConfig, RingEvents};
 pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus};
-pub use memory::{GuestMemory, MemoryError, MemoryRegion};
+pub use memory::{GuestMemory, MemoryError, MemoryRegion, RegionCache};
 pub use stats::{BadDescriptor, BurstCounts, DropReason, QueueCounters, QueueStats};

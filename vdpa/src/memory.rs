@@ -231,6 +231,24 @@ fn ranges_overlap(a: u64, alen: u64, b: u64, blen: u64) -> bool {
     a < b.saturating_add(blen) && b < a.saturating_add(alen)
 }
 
+/// The last region a translation hit (see [`GuestMemory::translate_with`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RegionCache {
+    gpa: u64,
+    size: u64,
+    host: *mut u8,
+}
+
+impl Default for RegionCache {
+    fn default() -> Self {
+        RegionCache {
+            gpa: 0,
+            size: 0,
+            host: std::ptr::null_mut(),
+        }
+    }
+}
+
 /// An immutable table of guest memory regions.
 #[derive(Clone, Debug, Default)]
 pub struct GuestMemory {
@@ -309,25 +327,30 @@ impl GuestMemory {
     /// Host pointer for guest-physical `[gpa, gpa + len)`, which must lie within one
     /// region. `None` for any range that is not entirely guest memory.
     pub fn translate(&self, gpa: u64, len: u64) -> Option<*mut u8> {
-        let mut hint = 0;
-        self.translate_cached(&mut hint, gpa, len)
+        let r = self.regions.iter().find(|r| r.contains_gpa(gpa, len))?;
+        // SAFETY: contains_gpa proved `gpa - r.gpa + len <= r.size`.
+        Some(unsafe { r.host.add((gpa - r.gpa) as usize) })
     }
 
-    /// [`translate`](Self::translate) that tries region `*hint` first and leaves the
-    /// index of the region that matched in `*hint`: consecutive buffers of a guest
-    /// usually sit in the same region, so the hot path rarely searches.
+    /// [`translate`](Self::translate) that tries the region in `cache` first and leaves
+    /// the region that matched there: consecutive buffers of a guest usually sit in
+    /// the same region, so the hot path needs two comparisons and no lookup. A cache
+    /// must only be used with the table that filled it.
     #[inline]
-    pub fn translate_cached(&self, hint: &mut usize, gpa: u64, len: u64) -> Option<*mut u8> {
-        if let Some(r) = self.regions.get(*hint) {
-            if r.contains_gpa(gpa, len) {
-                // SAFETY: contains_gpa proved `gpa - r.gpa + len <= r.size`.
-                return Some(unsafe { r.host.add((gpa - r.gpa) as usize) });
-            }
+    pub fn translate_with(&self, cache: &mut RegionCache, gpa: u64, len: u64) -> Option<*mut u8> {
+        let off = gpa.wrapping_sub(cache.gpa);
+        if off < cache.size && len <= cache.size - off {
+            // SAFETY: the cache describes a region of this table (see above), and
+            // `off + len <= size` was just checked.
+            return Some(unsafe { cache.host.add(off as usize) });
         }
-        let i = self.regions.iter().position(|r| r.contains_gpa(gpa, len))?;
-        *hint = i;
-        let r = &self.regions[i];
-        // SAFETY: as above, the range lies within region `i`.
+        let r = self.regions.iter().find(|r| r.contains_gpa(gpa, len))?;
+        *cache = RegionCache {
+            gpa: r.gpa,
+            size: r.size,
+            host: r.host,
+        };
+        // SAFETY: contains_gpa proved the range lies within the region.
         Some(unsafe { r.host.add((gpa - r.gpa) as usize) })
     }
 
