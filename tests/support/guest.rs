@@ -199,34 +199,36 @@ impl Guest {
     pub fn try_wait_for(&mut self, marker: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let text = self.console();
-            if let Some(rel) = text.get(self.cursor..).and_then(|rest| rest.find(marker)) {
-                let at = self.cursor + rel;
-                let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-                let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-                // Only complete lines: a marker line still being written is re-read.
-                if end < text.len() {
-                    self.cursor = end;
-                    return Ok(text[start..end].trim_end_matches('\r').to_string());
-                }
+            // Only complete lines while QEMU runs: a line still being written is re-read.
+            if let Some(line) = self.take_line(marker, false) {
+                return Ok(line);
             }
             if let Some(status) = self.proc.try_wait() {
-                // Re-read once: QEMU may have written the line just before exiting.
-                let text = self.console();
-                if let Some(rel) = text.get(self.cursor..).and_then(|rest| rest.find(marker)) {
-                    let at = self.cursor + rel;
-                    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-                    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-                    self.cursor = end;
-                    return Ok(text[start..end].trim_end_matches('\r').to_string());
-                }
-                return Err(format!("QEMU exited ({status})"));
+                // QEMU may have written the line just before exiting.
+                return self
+                    .take_line(marker, true)
+                    .ok_or_else(|| format!("QEMU exited ({status})"));
             }
             if Instant::now() >= deadline {
                 return Err(format!("timeout after {timeout:?}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Finds the first console line after the cursor containing `marker`, moves the
+    /// cursor past it and returns it. An unterminated last line counts only if
+    /// `partial_ok`.
+    fn take_line(&mut self, marker: &str, partial_ok: bool) -> Option<String> {
+        let text = self.console();
+        let at = self.cursor + text.get(self.cursor..)?.find(marker)?;
+        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        if end == text.len() && !partial_ok {
+            return None;
+        }
+        self.cursor = end;
+        Some(text[start..end].trim_end_matches('\r').to_string())
     }
 
     /// Waits for the guest script to finish and QEMU to exit; returns the script's
