@@ -78,7 +78,15 @@ pub struct Guest {
     /// Byte offset in the console log up to which markers were consumed.
     cursor: usize,
     started: Instant,
-    _lock: MutexGuard<'static, ()>,
+    _lock: GuestLock,
+}
+
+/// Held while a guest runs: this process's lock, and a file lock that keeps test
+/// binaries and developers' runs in other processes from booting a second guest at
+/// the same time on a 2-core machine.
+struct GuestLock {
+    _file: std::fs::File,
+    _guard: MutexGuard<'static, ()>,
 }
 
 impl Guest {
@@ -281,13 +289,17 @@ impl Drop for Guest {
     }
 }
 
-fn acquire_guest_lock() -> MutexGuard<'static, ()> {
+/// Path of the machine-wide guest lock.
+pub const GUEST_LOCK_FILE: &str = "/tmp/vdpad-qemu-guest.lock";
+
+fn acquire_guest_lock() -> GuestLock {
+    use std::os::fd::AsRawFd;
     let deadline = Instant::now() + Duration::from_secs(1200);
-    loop {
+    let guard = loop {
         match GUEST_LOCK.try_lock() {
-            Ok(guard) => return guard,
+            Ok(guard) => break guard,
             // A test that panicked while holding the lock has already killed its guest.
-            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
                 assert!(
                     Instant::now() < deadline,
@@ -296,6 +308,28 @@ fn acquire_guest_lock() -> MutexGuard<'static, ()> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(GUEST_LOCK_FILE)
+        .expect("open the guest lock file");
+    loop {
+        // SAFETY: flock on a descriptor we own; the lock goes away when it is closed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 20 min for a guest of another process ({GUEST_LOCK_FILE})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    GuestLock {
+        _file: file,
+        _guard: guard,
     }
 }
 

@@ -67,12 +67,13 @@ pub fn offered_features(cfg: &DeviceConfig) -> u64 {
 /// The vhost-user protocol features this control plane implements, and so offers.
 ///
 /// STATUS, LOG_SHMFD, BACKEND_REQ, HOST_NOTIFIER and INFLIGHT are deliberately absent:
-/// they are only offered once they are implemented.
+/// they are only offered once they are implemented. CONFIG is not offered either:
+/// GET_CONFIG is answered, but QEMU keeps a vhost-user net device's config space
+/// itself and warns about a backend that offers it.
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::MTU
-        | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
