@@ -61,8 +61,7 @@ impl Daemon {
     /// Creates the run directory and starts every device of `cfg`. Nothing is left
     /// listening if any device fails.
     pub fn start(cfg: &Config) -> Result<Daemon> {
-        std::fs::create_dir_all(&cfg.daemon.run_dir)
-            .with_context(|| format!("creating run directory {}", cfg.daemon.run_dir.display()))?;
+        prepare_run_dir(&cfg.daemon.run_dir)?;
         let mut daemon = Daemon {
             config: Config {
                 daemon: cfg.daemon.clone(),
@@ -217,6 +216,45 @@ impl Daemon {
         }
         self.config.devices.clear();
     }
+}
+
+/// Creates the run directory (mode 0755: frontends running as other users must reach
+/// the sockets, which have their own modes) or checks an existing one: it must be a
+/// real directory owned by us and writable by nobody else, or another user could swap
+/// our sockets (the non-root default lives under /tmp).
+fn prepare_run_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating run directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting the mode of {}", dir.display()))?;
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("checking run directory {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        return Err(anyhow!(
+            "run directory {} is not a directory (a symlink?)",
+            dir.display()
+        ));
+    }
+    if meta.uid() != euid && euid != 0 {
+        return Err(anyhow!(
+            "run directory {} belongs to uid {}, not to us (uid {euid}); remove it or set run_dir",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(anyhow!(
+            "run directory {} is writable by group or others (mode {:o}); chmod go-w it",
+            dir.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for Daemon {
