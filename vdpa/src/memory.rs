@@ -137,6 +137,7 @@ impl MemoryRegion {
                 actual,
             });
         }
+        seal_against_shrinking(&file, gpa);
         let page = page_size();
         let aligned_offset = mmap_offset & !(page - 1);
         let lead = (mmap_offset - aligned_offset) as usize;
@@ -215,6 +216,29 @@ impl Drop for MemoryRegion {
             libc::munmap(self.map_base, self.map_len);
         }
     }
+}
+
+/// Whether a frontend can no longer shrink `file` under our mapping: a memfd sealed
+/// with F_SEAL_SHRINK (QEMU's memfd backend seals by default). If it is not sealed we
+/// try to add the seal; where that is refused (hugetlbfs, or sealing not allowed) a
+/// frontend that truncated its own memory could crash the daemon with SIGBUS, which is
+/// logged once per region.
+fn seal_against_shrinking(file: &File, gpa: u64) -> bool {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GET_SEALS/F_ADD_SEALS take an int argument and only read the fd.
+    let sealed = unsafe {
+        let seals = libc::fcntl(fd, libc::F_GET_SEALS);
+        (seals >= 0 && seals & libc::F_SEAL_SHRINK != 0)
+            || libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) == 0
+    };
+    if !sealed {
+        tracing::warn!(
+            gpa = format_args!("{gpa:#x}"),
+            "guest memory region is not sealed against shrinking: a frontend that truncates \
+             it could crash the daemon (use memory-backend-memfd with seal=on)"
+        );
+    }
+    sealed
 }
 
 fn page_size() -> u64 {
