@@ -638,6 +638,10 @@ impl Datapath for OffloadDatapath {
         self.bases.get(&ring).copied()
     }
 
+    fn take_lost(&mut self) -> Vec<u16> {
+        self.lost_pairs()
+    }
+
     fn stats(&self) -> Vec<QueueStats> {
         self.counters
             .iter()

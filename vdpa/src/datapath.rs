@@ -134,9 +134,10 @@ pub trait Datapath: Send {
     /// `None` if this datapath never ran the ring since the last reset.
     fn base(&self, ring: u16) -> Option<u16>;
 
-    /// Pairs this datapath stopped on its own since the last call (e.g. a NIC reset
-    /// needed to stop one pair took the others down too). Their rings report where
-    /// they stopped through [`base`](Self::base); the control plane restarts them.
+    /// Pairs this datapath has stopped on its own (e.g. a NIC reset needed to stop or
+    /// add one pair took the others down and they could not be brought back). Their
+    /// rings report where they stopped through [`base`](Self::base); the control plane
+    /// marks them stopped and starts them again. Reporting a pair twice is harmless.
     fn take_lost(&mut self) -> Vec<u16> {
         Vec::new()
     }

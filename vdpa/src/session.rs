@@ -97,6 +97,33 @@ impl<'d> Session<'d> {
         self.publish_status();
     }
 
+    /// Records where `pair`'s rings stopped.
+    fn record_bases(&mut self, dp: &dyn crate::Datapath, pair: usize) {
+        for ring in [2 * pair, 2 * pair + 1] {
+            if let Some(base) = dp.base(ring as u16) {
+                self.rings[ring].base = base;
+            }
+        }
+    }
+
+    /// Marks pairs the datapath lost on its own as stopped (recording their bases), so
+    /// that the next reconcile starts them again.
+    fn collect_lost(&mut self) {
+        let mut dp = self.dev.datapath();
+        for lost in dp.take_lost() {
+            let lost = usize::from(lost);
+            if lost < self.running.len() && self.running[lost] {
+                warn!(
+                    device = self.dev.name(),
+                    pair = lost,
+                    "queue pair went down on its own; it will be restarted"
+                );
+                self.running[lost] = false;
+                self.record_bases(&**dp, lost);
+            }
+        }
+    }
+
     /// Stops every running queue pair.
     pub(crate) fn stop_all(&mut self) {
         for pair in 0..self.running.len() {
@@ -187,6 +214,7 @@ impl<'d> Session<'d> {
                 }
                 Err(e) => {
                     drop(dp);
+                    self.collect_lost();
                     if self.fall_back(&e) {
                         // Every pair starts again, on the new datapath.
                         return self.reconcile();
