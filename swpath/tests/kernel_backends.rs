@@ -28,7 +28,9 @@ struct Netns {
 
 impl Netns {
     fn new() -> Self {
-        let name = format!("vdpad-swtap-{}", std::process::id());
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("vdpad-swk-{}-{n}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
