@@ -657,3 +657,24 @@ fn a_datapath_that_cannot_start_a_pair_hands_the_device_to_its_fallback() {
     shutdown.raise();
     server.join();
 }
+
+#[test]
+fn the_socket_is_private_and_goes_away_with_the_device() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new(1);
+    let mode = std::fs::metadata(&h.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second server cannot steal a socket that a live one accepts on.
+    let again = DeviceServer::start(
+        Device::new(
+            device_config(h.socket.clone(), 1),
+            Box::new(Recorder::default()),
+        ),
+        Shutdown::new().unwrap(),
+    );
+    assert!(matches!(again, Err(vdpa::server::ServerError::InUse(_))));
+    let mut h = h;
+    h.shutdown.raise();
+    h.server.take().unwrap().join();
+    assert!(!h.socket.exists(), "socket removed on shutdown");
+}
