@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vdpa_rig::options::DEFAULT_RX_BUF_SIZE;
-use vdpa_rig::{run_bench, run_verify, BenchOptions, Rig, RigError, RigOptions, VerifyOptions};
+use vdpa_rig::{
+    run_bench, run_latency, run_verify, BenchOptions, LatencyOptions, Rig, RigError, RigOptions,
+    VerifyOptions,
+};
 
 /// A vhost-user frontend that plays the VM: verify a loopback device or benchmark it.
 #[derive(Debug, Parser)]
@@ -88,6 +91,27 @@ enum Cmd {
         #[arg(long)]
         poll: bool,
     },
+    /// Ping-pong with one frame in flight on pair 0; prints round-trip percentiles in µs.
+    Latency {
+        /// Round trips measured.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Round trips before the measurement (not measured).
+        #[arg(long, default_value_t = 1000)]
+        warmup: u64,
+        /// Frame size in bytes (L2).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Stop measuring after this many seconds even if COUNT was not reached.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Seconds a frame may take to come back before the run fails.
+        #[arg(long, default_value_t = 1.0)]
+        frame_timeout: f64,
+        /// Busy-poll the RX ring instead of sleeping on its call eventfd.
+        #[arg(long)]
+        poll: bool,
+    },
 }
 
 fn chain(e: &dyn Error) -> String {
@@ -123,7 +147,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let max_frame = match &cli.cmd {
         Cmd::Verify { size, size_max, .. } => (*size).max(size_max.unwrap_or(0)),
-        Cmd::Bench { size, .. } => *size,
+        Cmd::Bench { size, .. } | Cmd::Latency { size, .. } => *size,
     };
     let connect_timeout = match secs(cli.connect_timeout, "connect timeout") {
         Ok(d) => d,
@@ -199,6 +223,42 @@ fn main() -> ExitCode {
             }
             if r.rx_frames == 0 {
                 eprintln!("vdpa-rig: no frame came back");
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Latency {
+            count,
+            warmup,
+            size,
+            seconds,
+            frame_timeout,
+            poll,
+        } => {
+            let mut o = LatencyOptions::new(count, size);
+            o.warmup = warmup;
+            o.poll = poll;
+            o.frame_timeout = match secs(frame_timeout, "frame timeout") {
+                Ok(d) => d,
+                Err(m) => return usage(m),
+            };
+            if let Some(s) = seconds {
+                o.max_duration = match secs(s, "seconds") {
+                    Ok(d) => Some(d),
+                    Err(m) => return usage(m),
+                };
+            }
+            let r = match run_latency(&mut rig, &o) {
+                Ok(r) => r,
+                Err(e) => return run_error(e),
+            };
+            if cli.json {
+                println!("{}", serde_json::to_string(&r).expect("report serialises"));
+            } else {
+                println!("{}", r.render());
+            }
+            if r.count == 0 {
+                eprintln!("vdpa-rig: no round trip measured");
                 return ExitCode::from(1);
             }
             ExitCode::SUCCESS

@@ -1,0 +1,282 @@
+//! What is measured: cells (a frontend, a workload, a frame size) and, per cell, the
+//! variants that are run interleaved (A = DPDK's vhost library, B = vdpad; or several
+//! vdpad configurations for the seed's questions).
+
+use serde::Serialize;
+
+use crate::vdpad::Tuning;
+
+/// The vhost-user frontend that plays the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Frontend {
+    /// `dpdk-testpmd --vdev net_virtio_user0`, io forwarding, `--tx-first`: polls, and
+    /// kicks only when the backend asks.
+    Testpmd,
+    /// `vdpa-rig bench`: keeps TX full and RX refilled; NAPI-like interrupts unless
+    /// `poll`.
+    RigBench {
+        /// `--poll`: never sleep, never re-enable interrupts.
+        poll: bool,
+    },
+    /// `vdpa-rig latency`: one frame in flight, ping-pong.
+    RigLatency {
+        /// `--poll`: spin on the RX ring instead of sleeping on its call eventfd.
+        poll: bool,
+    },
+}
+
+impl Frontend {
+    /// Short description for tables.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Frontend::Testpmd => "testpmd virtio-user io fwd",
+            Frontend::RigBench { poll: false } => "vdpa-rig bench (interrupts)",
+            Frontend::RigBench { poll: true } => "vdpa-rig bench --poll",
+            Frontend::RigLatency { poll: false } => "vdpa-rig latency (interrupts)",
+            Frontend::RigLatency { poll: true } => "vdpa-rig latency --poll",
+        }
+    }
+
+    /// Whether the cell measures latency rather than throughput.
+    pub fn is_latency(&self) -> bool {
+        matches!(self, Frontend::RigLatency { .. })
+    }
+}
+
+/// Which backend serves the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// A: `dpdk-testpmd --vdev net_vhost0`, io forwarding in loop topology.
+    Dpdk,
+    /// B: `vdpad` with one loopback device and this tuning.
+    Vdpad(Tuning),
+}
+
+/// One configuration run in a cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    /// Name in tables and files (`A`, `B`, `event_idx=off,burst=8`, ...).
+    pub name: String,
+    /// The backend.
+    pub backend: Backend,
+}
+
+/// Main cells compare A with B; seed cells compare vdpad configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    /// A/B: DPDK vs vdpad.
+    Main,
+    /// The seed thread's questions (vdpad only).
+    Seed,
+}
+
+/// One cell of the benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// Stable identifier (`tp-64`, `seed-notify`, ...).
+    pub id: String,
+    /// Main or seed.
+    pub group: Group,
+    /// What it answers, in words.
+    pub title: String,
+    /// The frontend.
+    pub frontend: Frontend,
+    /// Frame size (L2 bytes, without FCS).
+    pub size: usize,
+    /// Variants, run in this order within each repetition.
+    pub variants: Vec<Variant>,
+}
+
+fn ab() -> Vec<Variant> {
+    vec![
+        Variant {
+            name: "A".into(),
+            backend: Backend::Dpdk,
+        },
+        Variant {
+            name: "B".into(),
+            backend: Backend::Vdpad(Tuning::default()),
+        },
+    ]
+}
+
+fn main_cell(id: &str, frontend: Frontend, size: usize) -> Cell {
+    let what = if frontend.is_latency() {
+        "round-trip latency, one frame in flight"
+    } else {
+        "throughput, one queue pair"
+    };
+    Cell {
+        id: id.into(),
+        group: Group::Main,
+        title: format!("{what}: {}, {size} B", frontend.describe()),
+        frontend,
+        size,
+        variants: ab(),
+    }
+}
+
+/// The A/B cells: testpmd and the rig (interrupts, and polling) at 64 and 1518 bytes,
+/// and latency (interrupts, and polling) at 64 bytes.
+pub fn main_cells() -> Vec<Cell> {
+    let mut v = Vec::new();
+    for size in [64, 1518] {
+        v.push(main_cell(&format!("tp-{size}"), Frontend::Testpmd, size));
+        v.push(main_cell(
+            &format!("rig-{size}"),
+            Frontend::RigBench { poll: false },
+            size,
+        ));
+        v.push(main_cell(
+            &format!("rigpoll-{size}"),
+            Frontend::RigBench { poll: true },
+            size,
+        ));
+    }
+    v.push(main_cell(
+        "lat-64",
+        Frontend::RigLatency { poll: false },
+        64,
+    ));
+    v.push(main_cell(
+        "latpoll-64",
+        Frontend::RigLatency { poll: true },
+        64,
+    ));
+    v
+}
+
+fn vdpad(name: String, t: Tuning) -> Variant {
+    Variant {
+        name,
+        backend: Backend::Vdpad(t),
+    }
+}
+
+/// Coalescing settings compared: off, and RX interrupts held for up to 32 frames or
+/// 20 µs, or 100 µs.
+fn coalesce_variants() -> Vec<Variant> {
+    let mut v = vec![vdpad(
+        "coalesce=off".into(),
+        Tuning {
+            rx_coalesce_frames: Some(0),
+            rx_coalesce_usecs: Some(0),
+            ..Default::default()
+        },
+    )];
+    for us in [20, 100] {
+        v.push(vdpad(
+            format!("frames=32,usecs={us}"),
+            Tuning {
+                rx_coalesce_frames: Some(32),
+                rx_coalesce_usecs: Some(us),
+                ..Default::default()
+            },
+        ));
+    }
+    v
+}
+
+fn busy_poll_variants(values: &[u32]) -> Vec<Variant> {
+    values
+        .iter()
+        .map(|&us| {
+            vdpad(
+                format!("busy_poll_us={us}"),
+                Tuning {
+                    busy_poll_us: Some(us),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// The seed's questions, on vdpad with the rig in interrupt mode at 64 bytes.
+pub fn seed_cells() -> Vec<Cell> {
+    let irq = Frontend::RigBench { poll: false };
+    let lat = Frontend::RigLatency { poll: false };
+    let mut notify = Vec::new();
+    for ei in [true, false] {
+        for burst in [8, 32, 64, 128] {
+            notify.push(vdpad(
+                format!("event_idx={},burst={burst}", if ei { "on" } else { "off" }),
+                Tuning {
+                    event_idx: Some(ei),
+                    burst: Some(burst),
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    vec![
+        Cell {
+            id: "seed-notify".into(),
+            group: Group::Seed,
+            title: "packets per kick and per interrupt at saturation: EVENT_IDX on/off x burst"
+                .into(),
+            frontend: irq,
+            size: 64,
+            variants: notify,
+        },
+        Cell {
+            id: "seed-coalesce-lat".into(),
+            group: Group::Seed,
+            title: "latency cost of RX interrupt coalescing (one frame in flight)".into(),
+            frontend: lat,
+            size: 64,
+            variants: coalesce_variants(),
+        },
+        Cell {
+            id: "seed-coalesce-tp".into(),
+            group: Group::Seed,
+            title: "RX interrupt coalescing at saturation: packets per interrupt".into(),
+            frontend: irq,
+            size: 64,
+            variants: coalesce_variants(),
+        },
+        Cell {
+            id: "seed-busypoll-lat".into(),
+            group: Group::Seed,
+            title: "busy-poll vs notification: latency and CPU per packet (one frame in flight)"
+                .into(),
+            frontend: lat,
+            size: 64,
+            variants: busy_poll_variants(&[0, 50, 200]),
+        },
+        Cell {
+            id: "seed-busypoll-tp".into(),
+            group: Group::Seed,
+            title: "busy-poll vs notification: CPU per packet at saturation".into(),
+            frontend: irq,
+            size: 64,
+            variants: busy_poll_variants(&[0, 50]),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_unique_and_complete() {
+        let mut all = main_cells();
+        all.extend(seed_cells());
+        let mut ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
+        ids.sort_unstable();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+        assert!(main_cells().iter().all(|c| c.variants.len() == 2));
+        let notify = &seed_cells()[0];
+        assert_eq!(notify.variants.len(), 8);
+        assert!(notify
+            .variants
+            .iter()
+            .any(|v| v.name == "event_idx=off,burst=128"));
+    }
+}

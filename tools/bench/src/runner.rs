@@ -1,0 +1,571 @@
+//! One run: start a backend, drive it with a frontend for a bounded time, take the
+//! samples and counters of the measured window, stop everything and clean up.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cells::{Backend, Cell, Frontend, Variant};
+use crate::machine;
+use crate::proc::{self, Proc, Spawn};
+use crate::stats;
+use crate::testpmd::{self, Memory, Testpmd};
+use crate::vdpad::{self, Daemon, PairCounters};
+
+/// How vdpad's worker is pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pinning {
+    /// `cpus = [N]` in the device configuration (the worker thread only).
+    ConfigCpus,
+    /// The whole daemon process pinned with sched_setaffinity (like `taskset`),
+    /// because the configuration parser does not accept `cpus`.
+    Affinity,
+}
+
+/// Everything a run needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The vdpad binary.
+    pub vdpad: PathBuf,
+    /// vdpactl, if it should be tried for counters.
+    pub vdpactl: Option<PathBuf>,
+    /// The vdpa-rig binary.
+    pub rig: PathBuf,
+    /// dpdk-testpmd.
+    pub testpmd: PathBuf,
+    /// testpmd memory.
+    pub memory: Memory,
+    /// Backend CPU.
+    pub be_cpu: usize,
+    /// Frontend CPU.
+    pub fe_cpu: usize,
+    /// vdpad worker pinning.
+    pub pinning: Pinning,
+    /// Measured seconds per throughput run.
+    pub seconds: u32,
+    /// Warm-up seconds discarded (testpmd frontend samples).
+    pub warmup: u32,
+    /// Seconds per latency run.
+    pub latency_seconds: f64,
+    /// Scratch directory for sockets and configurations.
+    pub work: PathBuf,
+    /// Where process logs go.
+    pub logs: PathBuf,
+}
+
+/// Latency figures of one run (µs).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    /// Round trips measured.
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+/// The result of one run of one variant.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Run {
+    /// Cell id.
+    pub cell: String,
+    /// Variant name.
+    pub variant: String,
+    /// Repetition (0-based).
+    pub rep: usize,
+    /// Start time (UTC).
+    pub started: String,
+    /// Why the run produced no numbers, if it did not.
+    pub error: Option<String>,
+    /// Per-second Rx-pps samples kept after warm-up (testpmd frontend).
+    pub samples_pps: Vec<u64>,
+    /// Throughput: Mpps (median of the samples, or the rig's figure); for latency
+    /// runs, round trips per second / 1e6.
+    pub mpps: Option<f64>,
+    /// L2 Gbit/s (Mpps × size × 8).
+    pub gbps: Option<f64>,
+    /// Latency figures (latency cells).
+    pub latency: Option<Latency>,
+    /// vdpad's counters over the measured window (B runs).
+    pub vdpad: Option<PairCounters>,
+    /// vdpad: TX packets per guest kick over the window.
+    pub pkts_per_kick: Option<f64>,
+    /// vdpad: RX packets per interrupt over the window.
+    pub pkts_per_irq: Option<f64>,
+    /// The rig's own view: TX frames per kick it sent.
+    pub rig_pkts_per_kick: Option<f64>,
+    /// The rig's own view: RX frames per interrupt it took.
+    pub rig_pkts_per_irq: Option<f64>,
+    /// Backend CPU time over the window divided by its length (1.0 = one core).
+    pub backend_cpu_util: Option<f64>,
+    /// Backend CPU nanoseconds per packet over the window (per round trip for latency).
+    pub backend_cpu_ns_per_pkt: Option<f64>,
+    /// Frames the rig lost (rig cells).
+    pub lost: Option<u64>,
+    /// Measured window, seconds.
+    pub window_s: f64,
+    /// 1-minute load average at the end of the run.
+    pub load1: f64,
+    /// Steal time during the run, seconds summed over CPUs.
+    pub steal_s: f64,
+    /// Where vdpad's counters came from.
+    pub counter_source: Option<String>,
+    /// The backend's command line.
+    pub backend_cmd: String,
+    /// The frontend's command line.
+    pub frontend_cmd: String,
+}
+
+impl Run {
+    /// Whether the run produced its headline number.
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+            && match &self.latency {
+                Some(l) => l.count > 0 && l.p50_us > 0.0,
+                None => self.mpps.is_some_and(|m| m > 0.0),
+            }
+    }
+}
+
+/// A snapshot at the edge of the measured window.
+struct Mark {
+    at: Instant,
+    cpu: Option<f64>,
+    counters: Option<PairCounters>,
+}
+
+enum BackendProc {
+    Dpdk(Proc, Testpmd),
+    Vdpad(Daemon),
+}
+
+impl BackendProc {
+    fn proc_mut(&mut self) -> &mut Proc {
+        match self {
+            BackendProc::Dpdk(p, _) => p,
+            BackendProc::Vdpad(d) => &mut d.proc,
+        }
+    }
+
+    /// Time, CPU and counters now. The time and CPU are read first, together; the
+    /// counters follow within milliseconds (a vdpactl call or a SIGUSR1 dump).
+    fn mark(&mut self) -> Mark {
+        let at = Instant::now();
+        let cpu = self.proc_mut().cpu_seconds();
+        let counters = match self {
+            BackendProc::Vdpad(d) => d.counters(),
+            BackendProc::Dpdk(..) => None,
+        };
+        Mark { at, cpu, counters }
+    }
+
+    fn stop(mut self) {
+        match &mut self {
+            BackendProc::Dpdk(p, t) => {
+                p.stop(libc::SIGINT, Duration::from_secs(5));
+                t.cleanup();
+            }
+            BackendProc::Vdpad(d) => {
+                d.proc.stop(libc::SIGTERM, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Waits until `socket` exists while `p` runs.
+fn wait_socket(p: &mut Proc, socket: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if socket.exists() {
+            return Ok(());
+        }
+        if !p.running() {
+            bail!(
+                "{} exited before creating {} (log {}):\n{}",
+                p.name(),
+                socket.display(),
+                p.log().display(),
+                tail(p.log(), 15)
+            );
+        }
+        if Instant::now() >= deadline || proc::interrupted() {
+            bail!(
+                "{} did not create {} within {timeout:?}",
+                p.name(),
+                socket.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A unique tag for file names and DPDK prefixes.
+fn tag(cell: &Cell, v: &Variant, rep: usize) -> String {
+    let clean: String = v
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{}-{}-r{rep}", cell.id, clean)
+}
+
+fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<BackendProc> {
+    let _ = std::fs::remove_file(socket);
+    match &v.backend {
+        Backend::Dpdk => {
+            let tp = Testpmd::vhost_backend(
+                socket,
+                s.be_cpu,
+                &format!("vbench{}be", std::process::id()),
+                s.memory,
+            );
+            tp.cleanup();
+            let spawn = tp.spawn(
+                "dpdk-testpmd (net_vhost0)",
+                &s.testpmd,
+                &s.logs.join(format!("{t}-be.log")),
+            );
+            let mut p = spawn.start()?;
+            if let Err(e) = wait_socket(&mut p, socket, Duration::from_secs(30)) {
+                p.stop(libc::SIGKILL, Duration::from_secs(2));
+                tp.cleanup();
+                return Err(e);
+            }
+            Ok(BackendProc::Dpdk(p, tp))
+        }
+        Backend::Vdpad(tuning) => {
+            let run_dir = s.work.join("run");
+            let worker = (s.pinning == Pinning::ConfigCpus).then_some(s.be_cpu);
+            let cfg = vdpad::config_toml(&run_dir, socket, worker, tuning);
+            let cfg_path = s.work.join(format!("{t}.toml"));
+            std::fs::write(&cfg_path, cfg)
+                .with_context(|| format!("cannot write {}", cfg_path.display()))?;
+            let mut spawn = Spawn::new(
+                "vdpad",
+                &s.vdpad,
+                vec!["--config".into(), cfg_path.display().to_string()],
+                &s.logs.join(format!("{t}-be.log")),
+            );
+            if s.pinning == Pinning::Affinity {
+                spawn.cpu = Some(s.be_cpu);
+            }
+            let mut p = spawn.start()?;
+            wait_socket(&mut p, socket, Duration::from_secs(15))?;
+            Ok(BackendProc::Vdpad(Daemon::new(
+                p,
+                s.vdpactl.clone(),
+                run_dir.join("control.sock"),
+            )))
+        }
+    }
+}
+
+/// The backend's command line as the report shows it.
+fn backend_cmd(s: &Settings, v: &Variant, socket: &Path) -> String {
+    match &v.backend {
+        Backend::Dpdk => Testpmd::vhost_backend(socket, s.be_cpu, "PREFIX", s.memory)
+            .spawn("", &s.testpmd, Path::new(""))
+            .command_line(),
+        Backend::Vdpad(t) => {
+            let pin = match s.pinning {
+                Pinning::ConfigCpus => format!("cpus=[{}]", s.be_cpu),
+                Pinning::Affinity => format!("taskset -c {}", s.be_cpu),
+            };
+            format!(
+                "vdpad --config FILE (loopback, {pin}, tuning {})",
+                t.label()
+            )
+        }
+    }
+}
+
+/// Runs `variant` of `cell` once.
+pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
+    let t = tag(cell, v, rep);
+    let socket = s.work.join("vhu.sock");
+    let mut run = Run {
+        cell: cell.id.clone(),
+        variant: v.name.clone(),
+        rep,
+        started: machine::utc(std::time::SystemTime::now()),
+        backend_cmd: backend_cmd(s, v, &socket),
+        ..Default::default()
+    };
+    let steal0 = machine::steal_ticks();
+    let result = start_backend(s, v, &socket, &t).and_then(|mut be| {
+        let r = drive(s, cell, &mut be, &socket, &t, &mut run);
+        if let BackendProc::Vdpad(d) = &be {
+            run.counter_source = Some(d.counter_source().into());
+        }
+        let alive = be.proc_mut().running();
+        be.stop();
+        r.and_then(|()| {
+            if alive {
+                Ok(())
+            } else {
+                Err(anyhow!("the backend exited during the run"))
+            }
+        })
+    });
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(s.work.join(format!("{t}.toml")));
+    if let Err(e) = result {
+        run.error = Some(format!("{e:#}"));
+    }
+    run.load1 = machine::loadavg()[0];
+    run.steal_s = machine::steal_ticks().saturating_sub(steal0) as f64 / 100.0;
+    run
+}
+
+/// Fills `run` with the window's figures from the two marks.
+fn window(run: &mut Run, m0: &Mark, m1: &Mark, packets_fallback: f64) {
+    let secs = m1.at.duration_since(m0.at).as_secs_f64();
+    run.window_s = secs;
+    let counters = match (m0.counters, m1.counters) {
+        (Some(a), Some(b)) => Some(b.since(&a)),
+        _ => None,
+    };
+    if let Some(c) = counters {
+        run.vdpad = Some(c);
+        run.pkts_per_kick = c.packets_per_kick();
+        run.pkts_per_irq = c.packets_per_interrupt();
+    }
+    if let (Some(a), Some(b)) = (m0.cpu, m1.cpu) {
+        let cpu = (b - a).max(0.0);
+        run.backend_cpu_util = stats::ratio(cpu, secs);
+        // vdpad's own count when we have it (0 when it moved nothing: no figure);
+        // otherwise what the frontend measured over the window.
+        let packets = counters.map_or(packets_fallback, |c| c.tx.packets as f64);
+        run.backend_cpu_ns_per_pkt = stats::ratio(cpu * 1e9, packets);
+    }
+}
+
+fn drive(
+    s: &Settings,
+    cell: &Cell,
+    be: &mut BackendProc,
+    socket: &Path,
+    t: &str,
+    run: &mut Run,
+) -> Result<()> {
+    match cell.frontend {
+        Frontend::Testpmd => drive_testpmd(s, cell, be, socket, t, run),
+        Frontend::RigBench { poll } => {
+            let secs = f64::from(s.seconds);
+            let mut args = vec![
+                "bench".into(),
+                "--seconds".into(),
+                secs.to_string(),
+                "--size".into(),
+                cell.size.to_string(),
+            ];
+            if poll {
+                args.push("--poll".into());
+            }
+            let (v, m0, m1) = drive_rig(s, be, socket, t, run, args, secs)?;
+            let mpps = v["mpps"]
+                .as_f64()
+                .ok_or_else(|| anyhow!("rig JSON has no mpps: {v}"))?;
+            run.mpps = Some(mpps);
+            run.gbps = Some(mpps * cell.size as f64 * 8.0 / 1e3);
+            run.rig_pkts_per_kick = v["pkts_per_kick"].as_f64();
+            run.rig_pkts_per_irq = v["pkts_per_interrupt"].as_f64();
+            run.lost = v["lost"].as_u64();
+            let secs = m1.at.duration_since(m0.at).as_secs_f64();
+            window(run, &m0, &m1, mpps * 1e6 * secs);
+            Ok(())
+        }
+        Frontend::RigLatency { poll } => {
+            let secs = s.latency_seconds;
+            let mut args = vec![
+                "latency".into(),
+                "--count".into(),
+                "1000000000".into(),
+                "--warmup".into(),
+                "2000".into(),
+                "--size".into(),
+                cell.size.to_string(),
+                "--seconds".into(),
+                secs.to_string(),
+            ];
+            if poll {
+                args.push("--poll".into());
+            }
+            let (v, m0, m1) = drive_rig(s, be, socket, t, run, args, secs)?;
+            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+            let count = v["count"].as_u64().unwrap_or(0);
+            run.latency = Some(Latency {
+                count,
+                p50_us: f("p50_us"),
+                p99_us: f("p99_us"),
+                p999_us: f("p999_us"),
+                mean_us: f("mean_us"),
+            });
+            let rate = stats::ratio(count as f64, f("seconds")).unwrap_or(0.0);
+            run.mpps = Some(rate / 1e6);
+            run.rig_pkts_per_kick =
+                stats::ratio(count as f64, v["tx_kicks"].as_f64().unwrap_or(0.0));
+            run.rig_pkts_per_irq =
+                stats::ratio(count as f64, v["rx_interrupts"].as_f64().unwrap_or(0.0));
+            let secs = m1.at.duration_since(m0.at).as_secs_f64();
+            window(run, &m0, &m1, rate * secs);
+            Ok(())
+        }
+    }
+}
+
+/// Runs the rig (pinned to the frontend CPU) with `args` for about `secs` seconds,
+/// marks the window inside its measured interval, and returns its JSON report.
+fn drive_rig(
+    s: &Settings,
+    be: &mut BackendProc,
+    socket: &Path,
+    t: &str,
+    run: &mut Run,
+    args: Vec<String>,
+    secs: f64,
+) -> Result<(Value, Mark, Mark)> {
+    let mut all = vec![
+        "--socket".to_string(),
+        socket.display().to_string(),
+        "--json".into(),
+    ];
+    all.extend(args);
+    let out = s.logs.join(format!("{t}-fe.json"));
+    let mut spawn = Spawn::new("vdpa-rig", &s.rig, all, &s.logs.join(format!("{t}-fe.log")));
+    spawn.cpu = Some(s.fe_cpu);
+    spawn.stdout = Some(out.clone());
+    run.frontend_cmd = spawn.command_line();
+    let start = Instant::now();
+    let mut rig = spawn.start()?;
+    // The window: after setup (a few ms) and inside the rig's own measured interval.
+    let lead = (0.25 * secs).min(0.5);
+    let trail = (0.1 * secs).min(0.25);
+    let wait_until = |rig: &mut Proc, at: f64| -> Result<()> {
+        let until = start + Duration::from_secs_f64(at);
+        while Instant::now() < until {
+            if proc::interrupted() {
+                bail!("interrupted");
+            }
+            if !rig.running() {
+                bail!(
+                    "vdpa-rig exited early ({:?}):\n{}",
+                    rig.try_wait(),
+                    tail(rig.log(), 10)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    };
+    wait_until(&mut rig, lead)?;
+    let m0 = be.mark();
+    wait_until(&mut rig, secs - trail)?;
+    let m1 = be.mark();
+    let limit = start + Duration::from_secs_f64(secs + 30.0);
+    let status = loop {
+        if let Some(st) = rig.wait_until(Instant::now() + Duration::from_millis(100)) {
+            break st;
+        }
+        if proc::interrupted() || Instant::now() >= limit {
+            rig.stop(libc::SIGKILL, Duration::from_secs(2));
+            bail!("vdpa-rig did not finish within {:.0} s", secs + 30.0);
+        }
+    };
+    if !status.success() {
+        bail!("vdpa-rig failed ({status}):\n{}", tail(rig.log(), 10));
+    }
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let v: Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("vdpa-rig printed no JSON report: {text:?}"))?;
+    Ok((v, m0, m1))
+}
+
+/// Runs the testpmd frontend: io forwarding with one burst sent first, statistics every
+/// second; the window spans the samples after the warm-up.
+fn drive_testpmd(
+    s: &Settings,
+    cell: &Cell,
+    be: &mut BackendProc,
+    socket: &Path,
+    t: &str,
+    run: &mut Run,
+) -> Result<()> {
+    let tp = Testpmd::virtio_user_frontend(
+        socket,
+        s.fe_cpu,
+        &format!("vbench{}fe", std::process::id()),
+        s.memory,
+        cell.size,
+    );
+    tp.cleanup();
+    let spawn = tp.spawn(
+        "dpdk-testpmd (virtio-user)",
+        &s.testpmd,
+        &s.logs.join(format!("{t}-fe.log")),
+    );
+    run.frontend_cmd = spawn.command_line();
+    let warm = s.warmup as usize;
+    let meas = s.seconds as usize;
+    // Sample 0 is testpmd's first block, always 0 (no previous sample to diff).
+    let (first, last) = (1 + warm, 1 + warm + meas);
+    let limit = Instant::now() + Duration::from_secs(u64::from(s.warmup + s.seconds) + 40);
+    let mut fe = spawn.start()?;
+    let mut m0 = None;
+    let result = loop {
+        let log = std::fs::read(fe.log()).unwrap_or_default();
+        let samples = testpmd::rx_pps_samples(&String::from_utf8_lossy(&log), 0);
+        if m0.is_none() && samples.len() > warm {
+            m0 = Some(be.mark());
+        }
+        if samples.len() > warm + meas {
+            let m1 = be.mark();
+            break Ok((samples, m1));
+        }
+        if !fe.running() {
+            break Err(anyhow!(
+                "the testpmd frontend exited after {} samples ({:?}):\n{}",
+                samples.len(),
+                fe.try_wait(),
+                tail(fe.log(), 15)
+            ));
+        }
+        if proc::interrupted() {
+            break Err(anyhow!("interrupted"));
+        }
+        if Instant::now() >= limit {
+            break Err(anyhow!(
+                "the testpmd frontend printed {} of {last} samples in time",
+                samples.len()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    fe.stop(libc::SIGINT, Duration::from_secs(5));
+    tp.cleanup();
+    let (samples, m1) = result?;
+    let m0 = m0.expect("marked before the last sample");
+    let kept: Vec<u64> = samples[first..last].to_vec();
+    let f: Vec<f64> = kept.iter().map(|&x| x as f64).collect();
+    let pps = stats::median(&f).unwrap_or(0.0);
+    run.samples_pps = kept;
+    run.mpps = Some(pps / 1e6);
+    run.gbps = Some(pps * cell.size as f64 * 8.0 / 1e9);
+    let secs = m1.at.duration_since(m0.at).as_secs_f64();
+    window(run, &m0, &m1, pps * secs);
+    Ok(())
+}
