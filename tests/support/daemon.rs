@@ -90,6 +90,8 @@ pub struct Daemon {
     log: PathBuf,
     sockets: Vec<PathBuf>,
     cpu: Option<usize>,
+    /// Network namespace the daemon runs in (`ip netns exec`), if any.
+    netns: Option<String>,
     proc: Option<Proc>,
     starts: u32,
 }
@@ -111,6 +113,37 @@ impl Daemon {
             log: dir.join("vdpad.log"),
             sockets: devices.iter().map(|d| socket_path(dir, d)).collect(),
             cpu,
+            netns: None,
+            proc: None,
+            starts: 0,
+        };
+        daemon.launch();
+        daemon
+    }
+
+    /// Starts the daemon on a config the caller wrote (`toml`, saved as
+    /// `<dir>/vdpad.toml`) and waits until each of `sockets` exists.
+    ///
+    /// With `netns`, the daemon runs inside that network namespace (`ip netns exec`),
+    /// so the interfaces it creates or attaches to (taps, packet sockets) are the
+    /// namespace's; restarts stay in the namespace. Pinned to `cpu` as in
+    /// [`Daemon::start_on`].
+    pub fn start_custom(
+        dir: &Path,
+        toml: &str,
+        sockets: Vec<PathBuf>,
+        cpu: Option<usize>,
+        netns: Option<&str>,
+    ) -> Daemon {
+        let config = dir.join("vdpad.toml");
+        std::fs::write(&config, toml).expect("write vdpad.toml");
+        let mut daemon = Daemon {
+            dir: dir.to_path_buf(),
+            config,
+            log: dir.join("vdpad.log"),
+            sockets,
+            cpu,
+            netns: netns.map(str::to_string),
             proc: None,
             starts: 0,
         };
@@ -176,6 +209,9 @@ impl Daemon {
             .args(["--config", &self.config.to_string_lossy()])
             .limit(Duration::from_secs(900))
             .cpu(self.cpu);
+        if let Some(ns) = &self.netns {
+            spawn = spawn.netns(ns);
+        }
         spawn.append_log = self.starts > 1;
         // Plain text in the log file (tracing-subscriber honours NO_COLOR).
         spawn = spawn.env("NO_COLOR", "1");

@@ -12,7 +12,11 @@
 //! - [`guest::Guest`]: a QEMU (TCG) guest running a shell script from the host, with
 //!   console markers to wait for; guests never boot concurrently in one test binary;
 //! - [`daemon::Daemon`]: the `vdpad` binary under test with a generated config;
-//! - [`testpmd::Testpmd`]: DPDK's testpmd with its port statistics parsed.
+//! - [`testpmd::Testpmd`]: DPDK's testpmd with its port statistics parsed;
+//! - [`swdev`]: software-datapath devices (tap, af_packet, knobs) for a daemon in a
+//!   namespace, and the per-queue counters of its SIGUSR1 dump;
+//! - [`guest_shell::GuestShell`]: commands run one by one in a booted guest;
+//! - [`traffic`]: `ping` and `iperf3 --json` results.
 //!
 //! Everything cleans up on drop, including while a test panics. Panic messages carry
 //! the tail of the relevant log file so that a failing run can be understood from the
@@ -23,11 +27,14 @@
 
 pub mod daemon;
 pub mod guest;
+pub mod guest_shell;
 pub mod lab;
 pub mod netns;
 pub mod process;
+pub mod swdev;
 pub mod testpmd;
 pub mod tmp;
+pub mod traffic;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
