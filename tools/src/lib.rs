@@ -6,9 +6,15 @@
 //! - [`qemu`]: the QEMU command line that attaches a VM to a device.
 //! - [`signals`]: SIGTERM/SIGINT/SIGUSR1 handling for the daemon's main thread.
 //! - [`logging`]: `tracing` setup.
+//! - [`control`]: the control socket (protocol, server, commands) and its client.
+//! - [`metrics`]: the Prometheus endpoint.
+//! - [`notify`]: systemd readiness notifications (`sd_notify`).
 
+pub mod control;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod qemu;
 pub mod signals;
 pub mod wiring;

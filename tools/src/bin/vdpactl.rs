@@ -1,0 +1,289 @@
+//! `vdpactl`: asks a running vdpad what it serves and tells it what to change, over
+//! its control socket (see docs/operations.md).
+//!
+//! Exit codes: 0 done, 1 the daemon refused (its message is printed), 2 usage error or
+//! no answer from the daemon.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vdpad::control::protocol::{Command, Response};
+use vdpad::control::{rates, render, Client, ClientError};
+use vdpad_config::{default_run_dir, CONTROL_SOCKET_NAME};
+
+/// Controls a running vdpad through its control socket.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about,
+    after_help = "Exit status: 0 done, 1 the daemon refused, 2 usage or connection error."
+)]
+struct Args {
+    /// The daemon's control socket [default: control.sock in the default run
+    /// directory: /run/vdpad as root].
+    #[arg(short, long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the daemon's answers as JSON (one object per line) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long to wait for the daemon's answer, in seconds.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Every device: mode and why, datapath, backend, PCI function, socket, state,
+    /// negotiated features, queue pairs, fallback.
+    List,
+    /// Per-queue counters; with --watch, rates over each interval.
+    Stats {
+        /// Only this device.
+        device: Option<String>,
+        /// Only this queue (ring index: RX of pair i is 2i, TX is 2i+1).
+        #[arg(short, long, value_name = "N")]
+        queue: Option<u16>,
+        /// Sample every SECONDS and show rates (pps, bps, packets per kick and per
+        /// interrupt over the interval) until interrupted.
+        #[arg(short, long, value_name = "SECONDS")]
+        watch: Option<f64>,
+        /// With --watch: stop after N intervals.
+        #[arg(short, long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+    },
+    /// Adds the devices of a configuration snippet ([[device]] tables) to the running
+    /// daemon; nothing changes if any of them is invalid or cannot start.
+    Add {
+        /// The snippet file (`-` reads standard input).
+        #[arg(short, long, value_name = "SNIPPET.toml")]
+        config: PathBuf,
+    },
+    /// Stops and removes a device; its frontend is disconnected.
+    Remove {
+        /// The device's name.
+        name: String,
+    },
+    /// Changes the daemon's log filter (error, warn, info, debug, trace, or
+    /// directives such as info,vdpa=debug).
+    LogLevel {
+        /// The new filter.
+        level: String,
+    },
+    /// The daemon's version and control protocol version.
+    Version,
+}
+
+/// How a run ended.
+enum Failure {
+    /// The daemon answered `"ok": false`.
+    Refused,
+    /// Usage or connection error, already described.
+    Usage(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused) => ExitCode::from(1),
+        Err(Failure::Usage(msg)) => {
+            eprintln!("vdpactl: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Ctl {
+    socket: PathBuf,
+    timeout: Duration,
+    json: bool,
+}
+
+impl Ctl {
+    /// Sends one command on a fresh connection; a refusal is printed here.
+    fn call(&self, command: Command) -> Result<Response, Failure> {
+        let mut client = Client::connect(&self.socket, self.timeout)?;
+        let r = client.request(command)?;
+        if !r.ok {
+            if self.json {
+                print!("{}", r.to_line());
+            }
+            eprintln!(
+                "vdpactl: the daemon refused: {}",
+                r.error.as_deref().unwrap_or("(no reason given)")
+            );
+            return Err(Failure::Refused);
+        }
+        Ok(r)
+    }
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
+    if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
+        return Err(Failure::Usage(format!(
+            "--timeout {} must be between 0 and 3600 seconds",
+            args.timeout
+        )));
+    }
+    let ctl = Ctl {
+        socket: args
+            .socket
+            .clone()
+            .unwrap_or_else(|| default_run_dir().join(CONTROL_SOCKET_NAME)),
+        timeout: Duration::from_secs_f64(args.timeout),
+        json: args.json,
+    };
+    match &args.command {
+        Cmd::List => {
+            let r = ctl.call(Command::List)?;
+            if ctl.json {
+                print!("{}", r.to_line());
+            } else {
+                print!("{}", render::list(r.devices.as_deref().unwrap_or_default()));
+            }
+        }
+        Cmd::Stats {
+            device,
+            queue,
+            watch,
+            count,
+        } => {
+            let command = Command::Stats {
+                device: device.clone(),
+                queue: *queue,
+            };
+            match watch {
+                None => {
+                    let r = ctl.call(command)?;
+                    if ctl.json {
+                        print!("{}", r.to_line());
+                    } else {
+                        print!(
+                            "{}",
+                            render::stats(r.stats.as_deref().unwrap_or_default(), None)
+                        );
+                    }
+                }
+                Some(secs) => watch_stats(&ctl, command, *secs, *count)?,
+            }
+        }
+        Cmd::Add { config } => {
+            let (text, origin) = read_snippet(config)?;
+            let r = ctl.call(Command::Add {
+                config: text,
+                origin: Some(origin),
+            })?;
+            if ctl.json {
+                print!("{}", r.to_line());
+            } else {
+                for d in r.devices.as_deref().unwrap_or_default() {
+                    println!(
+                        "added {}: {} ({}), socket {}",
+                        d.name, d.mode, d.datapath, d.socket
+                    );
+                }
+            }
+        }
+        Cmd::Remove { name } => {
+            let r = ctl.call(Command::Remove {
+                device: name.clone(),
+            })?;
+            if ctl.json {
+                print!("{}", r.to_line());
+            } else {
+                println!("removed {}", r.removed.as_deref().unwrap_or(name));
+            }
+        }
+        Cmd::LogLevel { level } => {
+            let r = ctl.call(Command::LogLevel {
+                level: level.clone(),
+            })?;
+            if ctl.json {
+                print!("{}", r.to_line());
+            } else {
+                println!("log filter now {}", r.level.as_deref().unwrap_or(level));
+            }
+        }
+        Cmd::Version => {
+            let r = ctl.call(Command::Version)?;
+            if ctl.json {
+                print!("{}", r.to_line());
+            } else {
+                println!(
+                    "vdpad {} (control protocol {}); vdpactl {}",
+                    r.daemon_version.as_deref().unwrap_or("?"),
+                    r.protocol.map_or("?".to_owned(), |p| p.to_string()),
+                    env!("CARGO_PKG_VERSION")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_snippet(path: &PathBuf) -> Result<(String, String), Failure> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::Usage(format!("reading the snippet from standard input: {e}")))?;
+        return Ok((text, "<stdin>".to_owned()));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok((text, path.display().to_string()))
+}
+
+/// `stats --watch`: a sample, then every `secs` another one and the rates between
+/// the last two.
+fn watch_stats(ctl: &Ctl, command: Command, secs: f64, count: Option<u64>) -> Result<(), Failure> {
+    if !(0.01..=86_400.0).contains(&secs) {
+        return Err(Failure::Usage(format!(
+            "--watch {secs} must be between 0.01 and 86400 seconds"
+        )));
+    }
+    let interval = Duration::from_secs_f64(secs);
+    let mut prev = ctl.call(command.clone())?;
+    let mut done = 0u64;
+    while count.is_none_or(|c| done < c) {
+        std::thread::sleep(interval);
+        let cur = ctl.call(command.clone())?;
+        let before = prev.stats.as_deref().unwrap_or_default();
+        let after = cur.stats.as_deref().unwrap_or_default();
+        let (t0, t1) = (
+            prev.sampled_at.unwrap_or(0.0),
+            cur.sampled_at.unwrap_or(0.0),
+        );
+        let r = rates::between(before, t0, after, t1);
+        if ctl.json {
+            let line = serde_json::json!({
+                "ok": true,
+                "sampled_at": t1,
+                "interval": t1 - t0,
+                "stats": after,
+                "rates": r,
+            });
+            println!("{line}");
+        } else {
+            if done > 0 {
+                println!();
+            }
+            println!("--- interval {:.2} s ---", t1 - t0);
+            print!("{}", render::stats(after, Some(&r)));
+        }
+        prev = cur;
+        done += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! What each control command does: reads the daemon's state into the protocol's views,
+//! or changes the daemon (add, remove, log level) — all or nothing.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tracing::{info, warn};
+use vdpa::{DeviceHandle, QueueStats};
+use vdpad_config::{Backend, DeviceConfig};
+
+use super::protocol::{
+    Command, DeviceStats, DeviceView, ErrorCode, PciView, ProtocolError, QueueView, Response,
+    PROTOCOL_VERSION,
+};
+use crate::daemon::{Daemon, DeviceInfo};
+use crate::logging::LogControl;
+
+/// Origin given to an `add` snippet whose request names none.
+pub const DEFAULT_SNIPPET_ORIGIN: &str = "<snippet>";
+
+/// What the command handlers work on.
+#[derive(Clone)]
+pub struct Context {
+    /// The daemon, shared with the main thread (signals) and the metrics endpoint.
+    pub daemon: Arc<Mutex<Daemon>>,
+    /// Changes the log filter.
+    pub log: LogControl,
+    /// The daemon's start, the zero of `stats`' `sampled_at`.
+    pub started: Instant,
+}
+
+impl Context {
+    /// A context for `daemon`, whose clock starts now.
+    pub fn new(daemon: Arc<Mutex<Daemon>>, log: LogControl) -> Context {
+        Context {
+            daemon,
+            log,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Locks the daemon, recovering it if a thread panicked while holding the lock: the
+/// daemon's own state stays consistent (each change is one call), and a control
+/// command must not take the whole daemon down.
+pub fn lock_daemon(daemon: &Mutex<Daemon>) -> MutexGuard<'_, Daemon> {
+    daemon.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Carries out one command.
+pub fn handle(ctx: &Context, command: Command) -> Response {
+    let result = match command {
+        Command::List => Ok(list(ctx)),
+        Command::Stats { device, queue } => stats(ctx, device.as_deref(), queue),
+        Command::Add { config, origin } => add(
+            ctx,
+            &config,
+            origin.as_deref().unwrap_or(DEFAULT_SNIPPET_ORIGIN),
+        ),
+        Command::Remove { device } => remove(ctx, &device),
+        Command::LogLevel { level } => log_level(ctx, &level),
+        Command::Version => Ok(Response {
+            daemon_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            protocol: Some(PROTOCOL_VERSION),
+            ..Response::ok()
+        }),
+    };
+    result.unwrap_or_else(Response::refused)
+}
+
+/// Every device's info, taken under the daemon lock; counters and status are read
+/// afterwards from the handles, without it.
+fn infos(ctx: &Context) -> Vec<DeviceInfo> {
+    lock_daemon(&ctx.daemon).devices()
+}
+
+fn list(ctx: &Context) -> Response {
+    Response {
+        devices: Some(infos(ctx).iter().map(device_view).collect()),
+        ..Response::ok()
+    }
+}
+
+fn stats(
+    ctx: &Context,
+    device: Option<&str>,
+    queue: Option<u16>,
+) -> Result<Response, ProtocolError> {
+    let mut infos = infos(ctx);
+    if let Some(name) = device {
+        infos.retain(|d| d.config.name == name);
+        if infos.is_empty() {
+            return Err(not_found(name));
+        }
+    }
+    let sampled_at = ctx.started.elapsed().as_secs_f64();
+    let mut stats: Vec<DeviceStats> = infos.iter().map(|d| device_stats(&d.handle)).collect();
+    if let Some(q) = queue {
+        for s in &mut stats {
+            s.queues.retain(|v| v.queue == q);
+        }
+        if stats.iter().all(|s| s.queues.is_empty()) {
+            return Err(ProtocolError::new(
+                ErrorCode::NotFound,
+                match device {
+                    Some(name) => format!(
+                        "device \"{name}\" has no queue {q} (queues are 0 to {})",
+                        infos[0].config.queue_pairs * 2 - 1
+                    ),
+                    None => format!("no device has a queue {q}"),
+                },
+            ));
+        }
+    }
+    Ok(Response {
+        stats: Some(stats),
+        sampled_at: Some(sampled_at),
+        ..Response::ok()
+    })
+}
+
+/// Adds every device of the snippet, or none: the snippet is validated against the
+/// running configuration first (errors point into it), and if one device cannot be
+/// started, the ones already started by this request are removed again.
+fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolError> {
+    let mut daemon = lock_daemon(&ctx.daemon);
+    let known = daemon.config().devices.len();
+    let merged = daemon.config().with_snippet(text, origin).map_err(|e| {
+        warn!(origin, error = %e, "control: device snippet refused; nothing changed");
+        ProtocolError::new(ErrorCode::Invalid, e.to_string())
+    })?;
+    let new: Vec<DeviceConfig> = merged.devices[known..].to_vec();
+    let mut added: Vec<String> = Vec::new();
+    for dev in new {
+        let name = dev.name.clone();
+        let socket = dev.socket.display().to_string();
+        if let Err(e) = daemon.add(dev) {
+            for done in added.iter().rev() {
+                let _ = daemon.remove(done);
+            }
+            let msg = if added.is_empty() {
+                format!("device {name}: {e:#}; nothing was added")
+            } else {
+                format!(
+                    "device {name}: {e:#}; the devices added before it were removed again ({})",
+                    added.join(", ")
+                )
+            };
+            warn!(device = %name, error = %format!("{e:#}"), "control: adding a device failed; nothing changed");
+            return Err(ProtocolError::new(ErrorCode::Failed, msg));
+        }
+        info!(device = %name, socket = %socket, origin, "device added");
+        added.push(name);
+    }
+    let infos = daemon.devices();
+    drop(daemon);
+    let views = infos
+        .iter()
+        .filter(|d| added.contains(&d.config.name))
+        .map(device_view)
+        .collect();
+    Ok(Response {
+        added: Some(added),
+        devices: Some(views),
+        ..Response::ok()
+    })
+}
+
+fn remove(ctx: &Context, name: &str) -> Result<Response, ProtocolError> {
+    let mut daemon = lock_daemon(&ctx.daemon);
+    if daemon.device(name).is_none() {
+        return Err(not_found(name));
+    }
+    // Daemon::remove logs "device removed" once the device thread is gone.
+    daemon
+        .remove(name)
+        .map_err(|e| ProtocolError::new(ErrorCode::Failed, format!("{e:#}")))?;
+    Ok(Response {
+        removed: Some(name.to_owned()),
+        ..Response::ok()
+    })
+}
+
+fn log_level(ctx: &Context, level: &str) -> Result<Response, ProtocolError> {
+    check_log_level(level).map_err(|m| ProtocolError::new(ErrorCode::Invalid, m))?;
+    ctx.log
+        .set(level)
+        .map_err(|m| ProtocolError::new(ErrorCode::Invalid, format!("log filter {m}")))?;
+    info!(level, "log filter changed");
+    Ok(Response {
+        level: Some(level.to_owned()),
+        ..Response::ok()
+    })
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a run-time log filter more strictly than `tracing` does: `tracing` reads a
+/// misspelled level (`debgu`) as a component name and then logs nothing else, which
+/// is never what an operator meant.
+pub fn check_log_level(text: &str) -> Result<(), String> {
+    let help = "use a level (off, error, warn, info, debug, trace) or directives such as \
+                \"info,vdpa=debug\"";
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(format!("the log level is empty; {help}"));
+    }
+    for d in directives {
+        let (target, level) = match d.split_once('=') {
+            Some((t, l)) => (Some(t), l),
+            None => (None, d),
+        };
+        if target.is_some_and(|t| t.is_empty()) {
+            return Err(format!("`{d}` has no component before `=`; {help}"));
+        }
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("`{level}` in `{d}` is not a level; {help}"));
+        }
+    }
+    Ok(())
+}
+
+fn not_found(name: &str) -> ProtocolError {
+    ProtocolError::new(ErrorCode::NotFound, format!("no device named \"{name}\""))
+}
+
+/// The software backend as one word: `loopback`, `tap`, `tap:NAME`, `af_packet`,
+/// `af_packet:NETDEV`.
+pub fn backend_text(dev: &DeviceConfig) -> String {
+    let name = match &dev.backend {
+        Backend::Loopback => None,
+        Backend::Tap { name } => name.as_deref(),
+        Backend::AfPacket { netdev } => netdev.as_deref(),
+    };
+    match name {
+        Some(n) => format!("{}:{n}", dev.backend.keyword()),
+        None => dev.backend.keyword().to_owned(),
+    }
+}
+
+/// A device as `list` shows it.
+pub fn device_view(d: &DeviceInfo) -> DeviceView {
+    let st = d.handle.status();
+    DeviceView {
+        name: d.config.name.clone(),
+        mode: d.mode.to_owned(),
+        mode_reason: d.reason.clone(),
+        datapath: d.handle.datapath_description(),
+        backend: backend_text(&d.config),
+        pci: d.config.pci.map(|p| PciView {
+            address: p.to_string(),
+            name: d.pci_name.clone(),
+        }),
+        socket: d.config.socket.display().to_string(),
+        state: state_name(&st),
+        connections: st.connections,
+        queue_pairs: d.config.queue_pairs,
+        running_pairs: st.running_pairs.clone(),
+        acked_features: format!("{:#x}", st.acked_features),
+        features: st
+            .acked_feature_names
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        mac: d.config.mac.map(|m| m.to_string()),
+        mtu: d.config.mtu,
+        fallback_reason: st.fallback_reason.clone(),
+        last_error: st.last_error.clone(),
+    }
+}
+
+/// The connection state's name (`waiting`, `connected`, `running`).
+pub fn state_name(st: &vdpa::DeviceStatus) -> String {
+    // The enum serializes in lowercase; use that so JSON, tables and metrics agree.
+    serde_json::to_value(st.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{:?}", st.state).to_lowercase())
+}
+
+/// One device's counters.
+pub fn device_stats(h: &DeviceHandle) -> DeviceStats {
+    let st = h.status();
+    DeviceStats {
+        name: h.name().to_owned(),
+        state: state_name(&st),
+        datapath: h.datapath_description(),
+        connections: st.connections,
+        queues: h.stats().iter().map(queue_view).collect(),
+    }
+}
+
+/// One queue's counters.
+pub fn queue_view(q: &QueueStats) -> QueueView {
+    QueueView {
+        queue: q.ring,
+        pair: q.ring / 2,
+        direction: q.direction.to_owned(),
+        packets: q.packets,
+        bytes: q.bytes,
+        kicks: q.kicks,
+        interrupts: q.interrupts,
+        interrupts_suppressed: q.interrupts_suppressed,
+        bursts: q.bursts,
+        rx_no_buffer: q.rx_no_buffer,
+        drops: q.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        drops_total: q.total_drops(),
+        bad_descriptors: q
+            .bad_descriptors
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        bad_descriptors_total: q.total_bad_descriptors(),
+        packets_per_kick: q.packets_per_kick(),
+        packets_per_interrupt: q.packets_per_interrupt(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_checked() {
+        for ok in [
+            "debug",
+            "INFO",
+            "info,vdpa=debug",
+            "warn,swpath=trace,",
+            "off",
+        ] {
+            assert_eq!(check_log_level(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "debgu", "info,vdpa", "=debug", "vdpa=loud"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+        assert!(check_log_level("debgu").unwrap_err().contains("`debgu`"));
+    }
+
+    #[test]
+    fn queue_views_name_every_reason() {
+        let c = vdpa::QueueCounters::default();
+        let mut b = vdpa::BurstCounts {
+            packets: 10,
+            bytes: 640,
+            kicks: 2,
+            ..Default::default()
+        };
+        b.drop(vdpa::DropReason::Oversized);
+        c.flush(&mut b);
+        let v = queue_view(&c.snapshot(3));
+        assert_eq!((v.queue, v.pair, v.direction.as_str()), (3, 1, "tx"));
+        assert_eq!(v.drops["oversized"], 1);
+        assert_eq!(v.drops.len(), vdpa::DropReason::ALL.len());
+        assert_eq!(v.bad_descriptors.len(), vdpa::BadDescriptor::ALL.len());
+        assert_eq!(v.packets_per_kick, Some(5.0));
+        assert_eq!(v.packets_per_interrupt, None);
+    }
+}
