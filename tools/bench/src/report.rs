@@ -296,6 +296,21 @@ fn md_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> String {
     out
 }
 
+/// One line per main cell with its pairwise ratios, in repetition order.
+fn pair_lines(cells: &[CellSummary]) -> String {
+    let mut out = String::new();
+    for c in cells.iter().filter(|c| c.group == Group::Main) {
+        let Some(r) = &c.ratio else { continue };
+        let pairs: Vec<String> = r
+            .pairs
+            .iter()
+            .map(|p| p.map_or("-".into(), |x| format!("{x:.2}")))
+            .collect();
+        let _ = writeln!(out, "{}: {} = {}", c.id, r.metric, pairs.join(" "));
+    }
+    out
+}
+
 /// The table printed to stdout.
 pub fn text(cells: &[CellSummary]) -> String {
     let mut out = String::new();
@@ -304,6 +319,8 @@ pub fn text(cells: &[CellSummary]) -> String {
         out += "A/B: A = DPDK vhost library (testpmd net_vhost0), B = vdpad loopback; per cell \
                 the median [min-max] over repetitions, ratio B/A pair by pair\n";
         out += &text_table(MAIN_HEAD, &rows);
+        out += "\nratios pair by pair (repetition 0, 1, ...):\n";
+        out += &pair_lines(cells);
     }
     for c in cells.iter().filter(|c| c.group == Group::Seed) {
         let _ = writeln!(
@@ -325,6 +342,9 @@ pub fn markdown(cells: &[CellSummary]) -> String {
     let rows = main_rows(cells);
     if !rows.is_empty() {
         out += &md_table(MAIN_HEAD, &rows);
+        out += "\nRatios pair by pair (repetition 0, 1, ...):\n\n```\n";
+        out += &pair_lines(cells);
+        out += "```\n";
     }
     for c in cells.iter().filter(|c| c.group == Group::Seed) {
         let _ = writeln!(
