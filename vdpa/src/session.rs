@@ -282,16 +282,23 @@ impl<'d> Session<'d> {
         self.publish_status();
     }
 
-    /// Forgets everything the frontend configured (RESET_OWNER, RESET_DEVICE).
+    /// Forgets what the frontend configured for the device (RESET_OWNER,
+    /// RESET_DEVICE): features, rings, eventfds, status. Ownership, protocol features
+    /// and the guest memory table survive: QEMU sends RESET_DEVICE when the guest
+    /// resets its NIC (driver rebind, reboot) and afterwards only sends memory regions
+    /// that changed, so a backend that dropped the table could never start the rings
+    /// again (libvhost-user keeps it too). A new table still replaces it.
     pub(crate) fn reset(&mut self) {
         self.stop_all();
         self.dev.datapath().reset();
         let fresh = Session::new(self.dev);
         let owner = self.owner;
         let protocol = self.protocol_features;
+        let mem = self.mem.clone();
         *self = fresh;
         self.owner = owner;
         self.protocol_features = protocol;
+        self.mem = mem;
         self.publish_status();
     }
 

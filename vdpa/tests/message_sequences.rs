@@ -424,6 +424,51 @@ fn qemu_10_sequence_enables_before_features_and_starts_without_a_later_enable() 
     assert_eq!(ev[3], Event::Reset);
 }
 
+/// QEMU 10 when the guest resets its NIC (driver unbind/bind, reboot): both rings
+/// stopped with GET_VRING_BASE, RESET_DEVICE, then features and rings again but no
+/// memory table, since QEMU only sends regions that changed. Recorded from a Linux
+/// guest rebinding virtio_net on vdpad (tests/offload_guest.rs).
+#[test]
+fn qemu_10_guest_reset_restarts_without_a_new_memory_table() {
+    let h = Harness::new(1);
+    let mut f = h.connect();
+    f.negotiate(REPLY_ACK | MQ | CONFIGURE_MEM_SLOTS);
+    f.send(R::SET_OWNER, 0, &[], &[]);
+    // QEMU 10 enables the rings before SET_FEATURES.
+    for ring in 0..2 {
+        assert_eq!(f.enable(ring, true), 0);
+    }
+    assert_eq!(f.set_features(FEATURES), 0);
+    assert_eq!(f.add_mem_reg(0, MEM_SIZE, 0), 0);
+    f.ring_setup(0, 0, true);
+    f.ring_setup(1, 0, true);
+    assert_eq!(h.wait_events(1), vec![start_event(0, 0, 0)]);
+    assert_eq!(f.get_vring_base(0), 5);
+    assert_eq!(f.get_vring_base(1), 5);
+    f.send(R::RESET_DEVICE, 0, &[], &[]);
+    for ring in 0..2 {
+        assert_eq!(f.enable(ring, false), 0);
+    }
+    for ring in 0..2 {
+        assert_eq!(f.enable(ring, true), 0);
+    }
+    assert_eq!(f.set_features(FEATURES), 0);
+    // The guest's driver set up fresh rings at index 0; no ADD_MEM_REG this time.
+    f.ring_setup(0, 0, true);
+    f.ring_setup(1, 0, true);
+    let ev = h.wait_events(4);
+    assert_eq!(
+        ev,
+        vec![
+            start_event(0, 0, 0),
+            Event::Stop(0),
+            Event::Reset,
+            start_event(0, 0, 0)
+        ]
+    );
+    assert_eq!(h.handle.status().running_pairs, vec![0]);
+}
+
 #[test]
 fn dpdk_virtio_user_sequence_starts_on_enable_and_stops_on_disable() {
     let h = Harness::new(1);
