@@ -16,7 +16,11 @@
 //! - [`swdev`]: software-datapath devices (tap, af_packet, knobs) for a daemon in a
 //!   namespace, and the per-queue counters of its SIGUSR1 dump;
 //! - [`guest_shell::GuestShell`]: commands run one by one in a booted guest;
-//! - [`traffic`]: `ping` and `iperf3 --json` results.
+//! - [`traffic`]: `ping` and `iperf3 --json` results;
+//! - [`nested::NestedGuest`]: a guest with an emulated IOMMU and real NIC models
+//!   (virtio-net for VFIO, e1000e, igb) on taps, for hardware-in-the-loop tests;
+//! - [`packet`]: AF_PACKET sockets in a test namespace, a frame reflector, an injector;
+//! - [`rig::rig_binary`]: the `vdpa-rig` program, built on first use.
 //!
 //! Everything cleans up on drop, including while a test panics. Panic messages carry
 //! the tail of the relevant log file so that a failing run can be understood from the
@@ -29,8 +33,11 @@ pub mod daemon;
 pub mod guest;
 pub mod guest_shell;
 pub mod lab;
+pub mod nested;
 pub mod netns;
+pub mod packet;
 pub mod process;
+pub mod rig;
 pub mod swdev;
 pub mod testpmd;
 pub mod tmp;

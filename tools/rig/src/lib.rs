@@ -7,8 +7,8 @@
 //!   EVENT_IDX both ways, fences).
 //! * [`setup`]: the vhost-user setup sequence, step by step ([`RigSetup`]).
 //! * [`rig`]: the ready rig ([`Rig`]): queue pairs, send-and-wait, stop, interrupts.
-//! * [`verify`](mod@verify), [`bench`](mod@bench), [`latency`](mod@latency): the
-//!   workloads of the CLI.
+//! * [`verify`](mod@verify), [`bench`](mod@bench), [`latency`](mod@latency),
+//!   [`listen`](mod@listen): the workloads of the CLI.
 //! * [`hostile`]: broken descriptor chains for robustness tests.
 //!
 //! ```no_run
@@ -29,6 +29,7 @@ pub mod error;
 pub mod frame;
 pub mod hostile;
 pub mod latency;
+pub mod listen;
 pub mod memory;
 pub mod notify;
 pub mod options;
@@ -45,6 +46,7 @@ pub use driver_ring::{DriverRing, RawDesc, RingLayout, Segment, UsedElem, UsedKi
 pub use error::RigError;
 pub use hostile::{Direction, Hostile, Injected};
 pub use latency::{run_latency, LatencyOptions, LatencyReport};
+pub use listen::{run_listen, ListenOptions, ListenReport};
 pub use memory::{GuestMemory, MemoryLayout};
 pub use options::RigOptions;
 pub use rig::{QueuePair, Received, Rig};

@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use vdpa_rig::options::DEFAULT_RX_BUF_SIZE;
 use vdpa_rig::{
-    run_bench, run_latency, run_verify, BenchOptions, LatencyOptions, Rig, RigError, RigOptions,
-    VerifyOptions,
+    run_bench, run_latency, run_listen, run_verify, BenchOptions, LatencyOptions, ListenOptions,
+    Rig, RigError, RigOptions, VerifyOptions,
 };
 
 /// A vhost-user frontend that plays the VM: verify a loopback device or benchmark it.
@@ -112,6 +112,35 @@ enum Cmd {
         #[arg(long)]
         poll: bool,
     },
+    /// Send nothing; print every frame that arrives (hex), until COUNT frames passed the
+    /// filter. Exit 1 on timeout.
+    Listen {
+        /// Frames to receive.
+        #[arg(long)]
+        count: u64,
+        /// Only frames of this ethertype count (e.g. 0x88b6); others are ignored.
+        #[arg(long, value_parser = parse_u16)]
+        ethertype: Option<u16>,
+        /// Overall timeout in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// Busy-poll instead of sleeping on call eventfds.
+        #[arg(long)]
+        poll: bool,
+    },
+}
+
+/// A 16-bit number, decimal or 0x-prefixed hexadecimal.
+fn parse_u16(s: &str) -> Result<u16, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn chain(e: &dyn Error) -> String {
@@ -148,6 +177,7 @@ fn main() -> ExitCode {
     let max_frame = match &cli.cmd {
         Cmd::Verify { size, size_max, .. } => (*size).max(size_max.unwrap_or(0)),
         Cmd::Bench { size, .. } | Cmd::Latency { size, .. } => *size,
+        Cmd::Listen { .. } => 1514,
     };
     let connect_timeout = match secs(cli.connect_timeout, "connect timeout") {
         Ok(d) => d,
@@ -262,6 +292,47 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
             ExitCode::SUCCESS
+        }
+        Cmd::Listen {
+            count,
+            ethertype,
+            timeout,
+            poll,
+        } => {
+            let mut o = ListenOptions::new(count);
+            o.ethertype = ethertype;
+            o.poll = poll;
+            o.timeout = match secs(timeout, "timeout") {
+                Ok(d) => d,
+                Err(m) => return usage(m),
+            };
+            if let Err(e) = rig.refill_all() {
+                return run_error(e);
+            }
+            // Setup is done and buffers are posted: whoever injects may start now.
+            println!("listen: ready on {} queue pair(s)", rig.pairs().len());
+            let mut frames = Vec::new();
+            let json = cli.json;
+            let r = match run_listen(&mut rig, &o, |pair, data| {
+                if json {
+                    frames.push(
+                        serde_json::json!({"pair": pair, "len": data.len(), "hex": hex(data)}),
+                    );
+                } else {
+                    println!("frame pair {pair} len {} hex {}", data.len(), hex(data));
+                }
+            }) {
+                Ok(r) => r,
+                Err(e) => return run_error(e),
+            };
+            if json {
+                let mut v = serde_json::to_value(&r).expect("report serialises");
+                v["frames"] = frames.into();
+                println!("{v}");
+            } else {
+                println!("{}", r.summary());
+            }
+            ExitCode::from(if r.complete(&o) { 0 } else { 1 })
         }
     }
 }

@@ -1,0 +1,368 @@
+//! The offload datapath under a real Linux guest, and the daemon's fallback.
+//!
+//! * `linux_guest_pings_through_offload_over_the_simulated_nic` (lab): the control
+//!   plane runs in this test process with the offload datapath on the simulated NIC
+//!   (`hwdrv::SimNic`, IOMMU-checked DMA), whose port is a tap in a private network
+//!   namespace holding 192.0.2.1/24. QEMU boots the lab guest with `-netdev
+//!   vhost-user` on the device's socket; the guest's Linux virtio-net driver owns the
+//!   rings the simulated NIC processes, and `eth0` (192.0.2.2/24) pings 192.0.2.1 with
+//!   0 % loss. The vdpad binary cannot use a simulated NIC, hence in-process.
+//! * `offload_fallback_to_software_when_vfio_cannot_open` (plain `cargo test`): the
+//!   daemon (`vdpad::daemon::Daemon`) with `mode = "offload"` on a PCI function that
+//!   does not exist: with `fallback = true` it serves the device in software (the
+//!   reason names the failed VFIO open) and the rig's verify passes through it; with
+//!   `fallback = false` starting fails with an error naming the device and the cause.
+//! * `injected_frames_reach_rig_listen_through_simulated_offload` (plain `cargo
+//!   test`): frames injected on the simulated NIC's wire arrive in `vdpa-rig`'s
+//!   `listen` workload byte for byte, through the offload datapath.
+//!
+//! Run: `cargo test -p vdpad --test offload_guest -- --include-ignored --nocapture`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hwdrv::sim::{ChannelWire, TapWire};
+use hwdrv::{OffloadDatapath, SimConfig, SimNic};
+use support::guest::{Guest, GuestConfig, READY};
+use support::lab::Lab;
+use support::netns::Netns;
+use support::note;
+use support::packet::run_in;
+use support::tmp::TempDir;
+use vdpa::server::{DeviceServer, Shutdown};
+use vdpa::Device;
+use vdpa_rig::{run_listen, run_verify, ListenOptions, Rig, RigOptions, VerifyOptions};
+use vdpad_config::{Config, DeviceConfig};
+
+/// The guest NIC's MAC.
+const MAC: &str = "52:54:00:00:02:02";
+/// A PCI address that exists on no machine this runs on (bus 0xff, device 0x1f, fn 7).
+const NO_SUCH_PCI: &str = "0000:ff:1f.7";
+
+/// Sends the offload datapath's logs to the test output (shown with `--nocapture`).
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VDPAD_TEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Parses a configuration file's text; panics with the error.
+fn config(text: &str) -> Config {
+    Config::from_toml_str(text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// One offload device `name` with its socket and run_dir in `dir`; `pci` is only
+/// there to satisfy the configuration rules (the datapath gets a simulated NIC).
+fn sim_device_config(dir: &TempDir, name: &str) -> DeviceConfig {
+    let text = format!(
+        "[daemon]\nrun_dir = \"{run}\"\n\n[[device]]\nname = \"{name}\"\n\
+         socket = \"{sock}\"\nmode = \"offload\"\npci = \"{NO_SUCH_PCI}\"\nfallback = false\n\
+         backend = \"loopback\"\nmac = \"{MAC}\"\nqueue_size = 256\n",
+        run = dir.join("run").display(),
+        sock = dir.join(&format!("{name}.sock")).display(),
+    );
+    config(&text).devices.remove(0)
+}
+
+/// A device served in this process by the offload datapath over `nic`.
+struct SimServed {
+    server: Option<DeviceServer>,
+    shutdown: Shutdown,
+    socket: std::path::PathBuf,
+}
+
+impl SimServed {
+    fn start(cfg: &DeviceConfig, nic: Arc<SimNic>) -> SimServed {
+        let dp = OffloadDatapath::for_device(nic, cfg).expect("the simulated NIC can serve");
+        let shutdown = Shutdown::new().expect("shutdown eventfd");
+        let server = DeviceServer::start(Device::new(cfg.clone(), Box::new(dp)), shutdown.clone())
+            .expect("serve the device");
+        SimServed {
+            server: Some(server),
+            shutdown,
+            socket: cfg.socket.clone(),
+        }
+    }
+
+    /// Raises the shutdown signal and waits for the device thread (bounded by the
+    /// server, which disconnects its frontend).
+    fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.shutdown.raise();
+            s.join();
+        }
+    }
+}
+
+impl Drop for SimServed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Guest side, in three phases, each ending with 10 pings from eth0 (192.0.2.2/24)
+/// to the tap's 192.0.2.1 that must all be answered:
+///
+/// 1. `first`: right after boot;
+/// 2. `rebind`: after unbinding and binding the virtio-net driver, which resets the
+///    device: QEMU stops the rings (GET_VRING_BASE) and starts them again;
+/// 3. `reconnect`: after the host restarted the backend (a new datapath on the same
+///    NIC): QEMU reconnects and resumes the rings at the index where they were.
+const PING_SCRIPT: &str = r#"
+echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+up() {
+  i=0
+  while [ ! -e /sys/class/net/eth0 ]; do i=$((i + 1)); [ $i -gt 100 ] && return 1; sleep 0.1; done
+  ip link set eth0 up
+  ip addr add 192.0.2.2/24 dev eth0 2>/dev/null
+  drv=$(basename "$(readlink /sys/class/net/eth0/device/driver)")
+  echo "VDPAD-NET-UP dev=eth0 driver=$drv features=$(cat /sys/class/net/eth0/device/features)"
+}
+# The first answer may take a moment (ARP, a reconnecting backend): up to 30 tries.
+reach() {
+  i=0
+  until ping -c 1 -W 1 192.0.2.1 >/dev/null 2>&1; do i=$((i + 1)); [ $i -ge 30 ] && return 1; done
+}
+phase() {
+  reach
+  ping -c 10 -i 0.2 -W 2 192.0.2.1 > /lab/ping-$1.log 2>&1
+  rc=$?
+  s=/sys/class/net/eth0/statistics
+  echo "VDPAD-PING phase=$1 rc=$rc $(grep 'packets transmitted' /lab/ping-$1.log) rx=$(cat $s/rx_packets) tx=$(cat $s/tx_packets)"
+  return $rc
+}
+up || exit 1
+phase first || exit 1
+vdev=$(basename "$(readlink /sys/class/net/eth0/device)")
+echo $vdev > /sys/bus/virtio/drivers/virtio_net/unbind
+echo $vdev > /sys/bus/virtio/drivers/virtio_net/bind
+up || exit 1
+phase rebind || exit 1
+echo "VDPAD-WAIT-RESTART"
+i=0
+while [ ! -e /lab/restarted ]; do i=$((i + 1)); [ $i -gt 600 ] && exit 1; sleep 0.1; done
+phase reconnect
+"#;
+
+#[test]
+#[ignore = "needs the lab: tests/lab/setup.sh"]
+fn linux_guest_pings_through_offload_over_the_simulated_nic() {
+    let t0 = Instant::now();
+    init_logging();
+    let lab = Lab::require();
+    let dir = TempDir::new("offload-guest");
+    let ns = Netns::new();
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    // The tap is created by opening it in the namespace; it lives as long as the NIC.
+    let tap = run_in(&ns, || TapWire::open("vdo0"))
+        .join()
+        .expect("namespace thread")
+        .expect("open tap vdo0 in the namespace");
+    ns.addr("vdo0", "192.0.2.1/24");
+    ns.up("vdo0");
+    let nic = Arc::new(SimNic::new(SimConfig::default(), Box::new(tap)).expect("simulated NIC"));
+    let cfg = sim_device_config(&dir, "simoff0");
+    let mut served = SimServed::start(&cfg, nic.clone());
+    note(
+        t0,
+        &format!(
+            "offload over {} serving {} (namespace {})",
+            nic.wire(),
+            served.socket.display(),
+            ns.name()
+        ),
+    );
+
+    let config = GuestConfig::new(PING_SCRIPT).qemu_args([
+        "-chardev".to_string(),
+        format!(
+            "socket,id=c0,path={},reconnect-ms=1000",
+            served.socket.display()
+        ),
+        "-netdev".to_string(),
+        "vhost-user,id=n0,chardev=c0".to_string(),
+        "-device".to_string(),
+        format!("virtio-net-pci,netdev=n0,mac={MAC},romfile="),
+    ]);
+    let mut guest = Guest::boot(&lab, dir.path(), config);
+    let booted = Instant::now();
+    let ready = guest.wait_for(READY, Duration::from_secs(120));
+    note(t0, &format!("guest: {ready}"));
+    let up = guest.wait_for("VDPAD-NET-UP", Duration::from_secs(30));
+    note(t0, &format!("guest: {up}"));
+    assert!(up.contains("driver=virtio_net"), "{up}{}", guest.tail());
+    let nic_state = |nic: &SimNic| {
+        format!(
+            "NIC: tx {} rx {} rx_dropped {} doorbells {} dma_faults {}",
+            nic.tx_frames(),
+            nic.rx_frames(),
+            nic.rx_dropped(),
+            nic.doorbells(),
+            nic.dma_faults()
+        )
+    };
+    let mut pings = Vec::new();
+    for phase in ["first", "rebind"] {
+        let line = guest.wait_for(
+            &format!("VDPAD-PING phase={phase} "),
+            Duration::from_secs(90),
+        );
+        note(t0, &format!("guest: {line}; {}", nic_state(&nic)));
+        pings.push(line);
+    }
+    guest.wait_for("VDPAD-WAIT-RESTART", Duration::from_secs(30));
+    // The backend goes away (QEMU sees the socket close) and comes back on the same
+    // socket with a new datapath on the same NIC; QEMU reconnects within a second.
+    served.stop();
+    note(t0, &format!("backend stopped; {}", nic_state(&nic)));
+    served = SimServed::start(&cfg, nic.clone());
+    std::fs::write(guest.share().join("restarted"), b"1\n").expect("write /lab/restarted");
+    note(t0, "backend restarted on the same socket");
+    let line = guest.wait_for("VDPAD-PING phase=reconnect ", Duration::from_secs(90));
+    note(t0, &format!("guest: {line}; {}", nic_state(&nic)));
+    pings.push(line);
+    let rc = guest.wait_exit(Duration::from_secs(60));
+    note(
+        t0,
+        &format!(
+            "guest finished {:.1} s after QEMU started",
+            booted.elapsed().as_secs_f64()
+        ),
+    );
+    for (phase, line) in ["first", "rebind", "reconnect"].iter().zip(&pings) {
+        let log = support::read_log(&guest.share().join(format!("ping-{phase}.log")));
+        assert!(
+            line.contains("rc=0")
+                && line.contains("10 packets transmitted, 10 packets received, 0% packet loss"),
+            "phase {phase}: {line}\n{log}{}",
+            guest.tail()
+        );
+    }
+    assert_eq!(rc, 0, "guest script failed{}", guest.tail());
+    assert!(
+        nic.tx_frames() >= 30 && nic.rx_frames() >= 30,
+        "the NIC moved too little: {}",
+        nic_state(&nic)
+    );
+    assert_eq!(
+        nic.dma_faults(),
+        0,
+        "IOMMU faults: {:?}",
+        nic.last_dma_fault()
+    );
+    served.stop();
+    note(t0, "done");
+}
+
+/// A configuration with one offload device on a missing PCI function, falling back
+/// (or not) to the loopback backend.
+fn missing_pci_config(dir: &TempDir, fallback: bool) -> Config {
+    config(&format!(
+        "[daemon]\nrun_dir = \"{run}\"\ncontrol_socket = \"control.sock\"\n\n[[device]]\n\
+         name = \"hw-missing\"\nsocket = \"{sock}\"\nmode = \"offload\"\npci = \"{NO_SUCH_PCI}\"\n\
+         fallback = {fallback}\nbackend = \"loopback\"\nmac = \"{MAC}\"\n",
+        run = dir.join("run").display(),
+        sock = dir.join("hw-missing.sock").display(),
+    ))
+}
+
+#[test]
+fn offload_fallback_to_software_when_vfio_cannot_open() {
+    init_logging();
+    let dir = TempDir::new("offload-fallback");
+
+    // fallback = true: the device runs in software, and says why.
+    let mut daemon = vdpad::daemon::Daemon::start(&missing_pci_config(&dir, true))
+        .unwrap_or_else(|e| panic!("the daemon must fall back, not fail: {e:#}"));
+    let devices = daemon.devices();
+    assert_eq!(devices.len(), 1);
+    let d = &devices[0];
+    assert_eq!(d.mode, "software", "reason: {}", d.reason);
+    assert!(
+        d.reason.contains("fallback") && d.reason.contains(&format!("VFIO on {NO_SUCH_PCI}")),
+        "the reason must name the failed VFIO open: {}",
+        d.reason
+    );
+    let mut rig = Rig::connect(RigOptions::new(dir.join("hw-missing.sock")))
+        .unwrap_or_else(|e| panic!("rig cannot connect: {e}"));
+    let report = run_verify(&mut rig, &VerifyOptions::new(1000, 64)).expect("verify ran");
+    assert!(
+        report.passed(),
+        "{}\n{}",
+        report.summary(),
+        report.failure_details()
+    );
+    rig.disconnect();
+    daemon.stop();
+
+    // fallback = false: starting fails, naming the device and the cause.
+    let err = match vdpad::daemon::Daemon::start(&missing_pci_config(&dir, false)) {
+        Ok(_) => panic!("the daemon started without VFIO and without fallback"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("hw-missing")
+            && err.contains(&format!("VFIO on {NO_SUCH_PCI}"))
+            && err.contains("fallback = true"),
+        "unclear error: {err}"
+    );
+    assert!(
+        !dir.join("hw-missing.sock").exists(),
+        "a failed start left the socket behind"
+    );
+}
+
+#[test]
+fn injected_frames_reach_rig_listen_through_simulated_offload() {
+    init_logging();
+    let dir = TempDir::new("offload-listen");
+    let wire = ChannelWire::new();
+    let nic = Arc::new(SimNic::new(SimConfig::default(), Box::new(wire.clone())).expect("NIC"));
+    let cfg = sim_device_config(&dir, "listen0");
+    let mut served = SimServed::start(&cfg, nic.clone());
+    let mut rig = Rig::connect(RigOptions::new(&served.socket)).expect("rig connects");
+    let frames: Vec<Vec<u8>> = (0..16usize)
+        .map(|i| {
+            let mut f = vec![0u8; 60 + 90 * i];
+            f[..6].fill(0xff);
+            f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x05, 0x05]);
+            f[12..14].copy_from_slice(&[0x88, 0xb6]);
+            for (k, b) in f.iter_mut().enumerate().skip(14) {
+                *b = (k * 7 + i) as u8;
+            }
+            f
+        })
+        .collect();
+    // A frame of another ethertype first: listen must skip it.
+    let mut other = frames[0].clone();
+    other[13] = 0xb5;
+    wire.inject(0, &other);
+    for f in &frames {
+        wire.inject(0, f);
+    }
+    let mut opts = ListenOptions::new(frames.len() as u64);
+    opts.ethertype = Some(0x88b6);
+    opts.timeout = Duration::from_secs(10);
+    let mut got = Vec::new();
+    let report = run_listen(&mut rig, &opts, |pair, data| {
+        got.push((pair, data.to_vec()))
+    })
+    .expect("listen ran");
+    assert!(report.complete(&opts), "{}", report.summary());
+    assert_eq!(report.ignored, 1, "{}", report.summary());
+    let want: Vec<(usize, Vec<u8>)> = frames.into_iter().map(|f| (0, f)).collect();
+    assert_eq!(got, want);
+    assert_eq!(nic.dma_faults(), 0);
+    rig.disconnect();
+    served.stop();
+}

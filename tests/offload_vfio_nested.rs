@@ -1,0 +1,523 @@
+//! Hardware in the loop, for real: vdpad drives a NIC through VFIO and an IOMMU.
+//!
+//! QEMU (TCG) boots the lab guest on a machine with an emulated VT-d IOMMU and three
+//! NICs, each backed by a tap in the test's network namespace (see
+//! `support::nested::NestedGuest`): a modern-only `virtio-net-pci` with
+//! `iommu_platform=on,ats=on` behind a PCIe root port, an `e1000e` and (when QEMU has
+//! it) an `igb`. Inside the guest, with host-built binaries run through the 9p host
+//! root (`chroot /host`):
+//!
+//! 1. the virtio NIC is bound to vfio-pci and **vdpad** serves it with
+//!    `mode = "offload"`, `fallback = false`: a failure to offload fails the test;
+//! 2. **vdpa-rig** plays the VM: `verify` sends numbered, checksummed frames; the NIC
+//!    reads them from the rig's memory by DMA (through the IOMMU), QEMU puts them on
+//!    the host tap, where a reflector in this test process sends every frame back; the
+//!    NIC writes them into the rig's RX buffers by DMA and raises MSI-X straight into
+//!    the rig's call eventfd; the rig checks every byte, the order and the count;
+//! 3. `vdpa-rig listen` receives frames this test **injects** on the host tap (known
+//!    bytes, ethertype 0x88b6) and prints them; the test compares them byte for byte;
+//! 4. vdpad restarts with `mode = "auto"` on all three NICs (the Intel ones left on
+//!    their kernel drivers): the e1000e and igb must be classified **software**
+//!    (af_packet on their netdev) with the reason, the virtio function **offload**;
+//!    a short rig verify runs through each of them, reflected on their taps.
+//!
+//! vdpad's log (DMA maps, MSI-X routing, queue programming with addresses, DRIVER_OK,
+//! per-queue counters) is printed in the test output and asserted on, and the guest's
+//! kernel log must show no DMAR (IOMMU) fault.
+//!
+//! Needs the lab (`sudo tests/lab/setup.sh`); run with
+//! `cargo test -p vdpad --test offload_vfio_nested -- --include-ignored --nocapture`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::guest::{Guest, READY};
+use support::lab::Lab;
+use support::nested::{NestedGuest, GUEST_FUNCTIONS};
+use support::netns::Netns;
+use support::note;
+use support::packet::{inject_until, socket_in, Reflector};
+use support::tmp::TempDir;
+use vdpa_rig::frame::FrameChecker;
+
+/// Frames the offload verify sends (sizes vary over the whole Ethernet range).
+const OFFLOAD_PACKETS: u64 = 10_000;
+/// Frames each software (auto-mode) verify sends.
+const SOFTWARE_PACKETS: u64 = 300;
+/// Frames the test injects on the host tap for `vdpa-rig listen`.
+const INJECTED: usize = 8;
+/// Ethertype of injected frames (IEEE 802 local experimental 2).
+const INJECT_ETHERTYPE: u16 = 0x88b6;
+/// Boot of the nested machine (TCG, IOMMU on): normally 5-10 s.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Each step of the guest script.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The known frames injected on the host tap: broadcast, from a locally administered
+/// MAC, with the index and a deterministic pattern, sizes 60..=1060.
+fn injected_frames() -> Vec<Vec<u8>> {
+    (0..INJECTED)
+        .map(|i| {
+            let len = 60 + i * 143;
+            let mut f = vec![0u8; len];
+            f[..6].fill(0xff);
+            f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x05, 0x05]);
+            f[12..14].copy_from_slice(&INJECT_ETHERTYPE.to_be_bytes());
+            let tag = format!("VDPAD-INJECT {i}/{INJECTED} ");
+            f[14..14 + tag.len()].copy_from_slice(tag.as_bytes());
+            for (k, b) in f.iter_mut().enumerate().skip(14 + tag.len()) {
+                *b = (k as u8).wrapping_mul(31).wrapping_add(i as u8);
+            }
+            f
+        })
+        .collect()
+}
+
+/// The guest side: everything runs in order, each step bounded, results in /lab.
+fn guest_script(vdpad: &Path, rig: &Path, with_igb: bool) -> String {
+    let igb_part = if with_igb {
+        r#"
+IGB=$(bdf_of 0x8086:0x10c9) || { echo "VDPAD-HW-FAIL no igb"; exit 1; }
+IGBN=$(netdev_of $IGB)
+echo "VDPAD-HW-PCI igb=$IGB netdev=$IGBN"
+ip link set $IGBN up
+cat >> /host/run/hw-auto.toml <<EOF
+
+[[device]]
+name = "igb0"
+mode = "auto"
+pci = "$IGB"
+EOF
+"#
+    } else {
+        "IGB=\n"
+    };
+    format!(
+        r#"{GUEST_FUNCTIONS}
+VDPAD={vdpad}
+RIG={rig}
+echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+echo "VDPAD-HW-CMDLINE $(cat /proc/cmdline)"
+dmesg | grep -E 'DMAR: (IOMMU enabled|Intel\(R\) Virtualization)|iommu: Default domain' | head -n 3
+VN=$(bdf_of 0x1af4:0x1041) || {{ echo "VDPAD-HW-FAIL no virtio-net function"; exit 1; }}
+E1=$(bdf_of 0x8086:0x10d3) || {{ echo "VDPAD-HW-FAIL no e1000e"; exit 1; }}
+E1N=$(netdev_of $E1)
+echo "VDPAD-HW-PCI virtio=$VN e1000e=$E1 netdev=$E1N"
+bind_vfio $VN || {{ echo "VDPAD-HW-FAIL vfio-pci did not take $VN"; exit 1; }}
+ls -l /dev/vfio/
+ip link set $E1N up
+
+# ---- 1. offload through VFIO, no fallback
+mkdir -p /host/run/vdpad-hw
+cat > /host/run/hw-offload.toml <<EOF
+[daemon]
+run_dir = "/run/vdpad-hw"
+log_level = "info"
+
+[[device]]
+name = "hw0"
+socket = "/run/vdpad-hw/hw0.sock"
+mode = "offload"
+pci = "$VN"
+vm = "nested-test"
+fallback = false
+queue_size = 256
+EOF
+chroot /host env NO_COLOR=1 $VDPAD --config /run/hw-offload.toml > /lab/vdpad-offload.log 2>&1 &
+VP=$!
+wait_file /host/run/vdpad-hw/hw0.sock 60 || {{ echo "VDPAD-HW-FAIL no socket"; cat /lab/vdpad-offload.log; exit 1; }}
+echo "VDPAD-HW-OFFLOAD-UP pid=$VP"
+chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hw0.sock verify --packets {OFFLOAD_PACKETS} --size 60 --size-max 1514 --timeout 100 > /lab/rig-offload.log 2>&1
+echo "VDPAD-HW-VERIFY rc=$? $(head -n 1 /lab/rig-offload.log)"
+chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hw0.sock listen --count {INJECTED} --ethertype {INJECT_ETHERTYPE:#06x} --timeout 100 > /lab/rig-listen.log 2>&1 &
+LP=$!
+wait_grep "listen: ready" /lab/rig-listen.log 60 && echo "VDPAD-HW-LISTEN-READY"
+wait $LP
+echo "VDPAD-HW-LISTEN rc=$?"
+kill -USR1 $VP; sleep 1
+kill -TERM $VP; wait $VP
+echo "VDPAD-HW-OFFLOAD-EXIT rc=$?"
+
+# ---- 2. auto mode on every NIC; Intel NICs stay on their kernel drivers
+cat > /host/run/hw-auto.toml <<EOF
+[daemon]
+run_dir = "/run/vdpad-hw"
+log_level = "info"
+
+[[device]]
+name = "autovirtio"
+mode = "auto"
+pci = "$VN"
+vm = "nested-test"
+fallback = false
+
+[[device]]
+name = "e1000e0"
+mode = "auto"
+pci = "$E1"
+EOF
+{igb_part}
+chroot /host env NO_COLOR=1 $VDPAD --config /run/hw-auto.toml > /lab/vdpad-auto.log 2>&1 &
+VP=$!
+for d in autovirtio e1000e0 ${{IGB:+igb0}}; do
+  wait_file /host/run/vdpad-hw/$d.sock 60 || {{ echo "VDPAD-HW-FAIL no socket for $d"; cat /lab/vdpad-auto.log; exit 1; }}
+done
+echo "VDPAD-HW-AUTO-UP pid=$VP"
+for d in autovirtio e1000e0 ${{IGB:+igb0}}; do
+  chroot /host timeout 120 $RIG --socket /run/vdpad-hw/$d.sock verify --packets {SOFTWARE_PACKETS} --size 60 --size-max 1514 --timeout 100 > /lab/rig-$d.log 2>&1
+  echo "VDPAD-HW-AUTO-VERIFY dev=$d rc=$? $(head -n 1 /lab/rig-$d.log)"
+done
+kill -USR1 $VP; sleep 1
+kill -TERM $VP; wait $VP
+echo "VDPAD-HW-AUTO-EXIT rc=$?"
+echo "VDPAD-HW-DMAR-FAULTS $(dmesg | grep -c -E 'DMAR: \[DMA|DRHD: handling fault')"
+dmesg | grep -iE 'vfio|DMAR: \[|handling fault' | tail -n 8
+echo "VDPAD-HW-DONE"
+"#,
+        vdpad = vdpad.display(),
+        rig = rig.display(),
+    )
+}
+
+/// `frame pair P len N hex H` lines of `vdpa-rig listen`, decoded.
+fn listened_frames(log: &str) -> Vec<Vec<u8>> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("frame pair "))
+        .filter_map(|l| l.split(" hex ").nth(1))
+        .map(|h| {
+            (0..h.len() / 2)
+                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).expect("hex"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Lines of a vdpad log that contain any of `needles`.
+fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .collect()
+}
+
+/// Reads a file of the guest's share, or an explanation.
+fn share_file(guest: &Guest, name: &str) -> String {
+    support::read_log(&guest.share().join(name))
+}
+
+/// Parses `key N` out of a rig verify summary (`sent 2000 received 2000 lost 0 ...`).
+fn verify_field(line: &str, key: &str) -> Option<u64> {
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == key {
+            return words.next().and_then(|v| v.parse().ok());
+        }
+    }
+    None
+}
+
+/// Asserts that a `VDPAD-HW-*VERIFY` console line reports a clean verify of `packets`.
+fn assert_verify(line: &str, packets: u64, what: &str, context: &str) {
+    assert!(
+        line.contains("rc=0") && line.contains("verify:"),
+        "{what}: rig verify failed: {line}{context}"
+    );
+    assert_eq!(
+        verify_field(line, "received"),
+        Some(packets),
+        "{what}: {line}{context}"
+    );
+    for key in ["lost", "corrupt", "reordered", "dup"] {
+        assert_eq!(
+            verify_field(line, key),
+            Some(0),
+            "{what}: {key}: {line}{context}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the lab: tests/lab/setup.sh"]
+fn offload_through_real_vfio_in_a_nested_guest() {
+    let t0 = Instant::now();
+    let lab = Lab::require();
+    let rig = support::rig::rig_binary();
+    note(t0, &format!("vdpa-rig: {}", rig.display()));
+    let vdpad = support::daemon::binary();
+    let dir = TempDir::new("hw-nested");
+    let ns = Netns::new();
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    let machine = NestedGuest::new(&lab, "hwt");
+    machine.create_taps(&ns);
+    // Every frame a NIC puts on its tap comes back through it; the first frames the
+    // virtio NIC sends are kept to check them on the host side too.
+    let reflectors: Vec<Reflector> = machine
+        .nics()
+        .iter()
+        .map(|nic| {
+            Reflector::start(
+                &ns,
+                &nic.tap,
+                if nic.model == "virtio-net-pci" { 64 } else { 0 },
+            )
+        })
+        .collect();
+    let injector = socket_in(&ns, &machine.virtio.tap).expect("injector socket");
+    note(
+        t0,
+        &format!(
+            "namespace {} with taps {:?}; igb {}",
+            ns.name(),
+            machine
+                .nics()
+                .iter()
+                .map(|n| n.tap.as_str())
+                .collect::<Vec<_>>(),
+            if machine.igb.is_some() {
+                "present"
+            } else {
+                "not in this QEMU"
+            }
+        ),
+    );
+
+    let script = guest_script(&vdpad, rig, machine.igb.is_some());
+    let mut config = machine.guest_config(&script, &ns);
+    config.limit = Duration::from_secs(600);
+    let mut guest = Guest::boot(&lab, dir.path(), config);
+    let ready = guest.wait_for(READY, BOOT_TIMEOUT);
+    note(t0, &format!("guest: {ready}"));
+    let ctx = |g: &Guest| {
+        format!(
+            "{}{}",
+            g.tail(),
+            support::log_tail(&g.share().join("vdpad-offload.log"), 60)
+        )
+    };
+    let pci = guest.wait_for("VDPAD-HW-PCI virtio=", STEP_TIMEOUT);
+    note(t0, &format!("guest: {pci}"));
+    let vfio = guest.wait_for("VDPAD-HW-VFIO ", STEP_TIMEOUT);
+    note(t0, &format!("guest: {vfio}"));
+    assert!(vfio.contains("driver=vfio-pci"), "{vfio}{}", ctx(&guest));
+    let up = guest.wait_for("VDPAD-HW-OFFLOAD-UP", STEP_TIMEOUT);
+    note(t0, &format!("guest: {up} (vdpad serves the VFIO function)"));
+
+    // 1. rig -> vdpad (offload) -> NIC DMA -> tap -> reflector -> tap -> NIC -> rig.
+    let verify = guest.wait_for("VDPAD-HW-VERIFY ", STEP_TIMEOUT);
+    note(t0, &format!("guest: {verify}"));
+    assert_verify(&verify, OFFLOAD_PACKETS, "offload", &ctx(&guest));
+    let virtio_refl = &reflectors[0];
+    let seen = virtio_refl.log();
+    note(
+        t0,
+        &format!(
+            "host: reflector on {} sent back {} frames",
+            virtio_refl.ifname(),
+            seen.reflected
+        ),
+    );
+    assert!(
+        seen.reflected >= OFFLOAD_PACKETS,
+        "the host tap saw {} frames, the rig sent {OFFLOAD_PACKETS}",
+        seen.reflected
+    );
+    // What the NIC put on the wire is the rig's frames, intact, in order.
+    let mut checker = FrameChecker::new();
+    let ids: Vec<u64> = seen
+        .kept
+        .iter()
+        .map(|f| {
+            checker
+                .check(f)
+                .unwrap_or_else(|e| panic!("frame on the host tap: {e}: {f:02x?}"))
+                .seq
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..ids.len() as u64).collect::<Vec<_>>(),
+        "sequence on the tap"
+    );
+
+    // 2. Frames injected on the host tap arrive in the rig.
+    let frames = injected_frames();
+    let listening = guest.wait_for("VDPAD-HW-LISTEN-READY", STEP_TIMEOUT);
+    note(
+        t0,
+        &format!("guest: {listening}; injecting {INJECTED} frames per round on the host tap"),
+    );
+    let listen_log = guest.share().join("rig-listen.log");
+    let rounds = inject_until(
+        &injector,
+        &frames,
+        Duration::from_millis(300),
+        STEP_TIMEOUT,
+        || support::read_log(&listen_log).contains("listen: received"),
+    )
+    .expect("inject on the host tap");
+    let listened = guest.wait_for("VDPAD-HW-LISTEN rc=", STEP_TIMEOUT);
+    note(
+        t0,
+        &format!("guest: {listened} after {rounds} injection round(s)"),
+    );
+    let listen_text = share_file(&guest, "rig-listen.log");
+    assert!(
+        listened.contains("rc=0"),
+        "rig listen failed:\n{listen_text}{}",
+        ctx(&guest)
+    );
+    let got = listened_frames(&listen_text);
+    assert_eq!(got.len(), INJECTED, "frames listed:\n{listen_text}");
+    let mut distinct = BTreeSet::new();
+    for f in &got {
+        let i = frames.iter().position(|sent| sent == f).unwrap_or_else(|| {
+            panic!("the rig received a frame nobody injected: {f:02x?}\n{listen_text}")
+        });
+        distinct.insert(i);
+    }
+    note(
+        t0,
+        &format!(
+            "rig received {} injected frames byte for byte ({} distinct)",
+            got.len(),
+            distinct.len()
+        ),
+    );
+
+    let exit = guest.wait_for("VDPAD-HW-OFFLOAD-EXIT", STEP_TIMEOUT);
+    note(t0, &format!("guest: {exit}"));
+    assert!(
+        exit.contains("rc=0"),
+        "vdpad did not exit cleanly: {exit}{}",
+        ctx(&guest)
+    );
+
+    // 3. Auto mode: software on the Intel NICs, offload on the virtio function.
+    guest.wait_for("VDPAD-HW-AUTO-UP", STEP_TIMEOUT);
+    let mut auto_lines = Vec::new();
+    let devices = if machine.igb.is_some() { 3 } else { 2 };
+    for _ in 0..devices {
+        let line = guest.wait_for("VDPAD-HW-AUTO-VERIFY ", STEP_TIMEOUT);
+        note(t0, &format!("guest: {line}"));
+        auto_lines.push(line);
+    }
+    let exit = guest.wait_for("VDPAD-HW-AUTO-EXIT", STEP_TIMEOUT);
+    note(t0, &format!("guest: {exit}"));
+    let faults = guest.wait_for("VDPAD-HW-DMAR-FAULTS", STEP_TIMEOUT);
+    guest.wait_for("VDPAD-HW-DONE", STEP_TIMEOUT);
+    let rc = guest.wait_exit(Duration::from_secs(60));
+    let wall = t0.elapsed();
+
+    // The logs, for the record (the issue's closing note quotes them).
+    let offload_log = share_file(&guest, "vdpad-offload.log");
+    let auto_log = share_file(&guest, "vdpad-auto.log");
+    let key = [
+        "datapath chosen",
+        "vfio: function opened",
+        "offload: NIC ready",
+        "offload: DMA mapped",
+        "offload: MSI-X routed",
+        "offload: queue enabled",
+        "offload: DRIVER_OK",
+        "offload: call eventfd switched",
+        "offload: queue pair stopped",
+        "offload: function reset",
+        "offload: reset",
+        "queue stats",
+    ];
+    eprintln!("\n===== vdpad (offload, real VFIO) =====");
+    for l in lines_with(&offload_log, &key) {
+        eprintln!("{l}");
+    }
+    eprintln!(
+        "===== vdpa-rig =====\n{}",
+        share_file(&guest, "rig-offload.log").trim_end()
+    );
+    eprintln!("===== vdpad (auto) =====");
+    for l in lines_with(&auto_log, &key) {
+        eprintln!("{l}");
+    }
+    eprintln!("===== end (wall time {:.1} s) =====\n", wall.as_secs_f64());
+
+    assert_eq!(rc, 0, "guest script failed{}", guest.tail());
+    let need = |log: &str, what: &str, n: usize| {
+        let found = log.lines().filter(|l| l.contains(what)).count();
+        assert!(
+            found >= n,
+            "{n} x {what:?} expected in the vdpad log, found {found}:\n{log}"
+        );
+    };
+    need(&offload_log, "mode=\"offload\"", 1);
+    need(&offload_log, "vfio: function opened", 1);
+    need(&offload_log, "offload: DMA mapped (IOVA = GPA)", 1);
+    need(&offload_log, "offload: MSI-X routed", 1);
+    need(&offload_log, "offload: queue enabled device=hw0 ring=0", 1);
+    need(&offload_log, "offload: queue enabled device=hw0 ring=1", 1);
+    need(&offload_log, "offload: DRIVER_OK", 1);
+    need(&offload_log, "reset=true", 1);
+    assert!(
+        !offload_log.contains("falling back"),
+        "offload fell back:\n{offload_log}"
+    );
+    // Kicks relayed to the NIC's doorbells on the TX ring (ring 1).
+    let tx_kicks = offload_log
+        .lines()
+        .find(|l| l.contains("queue stats") && l.contains("device=\"hw0\"") && l.contains("ring=1 "))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("kicks="))
+                .and_then(|v| v.parse::<u64>().ok())
+        });
+    assert!(
+        tx_kicks.unwrap_or(0) > 0,
+        "no TX kick relayed:\n{offload_log}"
+    );
+
+    // Auto mode's decisions and reasons.
+    let chosen = |dev: &str| {
+        auto_log
+            .lines()
+            .find(|l| l.contains("datapath chosen") && l.contains(&format!("device={dev} ")))
+            .unwrap_or_else(|| panic!("no decision for {dev}:\n{auto_log}"))
+            .to_string()
+    };
+    let v = chosen("autovirtio");
+    assert!(
+        v.contains("mode=\"offload\"") && v.contains("auto: "),
+        "{v}"
+    );
+    for dev in ["e1000e0"]
+        .into_iter()
+        .chain(machine.igb.as_ref().map(|_| "igb0"))
+    {
+        let c = chosen(dev);
+        assert!(
+            c.contains("mode=\"software\"") && c.contains("is not a virtio device"),
+            "{dev}: {c}"
+        );
+        assert!(c.contains("af_packet"), "{dev} is not on af_packet: {c}");
+    }
+    for line in &auto_lines {
+        assert_verify(line, SOFTWARE_PACKETS, "auto", &format!("\n{auto_log}"));
+    }
+    for r in &reflectors[1..] {
+        assert!(
+            r.reflected() >= SOFTWARE_PACKETS,
+            "the tap {} saw {} frames",
+            r.ifname(),
+            r.reflected()
+        );
+    }
+    assert!(exit.contains("rc=0"), "{exit}\n{auto_log}");
+    assert!(
+        faults.ends_with(" 0"),
+        "IOMMU faults in the guest: {faults}{}",
+        guest.tail()
+    );
+    note(t0, "done");
+}
