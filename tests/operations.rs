@@ -985,6 +985,64 @@ fn control_protocol_is_versioned_and_clients_cannot_block_it() {
 }
 
 #[test]
+fn control_socket_is_not_stolen_and_a_stale_one_is_replaced() {
+    let dir = TempDir::new("ops-steal");
+    let mut v = Vdpad::start(&dir, &["one"]);
+    // A second daemon configured with the same control socket refuses to start.
+    let other = TempDir::new("ops-steal2");
+    let config = other.join("vdpad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nrun_dir = \"{}\"\ncontrol_socket = \"{}\"\n{}",
+            other.join("run").display(),
+            v.control.display(),
+            device_toml("two", 2)
+        ),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .args(["-k", "5", "30", env!("CARGO_BIN_EXE_vdpad"), "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is in use by another process"), "{err}");
+    assert!(
+        !other.join("run/two.sock").exists(),
+        "its devices were not stopped"
+    );
+    assert_eq!(v.names(), ["one"]);
+
+    // A crash leaves the socket behind; the next daemon replaces it.
+    let pid = v.pid();
+    send_signal(pid, libc::SIGKILL).unwrap();
+    let mut p = v.proc.take().unwrap();
+    p.wait_timeout(Duration::from_secs(10))
+        .expect("vdpad survived SIGKILL");
+    assert!(is_socket(&v.control), "the crash should leave the socket");
+    assert_eq!(
+        vdpactl(&["--socket", &v.control.to_string_lossy(), "list"])
+            .status
+            .code(),
+        Some(2)
+    );
+    drop(v);
+    let v = Vdpad::start(&dir, &["one"]);
+    let ok = support::poll(Duration::from_secs(15), Duration::from_millis(50), || {
+        v.ctl(&["list"]).status.success().then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "the stale control socket was not replaced{}",
+        v.tail()
+    );
+    v.wait_log(&["control socket listening"]);
+}
+
+#[test]
 fn vdpactl_usage_and_connection_errors_exit_2() {
     let dir = TempDir::new("ops-usage");
     let missing = dir.join("nothing.sock");

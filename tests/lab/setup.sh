@@ -79,7 +79,7 @@ PACKAGES=(
   librte-mempool-ring23
   busybox-static cpio kmod xz-utils zstd gzip
   iperf3 iproute2 iputils-ping ethtool tcpdump procps util-linux coreutils
-  gcc libc6-dev python3 ca-certificates
+  gcc libc6-dev python3 ca-certificates libvirt-clients libxml2-utils
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

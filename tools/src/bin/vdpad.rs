@@ -196,8 +196,18 @@ fn reload(
         }
     };
     match lock_daemon(daemon).reload(&new) {
-        Ok(r) => info!(added = ?r.added, removed = ?r.removed, restarted = ?r.restarted,
-                       unchanged = ?r.unchanged, "configuration reloaded"),
+        Ok(r) => {
+            // One line per device event, like `vdpactl add` (removals are logged by
+            // the daemon as they happen), then the summary.
+            for name in &r.added {
+                info!(device = %name, via = "reload", "device added");
+            }
+            for name in &r.restarted {
+                info!(device = %name, via = "reload", "device restarted with its new configuration");
+            }
+            info!(added = ?r.added, removed = ?r.removed, restarted = ?r.restarted,
+                  unchanged = ?r.unchanged, "configuration reloaded");
+        }
         Err(e) => error!("configuration reload failed part way: {e:#}"),
     }
     let d = &new.daemon;

@@ -149,7 +149,7 @@ fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolErro
             warn!(device = %name, error = %format!("{e:#}"), "control: adding a device failed; nothing changed");
             return Err(ProtocolError::new(ErrorCode::Failed, msg));
         }
-        info!(device = %name, socket = %socket, origin, "device added");
+        info!(device = %name, socket = %socket, origin, via = "control", "device added");
         added.push(name);
     }
     let infos = daemon.devices();
