@@ -183,6 +183,23 @@ pub fn steal_ticks() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time all CPUs spent busy so far (user, nice, system, irq, softirq of the `cpu`
+/// line of /proc/stat), in seconds.
+pub fn busy_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
+    busy as f64 / crate::proc::clock_ticks()
+}
+
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -232,6 +249,7 @@ mod tests {
     #[test]
     fn load_and_steal_are_read() {
         assert!(loadavg()[0].is_finite());
+        assert!(busy_seconds() > 0.0);
         let _ = steal_ticks();
     }
 }

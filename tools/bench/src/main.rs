@@ -445,8 +445,12 @@ fn real_main() -> Result<ExitCode> {
                     ),
                 };
                 eprintln!(
-                    "[{n}/{total}] {} {} rep {}: {what} (load {:.2})",
-                    cell.id, v.name, rep, r.load1
+                    "[{n}/{total}] {} {} rep {}: {what} (load {:.2}, others' CPU {})",
+                    cell.id,
+                    v.name,
+                    rep,
+                    r.load1,
+                    r.other_cpu.map_or("-".into(), |c| format!("{c:.2}"))
                 );
                 runs.push(r);
             }

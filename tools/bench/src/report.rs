@@ -44,6 +44,8 @@ pub struct VariantSummary {
     pub cpu_ns_per_pkt: Option<Spread>,
     /// 1-minute load average at the end of the runs.
     pub load1: Option<Spread>,
+    /// CPU used by other processes during the runs, in CPUs.
+    pub other_cpu: Option<Spread>,
 }
 
 /// The pairwise ratios of a main cell.
@@ -114,6 +116,7 @@ pub fn summarise(cell: &Cell, runs: &[Run]) -> CellSummary {
             cpu_util: spread(&ok, |r| r.backend_cpu_util),
             cpu_ns_per_pkt: spread(&ok, |r| r.backend_cpu_ns_per_pkt),
             load1: spread(&all, |r| Some(r.load1)),
+            other_cpu: spread(&all, |r| r.other_cpu),
         });
     }
     let ratio = (cell.group == Group::Main).then(|| {
@@ -168,8 +171,9 @@ fn m(x: &Option<Spread>, prec: usize) -> String {
         .map_or("-".into(), |v| format!("{:.p$}", v.median, p = prec))
 }
 
-/// Rows of the main A/B table: (cell, what, A, B, ratio, B pkts/kick, B pkts/irq).
-fn main_rows(cells: &[CellSummary]) -> Vec<[String; 9]> {
+/// Rows of the main A/B table: cell, frontend, A, B (rate or p50), A, B (Gbps or
+/// percentiles), ratio, B pkts/kick, B pkts/irq, CPU used by others during A and B.
+fn main_rows(cells: &[CellSummary]) -> Vec<[String; 10]> {
     let mut rows = Vec::new();
     for c in cells.iter().filter(|c| c.group == Group::Main) {
         let (Some(a), Some(b)) = (c.variants.first(), c.variants.get(1)) else {
@@ -195,6 +199,7 @@ fn main_rows(cells: &[CellSummary]) -> Vec<[String; 9]> {
                 s(&r, 2),
                 m(&b.pkts_per_kick, 1),
                 m(&b.pkts_per_irq, 1),
+                format!("{}/{}", m(&a.other_cpu, 2), m(&b.other_cpu, 2)),
             ]);
         } else {
             rows.push([
@@ -207,13 +212,14 @@ fn main_rows(cells: &[CellSummary]) -> Vec<[String; 9]> {
                 s(&r, 2),
                 m(&b.pkts_per_kick, 1),
                 m(&b.pkts_per_irq, 1),
+                format!("{}/{}", m(&a.other_cpu, 2), m(&b.other_cpu, 2)),
             ]);
         }
     }
     rows
 }
 
-const MAIN_HEAD: [&str; 9] = [
+const MAIN_HEAD: [&str; 10] = [
     "cell",
     "frontend",
     "A (DPDK vhost) median [min-max]",
@@ -223,9 +229,10 @@ const MAIN_HEAD: [&str; 9] = [
     "B/A median [min-max]",
     "B pkts/kick",
     "B pkts/irq",
+    "others' CPU A/B",
 ];
 
-const SEED_HEAD: [&str; 11] = [
+const SEED_HEAD: [&str; 12] = [
     "variant",
     "Mpps",
     "pkts/kick (vdpad)",
@@ -236,10 +243,11 @@ const SEED_HEAD: [&str; 11] = [
     "p99.9 us",
     "backend CPU",
     "CPU ns/pkt",
+    "others' CPU",
     "runs ok",
 ];
 
-fn seed_rows(c: &CellSummary) -> Vec<[String; 11]> {
+fn seed_rows(c: &CellSummary) -> Vec<[String; 12]> {
     c.variants
         .iter()
         .map(|v| {
@@ -254,6 +262,7 @@ fn seed_rows(c: &CellSummary) -> Vec<[String; 11]> {
                 m(&v.p999_us, 1),
                 m(&v.cpu_util, 2),
                 s(&v.cpu_ns_per_pkt, 0),
+                m(&v.other_cpu, 2),
                 format!("{}/{}", v.ok_runs, v.runs),
             ]
         })
@@ -377,7 +386,7 @@ pub fn runs_csv(runs: &[Run], commit: &str, date: &str) -> String {
     let mut out = String::from(
         "date,commit,cell,variant,rep,ok,mpps,gbps,p50_us,p99_us,p999_us,\
          pkts_per_kick,pkts_per_irq,rig_pkts_per_kick,rig_pkts_per_irq,\
-         backend_cpu_util,backend_cpu_ns_per_pkt,window_s,load1,steal_s,error\n",
+         backend_cpu_util,backend_cpu_ns_per_pkt,window_s,load1,steal_s,other_cpu,error\n",
     );
     for r in runs {
         let l = r.latency;
@@ -402,6 +411,7 @@ pub fn runs_csv(runs: &[Run], commit: &str, date: &str) -> String {
             format!("{:.3}", r.window_s),
             format!("{:.2}", r.load1),
             format!("{:.2}", r.steal_s),
+            opt(r.other_cpu),
             r.error.clone().unwrap_or_default(),
         ];
         out += &row

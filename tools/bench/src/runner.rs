@@ -116,6 +116,10 @@ pub struct Run {
     pub load1: f64,
     /// Steal time during the run, seconds summed over CPUs.
     pub steal_s: f64,
+    /// CPU used by other processes during the run (not the harness or anything it
+    /// started), in CPUs: 0.5 = half a core busy elsewhere. Colleagues compiling show
+    /// up here.
+    pub other_cpu: Option<f64>,
     /// Where vdpad's counters came from.
     pub counter_source: Option<String>,
     /// The backend's command line.
@@ -306,6 +310,11 @@ pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
         ..Default::default()
     };
     let steal0 = machine::steal_ticks();
+    let (busy0, ours0, t0) = (
+        machine::busy_seconds(),
+        proc::own_and_children_cpu(),
+        Instant::now(),
+    );
     let result = start_backend(s, v, &socket, &t).and_then(|mut be| {
         let r = drive(s, cell, &mut be, &socket, &t, &mut run);
         if let BackendProc::Vdpad(d) = &be {
@@ -327,7 +336,10 @@ pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
         run.error = Some(format!("{e:#}"));
     }
     run.load1 = machine::loadavg()[0];
-    run.steal_s = machine::steal_ticks().saturating_sub(steal0) as f64 / 100.0;
+    run.steal_s = machine::steal_ticks().saturating_sub(steal0) as f64 / proc::clock_ticks();
+    // Every child has been reaped here, so its CPU time is in RUSAGE_CHILDREN.
+    let others = (machine::busy_seconds() - busy0) - (proc::own_and_children_cpu() - ours0);
+    run.other_cpu = stats::ratio(others.max(0.0), t0.elapsed().as_secs_f64());
     run
 }
 
@@ -473,7 +485,16 @@ fn drive_rig(
         Ok(())
     };
     wait_until(&mut rig, lead)?;
-    let m0 = be.mark();
+    let mut m0 = be.mark();
+    // vdpad has no queue counters until the rig's setup has started the pair (a few
+    // ms, but seconds on a loaded machine): start the window when they appear.
+    while matches!(be, BackendProc::Vdpad(_))
+        && m0.counters.is_none()
+        && start.elapsed().as_secs_f64() < secs / 2.0
+    {
+        wait_until(&mut rig, start.elapsed().as_secs_f64() + 0.05)?;
+        m0 = be.mark();
+    }
     wait_until(&mut rig, secs - trail)?;
     let m1 = be.mark();
     let limit = start + Duration::from_secs_f64(secs + 30.0);

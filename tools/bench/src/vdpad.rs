@@ -254,8 +254,10 @@ impl Daemon {
         }
     }
 
-    fn via_vdpactl(&mut self) -> Option<PairCounters> {
-        let ctl = self.vdpactl.as_ref()?;
+    /// `Err(())` when vdpactl is unusable (then SIGUSR1 is used from now on);
+    /// `Ok(None)` when it answered but pair 0 is not running (yet).
+    fn via_vdpactl(&mut self) -> Result<Option<PairCounters>, ()> {
+        let ctl = self.vdpactl.as_ref().ok_or(())?;
         let out = Command::new(ctl)
             .arg("--socket")
             .arg(&self.control)
@@ -264,26 +266,23 @@ impl Daemon {
             .ok()
             .filter(|o| o.status.success());
         let Some(out) = out else {
-            // Not usable (older or newer interface): fall back to SIGUSR1 for good.
             self.vdpactl = None;
-            return None;
+            return Err(());
         };
         let mut rings = BTreeMap::new();
+        let mut parsed = false;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if let Ok(v) = serde_json::from_str::<Value>(line) {
+                parsed = true;
                 find_rings(&v, DEVICE, &mut rings);
             }
         }
-        if rings.is_empty() {
-            if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
-                find_rings(&v, DEVICE, &mut rings);
-            }
-        }
-        let p = pair_of(&rings);
-        if p.is_none() {
+        if !parsed {
+            // Not the JSON we know (another interface version): use SIGUSR1 instead.
             self.vdpactl = None;
+            return Err(());
         }
-        p
+        Ok(pair_of(&rings))
     }
 
     fn via_signal(&mut self) -> Option<PairCounters> {
@@ -315,12 +314,13 @@ impl Daemon {
         }
     }
 
-    /// A snapshot of pair 0's counters.
+    /// A snapshot of pair 0's counters; `None` while the pair is not running or when
+    /// the daemon does not answer.
     pub fn counters(&mut self) -> Option<PairCounters> {
-        if let Some(p) = self.via_vdpactl() {
-            return Some(p);
+        match self.via_vdpactl() {
+            Ok(p) => p,
+            Err(()) => self.via_signal(),
         }
-        self.via_signal()
     }
 
     /// Which source [`Daemon::counters`] uses now.
