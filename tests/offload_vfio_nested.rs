@@ -467,7 +467,9 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     // Kicks relayed to the NIC's doorbells on the TX ring (ring 1).
     let tx_kicks = offload_log
         .lines()
-        .find(|l| l.contains("queue stats") && l.contains("device=\"hw0\"") && l.contains("ring=1 "))
+        .find(|l| {
+            l.contains("queue stats") && l.contains("device=\"hw0\"") && l.contains("ring=1 ")
+        })
         .and_then(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix("kicks="))
