@@ -18,7 +18,6 @@ use vdpad_config::{default_run_dir, CONTROL_SOCKET_NAME};
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about,
     after_help = "Exit status: 0 done, 1 the daemon refused, 2 usage or connection error."
 )]
 struct Args {
@@ -69,7 +68,7 @@ enum Cmd {
         name: String,
     },
     /// Changes the daemon's log filter (error, warn, info, debug, trace, or
-    /// directives such as info,vdpa=debug).
+    /// directives such as info,swpath=debug).
     LogLevel {
         /// The new filter.
         level: String,

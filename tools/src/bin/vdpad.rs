@@ -19,7 +19,7 @@ use vdpad_config::{Config, DaemonConfig};
 /// Serves vhost-user virtio-net devices to virtual machines, in hardware (VFIO
 /// offload) or in software.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Configuration file. Without it, vdpad runs its embedded default: one software
     /// loopback device.

@@ -200,7 +200,7 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// is never what an operator meant.
 pub fn check_log_level(text: &str) -> Result<(), String> {
     let help = "use a level (off, error, warn, info, debug, trace) or directives such as \
-                \"info,vdpa=debug\"";
+                \"info,swpath=debug\"";
     let directives: Vec<&str> = text
         .split(',')
         .map(str::trim)
