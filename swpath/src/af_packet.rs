@@ -39,10 +39,21 @@ const PACKET_STATISTICS: libc::c_int = 6;
 const VNET_HDR_LEN: usize = 10;
 
 /// Packet sockets on one interface, one per queue pair.
+///
+/// With several pairs the sockets form a `PACKET_FANOUT` group, and the kernel spreads
+/// received flows over its members. A packet socket cannot leave a fanout group, so
+/// the socket of a pair that does not run is closed ([`AfPacket::detach_queue`]) and
+/// a new one joins when the pair starts again ([`AfPacket::attach_queue`]); otherwise
+/// the flows hashed to it would never be read.
 #[derive(Debug)]
 pub struct AfPacket {
     ifname: String,
-    sockets: Vec<File>,
+    ifindex: u32,
+    /// The fanout group id, with more than one pair.
+    fanout: Option<u16>,
+    /// The network namespace the interface was found in, where new sockets are made.
+    netns: File,
+    sockets: Vec<Option<File>>,
 }
 
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
@@ -64,6 +75,76 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io:
     }
 }
 
+/// One packet socket on interface `ifindex`: promiscuous, with vnet headers, ignoring
+/// its own outgoing frames, in fanout group `fanout` if given. Made in the calling
+/// thread's network namespace.
+fn open_socket(ifindex: u32, fanout: Option<u16>) -> io::Result<File> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket(2) with constant arguments; checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("AF_PACKET socket: {e} (needs CAP_NET_RAW)"),
+        ));
+    }
+    // SAFETY: a fresh descriptor that nobody else owns.
+    let sock = unsafe { File::from_raw_fd(fd) };
+    let s = sock.as_raw_fd();
+    setsockopt(s, libc::SOL_PACKET, PACKET_VNET_HDR, &1i32)?;
+    setsockopt(s, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32)?;
+    // Best effort: skipping the qdisc is faster; not fatal where refused.
+    let _ = setsockopt(s, libc::SOL_PACKET, PACKET_QDISC_BYPASS, &1i32);
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: bind with a sockaddr_ll of the right size.
+    let rc = unsafe {
+        libc::bind(
+            s,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mr = libc::packet_mreq {
+        mr_ifindex: ifindex as i32,
+        mr_type: PACKET_MR_PROMISC,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    setsockopt(s, libc::SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr)?;
+    // Room for bursts while the worker is descheduled; above rmem_max this
+    // needs CAP_NET_ADMIN, else the system limit applies.
+    let buf: libc::c_int = SOCKET_BUFFER;
+    if setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buf).is_err() {
+        let _ = setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, &buf);
+    }
+    if let Some(id) = fanout {
+        let arg: libc::c_int = i32::from(id) | (PACKET_FANOUT_HASH << 16);
+        setsockopt(s, libc::SOL_PACKET, PACKET_FANOUT, &arg)?;
+    }
+    Ok(sock)
+}
+
+/// The identity (device, inode) of a network namespace file.
+fn netns_id(f: &File) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
 impl AfPacket {
     /// Opens `queue_pairs` packet sockets on `ifname`, promiscuous, with vnet headers,
     /// ignoring their own outgoing frames, fanned out by flow hash.
@@ -78,69 +159,17 @@ impl AfPacket {
                 format!("no network interface {ifname:?}"),
             ));
         }
-        let fanout_id = (std::process::id() ^ ifindex) as u16;
-        let mut sockets = Vec::new();
-        for _ in 0..queue_pairs {
-            let proto = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: socket(2) with constant arguments; checked and owned below.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    i32::from(proto),
-                )
-            };
-            if fd < 0 {
-                let e = io::Error::last_os_error();
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("AF_PACKET socket: {e} (needs CAP_NET_RAW)"),
-                ));
-            }
-            // SAFETY: a fresh descriptor that nobody else owns.
-            let sock = unsafe { File::from_raw_fd(fd) };
-            let s = sock.as_raw_fd();
-            setsockopt(s, libc::SOL_PACKET, PACKET_VNET_HDR, &1i32)?;
-            setsockopt(s, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32)?;
-            // Best effort: skipping the qdisc is faster; not fatal where refused.
-            let _ = setsockopt(s, libc::SOL_PACKET, PACKET_QDISC_BYPASS, &1i32);
-            // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = ifindex as i32;
-            // SAFETY: bind with a sockaddr_ll of the right size.
-            let rc = unsafe {
-                libc::bind(
-                    s,
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mr = libc::packet_mreq {
-                mr_ifindex: ifindex as i32,
-                mr_type: PACKET_MR_PROMISC,
-                mr_alen: 0,
-                mr_address: [0; 8],
-            };
-            setsockopt(s, libc::SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr)?;
-            // Room for bursts while the worker is descheduled; above rmem_max this
-            // needs CAP_NET_ADMIN, else the system limit applies.
-            let buf: libc::c_int = SOCKET_BUFFER;
-            if setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buf).is_err() {
-                let _ = setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, &buf);
-            }
-            if queue_pairs > 1 {
-                let arg: libc::c_int = i32::from(fanout_id) | (PACKET_FANOUT_HASH << 16);
-                setsockopt(s, libc::SOL_PACKET, PACKET_FANOUT, &arg)?;
-            }
-            sockets.push(sock);
-        }
+        let netns = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| io::Error::new(e.kind(), format!("opening our network namespace: {e}")))?;
+        let fanout = (queue_pairs > 1).then_some((std::process::id() ^ ifindex) as u16);
+        let sockets = (0..queue_pairs)
+            .map(|_| open_socket(ifindex, fanout).map(Some))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(AfPacket {
             ifname: ifname.to_owned(),
+            ifindex,
+            fanout,
+            netns,
             sockets,
         })
     }
@@ -155,9 +184,62 @@ impl AfPacket {
         self.sockets.len()
     }
 
+    /// Whether pair `i` has its socket (it receives its share of the flows).
+    pub fn queue_attached(&self, i: usize) -> bool {
+        self.sockets[i].is_some()
+    }
+
+    /// Gives pair `i` a socket again if it has none: a new one joins the fanout group,
+    /// made in the namespace the interface was opened in.
+    pub fn attach_queue(&mut self, i: usize) -> io::Result<()> {
+        if self.sockets[i].is_some() {
+            return Ok(());
+        }
+        let (ifindex, fanout) = (self.ifindex, self.fanout);
+        let here = File::open("/proc/thread-self/ns/net").and_then(|f| netns_id(&f))?;
+        let sock = if here == netns_id(&self.netns)? {
+            open_socket(ifindex, fanout)?
+        } else {
+            // This thread lives elsewhere: a short-lived thread enters the
+            // interface's namespace to make the socket (setns affects only it).
+            let ns = self.netns.try_clone()?;
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(move || {
+                        // SAFETY: setns on a namespace descriptor we own; it changes
+                        // only this helper thread's network namespace.
+                        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        open_socket(ifindex, fanout)
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("socket thread panicked")))
+            })?
+        };
+        self.sockets[i] = Some(sock);
+        Ok(())
+    }
+
+    /// Closes pair `i`'s socket so that it leaves the fanout group and the kernel
+    /// spreads flows over the other pairs only. Once every duplicate (a worker's) is
+    /// closed too, nothing is delivered to it. Only done with several pairs: a lone
+    /// socket has no one to share with and keeps buffering for its pair.
+    pub fn detach_queue(&mut self, i: usize) {
+        if self.fanout.is_some() {
+            self.sockets[i] = None;
+        }
+    }
+
     /// A duplicate of socket `i`, for a worker.
     pub fn queue(&self, i: usize) -> io::Result<File> {
-        self.sockets[i].try_clone()
+        match &self.sockets[i] {
+            Some(s) => s.try_clone(),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("the socket of pair {i} is closed"),
+            )),
+        }
     }
 }
 

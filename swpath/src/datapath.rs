@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, warn};
 use vdpa::{Datapath, DatapathError, QueueCounters, QueuePairConfig, QueueStats, RingConfig};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -55,7 +55,21 @@ impl SoftwareDatapath {
 
     /// A datapath for device `device` moving frames to and from `backend`; `mtu`
     /// bounds the frames received without segmentation offload.
-    pub fn new(device: &str, backend: Backend, mtu: u16, tuning: Tuning) -> Self {
+    pub fn new(device: &str, mut backend: Backend, mtu: u16, tuning: Tuning) -> Self {
+        // No pair runs yet: a tap queue is attached only while its pair's worker runs,
+        // so that the kernel never steers a flow to a queue nobody reads.
+        match &mut backend {
+            Backend::Tap(tap) => {
+                for i in 0..tap.queues() {
+                    if let Err(e) = tap.detach_queue(i) {
+                        warn!(device, error = %e,
+                              "cannot detach tap queue; flows steered to it are lost until its pair runs");
+                    }
+                }
+            }
+            Backend::AfPacket(p) => (0..p.queues()).for_each(|i| p.detach_queue(i)),
+            Backend::Loopback => {}
+        }
         SoftwareDatapath {
             device: device.to_owned(),
             backend,
@@ -125,15 +139,17 @@ impl Datapath for SoftwareDatapath {
                 u64::from(self.mtu) + 18
             };
         let pair = usize::from(qp.pair);
-        let engine: Box<dyn Engine> = match &self.backend {
+        let engine: Box<dyn Engine> = match &mut self.backend {
             Backend::Loopback => Box::new(Loopback::new(rx, tx)),
             Backend::Tap(tap) => {
+                let tap_name = tap.name().to_owned();
                 let backend =
-                    |e: std::io::Error| DatapathError::Backend(format!("tap {}: {e}", tap.name()));
+                    |e: std::io::Error| DatapathError::Backend(format!("tap {tap_name}: {e}"));
                 check_queue(qp.pair, tap.queues(), tap.name())?;
                 tap.set_vnet_hdr_len(hdr_len).map_err(backend)?;
                 tap.set_offload(qp.features.bits).map_err(backend)?;
                 let fd = tap.queue(pair).map_err(backend)?;
+                tap.attach_queue(pair).map_err(backend)?;
                 Box::new(PortEngine::new(
                     rx,
                     tx,
@@ -142,9 +158,12 @@ impl Datapath for SoftwareDatapath {
             }
             Backend::AfPacket(p) => {
                 check_queue(qp.pair, p.queues(), p.ifname())?;
-                let sock = p.queue(pair).map_err(|e| {
-                    DatapathError::Backend(format!("AF_PACKET on {}: {e}", p.ifname()))
-                })?;
+                let ifname = p.ifname().to_owned();
+                let backend = |e: std::io::Error| {
+                    DatapathError::Backend(format!("AF_PACKET on {ifname}: {e}"))
+                };
+                p.attach_queue(pair).map_err(backend)?;
+                let sock = p.queue(pair).map_err(backend)?;
                 Box::new(PortEngine::new(
                     rx,
                     tx,
@@ -161,9 +180,12 @@ impl Datapath for SoftwareDatapath {
             (!self.tuning.cpus.is_empty())
                 .then(|| self.tuning.cpus[usize::from(qp.pair) % self.tuning.cpus.len()]),
         )
-        .map_err(|source| DatapathError::Spawn {
-            pair: qp.pair,
-            source,
+        .map_err(|source| {
+            self.detach_backend_queue(qp.pair);
+            DatapathError::Spawn {
+                pair: qp.pair,
+                source,
+            }
         })?;
         self.workers.insert(qp.pair, worker);
         Ok(())
@@ -180,6 +202,7 @@ impl Datapath for SoftwareDatapath {
             self.bases.insert(2 * pair, rx);
             self.bases.insert(2 * pair + 1, tx);
         }
+        self.detach_backend_queue(pair);
     }
 
     fn set_call(&mut self, ring: u16, call: Option<Arc<EventFd>>) -> bool {
@@ -209,6 +232,25 @@ impl Datapath for SoftwareDatapath {
             self.stop(p);
         }
         self.bases.clear();
+    }
+}
+
+impl SoftwareDatapath {
+    /// Takes the backend queue of `pair` out of the kernel's flow spreading (a tap
+    /// queue is detached, a packet socket leaves the fanout group), so that frames go
+    /// to queues whose pairs run.
+    fn detach_backend_queue(&mut self, pair: u16) {
+        let i = usize::from(pair);
+        match &mut self.backend {
+            Backend::Tap(tap) if i < tap.queues() => {
+                if let Err(e) = tap.detach_queue(i) {
+                    warn!(device = %self.device, pair, error = %e,
+                          "cannot detach tap queue; flows steered to it are lost");
+                }
+            }
+            Backend::AfPacket(p) if i < p.queues() => p.detach_queue(i),
+            _ => {}
+        }
     }
 }
 

@@ -26,10 +26,13 @@ use crate::txq::{TxNext, TxQueue};
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -85,10 +88,15 @@ impl IfReq {
 }
 
 /// An open multi-queue tap device.
+///
+/// The kernel spreads the frames it sends into the tap over the *attached* queues by
+/// flow. A queue whose pair does not run must therefore be detached
+/// ([`Tap::detach_queue`]), or the flows hashed to it are never read and silently lost.
 #[derive(Debug)]
 pub struct Tap {
     name: String,
     queues: Vec<File>,
+    attached: Vec<bool>,
 }
 
 fn ioctl_ptr<T>(fd: RawFd, req: libc::c_ulong, arg: *mut T) -> io::Result<()> {
@@ -131,6 +139,7 @@ impl Tap {
         }
         let tap = Tap {
             name: actual,
+            attached: vec![true; queues.len()],
             queues,
         };
         tap.set_up()?;
@@ -209,6 +218,45 @@ impl Tap {
         let ok = self.set_offload(all).is_ok();
         let _ = self.set_offload(0);
         ok
+    }
+
+    /// Attaches queue `i` (`TUNSETQUEUE` with `IFF_ATTACH_QUEUE`): the kernel steers
+    /// flows to it again. Nothing happens if it is attached.
+    pub fn attach_queue(&mut self, i: usize) -> io::Result<()> {
+        self.set_queue(i, true)
+    }
+
+    /// Detaches queue `i` (`IFF_DETACH_QUEUE`): the kernel sends it no more frames
+    /// (and drops what it held) until it is attached again; the descriptor stays
+    /// open, and the tap exists as long as one is. Nothing happens if it is detached.
+    pub fn detach_queue(&mut self, i: usize) -> io::Result<()> {
+        self.set_queue(i, false)
+    }
+
+    /// Whether queue `i` is attached.
+    pub fn queue_attached(&self, i: usize) -> bool {
+        self.attached[i]
+    }
+
+    fn set_queue(&mut self, i: usize, attach: bool) -> io::Result<()> {
+        if self.attached[i] == attach {
+            return Ok(());
+        }
+        let mut req = IfReq::new(&self.name)?;
+        req.flags = if attach {
+            IFF_ATTACH_QUEUE
+        } else {
+            IFF_DETACH_QUEUE
+        };
+        ioctl_ptr(self.queues[i].as_raw_fd(), TUNSETQUEUE, &mut req).map_err(|e| {
+            let what = if attach { "attaching" } else { "detaching" };
+            io::Error::new(
+                e.kind(),
+                format!("{what} queue {i} of tap {}: {e}", self.name),
+            )
+        })?;
+        self.attached[i] = attach;
+        Ok(())
     }
 
     /// A duplicate of queue `i`'s descriptor, for a worker.

@@ -287,3 +287,124 @@ fn frames_cross_af_packet_on_a_veth_and_come_back() {
     let s = t.served.handle.stats();
     assert_eq!(s[0].total_drops() + s[1].total_drops(), 0, "{s:#?}");
 }
+
+/// Runs `args` inside the rig's namespace and returns stdout.
+fn ns_output(ns: &Netns, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?} in {}", ns.name);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The tap's attached and detached queue counts (`numqueues`, `numdisabled`).
+fn tap_queue_counts(ns: &Netns) -> (u32, u32) {
+    let text = ns_output(ns, &["ip", "-d", "link", "show", "vdt0"]);
+    let field = |key: &str| -> u32 {
+        let mut words = text.split_whitespace();
+        words.find(|w| *w == key);
+        words
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+    };
+    (field("numqueues"), field("numdisabled"))
+}
+
+/// Packet sockets bound to `veth0` (from `/proc/net/packet` in the namespace).
+fn packet_sockets_on_veth0(ns: &Netns) -> usize {
+    let ifindex = ns_output(ns, &["cat", "/sys/class/net/veth0/ifindex"]);
+    let ifindex = ifindex.trim();
+    ns_output(ns, &["cat", "/proc/net/packet"])
+        .lines()
+        .skip(1)
+        // sk RefCnt Type Proto Iface R Rmem User Inode
+        .filter(|l| l.split_whitespace().nth(4) == Some(ifindex))
+        .count()
+}
+
+/// Polls `get` until it returns `want` (5 s at most).
+fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut get: impl FnMut() -> T) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = get();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {got:?}, want {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The kernel spreads flows over a multi-queue tap's *attached* queues and over a
+/// fanout group's *members*: a pair that does not run (never enabled, or disabled by
+/// the guest's `ethtool -L`) must not be among them, or the flows hashed to it are
+/// never read. Its tap queue is detached / its packet socket closed, and both come
+/// back when the pair starts again.
+#[test]
+#[ignore = "needs root (netns, /dev/net/tun, veth, AF_PACKET); run with --include-ignored"]
+fn only_running_pairs_receive_from_the_kernel() {
+    let t = KernelRig::tap(2);
+    let ns = &t._ns;
+    wait_for("tap queues before any frontend", (0, 2), || {
+        tap_queue_counts(ns)
+    });
+    let mut o = t.served.options();
+    o.queue_pairs = 2;
+    let mut rig = vdpa_rig::Rig::connect(o).expect("rig setup");
+    wait_for("tap queues with both pairs", (2, 0), || {
+        tap_queue_counts(ns)
+    });
+    rig.set_vring_enable(2, false).unwrap();
+    rig.set_vring_enable(3, false).unwrap();
+    wait_for("tap queues with pair 1 disabled", (1, 1), || {
+        tap_queue_counts(ns)
+    });
+    rig.set_vring_enable(2, true).unwrap();
+    rig.set_vring_enable(3, true).unwrap();
+    wait_for("tap queues with pair 1 enabled again", (2, 0), || {
+        tap_queue_counts(ns)
+    });
+    drop(rig);
+    wait_for("tap queues after the frontend left", (0, 2), || {
+        tap_queue_counts(ns)
+    });
+    drop(t);
+
+    let p = KernelRig::af_packet(2);
+    let ns = &p._ns;
+    wait_for("packet sockets before any frontend", 0, || {
+        packet_sockets_on_veth0(ns)
+    });
+    let mut o = p.served.options();
+    o.queue_pairs = 2;
+    let mut rig = vdpa_rig::Rig::connect(o).expect("rig setup");
+    wait_for("packet sockets with both pairs", 2, || {
+        packet_sockets_on_veth0(ns)
+    });
+    rig.set_vring_enable(2, false).unwrap();
+    rig.set_vring_enable(3, false).unwrap();
+    wait_for("packet sockets with pair 1 disabled", 1, || {
+        packet_sockets_on_veth0(ns)
+    });
+    rig.set_vring_enable(2, true).unwrap();
+    rig.set_vring_enable(3, true).unwrap();
+    wait_for("packet sockets with pair 1 enabled again", 2, || {
+        packet_sockets_on_veth0(ns)
+    });
+    drop(rig);
+    wait_for("packet sockets after the frontend left", 0, || {
+        packet_sockets_on_veth0(ns)
+    });
+    // A re-opened socket carries traffic (one pair: the reflected frames of several
+    // pairs would come back on whichever pair the kernel's hash picks).
+    p.verify(|_| {}, 4_000, 64);
+    wait_for("packet sockets after the verify", 0, || {
+        packet_sockets_on_veth0(ns)
+    });
+}
