@@ -13,9 +13,14 @@
 //! * `tap_ping_and_iperf3_both_ways`: ping guest → namespace and namespace → guest with
 //!   0 % loss; iperf3 TCP in both directions moves data (the rates are printed, never
 //!   asserted).
-//! * `tap_two_queue_pairs_both_carry_traffic`: `queue_pairs = 2`, QEMU `queues=2`,
-//!   `mq=on`, the guest's `ethtool -L eth0 combined 2`; parallel TCP flows both ways;
-//!   vdpad's per-queue counters (SIGUSR1 dump) show packets on rings 0 to 3.
+//! * `tap_two_queue_pairs`, `af_packet_two_queue_pairs`: `queue_pairs = 2`, QEMU
+//!   `queues=2`, `mq=on`. The one-vCPU guest starts with one pair in use: vdpad runs
+//!   pair 0 only, and UDP datagrams from 200 source ports in the namespace all reach
+//!   the guest (the kernel spreads flows over the backend's queues; none may land on
+//!   the idle pair's). After `ethtool -L eth0 combined 2` both pairs run, and with
+//!   parallel TCP flows both ways vdpad's per-queue counters (SIGUSR1 dump) show
+//!   packets on rings 0 to 3; after `combined 1` pair 1 stops and every flow arrives
+//!   again.
 //! * `tap_guest_without_mrg_rxbuf`, `tap_guest_without_event_idx`: the guest driver
 //!   without mergeable RX buffers / without event-index suppression (QEMU device
 //!   properties) still pings with 0 % loss and moves iperf3 data both ways.
@@ -49,7 +54,7 @@ use support::lab::Lab;
 use support::netns::Netns;
 use support::note;
 use support::process::{Proc, Spawn};
-use support::swdev::{dump_stats, start_daemon, QueueStat, SwBackend, SwDevice};
+use support::swdev::{dump, start_daemon, QueueStat, StatsDump, SwBackend, SwDevice};
 use support::tmp::TempDir;
 use support::traffic::{parse_iperf3, parse_ping, IperfSummary, PingSummary};
 
@@ -305,14 +310,94 @@ impl Rig {
         s
     }
 
-    /// vdpad's per-ring counters (SIGUSR1 dump), printed.
-    fn stats(&mut self) -> Vec<QueueStat> {
+    /// vdpad's SIGUSR1 dump of the device, its per-ring counters printed.
+    fn dump(&mut self) -> StatsDump {
         let device = self.device.clone();
-        let stats = dump_stats(&mut self.daemon, &device, self.rings);
-        for q in &stats {
+        let d = dump(&mut self.daemon, &device);
+        println!(
+            "RESULT vdpad {device}: state {} running pairs {:?}",
+            d.state, d.running_pairs
+        );
+        for q in &d.queues {
             println!("RESULT vdpad {}", q.summary());
         }
-        stats
+        d
+    }
+
+    /// vdpad's per-ring counters (SIGUSR1 dump), printed.
+    fn stats(&mut self) -> Vec<QueueStat> {
+        self.dump().queues
+    }
+
+    /// Asserts that exactly `pairs` run in vdpad.
+    fn assert_running_pairs(&mut self, pairs: &[u16]) {
+        let d = self.dump();
+        assert_eq!(
+            d.running_pairs,
+            pairs,
+            "running queue pairs{}",
+            self.daemon.tail()
+        );
+    }
+
+    /// The guest's count of UDP datagrams that arrived for a closed port
+    /// (`Udp: NoPorts` of /proc/net/snmp).
+    fn guest_udp_noports(&mut self) -> u64 {
+        let snmp = self.guest("cat /proc/net/snmp").ok().output;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next(), udp.next());
+        let (Some(names), Some(values)) = (names, values) else {
+            panic!("no Udp lines in /proc/net/snmp:\n{snmp}");
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "NoPorts")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Udp NoPorts in /proc/net/snmp:\n{snmp}"))
+    }
+
+    /// Sends one UDP datagram from each of `flows` source ports in the namespace to a
+    /// closed port of the guest, and asserts that every one arrived: the kernel
+    /// spreads these flows over the backend's queues (tap queues, fanout members), and
+    /// none may land on a queue that no running pair reads.
+    fn udp_flows_all_arrive(&mut self, flows: u16) {
+        let before = self.guest_udp_noports();
+        let script = format!(
+            "import socket, time\n\
+             for port in range(20000, 20000 + {flows}):\n\
+             \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             \x20   s.bind(('{PEER_ADDR}', port))\n\
+             \x20   s.sendto(b'vdpad-flow', ('{GUEST_ADDR}', 9))\n\
+             \x20   s.close()\n\
+             \x20   time.sleep(0.002)\n"
+        );
+        let out = self.ns.exec("python3", &["-c", &script]);
+        assert!(
+            out.status.success(),
+            "UDP sender in the namespace: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = before + u64::from(flows);
+        let mut got = before;
+        for _ in 0..20 {
+            got = self.guest_udp_noports();
+            if got >= want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        println!(
+            "RESULT {} of {flows} UDP flows from {} reached the guest",
+            got - before,
+            self.ns.name()
+        );
+        assert_eq!(
+            got - before,
+            u64::from(flows),
+            "UDP datagrams from {flows} source ports: some flows were lost{}",
+            self.daemon.tail()
+        );
     }
 
     /// Ping both ways with 0 % loss and iperf3 both ways with data moved.
@@ -420,6 +505,14 @@ fn tap_device(pairs: u16) -> SwDevice {
     d
 }
 
+/// AF_PACKET on [`VETH_DEV`] with `pairs` queue pairs.
+fn af_packet_device(pairs: u16) -> SwDevice {
+    let mut d = SwDevice::new("swpkt0", SwBackend::AfPacket(VETH_DEV.to_string()));
+    d.queue_pairs = pairs;
+    d.mac = MAC.to_string();
+    d
+}
+
 #[test]
 #[ignore = "needs the lab: tests/lab/setup.sh"]
 fn tap_ping_and_iperf3_both_ways() {
@@ -428,21 +521,68 @@ fn tap_ping_and_iperf3_both_ways() {
     rig.finish();
 }
 
-#[test]
-#[ignore = "needs the lab: tests/lab/setup.sh"]
-fn tap_two_queue_pairs_both_carry_traffic() {
-    let mut rig = Rig::start("swg-mq", HostSide::DaemonTap, tap_device(2), &[]);
+/// Two queue pairs offered: the guest (one vCPU) starts with one pair in use, and
+/// every flow from the namespace still reaches it; with `ethtool -L eth0 combined 2`
+/// both pairs run and all four rings carry packets; back to one pair, every flow
+/// arrives again.
+fn two_pairs_test(mut rig: Rig) {
     let features = rig.guest_features();
     assert!(
         has_feature(&features, VIRTIO_NET_F_MQ),
         "MQ not negotiated: {features}"
     );
-    rig.enable_pairs(2);
     let p = rig.ping_from_guest(10);
-    rig.assert_no_loss("ping from the guest", &p);
+    rig.assert_no_loss("ping from the guest, one pair in use", &p);
+    rig.assert_running_pairs(&[0]);
+    rig.udp_flows_all_arrive(200);
+
+    rig.enable_pairs(2);
+    rig.assert_running_pairs(&[0, 1]);
+    let p = rig.ping_from_guest(10);
+    rig.assert_no_loss("ping from the guest, two pairs", &p);
+    let before = rig.stats();
+    rig.udp_flows_all_arrive(200);
+    let after = rig.stats();
+    // 200 flows over two attached queues: both RX rings get some (all on one queue
+    // has probability 2^-199).
+    for ring in [0, 2] {
+        let moved = |s: &[QueueStat]| s.iter().find(|q| q.ring == ring).map_or(0, |q| q.packets);
+        let delta = moved(&after) - moved(&before);
+        println!("RESULT UDP flows on RX ring {ring}: {delta}");
+        assert!(delta > 0, "RX ring {ring} got none of the 200 UDP flows");
+    }
     let stats = rig.traffic_on_every_ring();
     rig.assert_every_ring_moved(&stats);
+
+    rig.enable_pairs(1);
+    rig.assert_running_pairs(&[0]);
+    rig.udp_flows_all_arrive(200);
+    let p = rig.ping_from_ns(10);
+    rig.assert_no_loss("ping from the namespace, back to one pair", &p);
+    rig.iperf(true, 8);
     rig.finish();
+}
+
+#[test]
+#[ignore = "needs the lab: tests/lab/setup.sh"]
+fn tap_two_queue_pairs() {
+    two_pairs_test(Rig::start(
+        "swg-mq",
+        HostSide::DaemonTap,
+        tap_device(2),
+        &[],
+    ));
+}
+
+#[test]
+#[ignore = "needs the lab: tests/lab/setup.sh"]
+fn af_packet_two_queue_pairs() {
+    two_pairs_test(Rig::start(
+        "swg-afp-mq",
+        HostSide::Veth,
+        af_packet_device(2),
+        &[],
+    ));
 }
 
 #[test]
@@ -534,6 +674,7 @@ fn restart_test(tag: &str, host_side: HostSide) {
         "RESULT connectivity back {:.1} s after the restart ({tries} ping attempts)",
         restarted.elapsed().as_secs_f64()
     );
+    rig.assert_running_pairs(&[0, 1]);
     let p = rig.ping_from_guest(20);
     rig.assert_no_loss("ping from the guest after the restart", &p);
     let p = rig.ping_from_ns(10);
@@ -558,9 +699,7 @@ fn tap_restart_daemon_created_tap() {
 #[test]
 #[ignore = "needs the lab: tests/lab/setup.sh"]
 fn af_packet_ping_and_iperf3_both_ways() {
-    let mut device = SwDevice::new("swpkt0", SwBackend::AfPacket(VETH_DEV.to_string()));
-    device.mac = MAC.to_string();
-    let mut rig = Rig::start("swg-afp", HostSide::Veth, device, &[]);
+    let mut rig = Rig::start("swg-afp", HostSide::Veth, af_packet_device(1), &[]);
     rig.check_connectivity();
     rig.finish();
 }

@@ -236,30 +236,84 @@ pub fn parse_queue_stats(line: &str) -> Option<QueueStat> {
     })
 }
 
-/// Sends SIGUSR1 to the daemon and returns the `queue stats` lines it logs in answer,
-/// for device `device`, one per ring in ring order. Waits (at most 10 s) until the
-/// dump has `rings` rings; panics with the log otherwise.
-pub fn dump_stats(daemon: &mut Daemon, device: &str, rings: usize) -> Vec<QueueStat> {
+/// One SIGUSR1 dump of a device: its `device status` line and its `queue stats` lines.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatsDump {
+    /// The device's state (`Running`, `Waiting`, ...).
+    pub state: String,
+    /// The queue pairs whose workers run.
+    pub running_pairs: Vec<u16>,
+    /// Counters of every ring that has ever run, in ring order.
+    pub queues: Vec<QueueStat>,
+}
+
+/// Parses a `device status` log line into (device, state, running pairs).
+pub fn parse_device_status(line: &str) -> Option<(String, String, Vec<u16>)> {
+    if !line.contains("device status") {
+        return None;
+    }
+    let device = field(line, "device")?.to_string();
+    let state = field(line, "state")?.to_string();
+    let at = line.find("running_pairs=[")? + "running_pairs=[".len();
+    let list = &line[at..at + line[at..].find(']')?];
+    let pairs = list
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().ok())
+        .collect::<Option<Vec<u16>>>()?;
+    Some((device, state, pairs))
+}
+
+/// Sends SIGUSR1 to the daemon and returns what it logs in answer for `device`.
+/// Waits (at most 10 s) for the device's status line and until its queue lines stop
+/// coming; panics with the log if the dump does not appear.
+pub fn dump(daemon: &mut Daemon, device: &str) -> StatsDump {
     let before = daemon.log().len();
     let pid = daemon
         .pid()
         .unwrap_or_else(|| panic!("vdpad is not running{}", daemon.tail()));
     send_signal(pid, libc::SIGUSR1).expect("SIGUSR1 to vdpad");
+    let parse = |log: &str| -> Option<StatsDump> {
+        let mut lines = log.get(before..)?.lines();
+        let (_, state, running_pairs) = lines
+            .by_ref()
+            .filter_map(parse_device_status)
+            .find(|(d, _, _)| d == device)?;
+        // The device's queue lines follow its status line, up to the next device.
+        let mut queues = Vec::new();
+        for line in lines {
+            if line.contains("device status") {
+                break;
+            }
+            if let Some(q) = parse_queue_stats(line).filter(|q| q.device == device) {
+                queues.push(q);
+            }
+        }
+        queues.sort_by_key(|q| q.ring);
+        Some(StatsDump {
+            state,
+            running_pairs,
+            queues,
+        })
+    };
+    let mut last: Option<(StatsDump, std::time::Instant)> = None;
     let found = super::poll(Duration::from_secs(10), Duration::from_millis(50), || {
-        let log = daemon.log();
-        let mut stats: Vec<QueueStat> = log
-            .get(before..)?
-            .lines()
-            .filter_map(parse_queue_stats)
-            .filter(|q| q.device == device)
-            .collect();
-        stats.sort_by_key(|q| q.ring);
-        stats.dedup_by_key(|q| q.ring);
-        (stats.len() >= rings).then_some(stats)
+        let now = parse(&daemon.log())?;
+        match &last {
+            // The lines of one dump are written together: stable for 200 ms = complete.
+            Some((prev, since)) if *prev == now => {
+                (since.elapsed() >= Duration::from_millis(200)).then(|| now.clone())
+            }
+            _ => {
+                last = Some((now, std::time::Instant::now()));
+                None
+            }
+        }
     });
     found.unwrap_or_else(|| {
         panic!(
-            "vdpad did not log {rings} `queue stats` lines for {device} after SIGUSR1{}",
+            "vdpad did not dump the stats of {device} after SIGUSR1{}",
             daemon.tail()
         )
     })
@@ -282,6 +336,19 @@ mod tests {
         assert_eq!((q.suppressed, q.bursts, q.drops), (5065, 11664, 1));
         assert!((q.per_kick().unwrap() - 164.3).abs() < 0.01);
         assert!(parse_queue_stats("INFO vdpad::daemon: device status device=\"x\"").is_none());
+    }
+
+    #[test]
+    fn parses_the_daemons_device_status_line() {
+        let line = "2026-11-25T11:18:15Z  INFO main vdpad::daemon: device status \
+                    device=\"swtap0\" state=Running running_pairs=[0, 1] connections=1";
+        assert_eq!(
+            parse_device_status(line),
+            Some(("swtap0".into(), "Running".into(), vec![0, 1]))
+        );
+        let none = "INFO vdpad::daemon: device status device=\"a\" state=Waiting running_pairs=[] connections=0";
+        assert_eq!(parse_device_status(none).unwrap().2, Vec::<u16>::new());
+        assert!(parse_device_status("queue stats device=\"a\" ring=0").is_none());
     }
 
     #[test]
