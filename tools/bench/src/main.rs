@@ -93,6 +93,14 @@ struct Args {
     /// Longest wait for --wait-for-load, seconds.
     #[arg(long, default_value_t = 900)]
     wait_max: u64,
+    /// Before each run, wait until other processes (not the harness or its children)
+    /// used at most this many CPUs over the last second, e.g. 0.25: runs then start in
+    /// the quiet gaps of a shared machine. Off by default.
+    #[arg(long)]
+    quiet: Option<f64>,
+    /// Longest wait for --quiet before each run, seconds (the run starts anyway then).
+    #[arg(long, default_value_t = 120)]
+    quiet_wait: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,6 +124,8 @@ struct Recorded {
     testpmd_memory: Memory,
     vdpad_pinning: Pinning,
     counter_source: String,
+    quiet: Option<f64>,
+    quiet_wait: u64,
     vdpad_keys_accepted: BTreeMap<String, bool>,
     vdpad: String,
     vdpad_version: String,
@@ -194,6 +204,27 @@ fn wait_for_load(limit: f64, max: Duration) {
             return;
         }
     }
+}
+
+/// CPUs used by other processes over the next `d` (this process and its reaped
+/// children excluded; call with no child running).
+fn others_cpu(d: Duration) -> f64 {
+    let (b0, o0) = (machine::busy_seconds(), proc::own_and_children_cpu());
+    proc::sleep(d);
+    let others = (machine::busy_seconds() - b0) - (proc::own_and_children_cpu() - o0);
+    (others / d.as_secs_f64()).max(0.0)
+}
+
+/// Waits until others use at most `limit` CPUs (sampled each second), at most `max`;
+/// returns the seconds waited.
+fn wait_quiet(limit: f64, max: Duration) -> f64 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < max && !proc::interrupted() {
+        if others_cpu(Duration::from_secs(1)) <= limit {
+            break;
+        }
+    }
+    start.elapsed().as_secs_f64()
 }
 
 fn write_outputs(
@@ -371,6 +402,8 @@ fn real_main() -> Result<ExitCode> {
         } else {
             "SIGUSR1 log lines".into()
         },
+        quiet: args.quiet,
+        quiet_wait: args.quiet_wait,
         vdpad_keys_accepted: accepted.clone(),
         vdpad: vdpad_bin.display().to_string(),
         vdpad_version: version,
@@ -415,7 +448,12 @@ fn real_main() -> Result<ExitCode> {
                     Backend::Dpdk => Vec::new(),
                 };
                 let r = if unsupported.is_empty() {
-                    runner::run_one(&settings, cell, v, rep)
+                    let waited = args
+                        .quiet
+                        .map(|q| wait_quiet(q, Duration::from_secs(args.quiet_wait)));
+                    let mut r = runner::run_one(&settings, cell, v, rep);
+                    r.quiet_wait_s = waited;
+                    r
                 } else {
                     Run {
                         cell: cell.id.clone(),

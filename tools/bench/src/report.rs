@@ -386,7 +386,7 @@ pub fn runs_csv(runs: &[Run], commit: &str, date: &str) -> String {
     let mut out = String::from(
         "date,commit,cell,variant,rep,ok,mpps,gbps,p50_us,p99_us,p999_us,\
          pkts_per_kick,pkts_per_irq,rig_pkts_per_kick,rig_pkts_per_irq,\
-         backend_cpu_util,backend_cpu_ns_per_pkt,window_s,load1,steal_s,other_cpu,error\n",
+         backend_cpu_util,backend_cpu_ns_per_pkt,window_s,load1,steal_s,other_cpu,quiet_wait_s,error\n",
     );
     for r in runs {
         let l = r.latency;
@@ -412,6 +412,7 @@ pub fn runs_csv(runs: &[Run], commit: &str, date: &str) -> String {
             format!("{:.2}", r.load1),
             format!("{:.2}", r.steal_s),
             opt(r.other_cpu),
+            opt(r.quiet_wait_s),
             r.error.clone().unwrap_or_default(),
         ];
         out += &row

@@ -120,6 +120,8 @@ pub struct Run {
     /// started), in CPUs: 0.5 = half a core busy elsewhere. Colleagues compiling show
     /// up here.
     pub other_cpu: Option<f64>,
+    /// Seconds waited for a quiet machine before the run (`--quiet`).
+    pub quiet_wait_s: Option<f64>,
     /// Where vdpad's counters came from.
     pub counter_source: Option<String>,
     /// The backend's command line.
