@@ -235,12 +235,20 @@ fn wait(fds: &[(RawFd, i16); 4], timeout: Option<Duration>) -> io::Result<[bool;
         events,
         revents: 0,
     });
-    let ms = timeout.map_or(-1, |t| {
-        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    // ppoll, not poll: a coalesced interrupt is due in microseconds, and poll's
+    // millisecond timeout would hold it a thousand times too long.
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
     });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     loop {
-        // SAFETY: `p` is a valid array of 4 pollfd structs for the duration of the call.
-        let n = unsafe { libc::poll(p.as_mut_ptr(), 4, ms) };
+        // SAFETY: `p` is a valid array of 4 pollfd structs and `ts_ptr` is null or
+        // points at a timespec, both alive for the duration of the call; a null
+        // signal mask leaves the mask unchanged.
+        let n = unsafe { libc::ppoll(p.as_mut_ptr(), 4, ts_ptr, std::ptr::null()) };
         if n >= 0 {
             return Ok(p.map(|x| x.revents != 0));
         }
