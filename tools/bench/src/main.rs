@@ -101,6 +101,14 @@ struct Args {
     /// Longest wait for --quiet before each run, seconds (the run starts anyway then).
     #[arg(long, default_value_t = 120)]
     quiet_wait: u64,
+    /// Repeat a repetition (all its variants, so pairs stay back to back) when other
+    /// processes used more than this many CPUs during any of its runs, e.g. 0.25. The
+    /// discarded runs stay in runs.csv and results.json, marked. Off by default.
+    #[arg(long)]
+    redo_noisy: Option<f64>,
+    /// At most this many repeats per repetition for --redo-noisy.
+    #[arg(long, default_value_t = 2)]
+    redo_max: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,6 +134,8 @@ struct Recorded {
     counter_source: String,
     quiet: Option<f64>,
     quiet_wait: u64,
+    redo_noisy: Option<f64>,
+    redo_max: usize,
     vdpad_keys_accepted: BTreeMap<String, bool>,
     vdpad: String,
     vdpad_version: String,
@@ -225,6 +235,73 @@ fn wait_quiet(limit: f64, max: Duration) -> f64 {
         }
     }
     start.elapsed().as_secs_f64()
+}
+
+/// Runs one variant (after waiting for a quiet machine with `--quiet`), or records why
+/// it cannot run.
+fn run_variant(
+    args: &Args,
+    settings: &Settings,
+    accepted: &BTreeMap<String, bool>,
+    cell: &Cell,
+    v: &cells::Variant,
+    rep: usize,
+) -> Run {
+    let unsupported: Vec<&str> = match &v.backend {
+        Backend::Vdpad(t) => t
+            .keys()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !accepted.get(*k).copied().unwrap_or(false))
+            .collect(),
+        Backend::Dpdk => Vec::new(),
+    };
+    if !unsupported.is_empty() {
+        return Run {
+            cell: cell.id.clone(),
+            variant: v.name.clone(),
+            rep,
+            error: Some(format!(
+                "vdpad does not accept {} yet",
+                unsupported.join(", ")
+            )),
+            ..Default::default()
+        };
+    }
+    let waited = args
+        .quiet
+        .map(|q| wait_quiet(q, Duration::from_secs(args.quiet_wait)));
+    let mut r = runner::run_one(settings, cell, v, rep);
+    r.quiet_wait_s = waited;
+    r
+}
+
+/// One progress line for a finished run.
+fn progress(r: &Run) -> String {
+    let what = match (&r.error, &r.latency) {
+        (Some(e), _) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
+        (None, Some(l)) => format!(
+            "p50 {:.1} us p99 {:.1} us p99.9 {:.1} us",
+            l.p50_us, l.p99_us, l.p999_us
+        ),
+        (None, None) => format!(
+            "{:.3} Mpps {:.2} Gbps{}{}",
+            r.mpps.unwrap_or(0.0),
+            r.gbps.unwrap_or(0.0),
+            r.pkts_per_kick
+                .map_or(String::new(), |x| format!(" pkts/kick {x:.1}")),
+            r.pkts_per_irq
+                .map_or(String::new(), |x| format!(" pkts/irq {x:.1}"))
+        ),
+    };
+    format!(
+        "{} {} rep {}: {what} (load {:.2}, others' CPU {})",
+        r.cell,
+        r.variant,
+        r.rep,
+        r.load1,
+        r.other_cpu.map_or("-".into(), |c| format!("{c:.2}"))
+    )
 }
 
 fn write_outputs(
@@ -404,6 +481,8 @@ fn real_main() -> Result<ExitCode> {
         },
         quiet: args.quiet,
         quiet_wait: args.quiet_wait,
+        redo_noisy: args.redo_noisy,
+        redo_max: args.redo_max,
         vdpad_keys_accepted: accepted.clone(),
         vdpad: vdpad_bin.display().to_string(),
         vdpad_version: version,
@@ -433,64 +512,40 @@ fn real_main() -> Result<ExitCode> {
     let mut n = 0;
     'cells: for cell in &cells {
         for rep in 0..args.reps {
-            for v in &cell.variants {
-                n += 1;
-                if proc::interrupted() {
-                    break 'cells;
-                }
-                let unsupported: Vec<&str> = match &v.backend {
-                    Backend::Vdpad(t) => t
-                        .keys()
-                        .into_iter()
-                        .map(|(k, _)| k)
-                        .filter(|k| !accepted.get(*k).copied().unwrap_or(false))
-                        .collect(),
-                    Backend::Dpdk => Vec::new(),
-                };
-                let r = if unsupported.is_empty() {
-                    let waited = args
-                        .quiet
-                        .map(|q| wait_quiet(q, Duration::from_secs(args.quiet_wait)));
-                    let mut r = runner::run_one(&settings, cell, v, rep);
-                    r.quiet_wait_s = waited;
-                    r
-                } else {
-                    Run {
-                        cell: cell.id.clone(),
-                        variant: v.name.clone(),
-                        rep,
-                        error: Some(format!(
-                            "vdpad does not accept {} yet",
-                            unsupported.join(", ")
-                        )),
-                        ..Default::default()
+            let mut attempt = 0;
+            loop {
+                let mut batch: Vec<Run> = Vec::new();
+                for v in &cell.variants {
+                    n += 1;
+                    if proc::interrupted() {
+                        runs.extend(batch);
+                        break 'cells;
                     }
-                };
-                let what = match (&r.error, &r.latency) {
-                    (Some(e), _) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
-                    (None, Some(l)) => format!(
-                        "p50 {:.1} us p99 {:.1} us p99.9 {:.1} us",
-                        l.p50_us, l.p99_us, l.p999_us
-                    ),
-                    (None, None) => format!(
-                        "{:.3} Mpps {:.2} Gbps{}{}",
-                        r.mpps.unwrap_or(0.0),
-                        r.gbps.unwrap_or(0.0),
-                        r.pkts_per_kick
-                            .map_or(String::new(), |x| format!(" pkts/kick {x:.1}")),
-                        r.pkts_per_irq
-                            .map_or(String::new(), |x| format!(" pkts/irq {x:.1}"))
-                    ),
-                };
-                eprintln!(
-                    "[{n}/{total}] {} {} rep {}: {what} (load {:.2}, others' CPU {})",
-                    cell.id,
-                    v.name,
-                    rep,
-                    r.load1,
-                    r.other_cpu.map_or("-".into(), |c| format!("{c:.2}"))
-                );
-                runs.push(r);
+                    let r = run_variant(&args, &settings, &accepted, cell, v, rep);
+                    eprintln!("[{n}/{total}] {}", progress(&r));
+                    batch.push(r);
+                }
+                let noisy = args
+                    .redo_noisy
+                    .is_some_and(|x| batch.iter().any(|r| r.other_cpu.is_some_and(|c| c > x)));
+                if noisy && attempt < args.redo_max {
+                    attempt += 1;
+                    eprintln!(
+                        "vdpa-bench: {} rep {rep}: other processes used more than {} CPUs; \
+                         repeating the repetition (attempt {}, the noisy runs are kept \
+                         in runs.csv, marked discarded)",
+                        cell.id,
+                        args.redo_noisy.unwrap_or(0.0),
+                        attempt + 1
+                    );
+                    for r in &mut batch {
+                        r.discarded = true;
+                    }
+                    runs.extend(batch);
+                    continue;
+                }
+                runs.extend(batch);
+                break;
             }
         }
         done_cells.push(cell);

@@ -91,7 +91,7 @@ pub fn summarise(cell: &Cell, runs: &[Run]) -> CellSummary {
     for v in &cell.variants {
         let all: Vec<&Run> = runs
             .iter()
-            .filter(|r| r.cell == cell.id && r.variant == v.name)
+            .filter(|r| r.cell == cell.id && r.variant == v.name && !r.discarded)
             .collect();
         let ok: Vec<&Run> = all.iter().copied().filter(|r| r.ok()).collect();
         let lat =
@@ -122,8 +122,9 @@ pub fn summarise(cell: &Cell, runs: &[Run]) -> CellSummary {
     let ratio = (cell.group == Group::Main).then(|| {
         let latency = cell.frontend.is_latency();
         let get = |name: &str, rep: usize| {
-            runs.iter()
-                .find(|r| r.cell == cell.id && r.variant == name && r.rep == rep && r.ok())
+            runs.iter().find(|r| {
+                r.cell == cell.id && r.variant == name && r.rep == rep && r.ok() && !r.discarded
+            })
         };
         let reps = runs
             .iter()
@@ -386,7 +387,8 @@ pub fn runs_csv(runs: &[Run], commit: &str, date: &str) -> String {
     let mut out = String::from(
         "date,commit,cell,variant,rep,ok,mpps,gbps,p50_us,p99_us,p999_us,\
          pkts_per_kick,pkts_per_irq,rig_pkts_per_kick,rig_pkts_per_irq,\
-         backend_cpu_util,backend_cpu_ns_per_pkt,window_s,load1,steal_s,other_cpu,quiet_wait_s,error\n",
+         backend_cpu_util,backend_cpu_ns_per_pkt,window_s,load1,steal_s,other_cpu,quiet_wait_s,\
+         discarded,error\n",
     );
     for r in runs {
         let l = r.latency;
@@ -413,6 +415,7 @@ pub fn runs_csv(runs: &[Run], commit: &str, date: &str) -> String {
             format!("{:.2}", r.steal_s),
             opt(r.other_cpu),
             opt(r.quiet_wait_s),
+            r.discarded.to_string(),
             r.error.clone().unwrap_or_default(),
         ];
         out += &row
@@ -635,6 +638,10 @@ mod tests {
         let mut failed = run(&tp.id, "B", 2, 0.0);
         failed.error = Some("boom".into());
         runs.push(failed);
+        // A repetition repeated for noise: its first attempt does not count.
+        let mut noisy = run(&tp.id, "B", 1, 100.0);
+        noisy.discarded = true;
+        runs.insert(0, noisy);
         let s = summarise(tp, &runs);
         let r = s.ratio.as_ref().unwrap();
         assert_eq!(r.pairs, vec![Some(0.5), Some(1.5), None]);
@@ -662,7 +669,8 @@ mod tests {
         assert!(t.contains("tp-64") && t.contains("1.00 [0.50-1.50]"), "{t}");
         assert!(markdown(&all).starts_with("| cell |"));
         let csv = runs_csv(&runs, "abc", "2025-01-01");
-        assert_eq!(csv.lines().count(), 7);
+        assert_eq!(csv.lines().count(), 8);
+        assert!(csv.contains(",true,"));
         assert!(csv.lines().last().unwrap().ends_with(",boom"));
         assert!(summary_csv(&all, "abc", "d").contains("tp-64,B,"));
         let svg = svg(&all, "date <x>");

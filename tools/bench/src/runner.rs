@@ -122,6 +122,9 @@ pub struct Run {
     pub other_cpu: Option<f64>,
     /// Seconds waited for a quiet machine before the run (`--quiet`).
     pub quiet_wait_s: Option<f64>,
+    /// Left out of the summaries: its repetition was repeated because the machine was
+    /// busy (`--redo-noisy`).
+    pub discarded: bool,
     /// Where vdpad's counters came from.
     pub counter_source: Option<String>,
     /// The backend's command line.
