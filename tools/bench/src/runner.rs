@@ -222,6 +222,11 @@ fn wait_socket(p: &mut Proc, socket: &Path, timeout: Duration) -> Result<()> {
     }
 }
 
+/// The EAL file prefix of backend A (one at a time; removed after each run).
+fn be_prefix() -> String {
+    format!("vbench{}be", std::process::id())
+}
+
 /// A unique tag for file names and DPDK prefixes.
 fn tag(cell: &Cell, v: &Variant, rep: usize) -> String {
     let clean: String = v
@@ -236,12 +241,7 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
     let _ = std::fs::remove_file(socket);
     match &v.backend {
         Backend::Dpdk => {
-            let tp = Testpmd::vhost_backend(
-                socket,
-                s.be_cpu,
-                &format!("vbench{}be", std::process::id()),
-                s.memory,
-            );
+            let tp = Testpmd::vhost_backend(socket, s.be_cpu, &be_prefix(), s.memory);
             tp.cleanup();
             let spawn = tp.spawn(
                 "dpdk-testpmd (net_vhost0)",
@@ -286,7 +286,7 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
 /// The backend's command line as the report shows it.
 fn backend_cmd(s: &Settings, v: &Variant, socket: &Path) -> String {
     match &v.backend {
-        Backend::Dpdk => Testpmd::vhost_backend(socket, s.be_cpu, "PREFIX", s.memory)
+        Backend::Dpdk => Testpmd::vhost_backend(socket, s.be_cpu, &be_prefix(), s.memory)
             .spawn("", &s.testpmd, Path::new(""))
             .command_line(),
         Backend::Vdpad(t) => {
@@ -436,8 +436,10 @@ fn drive(
             run.mpps = Some(rate / 1e6);
             run.rig_pkts_per_kick =
                 stats::ratio(count as f64, v["tx_kicks"].as_f64().unwrap_or(0.0));
+            // With --poll the rig reads its call eventfds only at the end.
             run.rig_pkts_per_irq =
-                stats::ratio(count as f64, v["rx_interrupts"].as_f64().unwrap_or(0.0));
+                stats::ratio(count as f64, v["rx_interrupts"].as_f64().unwrap_or(0.0))
+                    .filter(|_| !poll);
             let secs = m1.at.duration_since(m0.at).as_secs_f64();
             window(run, &m0, &m1, rate * secs);
             Ok(())
