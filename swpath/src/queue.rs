@@ -63,21 +63,25 @@ impl Queue {
 
     /// Publishes used entries, interrupts the guest if it asked for it (or holds the
     /// interrupt while coalescing), and adds the burst's counts to the shared counters.
+    #[inline]
     pub fn flush(&mut self) {
-        // Counted before the guest can see the completions, so an observer that saw a
-        // frame come back also sees it counted.
-        let frames = self.counts.packets;
-        self.counters.flush(&mut self.counts);
         if self.ring.has_unpublished() {
+            // Counted before the guest can see the completions, so an observer that
+            // saw a frame come back also sees it counted.
+            let frames = self.counts.packets;
+            self.counters.flush(&mut self.counts);
             self.ring.publish_used();
             self.counts.bursts += 1;
             if !self.hold_interrupt(frames) {
                 self.decide_interrupt();
             }
-        } else if self.held_interrupt_due() {
+        } else if self.coalesce.is_some() && self.held_interrupt_due() {
             self.decide_interrupt();
         }
-        self.counters.flush(&mut self.counts);
+        // A pass that moved nothing (a busy-polling worker makes many) costs one check.
+        if !self.counts.is_empty() {
+            self.counters.flush(&mut self.counts);
+        }
     }
 
     /// Whether to keep holding the interrupt for what was just published.

@@ -95,6 +95,9 @@ pub struct DeviceRing {
     used: *mut u8,
     event_idx: bool,
     next_avail: u16,
+    /// The avail index as last read: chains up to it are known to be there without
+    /// reading the shared index again.
+    avail_seen: u16,
     next_used: u16,
     /// Used index the driver last saw (published).
     published_used: u16,
@@ -148,6 +151,7 @@ impl DeviceRing {
             used,
             event_idx,
             next_avail: cfg.base,
+            avail_seen: cfg.base,
             next_used: 0,
             published_used: 0,
             signalled_used: 0,
@@ -218,9 +222,15 @@ impl DeviceRing {
     /// How many chains the driver has made available beyond `next_avail`. A jump of
     /// more than the ring size means the driver corrupted the ring: the ring is marked
     /// broken (no longer processed) and the error is returned once.
+    #[inline]
     pub fn available(&mut self) -> Result<u16, BadDescriptor> {
         if self.broken {
             return Ok(0);
+        }
+        // Chains already seen need no new look at the shared index.
+        let seen = self.avail_seen.wrapping_sub(self.next_avail);
+        if seen != 0 && seen <= self.size {
+            return Ok(seen);
         }
         // Acquire pairs with the driver's write barrier before it bumps `idx`: the
         // ring entries up to `idx` are visible after this load.
@@ -230,10 +240,12 @@ impl DeviceRing {
             self.broken = true;
             return Err(BadDescriptor::AvailIndexJump);
         }
+        self.avail_seen = idx;
         Ok(n)
     }
 
     /// Takes the next available head index. Call only when `available() > 0`.
+    #[inline]
     pub fn pop_head(&mut self) -> u16 {
         let slot = usize::from(self.next_avail & (self.size - 1));
         // SAFETY: slot < size, and the avail ring was translated for 4 + 2*size bytes.
@@ -261,9 +273,75 @@ impl DeviceRing {
         }
     }
 
+    /// Checks one descriptor for a chain the device `dir`: no indirect table (not
+    /// negotiated), the expected direction, a non-zero length, the buffer inside
+    /// guest memory. Returns the buffer's host address.
+    #[inline(always)]
+    fn check(&mut self, d: &Descriptor, dir: Direction) -> Result<*mut u8, BadDescriptor> {
+        if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+            return Err(BadDescriptor::Indirect);
+        }
+        let writes = d.flags & VIRTQ_DESC_F_WRITE != 0;
+        if writes != (dir == Direction::DeviceWrites) {
+            return Err(BadDescriptor::WrongDirection);
+        }
+        if d.len == 0 {
+            return Err(BadDescriptor::ZeroLength);
+        }
+        self.mem
+            .translate_with(&mut self.cache, d.addr, u64::from(d.len))
+            .ok_or(BadDescriptor::Address)
+    }
+
+    /// The next available chain if it is a single valid descriptor for `dir` — the
+    /// common case, served without building a [`Chain`]. Nothing is taken: call
+    /// [`pop_head`](Self::pop_head) to consume it. `None` for anything else (no chain,
+    /// several descriptors, or a bad one: [`read_chain`](Self::read_chain) then
+    /// handles and counts it).
+    #[inline]
+    pub fn peek_single(&mut self, dir: Direction) -> Option<Segment> {
+        let seen = self.avail_seen.wrapping_sub(self.next_avail);
+        if seen == 0 || seen > self.size {
+            if self.broken {
+                return None;
+            }
+            // Acquire: as in available(). A corrupt index is left for available() to
+            // detect and count.
+            let idx = self.avail_idx_field().load(Ordering::Acquire);
+            let n = idx.wrapping_sub(self.next_avail);
+            if n == 0 || n > self.size {
+                return None;
+            }
+            self.avail_seen = idx;
+        }
+        let slot = usize::from(self.next_avail & (self.size - 1));
+        // SAFETY: slot < size, and the avail ring was translated for 4 + 2*size bytes.
+        let head = unsafe {
+            (*(self.avail.add(4 + 2 * slot) as *const AtomicU16)).load(Ordering::Relaxed)
+        };
+        if head >= self.size {
+            return None;
+        }
+        let d = self.descriptor(head);
+        if d.flags & VIRTQ_DESC_F_NEXT != 0 {
+            return None;
+        }
+        let ptr = self.check(&d, dir).ok()?;
+        Some(Segment { ptr, len: d.len })
+    }
+
+    /// The head index of the chain [`peek_single`](Self::peek_single) saw.
+    #[inline]
+    pub fn peeked_head(&self) -> u16 {
+        let slot = usize::from(self.next_avail & (self.size - 1));
+        // SAFETY: as in peek_single.
+        unsafe { (*(self.avail.add(4 + 2 * slot) as *const AtomicU16)).load(Ordering::Relaxed) }
+    }
+
     /// Walks the chain at `head` into `out`, checking every descriptor: index in
     /// range, buffer inside guest memory, non-zero length, the expected direction, no
     /// indirect tables (not negotiated), at most `size` descriptors (so no loops).
+    #[inline]
     pub fn read_chain(
         &mut self,
         head: u16,
@@ -282,20 +360,7 @@ impl DeviceRing {
                 return Err(BadDescriptor::ChainTooLong);
             }
             let d = self.descriptor(i);
-            if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
-                return Err(BadDescriptor::Indirect);
-            }
-            let writes = d.flags & VIRTQ_DESC_F_WRITE != 0;
-            if writes != (dir == Direction::DeviceWrites) {
-                return Err(BadDescriptor::WrongDirection);
-            }
-            if d.len == 0 {
-                return Err(BadDescriptor::ZeroLength);
-            }
-            let ptr = self
-                .mem
-                .translate_with(&mut self.cache, d.addr, u64::from(d.len))
-                .ok_or(BadDescriptor::Address)?;
+            let ptr = self.check(&d, dir)?;
             out.segs.push(Segment { ptr, len: d.len });
             out.total += u64::from(d.len);
             if d.flags & VIRTQ_DESC_F_NEXT == 0 {
@@ -309,6 +374,7 @@ impl DeviceRing {
     }
 
     /// Writes a used entry; the driver sees it after [`publish_used`](Self::publish_used).
+    #[inline]
     pub fn push_used(&mut self, head: u16, len: u32) {
         let slot = usize::from(self.next_used & (self.size - 1));
         // SAFETY: slot < size; the used ring was translated for 4 + 8*size bytes and

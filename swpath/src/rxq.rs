@@ -140,6 +140,7 @@ impl RxQueue {
 
     /// Takes and checks chains from the ring until pending ones can hold `need` bytes
     /// (header included), and says how many the frame takes.
+    #[inline]
     pub fn reserve(&mut self, need: u64) -> Reserve {
         loop {
             let (count, capacity) = self.fit(need);
@@ -176,10 +177,7 @@ impl RxQueue {
     /// them) into the first `nbufs` pending chains behind a fresh header, and returns
     /// those chains to the guest.
     pub fn deliver_copy(&mut self, nbufs: usize, src: &[Segment], skip: usize, frame_len: u64) {
-        let mut hdr = [0u8; 12];
-        if self.hdr_len == 12 {
-            hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&(nbufs as u16).to_le_bytes());
-        }
+        let hdr = self.header(nbufs);
         let whole = self.hdr_len as u64 + frame_len;
         let first = self.pending.get(0);
         if nbufs == 1 && u64::from(first.segs[0].len) >= whole {
@@ -189,7 +187,7 @@ impl RxQueue {
             // is ours, the frame bytes come from translated TX segments (possibly the
             // same guest memory, hence memmove).
             unsafe {
-                std::ptr::copy(hdr.as_ptr(), dst, self.hdr_len);
+                self.write_header(dst, &hdr);
                 dst = dst.add(self.hdr_len);
                 let mut skip = skip;
                 for seg in src {
@@ -228,6 +226,64 @@ impl RxQueue {
             skip = 0;
         }
         self.complete(nbufs, &dst, frame_len);
+    }
+
+    /// A fresh virtio-net header for a frame spread over `nbufs` buffers.
+    #[inline(always)]
+    fn header(&self, nbufs: usize) -> [u8; 12] {
+        let mut hdr = [0u8; 12];
+        if self.hdr_len == 12 {
+            hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&(nbufs as u16).to_le_bytes());
+        }
+        hdr
+    }
+
+    /// Writes `hdr` (its first `hdr_len` bytes) at `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `hdr_len` bytes of writing.
+    #[inline(always)]
+    unsafe fn write_header(&self, dst: *mut u8, hdr: &[u8; 12]) {
+        // SAFETY: the caller vouches for `dst`; the header comes from our stack, so the
+        // two cannot overlap. Constant lengths let the copy be inlined.
+        unsafe {
+            if self.hdr_len == 12 {
+                std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, 12);
+            } else {
+                std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, 10);
+            }
+        }
+    }
+
+    /// The fast path for a frame of `frame_len` bytes at `src` (header not included)
+    /// when no chain is pending and the next one is a single buffer big enough: the
+    /// frame is copied in behind a fresh header and the buffer returned. Returns false,
+    /// having taken nothing, when the general path must handle it.
+    #[inline]
+    pub fn deliver_single(&mut self, src: *const u8, frame_len: u64) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        let whole = self.hdr_len as u64 + frame_len;
+        let Some(buf) = self.q.ring.peek_single(Direction::DeviceWrites) else {
+            return false;
+        };
+        if u64::from(buf.len) < whole {
+            return false;
+        }
+        let head = self.q.ring.pop_head();
+        let hdr = self.header(1);
+        // SAFETY: `buf` was translated for `buf.len >= whole` bytes; `src` has
+        // `frame_len` readable bytes of guest memory, which may be the same buffer if
+        // the guest posted it twice (memmove).
+        unsafe {
+            self.write_header(buf.ptr, &hdr);
+            std::ptr::copy(src, buf.ptr.add(self.hdr_len), frame_len as usize);
+        }
+        self.q.ring.push_used(head, whole as u32);
+        self.q.counts.packets += 1;
+        self.q.counts.bytes += frame_len;
+        true
     }
 
     /// iovecs covering the first `nbufs` pending chains (after [`reserve`]
@@ -301,6 +357,7 @@ impl RxQueue {
     }
 
     /// Takes one chain from the ring into the pending list; `None` if the ring is empty.
+    #[inline]
     fn reserve_one(&mut self) -> Option<()> {
         loop {
             // A guest that posts more than a ring's worth of buffers without the

@@ -4,7 +4,7 @@
 use vdpa::{BadDescriptor, DropReason};
 
 use crate::queue::Queue;
-use crate::ring::{Chain, Direction};
+use crate::ring::{Chain, Direction, Segment};
 
 /// Largest frame accepted from the guest: 64 KiB, the most a virtio-net driver posts
 /// (a GSO frame included).
@@ -42,6 +42,38 @@ impl TxQueue {
     /// Takes the next chain off the ring and checks it.
     pub fn take(&mut self) -> TxNext {
         take(&mut self.q, self.hdr_len, &mut self.chain)
+    }
+
+    /// The next frame if its chain is a single valid buffer: its head and the frame
+    /// (after the header) as a segment. Nothing is taken; `None` sends the caller to
+    /// [`take`](Self::take), which also validates and counts bad chains.
+    #[inline]
+    pub fn peek_single(&mut self) -> Option<(u16, Segment)> {
+        let buf = self.q.ring.peek_single(Direction::DeviceReads)?;
+        let len = u64::from(buf.len);
+        let hdr = self.hdr_len as u64;
+        if len < hdr || len - hdr > MAX_FRAME {
+            return None;
+        }
+        // SAFETY: hdr <= len: the result stays inside the translated buffer.
+        let ptr = unsafe { buf.ptr.add(self.hdr_len) };
+        Some((
+            self.q.ring.peeked_head(),
+            Segment {
+                ptr,
+                len: buf.len - self.hdr_len as u32,
+            },
+        ))
+    }
+
+    /// Completes the frame [`peek_single`](Self::peek_single) returned (after the
+    /// backend took it).
+    #[inline]
+    pub fn complete_single(&mut self, head: u16, frame_len: u32) {
+        self.q.ring.pop_head();
+        self.q.ring.push_used(head, 0);
+        self.q.counts.packets += 1;
+        self.q.counts.bytes += u64::from(frame_len);
     }
 
     /// [`take`](Self::take) into a chain of the caller's, for backends that send
@@ -131,6 +163,7 @@ impl TxQueue {
 
 /// Takes the next chain of `q` into `chain` and checks it as a frame with a
 /// `hdr_len`-byte header.
+#[inline]
 fn take(q: &mut Queue, hdr_len: usize, chain: &mut Chain) -> TxNext {
     if q.available() == 0 {
         return TxNext::Empty;
