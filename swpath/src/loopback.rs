@@ -38,7 +38,7 @@ impl Engine for Loopback {
         for _ in 0..budget {
             // One buffer out, one buffer in: the common case, without building chains.
             if let Some((head, frame)) = self.tx.peek_single() {
-                if self.rx.deliver_single(frame.ptr, u64::from(frame.len)) {
+                if self.rx.deliver_single(&frame) {
                     self.tx.complete_single(head, frame.len);
                     continue;
                 }

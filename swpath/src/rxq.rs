@@ -255,12 +255,13 @@ impl RxQueue {
         }
     }
 
-    /// The fast path for a frame of `frame_len` bytes at `src` (header not included)
+    /// The fast path for a frame in `frame` (a translated guest buffer, header not included)
     /// when no chain is pending and the next one is a single buffer big enough: the
     /// frame is copied in behind a fresh header and the buffer returned. Returns false,
     /// having taken nothing, when the general path must handle it.
     #[inline]
-    pub fn deliver_single(&mut self, src: *const u8, frame_len: u64) -> bool {
+    pub fn deliver_single(&mut self, frame: &Segment) -> bool {
+        let (src, frame_len) = (frame.ptr as *const u8, u64::from(frame.len));
         if !self.pending.is_empty() {
             return false;
         }
@@ -273,8 +274,8 @@ impl RxQueue {
         }
         let head = self.q.ring.pop_head();
         let hdr = self.header(1);
-        // SAFETY: `buf` was translated for `buf.len >= whole` bytes; `src` has
-        // `frame_len` readable bytes of guest memory, which may be the same buffer if
+        // SAFETY: `buf` was translated for `buf.len >= whole` bytes; `frame` is a
+        // translated guest buffer of `frame_len` bytes, which may be the same buffer if
         // the guest posted it twice (memmove).
         unsafe {
             self.write_header(buf.ptr, &hdr);

@@ -159,7 +159,7 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
                 // PAUSE: a busy-polling worker is there for latency, and each pass is
                 // a round trip the frontend waits on.
                 idle_passes += 1;
-                if idle_passes % IDLE_CHECK != 0 {
+                if !idle_passes.is_multiple_of(IDLE_CHECK) {
                     continue;
                 }
                 let since = *idle_since.get_or_insert_with(Instant::now);
