@@ -47,6 +47,16 @@ fn a_hundred_thousand_packets_with_event_idx_on_and_off() {
     let d = served(1, 1024);
     d.verify(|_| {}, 100_000, 64);
     d.verify(|o| o.event_idx = false, 100_000, 64);
+    // One-descriptor frames take the single-buffer fast path.
+    d.verify(|o| o.tx_two_desc = false, 100_000, 64);
+    d.verify(
+        |o| {
+            o.tx_two_desc = false;
+            o.event_idx = false;
+        },
+        20_000,
+        1514,
+    );
 }
 
 #[test]
