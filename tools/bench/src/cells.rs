@@ -90,7 +90,16 @@ pub struct Cell {
     pub variants: Vec<Variant>,
 }
 
-fn ab() -> Vec<Variant> {
+/// vdpad's busy-poll budget for B in the A/B cells: DPDK's vhost PMD polls all the
+/// time, so B polls while traffic flows and sleeps after this many idle microseconds
+/// (`--b-busy-poll-us 0` measures vdpad's notification-driven default instead).
+pub const B_BUSY_POLL_US: u32 = 200;
+
+fn ab(b_busy_poll_us: u32) -> Vec<Variant> {
+    let tuning = Tuning {
+        busy_poll_us: (b_busy_poll_us > 0).then_some(b_busy_poll_us),
+        ..Default::default()
+    };
     vec![
         Variant {
             name: "A".into(),
@@ -98,12 +107,12 @@ fn ab() -> Vec<Variant> {
         },
         Variant {
             name: "B".into(),
-            backend: Backend::Vdpad(Tuning::default()),
+            backend: Backend::Vdpad(tuning),
         },
     ]
 }
 
-fn main_cell(id: &str, frontend: Frontend, size: usize) -> Cell {
+fn main_cell(id: &str, frontend: Frontend, size: usize, b_busy_poll_us: u32) -> Cell {
     let what = if frontend.is_latency() {
         "round-trip latency, one frame in flight"
     } else {
@@ -115,36 +124,45 @@ fn main_cell(id: &str, frontend: Frontend, size: usize) -> Cell {
         title: format!("{what}: {}, {size} B", frontend.describe()),
         frontend,
         size,
-        variants: ab(),
+        variants: ab(b_busy_poll_us),
     }
 }
 
 /// The A/B cells: testpmd and the rig (interrupts, and polling) at 64 and 1518 bytes,
-/// and latency (interrupts, and polling) at 64 bytes.
-pub fn main_cells() -> Vec<Cell> {
+/// and latency (interrupts, and polling) at 64 bytes; B with `b_busy_poll_us`.
+pub fn main_cells(b_busy_poll_us: u32) -> Vec<Cell> {
     let mut v = Vec::new();
     for size in [64, 1518] {
-        v.push(main_cell(&format!("tp-{size}"), Frontend::Testpmd, size));
+        v.push(main_cell(
+            &format!("tp-{size}"),
+            Frontend::Testpmd,
+            size,
+            b_busy_poll_us,
+        ));
         v.push(main_cell(
             &format!("rig-{size}"),
             Frontend::RigBench { poll: false },
             size,
+            b_busy_poll_us,
         ));
         v.push(main_cell(
             &format!("rigpoll-{size}"),
             Frontend::RigBench { poll: true },
             size,
+            b_busy_poll_us,
         ));
     }
     v.push(main_cell(
         "lat-64",
         Frontend::RigLatency { poll: false },
         64,
+        b_busy_poll_us,
     ));
     v.push(main_cell(
         "latpoll-64",
         Frontend::RigLatency { poll: true },
         64,
+        b_busy_poll_us,
     ));
     v
 }
@@ -264,14 +282,16 @@ mod tests {
 
     #[test]
     fn cells_are_unique_and_complete() {
-        let mut all = main_cells();
+        let mut all = main_cells(B_BUSY_POLL_US);
         all.extend(seed_cells());
         let mut ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
         ids.sort_unstable();
         let n = ids.len();
         ids.dedup();
         assert_eq!(ids.len(), n);
-        assert!(main_cells().iter().all(|c| c.variants.len() == 2));
+        assert!(main_cells(B_BUSY_POLL_US)
+            .iter()
+            .all(|c| c.variants.len() == 2));
         let notify = &seed_cells()[0];
         assert_eq!(notify.variants.len(), 8);
         assert!(notify

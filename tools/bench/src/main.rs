@@ -52,6 +52,10 @@ struct Args {
     /// busy polling).
     #[arg(long)]
     seed_questions: bool,
+    /// B's busy-poll budget in the A/B cells, microseconds (0: vdpad's defaults,
+    /// notification-driven).
+    #[arg(long, default_value_t = cells::B_BUSY_POLL_US)]
+    b_busy_poll_us: u32,
     /// Only the cells whose id starts with one of these (comma-separated), e.g.
     /// `tp-,lat-64,seed-notify`.
     #[arg(long, value_delimiter = ',')]
@@ -358,7 +362,7 @@ fn real_main() -> Result<ExitCode> {
     if args.reps == 0 || args.seconds == 0 || args.latency_seconds < 1.0 {
         bail!("--reps and --seconds must be at least 1, --latency-seconds at least 1");
     }
-    let mut cells = cells::main_cells();
+    let mut cells = cells::main_cells(args.b_busy_poll_us);
     if args.seed_questions {
         cells.extend(cells::seed_cells());
     }

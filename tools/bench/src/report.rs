@@ -626,7 +626,7 @@ mod tests {
 
     #[test]
     fn pairwise_ratios_and_outputs() {
-        let cells = main_cells();
+        let cells = main_cells(crate::cells::B_BUSY_POLL_US);
         let tp = &cells[0];
         let mut runs = vec![
             run(&tp.id, "A", 0, 10.0),
