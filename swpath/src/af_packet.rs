@@ -292,11 +292,13 @@ impl AfPacketPort {
             let mut empty = false;
             while n < BATCH.min(budget - sent_total) {
                 let mut c = std::mem::replace(&mut self.tx_chains[n], Chain::with_capacity(0));
-                let next = tx.take_into(&mut c);
+                let next = tx.take_into(&mut c, n > 0);
                 self.tx_chains[n] = c;
                 match next {
                     TxNext::Frame => n += 1,
                     TxNext::Skipped => {}
+                    // Send what was gathered; the bad chain is taken by the next batch.
+                    TxNext::Later => break,
                     TxNext::Empty => {
                         empty = true;
                         break;

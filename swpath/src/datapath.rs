@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
+use vdpa::features::VIRTIO_F_IN_ORDER;
 use vdpa::{Datapath, DatapathError, QueueCounters, QueuePairConfig, QueueStats, RingConfig};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -98,6 +99,19 @@ impl SoftwareDatapath {
         }
     }
 
+    /// Ring features `backend` keeps its promises for: VIRTIO_F_IN_ORDER where every
+    /// buffer is used in ring order — loopback and tap, which take and complete one
+    /// frame at a time. Not AF_PACKET: a batch receive hands back a buffer whose frame
+    /// was dropped after later ones. (A malformed chain is returned as soon as it is
+    /// found, possibly ahead of buffers reserved before it: the driver broke the ring
+    /// first.)
+    pub fn backend_ring_features(backend: &Backend) -> u64 {
+        match backend {
+            Backend::Loopback | Backend::Tap(_) => VIRTIO_F_IN_ORDER,
+            Backend::AfPacket(_) => 0,
+        }
+    }
+
     fn queue(&mut self, cfg: &RingConfig, qp: &QueuePairConfig) -> Result<Queue, DatapathError> {
         let ring = DeviceRing::new(cfg, qp.mem.clone(), qp.features.event_idx())?;
         let counters = self.counters.entry(cfg.index).or_default().clone();
@@ -117,11 +131,12 @@ impl Datapath for SoftwareDatapath {
     }
 
     fn offload_features(&self) -> u64 {
-        if self.offloads {
+        let offloads = if self.offloads {
             Self::backend_offloads(&self.backend)
         } else {
             0
-        }
+        };
+        offloads | Self::backend_ring_features(&self.backend)
     }
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {

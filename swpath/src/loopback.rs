@@ -45,7 +45,7 @@ impl Engine for Loopback {
             }
             match self.tx.take() {
                 TxNext::Empty => return idle,
-                TxNext::Skipped => continue,
+                TxNext::Skipped | TxNext::Later => continue,
                 TxNext::Frame => {}
             }
             let total = self.tx.frame().total;

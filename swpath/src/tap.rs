@@ -302,7 +302,7 @@ impl Port for TapPort {
         for _ in 0..budget {
             match tx.take() {
                 TxNext::Empty => return TxState::Idle,
-                TxNext::Skipped => continue,
+                TxNext::Skipped | TxNext::Later => continue,
                 TxNext::Frame => {}
             }
             self.iov.clear();

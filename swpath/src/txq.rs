@@ -19,6 +19,10 @@ pub enum TxNext {
     Frame,
     /// A chain was bad or the frame unusable; it was counted and completed.
     Skipped,
+    /// The next chain is bad or unusable and was left on the ring: frames taken before
+    /// it are not completed yet, and completions stay in ring order. Finish those,
+    /// then take again (it is then counted and completed as [`Skipped`](Self::Skipped)).
+    Later,
 }
 
 /// The TX ring of a pair.
@@ -41,7 +45,7 @@ impl TxQueue {
 
     /// Takes the next chain off the ring and checks it.
     pub fn take(&mut self) -> TxNext {
-        take(&mut self.q, self.hdr_len, &mut self.chain)
+        take(&mut self.q, self.hdr_len, &mut self.chain, false)
     }
 
     /// The next frame if its chain is a single valid buffer: its head and the frame
@@ -78,8 +82,12 @@ impl TxQueue {
 
     /// [`take`](Self::take) into a chain of the caller's, for backends that send
     /// several frames at once; complete it with [`complete_chain`](Self::complete_chain).
-    pub fn take_into(&mut self, chain: &mut Chain) -> TxNext {
-        take(&mut self.q, self.hdr_len, chain)
+    /// With `batch_open` (frames taken and not completed yet), a bad chain is left on
+    /// the ring ([`TxNext::Later`]) so that a batch is always a contiguous run of the
+    /// ring: completions stay in order and [`unpop_n`](Self::unpop_n) puts back
+    /// exactly the batch's tail.
+    pub fn take_into(&mut self, chain: &mut Chain, batch_open: bool) -> TxNext {
+        take(&mut self.q, self.hdr_len, chain, batch_open)
     }
 
     /// The backend took `chain` (from [`take_into`](Self::take_into)).
@@ -162,25 +170,35 @@ impl TxQueue {
 }
 
 /// Takes the next chain of `q` into `chain` and checks it as a frame with a
-/// `hdr_len`-byte header.
+/// `hdr_len`-byte header. A bad chain is completed and counted, or with `defer_bad`
+/// left on the ring.
 #[inline]
-fn take(q: &mut Queue, hdr_len: usize, chain: &mut Chain) -> TxNext {
+fn take(q: &mut Queue, hdr_len: usize, chain: &mut Chain, defer_bad: bool) -> TxNext {
     if q.available() == 0 {
         return TxNext::Empty;
     }
     let head = q.ring.pop_head();
-    if let Err(kind) = q.ring.read_chain(head, Direction::DeviceReads, chain) {
-        q.reject(head, kind);
-        return TxNext::Skipped;
+    // Err: a malformed chain (a bad descriptor); Ok: a well-formed frame that is dropped.
+    let problem = match q.ring.read_chain(head, Direction::DeviceReads, chain) {
+        Err(kind) => Some(Err(kind)),
+        Ok(()) if chain.total < hdr_len as u64 => Some(Err(BadDescriptor::BadLength)),
+        Ok(()) if chain.total - hdr_len as u64 > MAX_FRAME => Some(Ok(DropReason::Oversized)),
+        Ok(()) => None,
+    };
+    match problem {
+        None => TxNext::Frame,
+        Some(_) if defer_bad => {
+            q.ring.unpop(1);
+            TxNext::Later
+        }
+        Some(Err(kind)) => {
+            q.reject(head, kind);
+            TxNext::Skipped
+        }
+        Some(Ok(reason)) => {
+            q.ring.push_used(head, 0);
+            q.counts.drop(reason);
+            TxNext::Skipped
+        }
     }
-    if chain.total < hdr_len as u64 {
-        q.reject(head, BadDescriptor::BadLength);
-        return TxNext::Skipped;
-    }
-    if chain.total - hdr_len as u64 > MAX_FRAME {
-        q.ring.push_used(chain.head, 0);
-        q.counts.drop(DropReason::Oversized);
-        return TxNext::Skipped;
-    }
-    TxNext::Frame
 }

@@ -10,9 +10,9 @@ use swpath::engine::{Engine, Progress, RxState, TxState};
 use swpath::interrupt::Interrupt;
 use swpath::loopback::Loopback;
 use swpath::queue::Queue;
-use swpath::ring::DeviceRing;
+use swpath::ring::{Chain, DeviceRing};
 use swpath::rxq::RxQueue;
-use swpath::txq::TxQueue;
+use swpath::txq::{TxNext, TxQueue};
 use vdpa::features::{Negotiated, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
 use vdpa::{
     BadDescriptor, DropReason, GuestMemory, MemoryRegion, QueueCounters, RingAddrs, RingConfig,
@@ -270,6 +270,40 @@ fn hostile_tx_chains_are_counted_and_skipped() {
         .read_slice(&mut got, GuestAddress(BASE + 0x10000 + 12))
         .unwrap();
     assert_eq!(got, frame);
+}
+
+#[test]
+fn a_batch_stops_before_a_bad_chain_so_completions_stay_in_ring_order() {
+    let fx = fixture();
+    let txq = MockSplitQueue::create(&fx.vm, GuestAddress(BASE + 0x1000), 16);
+    write_frame(&fx.vm, BASE + 0x20000, 64, 1);
+    let chains: [(&[RawDescriptor], u16); 3] = [
+        (&[desc(BASE + 0x20000, 76, 0, 0)], 0),
+        // Outside guest memory.
+        (&[desc(0x10, 100, 0, 0)], 1),
+        (&[desc(BASE + 0x20000, 76, 0, 0)], 2),
+    ];
+    for (c, at) in chains {
+        txq.add_desc_chains(c, at).unwrap();
+    }
+    let tc = ring_config(1, &txq, 16);
+    let mut tx = TxQueue::new(queue(&tc, &fx.ours), 12);
+    let (mut first, mut chain) = (Chain::with_capacity(4), Chain::with_capacity(4));
+    assert_eq!(tx.take_into(&mut first, false), TxNext::Frame);
+    // The bad chain would complete ahead of `first`: it stays on the ring.
+    assert_eq!(tx.take_into(&mut chain, true), TxNext::Later);
+    assert_eq!(tx.q.ring.next_avail(), 1);
+    tx.complete_chain(&first);
+    // With the batch closed it is taken, counted and completed; then the good one.
+    assert_eq!(tx.take_into(&mut chain, false), TxNext::Skipped);
+    assert_eq!(tx.take_into(&mut chain, false), TxNext::Frame);
+    tx.complete_chain(&chain);
+    tx.q.flush();
+    let s = tx.q.counters.snapshot(1);
+    assert_eq!((s.packets, s.bad(BadDescriptor::Address)), (2, 1));
+    assert_eq!(txq.used().idx().load(), 3);
+    let ids: Vec<u32> = (0..3).map(|i| used_entry(&txq, i).0).collect();
+    assert_eq!(ids, [0, 1, 2]);
 }
 
 #[test]

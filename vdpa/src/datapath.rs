@@ -107,8 +107,11 @@ pub trait Datapath: Send {
     /// Short description for logs and `vdpactl`, e.g. `software/loopback`.
     fn describe(&self) -> String;
 
-    /// Checksum and segmentation offload features (VIRTIO_NET_F_CSUM, GUEST_TSO4, ...)
-    /// this datapath can serve, added to what the device offers. None by default.
+    /// Features only some datapaths can serve, added to what the device offers:
+    /// checksum and segmentation offloads (VIRTIO_NET_F_CSUM, GUEST_TSO4, ...) and
+    /// VIRTIO_F_IN_ORDER (every ring's buffers are used in the order the driver made
+    /// them available, which lets a driver such as DPDK's take its cheaper in-order
+    /// paths). None by default.
     fn offload_features(&self) -> u64 {
         0
     }

@@ -42,6 +42,11 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// VIRTIO_F_IOMMU_PLATFORM: never offered (no IOTLB support).
 pub const VIRTIO_F_IOMMU_PLATFORM: u64 = 1 << 33;
+/// VIRTIO_F_IN_ORDER: the device uses buffers in the order they were made available
+/// (offered by datapaths that guarantee it, see [`Datapath::offload_features`]).
+///
+/// [`Datapath::offload_features`]: crate::Datapath::offload_features
+pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
 /// The virtio features a device offers to the frontend, from its configuration.
 pub fn offered_features(cfg: &DeviceConfig) -> u64 {
@@ -133,6 +138,7 @@ pub fn feature_names(bits: u64) -> Vec<&'static str> {
         (VHOST_USER_F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
         (VIRTIO_F_VERSION_1, "VERSION_1"),
         (VIRTIO_F_IOMMU_PLATFORM, "IOMMU_PLATFORM"),
+        (VIRTIO_F_IN_ORDER, "IN_ORDER"),
     ];
     NAMES
         .iter()
