@@ -64,11 +64,12 @@ pub trait Engine: Send {
     /// The backend's file descriptor to wait on, if it has one.
     fn backend_fd(&self) -> Option<RawFd>;
 
-    /// Publishes both rings and sends the interrupts the guest wants.
-    fn flush(&mut self) {
+    /// Publishes both rings and sends the interrupts the guest wants. Returns whether
+    /// either ring moved buffers since the last flush.
+    fn flush(&mut self) -> bool {
         let (rx, tx) = self.queues();
-        rx.q.flush();
-        tx.q.flush();
+        let rx_moved = rx.q.flush();
+        tx.q.flush() | rx_moved
     }
 
     /// Stops: hands pending RX buffers back, publishes, and returns where each ring

@@ -63,9 +63,11 @@ impl Queue {
 
     /// Publishes used entries, interrupts the guest if it asked for it (or holds the
     /// interrupt while coalescing), and adds the burst's counts to the shared counters.
+    /// Returns whether there was anything to publish (the queue moved buffers).
     #[inline]
-    pub fn flush(&mut self) {
-        if self.ring.has_unpublished() {
+    pub fn flush(&mut self) -> bool {
+        let moved = self.ring.has_unpublished();
+        if moved {
             // Counted before the guest can see the completions, so an observer that
             // saw a frame come back also sees it counted.
             let frames = self.counts.packets;
@@ -82,6 +84,7 @@ impl Queue {
         if !self.counts.is_empty() {
             self.counters.flush(&mut self.counts);
         }
+        moved
     }
 
     /// Whether to keep holding the interrupt for what was just published.

@@ -139,12 +139,15 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
         let mut idle_passes: u32 = 0;
         loop {
             let progress = engine.process(t.burst);
-            engine.flush();
+            // A pass can end idle having moved frames (the ring ran dry): that is
+            // work too, and restarts the busy-poll budget.
+            let moved = engine.flush();
             if ctx.stopping() {
                 break 'outer;
             }
-            if progress != Progress::IDLE {
+            if moved || progress != Progress::IDLE {
                 idle_since = None;
+                idle_passes = 0;
             }
             if progress.busy() {
                 moved_since_yield += t.burst;
