@@ -68,8 +68,10 @@ pub trait Engine: Send {
     /// either ring moved buffers since the last flush.
     fn flush(&mut self) -> bool {
         let (rx, tx) = self.queues();
-        let rx_moved = rx.q.flush();
-        tx.q.flush() | rx_moved
+        // TX first: the guest's RX interrupt is the last thing of a pass, so the
+        // completions of the frames it sent are already visible when it wakes.
+        let tx_moved = tx.q.flush();
+        rx.q.flush() | tx_moved
     }
 
     /// Stops: hands pending RX buffers back, publishes, and returns where each ring
