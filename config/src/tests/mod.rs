@@ -1,12 +1,22 @@
 //! Whole-configuration tests: every validation rule with the exact position it
 //! reports, the effective values, rendering round trips, snippets and files.
 
+mod daemon_rules;
+mod datapath_rules;
 mod docs;
 mod files;
 mod rules;
 mod snippets;
 
 use crate::{Config, ConfigError, ErrorKind};
+
+/// The start of a file with one device named "a".
+const DEV: &str = "[[device]]\nname = \"a\"\n";
+
+/// A one-device file with `line` as its third line.
+fn dev(line: &str) -> String {
+    format!("{DEV}{line}\n")
+}
 
 /// Parses `text` as `t.toml`, expecting an error.
 fn err(text: &str) -> ConfigError {
