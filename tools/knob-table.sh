@@ -69,9 +69,9 @@ trap 'exit 130' INT TERM
 
 # Cells: "id|knob|setting|config lines" (config lines separated by ';').
 cells=(
-  "base|(defaults)|event_idx on, burst 64, busy_poll 0, no coalescing, mrg_rxbuf on|"
+  "base|(defaults)|event_idx on, burst 16, busy_poll 0, no coalescing, mrg_rxbuf on|"
   "evidx-off|event_idx|off|event_idx = false"
-  "burst-8|burst|8|burst = 8"
+  "burst-64|burst|64|burst = 64"
   "burst-256|burst|256|burst = 256"
   "busy-100|busy_poll_us|100|busy_poll_us = 100"
   "coal-on|rx_coalesce|32 frames / 50 µs|rx_coalesce_frames = 32;rx_coalesce_usecs = 50"

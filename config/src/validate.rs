@@ -269,7 +269,7 @@ fn tuning(src: &Source<'_>, d: &RawDevice) -> Result<Tuning, ConfigError> {
             v,
             "burst",
             1..=MAX_BURST,
-            "use between 1 and 1024 chains per burst; the default 64 suits most loads",
+            "use between 1 and 1024 chains per burst; the default 16 suits most loads",
         )?,
         None => defaults.burst,
     };

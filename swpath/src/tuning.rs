@@ -8,8 +8,8 @@ use std::time::Duration;
 pub struct Tuning {
     /// Chains handled per pass and direction before the used index is published and
     /// the guest possibly interrupted (one publication and at most one interrupt per
-    /// burst). Bigger bursts: fewer interrupts and atomics per packet, more latency
-    /// for the first packet of a burst.
+    /// burst). Bigger bursts: fewer interrupts and atomics per packet; smaller ones let
+    /// a guest on another CPU start on the first frames while the rest are copied.
     pub burst: usize,
     /// Frames a worker moves per wakeup before it yields the CPU, so that one busy
     /// queue cannot starve other threads on the same core (vhost-net: 256).
@@ -27,8 +27,9 @@ pub struct Tuning {
     pub cpus: Vec<usize>,
 }
 
-/// Default burst: vhost-net's VHOST_NET_BATCH.
-pub const DEFAULT_BURST: usize = 64;
+/// Default burst: the configuration's default (16 chains, measured; see
+/// `vdpad_config::DEFAULT_BURST`).
+pub const DEFAULT_BURST: usize = vdpad_config::DEFAULT_BURST as usize;
 /// Default per-wakeup weight: vhost-net's VHOST_NET_PKT_WEIGHT.
 pub const DEFAULT_WEIGHT: usize = 256;
 

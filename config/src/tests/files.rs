@@ -143,7 +143,7 @@ fn device_defaults_without_pci() {
     assert_eq!(d.socket_perms, perms(0o600, None, None));
     assert_eq!(d.vm, None);
     let tuning = Tuning {
-        burst: 64,
+        burst: 16,
         weight: 256,
         busy_poll_us: 0,
         rx_coalesce_frames: 0,
@@ -262,7 +262,7 @@ mrg_rxbuf = true
 offloads = true
 fallback = true
 socket_mode = \"0600\"
-burst = 64
+burst = 16
 weight = 256
 busy_poll_us = 0
 rx_coalesce_frames = 0
@@ -310,7 +310,7 @@ mrg_rxbuf = true
 offloads = false
 fallback = true
 socket_mode = \"0600\"
-burst = 64
+burst = 16
 weight = 256
 busy_poll_us = 0
 rx_coalesce_frames = 0
