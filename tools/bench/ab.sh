@@ -9,6 +9,7 @@
 # runs on CPU 1. Each run prints the binary and the median of testpmd's per-second
 # Rx-pps (the first two samples dropped). Needs dpdk-testpmd (tests/lab/setup.sh).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/loopback-config.sh"
 [ $# -ge 2 ] || { echo "usage: $0 OLD_VDPAD NEW_VDPAD [SIZE] [REPS] [SECONDS]" >&2; exit 2; }
 OLD=$1 NEW=$2 SIZE=${3:-64} REPS=${4:-3} SECS=${5:-6}
 WORK=$(mktemp -d /tmp/vdpa-ab.XXXXXX)
@@ -19,17 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$WORK/vdpad.toml" <<EOF
-[daemon]
-run_dir = "$WORK/run"
-[[device]]
-name = "lo"
-socket = "$WORK/lo.sock"
-backend = "loopback"
-queue_size = 256
-busy_poll_us = 1000000
-cpus = [0]
-EOF
+loopback_config "$WORK" 1000000
 
 one_run() {
   local bin=$1

@@ -12,6 +12,7 @@
 # (default target/); build them first (tools/bench/run.sh does).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+. tools/bench/loopback-config.sh
 BIN=${CARGO_TARGET_DIR:-target}/release
 MODE=${1:-rig}
 WORK=$(mktemp -d /tmp/vdpa-instructions.XXXXXX)
@@ -26,17 +27,7 @@ trap cleanup EXIT
 # driven for the rig, which polls its own side.
 BUSY=0
 [ "$MODE" = testpmd ] && BUSY=1000000
-cat > "$WORK/vdpad.toml" <<EOF
-[daemon]
-run_dir = "$WORK/run"
-[[device]]
-name = "lo"
-socket = "$WORK/lo.sock"
-backend = "loopback"
-queue_size = 256
-busy_poll_us = $BUSY
-cpus = [0]
-EOF
+loopback_config "$WORK" "$BUSY"
 
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
   "$BIN/vdpad" --config "$WORK/vdpad.toml" 2> "$WORK/valgrind.log" &
