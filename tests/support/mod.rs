@@ -20,6 +20,8 @@
 //! - [`nested::NestedGuest`]: a guest with an emulated IOMMU and real NIC models
 //!   (virtio-net for VFIO, e1000e, igb) on taps, for hardware-in-the-loop tests;
 //! - [`packet`]: AF_PACKET sockets in a test namespace, a frame reflector, an injector;
+//! - [`operator`]: a `vdpad` with loopback devices and a private control socket, and
+//!   vdpactl, as the operations tests drive them;
 //! - [`rig::rig_binary`]: the `vdpa-rig` program, built on first use.
 //!
 //! Everything cleans up on drop, including while a test panics. Panic messages carry
@@ -35,6 +37,7 @@ pub mod guest_shell;
 pub mod lab;
 pub mod nested;
 pub mod netns;
+pub mod operator;
 pub mod packet;
 pub mod process;
 pub mod rig;
