@@ -115,6 +115,17 @@ fn pin_to(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the calling thread's timer slack to 1 ns, so that sleeps with a deadline end
+/// on time.
+fn tighten_timer_slack() -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The worker loop: process in bursts with notifications off until idle (or the
 /// per-wakeup weight is spent), optionally busy-poll a while, re-arm notifications
 /// and re-check, then sleep until a kick, the backend, a held interrupt's deadline or
@@ -126,6 +137,13 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
         }
     }
     let t = &ctx.tuning;
+    if t.coalescing() {
+        // A held interrupt is due in microseconds: without this the kernel may fire the
+        // ppoll deadline up to 50 µs late (the default timer slack).
+        if let Err(e) = tighten_timer_slack() {
+            warn!(error = %e, "cannot reduce the worker's timer slack; coalesced interrupts may be late");
+        }
+    }
     let backend = engine.backend_fd();
     // RX kicks are only wanted while a frame waits for buffers.
     engine.queues().0.q.ring.disable_notification();
