@@ -91,6 +91,19 @@ fn loopback_session(tag: &str, device: DeviceSpec, vdev_extra: &str) {
     let mut daemon = Daemon::start(dir.path(), &[device]);
     let counters = run_frontend(&testpmd, &dir, daemon.socket(0), vdev_extra);
     assert_looped(counters, &daemon.tail());
+    // The loopback offers IN_ORDER and virtio-user takes it (its in-order Rx/Tx paths,
+    // which free buffers by count: an out-of-order completion would break the loop).
+    let negotiated = daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("features negotiated"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        negotiated.contains("IN_ORDER"),
+        "IN_ORDER not negotiated: {negotiated:?}{}",
+        daemon.tail()
+    );
     // The frontend has disconnected; the daemon must still be serving its socket.
     std::thread::sleep(Duration::from_millis(300));
     assert!(

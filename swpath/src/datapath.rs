@@ -130,7 +130,7 @@ impl Datapath for SoftwareDatapath {
         }
     }
 
-    fn offload_features(&self) -> u64 {
+    fn datapath_features(&self) -> u64 {
         let offloads = if self.offloads {
             Self::backend_offloads(&self.backend)
         } else {

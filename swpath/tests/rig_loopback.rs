@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::Served;
 use swpath::{Backend, SoftwareDatapath, Tuning};
 use vdpa::stats::BadDescriptor;
-use vdpa_rig::{Direction, Hostile, Rig, RigSetup, SetupStep};
+use vdpa_rig::{run_latency, Direction, Hostile, LatencyOptions, Rig, RigSetup, SetupStep};
 use vdpad_config::Backend as CfgBackend;
 
 /// A loopback device with default knobs.
@@ -292,4 +292,54 @@ fn workers_run_on_the_configured_cpu() {
         }
     }
     assert!(found, "worker thread not found");
+}
+
+#[test]
+fn busy_polling_needs_no_kicks_while_frames_keep_flowing() {
+    // A one-second budget and a ping-pong of 1.5 s: frames keep moving, so the budget
+    // keeps restarting and the worker never sleeps, and the rig never has to kick. (A
+    // budget that ran from the first idle pass, whatever moved since, put the worker
+    // to sleep once a second and made the next frame wait for a kick.)
+    let tuning = Tuning {
+        busy_poll: Duration::from_secs(1),
+        ..Tuning::default()
+    };
+    let d = tuned(1, 256, tuning);
+    let mut rig = Rig::connect(d.options()).unwrap();
+    let mut o = LatencyOptions::new(u64::MAX, 64);
+    o.warmup = 100;
+    o.max_duration = Some(Duration::from_millis(1500));
+    let r = run_latency(&mut rig, &o).unwrap();
+    println!("{}", r.render());
+    assert!(r.count > 100, "{r:?}");
+    assert_eq!(
+        r.tx_kicks, 0,
+        "the worker slept while frames kept flowing: {r:?}"
+    );
+}
+
+#[test]
+fn coalescing_workers_sleep_with_a_tight_timer_slack() {
+    // A held interrupt is due in microseconds; the default 50 µs slack would let the
+    // kernel end the worker's sleep that much later.
+    let tuning = Tuning {
+        rx_coalesce_frames: 32,
+        rx_coalesce_time: Duration::from_micros(20),
+        ..Tuning::default()
+    };
+    let d = tuned(1, 256, tuning);
+    let mut rig = Rig::connect(d.options()).unwrap();
+    rig.send_and_wait(0, &[0x42u8; 60], Duration::from_secs(5))
+        .unwrap();
+    let worker = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("comm"))
+                .is_ok_and(|c| c.trim() == format!("{}-q0", d.name))
+        })
+        .expect("the pair's worker thread");
+    let tid = worker.file_name().unwrap().to_string_lossy().into_owned();
+    let slack = std::fs::read_to_string(format!("/proc/{tid}/timerslack_ns")).unwrap();
+    assert_eq!(slack.trim(), "1");
 }

@@ -12,16 +12,10 @@
 # (default target/); build them first (tools/bench/run.sh does).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-. tools/bench/loopback-config.sh
+. tools/bench/lib.sh
 BIN=${CARGO_TARGET_DIR:-target}/release
 MODE=${1:-rig}
-WORK=$(mktemp -d /tmp/vdpa-instructions.XXXXXX)
-VG=""
-cleanup() {
-  [ -n "$VG" ] && kill -TERM "$VG" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir vdpa-instructions
 
 # Busy polling for the testpmd frontend (it never waits for interrupts); notification
 # driven for the rig, which polls its own side.
@@ -31,7 +25,7 @@ loopback_config "$WORK" "$BUSY"
 
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
   "$BIN/vdpad" --config "$WORK/vdpad.toml" 2> "$WORK/valgrind.log" &
-VG=$!
+BG_PID=$!
 for _ in $(seq 300); do [ -S "$WORK/lo.sock" ] && break; sleep 0.2; done
 [ -S "$WORK/lo.sock" ] || { echo "vdpad did not come up under valgrind" >&2; exit 1; }
 
@@ -54,7 +48,7 @@ case "$MODE" in
   *) echo "usage: $0 rig [PACKETS] [SIZE] | testpmd [SECONDS]" >&2; exit 2 ;;
 esac
 
-kill -TERM "$VG"; wait "$VG" || true; VG=""
+kill -TERM "$BG_PID"; wait "$BG_PID" || true; BG_PID=""
 TOTAL=$(callgrind_annotate "$WORK/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
 [ -n "$N" ] && [ "$N" -gt 0 ] || { echo "no packets moved" >&2; exit 1; }
 echo "packets $N  instructions $TOTAL  per packet $((TOTAL / N))"

@@ -168,7 +168,8 @@ fn offload(
     }
 }
 
-/// Offloads the software fallback would offer, so both datapaths offer the same.
+/// Datapath features the software fallback would offer (its offloads; IN_ORDER needs
+/// no entry, no NIC path offers it), so both datapaths offer the same.
 fn fallback_offloads(dev: &DeviceConfig) -> u64 {
     if !dev.offloads {
         return 0;

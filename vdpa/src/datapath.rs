@@ -112,7 +112,7 @@ pub trait Datapath: Send {
     /// VIRTIO_F_IN_ORDER (every ring's buffers are used in the order the driver made
     /// them available, which lets a driver such as DPDK's take its cheaper in-order
     /// paths). None by default.
-    fn offload_features(&self) -> u64 {
+    fn datapath_features(&self) -> u64 {
         0
     }
 

@@ -61,7 +61,7 @@ impl Device {
     /// A device served by `datapath`.
     pub fn new(cfg: DeviceConfig, datapath: Box<dyn Datapath>) -> Self {
         Device {
-            offered: offered_features(&cfg) | datapath.offload_features(),
+            offered: offered_features(&cfg) | datapath.datapath_features(),
             cfg,
             datapath: Arc::new(Mutex::new(datapath)),
             status: Arc::default(),
@@ -71,17 +71,17 @@ impl Device {
 
     /// A device served by `primary`, which switches for good to the datapath `make`
     /// builds the first time `primary` cannot start a queue pair. The guest sees the
-    /// same features either way: only offloads both can serve (`fallback_offloads`
-    /// for the fallback) are offered.
+    /// same features either way: only datapath features both can serve
+    /// (`fallback_features` for the fallback) are offered.
     pub fn with_fallback(
         cfg: DeviceConfig,
         primary: Box<dyn Datapath>,
         make: FallbackFactory,
-        fallback_offloads: u64,
+        fallback_features: u64,
     ) -> Self {
-        let offloads = primary.offload_features() & fallback_offloads;
+        let shared = primary.datapath_features() & fallback_features;
         Device {
-            offered: offered_features(&cfg) | offloads,
+            offered: offered_features(&cfg) | shared,
             cfg,
             datapath: Arc::new(Mutex::new(primary)),
             status: Arc::default(),

@@ -43,9 +43,9 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// VIRTIO_F_IOMMU_PLATFORM: never offered (no IOTLB support).
 pub const VIRTIO_F_IOMMU_PLATFORM: u64 = 1 << 33;
 /// VIRTIO_F_IN_ORDER: the device uses buffers in the order they were made available
-/// (offered by datapaths that guarantee it, see [`Datapath::offload_features`]).
+/// (offered by datapaths that guarantee it, see [`Datapath::datapath_features`]).
 ///
-/// [`Datapath::offload_features`]: crate::Datapath::offload_features
+/// [`Datapath::datapath_features`]: crate::Datapath::datapath_features
 pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
 /// The virtio features a device offers to the frontend, from its configuration.
