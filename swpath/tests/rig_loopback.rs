@@ -312,9 +312,13 @@ fn busy_polling_needs_no_kicks_while_frames_keep_flowing() {
     let r = run_latency(&mut rig, &o).unwrap();
     println!("{}", r.render());
     assert!(r.count > 100, "{r:?}");
-    assert_eq!(
-        r.tx_kicks, 0,
-        "the worker slept while frames kept flowing: {r:?}"
+    // A polling worker leaves avail_event where it was, so the driver's avail index
+    // crosses it once per 65536 frames and the driver kicks then: allowed, nothing more.
+    let wraps = (o.warmup + r.count) / 65536;
+    assert!(
+        r.tx_kicks <= wraps,
+        "the worker slept while frames kept flowing: {} kicks for {wraps} index wraps: {r:?}",
+        r.tx_kicks
     );
 }
 
