@@ -14,12 +14,13 @@
 //! resume at a nonzero index on a NIC without ring-state registers is refused with a
 //! [`DatapathError`] (the daemon then falls back to software).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 use vdpa::{
-    Datapath, DatapathError, GuestMemory, QueueCounters, QueuePairConfig, QueueStats, RingConfig,
+    CountProbe, Datapath, DatapathError, GuestMemory, PairPosition, QueueCounters,
+    QueuePairConfig, RingConfig, StartFailure,
 };
 use vdpad_config::DeviceConfig;
 use vmm_sys_util::eventfd::EventFd;
@@ -63,8 +64,8 @@ pub enum OffloadError {
     },
 }
 
-fn backend(what: impl std::fmt::Display) -> DatapathError {
-    DatapathError::Backend(what.to_string())
+fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DatapathError {
+    DatapathError::backend("offload NIC", e)
 }
 
 /// The hardware datapath of one device.
@@ -82,9 +83,8 @@ pub struct OffloadDatapath {
     nic_features: u64,
     mapped: Option<Arc<GuestMemory>>,
     relay: Option<KickRelay>,
-    bases: BTreeMap<u16, u16>,
-    counters: BTreeMap<u16, Arc<QueueCounters>>,
-    lost: BTreeSet<u16>,
+    /// Counters whose interrupt count this NIC's vectors provide, until reset.
+    probed: BTreeMap<u16, Arc<QueueCounters>>,
     /// The NIC was programmed (or memory mapped) since the last reset.
     active: bool,
 }
@@ -161,9 +161,7 @@ impl OffloadDatapath {
             nic_features: 0,
             mapped: None,
             relay: None,
-            bases: BTreeMap::new(),
-            counters: BTreeMap::new(),
-            lost: BTreeSet::new(),
+            probed: BTreeMap::new(),
             active: false,
         })
     }
@@ -194,19 +192,30 @@ impl OffloadDatapath {
         self.running.keys().copied().collect()
     }
 
-    /// Pairs that stopped running because the NIC had to be reset under them (see
-    /// docs/offload.md: stopping one pair on a NIC without per-queue control).
-    pub fn lost_pairs(&self) -> Vec<u16> {
-        self.lost.iter().copied().collect()
-    }
-
     /// The config-change eventfd (MSI-X vector 0).
     pub fn config_event(&self) -> &EventFd {
         &self.config_event
     }
 
-    fn counters(&mut self, ring: u16) -> Arc<QueueCounters> {
-        self.counters.entry(ring).or_default().clone()
+    /// Counts a ring's interrupts through the NIC's own count of its vector, where
+    /// the PCI function keeps one (the simulated NIC does).
+    fn probe_interrupts(&mut self, r: &RingConfig) {
+        let vector = r.index + 1;
+        if self.pci.vector_fired(vector).is_some() {
+            let pci = self.pci.clone();
+            r.counters
+                .set_interrupt_probe(Some(CountProbe::new(move || pci.vector_fired(vector))));
+            self.probed.insert(r.index, r.counters.clone());
+        }
+    }
+
+    /// Where a ring resumes: its used index, read from guest memory.
+    fn position(qp: &QueuePairConfig) -> PairPosition {
+        PairPosition {
+            pair: qp.pair,
+            rx: Self::used_idx(&qp.mem, &qp.rx).unwrap_or(qp.rx.base),
+            tx: Self::used_idx(&qp.mem, &qp.tx).unwrap_or(qp.tx.base),
+        }
     }
 
     /// The used index of a ring, read from guest memory.
@@ -299,11 +308,14 @@ impl OffloadDatapath {
                 for done in &mem.regions()[..i] {
                     let _ = self.pci.dma_unmap(done.gpa(), done.size());
                 }
-                return Err(backend(format!(
-                    "DMA map of guest region gpa {:#x} size {:#x} failed: {e}",
-                    r.gpa(),
-                    r.size()
-                )));
+                return Err(DatapathError::backend(
+                    format!(
+                        "DMA map of guest region gpa {:#x} size {:#x}",
+                        r.gpa(),
+                        r.size()
+                    ),
+                    e,
+                ));
             }
             info!(device = %self.name, iova = format_args!("{:#x}", r.gpa()),
                   size = format_args!("{:#x}", r.size()), "offload: DMA mapped (IOVA = GPA)");
@@ -341,7 +353,7 @@ impl OffloadDatapath {
         }
         self.pci
             .set_msix(&fds)
-            .map_err(|e| backend(format!("routing {} MSI-X vectors: {e}", fds.len())))?;
+            .map_err(|e| DatapathError::backend(format!("routing {} MSI-X vectors", fds.len()), e))?;
         info!(device = %self.name, vectors = fds.len(), "offload: MSI-X routed (0 = config, i+1 = ring i)");
         Ok(())
     }
@@ -360,7 +372,7 @@ impl OffloadDatapath {
             .nic
             .program_queue(r.index, &setup)
             .and_then(|db| self.nic.enable_queue(r.index).map(|()| db))
-            .map_err(|e| backend(format!("programming ring {}: {e}", r.index)))?;
+            .map_err(|e| DatapathError::backend(format!("programming ring {}", r.index), e))?;
         info!(device = %self.name, ring = r.index, size = r.size,
               desc = format_args!("{:#x}", r.addrs.desc), avail = format_args!("{:#x}", r.addrs.avail),
               used = format_args!("{:#x}", r.addrs.used), vector = r.index + 1, ?resume,
@@ -383,7 +395,7 @@ impl OffloadDatapath {
                     ring: r.index,
                     kick: r.events.kick.clone(),
                     doorbell: self.doorbells[&r.index],
-                    counters: self.counters.get(&r.index).cloned().unwrap_or_default(),
+                    counters: r.counters.clone(),
                 });
             }
         }
@@ -435,7 +447,7 @@ impl OffloadDatapath {
             for qp in &pairs {
                 for r in [&qp.rx, &qp.tx] {
                     self.calls.insert(r.index, r.events.call.clone());
-                    self.counters(r.index);
+                    self.probe_interrupts(r);
                 }
             }
             self.route_vectors()?;
@@ -470,7 +482,7 @@ impl OffloadDatapath {
         self.stop_relay();
         for r in [&qp.rx, &qp.tx] {
             self.calls.insert(r.index, r.events.call.clone());
-            self.counters(r.index);
+            self.probe_interrupts(r);
         }
         let result = self
             .route_vectors()
@@ -502,11 +514,9 @@ impl OffloadDatapath {
         }
         let mut out = Vec::new();
         for (_, mut qp) in std::mem::take(&mut self.running) {
-            for r in [&mut qp.rx, &mut qp.tx] {
-                let used = Self::used_idx(&qp.mem, r).unwrap_or(r.base);
-                self.bases.insert(r.index, used);
-                r.base = used;
-            }
+            let at = Self::position(&qp);
+            qp.rx.base = at.rx;
+            qp.tx.base = at.tx;
             out.push(qp);
         }
         self.doorbells.clear();
@@ -519,11 +529,10 @@ impl Datapath for OffloadDatapath {
         format!("offload/{}", self.pci.describe())
     }
 
-    fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
+    fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
         self.check_pair(&qp)?;
-        self.lost.remove(&qp.pair);
         if self.running.is_empty() {
-            return self.bring_up(vec![qp]);
+            return Ok(self.bring_up(vec![qp])?);
         }
         let (mem, features) = {
             let any = self.running.values().next().expect("running is not empty");
@@ -534,10 +543,11 @@ impl Datapath for OffloadDatapath {
                 pair: qp.pair,
                 why: "running pairs use another memory table or feature set; stop them first"
                     .into(),
-            });
+            }
+            .into());
         }
         if self.nic.per_queue_control() {
-            return self.add_live(qp);
+            return Ok(self.add_live(qp)?);
         }
         // No per-queue control: reset the NIC and program every pair again. Refuse
         // before touching anything if a running ring could not resume.
@@ -552,25 +562,23 @@ impl Datapath for OffloadDatapath {
                                  neither VIRTIO_F_RING_RESET nor ring-state registers",
                                 r.index
                             ),
-                        });
+                        }
+                        .into());
                     }
                 }
             }
         }
-        let mut all = self.quiesce_all();
+        let others = self.quiesce_all();
+        let lost: Vec<PairPosition> = others.iter().map(Self::position).collect();
+        let mut all = others;
         all.push(qp);
-        let ids: Vec<u16> = all.iter().map(|p| p.pair).collect();
-        self.bring_up(all).inspect_err(|_| {
-            self.lost.extend(ids.iter().copied());
-        })
+        self.bring_up(all)
+            .map_err(|error| StartFailure { error, lost })
     }
 
-    fn stop(&mut self, pair: u16) {
-        if self.lost.remove(&pair) {
-            return;
-        }
+    fn stop(&mut self, pair: u16) -> Vec<PairPosition> {
         let Some(qp) = self.running.get(&pair).cloned() else {
-            return;
+            return Vec::new();
         };
         self.stop_relay();
         let alone = self.running.len() == 1;
@@ -587,8 +595,6 @@ impl Datapath for OffloadDatapath {
         if per_queue {
             self.running.remove(&pair);
             for r in [&qp.rx, &qp.tx] {
-                let used = Self::used_idx(&qp.mem, r).unwrap_or(r.base);
-                self.bases.insert(r.index, used);
                 self.doorbells.remove(&r.index);
                 self.calls.remove(&r.index);
             }
@@ -596,24 +602,29 @@ impl Datapath for OffloadDatapath {
                 error!(device = %self.name, error = %e, "offload: restarting relay after stop");
             }
             info!(device = %self.name, pair, "offload: queue pair stopped (per-queue)");
-            return;
+            return vec![Self::position(&qp)];
         }
         let mut others = self.quiesce_all();
         others.retain(|p| p.pair != pair);
         for r in [&qp.rx, &qp.tx] {
             self.calls.remove(&r.index);
         }
-        info!(device = %self.name, pair, rx_base = self.bases.get(&qp.rx.index).copied(),
-              tx_base = self.bases.get(&qp.tx.index).copied(), "offload: queue pair stopped (NIC reset)");
+        let stopped = Self::position(&qp);
+        info!(device = %self.name, pair, rx_base = stopped.rx, tx_base = stopped.tx,
+              "offload: queue pair stopped (NIC reset)");
         if others.is_empty() {
-            return;
+            return vec![stopped];
         }
+        let lost: Vec<PairPosition> = others.iter().map(Self::position).collect();
         let ids: Vec<u16> = others.iter().map(|p| p.pair).collect();
-        if let Err(e) = self.bring_up(others) {
-            error!(device = %self.name, pairs = ?ids, error = %e,
-                   "offload: pairs could not be restarted after a NIC reset; they are lost \
-                    until the control plane restarts them");
-            self.lost.extend(ids);
+        match self.bring_up(others) {
+            Ok(()) => vec![stopped],
+            Err(e) => {
+                error!(device = %self.name, pairs = ?ids, error = %e,
+                       "offload: pairs could not be restarted after a NIC reset; they are lost \
+                        until the control plane restarts them");
+                std::iter::once(stopped).chain(lost).collect()
+            }
         }
     }
 
@@ -634,27 +645,6 @@ impl Datapath for OffloadDatapath {
         true
     }
 
-    fn base(&self, ring: u16) -> Option<u16> {
-        self.bases.get(&ring).copied()
-    }
-
-    fn take_lost(&mut self) -> Vec<u16> {
-        self.lost_pairs()
-    }
-
-    fn stats(&self) -> Vec<QueueStats> {
-        self.counters
-            .iter()
-            .map(|(&ring, c)| {
-                let mut s = c.snapshot(ring);
-                if let Some(n) = self.pci.vector_fired(ring + 1) {
-                    s.interrupts = n;
-                }
-                s
-            })
-            .collect()
-    }
-
     fn reset(&mut self) {
         self.stop_relay();
         if let Err(e) = self.nic.reset() {
@@ -671,8 +661,9 @@ impl Datapath for OffloadDatapath {
         self.running.clear();
         self.calls.clear();
         self.doorbells.clear();
-        self.bases.clear();
-        self.lost.clear();
+        for c in std::mem::take(&mut self.probed).into_values() {
+            c.set_interrupt_probe(None);
+        }
         self.active = false;
         info!(device = %self.name, "offload: reset (NIC status 0, MSI-X cleared, DMA unmapped)");
     }

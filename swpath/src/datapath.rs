@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 use vdpa::features::VIRTIO_F_IN_ORDER;
-use vdpa::{Datapath, DatapathError, QueueCounters, QueuePairConfig, QueueStats, RingConfig};
+use vdpa::{Datapath, DatapathError, PairPosition, QueuePairConfig, RingConfig, StartFailure};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -43,8 +43,6 @@ pub struct SoftwareDatapath {
     tuning: Tuning,
     offloads: bool,
     workers: BTreeMap<u16, Worker>,
-    bases: BTreeMap<u16, u16>,
-    counters: BTreeMap<u16, Arc<QueueCounters>>,
     interrupts: BTreeMap<u16, Arc<Interrupt>>,
 }
 
@@ -78,8 +76,6 @@ impl SoftwareDatapath {
             tuning,
             offloads: true,
             workers: BTreeMap::new(),
-            bases: BTreeMap::new(),
-            counters: BTreeMap::new(),
             interrupts: BTreeMap::new(),
         }
     }
@@ -114,10 +110,9 @@ impl SoftwareDatapath {
 
     fn queue(&mut self, cfg: &RingConfig, qp: &QueuePairConfig) -> Result<Queue, DatapathError> {
         let ring = DeviceRing::new(cfg, qp.mem.clone(), qp.features.event_idx())?;
-        let counters = self.counters.entry(cfg.index).or_default().clone();
         let interrupt = Arc::new(Interrupt::new(cfg.events.call.clone()));
         self.interrupts.insert(cfg.index, interrupt.clone());
-        Ok(Queue::new(ring, interrupt, counters))
+        Ok(Queue::new(ring, interrupt, cfg.counters.clone()))
     }
 }
 
@@ -139,7 +134,48 @@ impl Datapath for SoftwareDatapath {
         offloads | Self::backend_ring_features(&self.backend)
     }
 
-    fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
+    fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
+        Ok(self.start_pair(qp)?)
+    }
+
+    fn stop(&mut self, pair: u16) -> Vec<PairPosition> {
+        let Some(worker) = self.workers.remove(&pair) else {
+            return Vec::new();
+        };
+        self.interrupts.remove(&(2 * pair));
+        self.interrupts.remove(&(2 * pair + 1));
+        let stopped = worker.stop();
+        self.detach_backend_queue(pair);
+        match stopped {
+            Some((rx, tx)) => {
+                debug!(device = %self.device, pair, rx, tx, "worker stopped");
+                vec![PairPosition { pair, rx, tx }]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn set_call(&mut self, ring: u16, call: Option<Arc<EventFd>>) -> bool {
+        match self.interrupts.get(&ring) {
+            Some(i) if self.workers.contains_key(&(ring / 2)) => {
+                i.replace(call);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn reset(&mut self) {
+        let pairs: Vec<u16> = self.workers.keys().copied().collect();
+        for p in pairs {
+            self.stop(p);
+        }
+    }
+}
+
+impl SoftwareDatapath {
+    /// Builds the queues and engine of a pair and starts its worker.
+    fn start_pair(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
         let hdr_len = qp.features.net_header_len();
         let mut rxq = self.queue(&qp.rx, &qp)?;
         if self.tuning.coalescing() {
@@ -158,8 +194,7 @@ impl Datapath for SoftwareDatapath {
             Backend::Loopback => Box::new(Loopback::new(rx, tx)),
             Backend::Tap(tap) => {
                 let tap_name = tap.name().to_owned();
-                let backend =
-                    |e: std::io::Error| DatapathError::Backend(format!("tap {tap_name}: {e}"));
+                let backend = |e: std::io::Error| DatapathError::backend(format!("tap {tap_name}"), e);
                 check_queue(qp.pair, tap.queues(), tap.name())?;
                 tap.set_vnet_hdr_len(hdr_len).map_err(backend)?;
                 tap.set_offload(qp.features.bits).map_err(backend)?;
@@ -174,9 +209,8 @@ impl Datapath for SoftwareDatapath {
             Backend::AfPacket(p) => {
                 check_queue(qp.pair, p.queues(), p.ifname())?;
                 let ifname = p.ifname().to_owned();
-                let backend = |e: std::io::Error| {
-                    DatapathError::Backend(format!("AF_PACKET on {ifname}: {e}"))
-                };
+                let backend =
+                    |e: std::io::Error| DatapathError::backend(format!("AF_PACKET on {ifname}"), e);
                 p.attach_queue(pair).map_err(backend)?;
                 let sock = p.queue(pair).map_err(backend)?;
                 Box::new(PortEngine::new(
@@ -206,51 +240,6 @@ impl Datapath for SoftwareDatapath {
         Ok(())
     }
 
-    fn stop(&mut self, pair: u16) {
-        let Some(worker) = self.workers.remove(&pair) else {
-            return;
-        };
-        self.interrupts.remove(&(2 * pair));
-        self.interrupts.remove(&(2 * pair + 1));
-        if let Some((rx, tx)) = worker.stop() {
-            debug!(device = %self.device, pair, rx, tx, "worker stopped");
-            self.bases.insert(2 * pair, rx);
-            self.bases.insert(2 * pair + 1, tx);
-        }
-        self.detach_backend_queue(pair);
-    }
-
-    fn set_call(&mut self, ring: u16, call: Option<Arc<EventFd>>) -> bool {
-        match self.interrupts.get(&ring) {
-            Some(i) if self.workers.contains_key(&(ring / 2)) => {
-                i.replace(call);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn base(&self, ring: u16) -> Option<u16> {
-        self.bases.get(&ring).copied()
-    }
-
-    fn stats(&self) -> Vec<QueueStats> {
-        self.counters
-            .iter()
-            .map(|(&ring, c)| c.snapshot(ring))
-            .collect()
-    }
-
-    fn reset(&mut self) {
-        let pairs: Vec<u16> = self.workers.keys().copied().collect();
-        for p in pairs {
-            self.stop(p);
-        }
-        self.bases.clear();
-    }
-}
-
-impl SoftwareDatapath {
     /// Takes the backend queue of `pair` out of the kernel's flow spreading (a tap
     /// queue is detached, a packet socket leaves the fanout group), so that frames go
     /// to queues whose pairs run.

@@ -14,7 +14,7 @@ use swpath::tap::Tap;
 use swpath::{Backend as SwBackend, SoftwareDatapath, Tuning};
 use thiserror::Error;
 use tracing::warn;
-use vdpa::{Datapath, Device};
+use vdpa::{Datapath, Device, FallbackDatapath};
 use vdpad_config::{Backend, DeviceConfig, Mode};
 
 /// A device that cannot be served.
@@ -138,10 +138,14 @@ fn offload(
     match primary {
         Ok(dp) if dev.fallback => {
             let cfg = dev.clone();
-            let make = Box::new(move || software(&cfg).map(|d| Box::new(d) as Box<dyn Datapath>));
-            let fallback_offloads = fallback_offloads(dev);
+            let make = Box::new(move || {
+                software(&cfg)
+                    .map(|d| Box::new(d) as Box<dyn Datapath>)
+                    .map_err(Into::into)
+            });
+            let wrapper = FallbackDatapath::new(Box::new(dp), make, fallback_offloads(dev));
             Ok(Wired {
-                device: Device::with_fallback(dev.clone(), Box::new(dp), make, fallback_offloads),
+                device: Device::new(dev.clone(), Box::new(wrapper)),
                 mode: "offload",
                 reason: format!("{why}; software fallback ready"),
             })

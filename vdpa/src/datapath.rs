@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::features::Negotiated;
 use crate::memory::GuestMemory;
-use crate::stats::QueueStats;
+use crate::stats::QueueCounters;
 
 /// Guest-physical addresses of one split virtqueue's three parts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,9 @@ pub struct RingConfig {
     pub base: u16,
     /// Kick and call eventfds.
     pub events: RingEvents,
+    /// The ring's counters. They belong to the device and outlive every run and every
+    /// datapath: a datapath adds to them, observers read them without asking it.
+    pub counters: Arc<QueueCounters>,
 }
 
 /// One RX/TX queue pair ready to run.
@@ -64,6 +67,18 @@ pub struct QueuePairConfig {
     pub features: Negotiated,
     /// Guest memory the rings and buffers live in.
     pub mem: Arc<GuestMemory>,
+}
+
+/// Where the rings of a stopped queue pair resume: the avail index of each ring that
+/// the next run starts from (its `last_avail_idx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PairPosition {
+    /// Queue pair number.
+    pub pair: u16,
+    /// Where the receive ring resumes.
+    pub rx: u16,
+    /// Where the transmit ring resumes.
+    pub tx: u16,
 }
 
 /// Why a datapath could not do what it was asked.
@@ -95,14 +110,65 @@ pub enum DatapathError {
         source: std::io::Error,
     },
     /// The host backend (tap, socket, NIC) failed.
-    #[error("backend: {0}")]
-    Backend(String),
+    #[error("{what}")]
+    Backend {
+        /// What was being done, and with which backend object.
+        what: String,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The datapath that should have taken over from a failed one could not be built.
+    #[error("{from} failed ({cause}) and its fallback could not be built")]
+    Fallback {
+        /// The datapath that failed.
+        from: String,
+        /// Why it failed.
+        cause: Box<DatapathError>,
+        /// Why the fallback could not be built.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl DatapathError {
+    /// A backend failure: `what` was being done when `source` happened.
+    pub fn backend(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        DatapathError::Backend {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// A queue pair that could not start, and the pairs that went down with the attempt.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// Why the pair could not start.
+    pub error: DatapathError,
+    /// Pairs that were running before and are not any more (e.g. a NIC reset needed to
+    /// add the pair took the others down and they could not be brought back), with
+    /// where their rings resume. The control plane starts them again.
+    pub lost: Vec<PairPosition>,
+}
+
+impl From<DatapathError> for StartFailure {
+    fn from(error: DatapathError) -> Self {
+        StartFailure {
+            error,
+            lost: Vec::new(),
+        }
+    }
 }
 
 /// A way of moving packets for one device: software workers or a NIC.
 ///
-/// The control plane calls these from its message thread, never concurrently.
-/// Implementations must not block for long: a frontend waits for the reply.
+/// The control plane calls these from one thread, never concurrently. Implementations
+/// must not block for long: a frontend waits for the reply. Counters are not asked
+/// for: every ring's [`QueueCounters`] come with its [`RingConfig`].
 pub trait Datapath: Send {
     /// Short description for logs and `vdpactl`, e.g. `software/loopback`.
     fn describe(&self) -> String;
@@ -117,12 +183,13 @@ pub trait Datapath: Send {
     }
 
     /// Starts serving a queue pair. The pair is not running when this is called.
-    fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError>;
+    fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure>;
 
     /// Stops a running queue pair and waits until it no longer touches guest memory
-    /// or the eventfds. Afterwards [`base`](Self::base) reports where each of its
-    /// rings stopped. Stopping a pair that is not running does nothing.
-    fn stop(&mut self, pair: u16);
+    /// or the eventfds. Returns where its rings resume, first, followed by any other
+    /// pair that went down with it and could not be brought back (the control plane
+    /// starts those again). Stopping a pair that is not running returns nothing.
+    fn stop(&mut self, pair: u16) -> Vec<PairPosition>;
 
     /// Points a running ring's interrupts at a new call eventfd (the frontend re-sent
     /// SET_VRING_CALL, e.g. QEMU masking or unmasking a vector). Returns false if this
@@ -133,22 +200,14 @@ pub trait Datapath: Send {
         false
     }
 
-    /// The avail index a stopped ring should resume from (its `last_avail_idx`), or
-    /// `None` if this datapath never ran the ring since the last reset.
-    fn base(&self, ring: u16) -> Option<u16>;
-
-    /// Pairs this datapath has stopped on its own (e.g. a NIC reset needed to stop or
-    /// add one pair took the others down and they could not be brought back). Their
-    /// rings report where they stopped through [`base`](Self::base); the control plane
-    /// marks them stopped and starts them again. Reporting a pair twice is harmless.
-    fn take_lost(&mut self) -> Vec<u16> {
-        Vec::new()
+    /// Why this datapath no longer serves with the choice it started with (a wrapper
+    /// that moved the device to its fallback says why), if it did.
+    fn fallback_reason(&self) -> Option<String> {
+        None
     }
 
-    /// Counters of every ring this datapath has run since it was created.
-    fn stats(&self) -> Vec<QueueStats>;
-
-    /// Stops everything and forgets ring positions (frontend disconnected). Counters
-    /// are kept.
+    /// Stops everything and releases what the frontend's last session gave it (a
+    /// NIC is reset, DMA unmapped). Called when the frontend disconnects or resets the
+    /// device; ring positions are the control plane's to keep.
     fn reset(&mut self);
 }

@@ -7,17 +7,22 @@
 
 pub mod datapath;
 pub mod device;
+pub mod fallback;
 pub mod features;
-pub mod handler;
 pub mod memory;
 pub mod net_config;
+pub mod request;
 pub mod server;
 pub mod session;
 pub mod stats;
 pub mod vring;
 pub mod wire;
 
-pub use datapath::{Datapath, DatapathError, QueuePairConfig, RingAddrs, RingConfig, RingEvents};
+pub use datapath::{
+    Datapath, DatapathError, PairPosition, QueuePairConfig, RingAddrs, RingConfig, RingEvents,
+    StartFailure,
+};
 pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus};
+pub use fallback::{FallbackDatapath, FallbackFactory};
 pub use memory::{GuestMemory, MemoryError, MemoryRegion, RegionCache};
-pub use stats::{BadDescriptor, BurstCounts, DropReason, QueueCounters, QueueStats};
+pub use stats::{BadDescriptor, BurstCounts, CountProbe, DropReason, QueueCounters, QueueStats};

@@ -15,8 +15,7 @@ use vdpad_config::SocketPerms;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{Device, DeviceHandle};
-use crate::handler::Reply;
-use crate::session::Session;
+use crate::session::{Reply, Session};
 use crate::wire::{Connection, WireError};
 
 /// Why a device socket could not be set up.
@@ -171,7 +170,7 @@ impl DeviceServer {
     }
 }
 
-fn serve(device: Device, listener: UnixListener, path: &Path, shutdown: Shutdown) {
+fn serve(mut device: Device, listener: UnixListener, path: &Path, shutdown: Shutdown) {
     loop {
         match poll_readable(&[listener.as_raw_fd(), shutdown.as_raw_fd()], -1) {
             Ok(r) if r[1] => break,
@@ -189,10 +188,9 @@ fn serve(device: Device, listener: UnixListener, path: &Path, shutdown: Shutdown
                 continue;
             }
         };
-        device.update_status(|s| s.connections += 1);
         info!(device = device.name(), "frontend connected");
         let reason = match Connection::new(stream) {
-            Ok(conn) => serve_connection(&device, conn, &shutdown),
+            Ok(conn) => serve_connection(&mut device, conn, &shutdown),
             Err(e) => format!("socket setup failed: {e}"),
         };
         info!(device = device.name(), %reason, "frontend disconnected; datapath stopped, memory released");
@@ -207,9 +205,8 @@ fn serve(device: Device, listener: UnixListener, path: &Path, shutdown: Shutdown
 
 /// Serves one frontend until it disconnects, breaks the protocol, or shutdown.
 /// Returns why the connection ended.
-fn serve_connection(device: &Device, mut conn: Connection, shutdown: &Shutdown) -> String {
+fn serve_connection(device: &mut Device, mut conn: Connection, shutdown: &Shutdown) -> String {
     let mut session = Session::new(device);
-    session.publish_status();
     let reason = loop {
         match poll_readable(&[conn.stream().as_raw_fd(), shutdown.as_raw_fd()], -1) {
             Ok(r) if r[1] => break "daemon shutting down".to_owned(),
@@ -230,8 +227,8 @@ fn serve_connection(device: &Device, mut conn: Connection, shutdown: &Shutdown) 
             Ok(Reply::Ack) => Ok(()),
             Err(e) => {
                 let text = error_chain(&e);
-                warn!(device = device.name(), error = %text, "request refused");
-                device.update_status(|s| s.last_error = Some(text));
+                warn!(device = session.device().name(), error = %text, "request refused");
+                session.device().record_error(text);
                 if wants_ack {
                     conn.reply(&header, &1u64.to_ne_bytes())
                 } else {

@@ -1,333 +1,213 @@
-//! One frontend connection's state, and the lifecycle rules that turn it into running
-//! queue pairs: a pair runs when both its rings are complete and enabled and memory
-//! is present; any change to a running pair's rings, to memory or to features stops
-//! it first (recording where each ring stopped) and lets it start again afterwards.
+//! One vhost-user connection: the protocol's own state (ownership, protocol features,
+//! which requests get acknowledgements) and the translation of each decoded
+//! [`Request`] into calls on the [`Device`] core.
+//!
+//! Replies: requests that return data (GET_*) always get a reply; any other request
+//! gets an acknowledgement (0 = success, nonzero = failure) when the frontend set
+//! NEED_REPLY and REPLY_ACK was negotiated. A request we cannot apply is refused with
+//! an error code and a log line; the connection stays up.
 
-use std::sync::Arc;
+use std::mem::size_of;
 
-use tracing::{debug, error, info, warn};
+use thiserror::Error;
+use tracing::{debug, warn};
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserConfig, VhostUserProtocolFeatures, VhostUserU64, VhostUserVringState,
+};
+use vm_memory::ByteValued;
 
-use crate::datapath::{QueuePairConfig, RingConfig};
-use crate::device::{ConnectionState, Device};
-use crate::features::{feature_names, Negotiated, VHOST_USER_F_PROTOCOL_FEATURES};
-use crate::memory::GuestMemory;
-use crate::vring::{CallSetting, VringState};
+use crate::device::{Device, DeviceError};
+use crate::features::{offered_protocol_features, VHOST_USER_F_PROTOCOL_FEATURES};
+use crate::memory::{GuestMemory, MemoryError, MemoryRegion, MAX_REGIONS};
+use crate::request::{decode, ConfigRead, Limits, RegionSpec, Request, RequestError};
+use crate::wire::Message;
 
-/// State of one vhost-user connection.
+/// Why a request was not applied.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The request itself is malformed or not supported.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// A memory region could not be used.
+    #[error("memory region refused")]
+    Memory(#[from] MemoryError),
+    /// The device refused the change.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// What to send back for one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Nothing, unless the frontend asked for an acknowledgement.
+    Ack,
+    /// This payload, always.
+    Payload(Vec<u8>),
+}
+
+fn payload<T: ByteValued>(v: T) -> Reply {
+    Reply::Payload(v.as_slice().to_vec())
+}
+
+/// State of one vhost-user connection to a device.
 pub struct Session<'d> {
-    pub(crate) dev: &'d Device,
-    pub(crate) owner: bool,
-    pub(crate) acked_features: Option<u64>,
-    pub(crate) protocol_features: u64,
-    pub(crate) mem: Arc<GuestMemory>,
-    pub(crate) rings: Vec<VringState>,
-    pub(crate) running: Vec<bool>,
-    /// Why each pair could not start last time, to log a reason once, not per message.
-    not_ready: Vec<Option<String>>,
-    pub(crate) status: u8,
-    pub(crate) mtu: Option<u16>,
+    dev: &'d mut Device,
+    limits: Limits,
+    owner: bool,
+    protocol_features: u64,
 }
 
 impl<'d> Session<'d> {
     /// A fresh session for a new connection to `dev`.
-    pub fn new(dev: &'d Device) -> Self {
-        let pairs = usize::from(dev.config().queue_pairs);
+    pub fn new(dev: &'d mut Device) -> Self {
+        let limits = Limits {
+            rings: dev.ring_count(),
+            max_queue_size: dev.config().queue_size,
+            max_mtu: dev.config().mtu.unwrap_or(u16::MAX),
+        };
+        dev.connected();
         Session {
             dev,
+            limits,
             owner: false,
-            acked_features: None,
             protocol_features: 0,
-            mem: Arc::new(GuestMemory::empty()),
-            rings: (0..2 * pairs).map(|_| VringState::default()).collect(),
-            running: vec![false; pairs],
-            not_ready: vec![None; pairs],
-            status: 0,
-            mtu: None,
         }
     }
 
-    /// Number of rings this device has (two per queue pair).
-    pub fn ring_count(&self) -> usize {
-        self.rings.len()
+    /// The device this session drives.
+    pub fn device(&self) -> &Device {
+        self.dev
     }
 
-    /// Negotiated features (empty before SET_FEATURES).
-    pub fn negotiated(&self) -> Negotiated {
-        Negotiated {
-            bits: self.acked_features.unwrap_or(0),
-        }
+    /// Whether an acknowledgement is owed for `msg`.
+    pub fn wants_ack(&self, msg: &Message) -> bool {
+        msg.header.need_reply()
+            && self.protocol_features & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
     }
 
-    /// Stops queue pair `pair` if it runs and records where its rings stopped.
-    pub(crate) fn stop_pair(&mut self, pair: usize) {
-        if !self.running[pair] {
-            return;
-        }
-        let mut dp = self.dev.datapath();
-        dp.stop(pair as u16);
-        let mut stopped = vec![pair];
-        for lost in dp.take_lost() {
-            let lost = usize::from(lost);
-            if lost < self.running.len() && self.running[lost] && lost != pair {
-                warn!(
-                    device = self.dev.name(),
-                    pair = lost,
-                    "queue pair went down with pair {pair}; restarting it"
-                );
-                self.running[lost] = false;
-                stopped.push(lost);
-            }
-        }
-        for p in stopped {
-            for ring in [2 * p, 2 * p + 1] {
-                if let Some(base) = dp.base(ring as u16) {
-                    self.rings[ring].base = base;
-                }
-            }
-        }
-        drop(dp);
-        self.running[pair] = false;
-        info!(
+    /// Decodes and applies one request. On error nothing changed except what the
+    /// error says.
+    pub fn handle(&mut self, msg: Message) -> Result<Reply, SessionError> {
+        debug!(
             device = self.dev.name(),
-            pair,
-            rx_base = self.rings[2 * pair].base,
-            tx_base = self.rings[2 * pair + 1].base,
-            "queue pair stopped"
+            request = msg.header.request,
+            size = msg.header.size,
+            fds = msg.fds.len(),
+            need_reply = msg.header.need_reply(),
+            "request"
         );
-        self.publish_status();
-    }
-
-    /// Records where `pair`'s rings stopped.
-    fn record_bases(&mut self, dp: &dyn crate::Datapath, pair: usize) {
-        for ring in [2 * pair, 2 * pair + 1] {
-            if let Some(base) = dp.base(ring as u16) {
-                self.rings[ring].base = base;
-            }
-        }
-    }
-
-    /// Marks pairs the datapath lost on its own as stopped (recording their bases), so
-    /// that the next reconcile starts them again.
-    fn collect_lost(&mut self) {
-        let mut dp = self.dev.datapath();
-        for lost in dp.take_lost() {
-            let lost = usize::from(lost);
-            if lost < self.running.len() && self.running[lost] {
-                warn!(
-                    device = self.dev.name(),
-                    pair = lost,
-                    "queue pair went down on its own; it will be restarted"
-                );
-                self.running[lost] = false;
-                self.record_bases(&**dp, lost);
-            }
-        }
-    }
-
-    /// Stops every running queue pair.
-    pub(crate) fn stop_all(&mut self) {
-        for pair in 0..self.running.len() {
-            self.stop_pair(pair);
-        }
-    }
-
-    /// Stops the pair that owns `ring` before the ring's settings change.
-    pub(crate) fn before_ring_change(&mut self, ring: usize) {
-        self.stop_pair(ring / 2);
-    }
-
-    /// Applies SET_VRING_CALL: a running pair switches its interrupts over in place
-    /// when the datapath can, and is stopped (to restart afterwards) otherwise.
-    pub(crate) fn change_call(&mut self, ring: usize, call: CallSetting) {
-        let pair = ring / 2;
-        if self.running[pair] {
-            let fd = match &call {
-                CallSetting::Fd(fd) => Some(fd.clone()),
-                _ => None,
-            };
-            if !self.dev.datapath().set_call(ring as u16, fd) {
-                self.stop_pair(pair);
-            }
-        }
-        self.rings[ring].call = call;
-    }
-
-    /// Starts every queue pair that is ready and not running.
-    pub(crate) fn reconcile(&mut self) {
-        let Some(features) = self.acked_features else {
-            return;
-        };
-        let protocol = features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
-        for pair in 0..self.running.len() {
-            if self.running[pair] {
-                continue;
-            }
-            let (rx, tx) = (&self.rings[2 * pair], &self.rings[2 * pair + 1]);
-            let ready = rx
-                .ready(&self.mem, protocol)
-                .map_err(|e| format!("rx ring {}: {e}", 2 * pair))
-                .and_then(|r| {
-                    tx.ready(&self.mem, protocol)
-                        .map(|t| (r, t))
-                        .map_err(|e| format!("tx ring {}: {e}", 2 * pair + 1))
-                });
-            let ((rx_size, rx_addrs, rx_ev), (tx_size, tx_addrs, tx_ev)) = match ready {
-                Ok(r) => r,
-                Err(why) => {
-                    if self.not_ready[pair].as_deref() != Some(why.as_str()) {
-                        debug!(device = self.dev.name(), pair, %why, "queue pair not ready");
-                        self.not_ready[pair] = Some(why);
-                    }
-                    continue;
+        let config_header = config_request_header(&msg);
+        let request = match decode(msg, &self.limits) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(mut hdr) = config_header {
+                    // GET_CONFIG is always answered: a reply whose size field is 0
+                    // tells the frontend the read failed.
+                    warn!(device = self.dev.name(), error = %e, "GET_CONFIG refused");
+                    hdr.size = 0;
+                    return Ok(payload(hdr));
                 }
-            };
-            let qp = QueuePairConfig {
-                pair: pair as u16,
-                rx: RingConfig {
-                    index: (2 * pair) as u16,
-                    size: rx_size,
-                    addrs: rx_addrs,
-                    base: rx.base,
-                    events: rx_ev,
-                },
-                tx: RingConfig {
-                    index: (2 * pair + 1) as u16,
-                    size: tx_size,
-                    addrs: tx_addrs,
-                    base: tx.base,
-                    events: tx_ev,
-                },
-                features: Negotiated { bits: features },
-                mem: self.mem.clone(),
-            };
-            let (rx_base, tx_base) = (qp.rx.base, qp.tx.base);
-            let mut dp = self.dev.datapath();
-            match dp.start(qp) {
-                Ok(()) => {
-                    let how = dp.describe();
-                    drop(dp);
-                    self.running[pair] = true;
-                    self.not_ready[pair] = None;
-                    info!(device = self.dev.name(), pair, datapath = %how, rx_base, tx_base,
-                          "queue pair started");
-                    self.publish_status();
-                }
-                Err(e) => {
-                    drop(dp);
-                    self.collect_lost();
-                    if self.fall_back(&e) {
-                        // Every pair starts again, on the new datapath.
-                        return self.reconcile();
-                    }
-                    let why = format!("datapath refused to start: {e}");
-                    if self.not_ready[pair].as_deref() != Some(why.as_str()) {
-                        warn!(device = self.dev.name(), pair, error = %e, "queue pair cannot start");
-                        self.dev.update_status(|s| s.last_error = Some(why.clone()));
-                        self.not_ready[pair] = Some(why);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Switches the device to its fallback datapath after `cause`, if it has one:
-    /// every running pair stops where it is (bases recorded), the first datapath is
-    /// reset (releasing its NIC), and the fallback takes over. Returns whether it did.
-    fn fall_back(&mut self, cause: &crate::DatapathError) -> bool {
-        let Some(make) = self.dev.take_fallback() else {
-            return false;
-        };
-        let from = self.dev.datapath().describe();
-        self.stop_all();
-        let new = match make() {
-            Ok(d) => d,
-            Err(why) => {
-                error!(device = self.dev.name(), %from, error = %cause, fallback_error = %why,
-                       "datapath failed and the fallback cannot be built");
-                return false;
+                return Err(e.into());
             }
         };
-        let mut dp = self.dev.datapath();
-        dp.reset();
-        *dp = new;
-        let to = dp.describe();
-        drop(dp);
-        let reason = format!("{from} failed: {cause}");
-        warn!(device = self.dev.name(), %from, %to, %reason, "falling back to the software datapath");
-        self.dev.update_status(|s| s.fallback_reason = Some(reason));
-        true
-    }
-
-    /// Replaces guest memory: quiesce everything that runs, swap, restart.
-    pub(crate) fn set_memory(&mut self, mem: GuestMemory) {
-        self.stop_all();
-        info!(
-            device = self.dev.name(),
-            regions = mem.regions().len(),
-            bytes = mem.total_size(),
-            "guest memory table set"
-        );
-        self.mem = Arc::new(mem);
-    }
-
-    /// Applies SET_FEATURES.
-    pub(crate) fn set_features(&mut self, bits: u64) {
-        if self.acked_features == Some(bits) {
-            return;
+        let query = request.is_query();
+        let reply = self.apply(request)?;
+        if !query {
+            self.dev.reconcile();
         }
-        self.stop_all();
-        self.acked_features = Some(bits);
-        info!(device = self.dev.name(), features = format_args!("{bits:#x}"),
-              names = ?feature_names(bits), "features negotiated");
-        self.publish_status();
+        Ok(reply)
     }
 
-    /// Forgets what the frontend configured for the device (RESET_OWNER,
-    /// RESET_DEVICE): features, rings, eventfds, status. Ownership, protocol features
-    /// and the guest memory table survive: QEMU sends RESET_DEVICE when the guest
-    /// resets its NIC (driver rebind, reboot) and afterwards only sends memory regions
-    /// that changed, so a backend that dropped the table could never start the rings
-    /// again (libvhost-user keeps it too). A new table still replaces it.
-    pub(crate) fn reset(&mut self) {
-        self.stop_all();
-        self.dev.datapath().reset();
-        let fresh = Session::new(self.dev);
-        let owner = self.owner;
-        let protocol = self.protocol_features;
-        let mem = self.mem.clone();
-        *self = fresh;
-        self.owner = owner;
-        self.protocol_features = protocol;
-        self.mem = mem;
-        self.publish_status();
+    fn apply(&mut self, request: Request) -> Result<Reply, SessionError> {
+        let dev = &mut *self.dev;
+        match request {
+            Request::GetFeatures => return Ok(payload(VhostUserU64::new(dev.offered_features()))),
+            Request::SetFeatures(bits) => {
+                dev.set_features(bits)?;
+                dev.set_rings_need_enable(bits & VHOST_USER_F_PROTOCOL_FEATURES != 0);
+            }
+            Request::SetOwner => self.owner = true,
+            Request::Reset => dev.reset(),
+            Request::GetProtocolFeatures => {
+                return Ok(payload(VhostUserU64::new(offered_protocol_features().bits())))
+            }
+            Request::SetProtocolFeatures(bits) => {
+                self.protocol_features = bits & offered_protocol_features().bits();
+            }
+            Request::GetQueueNum => {
+                return Ok(payload(VhostUserU64::new(u64::from(dev.config().queue_pairs))))
+            }
+            Request::GetMaxMemSlots => return Ok(payload(VhostUserU64::new(MAX_REGIONS as u64))),
+            Request::SetMemTable(specs) => {
+                let regions = specs.into_iter().map(map_region).collect::<Result<_, _>>()?;
+                dev.set_memory(GuestMemory::from_regions(regions)?);
+            }
+            Request::AddMemReg(spec) => {
+                let mem = dev.memory().with_region(map_region(spec)?)?;
+                if mem.regions().len() != dev.memory().regions().len() {
+                    dev.set_memory(mem);
+                }
+            }
+            Request::RemMemReg(r) => {
+                let mem = dev.memory().without_region(r.gpa, r.size, r.user_addr)?;
+                dev.set_memory(mem);
+            }
+            Request::SetVringNum { ring, size } => dev.set_ring_size(ring.as_usize(), size),
+            Request::SetVringAddr { ring, location } => {
+                dev.set_ring_location(ring.as_usize(), location)
+            }
+            Request::SetVringBase { ring, base } => dev.set_ring_base(ring.as_usize(), base),
+            Request::GetVringBase { ring } => {
+                let base = dev.stop_ring(ring.as_usize());
+                debug!(device = dev.name(), ring = ring.index(), base, "ring stopped by GET_VRING_BASE");
+                return Ok(payload(VhostUserVringState::new(
+                    u32::from(ring.index()),
+                    u32::from(base),
+                )));
+            }
+            Request::SetVringKick { ring, fd } => dev.set_kick(ring.as_usize(), fd),
+            Request::SetVringCall { ring, fd } => dev.set_call(ring.as_usize(), fd),
+            Request::SetVringErr { ring, fd } => dev.set_err(ring.as_usize(), fd),
+            Request::SetVringEnable { ring, enable } => dev.enable_ring(ring.as_usize(), enable),
+            Request::GetConfig(read) => return Ok(config_reply(dev, &read)),
+            Request::NetSetMtu(mtu) => dev.set_mtu(mtu),
+            Request::SetStatus(status) => dev.set_status_byte(status),
+            Request::GetStatus => {
+                return Ok(payload(VhostUserU64::new(u64::from(dev.status_byte()))))
+            }
+        }
+        Ok(Reply::Ack)
     }
 
-    pub(crate) fn publish_status(&self) {
-        let running: Vec<u16> = (0..self.running.len())
-            .filter(|&p| self.running[p])
-            .map(|p| p as u16)
-            .collect();
-        let features = self.acked_features.unwrap_or(0);
-        self.dev.update_status(|s| {
-            s.state = if running.is_empty() {
-                ConnectionState::Connected
-            } else {
-                ConnectionState::Running
-            };
-            s.acked_features = features;
-            s.running_pairs = running;
-        });
+    /// Ends the session: the device stops and forgets this frontend.
+    pub fn close(self) {
+        self.dev.disconnected();
     }
+}
 
-    /// Ends the session: every pair stops, the datapath forgets ring positions, and
-    /// memory and eventfds are released when the session is dropped.
-    pub fn close(mut self) {
-        self.stop_all();
-        self.dev.datapath().reset();
-        self.dev.update_status(|s| {
-            s.state = ConnectionState::Waiting;
-            s.acked_features = 0;
-            s.running_pairs.clear();
-        });
+/// The header of a GET_CONFIG request, if `msg` is one.
+fn config_request_header(msg: &Message) -> Option<VhostUserConfig> {
+    if msg.header.request != FrontendReq::GET_CONFIG as u32 {
+        return None;
     }
+    Some(
+        msg.body
+            .get(..size_of::<VhostUserConfig>())
+            .and_then(VhostUserConfig::from_slice)
+            .copied()
+            .unwrap_or_default(),
+    )
+}
+
+fn map_region(r: RegionSpec) -> Result<MemoryRegion, MemoryError> {
+    MemoryRegion::map(r.gpa, r.size, r.user_addr, r.mmap_offset, r.file)
+}
+
+/// GET_CONFIG's reply: the request's own header followed by the bytes asked for.
+fn config_reply(dev: &Device, read: &ConfigRead) -> Reply {
+    let space = dev.config_space();
+    let mut out = read.header.as_slice().to_vec();
+    debug_assert_eq!(out.len(), size_of::<VhostUserConfig>());
+    out.extend_from_slice(&space[read.offset..read.offset + read.size]);
+    Reply::Payload(out)
 }

@@ -2,6 +2,7 @@
 //! once per burst) and whoever reads them (logs, `vdpactl`, tests).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -105,6 +106,25 @@ pub struct QueueCounters {
     rx_no_buffer: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     bad: [AtomicU64; BadDescriptor::ALL.len()],
+    interrupt_probe: Mutex<Option<CountProbe>>,
+}
+
+/// Reads a count that is kept outside the datapath's own code — a NIC raising its
+/// MSI-X vector straight into the call eventfd counts interrupts nobody else sees.
+#[derive(Clone)]
+pub struct CountProbe(Arc<dyn Fn() -> Option<u64> + Send + Sync>);
+
+impl CountProbe {
+    /// A probe that calls `read`.
+    pub fn new(read: impl Fn() -> Option<u64> + Send + Sync + 'static) -> Self {
+        CountProbe(Arc::new(read))
+    }
+}
+
+impl std::fmt::Debug for CountProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CountProbe")
+    }
 }
 
 /// Counts gathered locally during one burst, added to [`QueueCounters`] in one go.
@@ -186,16 +206,31 @@ impl QueueCounters {
         *b = BurstCounts::default();
     }
 
+    /// Counts interrupts with `probe` instead of the datapath's own count (`None`
+    /// returns to the datapath's count).
+    pub fn set_interrupt_probe(&self, probe: Option<CountProbe>) {
+        *self
+            .interrupt_probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = probe;
+    }
+
     /// A consistent-enough copy of the counters of ring `ring`.
     pub fn snapshot(&self, ring: u16) -> QueueStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let probed = self
+            .interrupt_probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|p| (p.0)());
         QueueStats {
             ring,
             direction: if ring.is_multiple_of(2) { "rx" } else { "tx" },
             packets: get(&self.packets),
             bytes: get(&self.bytes),
             kicks: get(&self.kicks),
-            interrupts: get(&self.interrupts),
+            interrupts: probed.unwrap_or_else(|| get(&self.interrupts)),
             interrupts_suppressed: get(&self.interrupts_suppressed),
             bursts: get(&self.bursts),
             rx_no_buffer: get(&self.rx_no_buffer),

@@ -1,5 +1,7 @@
-//! What the control plane knows about one ring: the frontend's settings, kept until
-//! the ring can run, and the rules that decide when it can.
+//! What the device knows about one ring: the frontend's settings, kept until the ring
+//! can run, and the rules that decide when it can. Frontend-neutral: addresses come in
+//! the frontend's address space (vhost-user: its virtual addresses; VDUSE: IOVAs,
+//! which are what the memory table is keyed by) and are translated once, here.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -9,15 +11,23 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::datapath::{RingAddrs, RingEvents};
 use crate::memory::GuestMemory;
 
-/// Ring addresses as SET_VRING_ADDR gives them: frontend virtual addresses.
+/// Which address space a frontend gives ring addresses in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VringAddrVa {
-    /// Descriptor table.
-    pub desc: u64,
-    /// Available ring.
-    pub avail: u64,
-    /// Used ring.
-    pub used: u64,
+pub enum AddrSpace {
+    /// The frontend's own virtual addresses (vhost-user SET_VRING_ADDR): translated
+    /// with each memory region's `user_addr`.
+    FrontendVirtual,
+    /// The addresses the memory table is keyed by (guest-physical, or IOVA).
+    Guest,
+}
+
+/// Where a frontend says a ring lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingLocation {
+    /// The three parts' addresses, in `space`.
+    pub addrs: RingAddrs,
+    /// The address space they are in.
+    pub space: AddrSpace,
 }
 
 /// A call eventfd setting: not yet given, given as "poll, do not signal", or an fd.
@@ -32,13 +42,13 @@ pub enum CallSetting {
     Fd(Arc<EventFd>),
 }
 
-/// Control-plane state of one ring.
+/// Device state of one ring.
 #[derive(Debug, Default)]
-pub struct VringState {
-    /// SET_VRING_NUM.
+pub struct RingState {
+    /// Its size (SET_VRING_NUM).
     pub num: Option<u16>,
-    /// SET_VRING_ADDR.
-    pub addr: Option<VringAddrVa>,
+    /// Where it lives (SET_VRING_ADDR).
+    pub addr: Option<RingLocation>,
     /// SET_VRING_BASE, or where the ring last stopped.
     pub base: u16,
     /// SET_VRING_KICK; taken away again by GET_VRING_BASE (the ring is stopped until the
@@ -59,19 +69,18 @@ pub fn split_ring_sizes(n: u16) -> (u64, u64, u64) {
     (16 * n, 6 + 2 * n, 6 + 8 * n)
 }
 
-impl VringState {
+impl RingState {
     /// The pieces a datapath needs if this ring can run, or what is missing.
     ///
-    /// `protocol_features` is whether VHOST_USER_F_PROTOCOL_FEATURES was acked: then a
-    /// ring runs only once SET_VRING_ENABLE(1) said so; otherwise it is enabled as
-    /// soon as it has a kick fd.
+    /// `needs_enable`: the ring runs only once it was enabled (vhost-user with
+    /// VHOST_USER_F_PROTOCOL_FEATURES acked); otherwise as soon as it has a kick fd.
     pub fn ready(
         &self,
         mem: &GuestMemory,
-        protocol_features: bool,
+        needs_enable: bool,
     ) -> Result<(u16, RingAddrs, RingEvents), &'static str> {
         let num = self.num.ok_or("no size (SET_VRING_NUM)")?;
-        let va = self.addr.ok_or("no addresses (SET_VRING_ADDR)")?;
+        let loc = self.addr.ok_or("no addresses (SET_VRING_ADDR)")?;
         let kick = self
             .kick
             .clone()
@@ -81,23 +90,22 @@ impl VringState {
             CallSetting::Polling => None,
             CallSetting::Fd(fd) => Some(fd.clone()),
         };
-        if protocol_features && !self.enabled {
+        if needs_enable && !self.enabled {
             return Err("not enabled (SET_VRING_ENABLE)");
         }
         if mem.is_empty() {
             return Err("no guest memory yet");
         }
         let (dlen, alen, ulen) = split_ring_sizes(num);
+        let to_guest = |addr: u64, len: u64| match loc.space {
+            AddrSpace::FrontendVirtual => mem.va_to_gpa(addr, len),
+            AddrSpace::Guest => mem.translate(addr, len).map(|_| addr),
+        };
+        let a = loc.addrs;
         let addrs = RingAddrs {
-            desc: mem
-                .va_to_gpa(va.desc, dlen)
-                .ok_or("descriptor table outside guest memory")?,
-            avail: mem
-                .va_to_gpa(va.avail, alen)
-                .ok_or("avail ring outside guest memory")?,
-            used: mem
-                .va_to_gpa(va.used, ulen)
-                .ok_or("used ring outside guest memory")?,
+            desc: to_guest(a.desc, dlen).ok_or("descriptor table outside guest memory")?,
+            avail: to_guest(a.avail, alen).ok_or("avail ring outside guest memory")?,
+            used: to_guest(a.used, ulen).ok_or("used ring outside guest memory")?,
         };
         Ok((num, addrs, RingEvents { kick, call }))
     }

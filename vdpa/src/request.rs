@@ -1,0 +1,655 @@
+//! vhost-user request decoding: a framed [`Message`] and its file descriptors become a
+//! [`Request`] whose fields are already checked — ring indices exist, queue sizes are
+//! powers of two within the device's maximum, memory regions do not overflow or
+//! overlap and come with exactly one fd each, kick and call fds are eventfds.
+//!
+//! Decoding looks only at the message and the device's fixed [`Limits`]; it changes
+//! nothing. Applying a request is the session's job ([`crate::session`]). Keeping the
+//! two apart lets the decoder be tested, and fuzzed, on its own.
+
+use std::fs::File;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+
+use thiserror::Error;
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserConfig, VhostUserMemory, VhostUserMemoryRegion,
+    VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
+};
+use vm_memory::ByteValued;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::MAX_REGIONS;
+use crate::net_config::NET_CONFIG_LEN;
+use crate::datapath::RingAddrs;
+use crate::vring::{AddrSpace, RingLocation};
+use crate::wire::Message;
+
+/// Bits 0..7 of a SET_VRING_KICK/CALL/ERR payload: the ring index.
+const VRING_IDX_MASK: u64 = 0xff;
+/// Bit 8: no file descriptor follows (the frontend polls).
+const VRING_NOFD_MASK: u64 = 0x100;
+/// Bits of a SET_VRING_KICK/CALL/ERR payload that mean something.
+const VRING_FD_KNOWN_BITS: u64 = VRING_IDX_MASK | VRING_NOFD_MASK;
+/// The smallest MTU NET_SET_MTU may set (IPv4's minimum).
+const MIN_MTU: u64 = 68;
+
+/// What the decoder needs to know about the device: its fixed dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Rings the device has (two per queue pair).
+    pub rings: u16,
+    /// The largest queue size a ring may have.
+    pub max_queue_size: u16,
+    /// The largest MTU NET_SET_MTU may set.
+    pub max_mtu: u16,
+}
+
+/// A ring index that exists on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ring(u16);
+
+impl Ring {
+    /// The index (RX of pair i is 2i, TX is 2i+1).
+    pub fn index(self) -> u16 {
+        self.0
+    }
+
+    /// The index, for indexing per-ring tables.
+    pub fn as_usize(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// One memory region of SET_MEM_TABLE or ADD_MEM_REG, checked but not yet mapped.
+#[derive(Debug)]
+pub struct RegionSpec {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Length in bytes (nonzero; no end overflows).
+    pub size: u64,
+    /// The frontend's virtual address of `gpa`.
+    pub user_addr: u64,
+    /// Offset of the region in `file`.
+    pub mmap_offset: u64,
+    /// The file that backs it.
+    pub file: File,
+}
+
+/// A region REM_MEM_REG names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionId {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// The frontend's virtual address of `gpa`.
+    pub user_addr: u64,
+}
+
+/// A config-space read (GET_CONFIG) within the virtio-net config space.
+#[derive(Clone, Copy)]
+pub struct ConfigRead {
+    /// The request's own header, echoed in the reply.
+    pub header: VhostUserConfig,
+    /// First byte.
+    pub offset: usize,
+    /// Bytes to read (nonzero, within the space).
+    pub size: usize,
+}
+
+/// A decoded, checked vhost-user request.
+pub enum Request {
+    /// GET_FEATURES.
+    GetFeatures,
+    /// SET_FEATURES with the acked virtio feature bits.
+    SetFeatures(u64),
+    /// SET_OWNER.
+    SetOwner,
+    /// RESET_OWNER or RESET_DEVICE: forget what the frontend configured.
+    Reset,
+    /// GET_PROTOCOL_FEATURES.
+    GetProtocolFeatures,
+    /// SET_PROTOCOL_FEATURES with the acked protocol feature bits.
+    SetProtocolFeatures(u64),
+    /// GET_QUEUE_NUM.
+    GetQueueNum,
+    /// GET_MAX_MEM_SLOTS.
+    GetMaxMemSlots,
+    /// SET_MEM_TABLE: a whole new table (1..=MAX_REGIONS regions, none overlapping).
+    SetMemTable(Vec<RegionSpec>),
+    /// ADD_MEM_REG.
+    AddMemReg(RegionSpec),
+    /// REM_MEM_REG.
+    RemMemReg(RegionId),
+    /// SET_VRING_NUM: a power of two within the device's maximum.
+    SetVringNum {
+        /// The ring.
+        ring: Ring,
+        /// Its size.
+        size: u16,
+    },
+    /// SET_VRING_ADDR, in the frontend's virtual addresses, correctly aligned.
+    SetVringAddr {
+        /// The ring.
+        ring: Ring,
+        /// Where its parts are.
+        location: RingLocation,
+    },
+    /// SET_VRING_BASE.
+    SetVringBase {
+        /// The ring.
+        ring: Ring,
+        /// The avail index to start from.
+        base: u16,
+    },
+    /// GET_VRING_BASE: stop the ring and say where it stopped.
+    GetVringBase {
+        /// The ring.
+        ring: Ring,
+    },
+    /// SET_VRING_KICK with an eventfd (polling without one is not supported).
+    SetVringKick {
+        /// The ring.
+        ring: Ring,
+        /// The kick eventfd.
+        fd: EventFd,
+    },
+    /// SET_VRING_CALL: an eventfd, or `None` when the frontend polls.
+    SetVringCall {
+        /// The ring.
+        ring: Ring,
+        /// The call eventfd.
+        fd: Option<EventFd>,
+    },
+    /// SET_VRING_ERR: any fd (kept, never signalled), or `None`.
+    SetVringErr {
+        /// The ring.
+        ring: Ring,
+        /// The error fd.
+        fd: Option<File>,
+    },
+    /// SET_VRING_ENABLE.
+    SetVringEnable {
+        /// The ring.
+        ring: Ring,
+        /// Enable (true) or disable.
+        enable: bool,
+    },
+    /// GET_CONFIG.
+    GetConfig(ConfigRead),
+    /// NET_SET_MTU, within 68..=the configured maximum.
+    NetSetMtu(u16),
+    /// SET_STATUS with the virtio device status byte.
+    SetStatus(u8),
+    /// GET_STATUS.
+    GetStatus,
+}
+
+impl std::fmt::Debug for ConfigRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigRead")
+            .field("offset", &self.offset)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::GetConfig(r) => write!(f, "GetConfig({r:?})"),
+            Request::SetMemTable(r) => write!(f, "SetMemTable({} regions)", r.len()),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+impl Request {
+    /// The request's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::GetFeatures => "GET_FEATURES",
+            Request::SetFeatures(_) => "SET_FEATURES",
+            Request::SetOwner => "SET_OWNER",
+            Request::Reset => "RESET_DEVICE",
+            Request::GetProtocolFeatures => "GET_PROTOCOL_FEATURES",
+            Request::SetProtocolFeatures(_) => "SET_PROTOCOL_FEATURES",
+            Request::GetQueueNum => "GET_QUEUE_NUM",
+            Request::GetMaxMemSlots => "GET_MAX_MEM_SLOTS",
+            Request::SetMemTable(_) => "SET_MEM_TABLE",
+            Request::AddMemReg(_) => "ADD_MEM_REG",
+            Request::RemMemReg(_) => "REM_MEM_REG",
+            Request::SetVringNum { .. } => "SET_VRING_NUM",
+            Request::SetVringAddr { .. } => "SET_VRING_ADDR",
+            Request::SetVringBase { .. } => "SET_VRING_BASE",
+            Request::GetVringBase { .. } => "GET_VRING_BASE",
+            Request::SetVringKick { .. } => "SET_VRING_KICK",
+            Request::SetVringCall { .. } => "SET_VRING_CALL",
+            Request::SetVringErr { .. } => "SET_VRING_ERR",
+            Request::SetVringEnable { .. } => "SET_VRING_ENABLE",
+            Request::GetConfig(_) => "GET_CONFIG",
+            Request::NetSetMtu(_) => "NET_SET_MTU",
+            Request::SetStatus(_) => "SET_STATUS",
+            Request::GetStatus => "GET_STATUS",
+        }
+    }
+
+    /// Whether the request reads state and leaves the device as it is.
+    pub fn is_query(&self) -> bool {
+        matches!(
+            self,
+            Request::GetFeatures
+                | Request::GetProtocolFeatures
+                | Request::GetQueueNum
+                | Request::GetMaxMemSlots
+                | Request::GetConfig(_)
+                | Request::GetStatus
+        )
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    /// The request code is unknown or not supported.
+    #[error("unsupported request {0}")]
+    Unsupported(u32),
+    /// The body does not have the size the request needs.
+    #[error("{req:?}: body of {got} bytes, expected {want}")]
+    BodySize {
+        /// Request.
+        req: FrontendReq,
+        /// Bytes received.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+    },
+    /// A ring index beyond the device's rings.
+    #[error("{req:?}: ring {ring} does not exist (device has {count} rings)")]
+    NoSuchRing {
+        /// Request.
+        req: FrontendReq,
+        /// Index given.
+        ring: u64,
+        /// Rings the device has.
+        count: u16,
+    },
+    /// A file descriptor that is missing, or of the wrong kind.
+    #[error("{req:?}: {why}")]
+    BadFd {
+        /// Request.
+        req: FrontendReq,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A value that breaks the protocol's rules.
+    #[error("{req:?}: {why}")]
+    Invalid {
+        /// Request.
+        req: FrontendReq,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn invalid(req: FrontendReq, why: impl Into<String>) -> RequestError {
+    RequestError::Invalid {
+        req,
+        why: why.into(),
+    }
+}
+
+/// Decodes `msg` for a device with `limits`. Takes the message's fds: those the request
+/// keeps move into it, the rest are closed.
+pub fn decode(mut msg: Message, limits: &Limits) -> Result<Request, RequestError> {
+    let code = msg.header.request;
+    let req = FrontendReq::try_from(code).map_err(|_| RequestError::Unsupported(code))?;
+    let d = Decoder { req, limits };
+    // Requests without a payload ignore whatever body came with them: frontends differ
+    // (some send a u64 of zero), and nothing in it is used.
+    Ok(match req {
+        FrontendReq::GET_FEATURES => Request::GetFeatures,
+        FrontendReq::SET_FEATURES => Request::SetFeatures(d.u64(&msg)?),
+        FrontendReq::SET_OWNER => Request::SetOwner,
+        FrontendReq::RESET_OWNER | FrontendReq::RESET_DEVICE => Request::Reset,
+        FrontendReq::GET_PROTOCOL_FEATURES => Request::GetProtocolFeatures,
+        FrontendReq::SET_PROTOCOL_FEATURES => Request::SetProtocolFeatures(d.u64(&msg)?),
+        FrontendReq::GET_QUEUE_NUM => Request::GetQueueNum,
+        FrontendReq::GET_MAX_MEM_SLOTS => Request::GetMaxMemSlots,
+        FrontendReq::SET_MEM_TABLE => Request::SetMemTable(d.mem_table(&mut msg)?),
+        FrontendReq::ADD_MEM_REG => {
+            let r = *d.body::<VhostUserSingleMemoryRegion>(&msg)?;
+            let file = d.take_fd(&mut msg)?;
+            Request::AddMemReg(d.region(&r, file)?)
+        }
+        FrontendReq::REM_MEM_REG => {
+            let r = *d.body::<VhostUserSingleMemoryRegion>(&msg)?;
+            Request::RemMemReg(RegionId {
+                gpa: r.guest_phys_addr,
+                size: r.memory_size,
+                user_addr: r.user_addr,
+            })
+        }
+        FrontendReq::SET_VRING_NUM => {
+            let s = d.body::<VhostUserVringState>(&msg)?;
+            let ring = d.ring(s.index.into())?;
+            let max = u32::from(limits.max_queue_size);
+            if s.num == 0 || !s.num.is_power_of_two() || s.num > max {
+                return Err(invalid(
+                    req,
+                    format!(
+                        "ring {}: size {} is not a power of two in 1..={max}",
+                        ring.0,
+                        { s.num }
+                    ),
+                ));
+            }
+            Request::SetVringNum {
+                ring,
+                size: s.num as u16,
+            }
+        }
+        FrontendReq::SET_VRING_ADDR => d.vring_addr(&msg)?,
+        FrontendReq::SET_VRING_BASE => {
+            let s = d.body::<VhostUserVringState>(&msg)?;
+            let ring = d.ring(s.index.into())?;
+            let base = u16::try_from(s.num).map_err(|_| {
+                invalid(req, format!("ring {}: base {} > 65535", ring.0, { s.num }))
+            })?;
+            Request::SetVringBase { ring, base }
+        }
+        FrontendReq::GET_VRING_BASE => {
+            let s = d.body::<VhostUserVringState>(&msg)?;
+            Request::GetVringBase {
+                ring: d.ring(s.index.into())?,
+            }
+        }
+        FrontendReq::SET_VRING_KICK => {
+            let (ring, file) = d.vring_fd(&mut msg)?;
+            let file = file.ok_or_else(|| RequestError::BadFd {
+                req,
+                why: format!("ring {}: polling mode (no kick fd) is not supported", ring.0),
+            })?;
+            Request::SetVringKick {
+                ring,
+                fd: d.eventfd(ring, file)?,
+            }
+        }
+        FrontendReq::SET_VRING_CALL => {
+            let (ring, file) = d.vring_fd(&mut msg)?;
+            let fd = file.map(|f| d.eventfd(ring, f)).transpose()?;
+            Request::SetVringCall { ring, fd }
+        }
+        FrontendReq::SET_VRING_ERR => {
+            let (ring, fd) = d.vring_fd(&mut msg)?;
+            Request::SetVringErr { ring, fd }
+        }
+        FrontendReq::SET_VRING_ENABLE => {
+            let s = d.body::<VhostUserVringState>(&msg)?;
+            let ring = d.ring(s.index.into())?;
+            let enable = match s.num {
+                0 => false,
+                1 => true,
+                n => return Err(invalid(req, format!("ring {}: enable value {n}", ring.0))),
+            };
+            Request::SetVringEnable { ring, enable }
+        }
+        FrontendReq::GET_CONFIG => Request::GetConfig(d.config_read(&msg)?),
+        FrontendReq::SET_CONFIG => {
+            return Err(invalid(
+                req,
+                "the virtio-net config space is read-only here",
+            ))
+        }
+        FrontendReq::NET_SET_MTU => {
+            let mtu = d.u64(&msg)?;
+            let max = u64::from(limits.max_mtu);
+            if !(MIN_MTU..=max).contains(&mtu) {
+                return Err(invalid(req, format!("MTU {mtu} outside {MIN_MTU}..={max}")));
+            }
+            Request::NetSetMtu(mtu as u16)
+        }
+        FrontendReq::SET_STATUS => {
+            let v = d.u64(&msg)?;
+            let status = u8::try_from(v)
+                .map_err(|_| invalid(req, format!("status {v:#x} does not fit a byte")))?;
+            Request::SetStatus(status)
+        }
+        FrontendReq::GET_STATUS => Request::GetStatus,
+        other => return Err(invalid(other, "not supported by this device")),
+    })
+}
+
+struct Decoder<'a> {
+    req: FrontendReq,
+    limits: &'a Limits,
+}
+
+impl Decoder<'_> {
+    fn body<T: ByteValued>(&self, msg: &Message) -> Result<T, RequestError> {
+        let want = size_of::<T>();
+        if msg.body.len() != want {
+            return Err(RequestError::BodySize {
+                req: self.req,
+                got: msg.body.len(),
+                want,
+            });
+        }
+        Ok(*T::from_slice(&msg.body).expect("length checked"))
+    }
+
+    fn u64(&self, msg: &Message) -> Result<u64, RequestError> {
+        Ok(self.body::<VhostUserU64>(msg)?.value)
+    }
+
+    fn ring(&self, index: u64) -> Result<Ring, RequestError> {
+        if index < u64::from(self.limits.rings) {
+            Ok(Ring(index as u16))
+        } else {
+            Err(RequestError::NoSuchRing {
+                req: self.req,
+                ring: index,
+                count: self.limits.rings,
+            })
+        }
+    }
+
+    fn take_fd(&self, msg: &mut Message) -> Result<File, RequestError> {
+        msg.take_fd().ok_or_else(|| RequestError::BadFd {
+            req: self.req,
+            why: "no file descriptor".into(),
+        })
+    }
+
+    /// The ring of a SET_VRING_KICK/CALL/ERR payload and its fd (`None` with the
+    /// no-fd flag).
+    fn vring_fd(&self, msg: &mut Message) -> Result<(Ring, Option<File>), RequestError> {
+        let v = self.u64(msg)?;
+        if v & !VRING_FD_KNOWN_BITS != 0 {
+            return Err(invalid(self.req, format!("unknown flag bits in {v:#x}")));
+        }
+        let ring = self.ring(v & VRING_IDX_MASK)?;
+        if v & VRING_NOFD_MASK != 0 {
+            return Ok((ring, None));
+        }
+        Ok((ring, Some(self.take_fd(msg)?)))
+    }
+
+    /// `file` as an eventfd, or why it is not one.
+    fn eventfd(&self, ring: Ring, file: File) -> Result<EventFd, RequestError> {
+        let kind = fd_kind(&file);
+        if kind != EVENTFD_KIND {
+            return Err(RequestError::BadFd {
+                req: self.req,
+                why: format!("ring {}: the fd is {kind}, not an eventfd", ring.0),
+            });
+        }
+        // SAFETY: `into_raw_fd` gives up ownership of an open eventfd, which EventFd
+        // takes over; nothing else refers to that descriptor number afterwards.
+        Ok(unsafe { EventFd::from_raw_fd(file.into_raw_fd()) })
+    }
+
+    fn region(&self, r: &VhostUserMemoryRegion, file: File) -> Result<RegionSpec, RequestError> {
+        let (gpa, size, user_addr, off) = (
+            r.guest_phys_addr,
+            r.memory_size,
+            r.user_addr,
+            r.mmap_offset,
+        );
+        if size == 0
+            || gpa.checked_add(size).is_none()
+            || user_addr.checked_add(size).is_none()
+            || off.checked_add(size).is_none()
+        {
+            return Err(invalid(
+                self.req,
+                format!(
+                    "region gpa {gpa:#x} size {size:#x} user_addr {user_addr:#x} offset \
+                     {off:#x} is empty or wraps around"
+                ),
+            ));
+        }
+        Ok(RegionSpec {
+            gpa,
+            size,
+            user_addr,
+            mmap_offset: off,
+            file,
+        })
+    }
+
+    fn mem_table(&self, msg: &mut Message) -> Result<Vec<RegionSpec>, RequestError> {
+        let head = size_of::<VhostUserMemory>();
+        let each = size_of::<VhostUserMemoryRegion>();
+        let hdr = msg
+            .body
+            .get(..head)
+            .and_then(VhostUserMemory::from_slice)
+            .copied()
+            .ok_or(RequestError::BodySize {
+                req: self.req,
+                got: msg.body.len(),
+                want: head,
+            })?;
+        let n = hdr.num_regions as usize;
+        if n == 0 || n > MAX_REGIONS {
+            return Err(invalid(
+                self.req,
+                format!("{n} regions (must be 1..={MAX_REGIONS})"),
+            ));
+        }
+        if msg.body.len() != head + n * each {
+            return Err(RequestError::BodySize {
+                req: self.req,
+                got: msg.body.len(),
+                want: head + n * each,
+            });
+        }
+        if msg.fds.len() != n {
+            return Err(RequestError::BadFd {
+                req: self.req,
+                why: format!("{n} regions but {} file descriptors", msg.fds.len()),
+            });
+        }
+        let mut regions: Vec<RegionSpec> = Vec::with_capacity(n);
+        for (i, file) in msg.fds.drain(..).enumerate() {
+            let off = head + i * each;
+            let r = *VhostUserMemoryRegion::from_slice(&msg.body[off..off + each]).expect("sized");
+            let spec = self.region(&r, file)?;
+            if let Some(other) = regions.iter().find(|o| overlaps(o, &spec)) {
+                return Err(invalid(
+                    self.req,
+                    format!(
+                        "region gpa {:#x} size {:#x} overlaps region gpa {:#x} size {:#x}",
+                        spec.gpa, spec.size, other.gpa, other.size
+                    ),
+                ));
+            }
+            regions.push(spec);
+        }
+        Ok(regions)
+    }
+
+    fn vring_addr(&self, msg: &Message) -> Result<Request, RequestError> {
+        let a = self.body::<VhostUserVringAddr>(msg)?;
+        let ring = self.ring(a.index.into())?;
+        if a.flags != 0 {
+            return Err(invalid(
+                self.req,
+                "dirty logging (VHOST_VRING_F_LOG) is not supported",
+            ));
+        }
+        if a.descriptor % 16 != 0 || a.available % 2 != 0 || a.used % 4 != 0 {
+            return Err(invalid(
+                self.req,
+                format!("ring {}: misaligned ring address", ring.0),
+            ));
+        }
+        Ok(Request::SetVringAddr {
+            ring,
+            location: RingLocation {
+                addrs: RingAddrs {
+                    desc: a.descriptor,
+                    avail: a.available,
+                    used: a.used,
+                },
+                space: AddrSpace::FrontendVirtual,
+            },
+        })
+    }
+
+    fn config_read(&self, msg: &Message) -> Result<ConfigRead, RequestError> {
+        let head = size_of::<VhostUserConfig>();
+        let header = msg
+            .body
+            .get(..head)
+            .and_then(VhostUserConfig::from_slice)
+            .copied()
+            .ok_or(RequestError::BodySize {
+                req: self.req,
+                got: msg.body.len(),
+                want: head,
+            })?;
+        let (offset, size) = (header.offset as usize, header.size as usize);
+        if msg.body.len() != head + size {
+            return Err(RequestError::BodySize {
+                req: self.req,
+                got: msg.body.len(),
+                want: head + size,
+            });
+        }
+        if size == 0 || offset.checked_add(size).is_none_or(|e| e > NET_CONFIG_LEN) {
+            return Err(invalid(
+                self.req,
+                format!("range {offset}+{size} outside the {NET_CONFIG_LEN}-byte config space"),
+            ));
+        }
+        Ok(ConfigRead {
+            header,
+            offset,
+            size,
+        })
+    }
+}
+
+/// Whether two regions share guest-physical or frontend-virtual addresses.
+fn overlaps(a: &RegionSpec, b: &RegionSpec) -> bool {
+    let meet = |x: u64, y: u64, len_x: u64, len_y: u64| x < y + len_y && y < x + len_x;
+    meet(a.gpa, b.gpa, a.size, b.size) || meet(a.user_addr, b.user_addr, a.size, b.size)
+}
+
+/// What `/proc/self/fd` calls an eventfd.
+const EVENTFD_KIND: &str = "anon_inode:[eventfd]";
+
+/// What kind of file `file` is, as the kernel names it: `anon_inode:[eventfd]` for an
+/// eventfd, `pipe:[...]`, `socket:[...]` or a path otherwise.
+pub fn fd_kind(file: &File) -> String {
+    match std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+        Ok(p) => p.to_string_lossy().into_owned(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
