@@ -86,7 +86,7 @@ impl FallbackDatapath {
         };
         self.active = new;
         let reason = format!("{from} failed: {cause}");
-        warn!(%from, to = %self.active.describe(), %reason, "switched to the fallback datapath");
+        warn!(%from, to = %self.active.describe(), %reason, "falling back to the second datapath");
         self.reason = Some(reason);
         let mut lost = Vec::new();
         for qp in moving {

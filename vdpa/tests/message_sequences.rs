@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use vdpa::features::{VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use vdpa::server::{DeviceServer, Shutdown};
-use vdpa::{Datapath, DatapathError, Device, DeviceHandle, QueuePairConfig, QueueStats};
+use vdpa::{
+    Datapath, DatapathError, Device, DeviceHandle, FallbackDatapath, PairPosition, QueuePairConfig,
+    StartFailure,
+};
 use vdpad_config::{Backend, DeviceConfig, MacAddress, Mode, SocketPerms};
 use vhost::vhost_user::message::FrontendReq as R;
 use vmm_sys_util::eventfd::EventFd;
@@ -41,7 +44,6 @@ struct Recorder {
     /// Pairs it refuses to start.
     refuse: Vec<u16>,
     events: Arc<Mutex<Vec<Event>>>,
-    bases: Arc<Mutex<std::collections::BTreeMap<u16, u16>>>,
     running: Arc<Mutex<std::collections::BTreeMap<u16, (u16, u16)>>>,
 }
 
@@ -61,12 +63,13 @@ impl Datapath for Recorder {
     fn describe(&self) -> String {
         "recorder".into()
     }
-    fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
+    fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
         if self.refuse.contains(&qp.pair) {
             return Err(DatapathError::Pair {
                 pair: qp.pair,
                 why: "refused by the test".into(),
-            });
+            }
+            .into());
         }
         self.events.lock().unwrap().push(Event::Start {
             pair: qp.pair,
@@ -80,13 +83,16 @@ impl Datapath for Recorder {
             .insert(qp.pair, (qp.rx.base, qp.tx.base));
         Ok(())
     }
-    fn stop(&mut self, pair: u16) {
-        if let Some((rx, tx)) = self.running.lock().unwrap().remove(&pair) {
-            self.events.lock().unwrap().push(Event::Stop(pair));
-            let mut b = self.bases.lock().unwrap();
-            b.insert(2 * pair, rx.wrapping_add(5));
-            b.insert(2 * pair + 1, tx.wrapping_add(5));
-        }
+    fn stop(&mut self, pair: u16) -> Vec<PairPosition> {
+        let Some((rx, tx)) = self.running.lock().unwrap().remove(&pair) else {
+            return Vec::new();
+        };
+        self.events.lock().unwrap().push(Event::Stop(pair));
+        vec![PairPosition {
+            pair,
+            rx: rx.wrapping_add(5),
+            tx: tx.wrapping_add(5),
+        }]
     }
     fn set_call(&mut self, ring: u16, _call: Option<Arc<EventFd>>) -> bool {
         if self.live_call {
@@ -94,18 +100,11 @@ impl Datapath for Recorder {
         }
         self.live_call
     }
-    fn base(&self, ring: u16) -> Option<u16> {
-        self.bases.lock().unwrap().get(&ring).copied()
-    }
-    fn stats(&self) -> Vec<QueueStats> {
-        Vec::new()
-    }
     fn reset(&mut self) {
         let pairs: Vec<u16> = self.running.lock().unwrap().keys().copied().collect();
         for p in pairs {
             self.stop(p);
         }
-        self.bases.lock().unwrap().clear();
         self.events.lock().unwrap().push(Event::Reset);
     }
 }
@@ -658,11 +657,13 @@ fn a_datapath_that_cannot_start_a_pair_hands_the_device_to_its_fallback() {
         ..Default::default()
     };
     let fb = fallback.clone();
-    let device = Device::with_fallback(
+    let device = Device::new(
         device_config(socket.clone(), 2),
-        Box::new(primary.clone()),
-        Box::new(move || Ok(Box::new(fb) as Box<dyn Datapath>)),
-        0,
+        Box::new(FallbackDatapath::new(
+            Box::new(primary.clone()),
+            Box::new(move || Ok(Box::new(fb) as Box<dyn Datapath>)),
+            0,
+        )),
     );
     let shutdown = Shutdown::new().unwrap();
     let server = DeviceServer::start(device, shutdown.clone()).unwrap();
