@@ -44,7 +44,7 @@ fn loopback_integrity_with_wraparound_and_event_idx() {
     assert_eq!(nic.dma_faults(), 0);
     assert_eq!(nic.tx_frames(), 1000);
     assert_eq!(nic.rx_frames(), 1000);
-    let stats = dp.stats();
+    let stats = p.stats();
     let tx = stats.iter().find(|s| s.ring == 1).unwrap();
     let rx = stats.iter().find(|s| s.ring == 0).unwrap();
     // Kicks written close together coalesce in the eventfd: at most one relay per kick.
@@ -121,7 +121,7 @@ fn generic_nic_refuses_to_add_a_pair_once_traffic_flowed() {
     p1.fill_rx(&g);
     dp.start(p0.config(&g, features(0))).unwrap();
     exchange(&g, &mut p0, 0, 10);
-    let e = dp.start(p1.config(&g, features(0))).unwrap_err();
+    let e = dp.start(p1.config(&g, features(0))).unwrap_err().error;
     assert!(e.to_string().contains("cannot add a queue pair"), "{e}");
     // The running pair is untouched.
     exchange(&g, &mut p0, 10, 10);
@@ -161,15 +161,16 @@ fn stop_reports_used_index_and_restart_resumes_there() {
     let f = features(VIRTIO_RING_F_EVENT_IDX);
     dp.start(p.config(&g, f)).unwrap();
     exchange(&g, &mut p, 0, 77);
-    dp.stop(0);
+    let at = dp.stop(0);
     assert_eq!(dp.running_pairs(), Vec::<u16>::new());
     assert_eq!(nic.device_status(), 0);
-    assert_eq!(dp.base(0), Some(p.rx.device_used(&g)));
-    assert_eq!(dp.base(1), Some(77));
+    assert_eq!(at.len(), 1);
+    assert_eq!(at[0].rx, p.rx.device_used(&g));
+    assert_eq!(at[0].tx, 77);
     // Restart at the reported bases (ring-state registers make that possible).
     let mut cfg = p.config(&g, f);
-    cfg.rx.base = dp.base(0).unwrap();
-    cfg.tx.base = dp.base(1).unwrap();
+    cfg.rx.base = at[0].rx;
+    cfg.tx.base = at[0].tx;
     dp.start(cfg).unwrap();
     exchange(&g, &mut p, 77, 100);
     assert_eq!(nic.dma_faults(), 0);
@@ -185,10 +186,10 @@ fn restart_at_nonzero_base_without_ring_state_is_refused() {
     p.fill_rx(&g);
     dp.start(p.config(&g, features(0))).unwrap();
     exchange(&g, &mut p, 0, 3);
-    dp.stop(0);
+    let at = dp.stop(0);
     let mut cfg = p.config(&g, features(0));
-    cfg.tx.base = dp.base(1).unwrap();
-    let e = dp.start(cfg).unwrap_err();
+    cfg.tx.base = at[0].tx;
+    let e = dp.start(cfg).unwrap_err().error;
     assert!(matches!(e, DatapathError::Ring { ring: 0 | 1, .. }), "{e}");
     assert!(e.to_string().contains("ring-state"), "{e}");
 }
@@ -213,10 +214,10 @@ fn stopping_one_of_two_pairs_keeps_the_other_running() {
         dp.start(p1.config(&g, f)).unwrap();
         exchange(&g, &mut p0, 0, 30);
         exchange(&g, &mut p1, 0, 30);
-        dp.stop(1);
-        assert_eq!(dp.base(3), Some(30));
+        let at = dp.stop(1);
+        assert_eq!(at.len(), 1, "no pair lost: {at:?}");
+        assert_eq!((at[0].pair, at[0].tx), (1, 30));
         assert_eq!(dp.running_pairs(), vec![0]);
-        assert!(dp.lost_pairs().is_empty());
         exchange(&g, &mut p0, 30, 30);
         assert!(!nic.queue_enabled(3));
         assert_eq!(nic.dma_faults(), 0);
@@ -256,9 +257,9 @@ fn reset_unmaps_dma_clears_msix_and_zeroes_status() {
     assert_eq!(nic.device_status(), 0);
     assert_eq!(nic.msix_routed(), 0);
     assert_eq!(nic.function_resets(), 1);
-    assert_eq!(dp.base(0), None);
-    // Counters survive a reset; a new connection starts from scratch.
-    assert!(dp.stats().iter().any(|s| s.kicks > 0));
+    // Counters survive a reset (they are the device's); a new connection starts from
+    // scratch.
+    assert!(p.stats().iter().any(|s| s.kicks > 0));
     let mut g2 = Guest::new(4 << 20);
     let mut p2 = PairRig::new(&mut g2, 0, 64, false, 2048);
     p2.fill_rx(&g2);
@@ -305,7 +306,8 @@ fn guest_feature_the_nic_lacks_is_refused_at_start() {
     let p = PairRig::new(&mut g, 0, 64, true, 2048);
     let e = dp
         .start(p.config(&g, features(VIRTIO_RING_F_EVENT_IDX)))
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(e.to_string().contains("lacks EVENT_IDX"), "{e}");
     assert!(
         nic.dma_mappings().is_empty(),

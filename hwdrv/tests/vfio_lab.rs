@@ -162,8 +162,8 @@ fn offload_through_real_vfio() {
 
     // GET_VRING_BASE: stop reports the used indices; this NIC has no ring-state
     // registers, so resuming at a nonzero index must be refused (software fallback).
-    dp.stop(0);
-    let (rx_base, tx_base) = (dp.base(0).unwrap(), dp.base(1).unwrap());
+    let at = dp.stop(0);
+    let (rx_base, tx_base) = (at[0].rx, at[0].tx);
     eprintln!(
         "stopped: rx base {rx_base} (used idx {}), tx base {tx_base}",
         p.rx.device_used(&g)
@@ -175,10 +175,11 @@ fn offload_through_real_vfio() {
     cfg.tx.base = tx_base;
     let e = dp
         .start(cfg)
-        .expect_err("resume at a nonzero index without ring state");
+        .expect_err("resume at a nonzero index without ring state")
+        .error;
     eprintln!("restart at nonzero base refused as expected: {e}");
 
-    for s in dp.stats() {
+    for s in p.stats() {
         eprintln!(
             "ring {} ({}): kicks relayed {}",
             s.ring, s.direction, s.kicks

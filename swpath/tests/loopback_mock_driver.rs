@@ -71,6 +71,7 @@ fn ring_config(index: u16, q: &MockSplitQueue<GuestMemoryMmap<()>>, size: u16) -
             kick: Arc::new(EventFd::new(0).unwrap()),
             call: Some(Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
         },
+        counters: Arc::default(),
     }
 }
 

@@ -145,7 +145,8 @@ impl DatapathError {
 }
 
 /// A queue pair that could not start, and the pairs that went down with the attempt.
-#[derive(Debug)]
+#[derive(Debug, Error)]
+#[error("{error}")]
 pub struct StartFailure {
     /// Why the pair could not start.
     pub error: DatapathError,

@@ -14,7 +14,10 @@ use hwdrv::spec::ring::{DESC_F_NEXT, DESC_F_WRITE};
 use hwdrv::spec::NET_HDR_LEN;
 use hwdrv::{OffloadDatapath, SimConfig, SimNic};
 use vdpa::features::{Negotiated, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1};
-use vdpa::{GuestMemory, MemoryRegion, QueuePairConfig, RingAddrs, RingConfig, RingEvents};
+use vdpa::{
+    GuestMemory, MemoryRegion, QueueCounters, QueuePairConfig, QueueStats, RingAddrs, RingConfig,
+    RingEvents,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest-physical base of test memory.
@@ -250,6 +253,8 @@ pub struct PairRig {
     pub rx_buf_len: u32,
     /// Times `recv` was woken by the RX call eventfd (an interrupt).
     pub rx_irqs: u64,
+    /// The counters the datapath adds to, RX then TX (the device core's, in vdpad).
+    pub counters: [Arc<QueueCounters>; 2],
 }
 
 impl PairRig {
@@ -281,10 +286,19 @@ impl PairRig {
             tx_bufs,
             rx_buf_len,
             rx_irqs: 0,
+            counters: Default::default(),
         };
         p.rx.want_interrupt(g);
         p.tx.want_interrupt(g);
         p
+    }
+
+    /// Snapshots of this pair's counters, RX then TX.
+    pub fn stats(&self) -> Vec<QueueStats> {
+        vec![
+            self.counters[0].snapshot(2 * self.pair),
+            self.counters[1].snapshot(2 * self.pair + 1),
+        ]
     }
 
     pub fn config(&self, g: &Guest, features: u64) -> QueuePairConfig {
@@ -299,6 +313,7 @@ impl PairRig {
                         kick: kick.clone(),
                         call: Some(call.clone()),
                     },
+                    counters: self.counters[usize::from(index % 2)].clone(),
                 }
             };
         QueuePairConfig {
