@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 use vdpa::{
-    CountProbe, Datapath, DatapathError, GuestMemory, PairPosition, QueueCounters,
-    QueuePairConfig, RingConfig, StartFailure,
+    CountProbe, Datapath, DatapathError, GuestMemory, PairPosition, QueueCounters, QueuePairConfig,
+    RingConfig, StartFailure,
 };
 use vdpad_config::DeviceConfig;
 use vmm_sys_util::eventfd::EventFd;
@@ -351,9 +351,9 @@ impl OffloadDatapath {
                 _ => fds.push(&self.spare_calls[usize::from(ring)]),
             }
         }
-        self.pci
-            .set_msix(&fds)
-            .map_err(|e| DatapathError::backend(format!("routing {} MSI-X vectors", fds.len()), e))?;
+        self.pci.set_msix(&fds).map_err(|e| {
+            DatapathError::backend(format!("routing {} MSI-X vectors", fds.len()), e)
+        })?;
         info!(device = %self.name, vectors = fds.len(), "offload: MSI-X routed (0 = config, i+1 = ring i)");
         Ok(())
     }

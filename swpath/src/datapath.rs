@@ -194,7 +194,8 @@ impl SoftwareDatapath {
             Backend::Loopback => Box::new(Loopback::new(rx, tx)),
             Backend::Tap(tap) => {
                 let tap_name = tap.name().to_owned();
-                let backend = |e: std::io::Error| DatapathError::backend(format!("tap {tap_name}"), e);
+                let backend =
+                    |e: std::io::Error| DatapathError::backend(format!("tap {tap_name}"), e);
                 check_queue(qp.pair, tap.queues(), tap.name())?;
                 tap.set_vnet_hdr_len(hdr_len).map_err(backend)?;
                 tap.set_offload(qp.features.bits).map_err(backend)?;

@@ -48,7 +48,8 @@ impl FallbackDatapath {
     fn switch(&mut self, cause: DatapathError) -> Result<(), StartFailure> {
         let from = self.active.describe();
         let make = self.make.take().expect("switch happens once");
-        let mut moving: Vec<QueuePairConfig> = std::mem::take(&mut self.running).into_values().collect();
+        let mut moving: Vec<QueuePairConfig> =
+            std::mem::take(&mut self.running).into_values().collect();
         let stopped: Vec<PairPosition> = moving
             .iter()
             .flat_map(|qp| self.active.stop(qp.pair))
@@ -166,7 +167,11 @@ impl Datapath for FallbackDatapath {
         let switched = self.active.set_call(ring, call.clone());
         if switched {
             if let Some(qp) = self.running.get_mut(&(ring / 2)) {
-                let r = if ring % 2 == 0 { &mut qp.rx } else { &mut qp.tx };
+                let r = if ring.is_multiple_of(2) {
+                    &mut qp.rx
+                } else {
+                    &mut qp.tx
+                };
                 r.events.call = call;
             }
         }

@@ -19,9 +19,9 @@ use vhost::vhost_user::message::{
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::datapath::RingAddrs;
 use crate::memory::MAX_REGIONS;
 use crate::net_config::NET_CONFIG_LEN;
-use crate::datapath::RingAddrs;
 use crate::vring::{AddrSpace, RingLocation};
 use crate::wire::Message;
 
@@ -369,7 +369,10 @@ pub fn decode(mut msg: Message, limits: &Limits) -> Result<Request, RequestError
             let (ring, file) = d.vring_fd(&mut msg)?;
             let file = file.ok_or_else(|| RequestError::BadFd {
                 req,
-                why: format!("ring {}: polling mode (no kick fd) is not supported", ring.0),
+                why: format!(
+                    "ring {}: polling mode (no kick fd) is not supported",
+                    ring.0
+                ),
             })?;
             Request::SetVringKick {
                 ring,
@@ -491,12 +494,8 @@ impl Decoder<'_> {
     }
 
     fn region(&self, r: &VhostUserMemoryRegion, file: File) -> Result<RegionSpec, RequestError> {
-        let (gpa, size, user_addr, off) = (
-            r.guest_phys_addr,
-            r.memory_size,
-            r.user_addr,
-            r.mmap_offset,
-        );
+        let (gpa, size, user_addr, off) =
+            (r.guest_phys_addr, r.memory_size, r.user_addr, r.mmap_offset);
         if size == 0
             || gpa.checked_add(size).is_none()
             || user_addr.checked_add(size).is_none()

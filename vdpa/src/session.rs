@@ -129,17 +129,24 @@ impl<'d> Session<'d> {
             Request::SetOwner => self.owner = true,
             Request::Reset => dev.reset(),
             Request::GetProtocolFeatures => {
-                return Ok(payload(VhostUserU64::new(offered_protocol_features().bits())))
+                return Ok(payload(VhostUserU64::new(
+                    offered_protocol_features().bits(),
+                )))
             }
             Request::SetProtocolFeatures(bits) => {
                 self.protocol_features = bits & offered_protocol_features().bits();
             }
             Request::GetQueueNum => {
-                return Ok(payload(VhostUserU64::new(u64::from(dev.config().queue_pairs))))
+                return Ok(payload(VhostUserU64::new(u64::from(
+                    dev.config().queue_pairs,
+                ))))
             }
             Request::GetMaxMemSlots => return Ok(payload(VhostUserU64::new(MAX_REGIONS as u64))),
             Request::SetMemTable(specs) => {
-                let regions = specs.into_iter().map(map_region).collect::<Result<_, _>>()?;
+                let regions = specs
+                    .into_iter()
+                    .map(map_region)
+                    .collect::<Result<_, _>>()?;
                 dev.set_memory(GuestMemory::from_regions(regions)?);
             }
             Request::AddMemReg(spec) => {
@@ -159,7 +166,12 @@ impl<'d> Session<'d> {
             Request::SetVringBase { ring, base } => dev.set_ring_base(ring.as_usize(), base),
             Request::GetVringBase { ring } => {
                 let base = dev.stop_ring(ring.as_usize());
-                debug!(device = dev.name(), ring = ring.index(), base, "ring stopped by GET_VRING_BASE");
+                debug!(
+                    device = dev.name(),
+                    ring = ring.index(),
+                    base,
+                    "ring stopped by GET_VRING_BASE"
+                );
                 return Ok(payload(VhostUserVringState::new(
                     u32::from(ring.index()),
                     u32::from(base),

@@ -8,131 +8,17 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::{device_config, Event, Recorder};
 use vdpa::features::{VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use vdpa::server::{DeviceServer, Shutdown};
-use vdpa::{
-    Datapath, DatapathError, Device, DeviceHandle, FallbackDatapath, PairPosition, QueuePairConfig,
-    StartFailure,
-};
-use vdpad_config::{Backend, DeviceConfig, MacAddress, Mode, SocketPerms};
+use vdpa::{Datapath, Device, DeviceHandle, FallbackDatapath};
 use vhost::vhost_user::message::FrontendReq as R;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-/// What the control plane asked of the datapath.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Event {
-    Start {
-        pair: u16,
-        rx_base: u16,
-        tx_base: u16,
-        rx_desc: u64,
-    },
-    Stop(u16),
-    Call(u16),
-    Reset,
-}
-
-/// A datapath that records calls and pretends each run moved rings forward by 5.
-#[derive(Clone, Default)]
-struct Recorder {
-    /// Whether it switches call eventfds of running rings in place.
-    live_call: bool,
-    /// Pairs it refuses to start.
-    refuse: Vec<u16>,
-    events: Arc<Mutex<Vec<Event>>>,
-    running: Arc<Mutex<std::collections::BTreeMap<u16, (u16, u16)>>>,
-}
-
-impl Recorder {
-    fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap().clone()
-    }
-    fn starts(&self) -> usize {
-        self.events()
-            .iter()
-            .filter(|e| matches!(e, Event::Start { .. }))
-            .count()
-    }
-}
-
-impl Datapath for Recorder {
-    fn describe(&self) -> String {
-        "recorder".into()
-    }
-    fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
-        if self.refuse.contains(&qp.pair) {
-            return Err(DatapathError::Pair {
-                pair: qp.pair,
-                why: "refused by the test".into(),
-            }
-            .into());
-        }
-        self.events.lock().unwrap().push(Event::Start {
-            pair: qp.pair,
-            rx_base: qp.rx.base,
-            tx_base: qp.tx.base,
-            rx_desc: qp.rx.addrs.desc,
-        });
-        self.running
-            .lock()
-            .unwrap()
-            .insert(qp.pair, (qp.rx.base, qp.tx.base));
-        Ok(())
-    }
-    fn stop(&mut self, pair: u16) -> Vec<PairPosition> {
-        let Some((rx, tx)) = self.running.lock().unwrap().remove(&pair) else {
-            return Vec::new();
-        };
-        self.events.lock().unwrap().push(Event::Stop(pair));
-        vec![PairPosition {
-            pair,
-            rx: rx.wrapping_add(5),
-            tx: tx.wrapping_add(5),
-        }]
-    }
-    fn set_call(&mut self, ring: u16, _call: Option<Arc<EventFd>>) -> bool {
-        if self.live_call {
-            self.events.lock().unwrap().push(Event::Call(ring));
-        }
-        self.live_call
-    }
-    fn reset(&mut self) {
-        let pairs: Vec<u16> = self.running.lock().unwrap().keys().copied().collect();
-        for p in pairs {
-            self.stop(p);
-        }
-        self.events.lock().unwrap().push(Event::Reset);
-    }
-}
-
-fn device_config(socket: PathBuf, pairs: u16) -> DeviceConfig {
-    DeviceConfig {
-        name: "t0".into(),
-        socket,
-        mode: Mode::Software,
-        pci: None,
-        backend: Backend::Loopback,
-        queue_pairs: pairs,
-        queue_size: 256,
-        mac: Some(MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56])),
-        mtu: None,
-        event_idx: true,
-        mrg_rxbuf: true,
-        fallback: true,
-        socket_perms: SocketPerms {
-            mode: 0o600,
-            owner: None,
-            group: None,
-        },
-        offloads: true,
-        vm: None,
-        tuning: Default::default(),
-    }
-}
+mod support;
 
 struct Harness {
     _dir: TempDir,

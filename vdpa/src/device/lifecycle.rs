@@ -95,8 +95,9 @@ impl Device {
         }
         let positions = self.datapath.stop(pair as u16);
         self.running[pair] = false;
-        let (mine, others): (Vec<_>, Vec<_>) =
-            positions.into_iter().partition(|p| usize::from(p.pair) == pair);
+        let (mine, others): (Vec<_>, Vec<_>) = positions
+            .into_iter()
+            .partition(|p| usize::from(p.pair) == pair);
         for p in mine {
             self.record_position(p);
         }
@@ -124,7 +125,10 @@ impl Device {
         for &p in lost {
             let pair = usize::from(p.pair);
             if pair < self.running.len() && self.running[pair] {
-                warn!(device = self.name(), pair, "queue pair {how}; it will be restarted");
+                warn!(
+                    device = self.name(),
+                    pair, "queue pair {how}; it will be restarted"
+                );
                 self.running[pair] = false;
                 self.record_position(p);
             }
@@ -156,7 +160,7 @@ impl Device {
 }
 
 fn direction(ring: usize) -> &'static str {
-    if ring % 2 == 0 {
+    if ring.is_multiple_of(2) {
         "rx"
     } else {
         "tx"

@@ -25,8 +25,8 @@ use crate::memory::GuestMemory;
 use crate::net_config::{net_config_bytes, NET_CONFIG_LEN};
 use crate::vring::{CallSetting, RingLocation, RingState};
 
-pub use observe::{ConnectionState, DeviceHandle, DeviceStatus};
 use observe::Observed;
+pub use observe::{ConnectionState, DeviceHandle, DeviceStatus};
 
 /// A change the device refuses.
 #[derive(Debug, Error)]
@@ -284,7 +284,9 @@ impl Device {
     fn forget_driver(&mut self) {
         self.features = None;
         self.rings_need_enable = false;
-        self.rings.iter_mut().for_each(|r| *r = RingState::default());
+        self.rings
+            .iter_mut()
+            .for_each(|r| *r = RingState::default());
         self.not_ready.iter_mut().for_each(|r| *r = None);
         self.status = 0;
         self.mtu = None;

@@ -66,7 +66,9 @@ fn region(gpa: u64, size: u64, user_addr: u64) -> VhostUserMemoryRegion {
 }
 
 fn mem_table(regions: &[VhostUserMemoryRegion]) -> Vec<u8> {
-    let mut b = VhostUserMemory::new(regions.len() as u32).as_slice().to_vec();
+    let mut b = VhostUserMemory::new(regions.len() as u32)
+        .as_slice()
+        .to_vec();
     for r in regions {
         b.extend_from_slice(r.as_slice());
     }
@@ -228,7 +230,11 @@ fn vring_addr(index: u32, desc: u64, avail: u64, used: u64, flags: u32) -> Vec<u
 
 #[test]
 fn vring_addresses_are_aligned_and_unlogged() {
-    match dec(R::SET_VRING_ADDR, &vring_addr(1, 0x1000, 0x2002, 0x3004, 0), vec![]) {
+    match dec(
+        R::SET_VRING_ADDR,
+        &vring_addr(1, 0x1000, 0x2002, 0x3004, 0),
+        vec![],
+    ) {
         Ok(Request::SetVringAddr { ring, location }) => {
             assert_eq!(ring.index(), 1);
             assert_eq!(location.space, AddrSpace::FrontendVirtual);
@@ -243,7 +249,11 @@ fn vring_addresses_are_aligned_and_unlogged() {
         }
         other => panic!("{other:?}"),
     }
-    for (d, a, u) in [(0x1008, 0x2000, 0x3000), (0x1000, 0x2001, 0x3000), (0x1000, 0x2000, 0x3002)] {
+    for (d, a, u) in [
+        (0x1008, 0x2000, 0x3000),
+        (0x1000, 0x2001, 0x3000),
+        (0x1000, 0x2000, 0x3002),
+    ] {
         let why = invalid_why(dec(R::SET_VRING_ADDR, &vring_addr(0, d, a, u, 0), vec![]));
         assert!(why.contains("misaligned"), "{why}");
     }
@@ -266,14 +276,21 @@ fn kick_and_call_take_eventfds_only() {
         Ok(Request::SetVringCall { fd: None, .. })
     ));
     let why = invalid_why(dec(R::SET_VRING_KICK, &u64_body(0), vec![pipe_file()]));
-    assert!(why.contains("pipe") && why.contains("not an eventfd"), "{why}");
+    assert!(
+        why.contains("pipe") && why.contains("not an eventfd"),
+        "{why}"
+    );
     let why = invalid_why(dec(R::SET_VRING_CALL, &u64_body(0), vec![tmpfile()]));
     assert!(why.contains("not an eventfd"), "{why}");
     let why = invalid_why(dec(R::SET_VRING_KICK, &u64_body(0x100), vec![]));
     assert!(why.contains("polling mode"), "{why}");
     let why = invalid_why(dec(R::SET_VRING_CALL, &u64_body(0), vec![]));
     assert!(why.contains("no file descriptor"), "{why}");
-    let why = invalid_why(dec(R::SET_VRING_CALL, &u64_body(0x200), vec![eventfd_file()]));
+    let why = invalid_why(dec(
+        R::SET_VRING_CALL,
+        &u64_body(0x200),
+        vec![eventfd_file()],
+    ));
     assert!(why.contains("unknown flag bits"), "{why}");
     assert!(matches!(
         dec(R::SET_VRING_KICK, &u64_body(7), vec![eventfd_file()]),
@@ -295,8 +312,15 @@ fn vring_err_takes_any_fd_or_none() {
 
 #[test]
 fn a_memory_table_has_one_fd_per_region_and_no_overlaps() {
-    let two = [region(0, 0x10000, 0x7000_0000), region(0x10000, 0x10000, 0x7001_0000)];
-    match dec(R::SET_MEM_TABLE, &mem_table(&two), vec![tmpfile(), tmpfile()]) {
+    let two = [
+        region(0, 0x10000, 0x7000_0000),
+        region(0x10000, 0x10000, 0x7001_0000),
+    ];
+    match dec(
+        R::SET_MEM_TABLE,
+        &mem_table(&two),
+        vec![tmpfile(), tmpfile()],
+    ) {
         Ok(Request::SetMemTable(specs)) => {
             assert_eq!(specs.len(), 2);
             assert_eq!(specs[1].gpa, 0x10000);
@@ -310,14 +334,28 @@ fn a_memory_table_has_one_fd_per_region_and_no_overlaps() {
     assert!(why.contains("0 regions"), "{why}");
     // Overlap in guest-physical space, and in the frontend's virtual space.
     for pair in [
-        [region(0, 0x10000, 0x7000_0000), region(0x8000, 0x10000, 0x7100_0000)],
-        [region(0, 0x10000, 0x7000_0000), region(0x20000, 0x10000, 0x7000_8000)],
+        [
+            region(0, 0x10000, 0x7000_0000),
+            region(0x8000, 0x10000, 0x7100_0000),
+        ],
+        [
+            region(0, 0x10000, 0x7000_0000),
+            region(0x20000, 0x10000, 0x7000_8000),
+        ],
     ] {
-        let why = invalid_why(dec(R::SET_MEM_TABLE, &mem_table(&pair), vec![tmpfile(), tmpfile()]));
+        let why = invalid_why(dec(
+            R::SET_MEM_TABLE,
+            &mem_table(&pair),
+            vec![tmpfile(), tmpfile()],
+        ));
         assert!(why.contains("overlaps"), "{why}");
     }
     // Empty or wrapping regions.
-    for r in [region(0, 0, 0), region(u64::MAX - 10, 0x1000, 0), region(0, 0x1000, u64::MAX)] {
+    for r in [
+        region(0, 0, 0),
+        region(u64::MAX - 10, 0x1000, 0),
+        region(0, 0x1000, u64::MAX),
+    ] {
         let why = invalid_why(dec(R::SET_MEM_TABLE, &mem_table(&[r]), vec![tmpfile()]));
         assert!(why.contains("wraps around"), "{why}");
     }
@@ -344,15 +382,26 @@ fn single_regions_are_added_and_removed() {
         .to_vec();
     assert!(matches!(
         dec(R::ADD_MEM_REG, &body, vec![tmpfile()]),
-        Ok(Request::AddMemReg(RegionSpec { gpa: 0x1000, size: 0x2000, mmap_offset: 0x1000, .. }))
+        Ok(Request::AddMemReg(RegionSpec {
+            gpa: 0x1000,
+            size: 0x2000,
+            mmap_offset: 0x1000,
+            ..
+        }))
     ));
     let why = invalid_why(dec(R::ADD_MEM_REG, &body, vec![]));
     assert!(why.contains("no file descriptor"), "{why}");
     assert!(matches!(
         dec(R::REM_MEM_REG, &body, vec![]),
-        Ok(Request::RemMemReg(RegionId { gpa: 0x1000, size: 0x2000, user_addr: 0x7000_1000 }))
+        Ok(Request::RemMemReg(RegionId {
+            gpa: 0x1000,
+            size: 0x2000,
+            user_addr: 0x7000_1000
+        }))
     ));
-    let wrap = VhostUserSingleMemoryRegion::new(1, u64::MAX, 0, 0).as_slice().to_vec();
+    let wrap = VhostUserSingleMemoryRegion::new(1, u64::MAX, 0, 0)
+        .as_slice()
+        .to_vec();
     assert!(invalid_why(dec(R::ADD_MEM_REG, &wrap, vec![tmpfile()])).contains("wraps around"));
 }
 

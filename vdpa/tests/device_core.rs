@@ -1,0 +1,220 @@
+//! The device core driven without any socket, the way a second frontend (VDUSE) drives
+//! it: ring addresses in the memory table's own address space, enables from the
+//! frontend's own notion of "ready", positions read back when a ring stops. Nothing
+//! here goes through vhost-user.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+
+use support::{device_config, Event, Recorder};
+use vdpa::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX};
+use vdpa::vring::{AddrSpace, RingLocation};
+use vdpa::{
+    ConnectionState, Datapath, Device, FallbackDatapath, GuestMemory, MemoryRegion, RingAddrs,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+mod support;
+
+const GUEST_BASE: u64 = 0x10_0000;
+const MEM: u64 = 1 << 20;
+
+/// A minimal frontend: memory as a memfd at `GUEST_BASE`, rings laid out after it.
+struct DirectFrontend {
+    dev: Device,
+}
+
+impl DirectFrontend {
+    fn new(pairs: u16, datapath: Box<dyn Datapath>) -> Self {
+        let mut dev = Device::new(
+            device_config(PathBuf::from("/nonexistent"), pairs),
+            datapath,
+        );
+        dev.connected();
+        DirectFrontend { dev }
+    }
+
+    fn memory() -> GuestMemory {
+        // SAFETY: a valid NUL-terminated name; the returned fd is new and ours.
+        let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), libc::MFD_ALLOW_SEALING) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(MEM).unwrap();
+        // An IOVA-keyed table: the frontend's "virtual address" is never used.
+        let region = MemoryRegion::map(GUEST_BASE, MEM, 0, 0, file).unwrap();
+        GuestMemory::from_regions(vec![region]).unwrap()
+    }
+
+    fn ring_at(ring: u16) -> RingAddrs {
+        let base = GUEST_BASE + 0x1_0000 * u64::from(ring + 1);
+        RingAddrs {
+            desc: base,
+            avail: base + 0x1000,
+            used: base + 0x2000,
+        }
+    }
+
+    /// What a VDUSE-like frontend does at DRIVER_OK for one ring.
+    fn ring_ready(&mut self, ring: u16, base: u16) {
+        let r = usize::from(ring);
+        self.dev.set_ring_size(r, 256);
+        self.dev.set_ring_location(
+            r,
+            RingLocation {
+                addrs: Self::ring_at(ring),
+                space: AddrSpace::Guest,
+            },
+        );
+        self.dev.set_ring_base(r, base);
+        self.dev
+            .set_kick(r, EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        self.dev
+            .set_call(r, Some(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        self.dev.enable_ring(r, true);
+        self.dev.reconcile();
+    }
+}
+
+fn start(pair: u16, rx_base: u16, tx_base: u16) -> Event {
+    Event::Start {
+        pair,
+        rx_base,
+        tx_base,
+        rx_desc: DirectFrontend::ring_at(2 * pair).desc,
+    }
+}
+
+#[test]
+fn a_frontend_without_a_socket_starts_stops_and_resumes_a_pair() {
+    let rec = Recorder::default();
+    let mut f = DirectFrontend::new(1, Box::new(rec.clone()));
+    let handle = f.dev.handle();
+    f.dev.set_features(VIRTIO_F_VERSION_1).unwrap();
+    f.dev.set_rings_need_enable(true);
+    f.dev.set_memory(DirectFrontend::memory());
+    f.ring_ready(0, 3);
+    assert!(rec.events().is_empty(), "one ring of the pair is not ready");
+    f.ring_ready(1, 4);
+    assert_eq!(rec.events(), vec![start(0, 3, 4)]);
+    assert_eq!(handle.status().state, ConnectionState::Running);
+    assert_eq!(handle.datapath_description(), "recorder");
+    // Stopping a ring reports where it resumes (the recorder moves rings by 5).
+    assert_eq!(f.dev.stop_ring(1), 9);
+    assert_eq!(f.dev.stop_ring(0), 8);
+    assert_eq!(handle.status().running_pairs, Vec::<u16>::new());
+    // A new kick fd lets the pair resume where it stopped.
+    f.ring_ready(0, 8);
+    f.ring_ready(1, 9);
+    assert_eq!(rec.events().last(), Some(&start(0, 8, 9)));
+    // Both rings ran: observers see their counters without asking the datapath.
+    assert_eq!(handle.stats().len(), 2);
+    f.dev.disconnected();
+    assert_eq!(handle.status().state, ConnectionState::Waiting);
+    assert_eq!(rec.events().last(), Some(&Event::Reset));
+}
+
+#[test]
+fn rings_outside_memory_or_not_enabled_do_not_start() {
+    let rec = Recorder::default();
+    let mut f = DirectFrontend::new(1, Box::new(rec.clone()));
+    f.dev.set_features(VIRTIO_F_VERSION_1).unwrap();
+    f.dev.set_rings_need_enable(true);
+    f.dev.set_memory(DirectFrontend::memory());
+    f.ring_ready(0, 0);
+    f.dev.set_ring_size(1, 256);
+    f.dev.set_ring_location(
+        1,
+        RingLocation {
+            addrs: RingAddrs {
+                desc: GUEST_BASE + MEM - 0x800,
+                avail: GUEST_BASE,
+                used: GUEST_BASE + 0x1000,
+            },
+            space: AddrSpace::Guest,
+        },
+    );
+    f.dev.set_kick(1, EventFd::new(0).unwrap());
+    f.dev.set_call(1, None);
+    f.dev.enable_ring(1, true);
+    f.dev.reconcile();
+    assert!(rec.events().is_empty(), "descriptor table runs past memory");
+    f.ring_ready(1, 0);
+    assert_eq!(rec.events(), vec![start(0, 0, 0)]);
+    f.dev.enable_ring(1, false);
+    f.dev.reconcile();
+    assert_eq!(rec.events().last(), Some(&Event::Stop(0)));
+}
+
+#[test]
+fn features_that_were_not_offered_are_refused() {
+    let mut f = DirectFrontend::new(1, Box::new(Recorder::default()));
+    let offered = f.dev.offered_features();
+    assert!(offered & VIRTIO_RING_F_EVENT_IDX != 0);
+    let e = f.dev.set_features(offered | VIRTIO_NET_F_MQ).unwrap_err();
+    assert!(e.to_string().contains("not offered"), "{e}");
+    assert_eq!(f.dev.negotiated().bits, 0);
+}
+
+#[test]
+fn the_fallback_wrapper_moves_running_pairs_where_they_are() {
+    let primary = Recorder {
+        refuse: vec![1],
+        ..Default::default()
+    };
+    let second = Recorder::default();
+    let s2 = second.clone();
+    let wrapper = FallbackDatapath::new(
+        Box::new(primary.clone()),
+        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
+        0,
+    );
+    let mut f = DirectFrontend::new(2, Box::new(wrapper));
+    let handle = f.dev.handle();
+    f.dev
+        .set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ)
+        .unwrap();
+    f.dev.set_memory(DirectFrontend::memory());
+    f.ring_ready(0, 1);
+    f.ring_ready(1, 2);
+    f.ring_ready(2, 0);
+    f.ring_ready(3, 0);
+    assert_eq!(
+        primary.events(),
+        vec![start(0, 1, 2), Event::Stop(0), Event::Reset]
+    );
+    assert_eq!(second.events(), vec![start(0, 6, 7), start(1, 0, 0)]);
+    assert_eq!(handle.status().running_pairs, vec![0, 1]);
+    let why = handle.status().fallback_reason.unwrap();
+    assert!(why.contains("refused by the test"), "{why}");
+}
+
+#[test]
+fn a_fallback_that_cannot_be_built_leaves_the_pairs_stopped_and_says_why() {
+    let primary = Recorder {
+        refuse: vec![1],
+        ..Default::default()
+    };
+    let wrapper = FallbackDatapath::new(
+        Box::new(primary.clone()),
+        Box::new(|| Err("no network interface".into())),
+        0,
+    );
+    let mut f = DirectFrontend::new(2, Box::new(wrapper));
+    let handle = f.dev.handle();
+    f.dev
+        .set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ)
+        .unwrap();
+    f.dev.set_memory(DirectFrontend::memory());
+    for ring in 0..4 {
+        f.ring_ready(ring, 0);
+    }
+    let status = handle.status();
+    assert!(status.running_pairs.is_empty(), "{status:?}");
+    let err = status.last_error.unwrap();
+    assert!(
+        err.contains("refused by the test") && err.contains("fallback could not be built"),
+        "{err}"
+    );
+}
