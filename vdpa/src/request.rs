@@ -317,109 +317,22 @@ pub fn decode(mut msg: Message, limits: &Limits) -> Result<Request, RequestError
         FrontendReq::SET_PROTOCOL_FEATURES => Request::SetProtocolFeatures(d.u64(&msg)?),
         FrontendReq::GET_QUEUE_NUM => Request::GetQueueNum,
         FrontendReq::GET_MAX_MEM_SLOTS => Request::GetMaxMemSlots,
-        FrontendReq::SET_MEM_TABLE => Request::SetMemTable(d.mem_table(&mut msg)?),
-        FrontendReq::ADD_MEM_REG => {
-            let r = *d.body::<VhostUserSingleMemoryRegion>(&msg)?;
-            let file = d.take_fd(&mut msg)?;
-            Request::AddMemReg(d.region(&r, file)?)
-        }
-        FrontendReq::REM_MEM_REG => {
-            let r = *d.body::<VhostUserSingleMemoryRegion>(&msg)?;
-            Request::RemMemReg(RegionId {
-                gpa: r.guest_phys_addr,
-                size: r.memory_size,
-                user_addr: r.user_addr,
-            })
-        }
-        FrontendReq::SET_VRING_NUM => {
-            let s = d.body::<VhostUserVringState>(&msg)?;
-            let ring = d.ring(s.index.into())?;
-            let max = u32::from(limits.max_queue_size);
-            if s.num == 0 || !s.num.is_power_of_two() || s.num > max {
-                return Err(invalid(
-                    req,
-                    format!(
-                        "ring {}: size {} is not a power of two in 1..={max}",
-                        ring.0,
-                        { s.num }
-                    ),
-                ));
-            }
-            Request::SetVringNum {
-                ring,
-                size: s.num as u16,
-            }
-        }
-        FrontendReq::SET_VRING_ADDR => d.vring_addr(&msg)?,
-        FrontendReq::SET_VRING_BASE => {
-            let s = d.body::<VhostUserVringState>(&msg)?;
-            let ring = d.ring(s.index.into())?;
-            let base = u16::try_from(s.num).map_err(|_| {
-                invalid(req, format!("ring {}: base {} > 65535", ring.0, { s.num }))
-            })?;
-            Request::SetVringBase { ring, base }
-        }
-        FrontendReq::GET_VRING_BASE => {
-            let s = d.body::<VhostUserVringState>(&msg)?;
-            Request::GetVringBase {
-                ring: d.ring(s.index.into())?,
-            }
-        }
-        FrontendReq::SET_VRING_KICK => {
-            let (ring, file) = d.vring_fd(&mut msg)?;
-            let file = file.ok_or_else(|| RequestError::BadFd {
-                req,
-                why: format!(
-                    "ring {}: polling mode (no kick fd) is not supported",
-                    ring.0
-                ),
-            })?;
-            Request::SetVringKick {
-                ring,
-                fd: d.eventfd(ring, file)?,
-            }
-        }
-        FrontendReq::SET_VRING_CALL => {
-            let (ring, file) = d.vring_fd(&mut msg)?;
-            let fd = file.map(|f| d.eventfd(ring, f)).transpose()?;
-            Request::SetVringCall { ring, fd }
-        }
-        FrontendReq::SET_VRING_ERR => {
-            let (ring, fd) = d.vring_fd(&mut msg)?;
-            Request::SetVringErr { ring, fd }
-        }
-        FrontendReq::SET_VRING_ENABLE => {
-            let s = d.body::<VhostUserVringState>(&msg)?;
-            let ring = d.ring(s.index.into())?;
-            let enable = match s.num {
-                0 => false,
-                1 => true,
-                n => return Err(invalid(req, format!("ring {}: enable value {n}", ring.0))),
-            };
-            Request::SetVringEnable { ring, enable }
-        }
-        FrontendReq::GET_CONFIG => Request::GetConfig(d.config_read(&msg)?),
-        FrontendReq::SET_CONFIG => {
-            return Err(invalid(
-                req,
-                "the virtio-net config space is read-only here",
-            ))
-        }
-        FrontendReq::NET_SET_MTU => {
-            let mtu = d.u64(&msg)?;
-            let max = u64::from(limits.max_mtu);
-            if !(MIN_MTU..=max).contains(&mtu) {
-                return Err(invalid(req, format!("MTU {mtu} outside {MIN_MTU}..={max}")));
-            }
-            Request::NetSetMtu(mtu as u16)
-        }
-        FrontendReq::SET_STATUS => {
-            let v = d.u64(&msg)?;
-            let status = u8::try_from(v)
-                .map_err(|_| invalid(req, format!("status {v:#x} does not fit a byte")))?;
-            Request::SetStatus(status)
-        }
         FrontendReq::GET_STATUS => Request::GetStatus,
+        FrontendReq::SET_MEM_TABLE | FrontendReq::ADD_MEM_REG | FrontendReq::REM_MEM_REG => {
+            d.memory(&mut msg)?
+        }
+        FrontendReq::SET_VRING_NUM
+        | FrontendReq::SET_VRING_ADDR
+        | FrontendReq::SET_VRING_BASE
+        | FrontendReq::GET_VRING_BASE
+        | FrontendReq::SET_VRING_ENABLE => d.vring_state(&msg)?,
+        FrontendReq::SET_VRING_KICK | FrontendReq::SET_VRING_CALL | FrontendReq::SET_VRING_ERR => {
+            d.vring_fd_request(&mut msg)?
+        }
+        FrontendReq::GET_CONFIG
+        | FrontendReq::SET_CONFIG
+        | FrontendReq::NET_SET_MTU
+        | FrontendReq::SET_STATUS => d.device_request(&msg)?,
         other => return Err(invalid(other, "not supported by this device")),
     })
 }
@@ -430,6 +343,129 @@ struct Decoder<'a> {
 }
 
 impl Decoder<'_> {
+    /// SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG.
+    fn memory(&self, msg: &mut Message) -> Result<Request, RequestError> {
+        Ok(match self.req {
+            FrontendReq::SET_MEM_TABLE => Request::SetMemTable(self.mem_table(msg)?),
+            FrontendReq::ADD_MEM_REG => {
+                let r = *self.body::<VhostUserSingleMemoryRegion>(msg)?;
+                let file = self.take_fd(msg)?;
+                Request::AddMemReg(self.region(&r, file)?)
+            }
+            _ => {
+                let r = *self.body::<VhostUserSingleMemoryRegion>(msg)?;
+                Request::RemMemReg(RegionId {
+                    gpa: r.guest_phys_addr,
+                    size: r.memory_size,
+                    user_addr: r.user_addr,
+                })
+            }
+        })
+    }
+
+    /// The requests that carry a ring index and a number (or addresses).
+    fn vring_state(&self, msg: &Message) -> Result<Request, RequestError> {
+        if self.req == FrontendReq::SET_VRING_ADDR {
+            return self.vring_addr(msg);
+        }
+        let s = self.body::<VhostUserVringState>(msg)?;
+        let ring = self.ring(s.index.into())?;
+        let num = s.num;
+        Ok(match self.req {
+            FrontendReq::SET_VRING_NUM => {
+                let max = u32::from(self.limits.max_queue_size);
+                if num == 0 || !num.is_power_of_two() || num > max {
+                    return Err(invalid(
+                        self.req,
+                        format!(
+                            "ring {}: size {num} is not a power of two in 1..={max}",
+                            ring.0
+                        ),
+                    ));
+                }
+                Request::SetVringNum {
+                    ring,
+                    size: num as u16,
+                }
+            }
+            FrontendReq::SET_VRING_BASE => {
+                let base = u16::try_from(num).map_err(|_| {
+                    invalid(self.req, format!("ring {}: base {num} > 65535", ring.0))
+                })?;
+                Request::SetVringBase { ring, base }
+            }
+            FrontendReq::GET_VRING_BASE => Request::GetVringBase { ring },
+            _ => {
+                let enable = match num {
+                    0 => false,
+                    1 => true,
+                    n => {
+                        return Err(invalid(
+                            self.req,
+                            format!("ring {}: enable value {n}", ring.0),
+                        ))
+                    }
+                };
+                Request::SetVringEnable { ring, enable }
+            }
+        })
+    }
+
+    /// SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR.
+    fn vring_fd_request(&self, msg: &mut Message) -> Result<Request, RequestError> {
+        let (ring, file) = self.vring_fd(msg)?;
+        Ok(match self.req {
+            FrontendReq::SET_VRING_KICK => {
+                let file = file.ok_or_else(|| RequestError::BadFd {
+                    req: self.req,
+                    why: format!(
+                        "ring {}: polling mode (no kick fd) is not supported",
+                        ring.0
+                    ),
+                })?;
+                Request::SetVringKick {
+                    ring,
+                    fd: self.eventfd(ring, file)?,
+                }
+            }
+            FrontendReq::SET_VRING_CALL => {
+                let fd = file.map(|f| self.eventfd(ring, f)).transpose()?;
+                Request::SetVringCall { ring, fd }
+            }
+            _ => Request::SetVringErr { ring, fd: file },
+        })
+    }
+
+    /// GET_CONFIG, SET_CONFIG, NET_SET_MTU, SET_STATUS.
+    fn device_request(&self, msg: &Message) -> Result<Request, RequestError> {
+        Ok(match self.req {
+            FrontendReq::GET_CONFIG => Request::GetConfig(self.config_read(msg)?),
+            FrontendReq::NET_SET_MTU => {
+                let mtu = self.u64(msg)?;
+                let max = u64::from(self.limits.max_mtu);
+                if !(MIN_MTU..=max).contains(&mtu) {
+                    return Err(invalid(
+                        self.req,
+                        format!("MTU {mtu} outside {MIN_MTU}..={max}"),
+                    ));
+                }
+                Request::NetSetMtu(mtu as u16)
+            }
+            FrontendReq::SET_STATUS => {
+                let v = self.u64(msg)?;
+                let status = u8::try_from(v)
+                    .map_err(|_| invalid(self.req, format!("status {v:#x} does not fit a byte")))?;
+                Request::SetStatus(status)
+            }
+            _ => {
+                return Err(invalid(
+                    self.req,
+                    "the virtio-net config space is read-only here",
+                ))
+            }
+        })
+    }
+
     fn body<T: ByteValued>(&self, msg: &Message) -> Result<T, RequestError> {
         let want = size_of::<T>();
         if msg.body.len() != want {
