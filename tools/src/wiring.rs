@@ -19,12 +19,84 @@ use vdpad_config::{Backend, DeviceConfig, Mode};
 
 /// A device that cannot be served.
 #[derive(Debug, Error)]
-#[error("device {device}: {what}")]
+#[error("device {device}: {cause}")]
 pub struct WiringError {
     /// Device name.
     pub device: String,
-    /// What went wrong, with its cause.
-    pub what: String,
+    /// What went wrong.
+    #[source]
+    pub cause: BuildError,
+}
+
+/// Why a datapath could not be built.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// The mode needs a PCI function and the device names none.
+    #[error("this mode needs `pci`")]
+    NoPci,
+    /// Auto mode could not read the PCI function.
+    #[error("auto mode cannot read {bdf}")]
+    Classify {
+        /// The function.
+        bdf: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PCI function could not be opened through VFIO.
+    #[error("VFIO on {bdf}")]
+    Vfio {
+        /// The function.
+        bdf: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The NIC cannot take the device's rings.
+    #[error(transparent)]
+    Offload(#[from] hwdrv::OffloadError),
+    /// Offload failed and so did the software fallback.
+    #[error("offload failed ({}) and so did the fallback", vdpa::server::error_chain(offload.as_ref()))]
+    FallbackFailed {
+        /// Why offload failed.
+        offload: Box<BuildError>,
+        /// Why the fallback failed.
+        #[source]
+        fallback: Box<BuildError>,
+    },
+    /// Offload failed and no fallback is configured.
+    #[error("offload failed (set fallback = true to use software instead)")]
+    OffloadOnly(#[source] Box<BuildError>),
+    /// The tap device could not be opened.
+    #[error("tap")]
+    Tap(#[source] std::io::Error),
+    /// The af_packet backend has no interface to use.
+    #[error("backend af_packet needs netdev or pci")]
+    NoNetdev,
+    /// The PCI function's network interface could not be found.
+    #[error("finding the netdev of {pci}")]
+    FindNetdev {
+        /// The function.
+        pci: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PCI function has no network interface.
+    #[error("{pci} has no network interface (is it bound to a kernel NIC driver, not vfio-pci?); set netdev")]
+    NoInterface {
+        /// The function.
+        pci: String,
+    },
+    /// The packet sockets could not be opened.
+    #[error("AF_PACKET on {ifname}")]
+    AfPacket {
+        /// The interface.
+        ifname: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A device ready to serve, and why it is served the way it is.
@@ -76,9 +148,9 @@ pub fn tuning(dev: &DeviceConfig) -> Tuning {
 
 /// Builds `dev` with the datapath its configuration asks for.
 pub fn build(dev: &DeviceConfig, containers: &mut Containers) -> Result<Wired, WiringError> {
-    let err = |what: String| WiringError {
+    let err = |cause: BuildError| WiringError {
         device: dev.name.clone(),
-        what,
+        cause,
     };
     match dev.mode {
         Mode::Software => {
@@ -96,7 +168,12 @@ pub fn build(dev: &DeviceConfig, containers: &mut Containers) -> Result<Wired, W
         Mode::Offload => offload(dev, containers, "mode = \"offload\"".into()),
         Mode::Auto => {
             let bdf = pci_of(dev).map_err(err)?;
-            let c = classify(&bdf).map_err(|e| err(format!("auto mode cannot read {bdf}: {e}")))?;
+            let c = classify(&bdf).map_err(|source| {
+                err(BuildError::Classify {
+                    bdf: bdf.clone(),
+                    source,
+                })
+            })?;
             match c.decision {
                 Decision::Offload => offload(dev, containers, format!("auto: {}", c.reason)),
                 Decision::Software => {
@@ -112,10 +189,8 @@ pub fn build(dev: &DeviceConfig, containers: &mut Containers) -> Result<Wired, W
     }
 }
 
-fn pci_of(dev: &DeviceConfig) -> Result<String, String> {
-    dev.pci
-        .map(|p| p.to_string())
-        .ok_or_else(|| "this mode needs `pci`".to_owned())
+fn pci_of(dev: &DeviceConfig) -> Result<String, BuildError> {
+    dev.pci.map(|p| p.to_string()).ok_or(BuildError::NoPci)
 }
 
 /// The offload datapath on the device's PCI function, with the software fallback
@@ -125,16 +200,19 @@ fn offload(
     containers: &mut Containers,
     why: String,
 ) -> Result<Wired, WiringError> {
-    let err = |what: String| WiringError {
+    let err = |cause: BuildError| WiringError {
         device: dev.name.clone(),
-        what,
+        cause,
     };
     let bdf = pci_of(dev).map_err(err)?;
     let primary = containers
         .for_device(dev)
         .and_then(|vm| VfioFunction::open(&vm, &bdf))
-        .map_err(|e| format!("VFIO on {bdf}: {e}"))
-        .and_then(|f| OffloadDatapath::for_device(Arc::new(f), dev).map_err(|e| e.to_string()));
+        .map_err(|source| BuildError::Vfio {
+            bdf: bdf.clone(),
+            source,
+        })
+        .and_then(|f| Ok(OffloadDatapath::for_device(Arc::new(f), dev)?));
     match primary {
         Ok(dp) if dev.fallback => {
             let cfg = dev.clone();
@@ -156,19 +234,22 @@ fn offload(
             reason: why,
         }),
         Err(e) if dev.fallback => {
-            warn!(device = %dev.name, error = %e, "offload unavailable; falling back to software");
-            let dp = software(dev)
-                .map_err(|f| err(format!("offload failed ({e}) and so did the fallback: {f}")))?;
+            let e_text = vdpa::server::error_chain(&e);
+            warn!(device = %dev.name, error = %e_text, "offload unavailable; falling back to software");
+            let dp = software(dev).map_err(|f| {
+                err(BuildError::FallbackFailed {
+                    offload: Box::new(e),
+                    fallback: Box::new(f),
+                })
+            })?;
             let device = Device::new(dev.clone(), Box::new(dp));
             Ok(Wired {
                 device,
                 mode: "software",
-                reason: format!("fallback: offload failed: {e}"),
+                reason: format!("fallback: offload failed: {e_text}"),
             })
         }
-        Err(e) => Err(err(format!(
-            "offload failed: {e} (set fallback = true to use software instead)"
-        ))),
+        Err(e) => Err(err(BuildError::OffloadOnly(Box::new(e)))),
     }
 }
 
@@ -186,26 +267,29 @@ fn fallback_offloads(dev: &DeviceConfig) -> u64 {
 }
 
 /// The software datapath with the configured backend.
-pub fn software(dev: &DeviceConfig) -> Result<SoftwareDatapath, String> {
+pub fn software(dev: &DeviceConfig) -> Result<SoftwareDatapath, BuildError> {
     let backend = match &dev.backend {
         Backend::Loopback => SwBackend::Loopback,
-        Backend::Tap { name } => SwBackend::Tap(
-            Tap::open(name.as_deref(), dev.queue_pairs).map_err(|e| format!("tap: {e}"))?,
-        ),
+        Backend::Tap { name } => {
+            SwBackend::Tap(Tap::open(name.as_deref(), dev.queue_pairs).map_err(BuildError::Tap)?)
+        }
         Backend::AfPacket { netdev } => {
             let ifname = match (netdev, dev.pci) {
                 (Some(n), _) => n.clone(),
-                (None, Some(pci)) => netdev_of(&pci.to_string())
-                    .map_err(|e| format!("finding the netdev of {pci}: {e}"))?
-                    .ok_or_else(|| {
-                        format!("{pci} has no network interface (is it bound to a kernel NIC driver, not vfio-pci?); set netdev")
-                    })?,
-                (None, None) => return Err("backend af_packet needs netdev or pci".into()),
+                (None, Some(pci)) => {
+                    let pci = pci.to_string();
+                    netdev_of(&pci)
+                        .map_err(|source| BuildError::FindNetdev {
+                            pci: pci.clone(),
+                            source,
+                        })?
+                        .ok_or(BuildError::NoInterface { pci })?
+                }
+                (None, None) => return Err(BuildError::NoNetdev),
             };
-            SwBackend::AfPacket(
-                AfPacket::open(&ifname, dev.queue_pairs)
-                    .map_err(|e| format!("AF_PACKET on {ifname}: {e}"))?,
-            )
+            let sockets = AfPacket::open(&ifname, dev.queue_pairs)
+                .map_err(|source| BuildError::AfPacket { ifname, source })?;
+            SwBackend::AfPacket(sockets)
         }
     };
     let dp = SoftwareDatapath::new(&dev.name, backend, dev.mtu.unwrap_or(1500), tuning(dev));
