@@ -2,6 +2,7 @@
 //! socket, with devices added and removed while it runs (`vdpactl add/remove`, SIGHUP).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
@@ -11,6 +12,10 @@ use vdpa::DeviceHandle;
 use vdpad_config::{Config, DeviceConfig};
 
 use crate::wiring::{self, Containers};
+
+/// How long stopping devices may take before the daemon leaves a stuck device thread
+/// behind: SIGTERM and `vdpactl remove` answer within this, whatever a frontend does.
+const STOP_BOUND: Duration = Duration::from_millis(1500);
 
 /// One served device.
 struct Served {
@@ -126,7 +131,7 @@ impl Daemon {
             .remove(name)
             .ok_or_else(|| anyhow!("no device named {name:?}"))?;
         served.shutdown.raise();
-        served.server.join();
+        served.server.join_by(Some(Instant::now() + STOP_BOUND));
         self.config.devices.retain(|d| d.name != name);
         info!(device = name, "device removed");
         Ok(())
@@ -211,8 +216,10 @@ impl Daemon {
         for s in self.devices.values() {
             s.shutdown.raise();
         }
+        // One bound for all: whatever a frontend does, the daemon ends in time.
+        let deadline = Instant::now() + STOP_BOUND;
         for (_, s) in std::mem::take(&mut self.devices) {
-            s.server.join();
+            s.server.join_by(Some(deadline));
         }
         self.config.devices.clear();
     }

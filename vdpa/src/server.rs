@@ -6,8 +6,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -128,6 +129,8 @@ pub struct DeviceServer {
     handle: DeviceHandle,
     socket: PathBuf,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected (the sender dropped) when the device thread ends, however it ends.
+    finished: mpsc::Receiver<()>,
 }
 
 impl DeviceServer {
@@ -139,14 +142,19 @@ impl DeviceServer {
         let name = device.name().to_owned();
         info!(device = %name, socket = %socket.display(), "listening for a vhost-user frontend");
         let path = socket.clone();
+        let (done, finished) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("vdpa-{name}"))
-            .spawn(move || serve(device, listener, &path, shutdown))
+            .spawn(move || {
+                let _done = done;
+                serve(device, listener, &path, shutdown)
+            })
             .map_err(|e| ServerError::Thread(name, e))?;
         Ok(DeviceServer {
             handle,
             socket,
             thread: Some(thread),
+            finished,
         })
     }
 
@@ -161,12 +169,35 @@ impl DeviceServer {
     }
 
     /// Waits for the device thread to finish (after the shutdown signal was raised).
-    pub fn join(mut self) {
+    pub fn join(self) {
+        self.join_by(None);
+    }
+
+    /// Waits for the device thread to finish, but not past `deadline`: a thread that
+    /// is stuck (a datapath wedged on a frontend's fd) is left behind, logged, and
+    /// ends with the process. Returns whether the thread finished.
+    pub fn join_by(mut self, deadline: Option<Instant>) -> bool {
+        let ended = match deadline {
+            None => true,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                matches!(
+                    self.finished.recv_timeout(left),
+                    Err(mpsc::RecvTimeoutError::Disconnected) | Ok(())
+                )
+            }
+        };
+        if !ended {
+            error!(device = self.handle.name(), socket = %self.socket.display(),
+                   "device thread did not stop in time; leaving it behind");
+            return false;
+        }
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 error!(device = self.handle.name(), "device thread panicked");
             }
         }
+        true
     }
 }
 
