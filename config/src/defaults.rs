@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
-use crate::model::Config;
+use crate::model::{Backend, Config, DeviceConfig, Mode, SocketPerms};
 
 /// The embedded default configuration (one loopback software device), run by `vdpad`
 /// when it is started without `--config`.
@@ -122,6 +122,36 @@ impl Config {
     /// (only possible if the default run directory is too long for a socket path).
     pub fn try_embedded_default() -> Result<Config, ConfigError> {
         Config::from_toml_str(EMBEDDED_DEFAULT_TOML, EMBEDDED_DEFAULT_ORIGIN)
+    }
+}
+
+impl DeviceConfig {
+    /// A software loopback device named `name` on `socket`, with every other key at
+    /// the default a configuration file gets: the starting point for devices built in
+    /// code (tests, tools) rather than read from a file.
+    pub fn software_loopback(name: &str, socket: PathBuf) -> DeviceConfig {
+        DeviceConfig {
+            name: name.to_owned(),
+            socket,
+            mode: Mode::Software,
+            pci: None,
+            backend: Backend::Loopback,
+            queue_pairs: DEFAULT_QUEUE_PAIRS,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            mac: None,
+            mtu: None,
+            event_idx: true,
+            mrg_rxbuf: true,
+            fallback: true,
+            socket_perms: SocketPerms {
+                mode: DEFAULT_SOCKET_MODE,
+                owner: None,
+                group: None,
+            },
+            offloads: true,
+            vm: None,
+            tuning: Default::default(),
+        }
     }
 }
 

@@ -374,25 +374,8 @@ fn for_device_checks_the_configuration_up_front() {
 
 fn device_config() -> vdpad_config::DeviceConfig {
     vdpad_config::DeviceConfig {
-        name: "vm1-net0".into(),
-        socket: "/tmp/vm1-net0.sock".into(),
         mode: vdpad_config::Mode::Offload,
-        pci: None,
-        backend: vdpad_config::Backend::Loopback,
-        queue_pairs: 1,
-        queue_size: 256,
-        mac: None,
-        mtu: None,
-        event_idx: true,
         mrg_rxbuf: false,
-        fallback: true,
-        socket_perms: vdpad_config::SocketPerms {
-            mode: 0o600,
-            owner: None,
-            group: None,
-        },
-        offloads: true,
-        vm: None,
-        tuning: Default::default(),
+        ..vdpad_config::DeviceConfig::software_loopback("vm1-net0", "/tmp/vm1-net0.sock".into())
     }
 }

@@ -294,6 +294,9 @@ mod tests {
             }
             !present
         });
-        assert!(gone, "vb still exists 5 s after its peer's namespace was deleted");
+        assert!(
+            gone,
+            "vb still exists 5 s after its peer's namespace was deleted"
+        );
     }
 }

@@ -478,6 +478,19 @@ impl Decoder<'_> {
         Ok(*T::from_slice(&msg.body).expect("length checked"))
     }
 
+    /// The fixed part that starts a variable-size body.
+    fn head<T: ByteValued>(&self, msg: &Message) -> Result<T, RequestError> {
+        msg.body
+            .get(..size_of::<T>())
+            .and_then(T::from_slice)
+            .copied()
+            .ok_or(RequestError::BodySize {
+                req: self.req,
+                got: msg.body.len(),
+                want: size_of::<T>(),
+            })
+    }
+
     fn u64(&self, msg: &Message) -> Result<u64, RequestError> {
         Ok(self.body::<VhostUserU64>(msg)?.value)
     }
@@ -557,16 +570,7 @@ impl Decoder<'_> {
     fn mem_table(&self, msg: &mut Message) -> Result<Vec<RegionSpec>, RequestError> {
         let head = size_of::<VhostUserMemory>();
         let each = size_of::<VhostUserMemoryRegion>();
-        let hdr = msg
-            .body
-            .get(..head)
-            .and_then(VhostUserMemory::from_slice)
-            .copied()
-            .ok_or(RequestError::BodySize {
-                req: self.req,
-                got: msg.body.len(),
-                want: head,
-            })?;
+        let hdr = self.head::<VhostUserMemory>(msg)?;
         let n = hdr.num_regions as usize;
         if n == 0 || n > MAX_REGIONS {
             return Err(invalid(
@@ -636,16 +640,7 @@ impl Decoder<'_> {
 
     fn config_read(&self, msg: &Message) -> Result<ConfigRead, RequestError> {
         let head = size_of::<VhostUserConfig>();
-        let header = msg
-            .body
-            .get(..head)
-            .and_then(VhostUserConfig::from_slice)
-            .copied()
-            .ok_or(RequestError::BodySize {
-                req: self.req,
-                got: msg.body.len(),
-                want: head,
-            })?;
+        let header = self.head::<VhostUserConfig>(msg)?;
         let (offset, size) = (header.offset as usize, header.size as usize);
         if msg.body.len() != head + size {
             return Err(RequestError::BodySize {

@@ -157,6 +157,23 @@ fn features_that_were_not_offered_are_refused() {
     assert_eq!(f.dev.negotiated().bits, 0);
 }
 
+/// A two-pair device served by `datapath`, every ring made ready at `bases`.
+fn two_pairs_ready(
+    datapath: FallbackDatapath,
+    bases: [u16; 4],
+) -> (DirectFrontend, vdpa::DeviceHandle) {
+    let mut f = DirectFrontend::new(2, Box::new(datapath));
+    let handle = f.dev.handle();
+    f.dev
+        .set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ)
+        .unwrap();
+    f.dev.set_memory(DirectFrontend::memory());
+    for (ring, base) in bases.into_iter().enumerate() {
+        f.ring_ready(ring as u16, base);
+    }
+    (f, handle)
+}
+
 #[test]
 fn the_fallback_wrapper_moves_running_pairs_where_they_are() {
     let primary = Recorder {
@@ -170,16 +187,7 @@ fn the_fallback_wrapper_moves_running_pairs_where_they_are() {
         Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
         0,
     );
-    let mut f = DirectFrontend::new(2, Box::new(wrapper));
-    let handle = f.dev.handle();
-    f.dev
-        .set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ)
-        .unwrap();
-    f.dev.set_memory(DirectFrontend::memory());
-    f.ring_ready(0, 1);
-    f.ring_ready(1, 2);
-    f.ring_ready(2, 0);
-    f.ring_ready(3, 0);
+    let (_f, handle) = two_pairs_ready(wrapper, [1, 2, 0, 0]);
     assert_eq!(
         primary.events(),
         vec![start(0, 1, 2), Event::Stop(0), Event::Reset]
@@ -201,15 +209,7 @@ fn a_fallback_that_cannot_be_built_leaves_the_pairs_stopped_and_says_why() {
         Box::new(|| Err("no network interface".into())),
         0,
     );
-    let mut f = DirectFrontend::new(2, Box::new(wrapper));
-    let handle = f.dev.handle();
-    f.dev
-        .set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ)
-        .unwrap();
-    f.dev.set_memory(DirectFrontend::memory());
-    for ring in 0..4 {
-        f.ring_ready(ring, 0);
-    }
+    let (_f, handle) = two_pairs_ready(wrapper, [0; 4]);
     let status = handle.status();
     assert!(status.running_pairs.is_empty(), "{status:?}");
     let err = status.last_error.unwrap();

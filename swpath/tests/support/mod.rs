@@ -10,7 +10,7 @@ use swpath::SoftwareDatapath;
 use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::{Device, DeviceHandle};
 use vdpa_rig::{run_verify, Rig, RigOptions, VerifyOptions};
-use vdpad_config::{Backend, DeviceConfig, MacAddress, Mode, SocketPerms};
+use vdpad_config::{Backend, DeviceConfig, MacAddress};
 
 /// A device configuration for tests: software mode, the given backend.
 pub fn device_config(
@@ -21,26 +21,11 @@ pub fn device_config(
     queue_size: u16,
 ) -> DeviceConfig {
     DeviceConfig {
-        name: name.into(),
-        socket,
-        mode: Mode::Software,
-        pci: None,
         backend,
         queue_pairs: pairs,
         queue_size,
         mac: Some(MacAddress([0x52, 0x54, 0, 0, 0, 1])),
-        mtu: None,
-        event_idx: true,
-        mrg_rxbuf: true,
-        fallback: true,
-        socket_perms: SocketPerms {
-            mode: 0o600,
-            owner: None,
-            group: None,
-        },
-        offloads: true,
-        vm: None,
-        tuning: Default::default(),
+        ..DeviceConfig::software_loopback(name, socket)
     }
 }
 

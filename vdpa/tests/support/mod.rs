@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use vdpa::{Datapath, DatapathError, PairPosition, QueuePairConfig, StartFailure};
-use vdpad_config::{Backend, DeviceConfig, MacAddress, Mode, SocketPerms};
+use vdpad_config::{DeviceConfig, MacAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What the control plane asked of the datapath.
@@ -99,25 +99,8 @@ impl Datapath for Recorder {
 
 pub fn device_config(socket: PathBuf, pairs: u16) -> DeviceConfig {
     DeviceConfig {
-        name: "t0".into(),
-        socket,
-        mode: Mode::Software,
-        pci: None,
-        backend: Backend::Loopback,
         queue_pairs: pairs,
-        queue_size: 256,
         mac: Some(MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56])),
-        mtu: None,
-        event_idx: true,
-        mrg_rxbuf: true,
-        fallback: true,
-        socket_perms: SocketPerms {
-            mode: 0o600,
-            owner: None,
-            group: None,
-        },
-        offloads: true,
-        vm: None,
-        tuning: Default::default(),
+        ..DeviceConfig::software_loopback("t0", socket)
     }
 }
