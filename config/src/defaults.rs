@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
-use crate::model::{Backend, Config, DeviceConfig, Mode, SocketPerms};
+use crate::model::{Backend, Config, DeviceConfig, Frontend, Mode, SocketPerms};
 
 /// The embedded default configuration (one loopback software device), run by `vdpad`
 /// when it is started without `--config`.
@@ -133,6 +133,7 @@ impl DeviceConfig {
         DeviceConfig {
             name: name.to_owned(),
             socket,
+            frontend: Frontend::VhostUser,
             mode: Mode::Software,
             pci: None,
             backend: Backend::Loopback,

@@ -63,6 +63,28 @@ pub enum Mode {
     Software,
 }
 
+/// How the VM (or the host kernel) reaches a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frontend {
+    /// A vhost-user socket that QEMU, DPDK or the rig connects to.
+    VhostUser,
+    /// A VDUSE device (`/dev/vduse/<name>`) on the kernel's vDPA bus.
+    Vduse {
+        /// The vDPA bus driver vdpad attaches the device to, or `None` to leave the
+        /// attaching (`vdpa dev add`) to the operator.
+        driver: Option<VdpaDriver>,
+    },
+}
+
+/// A vDPA bus driver in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VdpaDriver {
+    /// `vhost_vdpa`: `/dev/vhost-vdpa-N` for QEMU `-netdev vhost-vdpa` or DPDK.
+    VhostVdpa,
+    /// `virtio_vdpa`: the host kernel's own virtio-net netdev (containers).
+    VirtioVdpa,
+}
+
 /// The host side of the software datapath.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -124,8 +146,10 @@ impl fmt::Display for MacAddress {
 pub struct DeviceConfig {
     /// Unique device name, `[A-Za-z0-9_.-]`, 1..=64 characters.
     pub name: String,
-    /// vhost-user socket path; default `<run_dir>/<name>.sock`.
+    /// vhost-user socket path; default `<run_dir>/<name>.sock` (unused by VDUSE).
     pub socket: PathBuf,
+    /// vhost-user socket or VDUSE device.
+    pub frontend: Frontend,
     /// Datapath selection.
     pub mode: Mode,
     /// PCI function for offload (and the netdev owner for software on a NIC).

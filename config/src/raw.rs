@@ -49,6 +49,8 @@ pub(crate) struct RawDaemon {
 pub(crate) struct RawDevice {
     pub name: Option<Spanned<String>>,
     pub socket: Option<Spanned<String>>,
+    pub frontend: Option<Spanned<String>>,
+    pub vdpa_driver: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub pci: Option<Spanned<String>>,
     pub vm: Option<Spanned<String>>,
@@ -213,6 +215,12 @@ pub(crate) const DEVICE: TableSpec = TableSpec {
     keys: &[
         key("name", ValueType::String, "name = \"vm1-net0\""),
         key("socket", ValueType::String, "socket = \"vm1-net0.sock\""),
+        key("frontend", ValueType::String, "frontend = \"vduse\""),
+        key(
+            "vdpa_driver",
+            ValueType::String,
+            "vdpa_driver = \"vhost_vdpa\"",
+        ),
         key("mode", ValueType::String, "mode = \"software\""),
         key("pci", ValueType::String, "pci = \"0000:3b:00.2\""),
         key("vm", ValueType::String, "vm = \"vm1\""),

@@ -6,8 +6,25 @@ use std::fmt::{self, Write};
 use std::path::Path;
 
 use crate::model::{
-    Backend, Config, DaemonConfig, DeviceConfig, LogFormat, Mode, SocketPerms, Tuning,
+    Backend, Config, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms, Tuning,
+    VdpaDriver,
 };
+
+impl VdpaDriver {
+    /// The configuration keyword, which is also the kernel driver's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VdpaDriver::VhostVdpa => "vhost_vdpa",
+            VdpaDriver::VirtioVdpa => "virtio_vdpa",
+        }
+    }
+}
+
+impl fmt::Display for VdpaDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 impl Mode {
     /// The configuration keyword: `auto`, `offload` or `software`.
@@ -114,7 +131,14 @@ fn write_tuning(f: &mut fmt::Formatter<'_>, t: &Tuning) -> fmt::Result {
 fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
     writeln!(f, "[[device]]")?;
     writeln!(f, "name = {}", quote(&d.name))?;
-    writeln!(f, "socket = {}", path(&d.socket))?;
+    match d.frontend {
+        Frontend::VhostUser => writeln!(f, "socket = {}", path(&d.socket))?,
+        Frontend::Vduse { driver } => {
+            writeln!(f, "frontend = \"vduse\"")?;
+            let driver = driver.map_or("none", VdpaDriver::as_str);
+            writeln!(f, "vdpa_driver = \"{driver}\"")?;
+        }
+    }
     writeln!(f, "mode = \"{}\"", d.mode)?;
     if let Some(pci) = d.pci {
         writeln!(f, "pci = \"{pci}\"")?;
@@ -142,7 +166,9 @@ fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
     writeln!(f, "mrg_rxbuf = {}", d.mrg_rxbuf)?;
     writeln!(f, "offloads = {}", d.offloads)?;
     writeln!(f, "fallback = {}", d.fallback)?;
-    write_perms(f, &d.socket_perms)?;
+    if d.frontend == Frontend::VhostUser {
+        write_perms(f, &d.socket_perms)?;
+    }
     write_tuning(f, &d.tuning)
 }
 

@@ -15,7 +15,8 @@ use crate::defaults::{
 use crate::error::{ConfigError, ErrorKind, Source};
 use crate::fields::{self, IdKind};
 use crate::model::{
-    Backend, DaemonConfig, DeviceConfig, LogFormat, Mode, SocketPerms, Tuning, MAX_QUEUE_PAIRS,
+    Backend, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms, Tuning,
+    VdpaDriver, MAX_QUEUE_PAIRS,
 };
 use crate::raw::{RawDaemon, RawDevice, RawId};
 
@@ -163,6 +164,7 @@ pub(crate) fn device(
         Some(name_value.span()),
     )?;
     let socket_span = d.socket.as_ref().map_or(name_value.span(), Spanned::span);
+    let frontend = frontend(src, d)?;
 
     let pci = d.pci.as_ref().map(|v| fields::pci(src, v)).transpose()?;
     let default_mode = if pci.is_some() {
@@ -234,11 +236,15 @@ pub(crate) fn device(
         daemon.socket_perms,
     )?;
     let tuning = tuning(src, d)?;
+    if let Frontend::Vduse { .. } = frontend {
+        vduse_rules(src, d, queue_pairs)?;
+    }
 
     Ok(CheckedDevice {
         config: DeviceConfig {
             name,
             socket,
+            frontend,
             mode,
             pci,
             backend,
@@ -257,6 +263,92 @@ pub(crate) fn device(
         name_span: name_value.span(),
         socket_span,
     })
+}
+
+/// `frontend` and `vdpa_driver`.
+fn frontend(src: &Source<'_>, d: &RawDevice) -> Result<Frontend, ConfigError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        VhostUser,
+        Vduse,
+    }
+    let kind = match &d.frontend {
+        Some(v) => fields::choice(
+            src,
+            v,
+            "frontend",
+            &[("vhost-user", Kind::VhostUser), ("vduse", Kind::Vduse)],
+        )?,
+        None => Kind::VhostUser,
+    };
+    let driver = d
+        .vdpa_driver
+        .as_ref()
+        .map(|v| {
+            fields::choice(
+                src,
+                v,
+                "vdpa_driver",
+                &[
+                    ("vhost_vdpa", Some(VdpaDriver::VhostVdpa)),
+                    ("virtio_vdpa", Some(VdpaDriver::VirtioVdpa)),
+                    ("none", None),
+                ],
+            )
+        })
+        .transpose()?;
+    match (kind, driver, &d.vdpa_driver) {
+        (Kind::VhostUser, _, Some(v)) => Err(src
+            .error(
+                ErrorKind::Conflict,
+                v.span(),
+                "vdpa_driver only applies to frontend = \"vduse\"",
+            )
+            .with_help("remove vdpa_driver, or add frontend = \"vduse\"")),
+        (Kind::VhostUser, _, None) => Ok(Frontend::VhostUser),
+        (Kind::Vduse, driver, _) => Ok(Frontend::Vduse {
+            driver: driver.unwrap_or(Some(VdpaDriver::VhostVdpa)),
+        }),
+    }
+}
+
+/// What a VDUSE device cannot have: socket settings (there is no socket) and more
+/// than one queue pair (Linux 6.12's VDUSE refuses the control virtqueue, without
+/// which a driver cannot enable more pairs).
+fn vduse_rules(src: &Source<'_>, d: &RawDevice, queue_pairs: u16) -> Result<(), ConfigError> {
+    let socket_keys = [
+        ("socket", d.socket.as_ref().map(Spanned::span)),
+        ("socket_mode", d.socket_mode.as_ref().map(Spanned::span)),
+        ("socket_owner", d.socket_owner.as_ref().map(Spanned::span)),
+        ("socket_group", d.socket_group.as_ref().map(Spanned::span)),
+    ];
+    if let Some((key, Some(span))) = socket_keys.into_iter().find(|(_, s)| s.is_some()) {
+        return Err(src
+            .error(
+                ErrorKind::Conflict,
+                span,
+                format!(
+                    "{key} does not apply to frontend = \"vduse\": a VDUSE device has no socket"
+                ),
+            )
+            .with_help(format!(
+                "remove {key}; QEMU reaches a VDUSE device through /dev/vhost-vdpa-N"
+            )));
+    }
+    if queue_pairs > 1 {
+        let span = d.queue_pairs.as_ref().map_or(0..0, Spanned::span);
+        return Err(src
+            .error(
+                ErrorKind::Conflict,
+                span,
+                format!("frontend = \"vduse\" serves one queue pair, not {queue_pairs}"),
+            )
+            .with_help(
+                "set queue_pairs = 1: Linux (6.12) refuses VDUSE net devices with a control \
+                 virtqueue, and a driver needs one to enable more pairs",
+            ));
+    }
+    Ok(())
 }
 
 /// The software datapath knobs. They are accepted in every mode: an offloaded device

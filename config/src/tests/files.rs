@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use super::{assert_round_trip, ok};
 use crate::{
-    default_run_dir, Backend, Config, DaemonConfig, DeviceConfig, ErrorKind, LogFormat, MacAddress,
-    Mode, PciAddress, SocketPerms, Tuning, EMBEDDED_DEFAULT_TOML,
+    default_run_dir, Backend, Config, DaemonConfig, DeviceConfig, ErrorKind, Frontend, LogFormat,
+    MacAddress, Mode, PciAddress, SocketPerms, Tuning, EMBEDDED_DEFAULT_TOML,
 };
 
 /// Every key, as in docs/config.md.
@@ -75,6 +75,7 @@ fn full_example_parses_to_expected_values() {
     let vm1 = DeviceConfig {
         name: "vm1-net0".into(),
         socket: PathBuf::from("/run/vdpad/vm1-net0.sock"),
+        frontend: Frontend::VhostUser,
         mode: Mode::Auto,
         pci: Some(PciAddress {
             domain: 0,

@@ -5,6 +5,7 @@ mod daemon_rules;
 mod datapath_rules;
 mod docs;
 mod files;
+mod frontend_rules;
 mod rules;
 mod snippets;
 
