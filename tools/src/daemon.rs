@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
-use tracing::info;
+use tracing::{error, info};
 use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::DeviceHandle;
-use vdpad_config::{Config, DeviceConfig};
+use vdpad_config::{Config, DeviceConfig, Frontend};
 
+use crate::vdpa_bus;
 use crate::wiring::{self, Containers};
 
 /// How long stopping devices may take before the daemon leaves a stuck device thread
@@ -96,6 +97,7 @@ impl Daemon {
         let shutdown = Shutdown::new().context("creating a shutdown eventfd")?;
         let server = DeviceServer::start(wired.device, shutdown.clone())
             .with_context(|| format!("device {}", dev.name))?;
+        attach_to_vdpa_bus(&dev);
         let pci_name = dev
             .pci
             .and_then(|p| hwdrv::classify(&p.to_string()).ok())
@@ -130,6 +132,7 @@ impl Daemon {
             .devices
             .remove(name)
             .ok_or_else(|| anyhow!("no device named {name:?}"))?;
+        detach_from_vdpa_bus(&served.config);
         served.shutdown.raise();
         served.server.join_by(Some(Instant::now() + STOP_BOUND));
         self.config.devices.retain(|d| d.name != name);
@@ -214,6 +217,7 @@ impl Daemon {
     /// Stops every device: datapaths stopped, frontends disconnected, sockets removed.
     pub fn stop(&mut self) {
         for s in self.devices.values() {
+            detach_from_vdpa_bus(&s.config);
             s.shutdown.raise();
         }
         // One bound for all: whatever a frontend does, the daemon ends in time.
@@ -222,6 +226,31 @@ impl Daemon {
             s.server.join_by(Some(deadline));
         }
         self.config.devices.clear();
+    }
+}
+
+/// Puts a VDUSE device on the vDPA bus with the driver its configuration names, and
+/// says what it became. A failure is logged and the device keeps serving: the
+/// operator can still attach it by hand (`vdpa dev add name <name> mgmtdev vduse`).
+fn attach_to_vdpa_bus(dev: &DeviceConfig) {
+    let Frontend::Vduse {
+        driver: Some(driver),
+    } = dev.frontend
+    else {
+        return;
+    };
+    match vdpa_bus::attach(&dev.name, driver) {
+        Ok(attached) => info!(device = %dev.name, %driver, "attach with: {attached}"),
+        Err(e) => error!(device = %dev.name, %driver, error = %e,
+                         "VDUSE device not attached to the vDPA bus; attach it by hand"),
+    }
+}
+
+/// Takes a VDUSE device off the vDPA bus before its thread stops (the kernel resets
+/// the device through that thread).
+fn detach_from_vdpa_bus(dev: &DeviceConfig) {
+    if let Frontend::Vduse { .. } = dev.frontend {
+        let _ = vdpa_bus::detach(&dev.name);
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`control`]: the control socket (protocol, server, commands) and its client.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`notify`]: systemd readiness notifications (`sd_notify`).
+//! - [`vdpa_bus`]: VDUSE devices on the kernel's vDPA bus.
 
 pub mod control;
 pub mod daemon;
@@ -17,4 +18,5 @@ pub mod metrics;
 pub mod notify;
 pub mod qemu;
 pub mod signals;
+pub mod vdpa_bus;
 pub mod wiring;

@@ -3,7 +3,7 @@
 //! The guest-visible feature set is a function of the device configuration only, so
 //! that the same device offers the same features whichever datapath serves it.
 
-use vdpad_config::DeviceConfig;
+use vdpad_config::{DeviceConfig, Frontend};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
 /// VIRTIO_NET_F_CSUM: the device takes frames with a partial checksum (guest TX).
@@ -40,7 +40,8 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// VIRTIO_F_VERSION_1: virtio 1.x (little-endian, 12-byte net header).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// VIRTIO_F_IOMMU_PLATFORM: never offered (no IOTLB support).
+/// VIRTIO_F_IOMMU_PLATFORM (ACCESS_PLATFORM): addresses are IOVAs. Offered by VDUSE
+/// devices only, never to a vhost-user frontend.
 pub const VIRTIO_F_IOMMU_PLATFORM: u64 = 1 << 33;
 /// VIRTIO_F_IN_ORDER: the device uses buffers in the order they were made available
 /// (offered by datapaths that guarantee it, see [`Datapath::datapath_features`]).
@@ -48,9 +49,15 @@ pub const VIRTIO_F_IOMMU_PLATFORM: u64 = 1 << 33;
 /// [`Datapath::datapath_features`]: crate::Datapath::datapath_features
 pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
-/// The virtio features a device offers to the frontend, from its configuration.
+/// The virtio features a device offers to the frontend, from its configuration: a
+/// vhost-user device offers the protocol-features bit, a VDUSE device
+/// ACCESS_PLATFORM (the kernel requires it: every address is an IOVA).
 pub fn offered_features(cfg: &DeviceConfig) -> u64 {
-    let mut f = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
+    let mut f = VIRTIO_F_VERSION_1
+        | match cfg.frontend {
+            Frontend::VhostUser => VHOST_USER_F_PROTOCOL_FEATURES,
+            Frontend::Vduse { .. } => VIRTIO_F_IOMMU_PLATFORM,
+        };
     if cfg.event_idx {
         f |= VIRTIO_RING_F_EVENT_IDX;
     }

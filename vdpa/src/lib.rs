@@ -15,6 +15,7 @@ pub mod request;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod vduse;
 pub mod vring;
 pub mod wire;
 

@@ -138,18 +138,64 @@ impl MemoryRegion {
             });
         }
         seal_against_shrinking(&file, gpa);
+        Self::map_file(gpa, size, user_addr, mmap_offset, file, libc::MAP_SHARED)
+    }
+
+    /// Maps one VDUSE IOTLB entry: `size` bytes of `file` at `offset` serve IOVAs
+    /// `[iova, iova + size)`. The kernel vouches for the entry, and its file may be the
+    /// VDUSE bounce domain (an anonymous inode of size 0, whose pages appear as the
+    /// driver maps buffers), so the size check of [`map`](Self::map) does not apply.
+    /// An entry the device may only read is mapped copy-on-write: a hostile driver
+    /// that makes the device write there changes a private copy, never its memory.
+    pub fn map_iotlb(
+        iova: u64,
+        size: u64,
+        offset: u64,
+        file: File,
+        device_writable: bool,
+    ) -> Result<Self, MemoryError> {
+        if size == 0
+            || iova.checked_add(size).is_none()
+            || offset.checked_add(size).is_none()
+            || usize::try_from(size).is_err()
+        {
+            return Err(MemoryError::InvalidRegion {
+                gpa: iova,
+                size,
+                user_addr: iova,
+                offset,
+            });
+        }
+        let flags = if device_writable {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        Self::map_file(iova, size, iova, offset, file, flags)
+    }
+
+    /// Maps `size` bytes of `file` from `mmap_offset`, readable and writable, with the
+    /// mmap `flags` given; the arguments were checked by the caller.
+    fn map_file(
+        gpa: u64,
+        size: u64,
+        user_addr: u64,
+        mmap_offset: u64,
+        file: File,
+        flags: libc::c_int,
+    ) -> Result<Self, MemoryError> {
         let page = page_size();
         let aligned_offset = mmap_offset & !(page - 1);
         let lead = (mmap_offset - aligned_offset) as usize;
         let map_len = lead + size as usize;
-        // SAFETY: a fresh shared mapping of a file we own, at an address the kernel
-        // picks; the offset is page aligned and the length was checked against the file.
+        // SAFETY: a fresh mapping of a file we own, at an address the kernel picks;
+        // the offset is page aligned and the caller checked the length.
         let map_base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                flags,
                 file.as_raw_fd(),
                 aligned_offset as libc::off_t,
             )

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 use tracing::{error, info, warn};
-use vdpad_config::SocketPerms;
+use vdpad_config::{Frontend, SocketPerms};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{Device, DeviceHandle};
@@ -39,6 +39,9 @@ pub enum ServerError {
     /// The device thread could not be started.
     #[error("starting the thread for device {0}")]
     Thread(String, #[source] io::Error),
+    /// The VDUSE device could not be created.
+    #[error("VDUSE device {0}")]
+    Vduse(String, #[source] crate::vduse::control::VduseError),
 }
 
 /// A process-wide stop signal: once raised, every device thread finishes its current
@@ -72,7 +75,7 @@ impl Shutdown {
 }
 
 /// Polls `fds` for readability (or hang-up) for up to `timeout_ms` (-1 = forever).
-fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+pub(crate) fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -134,8 +137,12 @@ pub struct DeviceServer {
 }
 
 impl DeviceServer {
-    /// Binds the device's socket and starts serving it.
+    /// Starts serving the device on its frontend: binds its vhost-user socket, or
+    /// creates its VDUSE device.
     pub fn start(device: Device, shutdown: Shutdown) -> Result<Self, ServerError> {
+        if let Frontend::Vduse { .. } = device.config().frontend {
+            return Self::start_vduse(device, shutdown);
+        }
         let socket = device.config().socket.clone();
         let listener = bind_socket(&socket, &device.config().socket_perms)?;
         let handle = device.handle();
@@ -158,12 +165,33 @@ impl DeviceServer {
         })
     }
 
+    fn start_vduse(device: Device, shutdown: Shutdown) -> Result<Self, ServerError> {
+        let name = device.name().to_owned();
+        let vduse =
+            crate::vduse::create(&device).map_err(|e| ServerError::Vduse(name.clone(), e))?;
+        let handle = device.handle();
+        let (done, finished) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("vduse-{name}"))
+            .spawn(move || {
+                let _done = done;
+                crate::vduse::serve(device, vduse, shutdown)
+            })
+            .map_err(|e| ServerError::Thread(name.clone(), e))?;
+        Ok(DeviceServer {
+            handle,
+            socket: PathBuf::from(format!("/dev/vduse/{name}")),
+            thread: Some(thread),
+            finished,
+        })
+    }
+
     /// A view of the device for observers.
     pub fn handle(&self) -> &DeviceHandle {
         &self.handle
     }
 
-    /// The socket it listens on.
+    /// The socket it listens on (for VDUSE, the device node).
     pub fn socket(&self) -> &Path {
         &self.socket
     }

@@ -112,7 +112,11 @@ fn main() -> ExitCode {
             }
         },
     };
-    for dev in &cfg.devices {
+    for dev in cfg
+        .devices
+        .iter()
+        .filter(|d| d.frontend == vdpad_config::Frontend::VhostUser)
+    {
         let line = qemu::command_line(dev, "1G");
         if embedded {
             println!(

@@ -255,7 +255,10 @@ pub fn device_view(d: &DeviceInfo) -> DeviceView {
             address: p.to_string(),
             name: d.pci_name.clone(),
         }),
-        socket: d.config.socket.display().to_string(),
+        socket: match d.config.frontend {
+            vdpad_config::Frontend::VhostUser => d.config.socket.display().to_string(),
+            vdpad_config::Frontend::Vduse { .. } => format!("/dev/vduse/{}", d.config.name),
+        },
         state: state_name(&st),
         connections: st.connections,
         queue_pairs: d.config.queue_pairs,
