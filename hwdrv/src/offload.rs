@@ -1,11 +1,11 @@
 //! The offload [`Datapath`]: the guest's virtqueues are programmed into a virtio-net
 //! NIC, which moves packets by DMA straight between guest memory and the wire.
 //!
-//! Bring-up (DESIGN.md section 4, the ifcvf order): DMA-map every guest region
-//! (IOVA = GPA) → route MSI-X (vector 0 = config, vector i+1 = call eventfd of ring
-//! i, the full list every time) → reset, ACK, DRIVER, features, FEATURES_OK →
-//! program and enable the queues → DRIVER_OK → kick relay → one kick and one call
-//! per ring so that nothing raised during the switch is lost.
+//! Bring-up (docs/offload.md, "Bring-up": the order of DPDK's ifcvf driver): DMA-map
+//! every guest region (IOVA = GPA) → reset, ACK, DRIVER, features, FEATURES_OK → route
+//! MSI-X (vector 0 = config, vector i+1 = call eventfd of ring i, the full list every
+//! time) → program and enable the queues → DRIVER_OK → kick relay → one kick and one
+//! call per ring so that nothing raised during the switch is lost.
 //!
 //! Pairs start one at a time. A pair added while others run is enabled live when the
 //! NIC negotiated VIRTIO_F_RING_RESET; otherwise the NIC is reset and every running
