@@ -2,7 +2,8 @@
 //! BAR registers, BAR mappings, DMA mappings, MSI-X routing to eventfds and reset.
 //!
 //! Two implementations: [`crate::vfio::VfioFunction`] drives a real function through
-//! VFIO, [`crate::sim::SimNic`] simulates a virtio-net function in-process for tests.
+//! VFIO; `sim::SimNic` (feature `test-utils`) simulates a virtio-net function
+//! in-process for tests.
 //! Every method takes `&self`: a function is shared (behind an `Arc`) between the
 //! control thread that programs it and the kick-relay thread that rings its doorbells.
 
