@@ -52,6 +52,62 @@ pub fn describe_bits(bits: u64) -> String {
     names.join(", ")
 }
 
+/// Why a NIC cannot serve a guest or a device configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unsuitable {
+    /// The guest drives the device as a legacy (pre-1.0) virtio device.
+    #[error("the guest did not ack VERSION_1 (legacy drivers are not offloaded)")]
+    LegacyGuest,
+    /// Ring or header features the guest uses that the NIC does not offer.
+    #[error("the NIC lacks {}", describe_bits(*.0))]
+    MissingFeatures(u64),
+    /// More queue pairs asked of the datapath than the NIC can drive (or none).
+    #[error("{requested} queue pairs requested, the NIC can drive {usable}")]
+    PairsRequested {
+        /// Queue pairs asked for.
+        requested: u16,
+        /// Queue pairs the NIC can drive.
+        usable: u16,
+    },
+    /// More queue pairs configured than the NIC can drive.
+    #[error(
+        "{configured} queue pairs configured, the NIC can drive {usable}{}",
+        if *.control_queue_mq {
+            " (multiqueue through the NIC's control queue is not implemented)"
+        } else {
+            ""
+        }
+    )]
+    PairsConfigured {
+        /// Queue pairs in the configuration.
+        configured: u16,
+        /// Queue pairs the NIC can drive.
+        usable: u16,
+        /// The NIC has multiqueue, but only through its control queue.
+        control_queue_mq: bool,
+    },
+    /// Fewer MSI-X vectors than one per ring plus the config vector.
+    #[error(
+        "{pairs} queue pairs need {needed} MSI-X vectors (one per ring + config), the NIC has {available}"
+    )]
+    Vectors {
+        /// Queue pairs.
+        pairs: u16,
+        /// Vectors they need.
+        needed: u32,
+        /// Vectors the NIC has.
+        available: u16,
+    },
+    /// The configured ring size is above the NIC's maximum.
+    #[error("queue_size {configured} exceeds the NIC's maximum ring size {max}")]
+    RingSize {
+        /// `queue_size` of the configuration.
+        configured: u16,
+        /// The NIC's maximum.
+        max: u16,
+    },
+}
+
 /// What a NIC offers, as far as offload is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NicCapabilities {
@@ -119,18 +175,29 @@ impl NicCapabilities {
         1 + 2 * u32::from(pairs)
     }
 
+    /// Checks that the NIC has the MSI-X vectors `pairs` queue pairs need.
+    pub fn check_vectors(&self, pairs: u16) -> Result<(), Unsuitable> {
+        let needed = Self::vectors_needed(pairs);
+        if u32::from(self.msix_vectors) < needed {
+            return Err(Unsuitable::Vectors {
+                pairs,
+                needed,
+                available: self.msix_vectors,
+            });
+        }
+        Ok(())
+    }
+
     /// The features to negotiate with the NIC for a guest that acked `guest`, or why
     /// the NIC cannot serve it.
-    pub fn nic_features_for(&self, guest: u64, pairs: u16) -> Result<u64, String> {
+    pub fn nic_features_for(&self, guest: u64, pairs: u16) -> Result<u64, Unsuitable> {
         if guest & VIRTIO_F_VERSION_1 == 0 {
-            return Err(
-                "the guest did not ack VERSION_1 (legacy drivers are not offloaded)".into(),
-            );
+            return Err(Unsuitable::LegacyGuest);
         }
         let needed = guest & !CONFIG_ONLY_FEATURES;
         let missing = needed & !self.features;
         if missing != 0 {
-            return Err(format!("the NIC lacks {}", describe_bits(missing)));
+            return Err(Unsuitable::MissingFeatures(missing));
         }
         let mut wanted = needed
             | (self.features
@@ -148,37 +215,28 @@ impl NicCapabilities {
     /// Checks up front that this NIC can serve a device configured by `cfg`: the
     /// guest-visible features the configuration offers, its queue pairs, ring size and
     /// the MSI-X vectors they need. Returns every reason it cannot.
-    pub fn can_serve(&self, cfg: &DeviceConfig) -> Result<(), Vec<String>> {
+    pub fn can_serve(&self, cfg: &DeviceConfig) -> Result<(), Vec<Unsuitable>> {
         let mut why = Vec::new();
         let offered = offered_features(cfg);
         if let Err(e) = self.nic_features_for(offered, cfg.queue_pairs) {
             why.push(e);
         }
         if cfg.queue_pairs > self.max_pairs {
-            why.push(format!(
-                "{} queue pairs configured, the NIC can drive {}{}",
-                cfg.queue_pairs,
-                self.max_pairs,
-                if self.features & feature::NET_CTRL_VQ != 0 && self.features & VIRTIO_NET_F_MQ != 0
-                {
-                    " (multiqueue through the NIC's control queue is not implemented)"
-                } else {
-                    ""
-                }
-            ));
+            why.push(Unsuitable::PairsConfigured {
+                configured: cfg.queue_pairs,
+                usable: self.max_pairs,
+                control_queue_mq: self.features & feature::NET_CTRL_VQ != 0
+                    && self.features & VIRTIO_NET_F_MQ != 0,
+            });
         }
-        let need = Self::vectors_needed(cfg.queue_pairs);
-        if u32::from(self.msix_vectors) < need {
-            why.push(format!(
-                "{} queue pairs need {need} MSI-X vectors (one per ring + config), the NIC has {}",
-                cfg.queue_pairs, self.msix_vectors
-            ));
+        if let Err(e) = self.check_vectors(cfg.queue_pairs) {
+            why.push(e);
         }
         if cfg.queue_size > self.queue_max_size {
-            why.push(format!(
-                "queue_size {} exceeds the NIC's maximum ring size {}",
-                cfg.queue_size, self.queue_max_size
-            ));
+            why.push(Unsuitable::RingSize {
+                configured: cfg.queue_size,
+                max: self.queue_max_size,
+            });
         }
         if why.is_empty() {
             Ok(())
@@ -216,7 +274,7 @@ mod tests {
         let e = c
             .nic_features_for(guest | VIRTIO_RING_F_EVENT_IDX, 1)
             .unwrap_err();
-        assert!(e.contains("EVENT_IDX"), "{e}");
+        assert!(e.to_string().contains("EVENT_IDX"), "{e}");
         assert!(c.nic_features_for(VIRTIO_NET_F_MAC, 1).is_err());
     }
 

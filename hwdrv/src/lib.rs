@@ -4,8 +4,8 @@
 //! eventfds. See `docs/offload.md`.
 //!
 //! - [`pci`]: the PCI function trait, with two implementations: [`vfio`] (real
-//!   hardware; raw calls in [`vfio_sys`]) and `sim` (a simulated virtio-net function
-//!   for tests, only with the `test-utils` feature).
+//!   hardware; raw calls in [`vfio_sys`], errors in [`vfio_error`]) and `sim` (a
+//!   simulated virtio-net function for tests, only with the `test-utils` feature).
 //! - [`spec`]: PCI and virtio constants.
 //! - [`virtio_pci`]: the virtio 1.x modern PCI driver over a PCI function.
 //! - [`capabilities`]: what a NIC can serve and which features to negotiate with it.
@@ -22,14 +22,16 @@ pub mod pci;
 pub mod sim;
 pub mod spec;
 pub mod vfio;
+pub mod vfio_error;
 pub mod vfio_sys;
 pub mod virtio_pci;
 
-pub use capabilities::NicCapabilities;
+pub use capabilities::{NicCapabilities, Unsuitable};
 pub use classify::{classify, Classification, Decision};
 pub use offload::{OffloadDatapath, OffloadError};
 pub use pci::{PciFunction, ResetOutcome};
 #[cfg(any(test, feature = "test-utils"))]
 pub use sim::{SimConfig, SimNic};
 pub use vfio::{VfioFunction, VfioVm};
+pub use vfio_error::VfioError;
 pub use virtio_pci::{VirtioError, VirtioPci};

@@ -24,7 +24,7 @@ use vdpa::{
 use vdpad_config::DeviceConfig;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::capabilities::NicCapabilities;
+use crate::capabilities::{NicCapabilities, Unsuitable};
 use crate::kick_relay::{KickRelay, KickTarget};
 use crate::pci::PciFunction;
 use crate::spec::ring;
@@ -43,14 +43,14 @@ pub enum OffloadError {
         source: VirtioError,
     },
     /// The NIC cannot serve the requested configuration.
-    #[error("{pci} cannot offload device {device}: {}", reasons.join("; "))]
+    #[error("{pci} cannot offload device {device}: {}", join(reasons))]
     Unsuitable {
         /// The function.
         pci: String,
         /// The device name.
         device: String,
         /// Every reason.
-        reasons: Vec<String>,
+        reasons: Vec<Unsuitable>,
     },
     /// Enabling DMA (bus mastering) failed.
     #[error("enabling bus mastering on {pci}")]
@@ -61,6 +61,12 @@ pub enum OffloadError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The reasons, separated by "; ".
+fn join(reasons: &[Unsuitable]) -> String {
+    let all: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+    all.join("; ")
 }
 
 fn backend(what: impl std::fmt::Display) -> DatapathError {
@@ -103,17 +109,13 @@ impl OffloadDatapath {
         let caps = NicCapabilities::probe(&nic).map_err(probe)?;
         let mut reasons = Vec::new();
         if pairs == 0 || pairs > caps.max_pairs {
-            reasons.push(format!(
-                "{pairs} queue pairs requested, the NIC can drive {}",
-                caps.max_pairs
-            ));
+            reasons.push(Unsuitable::PairsRequested {
+                requested: pairs,
+                usable: caps.max_pairs,
+            });
         }
-        let need = NicCapabilities::vectors_needed(pairs);
-        if u32::from(caps.msix_vectors) < need {
-            reasons.push(format!(
-                "{pairs} queue pairs need {need} MSI-X vectors (one per ring + config), the NIC has {}",
-                caps.msix_vectors
-            ));
+        if let Err(e) = caps.check_vectors(pairs) {
+            reasons.push(e);
         }
         if !reasons.is_empty() {
             return Err(OffloadError::Unsuitable {
@@ -278,7 +280,10 @@ impl OffloadDatapath {
         }
         self.caps
             .nic_features_for(qp.features.bits, self.pairs)
-            .map_err(|why| DatapathError::Pair { pair: qp.pair, why })?;
+            .map_err(|why| DatapathError::Pair {
+                pair: qp.pair,
+                why: why.to_string(),
+            })?;
         self.ring_plan(qp, &qp.rx)?;
         self.ring_plan(qp, &qp.tx)?;
         Ok(())
@@ -425,7 +430,7 @@ impl OffloadDatapath {
             .nic_features_for(guest, self.pairs)
             .map_err(|why| DatapathError::Pair {
                 pair: first.pair,
-                why,
+                why: why.to_string(),
             })?;
         self.active = true;
         self.map_memory(&mem)?;
