@@ -20,7 +20,7 @@ use crate::virtio_pci::{NetConfig, VirtioError, VirtioPci};
 /// Guest feature bits the NIC does not need to support: they are answered by the
 /// frontend (QEMU emulates config space and the control queue for vhost-user) or by
 /// the vhost-user protocol.
-pub const CONFIG_ONLY_FEATURES: u64 = VIRTIO_NET_F_MAC
+pub(crate) const CONFIG_ONLY_FEATURES: u64 = VIRTIO_NET_F_MAC
     | VIRTIO_NET_F_MTU
     | VIRTIO_NET_F_STATUS
     | VIRTIO_NET_F_MQ
@@ -34,7 +34,7 @@ pub const CONFIG_ONLY_FEATURES: u64 = VIRTIO_NET_F_MAC
     | feature::ACCESS_PLATFORM;
 
 /// Names of `bits`, including bits `feature_names` does not know (as `bit N`).
-pub fn describe_bits(bits: u64) -> String {
+pub(crate) fn describe_bits(bits: u64) -> String {
     let mut names: Vec<String> = feature_names(bits).iter().map(|s| s.to_string()).collect();
     let mut named = 0u64;
     for b in 0..64 {
@@ -117,7 +117,7 @@ pub struct NicCapabilities {
     pub features: u64,
     /// Virtqueues of the device.
     pub num_queues: u16,
-    /// Queue pairs offload can use (see [`usable_pairs`](Self::usable_pairs)).
+    /// Queue pairs offload can use (see `usable_pairs`).
     pub max_pairs: u16,
     /// MSI-X vectors.
     pub msix_vectors: u16,
@@ -134,7 +134,7 @@ pub struct NicCapabilities {
 impl NicCapabilities {
     /// Reads the capabilities of a probed device. Does not change its state beyond
     /// selecting queues to read their maximum sizes.
-    pub fn probe(nic: &VirtioPci) -> Result<Self, VirtioError> {
+    pub(crate) fn probe(nic: &VirtioPci) -> Result<Self, VirtioError> {
         let features = nic.device_features();
         let net = nic.net_config()?;
         let max_pairs = Self::usable_pairs(features, net.max_pairs, nic.num_queues());
@@ -160,7 +160,7 @@ impl NicCapabilities {
     /// this driver does not implement; so MQ counts only without CTRL_VQ (a device
     /// that runs every enabled queue, like the simulator or ifcvf with its vendor MQ
     /// register).
-    pub fn usable_pairs(features: u64, max_pairs: u16, num_queues: u16) -> u16 {
+    pub(crate) fn usable_pairs(features: u64, max_pairs: u16, num_queues: u16) -> u16 {
         let by_queues = num_queues / 2;
         let pairs = if features & VIRTIO_NET_F_MQ != 0 && features & feature::NET_CTRL_VQ == 0 {
             max_pairs
@@ -171,12 +171,12 @@ impl NicCapabilities {
     }
 
     /// MSI-X vectors needed to serve `pairs`: one per ring plus the config vector.
-    pub fn vectors_needed(pairs: u16) -> u32 {
+    pub(crate) fn vectors_needed(pairs: u16) -> u32 {
         1 + 2 * u32::from(pairs)
     }
 
     /// Checks that the NIC has the MSI-X vectors `pairs` queue pairs need.
-    pub fn check_vectors(&self, pairs: u16) -> Result<(), Unsuitable> {
+    pub(crate) fn check_vectors(&self, pairs: u16) -> Result<(), Unsuitable> {
         let needed = Self::vectors_needed(pairs);
         if u32::from(self.msix_vectors) < needed {
             return Err(Unsuitable::Vectors {
@@ -190,7 +190,7 @@ impl NicCapabilities {
 
     /// The features to negotiate with the NIC for a guest that acked `guest`, or why
     /// the NIC cannot serve it.
-    pub fn nic_features_for(&self, guest: u64, pairs: u16) -> Result<u64, Unsuitable> {
+    pub(crate) fn nic_features_for(&self, guest: u64, pairs: u16) -> Result<u64, Unsuitable> {
         if guest & VIRTIO_F_VERSION_1 == 0 {
             return Err(Unsuitable::LegacyGuest);
         }
@@ -215,7 +215,7 @@ impl NicCapabilities {
     /// Checks up front that this NIC can serve a device configured by `cfg`: the
     /// guest-visible features the configuration offers, its queue pairs, ring size and
     /// the MSI-X vectors they need. Returns every reason it cannot.
-    pub fn can_serve(&self, cfg: &DeviceConfig) -> Result<(), Vec<Unsuitable>> {
+    pub(crate) fn can_serve(&self, cfg: &DeviceConfig) -> Result<(), Vec<Unsuitable>> {
         let mut why = Vec::new();
         let offered = offered_features(cfg);
         if let Err(e) = self.nic_features_for(offered, cfg.queue_pairs) {

@@ -202,11 +202,6 @@ impl OffloadDatapath {
         self.lost.iter().copied().collect()
     }
 
-    /// The config-change eventfd (MSI-X vector 0).
-    pub fn config_event(&self) -> &EventFd {
-        &self.config_event
-    }
-
     fn counters(&mut self, ring: u16) -> Arc<QueueCounters> {
         self.counters.entry(ring).or_default().clone()
     }

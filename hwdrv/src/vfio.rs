@@ -72,21 +72,6 @@ impl VfioVm {
         }))
     }
 
-    /// The VM name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The underlying container.
-    pub fn container(&self) -> &Arc<VfioContainer> {
-        &self.container
-    }
-
-    /// Bytes mapped in this container.
-    pub fn mapped_bytes(&self) -> u64 {
-        lock(&self.maps).keys().map(|(_, s)| s).sum()
-    }
-
     /// Maps `[iova, iova + size)` to `host` (reference counted per identical range).
     ///
     /// # Safety
@@ -174,7 +159,7 @@ unsafe impl Send for VfioFunction {}
 unsafe impl Sync for VfioFunction {}
 
 /// The sysfs directory of a PCI function.
-pub fn sysfs_path(bdf: &str) -> PathBuf {
+pub(crate) fn sysfs_path(bdf: &str) -> PathBuf {
     PathBuf::from("/sys/bus/pci/devices").join(bdf)
 }
 
@@ -245,16 +230,6 @@ impl VfioFunction {
             my_maps: Mutex::new(Vec::new()),
             msix_on: std::sync::atomic::AtomicBool::new(false),
         })
-    }
-
-    /// The function's address.
-    pub fn bdf(&self) -> &str {
-        &self.bdf
-    }
-
-    /// The VM it belongs to.
-    pub fn vm(&self) -> &Arc<VfioVm> {
-        &self.vm
     }
 
     /// Whether VFIO_DEVICE_RESET is available (FLR or equivalent).

@@ -162,7 +162,7 @@ fn chain(error: &vfio_ioctls::VfioError) -> String {
 
 impl VfioError {
     /// The `io::ErrorKind` this error travels as.
-    pub fn kind(&self) -> io::ErrorKind {
+    pub(crate) fn kind(&self) -> io::ErrorKind {
         match self {
             Self::NoVfio | Self::NoFunction { .. } => io::ErrorKind::NotFound,
             Self::NotMapped { .. } | Self::NotMappedHere { .. } => io::ErrorKind::NotFound,

@@ -189,7 +189,7 @@ pub(crate) fn set_msix(fd: RawFd, fds: &[RawFd]) -> io::Result<()> {
 }
 
 /// Whether the process has CAP_IPC_LOCK (then RLIMIT_MEMLOCK does not apply).
-pub fn has_cap_ipc_lock() -> bool {
+pub(crate) fn has_cap_ipc_lock() -> bool {
     let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
         return false;
     };
@@ -200,7 +200,7 @@ pub fn has_cap_ipc_lock() -> bool {
 }
 
 /// The soft RLIMIT_MEMLOCK in bytes (`None` = unlimited).
-pub fn memlock_limit() -> io::Result<Option<u64>> {
+pub(crate) fn memlock_limit() -> io::Result<Option<u64>> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -214,7 +214,7 @@ pub fn memlock_limit() -> io::Result<Option<u64>> {
 
 /// The memlock verdict: VFIO type1 pins every mapped byte and counts it against
 /// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK.
-pub fn memlock_verdict(
+pub(crate) fn memlock_verdict(
     limit: Option<u64>,
     cap_ipc_lock: bool,
     pinned: u64,
@@ -235,7 +235,7 @@ pub fn memlock_verdict(
 }
 
 /// Checks that `more` bytes can be pinned on top of `pinned`.
-pub fn check_memlock(pinned: u64, more: u64) -> io::Result<()> {
+pub(crate) fn check_memlock(pinned: u64, more: u64) -> io::Result<()> {
     Ok(memlock_verdict(
         memlock_limit()?,
         has_cap_ipc_lock(),
