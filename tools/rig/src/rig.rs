@@ -169,7 +169,7 @@ impl Rig {
     }
 
     /// The session options.
-    pub fn options(&self) -> &RigOptions {
+    pub(crate) fn options(&self) -> &RigOptions {
         &self.opts
     }
     /// What was negotiated.
@@ -181,7 +181,7 @@ impl Rig {
         &self.mem
     }
     /// Spare guest memory (hostile chains point into it).
-    pub fn scratch(&self) -> Scratch {
+    pub(crate) fn scratch(&self) -> Scratch {
         self.scratch
     }
     /// All queue pairs.
@@ -216,7 +216,7 @@ impl Rig {
     }
 
     /// The call eventfds of every ring (RX and TX of each pair).
-    pub fn call_fds(&self) -> Vec<RawFd> {
+    pub(crate) fn call_fds(&self) -> Vec<RawFd> {
         self.pairs
             .iter()
             .flat_map(|p| {

@@ -157,10 +157,6 @@ impl RigSetup {
         })
     }
 
-    /// The options of this session.
-    pub fn options(&self) -> &RigOptions {
-        &self.opts
-    }
     /// Guest memory.
     pub fn memory(&self) -> &Arc<GuestMemory> {
         &self.mem
