@@ -1,29 +1,21 @@
 //! CI smoke test of the benchmark harness: `vdpa-bench --smoke --seed-questions` with
 //! the binaries of this build. No assertion on speed — only that every cell produced
-//! numbers, and that the CSV, JSON and SVG outputs are there.
+//! numbers, and that the CSV, JSON and SVG outputs are there. (The harness's own
+//! command-line tests are in tools/bench/tests/cli.rs.)
 //!
 //! Needs the lab (root, dpdk-testpmd with the vhost and virtio drivers, hugepages
-//! optional): `sudo tests/lab/setup.sh`. Needs `vdpad` and `vdpa-rig` built with the
-//! same profile (a workspace `cargo test` builds them; alone:
-//! `cargo build -p vdpad -p vdpa-rig && cargo test -p vdpa-bench -- --ignored`).
+//! optional): `sudo tests/lab/setup.sh`. `vdpa-bench`, `vdpad` and `vdpa-rig` are built
+//! by the test itself, with its profile (`support::bins`):
+//! `cargo test -p vdpad-tests --test bench_smoke -- --ignored`.
 //! Takes about two and a half minutes.
+
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn bench() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vdpa-bench"))
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let p = bench().parent().expect("target dir").join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build it with the same profile first (cargo build -p vdpad -p vdpa-rig)",
-        p.display()
-    );
-    p
-}
+use support::bins;
 
 fn out_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("vdpa-bench-smoke.{}", std::process::id()));
@@ -40,13 +32,13 @@ fn read_json(p: &Path) -> serde_json::Value {
 #[ignore = "needs the lab: tests/lab/setup.sh"]
 fn smoke_every_cell_has_numbers() {
     let out = out_dir();
-    let o = Command::new(bench())
+    let o = Command::new(bins::vdpa_bench())
         .args(["--smoke", "--seed-questions", "--out"])
         .arg(&out)
         .arg("--vdpad")
-        .arg(sibling("vdpad"))
+        .arg(bins::vdpad())
         .arg("--rig")
-        .arg(sibling("vdpa-rig"))
+        .arg(bins::vdpa_rig())
         .output()
         .expect("run vdpa-bench");
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -116,26 +108,4 @@ fn smoke_every_cell_has_numbers() {
     }
     assert!(stdout.contains("B/A"), "no table on stdout:\n{stdout}");
     let _ = std::fs::remove_dir_all(&out);
-}
-
-#[test]
-fn missing_testpmd_is_explained() {
-    let o = Command::new(bench())
-        .args(["--smoke", "--testpmd", "/nonexistent/dpdk-testpmd"])
-        .output()
-        .expect("run vdpa-bench");
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("tests/lab/setup.sh"), "{err}");
-}
-
-#[test]
-fn lists_cells() {
-    let o = Command::new(bench())
-        .args(["--list", "--seed-questions"])
-        .output()
-        .expect("run vdpa-bench");
-    assert!(o.status.success());
-    let s = String::from_utf8_lossy(&o.stdout);
-    assert!(s.contains("tp-64") && s.contains("seed-notify") && s.contains("lat-64"));
 }

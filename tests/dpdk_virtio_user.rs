@@ -11,7 +11,7 @@
 //! (`net_vhost`), which proves the harness and gives the anchor numbers.
 //!
 //! Needs the lab (`sudo tests/lab/setup.sh`); run with
-//! `cargo test -p vdpad --test dpdk_virtio_user -- --include-ignored --nocapture`.
+//! `cargo test -p vdpad-tests --test dpdk_virtio_user -- --include-ignored --nocapture`.
 
 #[path = "support/mod.rs"]
 mod support;

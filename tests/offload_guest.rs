@@ -16,7 +16,7 @@
 //!   test`): frames injected on the simulated NIC's wire arrive in `vdpa-rig`'s
 //!   `listen` workload byte for byte, through the offload datapath.
 //!
-//! Run: `cargo test -p vdpad --test offload_guest -- --include-ignored --nocapture`.
+//! Run: `cargo test -p vdpad-tests --test offload_guest -- --include-ignored --nocapture`.
 
 #[path = "support/mod.rs"]
 mod support;

@@ -26,7 +26,7 @@
 //! kernel log must show no DMAR (IOMMU) fault.
 //!
 //! Needs the lab (`sudo tests/lab/setup.sh`); run with
-//! `cargo test -p vdpad --test offload_vfio_nested -- --include-ignored --nocapture`.
+//! `cargo test -p vdpad-tests --test offload_vfio_nested -- --include-ignored --nocapture`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -245,7 +245,7 @@ fn assert_verify(line: &str, packets: u64, what: &str, context: &str) {
 fn offload_through_real_vfio_in_a_nested_guest() {
     let t0 = Instant::now();
     let lab = Lab::require();
-    let rig = support::rig::rig_binary();
+    let rig = Path::new(support::bins::vdpa_rig());
     note(t0, &format!("vdpa-rig: {}", rig.display()));
     let vdpad = support::daemon::binary();
     let dir = TempDir::new("hw-nested");

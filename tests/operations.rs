@@ -7,7 +7,7 @@
 //! tests/operations_service.rs covers the metrics endpoint, sd_notify and the examples.
 //! All run with a plain `cargo test`.
 //!
-//! Run: `cargo test -p vdpad --test operations`.
+//! Run: `cargo test -p vdpad-tests --test operations`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -148,7 +148,7 @@ fn stats_grow_under_rig_traffic() {
 
     // --watch: rates from two samples while traffic flows.
     let mut watch = Command::new("timeout")
-        .args(["-k", "5", "60", env!("CARGO_BIN_EXE_vdpactl")])
+        .args(["-k", "5", "60", support::bins::vdpactl()])
         .args(["--socket", &v.control.to_string_lossy(), "--json"])
         .args(["stats", "lo", "--watch", "0.3", "--count", "3"])
         .stdout(Stdio::piped())
@@ -549,7 +549,7 @@ fn control_socket_is_not_stolen_and_a_stale_one_is_replaced() {
     )
     .unwrap();
     let out = Command::new("timeout")
-        .args(["-k", "5", "30", env!("CARGO_BIN_EXE_vdpad"), "--config"])
+        .args(["-k", "5", "30", support::bins::vdpad(), "--config"])
         .arg(&config)
         .env("NO_COLOR", "1")
         .output()

@@ -6,7 +6,7 @@
 //! QEMU example (`--include-ignored`, needs the lab). The daemon fixture is shared with
 //! tests/operations.rs (tests/support/operator.rs).
 //!
-//! Run: `cargo test -p vdpad --test operations_service`.
+//! Run: `cargo test -p vdpad-tests --test operations_service`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -304,7 +304,7 @@ fn sample_config_is_valid() {
     let names: Vec<&str> = cfg.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["vm1-net0", "vm2-net0"]);
     // And the binary agrees.
-    let out = Command::new(env!("CARGO_BIN_EXE_vdpad"))
+    let out = Command::new(support::bins::vdpad())
         .arg("--check-config")
         .arg(&path)
         .output()
@@ -474,7 +474,7 @@ fn systemd_unit_verifies() {
     let copy = dir.join("vdpad.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/sbin/vdpad", env!("CARGO_BIN_EXE_vdpad")),
+        unit.replace("/usr/sbin/vdpad", support::bins::vdpad()),
     )
     .unwrap();
     let out = Command::new("timeout")
@@ -550,7 +550,7 @@ fn qemu_example_attaches_a_guest() {
         log: log.clone(),
         config: config.clone(),
         proc: Some(
-            Spawn::new("vdpad", env!("CARGO_BIN_EXE_vdpad"), &log)
+            Spawn::new("vdpad", support::bins::vdpad(), &log)
                 .args(["--config", &config.to_string_lossy()])
                 .limit(Duration::from_secs(600))
                 .cpu(Some(0))

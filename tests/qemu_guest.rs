@@ -18,7 +18,7 @@
 //! and a file on the guest's read-write share (`/lab/stop`). Every wait is bounded.
 //!
 //! Needs the lab (`sudo tests/lab/setup.sh`); run with
-//! `cargo test -p vdpad --test qemu_guest -- --include-ignored --nocapture`.
+//! `cargo test -p vdpad-tests --test qemu_guest -- --include-ignored --nocapture`.
 
 #[path = "support/mod.rs"]
 mod support;

@@ -1,6 +1,9 @@
 #!/bin/bash
 # Install everything the tests need on a fresh Debian 12 machine, then run them all:
 # the fast in-process tests and the real-peer tests (DPDK testpmd, QEMU guests).
+# The tests are one `cargo test --workspace`: the real-peer tests are the package vdpad-tests
+# (this directory), ignored unless --include-ignored; they build the programs they run
+# (vdpad, vdpactl, vdpa-rig, vdpa-bench) themselves, with the same cargo and profile.
 #
 #   sudo tests/run.sh            # everything (about 10 minutes on 2 cores)
 #   sudo tests/run.sh --fast     # skip the installer and the lab tests: plain cargo test
@@ -14,7 +17,7 @@ FAST=0
 for arg in "$@"; do
   case "$arg" in
     --fast) FAST=1 ;;
-    -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done

@@ -43,7 +43,7 @@
 //! harness holds a machine-wide lock).
 //!
 //! Needs the lab (`sudo tests/lab/setup.sh`, root); run with
-//! `cargo test -p vdpad --test software_guest -- --include-ignored --nocapture --test-threads=1`.
+//! `cargo test -p vdpad-tests --test software_guest -- --include-ignored --nocapture --test-threads=1`.
 
 #[path = "support/mod.rs"]
 mod support;

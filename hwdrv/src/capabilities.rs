@@ -20,7 +20,7 @@ use crate::virtio_pci::{NetConfig, VirtioError, VirtioPci};
 /// Guest feature bits the NIC does not need to support: they are answered by the
 /// frontend (QEMU emulates config space and the control queue for vhost-user) or by
 /// the vhost-user protocol.
-pub const CONFIG_ONLY_FEATURES: u64 = VIRTIO_NET_F_MAC
+pub(crate) const CONFIG_ONLY_FEATURES: u64 = VIRTIO_NET_F_MAC
     | VIRTIO_NET_F_MTU
     | VIRTIO_NET_F_STATUS
     | VIRTIO_NET_F_MQ
@@ -34,7 +34,7 @@ pub const CONFIG_ONLY_FEATURES: u64 = VIRTIO_NET_F_MAC
     | feature::ACCESS_PLATFORM;
 
 /// Names of `bits`, including bits `feature_names` does not know (as `bit N`).
-pub fn describe_bits(bits: u64) -> String {
+pub(crate) fn describe_bits(bits: u64) -> String {
     let mut names: Vec<String> = feature_names(bits).iter().map(|s| s.to_string()).collect();
     let mut named = 0u64;
     for b in 0..64 {
@@ -52,6 +52,62 @@ pub fn describe_bits(bits: u64) -> String {
     names.join(", ")
 }
 
+/// Why a NIC cannot serve a guest or a device configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unsuitable {
+    /// The guest drives the device as a legacy (pre-1.0) virtio device.
+    #[error("the guest did not ack VERSION_1 (legacy drivers are not offloaded)")]
+    LegacyGuest,
+    /// Ring or header features the guest uses that the NIC does not offer.
+    #[error("the NIC lacks {}", describe_bits(*.0))]
+    MissingFeatures(u64),
+    /// More queue pairs asked of the datapath than the NIC can drive (or none).
+    #[error("{requested} queue pairs requested, the NIC can drive {usable}")]
+    PairsRequested {
+        /// Queue pairs asked for.
+        requested: u16,
+        /// Queue pairs the NIC can drive.
+        usable: u16,
+    },
+    /// More queue pairs configured than the NIC can drive.
+    #[error(
+        "{configured} queue pairs configured, the NIC can drive {usable}{}",
+        if *.control_queue_mq {
+            " (multiqueue through the NIC's control queue is not implemented)"
+        } else {
+            ""
+        }
+    )]
+    PairsConfigured {
+        /// Queue pairs in the configuration.
+        configured: u16,
+        /// Queue pairs the NIC can drive.
+        usable: u16,
+        /// The NIC has multiqueue, but only through its control queue.
+        control_queue_mq: bool,
+    },
+    /// Fewer MSI-X vectors than one per ring plus the config vector.
+    #[error(
+        "{pairs} queue pairs need {needed} MSI-X vectors (one per ring + config), the NIC has {available}"
+    )]
+    Vectors {
+        /// Queue pairs.
+        pairs: u16,
+        /// Vectors they need.
+        needed: u32,
+        /// Vectors the NIC has.
+        available: u16,
+    },
+    /// The configured ring size is above the NIC's maximum.
+    #[error("queue_size {configured} exceeds the NIC's maximum ring size {max}")]
+    RingSize {
+        /// `queue_size` of the configuration.
+        configured: u16,
+        /// The NIC's maximum.
+        max: u16,
+    },
+}
+
 /// What a NIC offers, as far as offload is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NicCapabilities {
@@ -61,7 +117,7 @@ pub struct NicCapabilities {
     pub features: u64,
     /// Virtqueues of the device.
     pub num_queues: u16,
-    /// Queue pairs offload can use (see [`usable_pairs`](Self::usable_pairs)).
+    /// Queue pairs offload can use (see `usable_pairs`).
     pub max_pairs: u16,
     /// MSI-X vectors.
     pub msix_vectors: u16,
@@ -78,7 +134,7 @@ pub struct NicCapabilities {
 impl NicCapabilities {
     /// Reads the capabilities of a probed device. Does not change its state beyond
     /// selecting queues to read their maximum sizes.
-    pub fn probe(nic: &VirtioPci) -> Result<Self, VirtioError> {
+    pub(crate) fn probe(nic: &VirtioPci) -> Result<Self, VirtioError> {
         let features = nic.device_features();
         let net = nic.net_config()?;
         let max_pairs = Self::usable_pairs(features, net.max_pairs, nic.num_queues());
@@ -104,7 +160,7 @@ impl NicCapabilities {
     /// this driver does not implement; so MQ counts only without CTRL_VQ (a device
     /// that runs every enabled queue, like the simulator or ifcvf with its vendor MQ
     /// register).
-    pub fn usable_pairs(features: u64, max_pairs: u16, num_queues: u16) -> u16 {
+    pub(crate) fn usable_pairs(features: u64, max_pairs: u16, num_queues: u16) -> u16 {
         let by_queues = num_queues / 2;
         let pairs = if features & VIRTIO_NET_F_MQ != 0 && features & feature::NET_CTRL_VQ == 0 {
             max_pairs
@@ -115,22 +171,33 @@ impl NicCapabilities {
     }
 
     /// MSI-X vectors needed to serve `pairs`: one per ring plus the config vector.
-    pub fn vectors_needed(pairs: u16) -> u32 {
+    pub(crate) fn vectors_needed(pairs: u16) -> u32 {
         1 + 2 * u32::from(pairs)
+    }
+
+    /// Checks that the NIC has the MSI-X vectors `pairs` queue pairs need.
+    pub(crate) fn check_vectors(&self, pairs: u16) -> Result<(), Unsuitable> {
+        let needed = Self::vectors_needed(pairs);
+        if u32::from(self.msix_vectors) < needed {
+            return Err(Unsuitable::Vectors {
+                pairs,
+                needed,
+                available: self.msix_vectors,
+            });
+        }
+        Ok(())
     }
 
     /// The features to negotiate with the NIC for a guest that acked `guest`, or why
     /// the NIC cannot serve it.
-    pub fn nic_features_for(&self, guest: u64, pairs: u16) -> Result<u64, String> {
+    pub(crate) fn nic_features_for(&self, guest: u64, pairs: u16) -> Result<u64, Unsuitable> {
         if guest & VIRTIO_F_VERSION_1 == 0 {
-            return Err(
-                "the guest did not ack VERSION_1 (legacy drivers are not offloaded)".into(),
-            );
+            return Err(Unsuitable::LegacyGuest);
         }
         let needed = guest & !CONFIG_ONLY_FEATURES;
         let missing = needed & !self.features;
         if missing != 0 {
-            return Err(format!("the NIC lacks {}", describe_bits(missing)));
+            return Err(Unsuitable::MissingFeatures(missing));
         }
         let mut wanted = needed
             | (self.features
@@ -148,37 +215,28 @@ impl NicCapabilities {
     /// Checks up front that this NIC can serve a device configured by `cfg`: the
     /// guest-visible features the configuration offers, its queue pairs, ring size and
     /// the MSI-X vectors they need. Returns every reason it cannot.
-    pub fn can_serve(&self, cfg: &DeviceConfig) -> Result<(), Vec<String>> {
+    pub(crate) fn can_serve(&self, cfg: &DeviceConfig) -> Result<(), Vec<Unsuitable>> {
         let mut why = Vec::new();
         let offered = offered_features(cfg);
         if let Err(e) = self.nic_features_for(offered, cfg.queue_pairs) {
             why.push(e);
         }
         if cfg.queue_pairs > self.max_pairs {
-            why.push(format!(
-                "{} queue pairs configured, the NIC can drive {}{}",
-                cfg.queue_pairs,
-                self.max_pairs,
-                if self.features & feature::NET_CTRL_VQ != 0 && self.features & VIRTIO_NET_F_MQ != 0
-                {
-                    " (multiqueue through the NIC's control queue is not implemented)"
-                } else {
-                    ""
-                }
-            ));
+            why.push(Unsuitable::PairsConfigured {
+                configured: cfg.queue_pairs,
+                usable: self.max_pairs,
+                control_queue_mq: self.features & feature::NET_CTRL_VQ != 0
+                    && self.features & VIRTIO_NET_F_MQ != 0,
+            });
         }
-        let need = Self::vectors_needed(cfg.queue_pairs);
-        if u32::from(self.msix_vectors) < need {
-            why.push(format!(
-                "{} queue pairs need {need} MSI-X vectors (one per ring + config), the NIC has {}",
-                cfg.queue_pairs, self.msix_vectors
-            ));
+        if let Err(e) = self.check_vectors(cfg.queue_pairs) {
+            why.push(e);
         }
         if cfg.queue_size > self.queue_max_size {
-            why.push(format!(
-                "queue_size {} exceeds the NIC's maximum ring size {}",
-                cfg.queue_size, self.queue_max_size
-            ));
+            why.push(Unsuitable::RingSize {
+                configured: cfg.queue_size,
+                max: self.queue_max_size,
+            });
         }
         if why.is_empty() {
             Ok(())
@@ -216,7 +274,7 @@ mod tests {
         let e = c
             .nic_features_for(guest | VIRTIO_RING_F_EVENT_IDX, 1)
             .unwrap_err();
-        assert!(e.contains("EVENT_IDX"), "{e}");
+        assert!(e.to_string().contains("EVENT_IDX"), "{e}");
         assert!(c.nic_features_for(VIRTIO_NET_F_MAC, 1).is_err());
     }
 

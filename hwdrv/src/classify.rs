@@ -19,7 +19,7 @@ use crate::pci::ConfigSnapshot;
 use crate::spec::{self, cap};
 
 /// Where sysfs lists PCI functions.
-pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
+pub(crate) const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 /// The datapath auto mode chooses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub struct Classification {
 }
 
 /// Vendor and device names from the PCI ID database, or hex ids.
-pub fn pci_name(vendor: u16, device: u16) -> String {
+pub(crate) fn pci_name(vendor: u16, device: u16) -> String {
     let v = pci_ids::Vendor::from_id(vendor).map(|v| v.name());
     let d = pci_ids::Device::from_vid_pid(vendor, device).map(|d| d.name());
     match (v, d) {
@@ -80,7 +80,7 @@ fn class_name(code: u32) -> String {
 }
 
 /// The virtio device type of a virtio PCI device id (1 = network), if it is one.
-pub fn virtio_device_type(device_id: u16) -> Option<u16> {
+pub(crate) fn virtio_device_type(device_id: u16) -> Option<u16> {
     match device_id {
         0x1000..=0x103f => Some(match device_id {
             0x1000 => 1,
@@ -98,7 +98,7 @@ pub fn virtio_device_type(device_id: u16) -> Option<u16> {
 }
 
 /// Classifies a function from its configuration space alone.
-pub fn classify_config(bdf: &str, snap: &ConfigSnapshot) -> Classification {
+pub(crate) fn classify_config(bdf: &str, snap: &ConfigSnapshot) -> Classification {
     let ids = (snap.vendor_id(), snap.device_id());
     let class_code = snap.class_code();
     let name = pci_name(ids.0, ids.1);
@@ -168,13 +168,13 @@ pub fn classify_config(bdf: &str, snap: &ConfigSnapshot) -> Classification {
     }
 }
 
-/// Classifies function `bdf` through sysfs ([`SYSFS_PCI_DEVICES`]).
+/// Classifies function `bdf` through sysfs (`/sys/bus/pci/devices`).
 pub fn classify(bdf: &str) -> io::Result<Classification> {
     classify_in(Path::new(SYSFS_PCI_DEVICES), bdf)
 }
 
 /// Classifies function `bdf` under a sysfs-like directory `root` (tests use a fake).
-pub fn classify_in(root: &Path, bdf: &str) -> io::Result<Classification> {
+pub(crate) fn classify_in(root: &Path, bdf: &str) -> io::Result<Classification> {
     let dir = root.join(bdf);
     let bytes = std::fs::read(dir.join("config")).map_err(|e| {
         io::Error::new(

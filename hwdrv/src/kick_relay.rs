@@ -39,12 +39,11 @@ pub struct KickTarget {
 pub struct KickRelay {
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
-    rings: Vec<u16>,
 }
 
 impl KickRelay {
     /// Starts relaying kicks of `targets` to doorbells of `pci`.
-    pub fn start(
+    pub(crate) fn start(
         name: &str,
         pci: Arc<dyn PciFunction>,
         targets: Vec<KickTarget>,
@@ -73,7 +72,6 @@ impl KickRelay {
         for (i, t) in targets.iter().enumerate() {
             add(t.kick.as_raw_fd(), i as u64)?;
         }
-        let rings = targets.iter().map(|t| t.ring).collect();
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-kick"))
@@ -81,17 +79,11 @@ impl KickRelay {
         Ok(KickRelay {
             stop,
             thread: Some(thread),
-            rings,
         })
     }
 
-    /// The rings being relayed.
-    pub fn rings(&self) -> &[u16] {
-        &self.rings
-    }
-
     /// Stops the thread and waits for it: afterwards no doorbell is written.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.halt();
     }
 

@@ -1,11 +1,11 @@
 //! The offload [`Datapath`]: the guest's virtqueues are programmed into a virtio-net
 //! NIC, which moves packets by DMA straight between guest memory and the wire.
 //!
-//! Bring-up (DESIGN.md section 4, the ifcvf order): DMA-map every guest region
-//! (IOVA = GPA) → route MSI-X (vector 0 = config, vector i+1 = call eventfd of ring
-//! i, the full list every time) → reset, ACK, DRIVER, features, FEATURES_OK →
-//! program and enable the queues → DRIVER_OK → kick relay → one kick and one call
-//! per ring so that nothing raised during the switch is lost.
+//! Bring-up (docs/offload.md, "Bring-up": the order of DPDK's ifcvf driver): DMA-map
+//! every guest region (IOVA = GPA) → reset, ACK, DRIVER, features, FEATURES_OK → route
+//! MSI-X (vector 0 = config, vector i+1 = call eventfd of ring i, the full list every
+//! time) → program and enable the queues → DRIVER_OK → kick relay → one kick and one
+//! call per ring so that nothing raised during the switch is lost.
 //!
 //! Pairs start one at a time. A pair added while others run is enabled live when the
 //! NIC negotiated VIRTIO_F_RING_RESET; otherwise the NIC is reset and every running
@@ -25,7 +25,7 @@ use vdpa::{
 use vdpad_config::DeviceConfig;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::capabilities::NicCapabilities;
+use crate::capabilities::{NicCapabilities, Unsuitable};
 use crate::kick_relay::{KickRelay, KickTarget};
 use crate::pci::PciFunction;
 use crate::spec::ring;
@@ -44,14 +44,14 @@ pub enum OffloadError {
         source: VirtioError,
     },
     /// The NIC cannot serve the requested configuration.
-    #[error("{pci} cannot offload device {device}: {}", reasons.join("; "))]
+    #[error("{pci} cannot offload device {device}: {}", join(reasons))]
     Unsuitable {
         /// The function.
         pci: String,
         /// The device name.
         device: String,
         /// Every reason.
-        reasons: Vec<String>,
+        reasons: Vec<Unsuitable>,
     },
     /// Enabling DMA (bus mastering) failed.
     #[error("enabling bus mastering on {pci}")]
@@ -62,6 +62,12 @@ pub enum OffloadError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The reasons, separated by "; ".
+fn join(reasons: &[Unsuitable]) -> String {
+    let all: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+    all.join("; ")
 }
 
 fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DatapathError {
@@ -103,17 +109,13 @@ impl OffloadDatapath {
         let caps = NicCapabilities::probe(&nic).map_err(probe)?;
         let mut reasons = Vec::new();
         if pairs == 0 || pairs > caps.max_pairs {
-            reasons.push(format!(
-                "{pairs} queue pairs requested, the NIC can drive {}",
-                caps.max_pairs
-            ));
+            reasons.push(Unsuitable::PairsRequested {
+                requested: pairs,
+                usable: caps.max_pairs,
+            });
         }
-        let need = NicCapabilities::vectors_needed(pairs);
-        if u32::from(caps.msix_vectors) < need {
-            reasons.push(format!(
-                "{pairs} queue pairs need {need} MSI-X vectors (one per ring + config), the NIC has {}",
-                caps.msix_vectors
-            ));
+        if let Err(e) = caps.check_vectors(pairs) {
+            reasons.push(e);
         }
         if !reasons.is_empty() {
             return Err(OffloadError::Unsuitable {
@@ -190,11 +192,6 @@ impl OffloadDatapath {
     /// Queue pairs running on the NIC now.
     pub fn running_pairs(&self) -> Vec<u16> {
         self.running.keys().copied().collect()
-    }
-
-    /// The config-change eventfd (MSI-X vector 0).
-    pub fn config_event(&self) -> &EventFd {
-        &self.config_event
     }
 
     /// Counts a ring's interrupts through the NIC's own count of its vector, where
@@ -287,7 +284,10 @@ impl OffloadDatapath {
         }
         self.caps
             .nic_features_for(qp.features.bits, self.pairs)
-            .map_err(|why| DatapathError::Pair { pair: qp.pair, why })?;
+            .map_err(|why| DatapathError::Pair {
+                pair: qp.pair,
+                why: why.to_string(),
+            })?;
         self.ring_plan(qp, &qp.rx)?;
         self.ring_plan(qp, &qp.tx)?;
         Ok(())
@@ -437,7 +437,7 @@ impl OffloadDatapath {
             .nic_features_for(guest, self.pairs)
             .map_err(|why| DatapathError::Pair {
                 pair: first.pair,
-                why,
+                why: why.to_string(),
             })?;
         self.active = true;
         self.map_memory(&mem)?;

@@ -2,7 +2,8 @@
 //! BAR registers, BAR mappings, DMA mappings, MSI-X routing to eventfds and reset.
 //!
 //! Two implementations: [`crate::vfio::VfioFunction`] drives a real function through
-//! VFIO, [`crate::sim::SimNic`] simulates a virtio-net function in-process for tests.
+//! VFIO; `sim::SimNic` (feature `test-utils`) simulates a virtio-net function
+//! in-process for tests.
 //! Every method takes `&self`: a function is shared (behind an `Arc`) between the
 //! control thread that programs it and the kick-relay thread that rings its doorbells.
 
@@ -203,12 +204,12 @@ pub struct ConfigSnapshot {
 
 impl ConfigSnapshot {
     /// Bytes of standard configuration space.
-    pub const LEN: usize = 256;
+    pub(crate) const LEN: usize = 256;
 
     /// Wraps raw configuration bytes (a sysfs `config` read, or a VFIO region read).
     /// Fewer than 256 bytes (an unprivileged sysfs read gives 64) means no
     /// capabilities can be seen.
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Self {
         ConfigSnapshot { bytes }
     }
 
@@ -249,33 +250,20 @@ impl ConfigSnapshot {
         self.u16_at(cfg::DEVICE_ID as usize)
     }
 
-    /// Revision id.
-    pub fn revision(&self) -> u8 {
-        self.u8_at(cfg::REVISION as usize)
-    }
-
     /// 24-bit class code: class, subclass, programming interface.
     pub fn class_code(&self) -> u32 {
         self.u32_at(cfg::REVISION as usize) >> 8
     }
 
-    /// Subsystem vendor and subsystem id.
-    pub fn subsystem(&self) -> (u16, u16) {
-        (
-            self.u16_at(cfg::SUBSYSTEM_VENDOR as usize),
-            self.u16_at(cfg::SUBSYSTEM_ID as usize),
-        )
-    }
-
     /// Whether the snapshot covers the whole standard configuration space (the
     /// capability list can only be walked then).
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.bytes.len() >= Self::LEN
     }
 
     /// The capability list, in list order. Bounded: at most 48 entries, pointers below
     /// 0x40 end the walk (malformed lists cannot loop).
-    pub fn capabilities(&self) -> Vec<Capability> {
+    pub(crate) fn capabilities(&self) -> Vec<Capability> {
         let mut out = Vec::new();
         if !self.is_complete() || self.u16_at(cfg::STATUS as usize) & cfg::STATUS_CAP_LIST == 0 {
             return out;

@@ -31,6 +31,7 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::pci::{check_width, PciFunction, ResetOutcome};
+use crate::vfio_error::VfioError;
 use crate::vfio_sys::{self, MmapArea, RegionInfo};
 
 /// Bytes pinned by all VFIO containers of this process (type1 counts them all
@@ -41,12 +42,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn vfio_err(what: impl std::fmt::Display, e: vfio_ioctls::VfioError) -> io::Error {
-    let msg = match std::error::Error::source(&e) {
-        Some(src) => format!("{what}: {e}: {src}"),
-        None => format!("{what}: {e}"),
-    };
-    io::Error::other(msg)
+fn vfio_err(what: impl std::fmt::Display, error: vfio_ioctls::VfioError) -> io::Error {
+    VfioError::Crate {
+        what: what.to_string(),
+        error,
+    }
+    .into()
 }
 
 /// One VM's IOMMU domain: a VFIO container shared by all of that VM's functions.
@@ -60,11 +61,7 @@ impl VfioVm {
     /// Opens a new container (`/dev/vfio/vfio`) for VM `name`.
     pub fn new(name: &str) -> io::Result<Arc<Self>> {
         if !Path::new("/dev/vfio/vfio").exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "/dev/vfio/vfio does not exist: load vfio-pci and enable the IOMMU \
-                 (intel_iommu=on / amd_iommu=on) to use offload",
-            ));
+            return Err(VfioError::NoVfio.into());
         }
         let container = VfioContainer::new(None)
             .map_err(|e| vfio_err(format!("opening the VFIO container for {name}"), e))?;
@@ -73,21 +70,6 @@ impl VfioVm {
             container: Arc::new(container),
             maps: Mutex::new(BTreeMap::new()),
         }))
-    }
-
-    /// The VM name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The underlying container.
-    pub fn container(&self) -> &Arc<VfioContainer> {
-        &self.container
-    }
-
-    /// Bytes mapped in this container.
-    pub fn mapped_bytes(&self) -> u64 {
-        lock(&self.maps).keys().map(|(_, s)| s).sum()
     }
 
     /// Maps `[iova, iova + size)` to `host` (reference counted per identical range).
@@ -121,10 +103,7 @@ impl VfioVm {
     fn unmap(&self, iova: u64, size: u64) -> io::Result<()> {
         let mut maps = lock(&self.maps);
         let Some(refs) = maps.get_mut(&(iova, size)) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no DMA mapping at iova {iova:#x} size {size:#x}"),
-            ));
+            return Err(VfioError::NotMapped { iova, size }.into());
         };
         if *refs > 1 {
             *refs -= 1;
@@ -180,40 +159,32 @@ unsafe impl Send for VfioFunction {}
 unsafe impl Sync for VfioFunction {}
 
 /// The sysfs directory of a PCI function.
-pub fn sysfs_path(bdf: &str) -> PathBuf {
+pub(crate) fn sysfs_path(bdf: &str) -> PathBuf {
     PathBuf::from("/sys/bus/pci/devices").join(bdf)
 }
 
 fn check_bound_to_vfio(bdf: &str) -> io::Result<()> {
     let dev = sysfs_path(bdf);
     if !dev.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "PCI function {bdf} does not exist ({} missing)",
-                dev.display()
-            ),
-        ));
+        return Err(VfioError::NoFunction {
+            bdf: bdf.into(),
+            sysfs: dev,
+        }
+        .into());
     }
     let driver = std::fs::read_link(dev.join("driver"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
     if driver.as_deref() != Some("vfio-pci") {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{bdf} is bound to {}, not vfio-pci: echo vfio-pci > {p}/driver_override; \
-                 echo {bdf} > {p}/driver/unbind; echo {bdf} > /sys/bus/pci/drivers_probe",
-                driver.as_deref().unwrap_or("no driver"),
-                p = dev.display()
-            ),
-        ));
+        return Err(VfioError::NotVfioBound {
+            bdf: bdf.into(),
+            driver,
+            sysfs: dev,
+        }
+        .into());
     }
     if !dev.join("iommu_group").exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{bdf} has no IOMMU group: enable the IOMMU (intel_iommu=on)"),
-        ));
+        return Err(VfioError::NoIommuGroup { bdf: bdf.into() }.into());
     }
     Ok(())
 }
@@ -261,16 +232,6 @@ impl VfioFunction {
         })
     }
 
-    /// The function's address.
-    pub fn bdf(&self) -> &str {
-        &self.bdf
-    }
-
-    /// The VM it belongs to.
-    pub fn vm(&self) -> &Arc<VfioVm> {
-        &self.vm
-    }
-
     /// Whether VFIO_DEVICE_RESET is available (FLR or equivalent).
     pub fn can_reset(&self) -> bool {
         self.flags & VFIO_DEVICE_FLAGS_RESET != 0
@@ -281,20 +242,24 @@ impl VfioFunction {
             .get(usize::from(bar))
             .filter(|b| b.info.size > 0)
             .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{}: no BAR {bar}", self.bdf),
-                )
+                VfioError::NoBar {
+                    bdf: self.bdf.clone(),
+                    bar,
+                }
+                .into()
             })
     }
 
     fn pread_exact(&self, buf: &mut [u8], at: u64, what: &str) -> io::Result<()> {
         let n = self.fd.read_at(buf, at)?;
         if n != buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{}: {what}: read {n} of {} bytes", self.bdf, buf.len()),
-            ));
+            return Err(VfioError::ShortRead {
+                bdf: self.bdf.clone(),
+                what: what.into(),
+                done: n,
+                len: buf.len(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -302,10 +267,13 @@ impl VfioFunction {
     fn pwrite_exact(&self, data: &[u8], at: u64, what: &str) -> io::Result<()> {
         let n = self.fd.write_at(data, at)?;
         if n != data.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("{}: {what}: wrote {n} of {} bytes", self.bdf, data.len()),
-            ));
+            return Err(VfioError::ShortWrite {
+                bdf: self.bdf.clone(),
+                what: what.into(),
+                done: n,
+                len: data.len(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -408,10 +376,12 @@ impl PciFunction for VfioFunction {
             return Ok(());
         }
         if offset + len > b.info.size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("BAR{bar} read at {offset:#x} beyond its size"),
-            ));
+            return Err(VfioError::BeyondBar {
+                bar,
+                access: "read",
+                offset,
+            }
+            .into());
         }
         self.pread_exact(
             buf,
@@ -448,10 +418,12 @@ impl PciFunction for VfioFunction {
             return Ok(());
         }
         if offset + len > b.info.size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("BAR{bar} write at {offset:#x} beyond its size"),
-            ));
+            return Err(VfioError::BeyondBar {
+                bar,
+                access: "write",
+                offset,
+            }
+            .into());
         }
         self.pwrite_exact(
             data,
@@ -476,13 +448,12 @@ impl PciFunction for VfioFunction {
     fn dma_unmap(&self, iova: u64, size: u64) -> io::Result<()> {
         let mut mine = lock(&self.my_maps);
         let Some(i) = mine.iter().position(|&m| m == (iova, size)) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "{}: no DMA mapping at iova {iova:#x} size {size:#x}",
-                    self.bdf
-                ),
-            ));
+            return Err(VfioError::NotMappedHere {
+                bdf: self.bdf.clone(),
+                iova,
+                size,
+            }
+            .into());
         };
         self.vm.unmap(iova, size)?;
         mine.swap_remove(i);
@@ -495,15 +466,12 @@ impl PciFunction for VfioFunction {
 
     fn set_msix(&self, fds: &[&EventFd]) -> io::Result<()> {
         if fds.len() > usize::from(self.msix_count) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: {} eventfds for {} MSI-X vectors",
-                    self.bdf,
-                    fds.len(),
-                    self.msix_count
-                ),
-            ));
+            return Err(VfioError::TooManyVectors {
+                bdf: self.bdf.clone(),
+                fds: fds.len(),
+                vectors: self.msix_count,
+            }
+            .into());
         }
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
         vfio_sys::set_msix(self.fd.as_raw_fd(), &raw)?;

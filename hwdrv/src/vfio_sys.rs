@@ -14,6 +14,8 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_CAPS,
 };
 
+use crate::vfio_error::VfioError;
+
 /// Capability number of CAP_IPC_LOCK (linux/capability.h).
 const CAP_IPC_LOCK: u32 = 14;
 
@@ -24,8 +26,11 @@ const VFIO_DEVICE_SET_IRQS: libc::c_ulong = 0x3b6e;
 const VFIO_DEVICE_RESET: libc::c_ulong = 0x3b6f;
 
 fn ioctl_err(what: &str) -> io::Error {
-    let e = io::Error::last_os_error();
-    io::Error::new(e.kind(), format!("{what}: {e}"))
+    VfioError::Ioctl {
+        what: what.into(),
+        os: io::Error::last_os_error(),
+    }
+    .into()
 }
 
 /// VFIO_DEVICE_GET_INFO: the device flags (VFIO_DEVICE_FLAGS_RESET, ...).
@@ -184,7 +189,7 @@ pub(crate) fn set_msix(fd: RawFd, fds: &[RawFd]) -> io::Result<()> {
 }
 
 /// Whether the process has CAP_IPC_LOCK (then RLIMIT_MEMLOCK does not apply).
-pub fn has_cap_ipc_lock() -> bool {
+pub(crate) fn has_cap_ipc_lock() -> bool {
     let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
         return false;
     };
@@ -195,7 +200,7 @@ pub fn has_cap_ipc_lock() -> bool {
 }
 
 /// The soft RLIMIT_MEMLOCK in bytes (`None` = unlimited).
-pub fn memlock_limit() -> io::Result<Option<u64>> {
+pub(crate) fn memlock_limit() -> io::Result<Option<u64>> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -209,12 +214,12 @@ pub fn memlock_limit() -> io::Result<Option<u64>> {
 
 /// The memlock verdict: VFIO type1 pins every mapped byte and counts it against
 /// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK.
-pub fn memlock_verdict(
+pub(crate) fn memlock_verdict(
     limit: Option<u64>,
     cap_ipc_lock: bool,
     pinned: u64,
     more: u64,
-) -> Result<(), String> {
+) -> Result<(), VfioError> {
     let Some(limit) = limit else {
         return Ok(());
     };
@@ -222,19 +227,21 @@ pub fn memlock_verdict(
     if cap_ipc_lock || needed <= limit {
         return Ok(());
     }
-    Err(format!(
-        "RLIMIT_MEMLOCK is {limit} bytes ({} MiB) but DMA-mapping guest memory needs {needed} \
-         bytes ({} MiB: {pinned} already pinned + {more} more) locked; raise the limit \
-         (systemd LimitMEMLOCK=infinity, `ulimit -l`) or grant CAP_IPC_LOCK",
-        limit >> 20,
-        needed.div_ceil(1 << 20)
-    ))
+    Err(VfioError::Memlock {
+        limit,
+        pinned,
+        more,
+    })
 }
 
 /// Checks that `more` bytes can be pinned on top of `pinned`.
-pub fn check_memlock(pinned: u64, more: u64) -> io::Result<()> {
-    memlock_verdict(memlock_limit()?, has_cap_ipc_lock(), pinned, more)
-        .map_err(|m| io::Error::new(io::ErrorKind::OutOfMemory, m))
+pub(crate) fn check_memlock(pinned: u64, more: u64) -> io::Result<()> {
+    Ok(memlock_verdict(
+        memlock_limit()?,
+        has_cap_ipc_lock(),
+        pinned,
+        more,
+    )?)
 }
 
 #[cfg(test)]
@@ -246,7 +253,9 @@ mod tests {
         assert!(memlock_verdict(None, false, 0, u64::MAX).is_ok());
         assert!(memlock_verdict(Some(1 << 20), true, 0, 1 << 30).is_ok());
         assert!(memlock_verdict(Some(4 << 20), false, 2 << 20, 2 << 20).is_ok());
-        let e = memlock_verdict(Some(1 << 20), false, 0, 2 << 20).unwrap_err();
+        let e = memlock_verdict(Some(1 << 20), false, 0, 2 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("needs 2097152 bytes") && e.contains("CAP_IPC_LOCK"),
             "{e}"

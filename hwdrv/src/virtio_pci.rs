@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::pci::{ConfigSnapshot, PciFunction, VirtioCap};
-use crate::spec::{self, cap, common as cc, feature, net_cfg, status, NO_VECTOR};
+use crate::spec::{self, cap, common as cc, feature, net_cfg, status};
 use vdpa::features::{
     feature_names, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS,
@@ -19,7 +19,7 @@ use vdpa::features::{
 
 /// How long a device may take to complete a reset (QEMU under TCG behind VFIO
 /// needed ~115 ms for an FLR; a virtio reset is usually immediate).
-pub const RESET_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const RESET_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the driver could not do what it was asked.
 #[derive(Debug, Error)]
@@ -36,7 +36,7 @@ pub enum VirtioError {
     /// The function is not a virtio 1.x modern device, or lacks a required structure.
     #[error("not a usable virtio 1.x modern device: {0}")]
     NotModern(String),
-    /// The device status did not read 0 within [`RESET_TIMEOUT`].
+    /// The device status did not read 0 within `RESET_TIMEOUT` (2 s).
     #[error("device did not complete reset within {timeout:?} (status reads {status:#x})")]
     ResetTimeout {
         /// The bound waited.
@@ -156,7 +156,6 @@ pub struct VirtioPci {
     common: BarRegion,
     notify: BarRegion,
     notify_multiplier: u32,
-    isr: BarRegion,
     device: Option<BarRegion>,
     ring_state: Option<BarRegion>,
     has_pci_cfg: bool,
@@ -197,7 +196,8 @@ impl VirtioPci {
         let missing = |n: &str| VirtioError::NotModern(format!("no {n} capability"));
         let common = find(cap::COMMON).ok_or_else(|| missing("COMMON_CFG"))?;
         let notify = find(cap::NOTIFY).ok_or_else(|| missing("NOTIFY_CFG"))?;
-        let isr = find(cap::ISR).ok_or_else(|| missing("ISR_CFG"))?;
+        // Required of a modern device, though this driver never reads it (MSI-X only).
+        find(cap::ISR).ok_or_else(|| missing("ISR_CFG"))?;
         if common.length < 0x38 {
             return Err(VirtioError::NotModern(format!(
                 "common configuration is {} bytes, needs 56",
@@ -211,7 +211,6 @@ impl VirtioPci {
             common: common.into(),
             notify: notify.into(),
             notify_multiplier: notify.notify_off_multiplier,
-            isr: isr.into(),
             device: find(cap::DEVICE).map(Into::into),
             ring_state: find(cap::VDPAD_RING_STATE).map(Into::into),
             has_pci_cfg: find(cap::PCI_CFG).is_some(),
@@ -280,13 +279,8 @@ impl VirtioPci {
         Ok(u64::from(lo) | (u64::from(hi) << 32))
     }
 
-    /// The PCI function underneath.
-    pub fn pci(&self) -> &Arc<dyn PciFunction> {
-        &self.pci
-    }
-
     /// Vendor and device id.
-    pub fn ids(&self) -> (u16, u16) {
+    pub(crate) fn ids(&self) -> (u16, u16) {
         self.ids
     }
 
@@ -295,18 +289,13 @@ impl VirtioPci {
         self.device_features
     }
 
-    /// Features accepted by the last successful [`initialize`](Self::initialize).
-    pub fn negotiated(&self) -> u64 {
-        self.negotiated
-    }
-
     /// Number of virtqueues.
     pub fn num_queues(&self) -> u16 {
         self.num_queues
     }
 
     /// MSI-X vectors of the function.
-    pub fn msix_vectors(&self) -> u16 {
+    pub(crate) fn msix_vectors(&self) -> u16 {
         self.msix_vectors
     }
 
@@ -327,7 +316,7 @@ impl VirtioPci {
     }
 
     /// The device status register.
-    pub fn status(&self) -> Result<u8> {
+    pub(crate) fn status(&self) -> Result<u8> {
         self.read8(cc::DEVICE_STATUS, "device_status")
     }
 
@@ -338,7 +327,7 @@ impl VirtioPci {
     }
 
     /// Resets the device: writes 0 and polls until the status reads 0, bounded by
-    /// [`RESET_TIMEOUT`]. Afterwards the device does not touch memory any more.
+    /// `RESET_TIMEOUT` (2 s). Afterwards the device does not touch memory any more.
     pub fn reset(&mut self) -> Result<()> {
         self.write8(cc::DEVICE_STATUS, 0, "device_status")?;
         let start = Instant::now();
@@ -517,21 +506,8 @@ impl VirtioPci {
     }
 
     /// Whether one queue can be enabled or stopped while the device runs.
-    pub fn per_queue_control(&self) -> bool {
+    pub(crate) fn per_queue_control(&self) -> bool {
         self.negotiated & feature::RING_RESET != 0
-    }
-
-    /// The ring state (last avail, last used) of `queue`, if the device has the
-    /// ring-state registers.
-    pub fn ring_state(&self, queue: u16) -> Result<Option<(u16, u16)>> {
-        let Some(rs) = self.ring_state else {
-            return Ok(None);
-        };
-        let w = self
-            .pci
-            .bar_read32(rs.bar, rs.offset + 4 * u64::from(queue))
-            .map_err(io_err(format!("reading ring state of queue {queue}")))?;
-        Ok(Some((w as u16, (w >> 16) as u16)))
     }
 
     /// Sets DRIVER_OK and checks that the device did not flag an error.
@@ -549,15 +525,8 @@ impl VirtioPci {
     }
 
     /// Rings a doorbell.
-    pub fn notify(&self, db: &Doorbell) -> io::Result<()> {
+    pub(crate) fn notify(&self, db: &Doorbell) -> io::Result<()> {
         self.pci.bar_write16(db.bar, db.offset, db.queue)
-    }
-
-    /// Reads (and so clears) the ISR status byte.
-    pub fn read_isr(&self) -> Result<u8> {
-        self.pci
-            .bar_read8(self.isr.bar, self.isr.offset)
-            .map_err(io_err("reading ISR"))
     }
 
     /// Reads the virtio-net device configuration, retrying while
@@ -609,16 +578,5 @@ impl VirtioPci {
             }
         }
         Ok(last)
-    }
-
-    /// Assigns NO_VECTOR to the configuration change and to every queue (used before
-    /// MSI-X routing is torn down).
-    pub fn clear_vectors(&self) -> Result<()> {
-        self.write16(cc::MSIX_CONFIG, NO_VECTOR, "msix_config")?;
-        for q in 0..self.num_queues {
-            self.select(q)?;
-            self.write16(cc::QUEUE_MSIX_VECTOR, NO_VECTOR, "queue_msix_vector")?;
-        }
-        Ok(())
     }
 }

@@ -29,7 +29,7 @@ const PACKET_FANOUT_HASH: libc::c_int = 0;
 /// The offloads a packet socket with a vnet header can serve (the same as a tap).
 pub const AF_PACKET_OFFLOADS: u64 = TAP_OFFLOADS;
 /// Frames per `sendmmsg`/`recvmmsg`.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 /// virtio_net_hdr flag: the checksum from csum_start is to be completed.
 const NEEDS_CSUM: u8 = 1;
 /// Receive buffer asked for each socket.
@@ -42,8 +42,8 @@ const VNET_HDR_LEN: usize = 10;
 ///
 /// With several pairs the sockets form a `PACKET_FANOUT` group, and the kernel spreads
 /// received flows over its members. A packet socket cannot leave a fanout group, so
-/// the socket of a pair that does not run is closed ([`AfPacket::detach_queue`]) and
-/// a new one joins when the pair starts again ([`AfPacket::attach_queue`]); otherwise
+/// the socket of a pair that does not run is closed (`AfPacket::detach_queue`) and
+/// a new one joins when the pair starts again (`AfPacket::attach_queue`); otherwise
 /// the flows hashed to it would never be read.
 #[derive(Debug)]
 pub struct AfPacket {
@@ -175,23 +175,18 @@ impl AfPacket {
     }
 
     /// The interface name.
-    pub fn ifname(&self) -> &str {
+    pub(crate) fn ifname(&self) -> &str {
         &self.ifname
     }
 
     /// Number of sockets (queue pairs).
-    pub fn queues(&self) -> usize {
+    pub(crate) fn queues(&self) -> usize {
         self.sockets.len()
-    }
-
-    /// Whether pair `i` has its socket (it receives its share of the flows).
-    pub fn queue_attached(&self, i: usize) -> bool {
-        self.sockets[i].is_some()
     }
 
     /// Gives pair `i` a socket again if it has none: a new one joins the fanout group,
     /// made in the namespace the interface was opened in.
-    pub fn attach_queue(&mut self, i: usize) -> io::Result<()> {
+    pub(crate) fn attach_queue(&mut self, i: usize) -> io::Result<()> {
         if self.sockets[i].is_some() {
             return Ok(());
         }
@@ -225,14 +220,14 @@ impl AfPacket {
     /// spreads flows over the other pairs only. Once every duplicate (a worker's) is
     /// closed too, nothing is delivered to it. Only done with several pairs: a lone
     /// socket has no one to share with and keeps buffering for its pair.
-    pub fn detach_queue(&mut self, i: usize) {
+    pub(crate) fn detach_queue(&mut self, i: usize) {
         if self.fanout.is_some() {
             self.sockets[i] = None;
         }
     }
 
     /// A duplicate of socket `i`, for a worker.
-    pub fn queue(&self, i: usize) -> io::Result<File> {
+    pub(crate) fn queue(&self, i: usize) -> io::Result<File> {
         match &self.sockets[i] {
             Some(s) => s.try_clone(),
             None => Err(io::Error::new(
@@ -261,7 +256,7 @@ unsafe impl Send for AfPacketPort {}
 impl AfPacketPort {
     /// A port on packet socket `sock`; `max_rx` bounds one received frame (the guest's
     /// header included); `guest_features` are the acked features.
-    pub fn new(sock: File, max_rx: u64, guest_features: u64) -> Self {
+    pub(crate) fn new(sock: File, max_rx: u64, guest_features: u64) -> Self {
         AfPacketPort {
             sock,
             max_rx,

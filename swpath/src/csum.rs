@@ -18,7 +18,7 @@ pub trait Bytes {
 
 /// Folds the Internet checksum of `frame[start..]` and stores it at `start + offset`
 /// (virtio's `csum_start`/`csum_offset`). Returns false if the offsets are out of range.
-pub fn complete<B: Bytes + ?Sized>(frame: &mut B, start: usize, offset: usize) -> bool {
+pub(crate) fn complete<B: Bytes + ?Sized>(frame: &mut B, start: usize, offset: usize) -> bool {
     let len = frame.len();
     let at = start.saturating_add(offset);
     if start >= len || at.saturating_add(2) > len {

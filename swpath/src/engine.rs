@@ -39,7 +39,7 @@ pub struct Progress {
 
 impl Progress {
     /// Both directions idle: nothing to do until a kick or the backend.
-    pub const IDLE: Progress = Progress {
+    pub(crate) const IDLE: Progress = Progress {
         tx: TxState::Idle,
         rx: RxState::Idle,
     };
@@ -47,7 +47,7 @@ impl Progress {
 
 impl Progress {
     /// Whether the pass stopped only because of the work cap.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.tx == TxState::Busy || self.rx == RxState::Busy
     }
 }

@@ -32,7 +32,7 @@ pub struct PortEngine<P> {
 
 impl<P: Port> PortEngine<P> {
     /// An engine moving frames between `rx`/`tx` and `port`.
-    pub fn new(rx: RxQueue, tx: TxQueue, port: P) -> Self {
+    pub(crate) fn new(rx: RxQueue, tx: TxQueue, port: P) -> Self {
         PortEngine { rx, tx, port }
     }
 }
@@ -63,7 +63,7 @@ pub struct FirstError {
 
 impl FirstError {
     /// For backend `backend` ("tap", "AF_PACKET").
-    pub fn new(backend: &'static str) -> Self {
+    pub(crate) fn new(backend: &'static str) -> Self {
         FirstError {
             backend,
             logged: false,
@@ -71,7 +71,7 @@ impl FirstError {
     }
 
     /// Records that `op` failed with `e`.
-    pub fn note(&mut self, op: &str, e: &io::Error) {
+    pub(crate) fn note(&mut self, op: &str, e: &io::Error) {
         if !self.logged {
             warn!(backend = self.backend, error = %e,
                   "{op} failed; frames are dropped and counted (logged once)");

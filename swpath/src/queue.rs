@@ -45,7 +45,7 @@ impl Queue {
 
     /// Holds interrupts until `max_frames` completions (0: no frame limit) or
     /// `max_wait` after the first held one (zero: no time limit).
-    pub fn set_coalescing(&mut self, max_frames: u32, max_wait: Duration) {
+    pub(crate) fn set_coalescing(&mut self, max_frames: u32, max_wait: Duration) {
         self.coalesce = Some(Coalesce {
             max_frames,
             max_wait,
@@ -55,7 +55,7 @@ impl Queue {
     }
 
     /// When a held interrupt is due, if one is held.
-    pub fn interrupt_deadline(&self) -> Option<Instant> {
+    pub(crate) fn interrupt_deadline(&self) -> Option<Instant> {
         let c = self.coalesce.as_ref()?;
         let since = c.since?;
         (!c.max_wait.is_zero()).then(|| since + c.max_wait)
@@ -101,7 +101,7 @@ impl Queue {
     }
 
     /// Sends a held interrupt now (the pair is stopping).
-    pub fn release_held_interrupt(&mut self) {
+    pub(crate) fn release_held_interrupt(&mut self) {
         if self.coalesce.as_ref().is_some_and(|c| c.since.is_some()) {
             self.decide_interrupt();
             self.counters.flush(&mut self.counts);
@@ -130,7 +130,7 @@ impl Queue {
 
     /// Counts a bad chain and, if its head is a real descriptor, returns it to the
     /// guest unused so the ring keeps moving.
-    pub fn reject(&mut self, head: u16, kind: BadDescriptor) {
+    pub(crate) fn reject(&mut self, head: u16, kind: BadDescriptor) {
         self.counts.bad(kind);
         if kind != BadDescriptor::HeadOutOfRange {
             self.ring.push_used(head, 0);
@@ -138,7 +138,7 @@ impl Queue {
     }
 
     /// Number of chains available, counting a corrupt avail index once.
-    pub fn available(&mut self) -> u16 {
+    pub(crate) fn available(&mut self) -> u16 {
         match self.ring.available() {
             Ok(n) => n,
             Err(kind) => {

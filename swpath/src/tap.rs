@@ -50,7 +50,7 @@ pub const TAP_OFFLOADS: u64 = VIRTIO_NET_F_CSUM
     | VIRTIO_NET_F_HOST_ECN;
 
 /// The guest features that make the device deliver 64 KiB GSO frames.
-pub const GUEST_GSO: u64 = VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
+pub(crate) const GUEST_GSO: u64 = VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
 
 #[repr(C)]
 struct IfReq {
@@ -91,7 +91,7 @@ impl IfReq {
 ///
 /// The kernel spreads the frames it sends into the tap over the *attached* queues by
 /// flow. A queue whose pair does not run must therefore be detached
-/// ([`Tap::detach_queue`]), or the flows hashed to it are never read and silently lost.
+/// (`Tap::detach_queue`), or the flows hashed to it are never read and silently lost.
 #[derive(Debug)]
 pub struct Tap {
     name: String,
@@ -147,12 +147,12 @@ impl Tap {
     }
 
     /// The interface name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// Number of queues.
-    pub fn queues(&self) -> usize {
+    pub(crate) fn queues(&self) -> usize {
         self.queues.len()
     }
 
@@ -173,7 +173,7 @@ impl Tap {
 
     /// Makes every queue exchange a `len`-byte vnet header (10, or 12 with
     /// `num_buffers`), matching what the guest uses.
-    pub fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()> {
+    pub(crate) fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()> {
         for q in &self.queues {
             let mut v = len as libc::c_int;
             ioctl_ptr(q.as_raw_fd(), TUNSETVNETHDRSZ, &mut v)?;
@@ -183,7 +183,7 @@ impl Tap {
 
     /// Tells the tap which offloaded frames the guest accepts (from its acked GUEST_*
     /// features); the kernel segments or checksums anything else before delivery.
-    pub fn set_offload(&self, guest_features: u64) -> io::Result<()> {
+    pub(crate) fn set_offload(&self, guest_features: u64) -> io::Result<()> {
         let mut f: libc::c_uint = 0;
         if guest_features & VIRTIO_NET_F_GUEST_CSUM != 0 {
             f |= TUN_F_CSUM;
@@ -213,7 +213,7 @@ impl Tap {
     }
 
     /// Whether the tap accepts every offload flag (probed once at start).
-    pub fn supports_offloads(&self) -> bool {
+    pub(crate) fn supports_offloads(&self) -> bool {
         let all = TAP_OFFLOADS;
         let ok = self.set_offload(all).is_ok();
         let _ = self.set_offload(0);
@@ -222,20 +222,15 @@ impl Tap {
 
     /// Attaches queue `i` (`TUNSETQUEUE` with `IFF_ATTACH_QUEUE`): the kernel steers
     /// flows to it again. Nothing happens if it is attached.
-    pub fn attach_queue(&mut self, i: usize) -> io::Result<()> {
+    pub(crate) fn attach_queue(&mut self, i: usize) -> io::Result<()> {
         self.set_queue(i, true)
     }
 
     /// Detaches queue `i` (`IFF_DETACH_QUEUE`): the kernel sends it no more frames
     /// (and drops what it held) until it is attached again; the descriptor stays
     /// open, and the tap exists as long as one is. Nothing happens if it is detached.
-    pub fn detach_queue(&mut self, i: usize) -> io::Result<()> {
+    pub(crate) fn detach_queue(&mut self, i: usize) -> io::Result<()> {
         self.set_queue(i, false)
-    }
-
-    /// Whether queue `i` is attached.
-    pub fn queue_attached(&self, i: usize) -> bool {
-        self.attached[i]
     }
 
     fn set_queue(&mut self, i: usize, attach: bool) -> io::Result<()> {
@@ -260,7 +255,7 @@ impl Tap {
     }
 
     /// A duplicate of queue `i`'s descriptor, for a worker.
-    pub fn queue(&self, i: usize) -> io::Result<File> {
+    pub(crate) fn queue(&self, i: usize) -> io::Result<File> {
         self.queues[i].try_clone()
     }
 }
@@ -282,7 +277,7 @@ unsafe impl Send for TapPort {}
 impl TapPort {
     /// A port on tap queue `fd`; `max_rx` bounds one received frame (header included)
     /// and `mrg` says whether it may span several RX buffers.
-    pub fn new(fd: File, max_rx: u64, mrg: bool) -> Self {
+    pub(crate) fn new(fd: File, max_rx: u64, mrg: bool) -> Self {
         TapPort {
             fd,
             max_rx,

@@ -29,9 +29,9 @@ pub struct Tuning {
 
 /// Default burst: the configuration's default (16 chains, measured; see
 /// `vdpad_config::DEFAULT_BURST`).
-pub const DEFAULT_BURST: usize = vdpad_config::DEFAULT_BURST as usize;
+pub(crate) const DEFAULT_BURST: usize = vdpad_config::DEFAULT_BURST as usize;
 /// Default per-wakeup weight: vhost-net's VHOST_NET_PKT_WEIGHT.
-pub const DEFAULT_WEIGHT: usize = 256;
+pub(crate) const DEFAULT_WEIGHT: usize = 256;
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -48,7 +48,7 @@ impl Default for Tuning {
 
 impl Tuning {
     /// Whether RX interrupts are coalesced.
-    pub fn coalescing(&self) -> bool {
+    pub(crate) fn coalescing(&self) -> bool {
         self.rx_coalesce_frames > 1 || !self.rx_coalesce_time.is_zero()
     }
 }

@@ -76,9 +76,9 @@ fn socket_id(m: &std::fs::Metadata) -> SocketId {
     (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
 }
 
-/// The daemon binary built by cargo for this test run.
+/// The daemon binary, built for this test run (see [`super::bins`]).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vdpad"))
+    PathBuf::from(super::bins::vdpad())
 }
 
 /// A running `vdpad --config <dir>/vdpad.toml`, logging to `<dir>/vdpad.log`.

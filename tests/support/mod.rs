@@ -22,7 +22,8 @@
 //! - [`packet`]: AF_PACKET sockets in a test namespace, a frame reflector, an injector;
 //! - [`operator`]: a `vdpad` with loopback devices and a private control socket, and
 //!   vdpactl, as the operations tests drive them;
-//! - [`rig::rig_binary`]: the `vdpa-rig` program, built on first use.
+//! - [`bins`]: the workspace's programs (`vdpad`, `vdpactl`, `vdpa-rig`, `vdpa-bench`),
+//!   built on first use.
 //!
 //! Everything cleans up on drop, including while a test panics. Panic messages carry
 //! the tail of the relevant log file so that a failing run can be understood from the
@@ -31,6 +32,7 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod bins;
 pub mod daemon;
 pub mod guest;
 pub mod guest_shell;
@@ -40,7 +42,6 @@ pub mod netns;
 pub mod operator;
 pub mod packet;
 pub mod process;
-pub mod rig;
 pub mod swdev;
 pub mod testpmd;
 pub mod tmp;

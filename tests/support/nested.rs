@@ -3,7 +3,7 @@
 //! drives a virtio-net function through VFIO exactly as it would a vDPA-capable VF on
 //! a host.
 //!
-//! The machine (see DESIGN.md section 7.4 and docs/testing.md, "Hardware in the loop"):
+//! The machine (see docs/testing.md, "Hardware in the loop"):
 //!
 //! * `-machine kernel-irqchip=split` and `-device intel-iommu,intremap=on,
 //!   caching-mode=on,device-iotlb=on`; kernel command line `intel_iommu=on iommu=pt`;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use vdpa_rig::{run_verify, Rig, RigOptions, VerifyOptions};
 
+use super::bins;
 use super::process::{send_signal, Proc, Spawn, SIGTERM};
 use super::tmp::TempDir;
 
@@ -21,7 +22,7 @@ pub const SIGHUP: i32 = libc::SIGHUP;
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tools/ has a parent")
+        .expect("tests/ has a parent")
         .to_path_buf()
 }
 
@@ -79,7 +80,7 @@ impl Vdpad {
             config,
             proc: None,
         };
-        let mut spawn = Spawn::new("vdpad", env!("CARGO_BIN_EXE_vdpad"), &v.log)
+        let mut spawn = Spawn::new("vdpad", bins::vdpad(), &v.log)
             .args(["--config", &v.config.to_string_lossy()])
             .limit(Duration::from_secs(600))
             .env("NO_COLOR", "1")
@@ -214,7 +215,7 @@ pub fn is_socket(p: &Path) -> bool {
 /// Runs the vdpactl binary with `args`, bounded by coreutils `timeout`.
 pub fn vdpactl(args: &[&str]) -> Output {
     Command::new("timeout")
-        .args(["-k", "5", "60", env!("CARGO_BIN_EXE_vdpactl")])
+        .args(["-k", "5", "60", bins::vdpactl()])
         .args(args)
         .stdin(Stdio::null())
         .output()

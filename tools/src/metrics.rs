@@ -308,7 +308,6 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
 
 /// The metrics endpoint, served by its own thread until stopped.
 pub struct MetricsServer {
-    addr: SocketAddr,
     shutdown: Shutdown,
     thread: Option<JoinHandle<()>>,
 }
@@ -332,15 +331,9 @@ impl MetricsServer {
             .spawn(move || accept_loop(listener, daemon, process, stop))?;
         info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
         Ok(MetricsServer {
-            addr,
             shutdown,
             thread: Some(thread),
         })
-    }
-
-    /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// Stops listening and waits for scrapes in progress (bounded by the timeouts).

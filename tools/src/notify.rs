@@ -59,11 +59,6 @@ impl Notifier {
         })
     }
 
-    /// Whether notifications are sent anywhere.
-    pub fn enabled(&self) -> bool {
-        self.target.is_some()
-    }
-
     /// The socket, as given.
     pub fn address(&self) -> &str {
         &self.display
@@ -110,11 +105,6 @@ impl Notifier {
     /// `STOPPING=1`.
     pub fn stopping(&self) -> io::Result<bool> {
         self.notify("STOPPING=1\nSTATUS=shutting down")
-    }
-
-    /// A `STATUS=` line alone.
-    pub fn status(&self, status: &str) -> io::Result<bool> {
-        self.notify(&format!("STATUS={status}"))
     }
 }
 

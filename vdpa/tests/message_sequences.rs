@@ -1,5 +1,6 @@
 //! The control plane against the exact message sequences real frontends send
-//! (recorded from QEMU 10.0 and DPDK 22.11 virtio-user, see DESIGN.md section 3),
+//! (recorded from QEMU 10.0 and DPDK 22.11 virtio-user; docs/architecture.md, "When a
+//! queue pair runs", describes how the two orders differ),
 //! driven over a real socket by a raw frontend, with a datapath that records what the
 //! control plane asks of it.
 

@@ -17,28 +17,28 @@ use super::SimConfig;
 use crate::spec::{self, cap, cfg};
 
 /// BAR holding the virtio structures.
-pub const VIRTIO_BAR: u8 = 4;
+pub(crate) const VIRTIO_BAR: u8 = 4;
 /// BAR holding the MSI-X table (never accessed by the driver: VFIO routes vectors).
-pub const MSIX_BAR: u8 = 1;
+pub(crate) const MSIX_BAR: u8 = 1;
 /// Common configuration offset in BAR 4.
-pub const COMMON: u64 = 0x0000;
+pub(crate) const COMMON: u64 = 0x0000;
 /// ISR offset.
-pub const ISR: u64 = 0x1000;
+pub(crate) const ISR: u64 = 0x1000;
 /// Device configuration offset.
-pub const DEVICE: u64 = 0x2000;
+pub(crate) const DEVICE: u64 = 0x2000;
 /// Doorbell area offset.
 pub const NOTIFY: u64 = 0x3000;
 /// `notify_off_multiplier`: bytes between two queues' doorbells.
 pub const NOTIFY_MULTIPLIER: u32 = 4;
 /// Ring-state area offset.
-pub const RING_STATE: u64 = 0x4000;
+pub(crate) const RING_STATE: u64 = 0x4000;
 /// Size of BAR 4.
 pub const BAR4_SIZE: u64 = 0x8000;
 /// Size of configuration space (PCI Express).
-pub const CONFIG_SIZE: usize = 4096;
+pub(crate) const CONFIG_SIZE: usize = 4096;
 
 /// Offset of the MSI-X capability in configuration space.
-pub const MSIX_CAP: usize = 0x40;
+pub(crate) const MSIX_CAP: usize = 0x40;
 
 fn put16(b: &mut [u8], off: usize, v: u16) {
     b[off..off + 2].copy_from_slice(&v.to_le_bytes());
@@ -59,7 +59,7 @@ fn virtio_cap(b: &mut [u8], at: usize, next: usize, len: u8, cfg_type: u8, off: 
 }
 
 /// The configuration space image at power-on.
-pub fn config_space(c: &SimConfig) -> Vec<u8> {
+pub(crate) fn config_space(c: &SimConfig) -> Vec<u8> {
     let mut b = vec![0u8; CONFIG_SIZE];
     put16(&mut b, cfg::VENDOR_ID as usize, spec::VIRTIO_VENDOR_ID);
     put16(
@@ -144,6 +144,6 @@ pub fn config_space(c: &SimConfig) -> Vec<u8> {
 
 /// Bytes of the configuration space the function lets a driver write: the command
 /// register and the MSI-X message control. Everything else is read-only.
-pub fn config_writable(offset: usize) -> bool {
+pub(crate) fn config_writable(offset: usize) -> bool {
     matches!(offset, 4 | 5) || offset == MSIX_CAP + 3
 }

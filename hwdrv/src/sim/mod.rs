@@ -35,7 +35,7 @@ use vdpa::features::{
 pub use wire::{ChannelWire, Loopback, TapWire, Wire};
 
 /// Largest number of queue pairs the simulator models (doorbells are a 64-bit mask).
-pub const SIM_MAX_PAIRS: u16 = 32;
+pub(crate) const SIM_MAX_PAIRS: u16 = 32;
 
 /// What the simulated function looks like.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,7 +86,7 @@ impl Default for SimConfig {
 
 impl SimConfig {
     /// Number of virtqueues: two per pair (no control queue is modelled).
-    pub fn num_queues(&self) -> u16 {
+    pub(crate) fn num_queues(&self) -> u16 {
         2 * self.max_pairs
     }
 }
@@ -125,11 +125,6 @@ impl SimNic {
     /// A function with the default configuration on a loopback wire.
     pub fn loopback(cfg: SimConfig) -> io::Result<Self> {
         Self::new(cfg, Box::new(Loopback::new()))
-    }
-
-    /// Its configuration.
-    pub fn config(&self) -> &SimConfig {
-        &self.shared.cfg
     }
 
     /// IOMMU faults recorded so far (DMA outside mapped memory or without bus master).

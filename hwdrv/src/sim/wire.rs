@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 
 /// Frames a loopback or channel wire holds before it drops (a switch port buffer).
-pub const WIRE_QUEUE_LIMIT: usize = 4096;
+pub(crate) const WIRE_QUEUE_LIMIT: usize = 4096;
 
 /// The far side of the simulated NIC's port. Frames are Ethernet frames without the
 /// virtio-net header.
@@ -41,7 +41,7 @@ pub struct Loopback {
 
 impl Loopback {
     /// An empty loopback wire.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 }
@@ -72,12 +72,11 @@ impl Wire for Loopback {
 #[derive(Debug, Default)]
 struct ChannelState {
     to_device: VecDeque<(u16, Vec<u8>)>,
-    from_device: VecDeque<(u16, Vec<u8>)>,
 }
 
-/// A wire whose other end is a test: it injects frames towards the device and reads
-/// what the device sent. Injected frames are picked up the next time the device
-/// thread wakes (a doorbell, or its periodic tick).
+/// A wire whose other end is a test that injects frames towards the device; what the
+/// device transmits is dropped. Injected frames are picked up the next time the
+/// device thread wakes (a doorbell, or its periodic tick).
 #[derive(Clone, Debug, Default)]
 pub struct ChannelWire {
     state: Arc<Mutex<ChannelState>>,
@@ -96,12 +95,6 @@ impl ChannelWire {
             s.to_device.push_back((pair, frame.to_vec()));
         }
     }
-
-    /// Takes every frame the device transmitted so far, with its queue pair.
-    pub fn take_transmitted(&self) -> Vec<(u16, Vec<u8>)> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.from_device.drain(..).collect()
-    }
 }
 
 impl Wire for ChannelWire {
@@ -109,11 +102,7 @@ impl Wire for ChannelWire {
         "channel".into()
     }
 
-    fn transmit(&mut self, pair: u16, frame: &[u8]) -> io::Result<()> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.from_device.len() < WIRE_QUEUE_LIMIT {
-            s.from_device.push_back((pair, frame.to_vec()));
-        }
+    fn transmit(&mut self, _pair: u16, _frame: &[u8]) -> io::Result<()> {
         Ok(())
     }
 
@@ -180,11 +169,6 @@ impl TapWire {
             file,
             name: name.to_owned(),
         })
-    }
-
-    /// The interface name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 

@@ -19,7 +19,7 @@ const REPLY: u32 = 0x4;
 
 /// Connects to `path`, retrying while the socket does not exist yet (ENOENT) or nobody
 /// listens (ECONNREFUSED), for at most `timeout`.
-pub fn connect_with_retry(path: &Path, timeout: Duration) -> Result<UnixStream, RigError> {
+pub(crate) fn connect_with_retry(path: &Path, timeout: Duration) -> Result<UnixStream, RigError> {
     let deadline = Instant::now() + timeout;
     loop {
         match UnixStream::connect(path) {
@@ -92,13 +92,13 @@ impl Connection {
 
     /// Sets the header flags of all following requests (NEED_REPLY makes setters
     /// synchronous once REPLY_ACK is negotiated).
-    pub fn set_hdr_flags(&mut self, flags: VhostUserHeaderFlag) {
+    pub(crate) fn set_hdr_flags(&mut self, flags: VhostUserHeaderFlag) {
         self.flags = flags.bits();
         self.frontend.set_hdr_flags(flags);
     }
 
     /// Runs a request that has its own reply (GET_*) without NEED_REPLY, as QEMU does.
-    pub fn without_need_reply<T>(&mut self, f: impl FnOnce(&mut Frontend) -> T) -> T {
+    pub(crate) fn without_need_reply<T>(&mut self, f: impl FnOnce(&mut Frontend) -> T) -> T {
         let saved = self.flags;
         self.frontend
             .set_hdr_flags(VhostUserHeaderFlag::from_bits_retain(
@@ -112,7 +112,7 @@ impl Connection {
 
     /// GET_QUEUE_NUM, sent by hand: the crate's version lowers its ring-index limit to
     /// the reply, which backends interpret differently (queue pairs or rings).
-    pub fn get_queue_num(&mut self) -> Result<u64, RigError> {
+    pub(crate) fn get_queue_num(&mut self) -> Result<u64, RigError> {
         let err = |source| RigError::RawRequest {
             request: "GET_QUEUE_NUM",
             source,
@@ -141,7 +141,7 @@ impl Connection {
     }
 
     /// Closes the connection (both directions) at once.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }

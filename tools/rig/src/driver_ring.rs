@@ -124,19 +124,19 @@ pub struct RingLayout {
 
 impl RingLayout {
     /// Bytes of the descriptor table.
-    pub fn desc_bytes(size: u16) -> u64 {
+    pub(crate) fn desc_bytes(size: u16) -> u64 {
         16 * u64::from(size)
     }
     /// Bytes of the avail ring including `used_event`.
-    pub fn avail_bytes(size: u16) -> u64 {
+    pub(crate) fn avail_bytes(size: u16) -> u64 {
         6 + 2 * u64::from(size)
     }
     /// Bytes of the used ring including `avail_event`.
-    pub fn used_bytes(size: u16) -> u64 {
+    pub(crate) fn used_bytes(size: u16) -> u64 {
         6 + 8 * u64::from(size)
     }
     /// Guest memory needed by [`RingLayout::allocate`] (upper bound, with alignment).
-    pub fn footprint(size: u16) -> u64 {
+    pub(crate) fn footprint(size: u16) -> u64 {
         let a = Self::desc_bytes(size) + Self::avail_bytes(size);
         a.div_ceil(4096) * 4096 + Self::used_bytes(size).div_ceil(4096) * 4096 + 4096
     }
@@ -362,7 +362,7 @@ impl DriverRing {
         self.free.len()
     }
     /// True when a chain of `n` descriptors can be added now.
-    pub fn can_add(&self, n: usize) -> bool {
+    pub(crate) fn can_add(&self, n: usize) -> bool {
         n <= self.free.len() && self.avail_slot_free()
     }
     /// Normal chains made available and not yet returned.
@@ -382,7 +382,7 @@ impl DriverRing {
         self.last_used
     }
     /// The device's `used->idx` (Acquire load).
-    pub fn device_used_idx(&self) -> u16 {
+    pub(crate) fn device_used_idx(&self) -> u16 {
         u16::from_le(self.used_idx_ref().load(Ordering::Acquire))
     }
     /// The device's `avail_event` (meaningful with EVENT_IDX).
@@ -390,7 +390,7 @@ impl DriverRing {
         u16::from_le(self.avail_event_ref().load(Ordering::Acquire))
     }
     /// The device's used-ring flags.
-    pub fn device_used_flags(&self) -> u16 {
+    pub(crate) fn device_used_flags(&self) -> u16 {
         u16::from_le(self.used_flags_ref().load(Ordering::Acquire))
     }
     /// The `used_event` we last wrote.
@@ -608,11 +608,6 @@ impl DriverRing {
         // a lost interrupt (Linux virtio_mb in virtqueue_enable_cb).
         fence(Ordering::SeqCst);
         self.has_used()
-    }
-
-    /// Whether interrupts are currently enabled.
-    pub fn interrupts_enabled(&self) -> bool {
-        self.irq_enabled
     }
 
     // ---- hostile descriptors ----

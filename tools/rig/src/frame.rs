@@ -16,17 +16,17 @@
 //! | len-8  | 8    | FNV-1a 64 over bytes 0..len-8 |
 
 /// Destination MAC of test frames.
-pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x52, 0x02];
+pub(crate) const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x52, 0x02];
 /// Source MAC of test frames.
-pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x52, 0x01];
+pub(crate) const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x52, 0x01];
 /// Ethertype of test frames (IEEE 802 local experimental 1).
-pub const ETHERTYPE: u16 = 0x88B5;
+pub(crate) const ETHERTYPE: u16 = 0x88B5;
 /// Magic following the Ethernet header.
-pub const MAGIC: [u8; 4] = *b"VRIG";
+pub(crate) const MAGIC: [u8; 4] = *b"VRIG";
 /// Smallest frame the rig builds (Ethernet minimum without FCS).
-pub const MIN_FRAME: usize = 60;
+pub(crate) const MIN_FRAME: usize = 60;
 /// Largest frame the rig builds (the length field is 16 bits).
-pub const MAX_FRAME: usize = 65535;
+pub(crate) const MAX_FRAME: usize = 65535;
 
 const HEADER_LEN: usize = 30;
 const TRAILER_LEN: usize = 8;
@@ -66,7 +66,7 @@ pub enum FrameError {
 }
 
 /// FNV-1a 64-bit hash.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -76,7 +76,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// splitmix64 step: a fast, well-mixed deterministic stream.
-pub fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -112,7 +112,7 @@ impl LatencyReport {
 }
 
 /// The nearest-rank `q` quantile (0 < q ≤ 1) of sorted `v`, or 0 when `v` is empty.
-pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+pub(crate) fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

@@ -49,6 +49,6 @@ pub use latency::{run_latency, LatencyOptions, LatencyReport};
 pub use listen::{run_listen, ListenOptions, ListenReport};
 pub use memory::{GuestMemory, MemoryLayout};
 pub use options::RigOptions;
-pub use rig::{QueuePair, Received, Rig};
-pub use setup::{Negotiated, RigSetup, SetupStep};
+pub use rig::{Negotiated, QueuePair, Received, Rig, Scratch};
+pub use setup::{RigSetup, SetupStep};
 pub use verify::{run_verify, VerifyOptions, VerifyReport};

@@ -40,7 +40,7 @@ impl ListenOptions {
     }
 
     /// Whether `frame` passes the ethertype filter.
-    pub fn accepts(&self, frame: &[u8]) -> bool {
+    pub(crate) fn accepts(&self, frame: &[u8]) -> bool {
         match self.ethertype {
             None => true,
             Some(t) => frame.len() >= 14 && u16::from_be_bytes([frame[12], frame[13]]) == t,

@@ -208,7 +208,7 @@ impl GuestMemory {
     }
 
     /// The regions as vhost-user memory region descriptions (fd = our memfd).
-    pub fn region_infos(&self) -> Vec<VhostUserMemoryRegionInfo> {
+    pub(crate) fn region_infos(&self) -> Vec<VhostUserMemoryRegionInfo> {
         self.regions
             .iter()
             .map(|r| VhostUserMemoryRegionInfo {
@@ -229,7 +229,7 @@ impl GuestMemory {
     }
 
     /// Host pointer to `len` bytes at `gpa`, checked to lie inside a single region.
-    pub fn host_ptr(&self, gpa: u64, len: u64) -> Result<*mut u8, MemoryError> {
+    pub(crate) fn host_ptr(&self, gpa: u64, len: u64) -> Result<*mut u8, MemoryError> {
         let r = self.region_of(gpa, len)?;
         // SAFETY: `contains` checked gpa - r.gpa + len <= r.len, so the offset stays inside
         // the mapping of `r.len` bytes starting at `r.host`.
@@ -242,12 +242,12 @@ impl GuestMemory {
     }
 
     /// Guest-physical address just past the end of region `i`.
-    pub fn region_end(&self, i: usize) -> Option<u64> {
+    pub(crate) fn region_end(&self, i: usize) -> Option<u64> {
         self.regions.get(i).map(|r| r.gpa + r.len)
     }
 
     /// Copies `data` into guest memory at `gpa`.
-    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+    pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
         let dst = self.host_ptr(gpa, data.len() as u64)?;
         // SAFETY: `dst` is valid for data.len() bytes (checked by host_ptr); `data` is a
         // Rust slice that cannot overlap the mapping's bytes we own by protocol (the driver
@@ -257,7 +257,7 @@ impl GuestMemory {
     }
 
     /// Copies guest memory at `gpa` into `buf`.
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+    pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let src = self.host_ptr(gpa, buf.len() as u64)?;
         // SAFETY: `src` is valid for buf.len() bytes (checked by host_ptr); the buffer was
         // returned by the device (used ring, read after an Acquire load), so it no longer
@@ -267,7 +267,7 @@ impl GuestMemory {
     }
 
     /// Fills `len` bytes at `gpa` with `byte`.
-    pub fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
+    pub(crate) fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
         let dst = self.host_ptr(gpa, len)?;
         // SAFETY: `dst` is valid for `len` bytes (checked by host_ptr).
         unsafe { std::ptr::write_bytes(dst, byte, len as usize) };
@@ -322,11 +322,6 @@ impl Allocator {
             }
             None => Err(MemoryError::Exhausted { len }),
         }
-    }
-
-    /// Bytes still free in the fullest-empty region.
-    pub fn largest_free(&self) -> u64 {
-        self.cursors.iter().map(|c| c.1 - c.0).max().unwrap_or(0)
     }
 }
 

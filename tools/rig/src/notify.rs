@@ -36,7 +36,7 @@ impl Notifier {
         &self.call
     }
     /// Kicks the device (one eventfd write) and counts it.
-    pub fn kick(&mut self) -> io::Result<()> {
+    pub(crate) fn kick(&mut self) -> io::Result<()> {
         self.kick.write(1)?;
         self.kicks += 1;
         Ok(())
@@ -64,7 +64,7 @@ impl Notifier {
         self.interrupts
     }
     /// Sum of the call eventfd counter values read so far.
-    pub fn interrupt_sum(&self) -> u64 {
+    pub(crate) fn interrupt_sum(&self) -> u64 {
         self.interrupt_sum
     }
 }

@@ -75,7 +75,7 @@ impl RigOptions {
     }
 
     /// Checks the options for consistency; the message says what to change.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.queue_pairs == 0 || self.queue_pairs > 64 {
             return Err(format!("queue pairs {} not in 1..=64", self.queue_pairs));
         }
@@ -122,7 +122,7 @@ impl RigOptions {
 
     /// Descriptors per RX chain: 1 with MRG_RXBUF, else enough chained buffers for the
     /// header plus the largest frame (Linux "big packets").
-    pub fn rx_descs_per_chain(&self, mrg: bool) -> usize {
+    pub(crate) fn rx_descs_per_chain(&self, mrg: bool) -> usize {
         if mrg {
             1
         } else {
@@ -131,12 +131,12 @@ impl RigOptions {
     }
 
     /// Bytes of one TX slot: header plus the largest frame, rounded to 64.
-    pub fn tx_slot_bytes(&self) -> u64 {
+    pub(crate) fn tx_slot_bytes(&self) -> u64 {
         ((VIRTIO_NET_HDR_LEN + self.max_frame as usize).div_ceil(64) * 64) as u64
     }
 
     /// Guest memory needed for all rings, buffers and scratch space, with slack.
-    pub fn memory_bytes(&self) -> u64 {
+    pub(crate) fn memory_bytes(&self) -> u64 {
         let qs = u64::from(self.queue_size);
         let per_pair = 2 * RingLayout::footprint(self.queue_size)
             + qs * self.tx_slot_bytes()

@@ -5,19 +5,22 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use serde::Serialize;
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::VhostBackend;
 
 use crate::connection::Connection;
+use crate::driver_ring::DriverRing;
 use crate::error::RigError;
 use crate::memory::GuestMemory;
-use crate::notify::{raw, wait_readable};
+use crate::notify::{raw, wait_readable, Notifier};
 use crate::options::RigOptions;
 use crate::rxq::RxQueue;
-use crate::setup::{Negotiated, PairAreas, PreparedRing, RigSetup, Scratch};
 use crate::stats::RigStats;
 use crate::txq::{SlotPool, TxQueue};
-use crate::virtio::VirtioNetHdr;
+use crate::virtio::{
+    VirtioNetHdr, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+};
 
 /// RX and TX queue of one queue pair.
 #[derive(Debug)]
@@ -39,6 +42,63 @@ pub struct Received {
     pub buffers: u16,
     /// Other frames received on the pair while waiting.
     pub others: usize,
+}
+
+/// What was negotiated with the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Negotiated {
+    /// Features the backend offered (GET_FEATURES).
+    pub offered_features: u64,
+    /// Features the rig acked (SET_FEATURES).
+    pub acked_features: u64,
+    /// Protocol features the backend offered.
+    pub offered_protocol: u64,
+    /// Protocol features the rig acked.
+    pub acked_protocol: u64,
+    /// GET_QUEUE_NUM reply, if it was sent.
+    pub queue_num: Option<u64>,
+}
+
+impl Negotiated {
+    /// EVENT_IDX is in use.
+    pub fn event_idx(&self) -> bool {
+        self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0
+    }
+    /// MRG_RXBUF is in use.
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.acked_features & VIRTIO_NET_F_MRG_RXBUF != 0
+    }
+    /// PROTOCOL_FEATURES is in use (rings start disabled; SET_VRING_ENABLE needed).
+    pub fn protocol_features(&self) -> bool {
+        self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0
+    }
+    /// REPLY_ACK is in use (setters are acknowledged).
+    pub fn reply_ack(&self) -> bool {
+        self.acked_protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
+    }
+}
+
+/// A ring laid out and initialised in guest memory, with its eventfds.
+#[derive(Debug)]
+pub(crate) struct PreparedRing {
+    pub(crate) ring: DriverRing,
+    pub(crate) notify: Notifier,
+}
+
+/// Guest memory set aside for the queues of one pair and for hostile chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PairAreas {
+    pub(crate) tx_pool: u64,
+    pub(crate) rx_area: u64,
+}
+
+/// A spare guest memory area (hostile descriptors point into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scratch {
+    /// GPA of the area.
+    pub gpa: u64,
+    /// Its length.
+    pub len: u64,
 }
 
 /// What [`RigSetup::finish`] hands over.
@@ -65,11 +125,6 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// Connects and runs the whole setup.
-    pub fn connect(opts: RigOptions) -> Result<Self, RigError> {
-        RigSetup::new(opts)?.finish()
-    }
-
     pub(crate) fn from_parts(p: RigParts) -> Self {
         let mrg = p.neg.mrg_rxbuf();
         let qs = u64::from(p.opts.queue_size);
@@ -114,7 +169,7 @@ impl Rig {
     }
 
     /// The session options.
-    pub fn options(&self) -> &RigOptions {
+    pub(crate) fn options(&self) -> &RigOptions {
         &self.opts
     }
     /// What was negotiated.
@@ -126,7 +181,7 @@ impl Rig {
         &self.mem
     }
     /// Spare guest memory (hostile chains point into it).
-    pub fn scratch(&self) -> Scratch {
+    pub(crate) fn scratch(&self) -> Scratch {
         self.scratch
     }
     /// All queue pairs.
@@ -161,7 +216,7 @@ impl Rig {
     }
 
     /// The call eventfds of every ring (RX and TX of each pair).
-    pub fn call_fds(&self) -> Vec<RawFd> {
+    pub(crate) fn call_fds(&self) -> Vec<RawFd> {
         self.pairs
             .iter()
             .flat_map(|p| {

@@ -84,7 +84,7 @@ impl RxQueue {
     }
 
     /// vhost-user ring index.
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         self.index
     }
     /// The driver ring.
@@ -103,16 +103,12 @@ impl RxQueue {
     pub fn notifier_mut(&mut self) -> &mut Notifier {
         &mut self.notify
     }
-    /// Whether MRG_RXBUF is in use.
-    pub fn mergeable(&self) -> bool {
-        self.mrg
-    }
     /// Copy frame bytes out for the caller (on by default; bench turns it off).
     pub fn set_inspect(&mut self, on: bool) {
         self.inspect = on;
     }
     /// Bytes of one chain (all its buffers).
-    pub fn chain_bytes(&self) -> usize {
+    pub(crate) fn chain_bytes(&self) -> usize {
         self.buf_size as usize * self.descs_per_chain
     }
     /// How many `len`-byte frames all chains of this queue hold at once (0 if a frame
@@ -191,7 +187,7 @@ impl RxQueue {
     }
 
     /// Kicks unconditionally.
-    pub fn kick(&mut self) -> Result<(), QueueError> {
+    pub(crate) fn kick(&mut self) -> Result<(), QueueError> {
         self.notify.kick().map_err(|source| QueueError::Event {
             ring: self.index,
             source,

@@ -22,7 +22,7 @@ use crate::error::RigError;
 use crate::memory::{GuestMemory, MemoryLayout};
 use crate::notify::Notifier;
 use crate::options::RigOptions;
-use crate::rig::{Rig, RigParts};
+use crate::rig::{Negotiated, PairAreas, PreparedRing, Rig, RigParts, Scratch};
 use crate::virtio::{
     feature_names, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
     VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
@@ -77,63 +77,6 @@ impl fmt::Display for SetupStep {
             Self::VringEnable(r) => write!(f, "SET_VRING_ENABLE (ring {r})"),
         }
     }
-}
-
-/// What was negotiated with the backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Negotiated {
-    /// Features the backend offered (GET_FEATURES).
-    pub offered_features: u64,
-    /// Features the rig acked (SET_FEATURES).
-    pub acked_features: u64,
-    /// Protocol features the backend offered.
-    pub offered_protocol: u64,
-    /// Protocol features the rig acked.
-    pub acked_protocol: u64,
-    /// GET_QUEUE_NUM reply, if it was sent.
-    pub queue_num: Option<u64>,
-}
-
-impl Negotiated {
-    /// EVENT_IDX is in use.
-    pub fn event_idx(&self) -> bool {
-        self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0
-    }
-    /// MRG_RXBUF is in use.
-    pub fn mrg_rxbuf(&self) -> bool {
-        self.acked_features & VIRTIO_NET_F_MRG_RXBUF != 0
-    }
-    /// PROTOCOL_FEATURES is in use (rings start disabled; SET_VRING_ENABLE needed).
-    pub fn protocol_features(&self) -> bool {
-        self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0
-    }
-    /// REPLY_ACK is in use (setters are acknowledged).
-    pub fn reply_ack(&self) -> bool {
-        self.acked_protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
-    }
-}
-
-/// A ring laid out and initialised in guest memory, with its eventfds.
-#[derive(Debug)]
-pub(crate) struct PreparedRing {
-    pub(crate) ring: DriverRing,
-    pub(crate) notify: Notifier,
-}
-
-/// Guest memory set aside for the queues of one pair and for hostile chains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PairAreas {
-    pub(crate) tx_pool: u64,
-    pub(crate) rx_area: u64,
-}
-
-/// A spare guest memory area (hostile descriptors point into it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scratch {
-    /// GPA of the area.
-    pub gpa: u64,
-    /// Its length.
-    pub len: u64,
 }
 
 /// The setup sequence in progress.
@@ -214,10 +157,6 @@ impl RigSetup {
         })
     }
 
-    /// The options of this session.
-    pub fn options(&self) -> &RigOptions {
-        &self.opts
-    }
     /// Guest memory.
     pub fn memory(&self) -> &Arc<GuestMemory> {
         &self.mem
@@ -484,4 +423,13 @@ fn not_connected() -> RigError {
 
 fn bad_ring(r: usize) -> RigError {
     RigError::SetupOrder(format!("no ring {r}"))
+}
+
+/// The one-call way to a ready rig. It lives here, beside the sequence it runs, so that
+/// `setup` depends on `rig` (it builds one) and `rig` does not depend on `setup`.
+impl Rig {
+    /// Connects and runs the whole setup.
+    pub fn connect(opts: RigOptions) -> Result<Self, RigError> {
+        RigSetup::new(opts)?.finish()
+    }
 }

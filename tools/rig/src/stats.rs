@@ -29,7 +29,7 @@ pub struct QueueStats {
 
 impl QueueStats {
     /// Adds `o` to `self`, field by field.
-    pub fn add(&mut self, o: &QueueStats) {
+    pub(crate) fn add(&mut self, o: &QueueStats) {
         self.frames += o.frames;
         self.bytes += o.bytes;
         self.completions += o.completions;
@@ -54,7 +54,7 @@ pub struct RigStats {
 
 impl QueueStats {
     /// `self - earlier`, field by field (counters only grow).
-    pub fn since(&self, earlier: &QueueStats) -> QueueStats {
+    pub(crate) fn since(&self, earlier: &QueueStats) -> QueueStats {
         QueueStats {
             frames: self.frames - earlier.frames,
             bytes: self.bytes - earlier.bytes,
@@ -72,7 +72,7 @@ impl QueueStats {
 
 impl RigStats {
     /// `self - earlier` for both directions.
-    pub fn since(&self, earlier: &RigStats) -> RigStats {
+    pub(crate) fn since(&self, earlier: &RigStats) -> RigStats {
         RigStats {
             tx: self.tx.since(&earlier.tx),
             rx: self.rx.since(&earlier.rx),

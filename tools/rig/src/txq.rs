@@ -57,7 +57,7 @@ pub struct SlotPool {
 
 impl SlotPool {
     /// GPA of slot `i`.
-    pub fn slot(&self, i: u16) -> u64 {
+    pub(crate) fn slot(&self, i: u16) -> u64 {
         self.gpa + u64::from(i) * self.stride
     }
 }
@@ -98,7 +98,7 @@ impl TxQueue {
     }
 
     /// vhost-user ring index.
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         self.index
     }
     /// The driver ring.
@@ -110,11 +110,11 @@ impl TxQueue {
         &mut self.ring
     }
     /// The kick/call eventfds.
-    pub fn notifier(&self) -> &Notifier {
+    pub(crate) fn notifier(&self) -> &Notifier {
         &self.notify
     }
     /// The kick/call eventfds, mutable.
-    pub fn notifier_mut(&mut self) -> &mut Notifier {
+    pub(crate) fn notifier_mut(&mut self) -> &mut Notifier {
         &mut self.notify
     }
     /// Largest frame one slot holds.
@@ -248,7 +248,7 @@ impl TxQueue {
     }
 
     /// Kicks unconditionally.
-    pub fn kick(&mut self) -> Result<(), QueueError> {
+    pub(crate) fn kick(&mut self) -> Result<(), QueueError> {
         self.notify.kick().map_err(|source| QueueError::Event {
             ring: self.index,
             source,

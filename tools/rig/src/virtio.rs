@@ -24,10 +24,10 @@ pub const VRING_DESC_F_INDIRECT: u16 = 4;
 /// Avail ring flag (without EVENT_IDX): the driver does not want interrupts.
 pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Used ring flag (without EVENT_IDX): the device does not want kicks.
-pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
+pub(crate) const VRING_USED_F_NO_NOTIFY: u16 = 1;
 
 /// Largest split-ring size allowed by the virtio specification.
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+pub(crate) const MAX_QUEUE_SIZE: u16 = 32768;
 
 /// Size of `virtio_net_hdr_v1` (used whenever VERSION_1 is negotiated).
 pub const VIRTIO_NET_HDR_LEN: usize = 12;
@@ -83,7 +83,7 @@ impl VirtioNetHdr {
     }
 
     /// True when no offload field is set (what the rig expects: it negotiates no offloads).
-    pub fn is_plain(&self) -> bool {
+    pub(crate) fn is_plain(&self) -> bool {
         self.flags == 0
             && self.gso_type == 0
             && self.hdr_len == 0
@@ -102,7 +102,7 @@ pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
 }
 
 /// Human-readable names of the feature bits the rig cares about, for messages.
-pub fn feature_names(features: u64) -> String {
+pub(crate) fn feature_names(features: u64) -> String {
     const NAMES: [(u64, &str); 6] = [
         (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
         (VIRTIO_NET_F_MQ, "MQ"),

@@ -89,11 +89,6 @@ impl ControlServer {
         })
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Stops accepting, waits for the client threads (each notices within a fraction
     /// of a second, or after the command it is carrying out) and removes the socket.
     pub fn stop(mut self) {
