@@ -20,6 +20,7 @@ mod model;
 mod raw;
 mod render;
 mod schema;
+mod unique;
 mod validate;
 
 #[cfg(test)]

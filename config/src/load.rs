@@ -112,7 +112,7 @@ impl Config {
     /// the origin [`ADDED_DEVICES_ORIGIN`]; use [`Config::with_snippet`] to get errors
     /// that point into the snippet.
     pub fn with_added_devices(&self, new: Vec<DeviceConfig>) -> Result<Config, ConfigError> {
-        validate::unique_without_spans(
+        crate::unique::check_without_spans(
             ADDED_DEVICES_ORIGIN,
             &self.daemon.control_socket,
             &self.devices,

@@ -9,12 +9,14 @@
 //! - [`control`]: the control socket (protocol, server, commands) and its client.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`notify`]: systemd readiness notifications (`sd_notify`).
+//! - [`output`]: printing to stdout without panicking on a closed pipe.
 
 pub mod control;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod output;
 pub mod qemu;
 pub mod signals;
 pub mod wiring;

@@ -1,6 +1,7 @@
 //! Whole-configuration tests: every validation rule with the exact position it
 //! reports, the effective values, rendering round trips, snippets and files.
 
+mod clashes;
 mod daemon_rules;
 mod datapath_rules;
 mod docs;

@@ -2,7 +2,8 @@
 //! its control socket (see docs/operations.md).
 //!
 //! Exit codes: 0 done, 1 the daemon refused (its message is printed), 2 usage error or
-//! no answer from the daemon.
+//! no answer from the daemon. A reader that closes standard output early (`vdpactl
+//! list | head`) ends the output quietly; the status stays what the command earned.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use vdpad::control::protocol::{Command, Response};
 use vdpad::control::{rates, render, Client, ClientError};
+use vdpad::output;
 use vdpad_config::{default_run_dir, CONTROL_SOCKET_NAME};
 
 /// Controls a running vdpad through its control socket.
@@ -83,6 +85,28 @@ enum Failure {
     Refused,
     /// Usage or connection error, already described.
     Usage(String),
+    /// Standard output was closed by its reader; the command itself succeeded.
+    OutputClosed,
+}
+
+impl From<output::Closed> for Failure {
+    fn from(_: output::Closed) -> Self {
+        Failure::OutputClosed
+    }
+}
+
+/// `print!` to standard output that stops (without a panic) when the reader is gone.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        output::print(&format!($($arg)*))?
+    };
+}
+
+/// `println!` counterpart of [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        output::println(&format!($($arg)*))?
+    };
 }
 
 impl From<ClientError> for Failure {
@@ -94,7 +118,7 @@ impl From<ClientError> for Failure {
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
         Err(Failure::Refused) => ExitCode::from(1),
         Err(Failure::Usage(msg)) => {
             eprintln!("vdpactl: {msg}");
@@ -116,7 +140,8 @@ impl Ctl {
         let r = client.request(command)?;
         if !r.ok {
             if self.json {
-                print!("{}", r.to_line());
+                // Refused either way: a closed stdout changes nothing about that.
+                let _ = output::print(&r.to_line());
             }
             eprintln!(
                 "vdpactl: the daemon refused: {}",
@@ -147,9 +172,9 @@ fn run(args: &Args) -> Result<(), Failure> {
         Cmd::List => {
             let r = ctl.call(Command::List)?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
-                print!("{}", render::list(r.devices.as_deref().unwrap_or_default()));
+                out!("{}", render::list(r.devices.as_deref().unwrap_or_default()));
             }
         }
         Cmd::Stats {
@@ -166,9 +191,9 @@ fn run(args: &Args) -> Result<(), Failure> {
                 None => {
                     let r = ctl.call(command)?;
                     if ctl.json {
-                        print!("{}", r.to_line());
+                        out!("{}", r.to_line());
                     } else {
-                        print!(
+                        out!(
                             "{}",
                             render::stats(r.stats.as_deref().unwrap_or_default(), None)
                         );
@@ -184,12 +209,15 @@ fn run(args: &Args) -> Result<(), Failure> {
                 origin: Some(origin),
             })?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
                 for d in r.devices.as_deref().unwrap_or_default() {
-                    println!(
+                    outln!(
                         "added {}: {} ({}), socket {}",
-                        d.name, d.mode, d.datapath, d.socket
+                        d.name,
+                        d.mode,
+                        d.datapath,
+                        d.socket
                     );
                 }
             }
@@ -199,9 +227,9 @@ fn run(args: &Args) -> Result<(), Failure> {
                 device: name.clone(),
             })?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
-                println!("removed {}", r.removed.as_deref().unwrap_or(name));
+                outln!("removed {}", r.removed.as_deref().unwrap_or(name));
             }
         }
         Cmd::LogLevel { level } => {
@@ -209,17 +237,17 @@ fn run(args: &Args) -> Result<(), Failure> {
                 level: level.clone(),
             })?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
-                println!("log filter now {}", r.level.as_deref().unwrap_or(level));
+                outln!("log filter now {}", r.level.as_deref().unwrap_or(level));
             }
         }
         Cmd::Version => {
             let r = ctl.call(Command::Version)?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
-                println!(
+                outln!(
                     "vdpad {} (control protocol {}); vdpactl {}",
                     r.daemon_version.as_deref().unwrap_or("?"),
                     r.protocol.map_or("?".to_owned(), |p| p.to_string()),
@@ -273,13 +301,13 @@ fn watch_stats(ctl: &Ctl, command: Command, secs: f64, count: Option<u64>) -> Re
                 "stats": after,
                 "rates": r,
             });
-            println!("{line}");
+            outln!("{line}");
         } else {
             if done > 0 {
-                println!();
+                outln!("");
             }
-            println!("--- interval {:.2} s ---", t1 - t0);
-            print!("{}", render::stats(after, Some(&r)));
+            outln!("--- interval {:.2} s ---", t1 - t0);
+            out!("{}", render::stats(after, Some(&r)));
         }
         prev = cur;
         done += 1;

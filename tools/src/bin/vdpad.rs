@@ -12,14 +12,24 @@ use vdpad::daemon::Daemon;
 use vdpad::logging::{self, LogControl};
 use vdpad::metrics::MetricsServer;
 use vdpad::notify::Notifier;
+use vdpad::output;
 use vdpad::qemu;
 use vdpad::signals::{self, Signal};
 use vdpad_config::{Config, DaemonConfig};
 
+/// Exit statuses, as `--help` and docs/operations.md list them.
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  stopped cleanly (SIGTERM/SIGINT), or --check-config found the file valid
+  1  the daemon could not start or run (a socket, run directory, device or signal
+     setup failed; the reason is on stderr and in the log)
+  2  the configuration is invalid or unreadable (file:line:column on stderr), or
+     the command line is wrong";
+
 /// Serves vhost-user virtio-net devices to virtual machines, in hardware (VFIO
 /// offload) or in software.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version, after_help = EXIT_STATUS_HELP)]
 struct Args {
     /// Configuration file. Without it, vdpad runs its embedded default: one software
     /// loopback device.
@@ -38,8 +48,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = &args.check_config {
         return match Config::from_file(path) {
+            // The file is valid whether or not the reader took all of the output
+            // (`vdpad --check-config FILE | head`).
             Ok(cfg) => {
-                print!("{cfg}");
+                let _ = output::print(&cfg.to_string());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -115,10 +127,11 @@ fn main() -> ExitCode {
     for dev in &cfg.devices {
         let line = qemu::command_line(dev, "1G");
         if embedded {
-            println!(
-                "Attach a VM to device {} with these QEMU options:\n  {line}\n",
+            // A closed stdout must not stop the daemon: the hint is only a hint.
+            let _ = output::print(&format!(
+                "Attach a VM to device {} with these QEMU options:\n  {line}\n\n",
                 dev.name
-            );
+            ));
         } else {
             info!(device = %dev.name, qemu = %line.replace(" \\\n  ", " "), "attach with");
         }
