@@ -408,16 +408,33 @@ fn lookup(kind: IdKind, name: &str) -> std::io::Result<Option<u32>> {
 
 /// `run_dir`: an absolute directory path.
 pub(crate) fn run_dir(src: &Source<'_>, value: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+    absolute_dir(src, value, "run_dir", "/run/vdpad")
+}
+
+/// `include_dir`: an absolute path, like `run_dir`.
+pub(crate) fn include_dir(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+) -> Result<PathBuf, ConfigError> {
+    absolute_dir(src, value, "include_dir", "/etc/vdpad/vdpad.d")
+}
+
+fn absolute_dir(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+    example: &str,
+) -> Result<PathBuf, ConfigError> {
     let text = value.get_ref();
-    check_path_text(src, value, "run_dir")?;
+    check_path_text(src, value, key)?;
     let path = Path::new(text);
     if !path.is_absolute() {
         return Err(invalid(
             src,
             value.span(),
-            format!("run_dir = \"{text}\" is not an absolute path"),
+            format!("{key} = \"{text}\" is not an absolute path"),
         )
-        .with_help("use an absolute path, e.g. \"/run/vdpad\""));
+        .with_help(format!("use an absolute path, e.g. \"{example}\"")));
     }
     Ok(clean(path))
 }

@@ -2,7 +2,7 @@
 //! devices to a running configuration. Text goes through three steps: TOML syntax,
 //! the schema (keys and types), then validation into the effective types.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::de::DeTable;
@@ -75,21 +75,88 @@ fn syntax_error(src: &Source<'_>, e: &toml::de::Error) -> ConfigError {
     )
 }
 
+/// The drop-in files of `dir`, in the order they are read: every `*.toml` that is a
+/// regular file (or a link to one) and does not start with `.` (editors' and
+/// `vdpactl --persist`'s temporary files), sorted by name byte by byte. A missing
+/// directory has none.
+pub fn drop_in_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let bytes = name.as_encoded_bytes();
+        if bytes.starts_with(b".") || !bytes.ends_with(b".toml") {
+            continue;
+        }
+        let path = entry.path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            files.push(path);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+fn read(path: &Path, what: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::io(&path.display().to_string(), what, e))
+}
+
 impl Config {
-    /// Reads and validates the configuration file at `path`. Errors name `path`.
+    /// Reads and validates the configuration file at `path`, then the drop-ins of its
+    /// `include_dir` (default: `vdpad.d` next to it; see [`drop_in_files`]). The
+    /// `[daemon]` table comes from the main file only; drop-ins hold `[[device]]`
+    /// tables, which follow the main file's devices in file-name order, and every
+    /// name, socket, interface and PCI function must be unique across all files.
+    /// Errors name the file they are in.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::io(&origin, "cannot read the configuration file", e))?;
-        Self::from_toml_str(&text, &origin)
+        let text = read(path, "cannot read the configuration file")?;
+        let src = Source::new(&origin, &text);
+        let raw: RawConfig = deserialize(&src, parse_tree(&src, &FILE_ROOT)?)?;
+        let file_dir = path.parent().map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        });
+        let daemon = validate::daemon(&src, raw.daemon.as_ref(), file_dir)?;
+        // Every text is read before any device is checked: errors about a device
+        // point into its own file and may name a device of another.
+        let mut drop_ins: Vec<(String, String)> = Vec::new();
+        if let Some(dir) = &daemon.include_dir {
+            let files = drop_in_files(dir).map_err(|e| {
+                ConfigError::io(&dir.display().to_string(), "cannot list the drop-in directory", e)
+            })?;
+            for file in files {
+                let text = read(&file, "cannot read the drop-in file")?;
+                drop_ins.push((file.display().to_string(), text));
+            }
+        }
+        let mut placed = Vec::new();
+        validate::add_devices(&src, &raw.device, &daemon, &[], &mut placed)?;
+        for (origin, text) in &drop_ins {
+            let src = Source::new(origin, text);
+            let raw: RawSnippet = deserialize(&src, parse_tree(&src, &SNIPPET_ROOT)?)?;
+            validate::add_devices(&src, &raw.device, &daemon, &[], &mut placed)?;
+        }
+        let devices = placed.into_iter().map(|p| p.dev.config).collect();
+        Ok(Config { daemon, devices })
     }
 
     /// Parses and validates configuration text; `origin` names it in errors (a file
-    /// path, or e.g. `<embedded default>`).
+    /// path, or e.g. `<embedded default>`). No drop-ins are read, and `include_dir`
+    /// is only set if the text sets it.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let src = Source::new(origin, text);
         let raw: RawConfig = deserialize(&src, parse_tree(&src, &FILE_ROOT)?)?;
-        let daemon = validate::daemon(&src, raw.daemon.as_ref())?;
+        let daemon = validate::daemon(&src, raw.daemon.as_ref(), None)?;
         let devices = validate::devices(&src, &raw.device, &daemon, &[])?;
         Ok(Config { daemon, devices })
     }

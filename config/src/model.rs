@@ -30,6 +30,10 @@ pub struct DaemonConfig {
     pub socket_perms: SocketPerms,
     /// Address (`IP:port`) of the Prometheus metrics endpoint, if enabled.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Directory of drop-in files (`*.toml` with `[[device]]` tables) read after the
+    /// main file; `vdpactl add --persist` writes there. Default: `vdpad.d` next to
+    /// the main file; `None` for text that is not a file (the embedded default).
+    pub include_dir: Option<PathBuf>,
 }
 
 /// How log lines are written.

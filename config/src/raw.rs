@@ -40,6 +40,7 @@ pub(crate) struct RawDaemon {
     pub socket_mode: Option<Spanned<String>>,
     pub socket_owner: Option<Spanned<RawId>>,
     pub socket_group: Option<Spanned<RawId>>,
+    pub include_dir: Option<Spanned<String>>,
 }
 
 /// One `[[device]]` table as written. Integers are kept as `i64` so that range errors
@@ -204,6 +205,11 @@ pub(crate) const DAEMON: TableSpec = TableSpec {
         key("socket_mode", ValueType::String, "socket_mode = \"0600\""),
         key("socket_owner", ValueType::Id, "socket_owner = \"qemu\""),
         key("socket_group", ValueType::Id, "socket_group = \"kvm\""),
+        key(
+            "include_dir",
+            ValueType::String,
+            "include_dir = \"/etc/vdpad/vdpad.d\"",
+        ),
     ],
 };
 

@@ -4,12 +4,13 @@
 //! to change.
 
 use std::ops::Range;
+use std::path::Path;
 
 use toml::Spanned;
 
 use crate::defaults::{
     default_run_dir, CONTROL_SOCKET_NAME, DEFAULT_LOG_LEVEL, DEFAULT_QUEUE_PAIRS,
-    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, MAX_BURST, MAX_BUSY_POLL_US, MAX_RX_COALESCE_FRAMES,
+    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, DROP_IN_DIR_NAME, MAX_BURST, MAX_BUSY_POLL_US, MAX_RX_COALESCE_FRAMES,
     MAX_RX_COALESCE_USECS, MAX_WEIGHT, MIN_MTU,
 };
 use crate::error::{ConfigError, ErrorKind, Source};
@@ -23,9 +24,12 @@ use crate::unique;
 type Span = Range<usize>;
 
 /// Builds the daemon settings from `[daemon]` (absent table: all defaults).
+/// `file_dir` is the directory of the main file, if the text is one: the default
+/// `include_dir` is `vdpad.d` in it.
 pub(crate) fn daemon(
     src: &Source<'_>,
     raw: Option<&Spanned<RawDaemon>>,
+    file_dir: Option<&Path>,
 ) -> Result<DaemonConfig, ConfigError> {
     let empty = RawDaemon::default();
     let (d, header) = match raw {
@@ -75,6 +79,10 @@ pub(crate) fn daemon(
         &d.socket_group,
         defaults,
     )?;
+    let include_dir = match &d.include_dir {
+        Some(v) => Some(fields::include_dir(src, v)?),
+        None => file_dir.map(|dir| dir.join(DROP_IN_DIR_NAME)),
+    };
     Ok(DaemonConfig {
         run_dir,
         control_socket,
@@ -82,6 +90,7 @@ pub(crate) fn daemon(
         log_format,
         socket_perms,
         metrics_listen,
+        include_dir,
     })
 }
 

@@ -70,6 +70,7 @@ fn full_example_parses_to_expected_values() {
         log_format: LogFormat::Json,
         socket_perms: perms(0o660, Some(0), Some(0)),
         metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
+        include_dir: None,
     };
     assert_eq!(config.daemon, daemon);
     let vm1 = DeviceConfig {
@@ -338,7 +339,10 @@ fn from_file_reads_and_names_the_file_in_errors() {
     let dir = scratch_dir("from-file");
     let good = dir.join("good.toml");
     std::fs::write(&good, FULL_EXAMPLE).unwrap();
-    assert_eq!(Config::from_file(&good).unwrap(), ok(FULL_EXAMPLE));
+    let mut expected = ok(FULL_EXAMPLE);
+    // Read from a file, the drop-in directory defaults to vdpad.d next to it.
+    expected.daemon.include_dir = Some(dir.join("vdpad.d"));
+    assert_eq!(Config::from_file(&good).unwrap(), expected);
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[device]]\nname = \"a\"\nqueue_size = 300\n").unwrap();

@@ -5,6 +5,7 @@ mod clashes;
 mod daemon_rules;
 mod datapath_rules;
 mod docs;
+mod dropins;
 mod files;
 mod rules;
 mod snippets;
