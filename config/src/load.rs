@@ -103,8 +103,7 @@ pub fn drop_in_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 fn read(path: &Path, what: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::io(&path.display().to_string(), what, e))
+    std::fs::read_to_string(path).map_err(|e| ConfigError::io(&path.display().to_string(), what, e))
 }
 
 impl Config {
@@ -119,20 +118,21 @@ impl Config {
         let text = read(path, "cannot read the configuration file")?;
         let src = Source::new(&origin, &text);
         let raw: RawConfig = deserialize(&src, parse_tree(&src, &FILE_ROOT)?)?;
-        let file_dir = path.parent().map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            }
-        });
-        let daemon = validate::daemon(&src, raw.daemon.as_ref(), file_dir)?;
+        // The default include_dir is absolute even for `--config vdpad.toml`.
+        let file_dir = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let daemon = validate::daemon(&src, raw.daemon.as_ref(), file_dir.as_deref())?;
         // Every text is read before any device is checked: errors about a device
         // point into its own file and may name a device of another.
         let mut drop_ins: Vec<(String, String)> = Vec::new();
         if let Some(dir) = &daemon.include_dir {
             let files = drop_in_files(dir).map_err(|e| {
-                ConfigError::io(&dir.display().to_string(), "cannot list the drop-in directory", e)
+                ConfigError::io(
+                    &dir.display().to_string(),
+                    "cannot list the drop-in directory",
+                    e,
+                )
             })?;
             for file in files {
                 let text = read(&file, "cannot read the drop-in file")?;

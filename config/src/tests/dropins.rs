@@ -28,7 +28,10 @@ fn drop_ins_follow_the_main_file_in_name_order() {
     let d = dir.join("vdpad.d");
     write(&dir.join("vdpad.toml"), MAIN);
     write(&d.join("b.toml"), "[[device]]\nname = \"b\"\n");
-    write(&d.join("20-x.toml"), "[[device]]\nname = \"x20\"\n[[device]]\nname = \"x21\"\n");
+    write(
+        &d.join("20-x.toml"),
+        "[[device]]\nname = \"x20\"\n[[device]]\nname = \"x21\"\n",
+    );
     write(&d.join("10-y.toml"), "[[device]]\nname = \"y10\"\n");
     // Not drop-ins: hidden, another suffix, a directory.
     write(&d.join(".tmp.toml"), "[[device]]\nname = \"hidden\"\n");
@@ -50,9 +53,15 @@ fn include_dir_can_be_set_and_is_absolute() {
     let other = dir.join("elsewhere");
     std::fs::create_dir_all(&other).unwrap();
     write(&other.join("a.toml"), "[[device]]\nname = \"a\"\n");
-    write(&dir.join("vdpad.d/ignored.toml"), "[[device]]\nname = \"ignored\"\n");
+    write(
+        &dir.join("vdpad.d/ignored.toml"),
+        "[[device]]\nname = \"ignored\"\n",
+    );
     let main = dir.join("vdpad.toml");
-    write(&main, &format!("[daemon]\ninclude_dir = \"{}\"\n", other.display()));
+    write(
+        &main,
+        &format!("[daemon]\ninclude_dir = \"{}\"\n", other.display()),
+    );
     let c = Config::from_file(&main).unwrap();
     assert_eq!(names(&c), ["a"]);
     // The rendered configuration keeps it and parses back to the same.
@@ -79,11 +88,20 @@ fn errors_name_the_drop_in_and_the_first_use() {
     assert_eq!(e.kind(), ErrorKind::Duplicate);
     assert_eq!(e.file(), d.join("vm3.toml").display().to_string());
     assert_eq!((e.line(), e.column()), (Some(3), Some(8)));
-    let first = format!("the device at {}:5:8 already uses this name", main.display());
+    let first = format!(
+        "the device at {}:5:8 already uses this name",
+        main.display()
+    );
     assert!(e.help().unwrap().contains(&first), "{e}");
 
-    write(&d.join("vm3.toml"), "[[device]]\nname = \"t1\"\nbackend = \"tap\"\ntap_name = \"tap9\"\n");
-    write(&d.join("vm4.toml"), "[[device]]\nname = \"t2\"\nbackend = \"tap\"\ntap_name = \"tap9\"\n");
+    write(
+        &d.join("vm3.toml"),
+        "[[device]]\nname = \"t1\"\nbackend = \"tap\"\ntap_name = \"tap9\"\n",
+    );
+    write(
+        &d.join("vm4.toml"),
+        "[[device]]\nname = \"t2\"\nbackend = \"tap\"\ntap_name = \"tap9\"\n",
+    );
     let e = Config::from_file(&main).unwrap_err();
     assert_eq!(e.file(), d.join("vm4.toml").display().to_string());
     let first = format!("device `t1` at {}:2:8", d.join("vm3.toml").display());
@@ -94,8 +112,13 @@ fn errors_name_the_drop_in_and_the_first_use() {
     assert_eq!(e.kind(), ErrorKind::UnknownKey);
     assert_eq!(e.file(), d.join("vm4.toml").display().to_string());
 
-    write(&d.join("vm4.toml"), "[[device]]\nname = \"q\"\nqueue_size = 3\n");
+    write(
+        &d.join("vm4.toml"),
+        "[[device]]\nname = \"q\"\nqueue_size = 3\n",
+    );
     let e = Config::from_file(&main).unwrap_err();
     assert_eq!((e.line(), e.column()), (Some(3), Some(14)));
-    assert!(e.to_string().starts_with(&format!("{}:3:14: error:", d.join("vm4.toml").display())));
+    assert!(e
+        .to_string()
+        .starts_with(&format!("{}:3:14: error:", d.join("vm4.toml").display())));
 }

@@ -63,11 +63,18 @@ enum Cmd {
         /// The snippet file (`-` reads standard input).
         #[arg(short, long, value_name = "SNIPPET.toml")]
         config: PathBuf,
+        /// Also write each device to a drop-in file (<include_dir>/<name>.toml, by
+        /// default /etc/vdpad/vdpad.d/), so it survives a reload and a restart.
+        #[arg(long)]
+        persist: bool,
     },
     /// Stops and removes a device; its frontend is disconnected.
     Remove {
         /// The device's name.
         name: String,
+        /// Also delete the device's drop-in file (<include_dir>/<name>.toml).
+        #[arg(long)]
+        persist: bool,
     },
     /// Changes the daemon's log filter (error, warn, info, debug, trace, or
     /// directives such as info,swpath=debug).
@@ -202,11 +209,12 @@ fn run(args: &Args) -> Result<(), Failure> {
                 Some(secs) => watch_stats(&ctl, command, *secs, *count)?,
             }
         }
-        Cmd::Add { config } => {
+        Cmd::Add { config, persist } => {
             let (text, origin) = read_snippet(config)?;
             let r = ctl.call(Command::Add {
                 config: text,
                 origin: Some(origin),
+                persist: *persist,
             })?;
             if ctl.json {
                 out!("{}", r.to_line());
@@ -220,16 +228,23 @@ fn run(args: &Args) -> Result<(), Failure> {
                         d.socket
                     );
                 }
+                for file in r.persisted.as_deref().unwrap_or_default() {
+                    outln!("persisted in {file}");
+                }
             }
         }
-        Cmd::Remove { name } => {
+        Cmd::Remove { name, persist } => {
             let r = ctl.call(Command::Remove {
                 device: name.clone(),
+                persist: *persist,
             })?;
             if ctl.json {
                 out!("{}", r.to_line());
             } else {
                 outln!("removed {}", r.removed.as_deref().unwrap_or(name));
+                for file in r.persisted.as_deref().unwrap_or_default() {
+                    outln!("deleted {file}");
+                }
             }
         }
         Cmd::LogLevel { level } => {

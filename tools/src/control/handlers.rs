@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use vdpa::{DeviceHandle, QueueStats};
 use vdpad_config::{Backend, DeviceConfig};
 
+use super::persist;
 use super::protocol::{
     Command, DeviceStats, DeviceView, ErrorCode, PciView, ProtocolError, QueueView, Response,
     PROTOCOL_VERSION,
@@ -52,12 +53,17 @@ pub fn handle(ctx: &Context, command: Command) -> Response {
     let result = match command {
         Command::List => Ok(list(ctx)),
         Command::Stats { device, queue } => stats(ctx, device.as_deref(), queue),
-        Command::Add { config, origin } => add(
+        Command::Add {
+            config,
+            origin,
+            persist,
+        } => add(
             ctx,
             &config,
             origin.as_deref().unwrap_or(DEFAULT_SNIPPET_ORIGIN),
+            persist,
         ),
-        Command::Remove { device } => remove(ctx, &device),
+        Command::Remove { device, persist } => remove(ctx, &device, persist),
         Command::LogLevel { level } => log_level(ctx, &level),
         Command::Version => Ok(Response {
             daemon_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
@@ -121,8 +127,9 @@ fn stats(
 
 /// Adds every device of the snippet, or none: the snippet is validated against the
 /// running configuration first (errors point into it), and if one device cannot be
-/// started, the ones already started by this request are removed again.
-fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolError> {
+/// started (or, with `persist`, its drop-in cannot be written), the ones already
+/// started by this request are removed again and their drop-ins deleted.
+fn add(ctx: &Context, text: &str, origin: &str, persist: bool) -> Result<Response, ProtocolError> {
     let mut daemon = lock_daemon(&ctx.daemon);
     let known = daemon.config().devices.len();
     let merged = daemon.config().with_snippet(text, origin).map_err(|e| {
@@ -130,6 +137,15 @@ fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolErro
         ProtocolError::new(ErrorCode::Invalid, e.to_string())
     })?;
     let new: Vec<DeviceConfig> = merged.devices[known..].to_vec();
+    let mut drop_ins = Vec::new();
+    if persist {
+        for dev in &new {
+            let path = persist::drop_in_path(&daemon.config().daemon, &dev.name)
+                .map_err(|m| ProtocolError::new(ErrorCode::Invalid, m))?;
+            let body = persist::drop_in_text(dev, text, new.len() == 1, origin);
+            drop_ins.push((dev.name.clone(), path, body));
+        }
+    }
     let mut added: Vec<String> = Vec::new();
     for dev in new {
         let name = dev.name.clone();
@@ -152,6 +168,25 @@ fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolErro
         info!(device = %name, socket = %socket, origin, via = "control", "device added");
         added.push(name);
     }
+    let mut written: Vec<String> = Vec::new();
+    for (name, path, body) in &drop_ins {
+        if let Err(e) = persist::write_atomically(path, body) {
+            for done in written.iter() {
+                let _ = persist::delete(std::path::Path::new(done));
+            }
+            for done in added.iter().rev() {
+                let _ = daemon.remove(done);
+            }
+            let msg = format!(
+                "device {name}: cannot write its drop-in {}: {e}; nothing was added",
+                path.display()
+            );
+            warn!(device = %name, error = %msg, "control: persisting a device failed; nothing changed");
+            return Err(ProtocolError::new(ErrorCode::Failed, msg));
+        }
+        info!(device = %name, file = %path.display(), "device persisted in a drop-in");
+        written.push(path.display().to_string());
+    }
     let infos = daemon.devices();
     drop(daemon);
     let views = infos
@@ -162,21 +197,54 @@ fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolErro
     Ok(Response {
         added: Some(added),
         devices: Some(views),
+        persisted: persist.then_some(written),
         ..Response::ok()
     })
 }
 
-fn remove(ctx: &Context, name: &str) -> Result<Response, ProtocolError> {
+/// Removes a running device; with `persist`, also deletes its own drop-in (checked
+/// first: nothing changes if the device is not persisted in a file of its own). A
+/// device that is not running but has a drop-in loses the drop-in.
+fn remove(ctx: &Context, name: &str, persist: bool) -> Result<Response, ProtocolError> {
     let mut daemon = lock_daemon(&ctx.daemon);
-    if daemon.device(name).is_none() {
+    let running = daemon.device(name).is_some();
+    let drop_in = if persist {
+        let path = persist::drop_in_path(&daemon.config().daemon, name)
+            .map_err(|m| ProtocolError::new(ErrorCode::Invalid, m))?;
+        match persist::check_own_drop_in(&path, name, &daemon.config().daemon) {
+            Ok(()) => Some(path),
+            Err(_) if !running && !path.exists() => return Err(not_found(name)),
+            Err(m) => return Err(ProtocolError::new(ErrorCode::Invalid, m)),
+        }
+    } else {
+        None
+    };
+    if !running && drop_in.is_none() {
         return Err(not_found(name));
     }
-    // Daemon::remove logs "device removed" once the device thread is gone.
-    daemon
-        .remove(name)
-        .map_err(|e| ProtocolError::new(ErrorCode::Failed, format!("{e:#}")))?;
+    if running {
+        // Daemon::remove logs "device removed" once the device thread is gone.
+        daemon
+            .remove(name)
+            .map_err(|e| ProtocolError::new(ErrorCode::Failed, format!("{e:#}")))?;
+    }
+    let mut persisted = None;
+    if let Some(path) = drop_in {
+        persist::delete(&path).map_err(|e| {
+            ProtocolError::new(
+                ErrorCode::Failed,
+                format!(
+                    "device {name} was removed, but its drop-in {} could not be deleted: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        info!(device = name, file = %path.display(), "drop-in deleted");
+        persisted = Some(vec![path.display().to_string()]);
+    }
     Ok(Response {
         removed: Some(name.to_owned()),
+        persisted,
         ..Response::ok()
     })
 }

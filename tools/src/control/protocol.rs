@@ -63,11 +63,18 @@ pub enum Command {
         /// What to call the snippet in error messages (usually its file name).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         origin: Option<String>,
+        /// Also write each new device to a drop-in file, `<include_dir>/<name>.toml`,
+        /// so that it survives a SIGHUP reload and a restart.
+        #[serde(default, skip_serializing_if = "is_false")]
+        persist: bool,
     },
     /// Stops and removes a device; a connected frontend is disconnected.
     Remove {
         /// The device's name.
         device: String,
+        /// Also delete the device's drop-in file, `<include_dir>/<name>.toml`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        persist: bool,
     },
     /// Replaces the daemon's log filter.
     LogLevel {
@@ -76,6 +83,10 @@ pub enum Command {
     },
     /// The daemon's version and protocol version.
     Version,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Command {
@@ -278,6 +289,9 @@ pub struct Response {
     /// `remove`: the name of the device removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<String>,
+    /// `add --persist`: the drop-in files written; `remove --persist`: the one deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<Vec<String>>,
     /// `log-level`: the filter now in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
@@ -444,8 +458,21 @@ mod tests {
             Command::Add {
                 config: "[[device]]\nname = \"x\"\n".into(),
                 origin: Some("x.toml".into()),
+                persist: false,
             },
-            Command::Remove { device: "x".into() },
+            Command::Add {
+                config: "[[device]]\nname = \"x\"\n".into(),
+                origin: None,
+                persist: true,
+            },
+            Command::Remove {
+                device: "x".into(),
+                persist: false,
+            },
+            Command::Remove {
+                device: "x".into(),
+                persist: true,
+            },
             Command::LogLevel {
                 level: "debug".into(),
             },
