@@ -21,8 +21,9 @@ use vdpad_config::{Config, DaemonConfig};
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0  stopped cleanly (SIGTERM/SIGINT), or --check-config found the file valid
-  1  the daemon could not start or run (a socket, run directory, device or signal
-     setup failed; the reason is on stderr and in the log)
+  1  the daemon could not start or run (the run directory, the control socket,
+     the metrics endpoint or signal setup failed, or with --strict a device could
+     not start; the reason is on stderr and in the log)
   2  the configuration is invalid or unreadable (file:line:column on stderr), or
      the command line is wrong";
 
@@ -42,6 +43,11 @@ struct Args {
     /// the configuration and RUST_LOG.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// All or nothing: exit (status 1) if any device cannot start. Without it, such a
+    /// device is reported (state `failed` in `vdpactl list`, a metric, the log) and
+    /// retried with backoff while the others run.
+    #[arg(long)]
+    strict: bool,
 }
 
 fn main() -> ExitCode {
@@ -92,7 +98,12 @@ fn main() -> ExitCode {
         warn!(error = %e, "ignoring NOTIFY_SOCKET; no readiness notifications");
         Notifier::disabled()
     });
-    let daemon = match Daemon::start(&cfg) {
+    let started = if args.strict {
+        Daemon::start(&cfg)
+    } else {
+        Daemon::start_degraded(&cfg)
+    };
+    let daemon = match started {
         Ok(d) => Arc::new(Mutex::new(d)),
         Err(e) => {
             error!("{e:#}");
@@ -137,12 +148,20 @@ fn main() -> ExitCode {
         }
     }
     let status = |d: &Mutex<Daemon>| {
+        let d = lock_daemon(d);
+        let failed = d.failed_devices().len();
+        let failed = if failed > 0 {
+            format!(", {failed} failed (retrying)")
+        } else {
+            String::new()
+        };
         format!(
-            "serving {} device(s); control socket {}",
-            lock_daemon(d).devices().len(),
+            "serving {} device(s){failed}; control socket {}",
+            d.devices().len(),
             cfg.daemon.control_socket.display()
         )
     };
+    let retry = RetryThread::start(daemon.clone());
     match notifier.ready(&status(&daemon)) {
         Ok(true) => info!(
             socket = notifier.address(),
@@ -151,10 +170,11 @@ fn main() -> ExitCode {
         Ok(false) => {}
         Err(e) => warn!(socket = notifier.address(), error = %e, "sd_notify READY=1 failed"),
     }
-    info!(
-        devices = lock_daemon(&daemon).devices().len(),
-        "vdpad ready"
-    );
+    let (serving, failed) = {
+        let d = lock_daemon(&daemon);
+        (d.devices().len(), d.failed_devices().len())
+    };
+    info!(devices = serving, failed, "vdpad ready");
     let mut running = cfg.daemon.clone();
     loop {
         match signals::wait() {
@@ -178,6 +198,7 @@ fn main() -> ExitCode {
     }
     let _ = notifier.stopping();
     info!("shutting down");
+    retry.stop();
     control.stop();
     if let Some(m) = metrics {
         m.stop();
@@ -219,7 +240,7 @@ fn reload(
                 info!(device = %name, via = "reload", "device restarted with its new configuration");
             }
             info!(added = ?r.added, removed = ?r.removed, restarted = ?r.restarted,
-                  unchanged = ?r.unchanged, "configuration reloaded");
+                  unchanged = ?r.unchanged, failed = ?r.failed, "configuration reloaded");
         }
         Err(e) => error!("configuration reload failed part way: {e:#}"),
     }
@@ -256,4 +277,33 @@ fn reload(
               "these [daemon] settings changed in the file; they take effect at the next restart");
     }
     running.log_level = d.log_level.clone();
+}
+
+/// Tries failed devices again when their backoff is over, until stopped.
+struct RetryThread {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RetryThread {
+    fn start(daemon: Arc<Mutex<Daemon>>) -> RetryThread {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vdpad-retry".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    lock_daemon(&daemon).retry_due();
+                }
+            })
+            .expect("spawning the retry thread");
+        RetryThread { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
 }

@@ -11,9 +11,9 @@ use vdpad_config::{Backend, DeviceConfig};
 use super::persist;
 use super::protocol::{
     Command, DeviceStats, DeviceView, ErrorCode, PciView, ProtocolError, QueueView, Response,
-    PROTOCOL_VERSION,
+    StartFailureView, PROTOCOL_VERSION,
 };
-use crate::daemon::{Daemon, DeviceInfo};
+use crate::daemon::{Daemon, DeviceInfo, FailedInfo};
 use crate::logging::LogControl;
 
 /// Origin given to an `add` snippet whose request names none.
@@ -74,16 +74,67 @@ pub fn handle(ctx: &Context, command: Command) -> Response {
     result.unwrap_or_else(Response::refused)
 }
 
-/// Every device's info, taken under the daemon lock; counters and status are read
-/// afterwards from the handles, without it.
-fn infos(ctx: &Context) -> Vec<DeviceInfo> {
-    lock_daemon(&ctx.daemon).devices()
+/// Every device as `list` shows it, running and failed, in name order, with the
+/// counters of each (failed devices have no queues).
+pub fn all_views(daemon: &Mutex<Daemon>) -> Vec<(DeviceView, DeviceStats)> {
+    let (infos, failed) = {
+        let d = lock_daemon(daemon);
+        (d.devices(), d.failed_devices())
+    };
+    let mut all: Vec<(DeviceView, DeviceStats)> = infos
+        .iter()
+        .map(|d| (device_view(d), device_stats(&d.handle)))
+        .chain(failed.iter().map(|f| {
+            let v = failed_view(f);
+            let s = DeviceStats {
+                name: v.name.clone(),
+                state: v.state.clone(),
+                datapath: v.datapath.clone(),
+                connections: 0,
+                queues: Vec::new(),
+            };
+            (v, s)
+        }))
+        .collect();
+    all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    all
 }
 
 fn list(ctx: &Context) -> Response {
     Response {
-        devices: Some(infos(ctx).iter().map(device_view).collect()),
+        devices: Some(all_views(&ctx.daemon).into_iter().map(|(v, _)| v).collect()),
         ..Response::ok()
+    }
+}
+
+/// A device that could not start, as `list` shows it.
+pub fn failed_view(f: &FailedInfo) -> DeviceView {
+    DeviceView {
+        name: f.config.name.clone(),
+        mode: "none".to_owned(),
+        mode_reason: format!("not started: {}", f.error),
+        datapath: "none".to_owned(),
+        backend: backend_text(&f.config),
+        pci: f.config.pci.map(|p| PciView {
+            address: p.to_string(),
+            name: None,
+        }),
+        socket: f.config.socket.display().to_string(),
+        state: "failed".to_owned(),
+        connections: 0,
+        queue_pairs: f.config.queue_pairs,
+        running_pairs: Vec::new(),
+        acked_features: "0x0".to_owned(),
+        features: Vec::new(),
+        mac: f.config.mac.map(|m| m.to_string()),
+        mtu: f.config.mtu,
+        fallback_reason: None,
+        last_error: Some(f.error.clone()),
+        start_failure: Some(StartFailureView {
+            error: Some(f.error.clone()),
+            attempts: f.failures,
+            retry_in_seconds: Some(f.retry_in.as_secs_f64()),
+        }),
     }
 }
 
@@ -92,15 +143,16 @@ fn stats(
     device: Option<&str>,
     queue: Option<u16>,
 ) -> Result<Response, ProtocolError> {
-    let mut infos = infos(ctx);
+    let mut all = all_views(&ctx.daemon);
     if let Some(name) = device {
-        infos.retain(|d| d.config.name == name);
-        if infos.is_empty() {
+        all.retain(|(v, _)| v.name == name);
+        if all.is_empty() {
             return Err(not_found(name));
         }
     }
     let sampled_at = ctx.started.elapsed().as_secs_f64();
-    let mut stats: Vec<DeviceStats> = infos.iter().map(|d| device_stats(&d.handle)).collect();
+    let queue_pairs = all.first().map_or(0, |(v, _)| v.queue_pairs);
+    let mut stats: Vec<DeviceStats> = all.into_iter().map(|(_, s)| s).collect();
     if let Some(q) = queue {
         for s in &mut stats {
             s.queues.retain(|v| v.queue == q);
@@ -111,7 +163,7 @@ fn stats(
                 match device {
                     Some(name) => format!(
                         "device \"{name}\" has no queue {q} (queues are 0 to {})",
-                        infos[0].config.queue_pairs * 2 - 1
+                        queue_pairs * 2 - 1
                     ),
                     None => format!("no device has a queue {q}"),
                 },
@@ -207,7 +259,7 @@ fn add(ctx: &Context, text: &str, origin: &str, persist: bool) -> Result<Respons
 /// device that is not running but has a drop-in loses the drop-in.
 fn remove(ctx: &Context, name: &str, persist: bool) -> Result<Response, ProtocolError> {
     let mut daemon = lock_daemon(&ctx.daemon);
-    let running = daemon.device(name).is_some();
+    let running = daemon.has_device(name);
     let drop_in = if persist {
         let path = persist::drop_in_path(&daemon.config().daemon, name)
             .map_err(|m| ProtocolError::new(ErrorCode::Invalid, m))?;
@@ -338,6 +390,11 @@ pub fn device_view(d: &DeviceInfo) -> DeviceView {
         mtu: d.config.mtu,
         fallback_reason: st.fallback_reason.clone(),
         last_error: st.last_error.clone(),
+        start_failure: (d.start_failures > 0).then_some(StartFailureView {
+            error: None,
+            attempts: d.start_failures,
+            retry_in_seconds: None,
+        }),
     }
 }
 

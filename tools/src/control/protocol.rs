@@ -346,7 +346,7 @@ pub struct PciView {
 pub struct DeviceView {
     /// Device name.
     pub name: String,
-    /// `offload` or `software`.
+    /// `offload` or `software`; `none` for a device that has not started.
     pub mode: String,
     /// Why that mode was chosen.
     pub mode_reason: String,
@@ -360,7 +360,8 @@ pub struct DeviceView {
     pub pci: Option<PciView>,
     /// The vhost-user socket.
     pub socket: String,
-    /// `waiting` (no frontend), `connected` or `running` (a queue pair runs).
+    /// `waiting` (no frontend), `connected` or `running` (a queue pair runs); `failed`
+    /// for a device that could not start and is retried (see `start_failure`).
     pub state: String,
     /// Frontend connections accepted since the device started.
     pub connections: u64,
@@ -380,6 +381,21 @@ pub struct DeviceView {
     pub fallback_reason: Option<String>,
     /// The last error a frontend caused, if any.
     pub last_error: Option<String>,
+    /// Start attempts that failed: for a `failed` device, the reason and when it is
+    /// tried again; for a running one, how many attempts failed before it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_failure: Option<StartFailureView>,
+}
+
+/// Why a device could not start, and its retries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartFailureView {
+    /// The last attempt's error (`null` once the device runs).
+    pub error: Option<String>,
+    /// Attempts that failed.
+    pub attempts: u32,
+    /// Seconds until the next attempt (`null` once the device runs).
+    pub retry_in_seconds: Option<f64>,
 }
 
 /// The counters of one device (`stats`).
