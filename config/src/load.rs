@@ -165,8 +165,12 @@ impl Config {
     /// tables, as for `vdpactl add`). Every device is validated as in a file, and its
     /// name and socket must not clash with the existing devices or each other; errors
     /// point into the snippet, named `origin`.
+    ///
+    /// A device added this way must keep its socket in `run_dir` or one of
+    /// `socket_dirs` (directly, no `..`): whoever may talk to the control socket must
+    /// not be able to have the daemon create or replace sockets elsewhere.
     pub fn with_snippet(&self, text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let new = parse_snippet_against(text, origin, &self.daemon, &self.devices)?;
+        let new = parse_snippet_against(text, origin, &self.daemon, &self.devices, true)?;
         let mut config = self.clone();
         config.devices.extend(new);
         Ok(config)
@@ -206,7 +210,7 @@ impl DeviceConfig {
         origin: &str,
         daemon: &DaemonConfig,
     ) -> Result<Vec<DeviceConfig>, ConfigError> {
-        parse_snippet_against(text, origin, daemon, &[])
+        parse_snippet_against(text, origin, daemon, &[], false)
     }
 }
 
@@ -215,6 +219,7 @@ fn parse_snippet_against(
     origin: &str,
     daemon: &DaemonConfig,
     existing: &[DeviceConfig],
+    runtime: bool,
 ) -> Result<Vec<DeviceConfig>, ConfigError> {
     let src = Source::new(origin, text);
     let raw: RawSnippet = deserialize(&src, parse_tree(&src, &SNIPPET_ROOT)?)?;
@@ -226,7 +231,52 @@ fn parse_snippet_against(
         )
         .with_help("write each device as a [[device]] table with at least name = \"...\""));
     }
-    validate::devices(&src, &raw.device, daemon, existing)
+    let devices = validate::devices(&src, &raw.device, daemon, existing)?;
+    if runtime {
+        for (table, dev) in raw.device.iter().zip(&devices) {
+            if let Some(value) = &table.get_ref().socket {
+                check_runtime_socket(&src, value, &dev.socket, daemon)?;
+            }
+        }
+    }
+    Ok(devices)
+}
+
+/// A socket added at run time lives directly in `run_dir` or one of `socket_dirs`.
+fn check_runtime_socket(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    socket: &Path,
+    daemon: &DaemonConfig,
+) -> Result<(), ConfigError> {
+    let mut allowed = vec![daemon.run_dir.as_path()];
+    allowed.extend(daemon.socket_dirs.iter().map(PathBuf::as_path));
+    let listed = allowed
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dotdot = socket
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    let inside = !dotdot && socket.parent().is_some_and(|p| allowed.contains(&p));
+    if inside {
+        return Ok(());
+    }
+    let msg = if dotdot {
+        format!("socket `{}` contains `..`", socket.display())
+    } else {
+        format!(
+            "socket `{}` is outside the directories where devices may be added at run time ({listed})",
+            socket.display()
+        )
+    };
+    Err(src
+        .error(ErrorKind::InvalidValue, value.span(), msg)
+        .with_help(
+            "leave `socket` out (the socket goes to run_dir), name a file in run_dir, or list \
+             its directory in [daemon] socket_dirs and restart vdpad",
+        ))
 }
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ pub struct DaemonConfig {
     /// main file; `vdpactl add --persist` writes there. Default: `vdpad.d` next to
     /// the main file; `None` for text that is not a file (the embedded default).
     pub include_dir: Option<PathBuf>,
+    /// Permission bits of the control socket (its own setting: `socket_mode` is for
+    /// device sockets); default `0o600`.
+    pub control_socket_mode: u32,
+    /// Directories besides `run_dir` in which `vdpactl add` may place device sockets.
+    pub socket_dirs: Vec<PathBuf>,
 }
 
 /// How log lines are written.

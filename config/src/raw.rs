@@ -41,6 +41,8 @@ pub(crate) struct RawDaemon {
     pub socket_owner: Option<Spanned<RawId>>,
     pub socket_group: Option<Spanned<RawId>>,
     pub include_dir: Option<Spanned<String>>,
+    pub control_socket_mode: Option<Spanned<String>>,
+    pub socket_dirs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[device]]` table as written. Integers are kept as `i64` so that range errors
@@ -123,6 +125,8 @@ pub(crate) enum ValueType {
     Integer,
     /// An array of integers (`[0, 1]`); the schema checks each element.
     IntegerArray,
+    /// An array of strings (`["a", "b"]`); the schema checks each element.
+    StringArray,
     /// `true` or `false`.
     Boolean,
     /// A user or group: a string or an integer.
@@ -140,6 +144,7 @@ impl ValueType {
             ValueType::String => "a string",
             ValueType::Integer => "an integer",
             ValueType::IntegerArray => "an array of integers",
+            ValueType::StringArray => "an array of strings",
             ValueType::Boolean => "a boolean (true or false)",
             ValueType::Id => "a name (string) or a numeric id",
             ValueType::Table(_) => "a table",
@@ -209,6 +214,16 @@ pub(crate) const DAEMON: TableSpec = TableSpec {
             "include_dir",
             ValueType::String,
             "include_dir = \"/etc/vdpad/vdpad.d\"",
+        ),
+        key(
+            "control_socket_mode",
+            ValueType::String,
+            "control_socket_mode = \"0600\"",
+        ),
+        key(
+            "socket_dirs",
+            ValueType::StringArray,
+            "socket_dirs = [\"/var/lib/vdpad/sockets\"]",
         ),
     ],
 };

@@ -101,6 +101,11 @@ fn write_daemon(f: &mut fmt::Formatter<'_>, d: &DaemonConfig) -> fmt::Result {
     if let Some(dir) = &d.include_dir {
         writeln!(f, "include_dir = {}", path(dir))?;
     }
+    writeln!(f, "control_socket_mode = \"{:04o}\"", d.control_socket_mode)?;
+    if !d.socket_dirs.is_empty() {
+        let dirs: Vec<String> = d.socket_dirs.iter().map(|p| path(p)).collect();
+        writeln!(f, "socket_dirs = [{}]", dirs.join(", "))?;
+    }
     write_perms(f, &d.socket_perms)
 }
 

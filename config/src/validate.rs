@@ -83,6 +83,14 @@ pub(crate) fn daemon(
         Some(v) => Some(fields::include_dir(src, v)?),
         None => file_dir.map(|dir| dir.join(DROP_IN_DIR_NAME)),
     };
+    let control_socket_mode = match &d.control_socket_mode {
+        Some(v) => fields::control_socket_mode(src, v)?,
+        None => DEFAULT_SOCKET_MODE,
+    };
+    let socket_dirs = match &d.socket_dirs {
+        Some(v) => fields::socket_dirs(src, v)?,
+        None => Vec::new(),
+    };
     Ok(DaemonConfig {
         run_dir,
         control_socket,
@@ -91,6 +99,8 @@ pub(crate) fn daemon(
         socket_perms,
         metrics_listen,
         include_dir,
+        control_socket_mode,
+        socket_dirs,
     })
 }
 

@@ -241,6 +241,7 @@ impl Daemon {
     pub fn add(&mut self, dev: DeviceConfig) -> Result<()> {
         let check = self.config.with_added_devices(vec![dev.clone()]);
         check.map_err(|e| anyhow!("{e}"))?;
+        check_socket_dir(&dev)?;
         self.serve(dev, 0)
     }
 
@@ -298,6 +299,9 @@ impl Daemon {
             }
         }
         self.config.daemon.log_level = new.daemon.log_level.clone();
+        // Where drop-ins are read from and where run-time sockets may go apply at once.
+        self.config.daemon.include_dir = new.daemon.include_dir.clone();
+        self.config.daemon.socket_dirs = new.daemon.socket_dirs.clone();
         Ok(report)
     }
 
@@ -356,6 +360,32 @@ impl Daemon {
         self.failed.clear();
         self.config.devices.clear();
     }
+}
+
+/// A device added at run time gets its socket only in an existing, real directory:
+/// not a symbolic link (which could lead anywhere), and not created on demand.
+fn check_socket_dir(dev: &DeviceConfig) -> Result<()> {
+    let Some(dir) = dev.socket.parent() else {
+        return Err(anyhow!("socket {} has no directory", dev.socket.display()));
+    };
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("device {}: socket directory {}", dev.name, dir.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(anyhow!(
+            "device {}: socket directory {} is a symbolic link; vdpad does not follow links \
+             to create sockets (list the real directory in socket_dirs)",
+            dev.name,
+            dir.display()
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(anyhow!(
+            "device {}: socket directory {} is not a directory",
+            dev.name,
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Creates the run directory (mode 0755: frontends running as other users must reach

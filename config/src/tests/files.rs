@@ -71,6 +71,8 @@ fn full_example_parses_to_expected_values() {
         socket_perms: perms(0o660, Some(0), Some(0)),
         metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
         include_dir: None,
+        control_socket_mode: 0o600,
+        socket_dirs: Vec::new(),
     };
     assert_eq!(config.daemon, daemon);
     let vm1 = DeviceConfig {
@@ -247,6 +249,7 @@ run_dir = \"/r\"
 control_socket = \"/r/control.sock\"
 log_level = \"info\"
 log_format = \"text\"
+control_socket_mode = \"0600\"
 socket_mode = \"0600\"
 
 [[device]]
@@ -296,6 +299,7 @@ control_socket = \"/r/control.sock\"
 log_level = \"info\"
 log_format = \"text\"
 metrics_listen = \"[::1]:9464\"
+control_socket_mode = \"0600\"
 socket_mode = \"0600\"
 
 [[device]]

@@ -9,6 +9,7 @@ mod dropins;
 mod files;
 mod rules;
 mod snippets;
+mod socket_rules;
 
 use crate::{Config, ConfigError, ErrorKind};
 

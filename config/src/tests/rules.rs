@@ -35,7 +35,7 @@ fn unknown_key_without_a_close_match_lists_valid_keys() {
         e.help(),
         Some(
             "valid keys in [daemon] are: run_dir, control_socket, log_level, log_format, \
-             metrics_listen, socket_mode, socket_owner, socket_group, include_dir"
+             metrics_listen, socket_mode, socket_owner, socket_group, include_dir, control_socket_mode, socket_dirs"
         )
     );
 }

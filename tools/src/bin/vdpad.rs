@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     };
     let control = match ControlServer::start(
         &cfg.daemon.control_socket,
-        cfg.daemon.socket_perms.mode,
+        cfg.daemon.control_socket_mode,
         Context::new(daemon.clone(), log.clone()),
     ) {
         Ok(c) => c,
@@ -268,10 +268,10 @@ fn reload(
     if d.log_format != running.log_format {
         restart_needed.push("log_format");
     }
-    if d.socket_perms.mode != running.socket_perms.mode {
-        // Device sockets created from now on get the new mode; the control socket not.
-        restart_needed.push("socket_mode (for the control socket)");
+    if d.control_socket_mode != running.control_socket_mode {
+        restart_needed.push("control_socket_mode");
     }
+
     if !restart_needed.is_empty() {
         warn!(settings = ?restart_needed,
               "these [daemon] settings changed in the file; they take effect at the next restart");
