@@ -180,3 +180,75 @@ fn journal_lines_carry_their_priority() {
         .expect("start line");
     assert!(!started.starts_with('<'), "{started:?}");
 }
+
+#[test]
+fn man_pages_and_completions_are_generated_from_the_clap_definitions() {
+    let dir = TempDir::new("cli-gen");
+    let gen = |what: &str, out: &std::path::Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_vdpad-gen"))
+            .args([what, &out.to_string_lossy()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let man = dir.join("man");
+    let listed = gen("man", &man);
+    for page in [
+        "vdpad.8",
+        "vdpactl.8",
+        "vdpactl-add.8",
+        "vdpactl-remove.8",
+        "vdpactl-stats.8",
+    ] {
+        assert!(listed.contains(page), "{page} not listed: {listed}");
+    }
+    let vdpad = std::fs::read_to_string(man.join("vdpad.8")).unwrap();
+    assert!(vdpad.contains(".TH vdpad 8"), "{vdpad}");
+    // Every option of the binary is in its page (roff escapes the dashes).
+    for flag in ["config", "check\\-config", "log\\-level", "strict"] {
+        assert!(
+            vdpad.contains(&format!("\\-\\-{flag}")),
+            "vdpad.8 lacks --{flag}"
+        );
+    }
+    assert!(
+        vdpad.contains("Exit status"),
+        "vdpad.8 lacks the exit statuses"
+    );
+    let add = std::fs::read_to_string(man.join("vdpactl-add.8")).unwrap();
+    assert!(
+        add.contains("\\fBvdpactl add\\fR") && add.contains("\\-\\-persist"),
+        "{add}"
+    );
+    // If man(1) is there, the pages render.
+    if support::lab::which("man").is_some() {
+        let o = Command::new("man")
+            .arg("-l")
+            .arg(man.join("vdpactl.8"))
+            .env("MANWIDTH", "80")
+            .output()
+            .unwrap();
+        assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("vdpactl"));
+    }
+
+    let comp = dir.join("completions");
+    gen("completions", &comp);
+    for (file, needle) in [
+        ("vdpad.bash", "--check-config"),
+        ("vdpactl.bash", "--persist"),
+        ("_vdpad", "--strict"),
+        ("_vdpactl", "log-level"),
+        ("vdpad.fish", "check-config"),
+        ("vdpactl.fish", "persist"),
+    ] {
+        let text = std::fs::read_to_string(comp.join(file)).unwrap();
+        assert!(text.contains(needle), "{file} lacks {needle}");
+    }
+    let o = Command::new("bash")
+        .arg("-n")
+        .arg(comp.join("vdpactl.bash"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "bash -n: {}", stderr(&o));
+}

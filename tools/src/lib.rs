@@ -6,11 +6,13 @@
 //! - [`qemu`]: the QEMU command line that attaches a VM to a device.
 //! - [`signals`]: SIGTERM/SIGINT/SIGUSR1 handling for the daemon's main thread.
 //! - [`logging`]: `tracing` setup.
+//! - [`cli`]: the command lines of `vdpad` and `vdpactl`, man pages, completions.
 //! - [`control`]: the control socket (protocol, server, commands) and its client.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`notify`]: systemd readiness notifications (`sd_notify`).
 //! - [`output`]: printing to stdout without panicking on a closed pipe.
 
+pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod logging;

@@ -10,81 +10,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use vdpad::cli::{CtlArgs as Args, CtlCommand as Cmd};
 use vdpad::control::protocol::{Command, Response};
 use vdpad::control::{rates, render, Client, ClientError};
 use vdpad::output;
 use vdpad_config::{default_run_dir, CONTROL_SOCKET_NAME};
-
-/// Controls a running vdpad through its control socket.
-#[derive(Parser, Debug)]
-#[command(
-    version,
-    after_help = "Exit status: 0 done, 1 the daemon refused, 2 usage or connection error."
-)]
-struct Args {
-    /// The daemon's control socket [default: control.sock in the default run
-    /// directory: /run/vdpad as root].
-    #[arg(short, long, global = true, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Print the daemon's answers as JSON (one object per line) instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    /// How long to wait for the daemon's answer, in seconds.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30.0)]
-    timeout: f64,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Every device: mode and why, datapath, backend, PCI function, socket, state,
-    /// negotiated features, queue pairs, fallback.
-    List,
-    /// Per-queue counters; with --watch, rates over each interval.
-    Stats {
-        /// Only this device.
-        device: Option<String>,
-        /// Only this queue (ring index: RX of pair i is 2i, TX is 2i+1).
-        #[arg(short, long, value_name = "N")]
-        queue: Option<u16>,
-        /// Sample every SECONDS and show rates (pps, bps, packets per kick and per
-        /// interrupt over the interval) until interrupted.
-        #[arg(short, long, value_name = "SECONDS")]
-        watch: Option<f64>,
-        /// With --watch: stop after N intervals.
-        #[arg(short, long, value_name = "N", requires = "watch")]
-        count: Option<u64>,
-    },
-    /// Adds the devices of a configuration snippet ([[device]] tables) to the running
-    /// daemon; nothing changes if any of them is invalid or cannot start.
-    Add {
-        /// The snippet file (`-` reads standard input).
-        #[arg(short, long, value_name = "SNIPPET.toml")]
-        config: PathBuf,
-        /// Also write each device to a drop-in file (<include_dir>/<name>.toml, by
-        /// default /etc/vdpad/vdpad.d/), so it survives a reload and a restart.
-        #[arg(long)]
-        persist: bool,
-    },
-    /// Stops and removes a device; its frontend is disconnected.
-    Remove {
-        /// The device's name.
-        name: String,
-        /// Also delete the device's drop-in file (<include_dir>/<name>.toml).
-        #[arg(long)]
-        persist: bool,
-    },
-    /// Changes the daemon's log filter (error, warn, info, debug, trace, or
-    /// directives such as info,swpath=debug).
-    LogLevel {
-        /// The new filter.
-        level: String,
-    },
-    /// The daemon's version and control protocol version.
-    Version,
-}
 
 /// How a run ended.
 enum Failure {

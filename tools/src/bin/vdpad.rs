@@ -1,11 +1,12 @@
 //! `vdpad`: serves vhost-user virtio-net devices to virtual machines.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use tracing::{error, info, warn};
+use vdpad::cli::VdpadArgs as Args;
 use vdpad::control::handlers::{lock_daemon, Context};
 use vdpad::control::ControlServer;
 use vdpad::daemon::Daemon;
@@ -16,39 +17,6 @@ use vdpad::output;
 use vdpad::qemu;
 use vdpad::signals::{self, Signal};
 use vdpad_config::{Config, DaemonConfig};
-
-/// Exit statuses, as `--help` and docs/operations.md list them.
-const EXIT_STATUS_HELP: &str = "\
-Exit status:
-  0  stopped cleanly (SIGTERM/SIGINT), or --check-config found the file valid
-  1  the daemon could not start or run (the run directory, the control socket,
-     the metrics endpoint or signal setup failed, or with --strict a device could
-     not start; the reason is on stderr and in the log)
-  2  the configuration is invalid or unreadable (file:line:column on stderr), or
-     the command line is wrong";
-
-/// Serves vhost-user virtio-net devices to virtual machines, in hardware (VFIO
-/// offload) or in software.
-#[derive(Parser, Debug)]
-#[command(version, after_help = EXIT_STATUS_HELP)]
-struct Args {
-    /// Configuration file. Without it, vdpad runs its embedded default: one software
-    /// loopback device.
-    #[arg(short, long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Validate FILE, print the effective configuration and exit.
-    #[arg(long, value_name = "FILE", conflicts_with = "config")]
-    check_config: Option<PathBuf>,
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive); overrides
-    /// the configuration and RUST_LOG.
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
-    /// All or nothing: exit (status 1) if any device cannot start. Without it, such a
-    /// device is reported (state `failed` in `vdpactl list`, a metric, the log) and
-    /// retried with backoff while the others run.
-    #[arg(long)]
-    strict: bool,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
