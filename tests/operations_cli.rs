@@ -252,3 +252,53 @@ fn man_pages_and_completions_are_generated_from_the_clap_definitions() {
         .unwrap();
     assert!(o.status.success(), "bash -n: {}", stderr(&o));
 }
+
+#[test]
+fn nics_lists_this_hosts_network_functions() {
+    let out = vdpactl(&["--json", "nics"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nics = v["nics"].as_array().expect("nics");
+    // Every function sysfs calls a network controller is listed, with a plan.
+    let mut expected: Vec<String> = std::fs::read_dir("/sys/bus/pci/devices")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("class"))
+                        .is_ok_and(|c| c.trim().starts_with("0x02"))
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    expected.sort();
+    let listed: Vec<String> = nics
+        .iter()
+        .map(|n| n["pci"].as_str().unwrap().to_owned())
+        .collect();
+    for pci in &expected {
+        assert!(listed.contains(pci), "{pci} missing from {listed:?}");
+    }
+    for n in nics {
+        let plan = n["plan"].as_str().unwrap();
+        assert!(
+            ["offload", "software", "fallback", "none"].contains(&plan),
+            "{n}"
+        );
+        assert!(!n["detail"].as_str().unwrap().is_empty(), "{n}");
+    }
+    let table = vdpactl(&["nics"]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.starts_with("PCI ") || text.starts_with("no PCI network functions"),
+        "{text}"
+    );
+    // A sysfs directory that does not exist is a usage error.
+    assert_eq!(
+        vdpactl(&["nics", "--sysfs", "/nonexistent/sysfs"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -111,6 +111,15 @@ pub enum CtlCommand {
     },
     /// The daemon's version and control protocol version.
     Version,
+    /// This host's PCI network functions and what vdpad's auto mode would do with
+    /// each: offload, software on which interface, or neither and why (driver, IOMMU
+    /// group, MSI-X vectors). Reads sysfs; needs no daemon.
+    Nics {
+        /// Read PCI functions from DIR instead of /sys/bus/pci/devices (for tests and
+        /// for inspecting a copy of another host's sysfs).
+        #[arg(long, value_name = "DIR")]
+        sysfs: Option<PathBuf>,
+    },
 }
 
 /// Both programs' command definitions: `vdpad`, then `vdpactl`.

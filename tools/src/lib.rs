@@ -2,6 +2,7 @@
 //! configuration in, devices wired to a datapath, sockets served, signals handled.
 //!
 //! - [`daemon`]: start and stop all configured devices.
+//! - [`discover`]: the host's PCI network functions and what auto mode would do.
 //! - [`wiring`]: the one place that chooses a datapath for a device.
 //! - [`qemu`]: the QEMU command line that attaches a VM to a device.
 //! - [`signals`]: SIGTERM/SIGINT/SIGUSR1 handling for the daemon's main thread.
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod discover;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -6,7 +6,7 @@
 //! list | head`) ends the output quietly; the status stays what the command earned.
 
 use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -186,6 +186,19 @@ fn run(args: &Args) -> Result<(), Failure> {
                 out!("{}", r.to_line());
             } else {
                 outln!("log filter now {}", r.level.as_deref().unwrap_or(level));
+            }
+        }
+        Cmd::Nics { sysfs } => {
+            let reports = match sysfs {
+                Some(dir) => vdpad::discover::scan(dir, Path::new("/dev/vfio/vfio").exists()),
+                None => vdpad::discover::scan_host(),
+            }
+            .map_err(|e| Failure::Usage(format!("cannot read PCI functions: {e}")))?;
+            if ctl.json {
+                let line = serde_json::json!({"ok": true, "nics": reports});
+                outln!("{line}");
+            } else {
+                out!("{}", vdpad::discover::render(&reports));
             }
         }
         Cmd::Version => {
