@@ -441,6 +441,8 @@ fn systemd_unit_verifies() {
         "RuntimeDirectory=vdpad",
         "ProtectSystem=strict",
         "ReadWritePaths=/run/vdpad",
+        "ReadWritePaths=/etc/vdpad/vdpad.d",
+        "ConfigurationDirectory=vdpad vdpad/vdpad.d",
         "DeviceAllow=/dev/vfio/vfio rw",
         "DeviceAllow=char-vfio rw",
         "DeviceAllow=/dev/net/tun rw",

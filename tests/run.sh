@@ -23,6 +23,14 @@ for arg in "$@"; do
 done
 
 export PATH="$HOME/.cargo/bin:$PATH"
+# Under sudo, HOME is root's: use the invoking user's rustup toolchain if root has none.
+if ! command -v cargo >/dev/null && [ -n "${SUDO_USER:-}" ]; then
+  user_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+  if [ -x "$user_home/.cargo/bin/cargo" ]; then
+    export PATH="$user_home/.cargo/bin:$PATH"
+    export CARGO_HOME="${CARGO_HOME:-$user_home/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$user_home/.rustup}"
+  fi
+fi
 command -v cargo >/dev/null || { echo "run.sh: cargo not found (install Rust with rustup first)" >&2; exit 2; }
 
 if [ $FAST = 0 ]; then

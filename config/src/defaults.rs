@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::error::ConfigError;
 use crate::model::{Backend, Config, DeviceConfig, Frontend, Mode, SocketPerms};
 
+/// Name of the drop-in directory next to the main file (`/etc/vdpad/vdpad.d`).
+pub const DROP_IN_DIR_NAME: &str = "vdpad.d";
+
 /// The embedded default configuration (one loopback software device), run by `vdpad`
 /// when it is started without `--config`.
 pub const EMBEDDED_DEFAULT_TOML: &str = include_str!("default.toml");

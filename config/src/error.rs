@@ -202,9 +202,10 @@ impl<'a> Source<'a> {
         e
     }
 
-    /// The 1-based line number of byte `offset`.
-    pub fn line_of(&self, offset: usize) -> usize {
-        self.position(offset..offset).line
+    /// `file:line:column` of the start of `span`, to name another place in an error.
+    pub fn location(&self, span: Range<usize>) -> String {
+        let p = self.position(span);
+        format!("{}:{}:{}", self.origin, p.line, p.column)
     }
 
     /// Converts a byte range into a 1-based line and column and the line's text.

@@ -319,22 +319,56 @@ fn is_level(s: &str) -> bool {
 
 /// `socket_mode`: 3 or 4 octal digits, permission bits only, owner read and write.
 pub(crate) fn socket_mode(src: &Source<'_>, value: &Spanned<String>) -> Result<u32, ConfigError> {
+    mode_of(src, value, "socket_mode")
+}
+
+/// `control_socket_mode`: the same rules as `socket_mode`.
+pub(crate) fn control_socket_mode(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+) -> Result<u32, ConfigError> {
+    mode_of(src, value, "control_socket_mode")
+}
+
+/// `socket_dirs`: absolute directories, each at most once.
+pub(crate) fn socket_dirs(
+    src: &Source<'_>,
+    value: &Spanned<Vec<Spanned<String>>>,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for element in value.get_ref() {
+        let dir = absolute_dir(src, element, "socket_dirs", "/var/lib/vdpad/sockets")?;
+        if dir.components().any(|c| c == Component::ParentDir) {
+            let msg = format!("socket_dirs entry \"{}\" contains `..`", element.get_ref());
+            return Err(invalid(src, element.span(), msg)
+                .with_help("write the directory without `..`, e.g. \"/var/lib/vdpad/sockets\""));
+        }
+        if dirs.contains(&dir) {
+            let msg = format!("socket_dirs lists {} twice", dir.display());
+            return Err(invalid(src, element.span(), msg).with_help("list each directory once"));
+        }
+        dirs.push(dir);
+    }
+    Ok(dirs)
+}
+
+fn mode_of(src: &Source<'_>, value: &Spanned<String>, key: &str) -> Result<u32, ConfigError> {
     let text = value.get_ref();
     let fail = |msg: String| Err(invalid(src, value.span(), msg).with_help(SOCKET_MODE_HELP));
     if !(3..=4).contains(&text.len()) || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         return fail(format!(
-            "socket_mode = \"{text}\" is not an octal mode of 3 or 4 digits"
+            "{key} = \"{text}\" is not an octal mode of 3 or 4 digits"
         ));
     }
     let mode = u32::from_str_radix(text, 8).expect("checked octal digits");
     if mode & !0o777 != 0 {
         return fail(format!(
-            "socket_mode = \"{text}\" sets setuid, setgid or sticky bits; only permission bits are allowed"
+            "{key} = \"{text}\" sets setuid, setgid or sticky bits; only permission bits are allowed"
         ));
     }
     if mode & 0o600 != 0o600 {
         return fail(format!(
-            "socket_mode = \"{text}\" does not give the socket's owner read and write permission"
+            "{key} = \"{text}\" does not give the socket's owner read and write permission"
         ));
     }
     Ok(mode)
@@ -408,16 +442,33 @@ fn lookup(kind: IdKind, name: &str) -> std::io::Result<Option<u32>> {
 
 /// `run_dir`: an absolute directory path.
 pub(crate) fn run_dir(src: &Source<'_>, value: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+    absolute_dir(src, value, "run_dir", "/run/vdpad")
+}
+
+/// `include_dir`: an absolute path, like `run_dir`.
+pub(crate) fn include_dir(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+) -> Result<PathBuf, ConfigError> {
+    absolute_dir(src, value, "include_dir", "/etc/vdpad/vdpad.d")
+}
+
+fn absolute_dir(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+    example: &str,
+) -> Result<PathBuf, ConfigError> {
     let text = value.get_ref();
-    check_path_text(src, value, "run_dir")?;
+    check_path_text(src, value, key)?;
     let path = Path::new(text);
     if !path.is_absolute() {
         return Err(invalid(
             src,
             value.span(),
-            format!("run_dir = \"{text}\" is not an absolute path"),
+            format!("{key} = \"{text}\" is not an absolute path"),
         )
-        .with_help("use an absolute path, e.g. \"/run/vdpad\""));
+        .with_help(format!("use an absolute path, e.g. \"{example}\"")));
     }
     Ok(clean(path))
 }

@@ -1,7 +1,8 @@
 //! vdpad configuration: the TOML schema, its defaults, and validation whose errors
 //! name the file, line and column and say how to fix the problem.
 //!
-//! * [`Config::from_file`] / [`Config::from_toml_str`] read and validate a whole file;
+//! * [`Config::from_file`] / [`Config::from_toml_str`] read and validate a whole file
+//!   (`from_file` with its drop-ins, see [`drop_in_files`]);
 //! * [`Config::embedded_default`] is what `vdpad` runs without `--config`;
 //! * [`DeviceConfig::parse_snippet`] and [`Config::with_snippet`] handle `[[device]]`
 //!   snippets (`vdpactl add`);
@@ -20,6 +21,7 @@ mod model;
 mod raw;
 mod render;
 mod schema;
+mod unique;
 mod validate;
 
 #[cfg(test)]
@@ -28,11 +30,11 @@ mod tests;
 pub use address::{ParseMacError, ParsePciError};
 pub use defaults::{
     default_run_dir, CONTROL_SOCKET_NAME, DEFAULT_BURST, DEFAULT_LOG_LEVEL, DEFAULT_QUEUE_PAIRS,
-    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, DEFAULT_WEIGHT, EMBEDDED_DEFAULT_ORIGIN,
-    EMBEDDED_DEFAULT_TOML, IFNAME_MAX, MAX_BURST, MAX_BUSY_POLL_US, MAX_CPU, MAX_NAME_LEN,
-    MAX_RX_COALESCE_FRAMES, MAX_RX_COALESCE_USECS, MAX_WEIGHT, MIN_MTU, MIN_QUEUE_SIZE,
-    ROOT_RUN_DIR, SOCKET_PATH_MAX,
+    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, DEFAULT_WEIGHT, DROP_IN_DIR_NAME,
+    EMBEDDED_DEFAULT_ORIGIN, EMBEDDED_DEFAULT_TOML, IFNAME_MAX, MAX_BURST, MAX_BUSY_POLL_US,
+    MAX_CPU, MAX_NAME_LEN, MAX_RX_COALESCE_FRAMES, MAX_RX_COALESCE_USECS, MAX_WEIGHT, MIN_MTU,
+    MIN_QUEUE_SIZE, ROOT_RUN_DIR, SOCKET_PATH_MAX,
 };
 pub use error::{ConfigError, ErrorKind};
-pub use load::ADDED_DEVICES_ORIGIN;
+pub use load::{drop_in_files, ADDED_DEVICES_ORIGIN};
 pub use model::*;

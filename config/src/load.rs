@@ -2,7 +2,7 @@
 //! devices to a running configuration. Text goes through three steps: TOML syntax,
 //! the schema (keys and types), then validation into the effective types.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::de::DeTable;
@@ -75,21 +75,88 @@ fn syntax_error(src: &Source<'_>, e: &toml::de::Error) -> ConfigError {
     )
 }
 
+/// The drop-in files of `dir`, in the order they are read: every `*.toml` that is a
+/// regular file (or a link to one) and does not start with `.` (editors' and
+/// `vdpactl --persist`'s temporary files), sorted by name byte by byte. A missing
+/// directory has none.
+pub fn drop_in_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let bytes = name.as_encoded_bytes();
+        if bytes.starts_with(b".") || !bytes.ends_with(b".toml") {
+            continue;
+        }
+        let path = entry.path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            files.push(path);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+fn read(path: &Path, what: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::io(&path.display().to_string(), what, e))
+}
+
 impl Config {
-    /// Reads and validates the configuration file at `path`. Errors name `path`.
+    /// Reads and validates the configuration file at `path`, then the drop-ins of its
+    /// `include_dir` (default: `vdpad.d` next to it; see [`drop_in_files`]). The
+    /// `[daemon]` table comes from the main file only; drop-ins hold `[[device]]`
+    /// tables, which follow the main file's devices in file-name order, and every
+    /// name, socket, interface and PCI function must be unique across all files.
+    /// Errors name the file they are in.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::io(&origin, "cannot read the configuration file", e))?;
-        Self::from_toml_str(&text, &origin)
+        let text = read(path, "cannot read the configuration file")?;
+        let src = Source::new(&origin, &text);
+        let raw: RawConfig = deserialize(&src, parse_tree(&src, &FILE_ROOT)?)?;
+        // The default include_dir is absolute even for `--config vdpad.toml`.
+        let file_dir = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let daemon = validate::daemon(&src, raw.daemon.as_ref(), file_dir.as_deref())?;
+        // Every text is read before any device is checked: errors about a device
+        // point into its own file and may name a device of another.
+        let mut drop_ins: Vec<(String, String)> = Vec::new();
+        if let Some(dir) = &daemon.include_dir {
+            let files = drop_in_files(dir).map_err(|e| {
+                ConfigError::io(
+                    &dir.display().to_string(),
+                    "cannot list the drop-in directory",
+                    e,
+                )
+            })?;
+            for file in files {
+                let text = read(&file, "cannot read the drop-in file")?;
+                drop_ins.push((file.display().to_string(), text));
+            }
+        }
+        let mut placed = Vec::new();
+        validate::add_devices(&src, &raw.device, &daemon, &[], &mut placed)?;
+        for (origin, text) in &drop_ins {
+            let src = Source::new(origin, text);
+            let raw: RawSnippet = deserialize(&src, parse_tree(&src, &SNIPPET_ROOT)?)?;
+            validate::add_devices(&src, &raw.device, &daemon, &[], &mut placed)?;
+        }
+        let devices = placed.into_iter().map(|p| p.dev.config).collect();
+        Ok(Config { daemon, devices })
     }
 
     /// Parses and validates configuration text; `origin` names it in errors (a file
-    /// path, or e.g. `<embedded default>`).
+    /// path, or e.g. `<embedded default>`). No drop-ins are read, and `include_dir`
+    /// is only set if the text sets it.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let src = Source::new(origin, text);
         let raw: RawConfig = deserialize(&src, parse_tree(&src, &FILE_ROOT)?)?;
-        let daemon = validate::daemon(&src, raw.daemon.as_ref())?;
+        let daemon = validate::daemon(&src, raw.daemon.as_ref(), None)?;
         let devices = validate::devices(&src, &raw.device, &daemon, &[])?;
         Ok(Config { daemon, devices })
     }
@@ -98,8 +165,12 @@ impl Config {
     /// tables, as for `vdpactl add`). Every device is validated as in a file, and its
     /// name and socket must not clash with the existing devices or each other; errors
     /// point into the snippet, named `origin`.
+    ///
+    /// A device added this way must keep its socket in `run_dir` or one of
+    /// `socket_dirs` (directly, no `..`): whoever may talk to the control socket must
+    /// not be able to have the daemon create or replace sockets elsewhere.
     pub fn with_snippet(&self, text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let new = parse_snippet_against(text, origin, &self.daemon, &self.devices)?;
+        let new = parse_snippet_against(text, origin, &self.daemon, &self.devices, true)?;
         let mut config = self.clone();
         config.devices.extend(new);
         Ok(config)
@@ -112,7 +183,7 @@ impl Config {
     /// the origin [`ADDED_DEVICES_ORIGIN`]; use [`Config::with_snippet`] to get errors
     /// that point into the snippet.
     pub fn with_added_devices(&self, new: Vec<DeviceConfig>) -> Result<Config, ConfigError> {
-        validate::unique_without_spans(
+        crate::unique::check_without_spans(
             ADDED_DEVICES_ORIGIN,
             &self.daemon.control_socket,
             &self.devices,
@@ -139,7 +210,7 @@ impl DeviceConfig {
         origin: &str,
         daemon: &DaemonConfig,
     ) -> Result<Vec<DeviceConfig>, ConfigError> {
-        parse_snippet_against(text, origin, daemon, &[])
+        parse_snippet_against(text, origin, daemon, &[], false)
     }
 }
 
@@ -148,6 +219,7 @@ fn parse_snippet_against(
     origin: &str,
     daemon: &DaemonConfig,
     existing: &[DeviceConfig],
+    runtime: bool,
 ) -> Result<Vec<DeviceConfig>, ConfigError> {
     let src = Source::new(origin, text);
     let raw: RawSnippet = deserialize(&src, parse_tree(&src, &SNIPPET_ROOT)?)?;
@@ -159,7 +231,52 @@ fn parse_snippet_against(
         )
         .with_help("write each device as a [[device]] table with at least name = \"...\""));
     }
-    validate::devices(&src, &raw.device, daemon, existing)
+    let devices = validate::devices(&src, &raw.device, daemon, existing)?;
+    if runtime {
+        for (table, dev) in raw.device.iter().zip(&devices) {
+            if let Some(value) = &table.get_ref().socket {
+                check_runtime_socket(&src, value, &dev.socket, daemon)?;
+            }
+        }
+    }
+    Ok(devices)
+}
+
+/// A socket added at run time lives directly in `run_dir` or one of `socket_dirs`.
+fn check_runtime_socket(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    socket: &Path,
+    daemon: &DaemonConfig,
+) -> Result<(), ConfigError> {
+    let mut allowed = vec![daemon.run_dir.as_path()];
+    allowed.extend(daemon.socket_dirs.iter().map(PathBuf::as_path));
+    let listed = allowed
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dotdot = socket
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    let inside = !dotdot && socket.parent().is_some_and(|p| allowed.contains(&p));
+    if inside {
+        return Ok(());
+    }
+    let msg = if dotdot {
+        format!("socket `{}` contains `..`", socket.display())
+    } else {
+        format!(
+            "socket `{}` is outside the directories where devices may be added at run time ({listed})",
+            socket.display()
+        )
+    };
+    Err(src
+        .error(ErrorKind::InvalidValue, value.span(), msg)
+        .with_help(
+            "leave `socket` out (the socket goes to run_dir), name a file in run_dir, or list \
+             its directory in [daemon] socket_dirs and restart vdpad",
+        ))
 }
 
 #[cfg(test)]

@@ -30,6 +30,15 @@ pub struct DaemonConfig {
     pub socket_perms: SocketPerms,
     /// Address (`IP:port`) of the Prometheus metrics endpoint, if enabled.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Directory of drop-in files (`*.toml` with `[[device]]` tables) read after the
+    /// main file; `vdpactl add --persist` writes there. Default: `vdpad.d` next to
+    /// the main file; `None` for text that is not a file (the embedded default).
+    pub include_dir: Option<PathBuf>,
+    /// Permission bits of the control socket (its own setting: `socket_mode` is for
+    /// device sockets); default `0o600`.
+    pub control_socket_mode: u32,
+    /// Directories besides `run_dir` in which `vdpactl add` may place device sockets.
+    pub socket_dirs: Vec<PathBuf>,
 }
 
 /// How log lines are written.

@@ -40,6 +40,9 @@ pub(crate) struct RawDaemon {
     pub socket_mode: Option<Spanned<String>>,
     pub socket_owner: Option<Spanned<RawId>>,
     pub socket_group: Option<Spanned<RawId>>,
+    pub include_dir: Option<Spanned<String>>,
+    pub control_socket_mode: Option<Spanned<String>>,
+    pub socket_dirs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[device]]` table as written. Integers are kept as `i64` so that range errors
@@ -124,6 +127,8 @@ pub(crate) enum ValueType {
     Integer,
     /// An array of integers (`[0, 1]`); the schema checks each element.
     IntegerArray,
+    /// An array of strings (`["a", "b"]`); the schema checks each element.
+    StringArray,
     /// `true` or `false`.
     Boolean,
     /// A user or group: a string or an integer.
@@ -141,6 +146,7 @@ impl ValueType {
             ValueType::String => "a string",
             ValueType::Integer => "an integer",
             ValueType::IntegerArray => "an array of integers",
+            ValueType::StringArray => "an array of strings",
             ValueType::Boolean => "a boolean (true or false)",
             ValueType::Id => "a name (string) or a numeric id",
             ValueType::Table(_) => "a table",
@@ -206,6 +212,21 @@ pub(crate) const DAEMON: TableSpec = TableSpec {
         key("socket_mode", ValueType::String, "socket_mode = \"0600\""),
         key("socket_owner", ValueType::Id, "socket_owner = \"qemu\""),
         key("socket_group", ValueType::Id, "socket_group = \"kvm\""),
+        key(
+            "include_dir",
+            ValueType::String,
+            "include_dir = \"/etc/vdpad/vdpad.d\"",
+        ),
+        key(
+            "control_socket_mode",
+            ValueType::String,
+            "control_socket_mode = \"0600\"",
+        ),
+        key(
+            "socket_dirs",
+            ValueType::StringArray,
+            "socket_dirs = [\"/var/lib/vdpad/sockets\"]",
+        ),
     ],
 };
 

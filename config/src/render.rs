@@ -115,6 +115,14 @@ fn write_daemon(f: &mut fmt::Formatter<'_>, d: &DaemonConfig) -> fmt::Result {
     if let Some(addr) = d.metrics_listen {
         writeln!(f, "metrics_listen = \"{addr}\"")?;
     }
+    if let Some(dir) = &d.include_dir {
+        writeln!(f, "include_dir = {}", path(dir))?;
+    }
+    writeln!(f, "control_socket_mode = \"{:04o}\"", d.control_socket_mode)?;
+    if !d.socket_dirs.is_empty() {
+        let dirs: Vec<String> = d.socket_dirs.iter().map(|p| path(p)).collect();
+        writeln!(f, "socket_dirs = [{}]", dirs.join(", "))?;
+    }
     write_perms(f, &d.socket_perms)
 }
 
@@ -170,6 +178,21 @@ fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
         write_perms(f, &d.socket_perms)?;
     }
     write_tuning(f, &d.tuning)
+}
+
+impl DeviceConfig {
+    /// This device as one `[[device]]` table with every default written out (what a
+    /// drop-in file written by `vdpactl add --persist` holds for a device that came
+    /// in a snippet with others).
+    pub fn to_toml(&self) -> String {
+        struct One<'a>(&'a DeviceConfig);
+        impl fmt::Display for One<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_device(f, self.0)
+            }
+        }
+        One(self).to_string()
+    }
 }
 
 /// Renders the effective configuration as TOML with every default written out: PCI,

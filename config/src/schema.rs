@@ -47,6 +47,21 @@ fn check_value(
         (ValueType::IntegerArray, DeValue::Array(items)) => items
             .iter()
             .try_for_each(|item| check_element(src, spec, item)),
+        (ValueType::StringArray, DeValue::Array(items)) => {
+            for item in items.iter() {
+                if !matches!(item.get_ref(), DeValue::String(_)) {
+                    let msg = format!(
+                        "each element of `{}` must be a string, not {}",
+                        spec.name,
+                        article(item.get_ref().type_str())
+                    );
+                    return Err(src
+                        .error(ErrorKind::WrongType, item.span(), msg)
+                        .with_help(format!("for example: {}", spec.example)));
+                }
+            }
+            Ok(())
+        }
         (ValueType::Table(inner), DeValue::Table(t)) => check_table(src, t, inner),
         (ValueType::TableArray(inner), DeValue::Array(items)) => {
             for item in items.iter() {
@@ -141,7 +156,10 @@ fn wrong_type(
         (ValueType::IntegerArray, _) => {
             format!("write a list of integers, e.g. {}", spec.example)
         }
-        (ValueType::String, DeValue::Integer(_)) if spec.name == "socket_mode" => {
+        (ValueType::StringArray, DeValue::String(s)) => {
+            format!("write a list, even of one value: {} = [\"{s}\"]", spec.name)
+        }
+        (ValueType::String, DeValue::Integer(_)) if spec.name.ends_with("socket_mode") => {
             format!("write the mode as a quoted octal string: {}", spec.example)
         }
         (ValueType::String, _) => format!("put the value in double quotes, e.g. {}", spec.example),

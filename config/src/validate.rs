@@ -1,6 +1,7 @@
 //! Turns the raw mirror into the effective configuration: applies defaults, validates
 //! every value and every combination, and checks that device names and sockets are
-//! unique. Each error points at the value (or table header) that has to change.
+//! unique (see [`unique`]). Each error points at the value (or table header) that has
+//! to change.
 
 use std::ops::Range;
 use std::path::Path;
@@ -9,8 +10,8 @@ use toml::Spanned;
 
 use crate::defaults::{
     default_run_dir, CONTROL_SOCKET_NAME, DEFAULT_LOG_LEVEL, DEFAULT_QUEUE_PAIRS,
-    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, MAX_BURST, MAX_BUSY_POLL_US, MAX_RX_COALESCE_FRAMES,
-    MAX_RX_COALESCE_USECS, MAX_WEIGHT, MIN_MTU,
+    DEFAULT_QUEUE_SIZE, DEFAULT_SOCKET_MODE, DROP_IN_DIR_NAME, MAX_BURST, MAX_BUSY_POLL_US,
+    MAX_RX_COALESCE_FRAMES, MAX_RX_COALESCE_USECS, MAX_WEIGHT, MIN_MTU,
 };
 use crate::error::{ConfigError, ErrorKind, Source};
 use crate::fields::{self, IdKind};
@@ -19,13 +20,17 @@ use crate::model::{
     VdpaDriver, MAX_QUEUE_PAIRS,
 };
 use crate::raw::{RawDaemon, RawDevice, RawId};
+use crate::unique;
 
 type Span = Range<usize>;
 
 /// Builds the daemon settings from `[daemon]` (absent table: all defaults).
+/// `file_dir` is the directory of the main file, if the text is one: the default
+/// `include_dir` is `vdpad.d` in it.
 pub(crate) fn daemon(
     src: &Source<'_>,
     raw: Option<&Spanned<RawDaemon>>,
+    file_dir: Option<&Path>,
 ) -> Result<DaemonConfig, ConfigError> {
     let empty = RawDaemon::default();
     let (d, header) = match raw {
@@ -75,6 +80,18 @@ pub(crate) fn daemon(
         &d.socket_group,
         defaults,
     )?;
+    let include_dir = match &d.include_dir {
+        Some(v) => Some(fields::include_dir(src, v)?),
+        None => file_dir.map(|dir| dir.join(DROP_IN_DIR_NAME)),
+    };
+    let control_socket_mode = match &d.control_socket_mode {
+        Some(v) => fields::control_socket_mode(src, v)?,
+        None => DEFAULT_SOCKET_MODE,
+    };
+    let socket_dirs = match &d.socket_dirs {
+        Some(v) => fields::socket_dirs(src, v)?,
+        None => Vec::new(),
+    };
     Ok(DaemonConfig {
         run_dir,
         control_socket,
@@ -82,6 +99,9 @@ pub(crate) fn daemon(
         log_format,
         socket_perms,
         metrics_listen,
+        include_dir,
+        control_socket_mode,
+        socket_dirs,
     })
 }
 
@@ -118,6 +138,19 @@ pub(crate) struct CheckedDevice {
     pub name_span: Span,
     /// Span of the `socket` value, or of `name` when the socket is the default.
     pub socket_span: Span,
+    /// Span of the `tap_name` or `netdev` value, if one is set.
+    pub ifname_span: Option<Span>,
+    /// Span of the `pci` value, if set.
+    pub pci_span: Option<Span>,
+}
+
+/// A validated device and the text it came from (the main file or a drop-in).
+#[derive(Debug)]
+pub(crate) struct Placed<'a> {
+    /// The file or snippet.
+    pub src: Source<'a>,
+    /// The device.
+    pub dev: CheckedDevice,
 }
 
 /// The backend keyword as written, before `tap_name`/`netdev` are attached.
@@ -262,6 +295,8 @@ pub(crate) fn device(
         },
         name_span: name_value.span(),
         socket_span,
+        ifname_span: d.tap_name.as_ref().or(d.netdev.as_ref()).map(Spanned::span),
+        pci_span: d.pci.as_ref().map(Spanned::span),
     })
 }
 
@@ -521,117 +556,33 @@ fn backend(src: &Source<'_>, d: &RawDevice, has_pci: bool) -> Result<Backend, Co
     })
 }
 
-/// Validates `tables` in order and checks each device's name and socket against the
-/// control socket, the `existing` devices, and the devices before it.
+/// Validates `tables` in order and checks each device's name, socket, interface and
+/// PCI function against the control socket, the `existing` devices, and the devices
+/// before it.
 pub(crate) fn devices(
     src: &Source<'_>,
     tables: &[Spanned<RawDevice>],
     daemon: &DaemonConfig,
     existing: &[DeviceConfig],
 ) -> Result<Vec<DeviceConfig>, ConfigError> {
-    let mut checked: Vec<CheckedDevice> = Vec::with_capacity(tables.len());
-    for table in tables {
-        let dev = device(src, table, daemon)?;
-        check_unique(src, &dev, daemon, existing, &checked)?;
-        checked.push(dev);
-    }
-    Ok(checked.into_iter().map(|d| d.config).collect())
+    let mut placed: Vec<Placed<'_>> = Vec::with_capacity(tables.len());
+    add_devices(src, tables, daemon, existing, &mut placed)?;
+    Ok(placed.into_iter().map(|p| p.dev.config).collect())
 }
 
-fn check_unique(
-    src: &Source<'_>,
-    dev: &CheckedDevice,
+/// Validates `tables` of `src` and appends them to `placed` (devices of earlier
+/// sources), checking each against everything before it.
+pub(crate) fn add_devices<'a>(
+    src: &Source<'a>,
+    tables: &[Spanned<RawDevice>],
     daemon: &DaemonConfig,
     existing: &[DeviceConfig],
-    earlier: &[CheckedDevice],
+    placed: &mut Vec<Placed<'a>>,
 ) -> Result<(), ConfigError> {
-    let name = &dev.config.name;
-    let socket = &dev.config.socket;
-    let dup = |span: Span, msg: String, help: String| {
-        Err(src.error(ErrorKind::Duplicate, span, msg).with_help(help))
-    };
-    if existing.iter().any(|e| &e.name == name) {
-        return dup(
-            dev.name_span.clone(),
-            format!("a device named `{name}` already exists"),
-            "choose another name, or remove the existing device first".to_owned(),
-        );
-    }
-    if let Some(first) = earlier.iter().find(|e| &e.config.name == name) {
-        return dup(
-            dev.name_span.clone(),
-            format!("duplicate device name `{name}`"),
-            format!(
-                "the device at line {} already uses this name; device names must be unique",
-                src.line_of(first.name_span.start)
-            ),
-        );
-    }
-    if socket == &daemon.control_socket {
-        return dup(
-            dev.socket_span.clone(),
-            format!(
-                "socket `{}` is the daemon's control socket",
-                socket.display()
-            ),
-            "give the device another socket path".to_owned(),
-        );
-    }
-    let owner = existing
-        .iter()
-        .find(|e| &e.socket == socket)
-        .map(|e| format!("existing device `{}`", e.name))
-        .or_else(|| {
-            earlier
-                .iter()
-                .find(|e| &e.config.socket == socket)
-                .map(|e| {
-                    format!(
-                        "device `{}` at line {}",
-                        e.config.name,
-                        src.line_of(e.name_span.start)
-                    )
-                })
-        });
-    if let Some(owner) = owner {
-        return dup(
-            dev.socket_span.clone(),
-            format!("socket `{}` is already used by {owner}", socket.display()),
-            "give each device its own socket path".to_owned(),
-        );
-    }
-    Ok(())
-}
-
-/// Checks already-validated devices for clashes with `existing` ones and with each
-/// other; errors have no position, only `origin` and the device name.
-pub(crate) fn unique_without_spans(
-    origin: &str,
-    control_socket: &Path,
-    existing: &[DeviceConfig],
-    new: &[DeviceConfig],
-) -> Result<(), ConfigError> {
-    for (i, dev) in new.iter().enumerate() {
-        let others = existing.iter().chain(&new[..i]);
-        let fail = |msg: String| Err(ConfigError::unlocated(ErrorKind::Duplicate, origin, msg));
-        if let Some(other) = others.clone().find(|o| o.name == dev.name) {
-            return fail(format!("a device named `{}` already exists", other.name));
-        }
-        if dev.socket == control_socket {
-            return fail(format!(
-                "device `{}`: socket `{}` is the daemon's control socket",
-                dev.name,
-                dev.socket.display()
-            ));
-        }
-        if let Some(other) = others.clone().find(|o| o.socket == dev.socket) {
-            return fail(format!(
-                "device `{}`: socket `{}` is already used by device `{}`",
-                dev.name,
-                dev.socket.display(),
-                other.name
-            ));
-        }
+    for table in tables {
+        let dev = device(src, table, daemon)?;
+        unique::check(src, &dev, daemon, existing, placed)?;
+        placed.push(Placed { src: *src, dev });
     }
     Ok(())
 }

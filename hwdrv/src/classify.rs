@@ -19,7 +19,7 @@ use crate::pci::ConfigSnapshot;
 use crate::spec::{self, cap};
 
 /// Where sysfs lists PCI functions.
-pub(crate) const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
+pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 /// The datapath auto mode chooses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +80,7 @@ fn class_name(code: u32) -> String {
 }
 
 /// The virtio device type of a virtio PCI device id (1 = network), if it is one.
-pub(crate) fn virtio_device_type(device_id: u16) -> Option<u16> {
+pub fn virtio_device_type(device_id: u16) -> Option<u16> {
     match device_id {
         0x1000..=0x103f => Some(match device_id {
             0x1000 => 1,
@@ -174,7 +174,7 @@ pub fn classify(bdf: &str) -> io::Result<Classification> {
 }
 
 /// Classifies function `bdf` under a sysfs-like directory `root` (tests use a fake).
-pub(crate) fn classify_in(root: &Path, bdf: &str) -> io::Result<Classification> {
+pub fn classify_in(root: &Path, bdf: &str) -> io::Result<Classification> {
     let dir = root.join(bdf);
     let bytes = std::fs::read(dir.join("config")).map_err(|e| {
         io::Error::new(

@@ -209,7 +209,7 @@ impl ConfigSnapshot {
     /// Wraps raw configuration bytes (a sysfs `config` read, or a VFIO region read).
     /// Fewer than 256 bytes (an unprivileged sysfs read gives 64) means no
     /// capabilities can be seen.
-    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Self {
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
         ConfigSnapshot { bytes }
     }
 

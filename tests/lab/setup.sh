@@ -80,6 +80,7 @@ PACKAGES=(
   busybox-static cpio kmod xz-utils zstd gzip
   iperf3 iproute2 iputils-ping ethtool tcpdump procps util-linux coreutils
   gcc libc6-dev python3 ca-certificates libvirt-clients libxml2-utils
+  debootstrap
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -111,3 +111,9 @@ pub fn vdpa_bench() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     binary(&PATH, "vdpa-bench")
 }
+
+/// The man page and completion generator, `vdpad-gen`.
+pub fn vdpad_gen() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    binary(&PATH, "vdpad-gen")
+}

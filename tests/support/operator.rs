@@ -71,8 +71,21 @@ impl Vdpad {
         metrics: Option<SocketAddr>,
         env: &[(&str, &str)],
     ) -> Vdpad {
+        let text = config_toml(dir.path(), devices, metrics);
+        Vdpad::start_text(dir, &text, devices, env, &[])
+    }
+
+    /// Starts vdpad with the configuration `text` and extra `args`; waits for the
+    /// sockets of `devices` (in `<dir>/run`) and the control socket.
+    pub fn start_text(
+        dir: &TempDir,
+        text: &str,
+        devices: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Vdpad {
         let config = dir.join("vdpad.toml");
-        std::fs::write(&config, config_toml(dir.path(), devices, metrics)).expect("write config");
+        std::fs::write(&config, text).expect("write config");
         let mut v = Vdpad {
             dir: dir.path().to_path_buf(),
             control: dir.join("run/control.sock"),
@@ -82,6 +95,7 @@ impl Vdpad {
         };
         let mut spawn = Spawn::new("vdpad", bins::vdpad(), &v.log)
             .args(["--config", &v.config.to_string_lossy()])
+            .args(args)
             .limit(Duration::from_secs(600))
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "");

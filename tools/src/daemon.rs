@@ -1,12 +1,18 @@
 //! A running daemon: every configured device wired to its datapath and served on its
 //! socket, with devices added and removed while it runs (`vdpactl add/remove`, SIGHUP).
+//!
+//! A device that cannot start (a missing interface, a PCI function VFIO cannot open,
+//! a socket that cannot be bound) does not stop the others: unless the daemon starts
+//! [`Daemon::start`]-strict, it is kept as *failed* — configured, listed with the reason,
+//! counted in the metrics — and retried with exponential backoff
+//! ([`Daemon::retry_due`]), from 1 s up to 60 s between attempts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::DeviceHandle;
 use vdpad_config::{Config, DeviceConfig, Frontend};
@@ -26,6 +32,39 @@ struct Served {
     mode: &'static str,
     reason: String,
     pci_name: Option<String>,
+    start_failures: u32,
+}
+
+/// A configured device that could not start, waiting for its next attempt.
+struct Failed {
+    config: DeviceConfig,
+    error: String,
+    failures: u32,
+    next_attempt: Instant,
+}
+
+/// First wait before a failed device is tried again; doubled after each failure.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The wait after the `failures`-th failed attempt: 1 s, 2 s, 4 s ... 60 s.
+pub fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (RETRY_FIRST * (1u32 << doublings)).min(RETRY_MAX)
+}
+
+/// What the daemon knows about a device that could not start.
+#[derive(Clone, Debug)]
+pub struct FailedInfo {
+    /// Its configuration.
+    pub config: DeviceConfig,
+    /// Why the last attempt failed.
+    pub error: String,
+    /// Attempts that failed so far.
+    pub failures: u32,
+    /// Time until the next attempt.
+    pub retry_in: Duration,
 }
 
 /// What the daemon knows about one device, for `vdpactl list` and metrics.
@@ -39,6 +78,8 @@ pub struct DeviceInfo {
     pub reason: String,
     /// Vendor and device name of its PCI function, if it has one.
     pub pci_name: Option<String>,
+    /// Attempts that failed before it started (0 if it started at once).
+    pub start_failures: u32,
     /// Live status and counters.
     pub handle: DeviceHandle,
 }
@@ -54,19 +95,33 @@ pub struct ReloadReport {
     pub restarted: Vec<String>,
     /// Devices left running untouched.
     pub unchanged: Vec<String>,
+    /// Devices (new or restarted) that could not start and are retried.
+    pub failed: Vec<String>,
 }
 
 /// A running daemon.
 pub struct Daemon {
     config: Config,
     devices: BTreeMap<String, Served>,
+    failed: BTreeMap<String, Failed>,
     containers: Containers,
 }
 
 impl Daemon {
-    /// Creates the run directory and starts every device of `cfg`. Nothing is left
-    /// listening if any device fails.
+    /// Creates the run directory and starts every device of `cfg`, all or nothing:
+    /// nothing is left listening if any device fails (`vdpad --strict`).
     pub fn start(cfg: &Config) -> Result<Daemon> {
+        Self::start_with(cfg, true)
+    }
+
+    /// Creates the run directory and starts every device of `cfg`; a device that
+    /// cannot start is kept as failed and retried (see [`Daemon::retry_due`]), the
+    /// others run. Only a run directory that cannot be prepared is an error.
+    pub fn start_degraded(cfg: &Config) -> Result<Daemon> {
+        Self::start_with(cfg, false)
+    }
+
+    fn start_with(cfg: &Config, strict: bool) -> Result<Daemon> {
         prepare_run_dir(&cfg.daemon.run_dir)?;
         let mut daemon = Daemon {
             config: Config {
@@ -74,15 +129,84 @@ impl Daemon {
                 devices: Vec::new(),
             },
             devices: BTreeMap::new(),
+            failed: BTreeMap::new(),
             containers: Containers::default(),
         };
         for dev in &cfg.devices {
-            if let Err(e) = daemon.serve(dev.clone()) {
-                daemon.stop();
-                return Err(e);
+            if strict {
+                if let Err(e) = daemon.serve(dev.clone(), 0) {
+                    daemon.stop();
+                    return Err(e);
+                }
+            } else {
+                daemon.serve_or_park(dev.clone(), 0);
             }
         }
         Ok(daemon)
+    }
+
+    /// Starts `dev`, or keeps it as failed for a later attempt; true if it started.
+    fn serve_or_park(&mut self, dev: DeviceConfig, failures: u32) -> bool {
+        let config = dev.clone();
+        match self.serve(dev, failures) {
+            Ok(()) => true,
+            Err(e) => {
+                let failures = failures + 1;
+                let delay = retry_delay(failures);
+                let error = format!("{e:#}");
+                warn!(device = %config.name, error = %error, failures,
+                      retry_in_seconds = delay.as_secs(), "device cannot start; retrying later");
+                self.config.devices.push(config.clone());
+                self.failed.insert(
+                    config.name.clone(),
+                    Failed {
+                        config,
+                        error,
+                        failures,
+                        next_attempt: Instant::now() + delay,
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// Tries again every failed device whose wait is over; returns the ones that
+    /// started. Called periodically by the daemon's retry thread.
+    pub fn retry_due(&mut self) -> Vec<String> {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .failed
+            .iter()
+            .filter(|(_, f)| f.next_attempt <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut started = Vec::new();
+        for name in due {
+            let Some(f) = self.failed.remove(&name) else {
+                continue;
+            };
+            self.config.devices.retain(|d| d.name != name);
+            if self.serve_or_park(f.config, f.failures) {
+                info!(device = %name, failed_attempts = f.failures, "device started after failing");
+                started.push(name);
+            }
+        }
+        started
+    }
+
+    /// Devices that could not start and are waiting for another attempt, by name.
+    pub fn failed_devices(&self) -> Vec<FailedInfo> {
+        let now = Instant::now();
+        self.failed
+            .values()
+            .map(|f| FailedInfo {
+                config: f.config.clone(),
+                error: f.error.clone(),
+                failures: f.failures,
+                retry_in: f.next_attempt.saturating_duration_since(now),
+            })
+            .collect()
     }
 
     /// The configuration in effect (devices added or removed at run time included).
@@ -90,7 +214,7 @@ impl Daemon {
         &self.config
     }
 
-    fn serve(&mut self, dev: DeviceConfig) -> Result<()> {
+    fn serve(&mut self, dev: DeviceConfig, start_failures: u32) -> Result<()> {
         let wired = wiring::build(&dev, &mut self.containers)?;
         info!(device = %dev.name, mode = wired.mode, reason = %wired.reason,
               datapath = %wired.device.handle().datapath_description(), "datapath chosen");
@@ -112,6 +236,7 @@ impl Daemon {
                 mode: wired.mode,
                 reason: wired.reason,
                 pci_name,
+                start_failures,
             },
         );
         Ok(())
@@ -122,12 +247,18 @@ impl Daemon {
     pub fn add(&mut self, dev: DeviceConfig) -> Result<()> {
         let check = self.config.with_added_devices(vec![dev.clone()]);
         check.map_err(|e| anyhow!("{e}"))?;
-        self.serve(dev)
+        check_socket_dir(&dev)?;
+        self.serve(dev, 0)
     }
 
     /// Stops and removes device `name`: its frontend is disconnected, its datapath
     /// stopped, its socket removed.
     pub fn remove(&mut self, name: &str) -> Result<()> {
+        if self.failed.remove(name).is_some() {
+            self.config.devices.retain(|d| d.name != name);
+            info!(device = name, "device removed (it had not started)");
+            return Ok(());
+        }
         let served = self
             .devices
             .remove(name)
@@ -165,14 +296,19 @@ impl Daemon {
             }
         }
         for dev in &new.devices {
-            if !self.devices.contains_key(&dev.name) {
-                self.serve(dev.clone())?;
+            if !self.devices.contains_key(&dev.name) && !self.failed.contains_key(&dev.name) {
+                if !self.serve_or_park(dev.clone(), 0) {
+                    report.failed.push(dev.name.clone());
+                }
                 if !report.restarted.contains(&dev.name) {
                     report.added.push(dev.name.clone());
                 }
             }
         }
         self.config.daemon.log_level = new.daemon.log_level.clone();
+        // Where drop-ins are read from and where run-time sockets may go apply at once.
+        self.config.daemon.include_dir = new.daemon.include_dir.clone();
+        self.config.daemon.socket_dirs = new.daemon.socket_dirs.clone();
         Ok(report)
     }
 
@@ -185,9 +321,15 @@ impl Daemon {
                 mode: s.mode,
                 reason: s.reason.clone(),
                 pci_name: s.pci_name.clone(),
+                start_failures: s.start_failures,
                 handle: s.server.handle().clone(),
             })
             .collect()
+    }
+
+    /// Whether a device called `name` is configured (running or failed).
+    pub fn has_device(&self, name: &str) -> bool {
+        self.devices.contains_key(name) || self.failed.contains_key(name)
     }
 
     /// The device called `name`.
@@ -225,6 +367,7 @@ impl Daemon {
         for (_, s) in std::mem::take(&mut self.devices) {
             s.server.join_by(Some(deadline));
         }
+        self.failed.clear();
         self.config.devices.clear();
     }
 }
@@ -252,6 +395,32 @@ fn detach_from_vdpa_bus(dev: &DeviceConfig) {
     if let Frontend::Vduse { .. } = dev.frontend {
         let _ = vdpa_bus::detach(&dev.name);
     }
+}
+
+/// A device added at run time gets its socket only in an existing, real directory:
+/// not a symbolic link (which could lead anywhere), and not created on demand.
+fn check_socket_dir(dev: &DeviceConfig) -> Result<()> {
+    let Some(dir) = dev.socket.parent() else {
+        return Err(anyhow!("socket {} has no directory", dev.socket.display()));
+    };
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("device {}: socket directory {}", dev.name, dir.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(anyhow!(
+            "device {}: socket directory {} is a symbolic link; vdpad does not follow links \
+             to create sockets (list the real directory in socket_dirs)",
+            dev.name,
+            dir.display()
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(anyhow!(
+            "device {}: socket directory {} is not a directory",
+            dev.name,
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Creates the run directory (mode 0755: frontends running as other users must reach

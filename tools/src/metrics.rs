@@ -1,7 +1,7 @@
 //! The Prometheus endpoint: `GET /metrics` on `metrics_listen`, in the text exposition
 //! format 0.0.4, served by a small HTTP/1.1 responder on a plain `TcpListener`.
 //!
-//! Every metric is described in `docs/operations.md`. Names follow Prometheus'
+//! Every metric is described in `docs/metrics.md`. Names follow Prometheus'
 //! conventions: a `vdpad_` prefix, base units, `_total` for counters, labels for the
 //! dimensions (`device`, `queue`, `direction`, `reason`, `kind`, `state`).
 
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, error, info, warn};
 use vdpa::server::Shutdown;
 
-use crate::control::handlers::{device_stats, device_view, lock_daemon};
+use crate::control::handlers::all_views;
 use crate::control::protocol::{DeviceStats, DeviceView};
 use crate::daemon::Daemon;
 
@@ -32,7 +32,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CLIENTS: usize = 4;
 
 /// Connection states, in the order `vdpad_device_state` lists them.
-const STATES: [&str; 3] = ["waiting", "connected", "running"];
+const STATES: [&str; 4] = ["waiting", "connected", "running", "failed"];
 
 /// Escapes a label value: backslash, double quote and line feed.
 pub fn escape_label(v: &str) -> String {
@@ -108,7 +108,11 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
         &[],
         format!("{:.3}", process.start_time),
     );
-    e.family("vdpad_devices", "gauge", "Devices being served.");
+    e.family(
+        "vdpad_devices",
+        "gauge",
+        "Devices configured: served, or failed to start and retried.",
+    );
     e.sample("vdpad_devices", &[], devices.len());
 
     e.family(
@@ -134,7 +138,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
     e.family(
         "vdpad_device_state",
         "gauge",
-        "Connection state: 1 for the current state (waiting, connected, running), 0 for the others.",
+        "Device state: 1 for the current state (waiting, connected, running; failed: could not start, retried), 0 for the others.",
     );
     for d in devices {
         for s in STATES {
@@ -144,6 +148,18 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
                 u8::from(d.state == s),
             );
         }
+    }
+    e.family(
+        "vdpad_device_start_failures_total",
+        "counter",
+        "Attempts to start the device that failed (it is retried with backoff while failed).",
+    );
+    for d in devices {
+        e.sample(
+            "vdpad_device_start_failures_total",
+            &[("device", &d.name)],
+            d.start_failure.as_ref().map_or(0, |f| f.attempts),
+        );
     }
     e.family(
         "vdpad_device_connections_total",
@@ -562,9 +578,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, daemon: &Mutex<Daemon>, proces
         );
         return;
     }
-    let infos = lock_daemon(daemon).devices();
-    let views: Vec<DeviceView> = infos.iter().map(device_view).collect();
-    let stats: Vec<DeviceStats> = infos.iter().map(|d| device_stats(&d.handle)).collect();
+    let (views, stats): (Vec<DeviceView>, Vec<DeviceStats>) = all_views(daemon).into_iter().unzip();
     let body = render(process, &views, &stats);
     if let Err(e) = respond(
         &mut stream,
@@ -605,6 +619,7 @@ mod tests {
             mtu: None,
             fallback_reason: None,
             last_error: None,
+            start_failure: None,
         };
         let q = QueueView {
             queue: 1,

@@ -111,11 +111,23 @@ pub fn bind_socket(path: &Path, perms: &SocketPerms) -> Result<UnixListener, Ser
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
     }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(ServerError::InUse(path.to_owned()));
+    // lstat, not stat: a symbolic link is never followed, and only a socket is ever
+    // replaced (a regular file, directory or link in its place is an error).
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
         }
-        std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
+        Ok(_) => {
+            return Err(err(
+                "something that is not a socket is in the way (a file, directory or symbolic link); not replacing it",
+                io::Error::from(io::ErrorKind::AlreadyExists),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("checking the path", e)),
     }
     let listener = UnixListener::bind(path).map_err(|e| err("binding", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(perms.mode))

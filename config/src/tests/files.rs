@@ -70,6 +70,9 @@ fn full_example_parses_to_expected_values() {
         log_format: LogFormat::Json,
         socket_perms: perms(0o660, Some(0), Some(0)),
         metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
+        include_dir: None,
+        control_socket_mode: 0o600,
+        socket_dirs: Vec::new(),
     };
     assert_eq!(config.daemon, daemon);
     let vm1 = DeviceConfig {
@@ -247,6 +250,7 @@ run_dir = \"/r\"
 control_socket = \"/r/control.sock\"
 log_level = \"info\"
 log_format = \"text\"
+control_socket_mode = \"0600\"
 socket_mode = \"0600\"
 
 [[device]]
@@ -296,6 +300,7 @@ control_socket = \"/r/control.sock\"
 log_level = \"info\"
 log_format = \"text\"
 metrics_listen = \"[::1]:9464\"
+control_socket_mode = \"0600\"
 socket_mode = \"0600\"
 
 [[device]]
@@ -339,7 +344,10 @@ fn from_file_reads_and_names_the_file_in_errors() {
     let dir = scratch_dir("from-file");
     let good = dir.join("good.toml");
     std::fs::write(&good, FULL_EXAMPLE).unwrap();
-    assert_eq!(Config::from_file(&good).unwrap(), ok(FULL_EXAMPLE));
+    let mut expected = ok(FULL_EXAMPLE);
+    // Read from a file, the drop-in directory defaults to vdpad.d next to it.
+    expected.daemon.include_dir = Some(dir.join("vdpad.d"));
+    assert_eq!(Config::from_file(&good).unwrap(), expected);
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[device]]\nname = \"a\"\nqueue_size = 300\n").unwrap();

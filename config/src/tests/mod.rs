@@ -1,13 +1,16 @@
 //! Whole-configuration tests: every validation rule with the exact position it
 //! reports, the effective values, rendering round trips, snippets and files.
 
+mod clashes;
 mod daemon_rules;
 mod datapath_rules;
 mod docs;
+mod dropins;
 mod files;
 mod frontend_rules;
 mod rules;
 mod snippets;
+mod socket_rules;
 
 use crate::{Config, ConfigError, ErrorKind};
 

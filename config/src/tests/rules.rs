@@ -35,7 +35,7 @@ fn unknown_key_without_a_close_match_lists_valid_keys() {
         e.help(),
         Some(
             "valid keys in [daemon] are: run_dir, control_socket, log_level, log_format, \
-             metrics_listen, socket_mode, socket_owner, socket_group"
+             metrics_listen, socket_mode, socket_owner, socket_group, include_dir, control_socket_mode, socket_dirs"
         )
     );
 }
@@ -449,7 +449,10 @@ fn duplicate_names_point_at_the_second() {
     let text =
         "[[device]]\nname = \"a\"\n\n[[device]]\nname = \"b\"\n\n[[device]]\n  name = \"a\"\n";
     let e = assert_err(text, Duplicate, 8, 10, "duplicate device name `a`");
-    assert!(e.help().unwrap().contains("the device at line 2"), "{e}");
+    assert!(
+        e.help().unwrap().contains("the device at t.toml:2:8"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -460,7 +463,7 @@ fn duplicate_sockets_point_at_the_second() {
         Duplicate,
         7,
         10,
-        "socket `/r/a.sock` is already used by device `a` at line 4",
+        "socket `/r/a.sock` is already used by device `a` at t.toml:4:8",
     );
     assert_eq!(e.help(), Some("give each device its own socket path"));
     // The second device's socket is the default one, so the error points at its name.

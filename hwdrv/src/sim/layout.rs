@@ -59,7 +59,7 @@ fn virtio_cap(b: &mut [u8], at: usize, next: usize, len: u8, cfg_type: u8, off: 
 }
 
 /// The configuration space image at power-on.
-pub(crate) fn config_space(c: &SimConfig) -> Vec<u8> {
+pub fn config_space(c: &SimConfig) -> Vec<u8> {
     let mut b = vec![0u8; CONFIG_SIZE];
     put16(&mut b, cfg::VENDOR_ID as usize, spec::VIRTIO_VENDOR_ID);
     put16(

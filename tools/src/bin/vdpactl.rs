@@ -2,80 +2,20 @@
 //! its control socket (see docs/operations.md).
 //!
 //! Exit codes: 0 done, 1 the daemon refused (its message is printed), 2 usage error or
-//! no answer from the daemon.
+//! no answer from the daemon. A reader that closes standard output early (`vdpactl
+//! list | head`) ends the output quietly; the status stays what the command earned.
 
 use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use vdpad::cli::{CtlArgs as Args, CtlCommand as Cmd};
 use vdpad::control::protocol::{Command, Response};
 use vdpad::control::{rates, render, Client, ClientError};
+use vdpad::output;
 use vdpad_config::{default_run_dir, CONTROL_SOCKET_NAME};
-
-/// Controls a running vdpad through its control socket.
-#[derive(Parser, Debug)]
-#[command(
-    version,
-    after_help = "Exit status: 0 done, 1 the daemon refused, 2 usage or connection error."
-)]
-struct Args {
-    /// The daemon's control socket [default: control.sock in the default run
-    /// directory: /run/vdpad as root].
-    #[arg(short, long, global = true, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Print the daemon's answers as JSON (one object per line) instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    /// How long to wait for the daemon's answer, in seconds.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30.0)]
-    timeout: f64,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Every device: mode and why, datapath, backend, PCI function, socket, state,
-    /// negotiated features, queue pairs, fallback.
-    List,
-    /// Per-queue counters; with --watch, rates over each interval.
-    Stats {
-        /// Only this device.
-        device: Option<String>,
-        /// Only this queue (ring index: RX of pair i is 2i, TX is 2i+1).
-        #[arg(short, long, value_name = "N")]
-        queue: Option<u16>,
-        /// Sample every SECONDS and show rates (pps, bps, packets per kick and per
-        /// interrupt over the interval) until interrupted.
-        #[arg(short, long, value_name = "SECONDS")]
-        watch: Option<f64>,
-        /// With --watch: stop after N intervals.
-        #[arg(short, long, value_name = "N", requires = "watch")]
-        count: Option<u64>,
-    },
-    /// Adds the devices of a configuration snippet ([[device]] tables) to the running
-    /// daemon; nothing changes if any of them is invalid or cannot start.
-    Add {
-        /// The snippet file (`-` reads standard input).
-        #[arg(short, long, value_name = "SNIPPET.toml")]
-        config: PathBuf,
-    },
-    /// Stops and removes a device; its frontend is disconnected.
-    Remove {
-        /// The device's name.
-        name: String,
-    },
-    /// Changes the daemon's log filter (error, warn, info, debug, trace, or
-    /// directives such as info,swpath=debug).
-    LogLevel {
-        /// The new filter.
-        level: String,
-    },
-    /// The daemon's version and control protocol version.
-    Version,
-}
 
 /// How a run ended.
 enum Failure {
@@ -83,6 +23,28 @@ enum Failure {
     Refused,
     /// Usage or connection error, already described.
     Usage(String),
+    /// Standard output was closed by its reader; the command itself succeeded.
+    OutputClosed,
+}
+
+impl From<output::Closed> for Failure {
+    fn from(_: output::Closed) -> Self {
+        Failure::OutputClosed
+    }
+}
+
+/// `print!` to standard output that stops (without a panic) when the reader is gone.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        output::print(&format!($($arg)*))?
+    };
+}
+
+/// `println!` counterpart of [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        output::println(&format!($($arg)*))?
+    };
 }
 
 impl From<ClientError> for Failure {
@@ -94,7 +56,7 @@ impl From<ClientError> for Failure {
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
         Err(Failure::Refused) => ExitCode::from(1),
         Err(Failure::Usage(msg)) => {
             eprintln!("vdpactl: {msg}");
@@ -116,7 +78,8 @@ impl Ctl {
         let r = client.request(command)?;
         if !r.ok {
             if self.json {
-                print!("{}", r.to_line());
+                // Refused either way: a closed stdout changes nothing about that.
+                let _ = output::print(&r.to_line());
             }
             eprintln!(
                 "vdpactl: the daemon refused: {}",
@@ -147,9 +110,9 @@ fn run(args: &Args) -> Result<(), Failure> {
         Cmd::List => {
             let r = ctl.call(Command::List)?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
-                print!("{}", render::list(r.devices.as_deref().unwrap_or_default()));
+                out!("{}", render::list(r.devices.as_deref().unwrap_or_default()));
             }
         }
         Cmd::Stats {
@@ -166,9 +129,9 @@ fn run(args: &Args) -> Result<(), Failure> {
                 None => {
                     let r = ctl.call(command)?;
                     if ctl.json {
-                        print!("{}", r.to_line());
+                        out!("{}", r.to_line());
                     } else {
-                        print!(
+                        out!(
                             "{}",
                             render::stats(r.stats.as_deref().unwrap_or_default(), None)
                         );
@@ -177,31 +140,42 @@ fn run(args: &Args) -> Result<(), Failure> {
                 Some(secs) => watch_stats(&ctl, command, *secs, *count)?,
             }
         }
-        Cmd::Add { config } => {
+        Cmd::Add { config, persist } => {
             let (text, origin) = read_snippet(config)?;
             let r = ctl.call(Command::Add {
                 config: text,
                 origin: Some(origin),
+                persist: *persist,
             })?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
                 for d in r.devices.as_deref().unwrap_or_default() {
-                    println!(
+                    outln!(
                         "added {}: {} ({}), socket {}",
-                        d.name, d.mode, d.datapath, d.socket
+                        d.name,
+                        d.mode,
+                        d.datapath,
+                        d.socket
                     );
+                }
+                for file in r.persisted.as_deref().unwrap_or_default() {
+                    outln!("persisted in {file}");
                 }
             }
         }
-        Cmd::Remove { name } => {
+        Cmd::Remove { name, persist } => {
             let r = ctl.call(Command::Remove {
                 device: name.clone(),
+                persist: *persist,
             })?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
-                println!("removed {}", r.removed.as_deref().unwrap_or(name));
+                outln!("removed {}", r.removed.as_deref().unwrap_or(name));
+                for file in r.persisted.as_deref().unwrap_or_default() {
+                    outln!("deleted {file}");
+                }
             }
         }
         Cmd::LogLevel { level } => {
@@ -209,17 +183,30 @@ fn run(args: &Args) -> Result<(), Failure> {
                 level: level.clone(),
             })?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
-                println!("log filter now {}", r.level.as_deref().unwrap_or(level));
+                outln!("log filter now {}", r.level.as_deref().unwrap_or(level));
+            }
+        }
+        Cmd::Nics { sysfs } => {
+            let reports = match sysfs {
+                Some(dir) => vdpad::discover::scan(dir, Path::new("/dev/vfio/vfio").exists()),
+                None => vdpad::discover::scan_host(),
+            }
+            .map_err(|e| Failure::Usage(format!("cannot read PCI functions: {e}")))?;
+            if ctl.json {
+                let line = serde_json::json!({"ok": true, "nics": reports});
+                outln!("{line}");
+            } else {
+                out!("{}", vdpad::discover::render(&reports));
             }
         }
         Cmd::Version => {
             let r = ctl.call(Command::Version)?;
             if ctl.json {
-                print!("{}", r.to_line());
+                out!("{}", r.to_line());
             } else {
-                println!(
+                outln!(
                     "vdpad {} (control protocol {}); vdpactl {}",
                     r.daemon_version.as_deref().unwrap_or("?"),
                     r.protocol.map_or("?".to_owned(), |p| p.to_string()),
@@ -273,13 +260,13 @@ fn watch_stats(ctl: &Ctl, command: Command, secs: f64, count: Option<u64>) -> Re
                 "stats": after,
                 "rates": r,
             });
-            println!("{line}");
+            outln!("{line}");
         } else {
             if done > 0 {
-                println!();
+                outln!("");
             }
-            println!("--- interval {:.2} s ---", t1 - t0);
-            print!("{}", render::stats(after, Some(&r)));
+            outln!("--- interval {:.2} s ---", t1 - t0);
+            out!("{}", render::stats(after, Some(&r)));
         }
         prev = cur;
         done += 1;

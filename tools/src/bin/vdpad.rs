@@ -1,45 +1,31 @@
 //! `vdpad`: serves vhost-user virtio-net devices to virtual machines.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use tracing::{error, info, warn};
+use vdpad::cli::VdpadArgs as Args;
 use vdpad::control::handlers::{lock_daemon, Context};
 use vdpad::control::ControlServer;
 use vdpad::daemon::Daemon;
 use vdpad::logging::{self, LogControl};
 use vdpad::metrics::MetricsServer;
 use vdpad::notify::Notifier;
+use vdpad::output;
 use vdpad::qemu;
 use vdpad::signals::{self, Signal};
 use vdpad_config::{Config, DaemonConfig};
-
-/// Serves vhost-user virtio-net devices to virtual machines, in hardware (VFIO
-/// offload) or in software.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// Configuration file. Without it, vdpad runs its embedded default: one software
-    /// loopback device.
-    #[arg(short, long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Validate FILE, print the effective configuration and exit.
-    #[arg(long, value_name = "FILE", conflicts_with = "config")]
-    check_config: Option<PathBuf>,
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive); overrides
-    /// the configuration and RUST_LOG.
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = &args.check_config {
         return match Config::from_file(path) {
+            // The file is valid whether or not the reader took all of the output
+            // (`vdpad --check-config FILE | head`).
             Ok(cfg) => {
-                print!("{cfg}");
+                let _ = output::print(&cfg.to_string());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -80,7 +66,12 @@ fn main() -> ExitCode {
         warn!(error = %e, "ignoring NOTIFY_SOCKET; no readiness notifications");
         Notifier::disabled()
     });
-    let daemon = match Daemon::start(&cfg) {
+    let started = if args.strict {
+        Daemon::start(&cfg)
+    } else {
+        Daemon::start_degraded(&cfg)
+    };
+    let daemon = match started {
         Ok(d) => Arc::new(Mutex::new(d)),
         Err(e) => {
             error!("{e:#}");
@@ -96,7 +87,7 @@ fn main() -> ExitCode {
     };
     let control = match ControlServer::start(
         &cfg.daemon.control_socket,
-        cfg.daemon.socket_perms.mode,
+        cfg.daemon.control_socket_mode,
         Context::new(daemon.clone(), log.clone()),
     ) {
         Ok(c) => c,
@@ -119,21 +110,30 @@ fn main() -> ExitCode {
     {
         let line = qemu::command_line(dev, "1G");
         if embedded {
-            println!(
-                "Attach a VM to device {} with these QEMU options:\n  {line}\n",
+            // A closed stdout must not stop the daemon: the hint is only a hint.
+            let _ = output::print(&format!(
+                "Attach a VM to device {} with these QEMU options:\n  {line}\n\n",
                 dev.name
-            );
+            ));
         } else {
             info!(device = %dev.name, qemu = %line.replace(" \\\n  ", " "), "attach with");
         }
     }
     let status = |d: &Mutex<Daemon>| {
+        let d = lock_daemon(d);
+        let failed = d.failed_devices().len();
+        let failed = if failed > 0 {
+            format!(", {failed} failed (retrying)")
+        } else {
+            String::new()
+        };
         format!(
-            "serving {} device(s); control socket {}",
-            lock_daemon(d).devices().len(),
+            "serving {} device(s){failed}; control socket {}",
+            d.devices().len(),
             cfg.daemon.control_socket.display()
         )
     };
+    let retry = RetryThread::start(daemon.clone());
     match notifier.ready(&status(&daemon)) {
         Ok(true) => info!(
             socket = notifier.address(),
@@ -142,10 +142,11 @@ fn main() -> ExitCode {
         Ok(false) => {}
         Err(e) => warn!(socket = notifier.address(), error = %e, "sd_notify READY=1 failed"),
     }
-    info!(
-        devices = lock_daemon(&daemon).devices().len(),
-        "vdpad ready"
-    );
+    let (serving, failed) = {
+        let d = lock_daemon(&daemon);
+        (d.devices().len(), d.failed_devices().len())
+    };
+    info!(devices = serving, failed, "vdpad ready");
     let mut running = cfg.daemon.clone();
     loop {
         match signals::wait() {
@@ -169,6 +170,7 @@ fn main() -> ExitCode {
     }
     let _ = notifier.stopping();
     info!("shutting down");
+    retry.stop();
     control.stop();
     if let Some(m) = metrics {
         m.stop();
@@ -210,7 +212,7 @@ fn reload(
                 info!(device = %name, via = "reload", "device restarted with its new configuration");
             }
             info!(added = ?r.added, removed = ?r.removed, restarted = ?r.restarted,
-                  unchanged = ?r.unchanged, "configuration reloaded");
+                  unchanged = ?r.unchanged, failed = ?r.failed, "configuration reloaded");
         }
         Err(e) => error!("configuration reload failed part way: {e:#}"),
     }
@@ -238,13 +240,42 @@ fn reload(
     if d.log_format != running.log_format {
         restart_needed.push("log_format");
     }
-    if d.socket_perms.mode != running.socket_perms.mode {
-        // Device sockets created from now on get the new mode; the control socket not.
-        restart_needed.push("socket_mode (for the control socket)");
+    if d.control_socket_mode != running.control_socket_mode {
+        restart_needed.push("control_socket_mode");
     }
+
     if !restart_needed.is_empty() {
         warn!(settings = ?restart_needed,
               "these [daemon] settings changed in the file; they take effect at the next restart");
     }
     running.log_level = d.log_level.clone();
+}
+
+/// Tries failed devices again when their backoff is over, until stopped.
+struct RetryThread {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RetryThread {
+    fn start(daemon: Arc<Mutex<Daemon>>) -> RetryThread {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vdpad-retry".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    lock_daemon(&daemon).retry_due();
+                }
+            })
+            .expect("spawning the retry thread");
+        RetryThread { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
 }

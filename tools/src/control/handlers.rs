@@ -8,11 +8,12 @@ use tracing::{info, warn};
 use vdpa::{DeviceHandle, QueueStats};
 use vdpad_config::{Backend, DeviceConfig};
 
+use super::persist;
 use super::protocol::{
     Command, DeviceStats, DeviceView, ErrorCode, PciView, ProtocolError, QueueView, Response,
-    PROTOCOL_VERSION,
+    StartFailureView, PROTOCOL_VERSION,
 };
-use crate::daemon::{Daemon, DeviceInfo};
+use crate::daemon::{Daemon, DeviceInfo, FailedInfo};
 use crate::logging::LogControl;
 
 /// Origin given to an `add` snippet whose request names none.
@@ -52,12 +53,17 @@ pub fn handle(ctx: &Context, command: Command) -> Response {
     let result = match command {
         Command::List => Ok(list(ctx)),
         Command::Stats { device, queue } => stats(ctx, device.as_deref(), queue),
-        Command::Add { config, origin } => add(
+        Command::Add {
+            config,
+            origin,
+            persist,
+        } => add(
             ctx,
             &config,
             origin.as_deref().unwrap_or(DEFAULT_SNIPPET_ORIGIN),
+            persist,
         ),
-        Command::Remove { device } => remove(ctx, &device),
+        Command::Remove { device, persist } => remove(ctx, &device, persist),
         Command::LogLevel { level } => log_level(ctx, &level),
         Command::Version => Ok(Response {
             daemon_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
@@ -68,16 +74,67 @@ pub fn handle(ctx: &Context, command: Command) -> Response {
     result.unwrap_or_else(Response::refused)
 }
 
-/// Every device's info, taken under the daemon lock; counters and status are read
-/// afterwards from the handles, without it.
-fn infos(ctx: &Context) -> Vec<DeviceInfo> {
-    lock_daemon(&ctx.daemon).devices()
+/// Every device as `list` shows it, running and failed, in name order, with the
+/// counters of each (failed devices have no queues).
+pub fn all_views(daemon: &Mutex<Daemon>) -> Vec<(DeviceView, DeviceStats)> {
+    let (infos, failed) = {
+        let d = lock_daemon(daemon);
+        (d.devices(), d.failed_devices())
+    };
+    let mut all: Vec<(DeviceView, DeviceStats)> = infos
+        .iter()
+        .map(|d| (device_view(d), device_stats(&d.handle)))
+        .chain(failed.iter().map(|f| {
+            let v = failed_view(f);
+            let s = DeviceStats {
+                name: v.name.clone(),
+                state: v.state.clone(),
+                datapath: v.datapath.clone(),
+                connections: 0,
+                queues: Vec::new(),
+            };
+            (v, s)
+        }))
+        .collect();
+    all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    all
 }
 
 fn list(ctx: &Context) -> Response {
     Response {
-        devices: Some(infos(ctx).iter().map(device_view).collect()),
+        devices: Some(all_views(&ctx.daemon).into_iter().map(|(v, _)| v).collect()),
         ..Response::ok()
+    }
+}
+
+/// A device that could not start, as `list` shows it.
+pub fn failed_view(f: &FailedInfo) -> DeviceView {
+    DeviceView {
+        name: f.config.name.clone(),
+        mode: "none".to_owned(),
+        mode_reason: format!("not started: {}", f.error),
+        datapath: "none".to_owned(),
+        backend: backend_text(&f.config),
+        pci: f.config.pci.map(|p| PciView {
+            address: p.to_string(),
+            name: None,
+        }),
+        socket: f.config.socket.display().to_string(),
+        state: "failed".to_owned(),
+        connections: 0,
+        queue_pairs: f.config.queue_pairs,
+        running_pairs: Vec::new(),
+        acked_features: "0x0".to_owned(),
+        features: Vec::new(),
+        mac: f.config.mac.map(|m| m.to_string()),
+        mtu: f.config.mtu,
+        fallback_reason: None,
+        last_error: Some(f.error.clone()),
+        start_failure: Some(StartFailureView {
+            error: Some(f.error.clone()),
+            attempts: f.failures,
+            retry_in_seconds: Some(f.retry_in.as_secs_f64()),
+        }),
     }
 }
 
@@ -86,15 +143,16 @@ fn stats(
     device: Option<&str>,
     queue: Option<u16>,
 ) -> Result<Response, ProtocolError> {
-    let mut infos = infos(ctx);
+    let mut all = all_views(&ctx.daemon);
     if let Some(name) = device {
-        infos.retain(|d| d.config.name == name);
-        if infos.is_empty() {
+        all.retain(|(v, _)| v.name == name);
+        if all.is_empty() {
             return Err(not_found(name));
         }
     }
     let sampled_at = ctx.started.elapsed().as_secs_f64();
-    let mut stats: Vec<DeviceStats> = infos.iter().map(|d| device_stats(&d.handle)).collect();
+    let queue_pairs = all.first().map_or(0, |(v, _)| v.queue_pairs);
+    let mut stats: Vec<DeviceStats> = all.into_iter().map(|(_, s)| s).collect();
     if let Some(q) = queue {
         for s in &mut stats {
             s.queues.retain(|v| v.queue == q);
@@ -105,7 +163,7 @@ fn stats(
                 match device {
                     Some(name) => format!(
                         "device \"{name}\" has no queue {q} (queues are 0 to {})",
-                        infos[0].config.queue_pairs * 2 - 1
+                        queue_pairs * 2 - 1
                     ),
                     None => format!("no device has a queue {q}"),
                 },
@@ -121,8 +179,9 @@ fn stats(
 
 /// Adds every device of the snippet, or none: the snippet is validated against the
 /// running configuration first (errors point into it), and if one device cannot be
-/// started, the ones already started by this request are removed again.
-fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolError> {
+/// started (or, with `persist`, its drop-in cannot be written), the ones already
+/// started by this request are removed again and their drop-ins deleted.
+fn add(ctx: &Context, text: &str, origin: &str, persist: bool) -> Result<Response, ProtocolError> {
     let mut daemon = lock_daemon(&ctx.daemon);
     let known = daemon.config().devices.len();
     let merged = daemon.config().with_snippet(text, origin).map_err(|e| {
@@ -130,6 +189,15 @@ fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolErro
         ProtocolError::new(ErrorCode::Invalid, e.to_string())
     })?;
     let new: Vec<DeviceConfig> = merged.devices[known..].to_vec();
+    let mut drop_ins = Vec::new();
+    if persist {
+        for dev in &new {
+            let path = persist::drop_in_path(&daemon.config().daemon, &dev.name)
+                .map_err(|m| ProtocolError::new(ErrorCode::Invalid, m))?;
+            let body = persist::drop_in_text(dev, text, new.len() == 1, origin);
+            drop_ins.push((dev.name.clone(), path, body));
+        }
+    }
     let mut added: Vec<String> = Vec::new();
     for dev in new {
         let name = dev.name.clone();
@@ -152,6 +220,25 @@ fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolErro
         info!(device = %name, socket = %socket, origin, via = "control", "device added");
         added.push(name);
     }
+    let mut written: Vec<String> = Vec::new();
+    for (name, path, body) in &drop_ins {
+        if let Err(e) = persist::write_atomically(path, body) {
+            for done in written.iter() {
+                let _ = persist::delete(std::path::Path::new(done));
+            }
+            for done in added.iter().rev() {
+                let _ = daemon.remove(done);
+            }
+            let msg = format!(
+                "device {name}: cannot write its drop-in {}: {e}; nothing was added",
+                path.display()
+            );
+            warn!(device = %name, error = %msg, "control: persisting a device failed; nothing changed");
+            return Err(ProtocolError::new(ErrorCode::Failed, msg));
+        }
+        info!(device = %name, file = %path.display(), "device persisted in a drop-in");
+        written.push(path.display().to_string());
+    }
     let infos = daemon.devices();
     drop(daemon);
     let views = infos
@@ -162,21 +249,54 @@ fn add(ctx: &Context, text: &str, origin: &str) -> Result<Response, ProtocolErro
     Ok(Response {
         added: Some(added),
         devices: Some(views),
+        persisted: persist.then_some(written),
         ..Response::ok()
     })
 }
 
-fn remove(ctx: &Context, name: &str) -> Result<Response, ProtocolError> {
+/// Removes a running device; with `persist`, also deletes its own drop-in (checked
+/// first: nothing changes if the device is not persisted in a file of its own). A
+/// device that is not running but has a drop-in loses the drop-in.
+fn remove(ctx: &Context, name: &str, persist: bool) -> Result<Response, ProtocolError> {
     let mut daemon = lock_daemon(&ctx.daemon);
-    if daemon.device(name).is_none() {
+    let running = daemon.has_device(name);
+    let drop_in = if persist {
+        let path = persist::drop_in_path(&daemon.config().daemon, name)
+            .map_err(|m| ProtocolError::new(ErrorCode::Invalid, m))?;
+        match persist::check_own_drop_in(&path, name, &daemon.config().daemon) {
+            Ok(()) => Some(path),
+            Err(_) if !running && !path.exists() => return Err(not_found(name)),
+            Err(m) => return Err(ProtocolError::new(ErrorCode::Invalid, m)),
+        }
+    } else {
+        None
+    };
+    if !running && drop_in.is_none() {
         return Err(not_found(name));
     }
-    // Daemon::remove logs "device removed" once the device thread is gone.
-    daemon
-        .remove(name)
-        .map_err(|e| ProtocolError::new(ErrorCode::Failed, format!("{e:#}")))?;
+    if running {
+        // Daemon::remove logs "device removed" once the device thread is gone.
+        daemon
+            .remove(name)
+            .map_err(|e| ProtocolError::new(ErrorCode::Failed, format!("{e:#}")))?;
+    }
+    let mut persisted = None;
+    if let Some(path) = drop_in {
+        persist::delete(&path).map_err(|e| {
+            ProtocolError::new(
+                ErrorCode::Failed,
+                format!(
+                    "device {name} was removed, but its drop-in {} could not be deleted: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        info!(device = name, file = %path.display(), "drop-in deleted");
+        persisted = Some(vec![path.display().to_string()]);
+    }
     Ok(Response {
         removed: Some(name.to_owned()),
+        persisted,
         ..Response::ok()
     })
 }
@@ -273,6 +393,11 @@ pub fn device_view(d: &DeviceInfo) -> DeviceView {
         mtu: d.config.mtu,
         fallback_reason: st.fallback_reason.clone(),
         last_error: st.last_error.clone(),
+        start_failure: (d.start_failures > 0).then_some(StartFailureView {
+            error: None,
+            attempts: d.start_failures,
+            retry_in_seconds: None,
+        }),
     }
 }
 

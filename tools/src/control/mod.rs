@@ -7,12 +7,14 @@
 //! - [`protocol`]: the request and response types, shared by the daemon and clients;
 //! - [`server`]: the listening thread, client threads, request size and time limits;
 //! - [`handlers`]: what each command does to the daemon;
+//! - [`persist`]: drop-in files for `add --persist` and `remove --persist`;
 //! - [`client`]: the client side, used by `vdpactl`;
 //! - [`rates`]: rates derived from two `stats` samples (pps, bps);
 //! - [`render`]: the human tables `vdpactl` prints.
 
 pub mod client;
 pub mod handlers;
+pub mod persist;
 pub mod protocol;
 pub mod rates;
 pub mod render;

@@ -63,11 +63,18 @@ pub enum Command {
         /// What to call the snippet in error messages (usually its file name).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         origin: Option<String>,
+        /// Also write each new device to a drop-in file, `<include_dir>/<name>.toml`,
+        /// so that it survives a SIGHUP reload and a restart.
+        #[serde(default, skip_serializing_if = "is_false")]
+        persist: bool,
     },
     /// Stops and removes a device; a connected frontend is disconnected.
     Remove {
         /// The device's name.
         device: String,
+        /// Also delete the device's drop-in file, `<include_dir>/<name>.toml`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        persist: bool,
     },
     /// Replaces the daemon's log filter.
     LogLevel {
@@ -76,6 +83,10 @@ pub enum Command {
     },
     /// The daemon's version and protocol version.
     Version,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Command {
@@ -278,6 +289,9 @@ pub struct Response {
     /// `remove`: the name of the device removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<String>,
+    /// `add --persist`: the drop-in files written; `remove --persist`: the one deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<Vec<String>>,
     /// `log-level`: the filter now in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
@@ -332,7 +346,7 @@ pub struct PciView {
 pub struct DeviceView {
     /// Device name.
     pub name: String,
-    /// `offload` or `software`.
+    /// `offload` or `software`; `none` for a device that has not started.
     pub mode: String,
     /// Why that mode was chosen.
     pub mode_reason: String,
@@ -346,7 +360,8 @@ pub struct DeviceView {
     pub pci: Option<PciView>,
     /// The vhost-user socket.
     pub socket: String,
-    /// `waiting` (no frontend), `connected` or `running` (a queue pair runs).
+    /// `waiting` (no frontend), `connected` or `running` (a queue pair runs); `failed`
+    /// for a device that could not start and is retried (see `start_failure`).
     pub state: String,
     /// Frontend connections accepted since the device started.
     pub connections: u64,
@@ -366,6 +381,21 @@ pub struct DeviceView {
     pub fallback_reason: Option<String>,
     /// The last error a frontend caused, if any.
     pub last_error: Option<String>,
+    /// Start attempts that failed: for a `failed` device, the reason and when it is
+    /// tried again; for a running one, how many attempts failed before it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_failure: Option<StartFailureView>,
+}
+
+/// Why a device could not start, and its retries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartFailureView {
+    /// The last attempt's error (`null` once the device runs).
+    pub error: Option<String>,
+    /// Attempts that failed.
+    pub attempts: u32,
+    /// Seconds until the next attempt (`null` once the device runs).
+    pub retry_in_seconds: Option<f64>,
 }
 
 /// The counters of one device (`stats`).
@@ -444,8 +474,21 @@ mod tests {
             Command::Add {
                 config: "[[device]]\nname = \"x\"\n".into(),
                 origin: Some("x.toml".into()),
+                persist: false,
             },
-            Command::Remove { device: "x".into() },
+            Command::Add {
+                config: "[[device]]\nname = \"x\"\n".into(),
+                origin: None,
+                persist: true,
+            },
+            Command::Remove {
+                device: "x".into(),
+                persist: false,
+            },
+            Command::Remove {
+                device: "x".into(),
+                persist: true,
+            },
             Command::LogLevel {
                 level: "debug".into(),
             },

@@ -170,6 +170,16 @@ pub fn list(devices: &[DeviceView]) -> String {
             field(&mut out, "mtu", mtu.to_string());
         }
         field(&mut out, "fallback", or_dash(d.fallback_reason.clone()));
+        if let Some(f) = &d.start_failure {
+            let text = match (&f.error, f.retry_in_seconds) {
+                (Some(e), Some(secs)) => format!(
+                    "failed {} time(s), next attempt in {secs:.0} s: {e}",
+                    f.attempts
+                ),
+                _ => format!("started after {} failed attempt(s)", f.attempts),
+            };
+            field(&mut out, "start", text);
+        }
         if let Some(e) = &d.last_error {
             field(&mut out, "last error", e.clone());
         }
