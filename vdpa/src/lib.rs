@@ -7,6 +7,7 @@
 
 pub mod datapath;
 pub mod device;
+pub mod fault;
 pub mod features;
 pub mod handler;
 pub mod memory;
