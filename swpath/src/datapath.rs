@@ -140,6 +140,12 @@ impl Datapath for SoftwareDatapath {
     }
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
+        if let Some(f) = qp.mem.fault() {
+            return Err(DatapathError::Pair {
+                pair: qp.pair,
+                why: format!("{f}; waiting for a new memory table"),
+            });
+        }
         let hdr_len = qp.features.net_header_len();
         let mut rxq = self.queue(&qp.rx, &qp)?;
         if self.tuning.coalescing() {
@@ -212,8 +218,9 @@ impl Datapath for SoftwareDatapath {
         };
         self.interrupts.remove(&(2 * pair));
         self.interrupts.remove(&(2 * pair + 1));
-        if let Some((rx, tx)) = worker.stop() {
-            debug!(device = %self.device, pair, rx, tx, "worker stopped");
+        if let Some(exit) = worker.stop() {
+            let (rx, tx) = exit.bases();
+            debug!(device = %self.device, pair, rx, tx, ?exit, "worker stopped");
             self.bases.insert(2 * pair, rx);
             self.bases.insert(2 * pair + 1, tx);
         }
@@ -232,6 +239,21 @@ impl Datapath for SoftwareDatapath {
 
     fn base(&self, ring: u16) -> Option<u16> {
         self.bases.get(&ring).copied()
+    }
+
+    /// Pairs whose worker ended on its own (its guest memory faulted, or it
+    /// panicked): stopped here, with their ring positions recorded.
+    fn take_lost(&mut self) -> Vec<u16> {
+        let ended: Vec<u16> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.finished())
+            .map(|(&p, _)| p)
+            .collect();
+        for &p in &ended {
+            self.stop(p);
+        }
+        ended
     }
 
     fn stats(&self) -> Vec<QueueStats> {

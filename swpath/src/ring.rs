@@ -86,6 +86,24 @@ pub fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
+/// The used index of a ring, readable while this handle keeps its memory mapped.
+pub struct UsedIndex {
+    field: *const AtomicU16,
+    _mem: Arc<GuestMemory>,
+}
+
+// SAFETY: `field` points into guest memory kept mapped by `_mem`, and is only read
+// atomically.
+unsafe impl Send for UsedIndex {}
+
+impl UsedIndex {
+    /// The used index in guest memory now.
+    pub fn load(&self) -> u16 {
+        // SAFETY: see the Send impl: valid, aligned, mapped while `_mem` lives.
+        unsafe { (*self.field).load(Ordering::Acquire) }
+    }
+}
+
 /// The device side of one split ring.
 pub struct DeviceRing {
     index: u16,
@@ -179,6 +197,21 @@ impl DeviceRing {
     /// The next avail entry the device will take (`last_avail_idx`).
     pub fn next_avail(&self) -> u16 {
         self.next_avail
+    }
+
+    /// The guest memory the ring lives in.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// A handle that reads this ring's used index from guest memory, usable after the
+    /// ring is gone (to resume a ring whose worker died where the guest saw it stop).
+    pub fn used_index(&self) -> UsedIndex {
+        UsedIndex {
+            // SAFETY: `used + 2` is inside the translated used ring, 2-byte aligned.
+            field: unsafe { self.used.add(2) } as *const AtomicU16,
+            _mem: self.mem.clone(),
+        }
     }
 
     /// Whether the ring was found corrupt and is no longer processed.

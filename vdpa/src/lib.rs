@@ -12,6 +12,7 @@ pub mod features;
 pub mod handler;
 pub mod memory;
 pub mod net_config;
+pub mod notify;
 pub mod server;
 pub mod session;
 pub mod stats;
