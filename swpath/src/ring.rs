@@ -59,6 +59,11 @@ pub struct Chain {
     pub total: u64,
 }
 
+/// Buffers a reusable [`Chain`] keeps room for after holding a longer chain (Linux
+/// posts at most MAX_SKB_FRAGS + 2 = 19): a chain's scratch memory grows with the
+/// longest chain it held, and a guest can post queue-size-long chains.
+pub const KEEP_SEGMENTS: usize = 32;
+
 impl Chain {
     /// An empty chain able to hold `capacity` buffers without reallocating.
     pub fn with_capacity(capacity: usize) -> Self {
@@ -66,6 +71,15 @@ impl Chain {
             head: 0,
             segs: Vec::with_capacity(capacity),
             total: 0,
+        }
+    }
+
+    /// Gives back the memory of a long chain this one held, keeping room for
+    /// [`KEEP_SEGMENTS`] buffers. The chain's contents are not needed any more.
+    #[inline]
+    pub fn trim(&mut self) {
+        if self.segs.capacity() > KEEP_SEGMENTS {
+            self.segs = Vec::with_capacity(KEEP_SEGMENTS);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! pair stops they are handed back by rewinding the avail index (or, if a bad chain was
 //! returned in between, as empty completions).
 
-use vdpa::DropReason;
+use vdpa::{BadDescriptor, DropReason};
 
 use crate::queue::Queue;
 use crate::ring::{Chain, Direction, Segment};
@@ -21,6 +21,8 @@ struct Pending {
     slots: Vec<Chain>,
     head: usize,
     len: usize,
+    /// Buffers in the pending chains.
+    segs: usize,
 }
 
 impl Pending {
@@ -32,6 +34,7 @@ impl Pending {
             slots: (0..cap).map(|_| Chain::with_capacity(4)).collect(),
             head: 0,
             len: 0,
+            segs: 0,
         }
     }
 
@@ -66,10 +69,14 @@ impl Pending {
     /// Makes the chain filled in [`next_free`](Self::next_free) pending.
     fn push(&mut self) {
         assert!(!self.is_full(), "pending chains overflow their ring");
+        self.segs += self.next_free().segs.len();
         self.len += 1;
     }
 
     fn pop_front(&mut self) {
+        let front = self.slot(0);
+        self.segs -= self.slots[front].segs.len();
+        self.slots[front].trim();
         self.head = self.slot(1);
         self.len -= 1;
     }
@@ -86,7 +93,14 @@ impl Pending {
     }
 
     fn clear(&mut self) {
-        self.len = 0;
+        while !self.is_empty() {
+            self.pop_front();
+        }
+    }
+
+    /// Scratch memory held by all slots, in buffers.
+    fn capacity(&self) -> usize {
+        self.slots.iter().map(|c| c.segs.capacity()).sum()
     }
 }
 
@@ -367,13 +381,22 @@ impl RxQueue {
                 return None;
             }
             let head = self.q.ring.pop_head();
+            let room = usize::from(self.q.ring.size()) - self.pending.segs;
             let chain = self.pending.next_free();
-            match self.q.ring.read_chain(head, Direction::DeviceWrites, chain) {
+            let mut read = self.q.ring.read_chain(head, Direction::DeviceWrites, chain);
+            // Every descriptor can be in one pending chain only, unless the guest links
+            // several chains into the same descriptors: refusing that bounds the
+            // scratch memory at a ring's worth of buffers.
+            if read.is_ok() && chain.segs.len() > room {
+                read = Err(BadDescriptor::ChainTooLong);
+            }
+            match read {
                 Ok(()) => {
                     self.pending.push();
                     return Some(());
                 }
                 Err(kind) => {
+                    self.pending.next_free().trim();
                     self.q.reject(head, kind);
                     if !self.pending.is_empty() {
                         self.interleaved = true;
@@ -448,6 +471,28 @@ impl RxQueue {
             // completions rather than by rewinding.
             self.interleaved = true;
         }
+    }
+
+    /// Returns the oldest pending chain to the guest unused and counts a drop for
+    /// `reason` (its buffers cannot take a frame, e.g. too many segments for one
+    /// system call). False if nothing is pending.
+    pub fn discard_front(&mut self, reason: DropReason) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let head = self.pending.get(0).head;
+        self.q.ring.push_used(head, 0);
+        self.pending.pop_front();
+        if self.pending.is_empty() {
+            self.interleaved = false;
+        }
+        self.q.counts.drop(reason);
+        true
+    }
+
+    /// Scratch memory the pending-chain slots hold, in buffers (16 bytes each).
+    pub fn scratch_segments(&self) -> usize {
+        self.pending.capacity()
     }
 
     /// Hands pending buffers back before the pair stops.

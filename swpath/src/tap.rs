@@ -19,7 +19,7 @@ use vdpa::features::{
 use vdpa::DropReason;
 
 use crate::engine::{RxState, TxState};
-use crate::port::{FirstError, Port};
+use crate::port::{FirstError, Port, IOV_MAX};
 use crate::rxq::{Reserve, RxQueue};
 use crate::txq::{TxNext, TxQueue};
 
@@ -307,6 +307,11 @@ impl Port for TapPort {
             }
             self.iov.clear();
             tx.append_iovecs(tx.frame(), false, &mut self.iov);
+            if self.iov.len() > IOV_MAX {
+                // writev would refuse it (EINVAL), every time.
+                tx.drop_frame(DropReason::TooManySegments);
+                continue;
+            }
             // SAFETY: every iovec points at a guest buffer translated for its length.
             let n = unsafe {
                 libc::writev(
@@ -345,6 +350,12 @@ impl Port for TapPort {
                 Reserve::Starved => return RxState::Starved,
             };
             let iov = rx.iovecs(nbufs, false);
+            if iov.len() > IOV_MAX {
+                // readv would refuse these buffers (EINVAL), every time: give the
+                // oldest back unused and try with the next.
+                rx.discard_front(DropReason::TooManySegments);
+                continue;
+            }
             let capacity: usize = iov.iter().map(|v| v.iov_len).sum();
             // SAFETY: every iovec points at a guest buffer translated for its length.
             let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
