@@ -391,6 +391,7 @@ fn device_config() -> vdpad_config::DeviceConfig {
         },
         offloads: true,
         vm: None,
+        max_guest_memory: vdpad_config::DEFAULT_MAX_GUEST_MEMORY,
         tuning: Default::default(),
     }
 }

@@ -131,6 +131,7 @@ fn device_config(socket: PathBuf, pairs: u16) -> DeviceConfig {
         },
         offloads: true,
         vm: None,
+        max_guest_memory: vdpad_config::DEFAULT_MAX_GUEST_MEMORY,
         tuning: Default::default(),
     }
 }

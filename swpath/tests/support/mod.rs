@@ -40,6 +40,7 @@ pub fn device_config(
         },
         offloads: true,
         vm: None,
+        max_guest_memory: vdpad_config::DEFAULT_MAX_GUEST_MEMORY,
         tuning: Default::default(),
     }
 }
