@@ -217,7 +217,7 @@ fn serve_connection(device: &Device, mut conn: Connection, shutdown: &Shutdown) 
             Ok(_) => continue,
             Err(e) => break format!("poll failed: {e}"),
         }
-        let msg = match conn.recv() {
+        let msg = match conn.recv_or_abort(shutdown.as_raw_fd()) {
             Ok(m) => m,
             Err(WireError::Disconnected) => break "closed by the frontend".to_owned(),
             Err(e) => break error_chain(&e),
