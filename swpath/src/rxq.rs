@@ -10,7 +10,7 @@
 use vdpa::{BadDescriptor, DropReason};
 
 use crate::queue::Queue;
-use crate::ring::{Chain, Direction, Segment};
+use crate::ring::{Chain, Direction, Segment, KEEP_SEGMENTS};
 
 /// Offset of `num_buffers` in the 12-byte virtio-net header.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -21,8 +21,9 @@ struct Pending {
     slots: Vec<Chain>,
     head: usize,
     len: usize,
-    /// Buffers in the pending chains.
-    segs: usize,
+    /// Buffers in the pending chains longer than [`KEEP_SEGMENTS`] (only those can
+    /// make the slots' scratch memory grow beyond `slots × KEEP_SEGMENTS`).
+    long_segs: usize,
 }
 
 impl Pending {
@@ -34,7 +35,7 @@ impl Pending {
             slots: (0..cap).map(|_| Chain::with_capacity(4)).collect(),
             head: 0,
             len: 0,
-            segs: 0,
+            long_segs: 0,
         }
     }
 
@@ -67,18 +68,37 @@ impl Pending {
     }
 
     /// Makes the chain filled in [`next_free`](Self::next_free) pending.
+    #[inline]
     fn push(&mut self) {
         assert!(!self.is_full(), "pending chains overflow their ring");
-        self.segs += self.next_free().segs.len();
+        let n = self.next_free().segs.len();
+        if n > KEEP_SEGMENTS {
+            self.long_segs += n;
+        }
         self.len += 1;
     }
 
+    #[inline]
     fn pop_front(&mut self) {
         let front = self.slot(0);
-        self.segs -= self.slots[front].segs.len();
-        self.slots[front].trim();
+        // Only a chain longer than KEEP_SEGMENTS grows a slot beyond that (slots start
+        // smaller and are trimmed back to it): one comparison in the common case.
+        if self.slots[front].segs.capacity() > KEEP_SEGMENTS {
+            self.release_long(front);
+        }
         self.head = self.slot(1);
         self.len -= 1;
+    }
+
+    /// Takes a long chain out of the count and gives its slot's memory back.
+    #[cold]
+    #[inline(never)]
+    fn release_long(&mut self, slot: usize) {
+        let n = self.slots[slot].segs.len();
+        if n > KEEP_SEGMENTS {
+            self.long_segs -= n;
+        }
+        self.slots[slot].trim();
     }
 
     /// Moves the oldest chain behind the newest.
@@ -381,13 +401,15 @@ impl RxQueue {
                 return None;
             }
             let head = self.q.ring.pop_head();
-            let room = usize::from(self.q.ring.size()) - self.pending.segs;
+            let size = usize::from(self.q.ring.size());
+            let long_segs = self.pending.long_segs;
             let chain = self.pending.next_free();
             let mut read = self.q.ring.read_chain(head, Direction::DeviceWrites, chain);
             // Every descriptor can be in one pending chain only, unless the guest links
             // several chains into the same descriptors: refusing that bounds the
-            // scratch memory at a ring's worth of buffers.
-            if read.is_ok() && chain.segs.len() > room {
+            // scratch memory of long chains at a ring's worth of buffers.
+            let n = chain.segs.len();
+            if n > KEEP_SEGMENTS && read.is_ok() && long_segs + n > size {
                 read = Err(BadDescriptor::ChainTooLong);
             }
             match read {
@@ -396,7 +418,10 @@ impl RxQueue {
                     return Some(());
                 }
                 Err(kind) => {
-                    self.pending.next_free().trim();
+                    let chain = self.pending.next_free();
+                    if chain.segs.capacity() > KEEP_SEGMENTS {
+                        chain.trim();
+                    }
                     self.q.reject(head, kind);
                     if !self.pending.is_empty() {
                         self.interleaved = true;
