@@ -38,6 +38,15 @@ pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 /// Smallest `queue_size` accepted.
 pub const MIN_QUEUE_SIZE: u16 = 2;
 
+/// Default `max_guest_memory`: 64 GiB.
+pub const DEFAULT_MAX_GUEST_MEMORY: u64 = 64 << 30;
+
+/// Smallest `max_guest_memory` accepted: 1 MiB.
+pub const MIN_MAX_GUEST_MEMORY: u64 = 1 << 20;
+
+/// Largest `max_guest_memory` accepted: 1 PiB (virtually no limit).
+pub const MAX_MAX_GUEST_MEMORY: u64 = 1 << 50;
+
 /// Smallest `mtu` accepted (the IPv4 minimum).
 pub const MIN_MTU: u16 = 68;
 
@@ -154,6 +163,7 @@ impl DeviceConfig {
             },
             offloads: true,
             vm: None,
+            max_guest_memory: DEFAULT_MAX_GUEST_MEMORY,
             tuning: Default::default(),
         }
     }

@@ -94,6 +94,59 @@ pub(crate) fn queue_size(src: &Source<'_>, value: &Spanned<i64>) -> Result<u16, 
     Ok(size)
 }
 
+const MEMORY_SIZE_HELP: &str = "write a size in bytes with a binary unit (K, M, G or T), \
+                                between 1M and 1024T, e.g. \"64G\" or \"512M\"";
+
+/// A memory size such as `"64G"`: a whole number with an optional unit K, M, G, T
+/// (powers of 1024; `KiB`, `MB`... are accepted too), between
+/// [`MIN_MAX_GUEST_MEMORY`](crate::MIN_MAX_GUEST_MEMORY) and
+/// [`MAX_MAX_GUEST_MEMORY`](crate::MAX_MAX_GUEST_MEMORY).
+pub(crate) fn memory_size(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<u64, ConfigError> {
+    let text = value.get_ref().trim();
+    let bad = |why: &str| {
+        Err(
+            invalid(src, value.span(), format!("{key} = \"{text}\" {why}"))
+                .with_help(MEMORY_SIZE_HELP),
+        )
+    };
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(digits);
+    let Ok(n) = num.parse::<u64>() else {
+        return bad("is not a size");
+    };
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return bad("has an unknown unit"),
+    };
+    let Some(bytes) = n.checked_mul(1u64 << shift) else {
+        return bad("is too large");
+    };
+    if !(crate::MIN_MAX_GUEST_MEMORY..=crate::MAX_MAX_GUEST_MEMORY).contains(&bytes) {
+        return bad("is out of range (1M..=1024T)");
+    }
+    Ok(bytes)
+}
+
+/// `bytes` as [`memory_size`] reads it back, in the largest unit that divides it.
+pub(crate) fn render_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes != 0 && bytes.trailing_zeros() >= shift {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 /// A device name: `[A-Za-z0-9_.-]{1,64}`.
 pub(crate) fn device_name(
     src: &Source<'_>,

@@ -186,6 +186,9 @@ pub struct DeviceConfig {
     /// The VM this device belongs to: devices of one VM share one IOMMU container
     /// (offload); `None` gives the device a container of its own.
     pub vm: Option<String>,
+    /// Most guest memory, in bytes, one frontend may have this device map (and, with
+    /// offload, pin): a memory table adding up to more is refused.
+    pub max_guest_memory: u64,
     /// Software datapath tuning.
     pub tuning: Tuning,
 }

@@ -170,6 +170,11 @@ fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
     if let Some(mtu) = d.mtu {
         writeln!(f, "mtu = {mtu}")?;
     }
+    writeln!(
+        f,
+        "max_guest_memory = \"{}\"",
+        crate::fields::render_size(d.max_guest_memory)
+    )?;
     writeln!(f, "event_idx = {}", d.event_idx)?;
     writeln!(f, "mrg_rxbuf = {}", d.mrg_rxbuf)?;
     writeln!(f, "offloads = {}", d.offloads)?;

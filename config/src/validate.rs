@@ -260,6 +260,10 @@ pub(crate) fn device(
             )
         })
         .transpose()?;
+    let max_guest_memory = match &d.max_guest_memory {
+        Some(v) => fields::memory_size(src, v, "max_guest_memory")?,
+        None => crate::DEFAULT_MAX_GUEST_MEMORY,
+    };
     let flag = |v: &Option<Spanned<bool>>| v.as_ref().is_none_or(|b| *b.get_ref());
     let socket_perms = perms(
         src,
@@ -291,6 +295,7 @@ pub(crate) fn device(
             socket_perms,
             offloads: flag(&d.offloads),
             vm,
+            max_guest_memory,
             tuning,
         },
         name_span: name_value.span(),

@@ -6,12 +6,19 @@
 //! The set of rings is fixed for the life of a relay; changing it means stopping the
 //! relay (which joins the thread, so no doorbell is written afterwards) and starting
 //! a new one.
+//!
+//! Kick descriptors come from the frontend and are read without ever blocking
+//! (`vdpa::notify`). One that hangs up, fails, reaches end of file, or cannot be
+//! waited on at all (a regular file) is taken out of the wait set, counted
+//! (`QueueFault::KickFd`) and logged once, instead of waking the relay forever.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use vdpa::notify::{self, Kicks};
+use vdpa::stats::QueueFault;
 use vdpa::{stats::BurstCounts, QueueCounters};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -70,6 +77,14 @@ impl KickRelay {
         };
         add(stop.as_raw_fd(), STOP_TOKEN)?;
         for (i, t) in targets.iter().enumerate() {
+            if !notify::pollable(t.kick.as_raw_fd()) {
+                t.counters.fault(QueueFault::KickFd);
+                tracing::warn!(
+                    ring = t.ring,
+                    "kick relay: kick descriptor is a regular file; not relayed"
+                );
+                continue;
+            }
             add(t.kick.as_raw_fd(), i as u64)?;
         }
         let stop2 = stop.clone();
@@ -131,8 +146,27 @@ fn relay(ep: OwnedFd, stop: Arc<EventFd>, pci: Arc<dyn PciFunction>, targets: Ve
             let Some(t) = targets.get(token as usize) else {
                 continue;
             };
-            // Level-triggered and we are the only reader: the read cannot block.
-            let _ = t.kick.read();
+            let i = token as usize;
+            match notify::drain(t.kick.as_raw_fd(), revents(ev.events)) {
+                Kicks::Some(_) => {}
+                // Someone else (the frontend) read the counter first.
+                Kicks::None => continue,
+                Kicks::Dead(e) => {
+                    // SAFETY: valid epoll fd and a descriptor in its set; a null event
+                    // is allowed for EPOLL_CTL_DEL.
+                    unsafe {
+                        libc::epoll_ctl(
+                            ep.as_raw_fd(),
+                            libc::EPOLL_CTL_DEL,
+                            t.kick.as_raw_fd(),
+                            std::ptr::null_mut(),
+                        );
+                    }
+                    t.counters.fault(QueueFault::KickFd);
+                    tracing::warn!(ring = t.ring, error = %e, "kick relay: kick descriptor is dead; no longer relayed");
+                    continue;
+                }
+            }
             match pci.bar_write16(t.doorbell.bar, t.doorbell.offset, t.doorbell.queue) {
                 Ok(()) => {
                     let mut b = BurstCounts {
@@ -141,12 +175,138 @@ fn relay(ep: OwnedFd, stop: Arc<EventFd>, pci: Arc<dyn PciFunction>, targets: Ve
                     };
                     t.counters.flush(&mut b);
                 }
-                Err(e) if !failed[token as usize] => {
-                    failed[token as usize] = true;
+                Err(e) if !failed[i] => {
+                    failed[i] = true;
                     tracing::error!(ring = t.ring, error = %e, "kick relay: doorbell write failed");
                 }
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// The poll(2) events matching epoll events `ev`.
+fn revents(ev: u32) -> i16 {
+    let mut r = 0;
+    for (e, p) in [
+        (libc::EPOLLIN, libc::POLLIN),
+        (libc::EPOLLHUP, libc::POLLHUP),
+        (libc::EPOLLERR, libc::POLLERR),
+    ] {
+        if ev & e as u32 != 0 {
+            r |= p;
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::ResetOutcome;
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    use vdpa::stats::QueueFault;
+
+    /// Counts doorbell writes per queue.
+    #[derive(Default)]
+    struct Doorbells([AtomicU64; 3]);
+
+    impl PciFunction for Doorbells {
+        fn describe(&self) -> String {
+            "doorbells".into()
+        }
+        fn config_read(&self, _: u16, _: &mut [u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn config_write(&self, _: u16, _: &[u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn bar_read(&self, _: u8, _: u64, _: &mut [u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn bar_write(&self, _: u8, _: u64, data: &[u8]) -> io::Result<()> {
+            let q = u16::from_le_bytes([data[0], data[1]]);
+            self.0[usize::from(q)].fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn bar_mapped(&self, _: u8) -> bool {
+            true
+        }
+        unsafe fn dma_map(&self, _: u64, _: u64, _: *mut u8) -> io::Result<()> {
+            Ok(())
+        }
+        fn dma_unmap(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn msix_vectors(&self) -> u16 {
+            0
+        }
+        fn set_msix(&self, _: &[&EventFd]) -> io::Result<()> {
+            Ok(())
+        }
+        fn clear_msix(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn reset(&self) -> io::Result<ResetOutcome> {
+            Ok(ResetOutcome::Unsupported)
+        }
+    }
+
+    fn target(ring: u16, kick: EventFd) -> KickTarget {
+        KickTarget {
+            ring,
+            kick: Arc::new(kick),
+            doorbell: Doorbell {
+                queue: ring,
+                bar: 0,
+                offset: 0,
+            },
+            counters: Arc::new(QueueCounters::default()),
+        }
+    }
+
+    fn eventually(cond: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end && !cond() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        cond()
+    }
+
+    #[test]
+    fn dead_and_unpollable_kick_descriptors_are_dropped_not_spun_on() {
+        let mut p = [0; 2];
+        // SAFETY: pipe fills two descriptors we own; the write end is closed at once,
+        // so the read end polls as hung up for ever.
+        unsafe {
+            assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
+            libc::close(p[1]);
+        }
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        // SAFETY: the pipe's read end and a dup of the file are ours to own.
+        let (hup, reg) = unsafe {
+            (
+                EventFd::from_raw_fd(p[0]),
+                EventFd::from_raw_fd(libc::dup(file.as_raw_fd())),
+            )
+        };
+        let good = EventFd::new(0).unwrap();
+        let targets = vec![target(0, hup), target(1, reg), target(2, good)];
+        let counters: Vec<_> = targets.iter().map(|t| t.counters.clone()).collect();
+        let kick = targets[2].kick.clone();
+        let pci = Arc::new(Doorbells::default());
+        let relay = KickRelay::start("test", pci.clone(), targets).unwrap();
+        let faults = |i: usize| counters[i].snapshot(i as u16).faulted(QueueFault::KickFd);
+        assert!(eventually(|| faults(0) == 1 && faults(1) == 1));
+        kick.write(1).unwrap();
+        assert!(eventually(|| pci.0[2].load(Ordering::Relaxed) == 1));
+        std::thread::sleep(Duration::from_millis(200));
+        // A relay spinning on the hung-up pipe rings its doorbell over and over.
+        assert_eq!(pci.0[0].load(Ordering::Relaxed), 0);
+        assert_eq!(pci.0[1].load(Ordering::Relaxed), 0);
+        assert_eq!(faults(0), 1);
+        relay.stop();
     }
 }

@@ -9,13 +9,15 @@
 //! - [`spec`]: PCI and virtio constants.
 //! - [`virtio_pci`]: the virtio 1.x modern PCI driver over a PCI function.
 //! - [`capabilities`]: what a NIC can serve and which features to negotiate with it.
-//! - `kick_relay`: the thread that turns guest kicks into NIC doorbell writes.
+//! - [`dma_share`]: sharing DMA mappings between functions of one VM only for the same memory.
+//! - [`kick_relay`]: the thread that turns guest kicks into NIC doorbell writes.
 //! - [`offload`]: [`OffloadDatapath`], the [`vdpa::Datapath`] implementation.
 //! - [`mod@classify`]: auto-mode classification of a PCI function (offload or software).
 
 pub mod capabilities;
 pub mod classify;
-pub(crate) mod kick_relay;
+pub mod dma_share;
+pub mod kick_relay;
 pub mod offload;
 pub mod pci;
 #[cfg(any(test, feature = "test-utils"))]

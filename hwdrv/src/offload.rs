@@ -15,6 +15,7 @@
 //! [`DatapathError`] (the daemon then falls back to software).
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
@@ -419,7 +420,8 @@ impl OffloadDatapath {
                     }
                 }
                 if let Some(Some(call)) = self.calls.get(&ring) {
-                    let _ = call.write(1);
+                    // Never blocks: a full counter already means "interrupt pending".
+                    let _ = vdpa::notify::signal(call.as_raw_fd());
                 }
             }
         }
@@ -638,7 +640,8 @@ impl Datapath for OffloadDatapath {
             return false;
         }
         if let Some(c) = &call {
-            let _ = c.write(1);
+            // Never blocks (the frontend may hand us a blocking eventfd, full).
+            let _ = vdpa::notify::signal(c.as_raw_fd());
         }
         info!(device = %self.name, ring, vector = ring + 1, polled = call.is_none(),
               "offload: call eventfd switched");

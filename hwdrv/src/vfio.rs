@@ -5,7 +5,8 @@
 //! into it is reachable by every device in it. The caller creates one [`VfioVm`] per
 //! virtual machine and opens all of that VM's NICs with it, so one VM's device can
 //! never reach another VM's memory, and guest memory mapped for two NICs of the same
-//! VM is pinned once (identical mappings are reference counted here).
+//! VM is pinned once (identical mappings are reference counted here — only when they
+//! map the same memory, see [`crate::dma_share`]).
 //!
 //! The crate swallows errors in several places (region reads and writes, region
 //! getters, reset, the IRQ calls lose errno); this module uses `pread`/`pwrite` on a
@@ -14,7 +15,6 @@
 //! reaches the caller. BARs are mmapped by hand, respecting sparse-mmap areas (the
 //! MSI-X table is never mapped unless the kernel says it may be).
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -30,6 +30,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::dma_share::{backing_of, DmaMaps};
 use crate::pci::{check_width, PciFunction, ResetOutcome};
 use crate::vfio_error::VfioError;
 use crate::vfio_sys::{self, MmapArea, RegionInfo};
@@ -54,7 +55,7 @@ fn vfio_err(what: impl std::fmt::Display, error: vfio_ioctls::VfioError) -> io::
 pub struct VfioVm {
     name: String,
     container: Arc<VfioContainer>,
-    maps: Mutex<BTreeMap<(u64, u64), usize>>,
+    maps: Mutex<DmaMaps>,
 }
 
 impl VfioVm {
@@ -68,19 +69,35 @@ impl VfioVm {
         Ok(Arc::new(VfioVm {
             name: name.into(),
             container: Arc::new(container),
-            maps: Mutex::new(BTreeMap::new()),
+            maps: Mutex::new(DmaMaps::default()),
         }))
     }
 
-    /// Maps `[iova, iova + size)` to `host` (reference counted per identical range).
+    /// The VM name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The underlying container.
+    pub fn container(&self) -> &Arc<VfioContainer> {
+        &self.container
+    }
+
+    /// Bytes mapped in this container.
+    pub fn mapped_bytes(&self) -> u64 {
+        lock(&self.maps).bytes()
+    }
+
+    /// Maps `[iova, iova + size)` to `host` for device `owner` (reference counted per
+    /// identical range showing the same memory; refused for other memory).
     ///
     /// # Safety
     /// As [`PciFunction::dma_map`]: the host range stays mapped until the matching
     /// number of [`unmap`](Self::unmap) calls.
-    unsafe fn map(&self, iova: u64, size: u64, host: *mut u8) -> io::Result<()> {
+    unsafe fn map(&self, iova: u64, size: u64, host: *mut u8, owner: &str) -> io::Result<()> {
+        let backing = backing_of(host)?;
         let mut maps = lock(&self.maps);
-        if let Some(refs) = maps.get_mut(&(iova, size)) {
-            *refs += 1;
+        if maps.share(iova, size, &backing, owner)? {
             return Ok(());
         }
         vfio_sys::check_memlock(PINNED.load(Ordering::SeqCst), size)?;
@@ -96,17 +113,13 @@ impl VfioVm {
             )
         })?;
         PINNED.fetch_add(size, Ordering::SeqCst);
-        maps.insert((iova, size), 1);
+        maps.insert(iova, size, backing, owner);
         Ok(())
     }
 
-    fn unmap(&self, iova: u64, size: u64) -> io::Result<()> {
+    fn unmap(&self, iova: u64, size: u64, owner: &str) -> io::Result<()> {
         let mut maps = lock(&self.maps);
-        let Some(refs) = maps.get_mut(&(iova, size)) else {
-            return Err(VfioError::NotMapped { iova, size }.into());
-        };
-        if *refs > 1 {
-            *refs -= 1;
+        if !maps.release(iova, size, owner)? {
             return Ok(());
         }
         let len = usize::try_from(size).map_err(io::Error::other)?;
@@ -116,7 +129,7 @@ impl VfioVm {
                 e,
             )
         })?;
-        maps.remove(&(iova, size));
+        maps.remove(iova, size);
         PINNED.fetch_sub(size, Ordering::SeqCst);
         Ok(())
     }
@@ -323,7 +336,7 @@ fn map_bar(fd: &File, bdf: &str, index: u32, info: &RegionInfo) -> Vec<Mapped> {
 impl Drop for VfioFunction {
     fn drop(&mut self) {
         for (iova, size) in std::mem::take(&mut *lock(&self.my_maps)) {
-            if let Err(e) = self.vm.unmap(iova, size) {
+            if let Err(e) = self.vm.unmap(iova, size, &self.bdf) {
                 tracing::error!(bdf = %self.bdf, error = %e, "vfio: unmap on close failed");
             }
         }
@@ -440,7 +453,7 @@ impl PciFunction for VfioFunction {
 
     unsafe fn dma_map(&self, iova: u64, size: u64, host: *mut u8) -> io::Result<()> {
         // SAFETY: forwarded from this function's contract.
-        unsafe { self.vm.map(iova, size, host) }?;
+        unsafe { self.vm.map(iova, size, host, &self.bdf) }?;
         lock(&self.my_maps).push((iova, size));
         Ok(())
     }
@@ -455,7 +468,7 @@ impl PciFunction for VfioFunction {
             }
             .into());
         };
-        self.vm.unmap(iova, size)?;
+        self.vm.unmap(iova, size, &self.bdf)?;
         mine.swap_remove(i);
         Ok(())
     }

@@ -13,7 +13,7 @@ use vdpa::DropReason;
 
 use crate::csum::{self, Bytes};
 use crate::engine::{RxState, TxState};
-use crate::port::{FirstError, Port};
+use crate::port::{FirstError, Port, IOV_MAX};
 use crate::ring::Chain;
 use crate::rxq::{Reserve, RxQueue};
 use crate::tap::TAP_OFFLOADS;
@@ -256,7 +256,7 @@ unsafe impl Send for AfPacketPort {}
 impl AfPacketPort {
     /// A port on packet socket `sock`; `max_rx` bounds one received frame (the guest's
     /// header included); `guest_features` are the acked features.
-    pub(crate) fn new(sock: File, max_rx: u64, guest_features: u64) -> Self {
+    pub fn new(sock: File, max_rx: u64, guest_features: u64) -> Self {
         AfPacketPort {
             sock,
             max_rx,
@@ -282,15 +282,40 @@ impl AfPacketPort {
     fn send_batch(&mut self, tx: &mut TxQueue, budget: usize) -> TxState {
         let mut sent_total = 0;
         while sent_total < budget {
-            // Gather a batch of good frames.
+            // Gather a batch of good frames, with their iovecs.
             let mut n = 0;
             let mut empty = false;
+            let mut spans = [(0usize, 0usize); BATCH];
+            self.iov.clear();
             while n < BATCH.min(budget - sent_total) {
                 let mut c = std::mem::replace(&mut self.tx_chains[n], Chain::with_capacity(0));
                 let next = tx.take_into(&mut c, n > 0);
+                let start = self.iov.len();
+                if next == TxNext::Frame {
+                    tx.append_iovecs(&c, true, &mut self.iov);
+                }
+                let iovs = self.iov.len() - start;
+                if iovs > IOV_MAX {
+                    // sendmmsg would refuse this message (EMSGSIZE) every time.
+                    self.iov.truncate(start);
+                    if n == 0 {
+                        tx.drop_chain(&c, DropReason::TooManySegments);
+                        c.trim();
+                        self.tx_chains[n] = c;
+                        sent_total += 1;
+                        continue;
+                    }
+                    // Completions stay in ring order: send the batch first.
+                    tx.unpop_n(1);
+                    self.tx_chains[n] = c;
+                    break;
+                }
                 self.tx_chains[n] = c;
                 match next {
-                    TxNext::Frame => n += 1,
+                    TxNext::Frame => {
+                        spans[n] = (start, iovs);
+                        n += 1;
+                    }
                     TxNext::Skipped => {}
                     // Send what was gathered; the bad chain is taken by the next batch.
                     TxNext::Later => break,
@@ -301,14 +326,11 @@ impl AfPacketPort {
                 }
             }
             if n == 0 {
-                return TxState::Idle;
-            }
-            self.iov.clear();
-            let mut spans = [(0usize, 0usize); BATCH];
-            for (i, span) in spans.iter_mut().enumerate().take(n) {
-                let start = self.iov.len();
-                tx.append_iovecs(&self.tx_chains[i], true, &mut self.iov);
-                *span = (start, self.iov.len() - start);
+                if sent_total < budget && !empty {
+                    // Only over-long frames were dropped: look again.
+                    continue;
+                }
+                return if empty { TxState::Idle } else { TxState::Busy };
             }
             self.build_msgs(&spans[..n]);
             // SAFETY: `msgs[..n]` point at iovecs over translated guest buffers.
@@ -350,14 +372,25 @@ impl AfPacketPort {
         let mut done = 0;
         while done < budget {
             // Whole frames per chain when the guest's buffers allow: receive a batch.
-            let each = rx.reserve_each(self.max_rx, BATCH.min(budget - done));
+            let mut each = rx.reserve_each(self.max_rx, BATCH.min(budget - done));
             let n = if each > 0 {
                 self.iov.clear();
                 let mut spans = [(0usize, 0usize); BATCH];
                 for (i, span) in spans.iter_mut().enumerate().take(each) {
                     let start = self.iov.len();
                     rx.append_iovecs(i..i + 1, true, &mut self.iov);
+                    if self.iov.len() - start > IOV_MAX {
+                        // recvmmsg would refuse this message (EMSGSIZE) every time.
+                        self.iov.truncate(start);
+                        each = i;
+                        break;
+                    }
                     *span = (start, self.iov.len() - start);
+                }
+                if each == 0 {
+                    rx.discard_front(DropReason::TooManySegments);
+                    done += 1;
+                    continue;
                 }
                 self.build_msgs(&spans[..each]);
                 each
@@ -373,6 +406,11 @@ impl AfPacketPort {
                 rx.append_iovecs(0..nbufs, true, &mut iov);
                 self.iov = iov;
                 let len = self.iov.len();
+                if len > IOV_MAX {
+                    rx.discard_front(DropReason::TooManySegments);
+                    done += 1;
+                    continue;
+                }
                 self.build_msgs(&[(0, len)]);
                 1
             };

@@ -147,12 +147,25 @@ impl Datapath for SoftwareDatapath {
         let stopped = worker.stop();
         self.detach_backend_queue(pair);
         match stopped {
-            Some((rx, tx)) => {
-                debug!(device = %self.device, pair, rx, tx, "worker stopped");
+            Some(exit) => {
+                let (rx, tx) = exit.bases();
+                debug!(device = %self.device, pair, rx, tx, ?exit, "worker stopped");
                 vec![PairPosition { pair, rx, tx }]
             }
             None => Vec::new(),
         }
+    }
+
+    /// Pairs whose worker ended on its own (its guest memory faulted, or it
+    /// panicked), stopped now, with where their rings resume.
+    fn reap(&mut self) -> Vec<PairPosition> {
+        let ended: Vec<u16> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.finished())
+            .map(|(&p, _)| p)
+            .collect();
+        ended.into_iter().flat_map(|p| self.stop(p)).collect()
     }
 
     fn set_call(&mut self, ring: u16, call: Option<Arc<EventFd>>) -> bool {
@@ -176,6 +189,12 @@ impl Datapath for SoftwareDatapath {
 impl SoftwareDatapath {
     /// Builds the queues and engine of a pair and starts its worker.
     fn start_pair(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
+        if let Some(f) = qp.mem.fault() {
+            return Err(DatapathError::Pair {
+                pair: qp.pair,
+                why: format!("{f}; waiting for a new memory table"),
+            });
+        }
         let hdr_len = qp.features.net_header_len();
         let mut rxq = self.queue(&qp.rx, &qp)?;
         if self.tuning.coalescing() {
@@ -229,6 +248,7 @@ impl SoftwareDatapath {
             self.tuning.clone(),
             (!self.tuning.cpus.is_empty())
                 .then(|| self.tuning.cpus[usize::from(qp.pair) % self.tuning.cpus.len()]),
+            qp.ended.clone(),
         )
         .map_err(|source| {
             self.detach_backend_queue(qp.pair);

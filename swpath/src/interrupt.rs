@@ -1,7 +1,11 @@
 //! A ring's interrupt line: the call eventfd a worker writes, replaceable while the
 //! worker runs (the frontend may re-send SET_VRING_CALL at any time).
 
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use vdpa::notify::{self, Signal};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -9,6 +13,8 @@ use vmm_sys_util::eventfd::EventFd;
 #[derive(Debug, Default)]
 pub struct Interrupt {
     call: Mutex<Option<Arc<EventFd>>>,
+    /// A failed write was logged (once per line).
+    logged: AtomicBool,
 }
 
 impl Interrupt {
@@ -16,16 +22,25 @@ impl Interrupt {
     pub fn new(call: Option<Arc<EventFd>>) -> Self {
         Interrupt {
             call: Mutex::new(call),
+            logged: AtomicBool::new(false),
         }
     }
 
-    /// Interrupts the guest. The lock is uncontended except during a switch, and this
-    /// runs at most once per burst.
+    /// Interrupts the guest, never blocking (the frontend may hand us a blocking
+    /// eventfd and fill its counter). The lock is uncontended except during a switch,
+    /// and this runs at most once per burst.
     pub fn signal(&self) {
         let call = self.call.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fd) = call.as_ref() {
-            // A saturated counter still reads as "interrupt pending".
-            let _ = fd.write(1);
+            match notify::signal(fd.as_raw_fd()) {
+                // A saturated counter still reads as "interrupt pending".
+                Signal::Sent | Signal::Full => {}
+                Signal::Failed(e) => {
+                    if !self.logged.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "cannot write the call eventfd; the guest misses interrupts (logged once)");
+                    }
+                }
+            }
         }
     }
 

@@ -32,5 +32,8 @@ pub mod tuning;
 pub mod txq;
 pub mod worker;
 
+#[cfg(test)]
+mod containment_tests;
+
 pub use datapath::{Backend, SoftwareDatapath};
 pub use tuning::Tuning;

@@ -11,6 +11,13 @@ use crate::engine::{Engine, Progress, RxState, TxState};
 use crate::rxq::RxQueue;
 use crate::txq::TxQueue;
 
+/// Most iovecs one system call takes (Linux `UIO_MAXIOV`, `IOV_MAX`): `readv`,
+/// `writev` and each message of `sendmmsg`/`recvmmsg` fail with `EINVAL`/`EMSGSIZE`
+/// beyond it. A frame whose buffers need more is dropped
+/// ([`DropReason::TooManySegments`](vdpa::DropReason::TooManySegments)), never
+/// retried.
+pub const IOV_MAX: usize = 1024;
+
 /// The host side of one queue pair.
 pub trait Port: Send {
     /// The descriptor the worker waits on.

@@ -59,6 +59,11 @@ pub struct Chain {
     pub total: u64,
 }
 
+/// Buffers a reusable [`Chain`] keeps room for after holding a longer chain (Linux
+/// posts at most MAX_SKB_FRAGS + 2 = 19): a chain's scratch memory grows with the
+/// longest chain it held, and a guest can post queue-size-long chains.
+pub const KEEP_SEGMENTS: usize = 32;
+
 impl Chain {
     /// An empty chain able to hold `capacity` buffers without reallocating.
     pub fn with_capacity(capacity: usize) -> Self {
@@ -66,6 +71,15 @@ impl Chain {
             head: 0,
             segs: Vec::with_capacity(capacity),
             total: 0,
+        }
+    }
+
+    /// Gives back the memory of a long chain this one held, keeping room for
+    /// [`KEEP_SEGMENTS`] buffers. The chain's contents are not needed any more.
+    #[inline]
+    pub fn trim(&mut self) {
+        if self.segs.capacity() > KEEP_SEGMENTS {
+            self.segs = Vec::with_capacity(KEEP_SEGMENTS);
         }
     }
 }
@@ -84,6 +98,24 @@ pub enum Direction {
 #[inline]
 pub fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// The used index of a ring, readable while this handle keeps its memory mapped.
+pub struct UsedIndex {
+    field: *const AtomicU16,
+    _mem: Arc<GuestMemory>,
+}
+
+// SAFETY: `field` points into guest memory kept mapped by `_mem`, and is only read
+// atomically.
+unsafe impl Send for UsedIndex {}
+
+impl UsedIndex {
+    /// The used index in guest memory now.
+    pub fn load(&self) -> u16 {
+        // SAFETY: see the Send impl: valid, aligned, mapped while `_mem` lives.
+        unsafe { (*self.field).load(Ordering::Acquire) }
+    }
 }
 
 /// The device side of one split ring.
@@ -179,6 +211,21 @@ impl DeviceRing {
     /// The next avail entry the device will take (`last_avail_idx`).
     pub fn next_avail(&self) -> u16 {
         self.next_avail
+    }
+
+    /// The guest memory the ring lives in.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// A handle that reads this ring's used index from guest memory, usable after the
+    /// ring is gone (to resume a ring whose worker died where the guest saw it stop).
+    pub fn used_index(&self) -> UsedIndex {
+        UsedIndex {
+            // SAFETY: `used + 2` is inside the translated used ring, 2-byte aligned.
+            field: unsafe { self.used.add(2) } as *const AtomicU16,
+            _mem: self.mem.clone(),
+        }
     }
 
     /// Whether the ring was found corrupt and is no longer processed.

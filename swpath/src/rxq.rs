@@ -7,10 +7,10 @@
 //! pair stops they are handed back by rewinding the avail index (or, if a bad chain was
 //! returned in between, as empty completions).
 
-use vdpa::DropReason;
+use vdpa::{BadDescriptor, DropReason};
 
 use crate::queue::Queue;
-use crate::ring::{Chain, Direction, Segment};
+use crate::ring::{Chain, Direction, Segment, KEEP_SEGMENTS};
 
 /// Offset of `num_buffers` in the 12-byte virtio-net header.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -21,6 +21,9 @@ struct Pending {
     slots: Vec<Chain>,
     head: usize,
     len: usize,
+    /// Buffers in the pending chains longer than [`KEEP_SEGMENTS`] (only those can
+    /// make the slots' scratch memory grow beyond `slots × KEEP_SEGMENTS`).
+    long_segs: usize,
 }
 
 impl Pending {
@@ -32,6 +35,7 @@ impl Pending {
             slots: (0..cap).map(|_| Chain::with_capacity(4)).collect(),
             head: 0,
             len: 0,
+            long_segs: 0,
         }
     }
 
@@ -64,14 +68,37 @@ impl Pending {
     }
 
     /// Makes the chain filled in [`next_free`](Self::next_free) pending.
+    #[inline]
     fn push(&mut self) {
         assert!(!self.is_full(), "pending chains overflow their ring");
+        let n = self.next_free().segs.len();
+        if n > KEEP_SEGMENTS {
+            self.long_segs += n;
+        }
         self.len += 1;
     }
 
+    #[inline]
     fn pop_front(&mut self) {
+        let front = self.slot(0);
+        // Only a chain longer than KEEP_SEGMENTS grows a slot beyond that (slots start
+        // smaller and are trimmed back to it): one comparison in the common case.
+        if self.slots[front].segs.capacity() > KEEP_SEGMENTS {
+            self.release_long(front);
+        }
         self.head = self.slot(1);
         self.len -= 1;
+    }
+
+    /// Takes a long chain out of the count and gives its slot's memory back.
+    #[cold]
+    #[inline(never)]
+    fn release_long(&mut self, slot: usize) {
+        let n = self.slots[slot].segs.len();
+        if n > KEEP_SEGMENTS {
+            self.long_segs -= n;
+        }
+        self.slots[slot].trim();
     }
 
     /// Moves the oldest chain behind the newest.
@@ -86,7 +113,14 @@ impl Pending {
     }
 
     fn clear(&mut self) {
-        self.len = 0;
+        while !self.is_empty() {
+            self.pop_front();
+        }
+    }
+
+    /// Scratch memory held by all slots, in buffers.
+    fn capacity(&self) -> usize {
+        self.slots.iter().map(|c| c.segs.capacity()).sum()
     }
 }
 
@@ -367,13 +401,27 @@ impl RxQueue {
                 return None;
             }
             let head = self.q.ring.pop_head();
+            let size = usize::from(self.q.ring.size());
+            let long_segs = self.pending.long_segs;
             let chain = self.pending.next_free();
-            match self.q.ring.read_chain(head, Direction::DeviceWrites, chain) {
+            let mut read = self.q.ring.read_chain(head, Direction::DeviceWrites, chain);
+            // Every descriptor can be in one pending chain only, unless the guest links
+            // several chains into the same descriptors: refusing that bounds the
+            // scratch memory of long chains at a ring's worth of buffers.
+            let n = chain.segs.len();
+            if n > KEEP_SEGMENTS && read.is_ok() && long_segs + n > size {
+                read = Err(BadDescriptor::ChainTooLong);
+            }
+            match read {
                 Ok(()) => {
                     self.pending.push();
                     return Some(());
                 }
                 Err(kind) => {
+                    let chain = self.pending.next_free();
+                    if chain.segs.capacity() > KEEP_SEGMENTS {
+                        chain.trim();
+                    }
                     self.q.reject(head, kind);
                     if !self.pending.is_empty() {
                         self.interleaved = true;
@@ -448,6 +496,28 @@ impl RxQueue {
             // completions rather than by rewinding.
             self.interleaved = true;
         }
+    }
+
+    /// Returns the oldest pending chain to the guest unused and counts a drop for
+    /// `reason` (its buffers cannot take a frame, e.g. too many segments for one
+    /// system call). False if nothing is pending.
+    pub fn discard_front(&mut self, reason: DropReason) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let head = self.pending.get(0).head;
+        self.q.ring.push_used(head, 0);
+        self.pending.pop_front();
+        if self.pending.is_empty() {
+            self.interleaved = false;
+        }
+        self.q.counts.drop(reason);
+        true
+    }
+
+    /// Scratch memory the pending-chain slots hold, in buffers (16 bytes each).
+    pub fn scratch_segments(&self) -> usize {
+        self.pending.capacity()
     }
 
     /// Hands pending buffers back before the pair stops.

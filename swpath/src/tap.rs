@@ -19,7 +19,7 @@ use vdpa::features::{
 use vdpa::DropReason;
 
 use crate::engine::{RxState, TxState};
-use crate::port::{FirstError, Port};
+use crate::port::{FirstError, Port, IOV_MAX};
 use crate::rxq::{Reserve, RxQueue};
 use crate::txq::{TxNext, TxQueue};
 
@@ -277,7 +277,7 @@ unsafe impl Send for TapPort {}
 impl TapPort {
     /// A port on tap queue `fd`; `max_rx` bounds one received frame (header included)
     /// and `mrg` says whether it may span several RX buffers.
-    pub(crate) fn new(fd: File, max_rx: u64, mrg: bool) -> Self {
+    pub fn new(fd: File, max_rx: u64, mrg: bool) -> Self {
         TapPort {
             fd,
             max_rx,
@@ -302,6 +302,11 @@ impl Port for TapPort {
             }
             self.iov.clear();
             tx.append_iovecs(tx.frame(), false, &mut self.iov);
+            if self.iov.len() > IOV_MAX {
+                // writev would refuse it (EINVAL), every time.
+                tx.drop_frame(DropReason::TooManySegments);
+                continue;
+            }
             // SAFETY: every iovec points at a guest buffer translated for its length.
             let n = unsafe {
                 libc::writev(
@@ -340,6 +345,12 @@ impl Port for TapPort {
                 Reserve::Starved => return RxState::Starved,
             };
             let iov = rx.iovecs(nbufs, false);
+            if iov.len() > IOV_MAX {
+                // readv would refuse these buffers (EINVAL), every time: give the
+                // oldest back unused and try with the next.
+                rx.discard_front(DropReason::TooManySegments);
+                continue;
+            }
             let capacity: usize = iov.iter().map(|v| v.iov_len).sum();
             // SAFETY: every iovec points at a guest buffer translated for its length.
             let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };

@@ -3,32 +3,70 @@
 //! again (the disable → drain → enable → re-check loop), and stops on request. The
 //! knobs of [`Tuning`] (burst, weight, busy polling, RX interrupt coalescing, CPU
 //! pinning) act here.
+//!
+//! A worker only ever costs its own pair: it stops on its own when its guest memory
+//! faults (the frontend truncated it, see `vdpa::fault`), a panic is caught at the
+//! thread boundary, and a kick descriptor that hangs up or cannot be waited on is
+//! dropped from the wait set instead of waking the thread forever. Each is counted
+//! ([`QueueFault`], on the pair's RX ring) and logged once; the datapath reports such
+//! a pair as lost ([`Worker::finished`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
+use vdpa::memory::MemoryFault;
+use vdpa::notify::{self, Kicks};
+use vdpa::stats::QueueFault;
+use vdpa::{GuestMemory, QueueCounters};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::engine::{Engine, Progress, RxState, TxState};
+use crate::ring::UsedIndex;
 use crate::tuning::Tuning;
 
 /// Empty passes of a busy-polling worker between two looks at the clock.
 const IDLE_CHECK: u32 = 64;
 
+/// How a worker thread ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop; the rings stopped at (rx, tx).
+    Stopped(u16, u16),
+    /// Its guest memory faulted; the rings stopped at (rx, tx). The memory is gone: the
+    /// pair must not run on this memory table again.
+    MemoryFault(u16, u16, MemoryFault),
+    /// The thread panicked. The rings resume where the guest saw completions stop
+    /// (their used indexes, rx and tx); buffers taken but not completed are lost.
+    Panicked(u16, u16),
+}
+
+impl Exit {
+    /// Where the rings stopped (rx, tx).
+    pub fn bases(&self) -> (u16, u16) {
+        match *self {
+            Exit::Stopped(rx, tx) | Exit::MemoryFault(rx, tx, _) | Exit::Panicked(rx, tx) => {
+                (rx, tx)
+            }
+        }
+    }
+}
+
 /// A running worker thread and the means to stop it.
 pub struct Worker {
     stop: Arc<AtomicBool>,
     wake: EventFd,
-    thread: Option<JoinHandle<(u16, u16)>>,
+    thread: Option<JoinHandle<Exit>>,
 }
 
 impl Worker {
-    /// Starts a thread running `engine`, woken by `rx_kick` and `tx_kick`.
+    /// Starts a thread running `engine`, woken by `rx_kick` and `tx_kick`; `ended` is
+    /// signalled if the thread ends without being asked to.
     pub fn spawn(
         name: String,
         engine: Box<dyn Engine>,
@@ -36,6 +74,7 @@ impl Worker {
         tx_kick: Arc<EventFd>,
         tuning: Tuning,
         cpu: Option<usize>,
+        ended: Arc<EventFd>,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -47,9 +86,14 @@ impl Worker {
             tuning,
             cpu,
         };
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(engine, ctx))?;
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let exit = guarded(engine, ctx);
+            if !matches!(exit, Exit::Stopped(..)) {
+                // Ended on its own: tell the control plane to reap and restart it.
+                let _ = ended.write(1);
+            }
+            exit
+        })?;
         Ok(Worker {
             stop,
             wake,
@@ -57,19 +101,25 @@ impl Worker {
         })
     }
 
-    /// Stops the thread and returns where the rings stopped (rx, tx), or `None` if
-    /// the thread died.
-    pub fn stop(mut self) -> Option<(u16, u16)> {
+    /// Stops the thread (if it still runs) and says how it ended; `None` only if the
+    /// thread could not even report that.
+    pub fn stop(mut self) -> Option<Exit> {
         self.stop.store(true, Ordering::Release);
         let _ = self.wake.write(1);
         let t = self.thread.take()?;
         match t.join() {
-            Ok(bases) => Some(bases),
+            Ok(exit) => Some(exit),
             Err(_) => {
-                error!("datapath worker panicked; its ring positions are lost");
+                error!("datapath worker died; its ring positions are lost");
                 None
             }
         }
+    }
+
+    /// Whether the thread ended on its own (memory fault, panic) or was stopped: then
+    /// [`stop`](Self::stop) returns at once.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 }
 
@@ -126,11 +176,124 @@ fn tighten_timer_slack() -> io::Result<()> {
     Ok(())
 }
 
+/// Runs the worker loop, catching a panic at the thread boundary: the panic is counted
+/// and logged, and the rings resume where the guest last saw completions.
+fn guarded(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
+    let (counters, used) = {
+        let (rx, tx) = engine.queues();
+        (
+            rx.q.counters.clone(),
+            [rx.q.ring.used_index(), tx.q.ring.used_index()],
+        )
+    };
+    let name = std::thread::current().name().unwrap_or("worker").to_owned();
+    match std::panic::catch_unwind(AssertUnwindSafe(move || run(engine, ctx))) {
+        Ok(exit) => exit,
+        Err(payload) => {
+            counters.fault(QueueFault::WorkerPanic);
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let resume = resume_from(&used);
+            error!(worker = %name, panic = %what, rx = resume.0, tx = resume.1,
+                   "datapath worker panicked; the pair stops and resumes where the guest saw it stop");
+            Exit::Panicked(resume.0, resume.1)
+        }
+    }
+}
+
+fn resume_from(used: &[UsedIndex; 2]) -> (u16, u16) {
+    (used[0].load(), used[1].load())
+}
+
+/// Fault injection for tests: a worker whose thread name is listed here panics on its
+/// next pass.
+#[cfg(test)]
+pub(crate) static PANIC_IN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[cfg(test)]
+fn inject_faults() {
+    let me = std::thread::current().name().unwrap_or_default().to_owned();
+    let mut list = PANIC_IN.lock().unwrap();
+    if let Some(i) = list.iter().position(|n| *n == me) {
+        list.remove(i);
+        drop(list);
+        panic!("injected fault in {me}");
+    }
+}
+
+/// Wakeups per worker thread name, for tests that check a worker does not spin.
+#[cfg(test)]
+static WAKEUPS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// How many times the workers of device `device` returned from their wait.
+#[cfg(test)]
+pub(crate) fn wakeups(device: &str) -> u64 {
+    let prefix = format!("{device}-q");
+    WAKEUPS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| n.starts_with(&prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[cfg(test)]
+fn count_wakeup() {
+    let me = std::thread::current().name().unwrap_or_default().to_owned();
+    *WAKEUPS.lock().unwrap().entry(me).or_default() += 1;
+}
+
+/// A kick descriptor the worker waits on, until it turns out it cannot.
+struct KickWatch {
+    fd: RawFd,
+    live: bool,
+}
+
+impl KickWatch {
+    fn new(fd: &EventFd, ring: &'static str, counters: &QueueCounters) -> Self {
+        let fd = fd.as_raw_fd();
+        let live = notify::pollable(fd);
+        if !live {
+            counters.fault(QueueFault::KickFd);
+            warn!(ring, "kick descriptor is a regular file: not watched, the ring is served only when the worker wakes for other reasons");
+        }
+        KickWatch { fd, live }
+    }
+
+    fn poll_fd(&self) -> RawFd {
+        if self.live {
+            self.fd
+        } else {
+            -1
+        }
+    }
+
+    /// Reads the kicks behind `revents`; a dead descriptor is dropped from the wait
+    /// set, counted and logged.
+    fn take(&mut self, revents: i16, ring: &'static str, counters: &QueueCounters) -> u64 {
+        match notify::drain(self.fd, revents) {
+            Kicks::Some(n) => n,
+            Kicks::None => 0,
+            Kicks::Dead(e) => {
+                self.live = false;
+                counters.fault(QueueFault::KickFd);
+                warn!(ring, error = %e, "kick descriptor is dead: no longer watched");
+                0
+            }
+        }
+    }
+}
+
 /// The worker loop: process in bursts with notifications off until idle (or the
 /// per-wakeup weight is spent), optionally busy-poll a while, re-arm notifications
 /// and re-check, then sleep until a kick, the backend, a held interrupt's deadline or
 /// a stop request.
-fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
+fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
     if let Some(cpu) = ctx.cpu {
         if let Err(e) = pin_to(cpu) {
             warn!(cpu, error = %e, "cannot pin worker; it runs unpinned");
@@ -145,6 +308,15 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
         }
     }
     let backend = engine.backend_fd();
+    let mem: Arc<GuestMemory> = engine.queues().0.q.ring.memory().clone();
+    let (mut rx_watch, mut tx_watch) = {
+        let (rx, tx) = engine.queues();
+        (
+            KickWatch::new(&ctx.rx_kick, "rx", &rx.q.counters),
+            KickWatch::new(&ctx.tx_kick, "tx", &tx.q.counters),
+        )
+    };
+    let mut faulted = None;
     // RX kicks are only wanted while a frame waits for buffers.
     engine.queues().0.q.ring.disable_notification();
     let mut rx_armed = false;
@@ -156,11 +328,18 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
         let mut idle_since: Option<Instant> = None;
         let mut idle_passes: u32 = 0;
         loop {
+            #[cfg(test)]
+            inject_faults();
             let progress = engine.process(t.burst);
             // A pass can end idle having moved frames (the ring ran dry): that is
             // work too, and restarts the busy-poll budget.
             let moved = engine.flush();
             if ctx.stopping() {
+                break 'outer;
+            }
+            // Once per burst: did the frontend take our memory away (see vdpa::fault)?
+            if let Some(f) = mem.fault() {
+                faulted = Some(f);
                 break 'outer;
             }
             if moved || progress != Progress::IDLE {
@@ -229,20 +408,25 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
             .interrupt_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
         let fds = [
-            (ctx.rx_kick.as_raw_fd(), libc::POLLIN),
-            (ctx.tx_kick.as_raw_fd(), libc::POLLIN),
+            (rx_watch.poll_fd(), libc::POLLIN),
+            (tx_watch.poll_fd(), libc::POLLIN),
             (ctx.wake.as_raw_fd(), libc::POLLIN),
             (backend.unwrap_or(-1), backend_events),
         ];
-        match wait(&fds, timeout) {
+        let woke = wait(&fds, timeout);
+        #[cfg(test)]
+        count_wakeup();
+        match woke {
             Ok(ready) => {
-                if ready[0] {
-                    engine.queues().0.q.counts.kicks += drain(&ctx.rx_kick);
+                if ready[0] != 0 {
+                    let rx = &mut engine.queues().0.q;
+                    rx.counts.kicks += rx_watch.take(ready[0], "rx", &rx.counters);
                 }
-                if ready[1] {
-                    engine.queues().1.q.counts.kicks += drain(&ctx.tx_kick);
+                if ready[1] != 0 {
+                    let tx = &mut engine.queues().1.q;
+                    tx.counts.kicks += tx_watch.take(ready[1], "tx", &tx.counters);
                 }
-                if ready[2] {
+                if ready[2] != 0 {
                     let _ = ctx.wake.read();
                 }
             }
@@ -252,19 +436,23 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> (u16, u16) {
             }
         }
     }
-    engine.finish()
-}
-
-/// Reads an eventfd's counter: the number of signals since the last read.
-fn drain(fd: &EventFd) -> u64 {
-    fd.read().unwrap_or(0)
+    let (rx, tx) = engine.finish();
+    match faulted {
+        None => Exit::Stopped(rx, tx),
+        Some(f) => {
+            engine.queues().0.q.counters.fault(QueueFault::GuestMemory);
+            error!(worker = std::thread::current().name().unwrap_or_default(), fault = %f,
+                   "guest memory faulted; the queue pair stops until the frontend sets a new memory table");
+            Exit::MemoryFault(rx, tx, f)
+        }
+    }
 }
 
 /// Blocks until one of `fds` is ready for its events (a negative fd or no events is
-/// ignored) or `timeout` passes.
-fn wait(fds: &[(RawFd, i16); 4], timeout: Option<Duration>) -> io::Result<[bool; 4]> {
+/// ignored) or `timeout` passes. Returns each descriptor's reported events.
+fn wait(fds: &[(RawFd, i16); 4], timeout: Option<Duration>) -> io::Result<[i16; 4]> {
     let mut p = fds.map(|(fd, events)| libc::pollfd {
-        fd: if events == 0 { -1 } else { fd },
+        fd: if events == 0 || fd < 0 { -1 } else { fd },
         events,
         revents: 0,
     });
@@ -283,7 +471,7 @@ fn wait(fds: &[(RawFd, i16); 4], timeout: Option<Duration>) -> io::Result<[bool;
         // signal mask leaves the mask unchanged.
         let n = unsafe { libc::ppoll(p.as_mut_ptr(), 4, ts_ptr, std::ptr::null()) };
         if n >= 0 {
-            return Ok(p.map(|x| x.revents != 0));
+            return Ok(p.map(|x| x.revents));
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {

@@ -278,7 +278,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
     e.family(
         "vdpad_queue_drops_total",
         "counter",
-        "Frames dropped, by reason (rx_buffer_too_small, oversized, backend, backend_queue).",
+        "Frames dropped, by reason (rx_buffer_too_small, oversized, backend, backend_queue, too_many_segments).",
     );
     for s in stats {
         for q in &s.queues {

@@ -67,6 +67,9 @@ pub struct QueuePairConfig {
     pub features: Negotiated,
     /// Guest memory the rings and buffers live in.
     pub mem: Arc<GuestMemory>,
+    /// Signalled when the pair stops on its own (its guest memory faulted, a worker
+    /// panicked): the device then asks [`Datapath::reap`] which pairs ended.
+    pub ended: Arc<EventFd>,
 }
 
 /// Where the rings of a stopped queue pair resume: the avail index of each ring that
@@ -199,6 +202,14 @@ pub trait Datapath: Send {
     /// interrupt raised during the switch is not lost.
     fn set_call(&mut self, _ring: u16, _call: Option<Arc<EventFd>>) -> bool {
         false
+    }
+
+    /// Pairs that stopped on their own since the last call (guest memory that faulted,
+    /// a worker that panicked), with where their rings resume. Called when a pair's
+    /// [`QueuePairConfig::ended`] eventfd fired; the control plane starts them again
+    /// (a pair whose memory faulted waits for a new memory table).
+    fn reap(&mut self) -> Vec<PairPosition> {
+        Vec::new()
     }
 
     /// Why this datapath no longer serves with the choice it started with (a wrapper

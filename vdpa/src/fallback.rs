@@ -163,6 +163,14 @@ impl Datapath for FallbackDatapath {
         positions
     }
 
+    fn reap(&mut self) -> Vec<PairPosition> {
+        let ended = self.active.reap();
+        for p in &ended {
+            self.running.remove(&p.pair);
+        }
+        ended
+    }
+
     fn set_call(&mut self, ring: u16, call: Option<Arc<EventFd>>) -> bool {
         let switched = self.active.set_call(ring, call.clone());
         if switched {

@@ -8,9 +8,11 @@
 pub mod datapath;
 pub mod device;
 pub mod fallback;
+pub mod fault;
 pub mod features;
 pub mod memory;
 pub mod net_config;
+pub mod notify;
 pub mod request;
 pub mod server;
 pub mod session;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::fault::{self, Registration};
+
 /// Why a memory region could not be used.
 #[derive(Debug, Error)]
 pub enum MemoryError {
@@ -70,6 +72,39 @@ pub enum MemoryError {
         /// The limit.
         max: usize,
     },
+    /// The table would map more guest memory than the device may (`max_guest_memory`).
+    #[error(
+        "guest memory of {total:#x} bytes exceeds this device's limit of {limit:#x} bytes \
+         (max_guest_memory)"
+    )]
+    TooLarge {
+        /// Bytes the table would map with the new region.
+        total: u64,
+        /// The device's limit.
+        limit: u64,
+    },
+}
+
+/// A fault on guest memory that was contained (see [`crate::fault`]): the frontend
+/// took the memory away (truncated its file). The region now reads as zeroes; the
+/// device that owns it must stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryFault {
+    /// Guest-physical address of the region that faulted.
+    pub region_gpa: u64,
+    /// Guest-physical address whose access faulted (for a fault in the page-alignment
+    /// lead of the mapping: the region start).
+    pub gpa: u64,
+}
+
+impl std::fmt::Display for MemoryFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "guest memory at gpa {:#x} (region {:#x}) faulted: the frontend took it away",
+            self.gpa, self.region_gpa
+        )
+    }
 }
 
 /// Most regions one memory table may hold (answered to GET_MAX_MEM_SLOTS).
@@ -86,7 +121,9 @@ pub struct MemoryRegion {
     host: *mut u8,
     map_base: *mut libc::c_void,
     map_len: usize,
-    _file: File,
+    /// The mapping's place in the SIGBUS containment registry (dropped before unmapping).
+    registration: Option<Registration>,
+    file: File,
 }
 
 // SAFETY: the region owns its mapping; the raw pointers are only addresses into that
@@ -208,6 +245,7 @@ impl MemoryRegion {
         }
         // SAFETY: `lead < page <= map_len`, so the result stays inside the mapping.
         let host = unsafe { (map_base as *mut u8).add(lead) };
+        let registration = Registration::new(map_base.cast(), map_len);
         Ok(MemoryRegion {
             gpa,
             size,
@@ -216,7 +254,8 @@ impl MemoryRegion {
             host,
             map_base,
             map_len,
-            _file: file,
+            registration,
+            file,
         })
     }
 
@@ -245,6 +284,21 @@ impl MemoryRegion {
         self.host
     }
 
+    /// The backing file (to tell whether two regions map the same memory).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The contained fault on this region, if its memory was taken away.
+    pub fn fault(&self) -> Option<MemoryFault> {
+        let at = self.registration.as_ref()?.fault()?;
+        let off = (at as u64).saturating_sub(self.host as u64);
+        Some(MemoryFault {
+            region_gpa: self.gpa,
+            gpa: self.gpa + off.min(self.size - 1),
+        })
+    }
+
     fn contains_gpa(&self, gpa: u64, len: u64) -> bool {
         gpa >= self.gpa && len <= self.size && gpa - self.gpa <= self.size - len
     }
@@ -256,6 +310,9 @@ impl MemoryRegion {
 
 impl Drop for MemoryRegion {
     fn drop(&mut self) {
+        // Leave the fault registry first: the SIGBUS handler must never replace a
+        // range that is no longer ours.
+        self.registration.take();
         // SAFETY: `map_base`/`map_len` are exactly what mmap returned; nothing borrows
         // the mapping any more because every user holds an Arc to this region.
         unsafe {
@@ -267,8 +324,8 @@ impl Drop for MemoryRegion {
 /// Whether a frontend can no longer shrink `file` under our mapping: a memfd sealed
 /// with F_SEAL_SHRINK (QEMU's memfd backend seals by default). If it is not sealed we
 /// try to add the seal; where that is refused (hugetlbfs, or sealing not allowed) a
-/// frontend that truncated its own memory could crash the daemon with SIGBUS, which is
-/// logged once per region.
+/// frontend that truncated its own memory makes our next access fault; that fault is
+/// contained ([`crate::fault`]) and stops only this device. Logged once per region.
 fn seal_against_shrinking(file: &File, gpa: u64) -> bool {
     let fd = file.as_raw_fd();
     // SAFETY: F_GET_SEALS/F_ADD_SEALS take an int argument and only read the fd.
@@ -281,7 +338,7 @@ fn seal_against_shrinking(file: &File, gpa: u64) -> bool {
         tracing::warn!(
             gpa = format_args!("{gpa:#x}"),
             "guest memory region is not sealed against shrinking: a frontend that truncates \
-             it could crash the daemon (use memory-backend-memfd with seal=on)"
+             it stops its device when it does (use memory-backend-memfd with seal=on)"
         );
     }
     sealed
@@ -320,24 +377,69 @@ impl Default for RegionCache {
 }
 
 /// An immutable table of guest memory regions.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GuestMemory {
     regions: Vec<Arc<MemoryRegion>>,
+    /// Most bytes the table may map (the device's `max_guest_memory`).
+    limit: u64,
+}
+
+impl Default for GuestMemory {
+    fn default() -> Self {
+        GuestMemory {
+            regions: Vec::new(),
+            limit: u64::MAX,
+        }
+    }
 }
 
 impl GuestMemory {
-    /// A table with no memory.
+    /// A table with no memory and no limit on how much it may map.
     pub fn empty() -> Self {
         Self::default()
     }
 
-    /// A table holding exactly `regions` (SET_MEM_TABLE).
+    /// A table with no memory that refuses to grow beyond `limit` bytes (the device's
+    /// `max_guest_memory`); tables derived from it keep the limit.
+    pub fn empty_with_limit(limit: u64) -> Self {
+        GuestMemory {
+            regions: Vec::new(),
+            limit,
+        }
+    }
+
+    /// A table holding exactly `regions` (SET_MEM_TABLE), without a size limit.
     pub fn from_regions(regions: Vec<MemoryRegion>) -> Result<Self, MemoryError> {
-        let mut mem = Self::empty();
+        Self::from_regions_with_limit(regions, u64::MAX)
+    }
+
+    /// A table holding exactly `regions` (SET_MEM_TABLE); refused with
+    /// [`MemoryError::TooLarge`] if they add up to more than `limit` bytes.
+    pub fn from_regions_with_limit(
+        regions: Vec<MemoryRegion>,
+        limit: u64,
+    ) -> Result<Self, MemoryError> {
+        let mut mem = Self::empty_with_limit(limit);
         for r in regions {
             mem = mem.with_region(r)?;
         }
         Ok(mem)
+    }
+
+    /// Most bytes this table may map.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The first contained fault on this table's memory (the frontend took memory away
+    /// under us), if any. Cheap enough for once per burst: one load of a process-wide
+    /// counter while no fault happened anywhere.
+    #[inline]
+    pub fn fault(&self) -> Option<MemoryFault> {
+        if fault::contained() == 0 {
+            return None;
+        }
+        self.regions.iter().find_map(|r| r.fault())
     }
 
     /// This table plus `region` (ADD_MEM_REG). A region identical in placement to one
@@ -363,10 +465,20 @@ impl GuestMemory {
                 size: region.size,
             });
         }
+        let total = self.total_size().saturating_add(region.size);
+        if total > self.limit {
+            return Err(MemoryError::TooLarge {
+                total,
+                limit: self.limit,
+            });
+        }
         let mut regions = self.regions.clone();
         regions.push(Arc::new(region));
         regions.sort_by_key(|r| r.gpa);
-        Ok(GuestMemory { regions })
+        Ok(GuestMemory {
+            regions,
+            limit: self.limit,
+        })
     }
 
     /// This table without the region at `gpa`/`size`/`user_addr` (REM_MEM_REG).
@@ -381,7 +493,10 @@ impl GuestMemory {
         if regions.len() == before {
             return Err(MemoryError::NoSuchRegion { gpa, size });
         }
-        Ok(GuestMemory { regions })
+        Ok(GuestMemory {
+            regions,
+            limit: self.limit,
+        })
     }
 
     /// The regions, sorted by guest-physical address.
@@ -509,5 +624,68 @@ mod tests {
         let mem = mem.without_region(0, 0x1000, 0x10000).unwrap();
         assert_eq!(mem.regions().len(), 1);
         assert!(mem.without_region(0, 0x1000, 0x10000).is_err());
+    }
+
+    #[test]
+    fn a_truncated_region_faults_only_its_own_table() {
+        // memfd_create(name, 0): no MFD_ALLOW_SEALING, so the seal cannot be added.
+        let fa = memfd(0x4000);
+        let fb = memfd(0x4000);
+        let (ta, tb) = (fa.try_clone().unwrap(), fb.try_clone().unwrap());
+        let map = |f| MemoryRegion::map(0, 0x4000, 0x1_0000, 0, f).unwrap();
+        let a = GuestMemory::from_regions(vec![map(fa)]).unwrap();
+        let b = GuestMemory::from_regions(vec![map(fb)]).unwrap();
+        let write = |m: &GuestMemory, gpa: u64, v: u8| {
+            // SAFETY: translate checked one byte at gpa.
+            unsafe { m.translate(gpa, 1).unwrap().write_volatile(v) }
+        };
+        let read = |m: &GuestMemory, gpa: u64| {
+            // SAFETY: as above.
+            unsafe { m.translate(gpa, 1).unwrap().read_volatile() }
+        };
+        write(&a, 0x2000, 7);
+        write(&b, 0x2000, 9);
+        assert_eq!(a.fault(), None);
+        tb.set_len(0x4000).unwrap();
+        ta.set_len(0).unwrap();
+        // Without containment this access kills the test process with SIGBUS.
+        assert_eq!(read(&a, 0x2000), 0, "a faulted region reads as zeroes");
+        write(&a, 0x3000, 1);
+        let f = a.fault().expect("the fault is recorded on the table");
+        assert_eq!(f.region_gpa, 0);
+        assert_eq!(f.gpa, 0x2000);
+        assert!(fault::contained() >= 1);
+        // The other table is untouched and keeps its memory.
+        assert_eq!(b.fault(), None);
+        assert_eq!(read(&b, 0x2000), 9);
+        write(&b, 0x2001, 3);
+        assert_eq!(read(&b, 0x2001), 3);
+        // A table derived from the faulted one still reports it.
+        let c = MemoryRegion::map(0x10000, 0x1000, 0x9_0000, 0, memfd(0x1000)).unwrap();
+        assert!(a.with_region(c).unwrap().fault().is_some());
+    }
+
+    #[test]
+    fn a_table_refuses_to_grow_beyond_its_limit() {
+        let r = |gpa, ua| MemoryRegion::map(gpa, 0x2000, ua, 0, memfd(0x2000)).unwrap();
+        let mem = GuestMemory::from_regions_with_limit(vec![r(0, 0x10_0000)], 0x3000).unwrap();
+        assert_eq!(mem.limit(), 0x3000);
+        let e = mem.with_region(r(0x4000, 0x20_0000)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MemoryError::TooLarge {
+                    total: 0x4000,
+                    limit: 0x3000
+                }
+            ),
+            "{e}"
+        );
+        let both = vec![r(0, 0x10_0000), r(0x4000, 0x20_0000)];
+        let e = GuestMemory::from_regions_with_limit(both, 0x3000).unwrap_err();
+        assert!(e.to_string().contains("max_guest_memory"), "{e}");
+        // Removing a region keeps the limit.
+        let empty = mem.without_region(0, 0x2000, 0x10_0000).unwrap();
+        assert_eq!(empty.limit(), 0x3000);
     }
 }

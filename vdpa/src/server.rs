@@ -277,15 +277,23 @@ fn serve(mut device: Device, listener: UnixListener, path: &Path, shutdown: Shut
 /// Serves one frontend until it disconnects, breaks the protocol, or shutdown.
 /// Returns why the connection ended.
 fn serve_connection(device: &mut Device, mut conn: Connection, shutdown: &Shutdown) -> String {
+    let attention = device.attention_fd();
     let mut session = Session::new(device);
     let reason = loop {
-        match poll_readable(&[conn.stream().as_raw_fd(), shutdown.as_raw_fd()], -1) {
+        let fds = [conn.stream().as_raw_fd(), shutdown.as_raw_fd(), attention];
+        match poll_readable(&fds, -1) {
             Ok(r) if r[1] => break "daemon shutting down".to_owned(),
+            Ok(r) if r[2] => match session.device_mut().attend() {
+                // vhost-user has no "needs reset" for a frontend without STATUS: the
+                // connection closes, and the frontend reconnects with new memory.
+                Some(why) => break why,
+                None => continue,
+            },
             Ok(r) if r[0] => {}
             Ok(_) => continue,
             Err(e) => break format!("poll failed: {e}"),
         }
-        let msg = match conn.recv() {
+        let msg = match conn.recv_or_abort(shutdown.as_raw_fd()) {
             Ok(m) => m,
             Err(WireError::Disconnected) => break "closed by the frontend".to_owned(),
             Err(e) => break error_chain(&e),

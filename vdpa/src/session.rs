@@ -79,6 +79,11 @@ impl<'d> Session<'d> {
         self.dev
     }
 
+    /// The device, to act on it between requests.
+    pub fn device_mut(&mut self) -> &mut Device {
+        self.dev
+    }
+
     /// Whether an acknowledgement is owed for `msg`.
     pub fn wants_ack(&self, msg: &Message) -> bool {
         msg.header.need_reply()

@@ -18,15 +18,19 @@ pub enum DropReason {
     /// The host backend's receive queue overflowed before the frame could be taken
     /// (the kernel's count for our socket).
     BackendQueue = 3,
+    /// The frame's buffers are split into more pieces than one system call can take
+    /// (the kernel's IOV_MAX, 1024): for RX, the guest's buffer chain is returned empty.
+    TooManySegments = 4,
 }
 
 impl DropReason {
     /// All reasons, in counter order.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::RxBufferTooSmall,
         DropReason::Oversized,
         DropReason::Backend,
         DropReason::BackendQueue,
+        DropReason::TooManySegments,
     ];
 
     /// Stable name used in logs, JSON and metrics.
@@ -36,6 +40,7 @@ impl DropReason {
             DropReason::Oversized => "oversized",
             DropReason::Backend => "backend",
             DropReason::BackendQueue => "backend_queue",
+            DropReason::TooManySegments => "too_many_segments",
         }
     }
 }
@@ -94,6 +99,38 @@ impl BadDescriptor {
     }
 }
 
+/// Something that stopped or degraded a queue pair: counted when it happens, logged
+/// once. Events of a whole pair are counted on its RX ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueFault {
+    /// The ring's kick descriptor hung up, failed, reached end of file or cannot be
+    /// waited on (a regular file): it is no longer watched.
+    KickFd = 0,
+    /// Guest memory faulted (the frontend truncated it): the pair stopped and stays
+    /// stopped until a new memory table.
+    GuestMemory = 1,
+    /// The pair's worker thread panicked: the pair stopped and is restarted.
+    WorkerPanic = 2,
+}
+
+impl QueueFault {
+    /// All kinds, in counter order.
+    pub const ALL: [QueueFault; 3] = [
+        QueueFault::KickFd,
+        QueueFault::GuestMemory,
+        QueueFault::WorkerPanic,
+    ];
+
+    /// Stable name used in logs, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueFault::KickFd => "kick_fd",
+            QueueFault::GuestMemory => "guest_memory",
+            QueueFault::WorkerPanic => "worker_panic",
+        }
+    }
+}
+
 /// Live counters of one virtqueue.
 #[derive(Debug, Default)]
 pub struct QueueCounters {
@@ -106,6 +143,7 @@ pub struct QueueCounters {
     rx_no_buffer: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     bad: [AtomicU64; BadDescriptor::ALL.len()],
+    faults: [AtomicU64; QueueFault::ALL.len()],
     interrupt_probe: Mutex<Option<CountProbe>>,
 }
 
@@ -184,6 +222,11 @@ fn add(c: &AtomicU64, v: u64) {
 }
 
 impl QueueCounters {
+    /// Counts one fault event (rare: not batched).
+    pub fn fault(&self, kind: QueueFault) {
+        self.faults[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Adds a burst's counts and clears them.
     #[inline]
     pub fn flush(&self, b: &mut BurstCounts) {
@@ -242,6 +285,10 @@ impl QueueCounters {
                 .iter()
                 .map(|k| (k.name(), get(&self.bad[*k as usize])))
                 .collect(),
+            faults: QueueFault::ALL
+                .iter()
+                .map(|k| (k.name(), get(&self.faults[*k as usize])))
+                .collect(),
         }
     }
 }
@@ -271,6 +318,8 @@ pub struct QueueStats {
     pub drops: Vec<(&'static str, u64)>,
     /// Bad descriptor chains by kind.
     pub bad_descriptors: Vec<(&'static str, u64)>,
+    /// Events that stopped or degraded the queue, by kind ([`QueueFault`]).
+    pub faults: Vec<(&'static str, u64)>,
 }
 
 impl QueueStats {
@@ -287,6 +336,11 @@ impl QueueStats {
     /// Count for one bad-descriptor kind.
     pub fn bad(&self, kind: BadDescriptor) -> u64 {
         self.bad_descriptors[kind as usize].1
+    }
+
+    /// Count for one fault kind (0 in a snapshot without fault counts).
+    pub fn faulted(&self, kind: QueueFault) -> u64 {
+        self.faults.get(kind as usize).map_or(0, |f| f.1)
     }
 
     /// Count for one drop reason.

@@ -2,10 +2,10 @@
 //! frontend and writing replies. Knows nothing of what messages mean.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -26,8 +26,13 @@ pub const FLAG_REPLY: u32 = 0x4;
 /// Set by the frontend when it wants a reply to a message that normally has none.
 pub const FLAG_NEED_REPLY: u32 = 0x8;
 
-/// How long the rest of a message may take to arrive once its first byte has.
-const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the rest of a message may take to arrive once its first byte has: one
+/// deadline for the whole message, not per read (a frontend sending one byte every
+/// few seconds would otherwise hold the device's thread for as long as it likes).
+pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a reply may take to be written.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The 12-byte header that starts every vhost-user message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,6 +112,13 @@ pub enum WireError {
         /// Announced size.
         size: u32,
     },
+    /// The rest of the message did not arrive before the message's deadline.
+    #[error("incomplete message: the rest did not arrive within {0:?}")]
+    Timeout(Duration),
+    /// Reading was abandoned because the abort descriptor became readable (the daemon
+    /// is shutting down or the device is being removed).
+    #[error("reading abandoned: shutting down")]
+    Aborted,
     /// A socket error.
     #[error("socket I/O")]
     Io(#[source] io::Error),
@@ -116,14 +128,26 @@ pub enum WireError {
 #[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
+    message_timeout: Duration,
 }
 
 impl Connection {
     /// Wraps an accepted stream.
     pub fn new(stream: UnixStream) -> io::Result<Self> {
-        stream.set_read_timeout(Some(BODY_TIMEOUT))?;
-        stream.set_write_timeout(Some(BODY_TIMEOUT))?;
-        Ok(Connection { stream })
+        // Reads never block (each waits in poll, against the message's deadline);
+        // this only bounds a read that races with the peer.
+        stream.set_read_timeout(Some(MESSAGE_TIMEOUT))?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        Ok(Connection {
+            stream,
+            message_timeout: MESSAGE_TIMEOUT,
+        })
+    }
+
+    /// Changes how long a message may take from its first byte to its last
+    /// (default [`MESSAGE_TIMEOUT`]).
+    pub fn set_message_timeout(&mut self, timeout: Duration) {
+        self.message_timeout = timeout;
     }
 
     /// The underlying stream, for polling.
@@ -131,8 +155,19 @@ impl Connection {
         &self.stream
     }
 
-    /// Reads one complete message. Call when the socket is readable.
+    /// Reads one complete message. Call when the socket is readable. The message
+    /// must be complete within the message timeout of its first byte.
     pub fn recv(&mut self) -> Result<Message, WireError> {
+        self.recv_inner(None)
+    }
+
+    /// [`recv`](Self::recv) that also gives up, with [`WireError::Aborted`], as soon
+    /// as `abort` (an eventfd such as the shutdown signal) becomes readable.
+    pub fn recv_or_abort(&mut self, abort: RawFd) -> Result<Message, WireError> {
+        self.recv_inner(Some(abort))
+    }
+
+    fn recv_inner(&mut self, abort: Option<RawFd>) -> Result<Message, WireError> {
         let mut hdr = [0u8; HEADER_LEN];
         let mut raw_fds = [-1 as RawFd; MAX_FDS];
         let mut iov = [libc::iovec {
@@ -151,8 +186,14 @@ impl Connection {
         if n == 0 {
             return Err(WireError::Disconnected);
         }
+        let mut rest = Rest {
+            stream: &self.stream,
+            deadline: Instant::now() + self.message_timeout,
+            timeout: self.message_timeout,
+            abort,
+        };
         if n < HEADER_LEN {
-            read_full(&mut self.stream, &mut hdr[n..])?;
+            rest.read_full(&mut hdr[n..])?;
         }
         let header = Header::from_bytes(&hdr);
         if header.flags & FLAG_VERSION_MASK != VERSION_1 || header.size as usize > MAX_BODY {
@@ -163,7 +204,7 @@ impl Connection {
             });
         }
         let mut body = vec![0u8; header.size as usize];
-        read_full(&mut self.stream, &mut body)?;
+        rest.read_full(&mut body)?;
         Ok(Message { header, body, fds })
     }
 
@@ -181,22 +222,88 @@ impl Connection {
     }
 }
 
-fn read_full(stream: &mut UnixStream, buf: &mut [u8]) -> Result<(), WireError> {
-    let mut done = 0;
-    while done < buf.len() {
-        match stream.read(&mut buf[done..]) {
-            Ok(0) => return Err(WireError::Truncated),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(WireError::Io(e)),
+/// The rest of a message being read: one deadline for all of it, and a descriptor
+/// that abandons it.
+struct Rest<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+    timeout: Duration,
+    abort: Option<RawFd>,
+}
+
+impl Rest<'_> {
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<(), WireError> {
+        let mut done = 0;
+        while done < buf.len() {
+            self.wait()?;
+            // SAFETY: reads at most `buf.len() - done` bytes into the unfilled tail of
+            // `buf`, which lives across the call.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    buf[done..].as_mut_ptr().cast(),
+                    buf.len() - done,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => return Err(WireError::Truncated),
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => {}
+                        _ => return Err(WireError::Io(e)),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the stream is readable, the deadline passes or `abort` fires.
+    fn wait(&self) -> Result<(), WireError> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WireError::Timeout(self.timeout));
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.stream.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.abort.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: two valid pollfd structs (a negative fd is ignored by poll).
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(WireError::Io(e));
+            }
+            if fds[1].revents != 0 {
+                return Err(WireError::Aborted);
+            }
+            if fds[0].revents != 0 {
+                return Ok(());
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn pair() -> (Connection, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
@@ -283,5 +390,50 @@ mod tests {
         let h = Header::from_bytes(b[..12].try_into().unwrap());
         assert_eq!(h.flags, VERSION_1 | FLAG_REPLY);
         assert_eq!(h.size, 8);
+    }
+
+    /// A frontend that sends a header promising a body, then one byte at a time.
+    fn trickle(mut peer: UnixStream, every: Duration, bytes: usize) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let _ = peer.write_all(&frame(1, 1, &[0; 4096])[..HEADER_LEN]);
+            for _ in 0..bytes {
+                std::thread::sleep(every);
+                if peer.write_all(&[0]).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn one_deadline_for_the_whole_message() {
+        let (mut c, peer) = pair();
+        c.set_message_timeout(Duration::from_millis(300));
+        // Each byte arrives well within the timeout, the message never does: a
+        // per-read timeout would wait for all 60 bytes and then see the peer leave.
+        let t = trickle(peer, Duration::from_millis(50), 60);
+        assert!(matches!(c.recv(), Err(WireError::Timeout(_))));
+        drop(c);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn reading_is_abandoned_when_asked() {
+        let (mut c, peer) = pair();
+        let abort = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        use std::os::fd::AsRawFd;
+        let t = trickle(peer, Duration::from_millis(50), 60);
+        let raise = abort.try_clone().unwrap();
+        let r = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            raise.write(1).unwrap();
+        });
+        assert!(matches!(
+            c.recv_or_abort(abort.as_raw_fd()),
+            Err(WireError::Aborted)
+        ));
+        drop(c);
+        r.join().unwrap();
+        t.join().unwrap();
     }
 }

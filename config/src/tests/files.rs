@@ -99,6 +99,7 @@ fn full_example_parses_to_expected_values() {
         socket_perms: perms(0o600, Some(107), Some(0)),
         offloads: false,
         vm: Some("vm1".into()),
+        max_guest_memory: crate::DEFAULT_MAX_GUEST_MEMORY,
         tuning: Tuning {
             burst: 32,
             weight: 512,
@@ -262,6 +263,7 @@ backend = \"af_packet\"
 queue_pairs = 1
 queue_size = 256
 mac = \"52:54:00:ab:cd:ef\"
+max_guest_memory = \"64G\"
 event_idx = true
 mrg_rxbuf = true
 offloads = true
@@ -311,6 +313,7 @@ vm = \"vm-7\"
 backend = \"loopback\"
 queue_pairs = 1
 queue_size = 256
+max_guest_memory = \"64G\"
 event_idx = true
 mrg_rxbuf = true
 offloads = false

@@ -528,3 +528,49 @@ fn socket_paths_must_fit_in_sockaddr_un() {
     );
     assert_err(&dev("socket = \"a\\u0000b\""), InvalidValue, 3, 10, "NUL");
 }
+
+#[test]
+fn max_guest_memory_is_a_size_with_a_unit_in_range() {
+    assert_eq!(
+        ok(&dev("max_guest_memory = \"512M\"")).devices[0].max_guest_memory,
+        512 << 20
+    );
+    assert_eq!(
+        ok(&dev("max_guest_memory = \"2TiB\"")).devices[0].max_guest_memory,
+        2 << 40
+    );
+    assert_eq!(
+        ok(&dev("mtu = 1500")).devices[0].max_guest_memory,
+        crate::DEFAULT_MAX_GUEST_MEMORY
+    );
+    let e = assert_err(
+        &dev("max_guest_memory = \"64X\""),
+        InvalidValue,
+        3,
+        20,
+        "max_guest_memory = \"64X\" has an unknown unit",
+    );
+    assert!(e.help().unwrap().contains("e.g. \"64G\""), "{e}");
+    assert_err(
+        &dev("max_guest_memory = \"1K\""),
+        InvalidValue,
+        3,
+        20,
+        "max_guest_memory = \"1K\" is out of range (1M..=1024T)",
+    );
+    assert_err(
+        &dev("max_guest_memory = \"G\""),
+        InvalidValue,
+        3,
+        20,
+        "is not a size",
+    );
+    assert_err(
+        &dev("max_guest_memory = \"99999999999T\""),
+        InvalidValue,
+        3,
+        20,
+        "is too large",
+    );
+    assert_err(&dev("max_guest_memory = 64"), WrongType, 3, 20, "");
+}

@@ -145,7 +145,11 @@ impl Shared {
         }
         let table = lock(&self.msix);
         if let Some(fd) = table.get(usize::from(v)) {
-            if fd.write(1).is_ok() {
+            // Like the kernel's irqfd, never blocks on a frontend's full eventfd.
+            if matches!(
+                vdpa::notify::signal(std::os::fd::AsRawFd::as_raw_fd(fd)),
+                vdpa::notify::Signal::Sent
+            ) {
                 if let Some(c) = self.fired.get(usize::from(v)) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }

@@ -334,6 +334,7 @@ impl PairRig {
             ),
             features: Negotiated { bits: features },
             mem: g.mem.clone(),
+            ended: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
         }
     }
 

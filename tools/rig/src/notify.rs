@@ -36,7 +36,7 @@ impl Notifier {
         &self.call
     }
     /// Kicks the device (one eventfd write) and counts it.
-    pub(crate) fn kick(&mut self) -> io::Result<()> {
+    pub fn kick(&mut self) -> io::Result<()> {
         self.kick.write(1)?;
         self.kicks += 1;
         Ok(())

@@ -110,11 +110,11 @@ impl TxQueue {
         &mut self.ring
     }
     /// The kick/call eventfds.
-    pub(crate) fn notifier(&self) -> &Notifier {
+    pub fn notifier(&self) -> &Notifier {
         &self.notify
     }
     /// The kick/call eventfds, mutable.
-    pub(crate) fn notifier_mut(&mut self) -> &mut Notifier {
+    pub fn notifier_mut(&mut self) -> &mut Notifier {
         &mut self.notify
     }
     /// Largest frame one slot holds.

@@ -79,6 +79,7 @@ impl Device {
             tx,
             features: Negotiated { bits: features },
             mem: self.mem.clone(),
+            ended: self.ended.clone(),
         })
     }
 
@@ -121,7 +122,7 @@ impl Device {
 
     /// Marks pairs the datapath lost on its own as stopped, recording where they
     /// resume, so that the next reconcile starts them again.
-    fn mark_lost(&mut self, lost: &[PairPosition], how: &str) {
+    pub(super) fn mark_lost(&mut self, lost: &[PairPosition], how: &str) {
         for &p in lost {
             let pair = usize::from(p.pair);
             if pair < self.running.len() && self.running[pair] {

@@ -12,6 +12,7 @@ mod lifecycle;
 mod observe;
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -58,6 +59,8 @@ pub struct Device {
     status: u8,
     /// The MTU the driver set (vhost-user NET_SET_MTU), over the configured one.
     mtu: Option<u16>,
+    /// Signalled by the datapath when a pair stops on its own ([`Device::attend`]).
+    ended: Arc<EventFd>,
 }
 
 impl Device {
@@ -77,8 +80,34 @@ impl Device {
             not_ready: vec![None; pairs],
             status: 0,
             mtu: None,
+            ended: Arc::new(
+                EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd for the device (fd limit?)"),
+            ),
             cfg,
         }
+    }
+
+    /// The eventfd a frontend's loop polls beside its own: readable when a pair
+    /// stopped on its own; then call [`attend`](Self::attend).
+    pub fn attention_fd(&self) -> RawFd {
+        self.ended.as_raw_fd()
+    }
+
+    /// Restarts pairs that stopped on their own. Returns why the frontend should drop
+    /// its driver when that cannot help: the guest memory faulted (it shrank, or a
+    /// mapping went away), so nothing runs until the driver sends a new memory table
+    /// or reconnects.
+    pub fn attend(&mut self) -> Option<String> {
+        let _ = self.ended.read();
+        let ended = self.datapath.reap();
+        self.mark_lost(&ended, "stopped on its own");
+        if let Some(fault) = self.mem.fault() {
+            let why = format!("guest memory faulted: {fault}");
+            self.record_error(why.clone());
+            return Some(why);
+        }
+        self.reconcile();
+        None
     }
 
     /// The configuration it was built from.

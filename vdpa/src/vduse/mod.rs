@@ -37,10 +37,19 @@ pub fn create(device: &Device) -> Result<VduseDevice, VduseError> {
 pub fn serve(mut device: Device, vduse: VduseDevice, shutdown: Shutdown) {
     device.connected();
     let mut frontend = VduseFrontend::new(vduse);
+    let attention = device.attention_fd();
     let reason = loop {
         let fd = frontend.vduse().raw_fd();
-        match poll_readable(&[fd, shutdown.as_raw_fd()], -1) {
+        match poll_readable(&[fd, shutdown.as_raw_fd(), attention], -1) {
             Ok(r) if r[1] => break "daemon shutting down".to_owned(),
+            Ok(r) if r[2] => {
+                // A pair stopped on its own. With faulted memory nothing can run until
+                // the driver resets the device (VDUSE cannot ask it to); say so.
+                if let Some(why) = device.attend() {
+                    error!(device = device.name(), %why, "VDUSE device stopped until the driver resets it");
+                }
+                continue;
+            }
             Ok(r) if r[0] => {}
             Ok(_) => continue,
             Err(e) => break format!("poll failed: {e}"),
