@@ -85,6 +85,12 @@ fn failed_devices_are_reported_and_retried_while_the_others_run() {
         table.contains("failed") && table.contains("next attempt in"),
         "{table}"
     );
+    // stats lists a failed device, without queues.
+    let stats = v.ctl_json(&["stats", "nonet"]);
+    assert_eq!(stats["stats"][0]["state"], "failed", "{stats}");
+    assert_eq!(stats["stats"][0]["queues"].as_array().unwrap().len(), 0);
+    let text = v.ctl_ok(&["stats"]);
+    assert!(text.contains("nonet  state failed"), "{text}");
 
     let body = scrape(metrics);
     assert!(
