@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             // The file is valid whether or not the reader took all of the output
             // (`vdpad --check-config FILE | head`).
             Ok(cfg) => {
-                let _ = output::print(&cfg.to_string());
+                let _ = output::print(&format!("{}{cfg}", sources_comment(path, &cfg)));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -174,6 +174,27 @@ fn main() -> ExitCode {
     lock_daemon(&daemon).stop();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Comment lines naming the files the configuration came from, for `--check-config`
+/// (the journal then records which drop-ins each start ran with).
+fn sources_comment(path: &Path, cfg: &Config) -> String {
+    let mut s = format!("# read from {}", path.display());
+    let drop_ins = cfg
+        .daemon
+        .include_dir
+        .as_deref()
+        .and_then(|dir| vdpad_config::drop_in_files(dir).ok())
+        .unwrap_or_default();
+    if drop_ins.is_empty() {
+        s.push_str(" (no drop-ins)\n");
+    } else {
+        s.push_str(" and its drop-ins:\n");
+        for f in drop_ins {
+            s.push_str(&format!("#   {}\n", f.display()));
+        }
+    }
+    s
 }
 
 /// SIGHUP: re-reads the configuration file and applies added, removed and changed
