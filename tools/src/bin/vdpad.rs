@@ -62,10 +62,10 @@ fn main() -> ExitCode {
     info!(version = env!("CARGO_PKG_VERSION"), devices = cfg.devices.len(),
           config = %args.config.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
           "vdpad starting");
-    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+    let notifier = Arc::new(Notifier::from_env().unwrap_or_else(|e| {
         warn!(error = %e, "ignoring NOTIFY_SOCKET; no readiness notifications");
         Notifier::disabled()
-    });
+    }));
     let started = if args.strict {
         Daemon::start(&cfg)
     } else {
@@ -115,21 +115,9 @@ fn main() -> ExitCode {
             info!(device = %dev.name, qemu = %line.replace(" \\\n  ", " "), "attach with");
         }
     }
-    let status = |d: &Mutex<Daemon>| {
-        let d = lock_daemon(d);
-        let failed = d.failed_devices().len();
-        let failed = if failed > 0 {
-            format!(", {failed} failed (retrying)")
-        } else {
-            String::new()
-        };
-        format!(
-            "serving {} device(s){failed}; control socket {}",
-            d.devices().len(),
-            cfg.daemon.control_socket.display()
-        )
-    };
-    let retry = RetryThread::start(daemon.clone());
+    let control_path = cfg.daemon.control_socket.clone();
+    let status = |d: &Mutex<Daemon>| status_line(&lock_daemon(d), &control_path);
+    let retry = RetryThread::start(daemon.clone(), notifier.clone(), control_path.clone());
     match notifier.ready(&status(&daemon)) {
         Ok(true) => info!(
             socket = notifier.address(),
@@ -268,14 +256,34 @@ fn reload(
     running.log_level = d.log_level.clone();
 }
 
-/// Tries failed devices again when their backoff is over, until stopped.
+/// `STATUS=` for the service manager: devices served and failed, the control socket.
+fn status_line(d: &Daemon, control: &Path) -> String {
+    let failed = d.failed_devices().len();
+    let failed = if failed > 0 {
+        format!(", {failed} failed (retrying)")
+    } else {
+        String::new()
+    };
+    format!(
+        "serving {} device(s){failed}; control socket {}",
+        d.devices().len(),
+        control.display()
+    )
+}
+
+/// Tries failed devices again when their backoff is over, until stopped; when one
+/// starts, the service manager's `STATUS=` says so.
 struct RetryThread {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl RetryThread {
-    fn start(daemon: Arc<Mutex<Daemon>>) -> RetryThread {
+    fn start(
+        daemon: Arc<Mutex<Daemon>>,
+        notifier: Arc<Notifier>,
+        control: std::path::PathBuf,
+    ) -> RetryThread {
         use std::sync::atomic::Ordering;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -284,7 +292,10 @@ impl RetryThread {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(std::time::Duration::from_millis(200));
-                    lock_daemon(&daemon).retry_due();
+                    let mut d = lock_daemon(&daemon);
+                    if !d.retry_due().is_empty() {
+                        let _ = notifier.status(&status_line(&d, &control));
+                    }
                 }
             })
             .expect("spawning the retry thread");
