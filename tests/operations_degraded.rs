@@ -52,10 +52,35 @@ fn config(dir: &TempDir, metrics: SocketAddr) -> String {
 
 #[test]
 fn failed_devices_are_reported_and_retried_while_the_others_run() {
+    use std::os::linux::net::SocketAddrExt;
     let dir = TempDir::new("ops-degraded");
     std::fs::write(dir.join("blocker"), "not a directory").unwrap();
     let metrics = free_port();
-    let v = Vdpad::start_text(&dir, &config(&dir, metrics), &["ok1"], &[], &[]);
+    // The service manager hears about the failed devices, and about recoveries.
+    let name = format!("vdpad-ops-degraded-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let notify = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(70)))
+        .unwrap();
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    };
+    let socket = format!("@{name}");
+    let v = Vdpad::start_text(
+        &dir,
+        &config(&dir, metrics),
+        &["ok1"],
+        &[("NOTIFY_SOCKET", &socket)],
+        &[],
+    );
+    let ready = recv();
+    assert!(
+        ready.contains("STATUS=serving 1 device(s), 3 failed (retrying)"),
+        "{ready}"
+    );
     let mut rig = rig_on(&v.socket("ok1"));
     traffic(&mut rig, 500);
 
@@ -85,6 +110,12 @@ fn failed_devices_are_reported_and_retried_while_the_others_run() {
         table.contains("failed") && table.contains("next attempt in"),
         "{table}"
     );
+    // stats lists a failed device, without queues.
+    let stats = v.ctl_json(&["stats", "nonet"]);
+    assert_eq!(stats["stats"][0]["state"], "failed", "{stats}");
+    assert_eq!(stats["stats"][0]["queues"].as_array().unwrap().len(), 0);
+    let text = v.ctl_ok(&["stats"]);
+    assert!(text.contains("nonet  state failed"), "{text}");
 
     let body = scrape(metrics);
     assert!(
@@ -120,6 +151,14 @@ fn failed_devices_are_reported_and_retried_while_the_others_run() {
     });
     assert!(started.is_some(), "later never started{}", v.tail());
     v.wait_log(&["device started after failing", "later"]);
+    let status = recv();
+    assert_eq!(
+        status.lines().next(),
+        Some(&*format!(
+            "STATUS=serving 2 device(s), 2 failed (retrying); control socket {}",
+            v.control.display()
+        ))
+    );
     let later = v.device("later");
     assert!(
         later["start_failure"]["attempts"].as_u64().unwrap() >= 1,

@@ -35,6 +35,17 @@ fn persisted_devices_survive_reload_and_restart() {
     let mut v = Vdpad::start(&dir, &["main1"]);
     wait_socket(&v, "early");
     assert_eq!(v.names(), ["early", "main1"]);
+    // --check-config names the drop-ins it read.
+    let out = std::process::Command::new(support::bins::vdpad())
+        .args(["--check-config", &v.config.to_string_lossy()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("#   {}", drop_dir.join("early.toml").display())),
+        "{text}"
+    );
+    assert!(text.contains("name = \"early\""), "{text}");
 
     // add --persist: running, and written to vdpad.d/<name>.toml.
     let snippet = dir.join("vm3.toml");

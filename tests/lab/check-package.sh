@@ -54,6 +54,7 @@ cp -a "$BASE" "$ROOT"
 cp /etc/resolv.conf "$ROOT/etc/"
 cp "$DEB" "$ROOT/tmp/vdpad.deb"
 mount -t proc proc "$ROOT/proc"
+mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"
 mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"
 mount -t tmpfs tmpfs "$ROOT/run"
 
@@ -97,13 +98,18 @@ run_dir = "/run/vdpad-pkgtest"
 [[device]]
 name = "pkg0"
 TOML
-in_root /usr/sbin/vdpad --config /tmp/t.toml >"$WORK/daemon.log" 2>&1 &
+# Not through in_root (a function: $! would be its subshell): env and chroot exec,
+# so $! is vdpad itself.
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+  chroot "$ROOT" /usr/sbin/vdpad --config /tmp/t.toml >"$WORK/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [ -S "$ROOT/run/vdpad-pkgtest/control.sock" ] && break; sleep 0.1; done
 check "the installed vdpactl lists the installed daemon's device" sh -c \
   "chroot '$ROOT' /usr/sbin/vdpactl --socket /run/vdpad-pkgtest/control.sock list | grep -q '^pkg0 '"
-kill -TERM "$daemon" 2>/dev/null; wait "$daemon"
-check "the daemon stopped cleanly (status 0)" test $? -eq 0
+kill -TERM "$daemon" 2>/dev/null
+wait "$daemon"
+status=$?
+check "the daemon stopped cleanly on SIGTERM (status $status)" test "$status" -eq 0
 
 check "dpkg -r vdpad" in_root dpkg -r vdpad
 check "dpkg -r removed the binaries" test ! -e "$ROOT/usr/sbin/vdpad"

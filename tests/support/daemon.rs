@@ -206,7 +206,9 @@ impl Daemon {
             let _ = writeln!(f, "===== vdpad test harness: start #{} =====", self.starts);
         }
         let mut spawn = Spawn::new("vdpad", binary(), &self.log)
-            .args(["--config", &self.config.to_string_lossy()])
+            // --strict: a device that cannot start ends the run at once with its
+            // reason, instead of being retried while the test waits for its socket.
+            .args(["--strict", "--config", &self.config.to_string_lossy()])
             .limit(Duration::from_secs(900))
             .cpu(self.cpu);
         if let Some(ns) = &self.netns {

@@ -20,4 +20,4 @@ rm -rf "$GEN"
 gzip -9n "$GEN"/man/*.8
 "$TARGET/release/vdpad-gen" completions "$GEN/completions" >/dev/null
 # cargo-deb prints the path of the package it wrote on stdout.
-cargo deb -p vdpad --no-build
+cargo deb -p vdpad --no-build --strip

@@ -106,6 +106,11 @@ impl Notifier {
     pub fn stopping(&self) -> io::Result<bool> {
         self.notify("STOPPING=1\nSTATUS=shutting down")
     }
+
+    /// A `STATUS=` line alone.
+    pub fn status(&self, status: &str) -> io::Result<bool> {
+        self.notify(&format!("STATUS={status}"))
+    }
 }
 
 /// CLOCK_MONOTONIC in microseconds.

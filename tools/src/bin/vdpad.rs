@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             // The file is valid whether or not the reader took all of the output
             // (`vdpad --check-config FILE | head`).
             Ok(cfg) => {
-                let _ = output::print(&cfg.to_string());
+                let _ = output::print(&format!("{}{cfg}", sources_comment(path, &cfg)));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -62,10 +62,10 @@ fn main() -> ExitCode {
     info!(version = env!("CARGO_PKG_VERSION"), devices = cfg.devices.len(),
           config = %args.config.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
           "vdpad starting");
-    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+    let notifier = Arc::new(Notifier::from_env().unwrap_or_else(|e| {
         warn!(error = %e, "ignoring NOTIFY_SOCKET; no readiness notifications");
         Notifier::disabled()
-    });
+    }));
     let started = if args.strict {
         Daemon::start(&cfg)
     } else {
@@ -119,21 +119,9 @@ fn main() -> ExitCode {
             info!(device = %dev.name, qemu = %line.replace(" \\\n  ", " "), "attach with");
         }
     }
-    let status = |d: &Mutex<Daemon>| {
-        let d = lock_daemon(d);
-        let failed = d.failed_devices().len();
-        let failed = if failed > 0 {
-            format!(", {failed} failed (retrying)")
-        } else {
-            String::new()
-        };
-        format!(
-            "serving {} device(s){failed}; control socket {}",
-            d.devices().len(),
-            cfg.daemon.control_socket.display()
-        )
-    };
-    let retry = RetryThread::start(daemon.clone());
+    let control_path = cfg.daemon.control_socket.clone();
+    let status = |d: &Mutex<Daemon>| status_line(&lock_daemon(d), &control_path);
+    let retry = RetryThread::start(daemon.clone(), notifier.clone(), control_path.clone());
     match notifier.ready(&status(&daemon)) {
         Ok(true) => info!(
             socket = notifier.address(),
@@ -178,6 +166,27 @@ fn main() -> ExitCode {
     lock_daemon(&daemon).stop();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Comment lines naming the files the configuration came from, for `--check-config`
+/// (the journal then records which drop-ins each start ran with).
+fn sources_comment(path: &Path, cfg: &Config) -> String {
+    let mut s = format!("# read from {}", path.display());
+    let drop_ins = cfg
+        .daemon
+        .include_dir
+        .as_deref()
+        .and_then(|dir| vdpad_config::drop_in_files(dir).ok())
+        .unwrap_or_default();
+    if drop_ins.is_empty() {
+        s.push_str(" (no drop-ins)\n");
+    } else {
+        s.push_str(" and its drop-ins:\n");
+        for f in drop_ins {
+            s.push_str(&format!("#   {}\n", f.display()));
+        }
+    }
+    s
 }
 
 /// SIGHUP: re-reads the configuration file and applies added, removed and changed
@@ -251,14 +260,34 @@ fn reload(
     running.log_level = d.log_level.clone();
 }
 
-/// Tries failed devices again when their backoff is over, until stopped.
+/// `STATUS=` for the service manager: devices served and failed, the control socket.
+fn status_line(d: &Daemon, control: &Path) -> String {
+    let failed = d.failed_devices().len();
+    let failed = if failed > 0 {
+        format!(", {failed} failed (retrying)")
+    } else {
+        String::new()
+    };
+    format!(
+        "serving {} device(s){failed}; control socket {}",
+        d.devices().len(),
+        control.display()
+    )
+}
+
+/// Tries failed devices again when their backoff is over, until stopped; when one
+/// starts, the service manager's `STATUS=` says so.
 struct RetryThread {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl RetryThread {
-    fn start(daemon: Arc<Mutex<Daemon>>) -> RetryThread {
+    fn start(
+        daemon: Arc<Mutex<Daemon>>,
+        notifier: Arc<Notifier>,
+        control: std::path::PathBuf,
+    ) -> RetryThread {
         use std::sync::atomic::Ordering;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -267,7 +296,10 @@ impl RetryThread {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(std::time::Duration::from_millis(200));
-                    lock_daemon(&daemon).retry_due();
+                    let mut d = lock_daemon(&daemon);
+                    if !d.retry_due().is_empty() {
+                        let _ = notifier.status(&status_line(&d, &control));
+                    }
                 }
             })
             .expect("spawning the retry thread");

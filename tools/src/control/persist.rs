@@ -41,6 +41,11 @@ pub fn drop_in_text(dev: &DeviceConfig, snippet: &str, only_device: bool, origin
     } else {
         dev.to_toml()
     };
+    // The origin comes from the client: no line break may end the comment early.
+    let origin: String = origin
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
     let mut text = format!(
         "# Device {} written by `vdpactl add --persist` (from {origin}).\n\
          # vdpad reads this file at start and at every SIGHUP reload;\n\
@@ -137,6 +142,31 @@ pub fn check_own_drop_in(path: &Path, name: &str, daemon: &DaemonConfig) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_in_text_keeps_the_origin_on_its_comment_line() {
+        let daemon = vdpad_config::Config::from_toml_str("[daemon]\nrun_dir = \"/r\"\n", "t")
+            .unwrap()
+            .daemon;
+        let snippet = "[[device]]\nname = \"a\"\n";
+        let dev = DeviceConfig::parse_snippet(snippet, "s", &daemon).unwrap();
+        let text = drop_in_text(&dev[0], snippet, true, "x\n[[device]]\nname = \"evil\"");
+        let parsed = DeviceConfig::parse_snippet(&text, "drop-in", &daemon).unwrap();
+        assert_eq!(parsed, dev, "{text}");
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .contains("(from x?[[device]]?name"),
+            "{text}"
+        );
+        // Several devices: each file holds its own, every default written out.
+        let text = drop_in_text(&dev[0], "ignored", false, "pair.toml");
+        assert_eq!(
+            DeviceConfig::parse_snippet(&text, "d", &daemon).unwrap(),
+            dev
+        );
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temporary_file() {
