@@ -285,7 +285,16 @@ mod tests {
         assert!(!status.success());
         let list = ip(&["netns", "list"]).unwrap();
         assert!(!list.contains(&name), "{name} still exists: {list}");
-        // The peer end went with the deleted namespace.
-        assert!(!b.ip(&["link"]).contains("vb"));
+        // The peer end went with the deleted namespace. The kernel tears a namespace
+        // down after `ip netns delete` returns (in a work queue, slower under load).
+        let gone = super::super::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            (!b.ip(&["link"]).contains("vb")).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "vb still in {}: {}",
+            b.name(),
+            b.ip(&["link"])
+        );
     }
 }
