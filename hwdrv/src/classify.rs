@@ -168,6 +168,17 @@ pub(crate) fn classify_config(bdf: &str, snap: &ConfigSnapshot) -> Classificatio
     }
 }
 
+/// A function's configuration space could not be read from sysfs (travels inside an
+/// `io::Error` of the same kind, as [`classify`] returns).
+#[derive(Debug, thiserror::Error)]
+#[error("reading {}: {error}", .path.display())]
+pub struct ConfigUnreadable {
+    /// The `config` file.
+    pub path: PathBuf,
+    /// Why it could not be read.
+    pub error: io::Error,
+}
+
 /// Classifies function `bdf` through sysfs (`/sys/bus/pci/devices`).
 pub fn classify(bdf: &str) -> io::Result<Classification> {
     classify_in(Path::new(SYSFS_PCI_DEVICES), bdf)
@@ -176,10 +187,14 @@ pub fn classify(bdf: &str) -> io::Result<Classification> {
 /// Classifies function `bdf` under a sysfs-like directory `root` (tests use a fake).
 pub fn classify_in(root: &Path, bdf: &str) -> io::Result<Classification> {
     let dir = root.join(bdf);
-    let bytes = std::fs::read(dir.join("config")).map_err(|e| {
+    let config = dir.join("config");
+    let bytes = std::fs::read(&config).map_err(|error| {
         io::Error::new(
-            e.kind(),
-            format!("reading {}: {e}", dir.join("config").display()),
+            error.kind(),
+            ConfigUnreadable {
+                path: config.clone(),
+                error,
+            },
         )
     })?;
     let mut c = classify_config(bdf, &ConfigSnapshot::from_bytes(bytes));

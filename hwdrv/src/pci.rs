@@ -162,12 +162,15 @@ pub trait PciFunction: Send + Sync {
 pub(crate) fn check_width(len: usize) -> io::Result<()> {
     match len {
         1 | 2 | 4 => Ok(()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("register access of {len} bytes (must be 1, 2 or 4)"),
-        )),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, BadWidth(len))),
     }
 }
+
+/// A register access that is not 1, 2 or 4 bytes wide (travels inside an
+/// `io::Error` of kind `InvalidInput`, as the [`PciFunction`] methods return).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("register access of {0} bytes (must be 1, 2 or 4)")]
+pub struct BadWidth(pub usize);
 
 /// A capability in the standard capability list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -35,7 +35,7 @@ pub enum VirtioError {
     },
     /// The function is not a virtio 1.x modern device, or lacks a required structure.
     #[error("not a usable virtio 1.x modern device: {0}")]
-    NotModern(String),
+    NotModern(NotModern),
     /// The device status did not read 0 within `RESET_TIMEOUT` (2 s).
     #[error("device did not complete reset within {timeout:?} (status reads {status:#x})")]
     ResetTimeout {
@@ -55,8 +55,8 @@ pub enum VirtioError {
     /// An MSI-X vector assignment read back as something else (0xffff: refused).
     #[error("device refused MSI-X vector {vector} for {what} (read back {read:#x})")]
     VectorRejected {
-        /// "config" or "queue N".
-        what: String,
+        /// The configuration change or a queue.
+        what: VectorFor,
         /// The vector written.
         vector: u16,
         /// The value read back.
@@ -68,14 +68,115 @@ pub enum VirtioError {
         /// Device queue index.
         queue: u16,
         /// What went wrong.
-        what: String,
+        what: QueueProblem,
     },
     /// The device raised DEVICE_NEEDS_RESET or FAILED.
     #[error("device reports an error (status {0:#x}: DEVICE_NEEDS_RESET)")]
     NeedsReset(u8),
     /// The device cannot do what was asked (e.g. stop one queue).
     #[error("{0}")]
-    Unsupported(String),
+    Unsupported(Unsupported),
+}
+
+/// Why a function is not a usable virtio 1.x modern device.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NotModern {
+    /// The vendor is not virtio's.
+    #[error("vendor {found:#06x} is not virtio ({expected:#06x})")]
+    Vendor {
+        /// The function's vendor id.
+        found: u16,
+        /// The virtio vendor id.
+        expected: u16,
+    },
+    /// A virtio capability the driver needs is missing.
+    #[error("no {0} capability")]
+    MissingCapability(&'static str),
+    /// The common configuration structure is shorter than virtio 1.x's.
+    #[error("common configuration is {0} bytes, needs 56")]
+    CommonTooShort(u32),
+    /// The device does not offer VIRTIO_F_VERSION_1.
+    #[error("VERSION_1 is not offered")]
+    NoVersion1,
+}
+
+/// Whose MSI-X vector was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorFor {
+    /// The configuration-change vector (`msix_config`).
+    Config,
+    /// A queue's vector (`queue_msix_vector`).
+    Queue(u16),
+}
+
+impl std::fmt::Display for VectorFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config => write!(f, "config"),
+            Self::Queue(q) => write!(f, "queue {q}"),
+        }
+    }
+}
+
+/// What went wrong with one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum QueueProblem {
+    /// The index is beyond the device's queues.
+    #[error("no such queue (the device has {num_queues})")]
+    NoSuchQueue {
+        /// Queues the device has.
+        num_queues: u16,
+    },
+    /// The queue's maximum size is 0.
+    #[error("not available (size 0)")]
+    NotAvailable,
+    /// The ring size is not a power of two or above the queue's maximum.
+    #[error("ring size {size} does not fit the device (maximum {max}, power of two)")]
+    BadSize {
+        /// The size asked for.
+        size: u16,
+        /// The queue's maximum.
+        max: u16,
+    },
+    /// The queue is already enabled.
+    #[error("already enabled")]
+    AlreadyEnabled,
+    /// The ring must resume at a nonzero index and the device has no ring state.
+    #[error(
+        "cannot resume at avail {avail} / used {used}: a virtio-pci device starts every \
+         queue at index 0 and this one has no ring-state registers"
+    )]
+    CannotResume {
+        /// Avail index to resume at.
+        avail: u16,
+        /// Used index to resume at.
+        used: u16,
+    },
+    /// The queue's doorbell lies outside the notify structure.
+    #[error("doorbell offset {offset:#x} outside the notify area ({length:#x} bytes)")]
+    DoorbellOutside {
+        /// Offset of the doorbell in the notify structure.
+        offset: u64,
+        /// Length of the notify structure.
+        length: u32,
+    },
+    /// `queue_enable` did not read back 1.
+    #[error("queue_enable did not read back 1")]
+    NotEnabled,
+    /// A queue stop did not complete in time.
+    #[error("did not stop within {0:?}")]
+    StopTimeout(Duration),
+}
+
+/// What a device cannot do.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Unsupported {
+    /// Stopping one queue needs VIRTIO_F_RING_RESET or ring-state registers.
+    #[error(
+        "queue {0} cannot be stopped alone: the device has neither \
+         VIRTIO_F_RING_RESET nor ring-state registers"
+    )]
+    StopOneQueue(u16),
 }
 
 type Result<T> = std::result::Result<T, VirtioError>;
@@ -185,23 +286,21 @@ impl VirtioPci {
         let snap = ConfigSnapshot::read(pci.as_ref()).map_err(io_err("reading config space"))?;
         let ids = (snap.vendor_id(), snap.device_id());
         if ids.0 != spec::VIRTIO_VENDOR_ID {
-            return Err(VirtioError::NotModern(format!(
-                "vendor {:#06x} is not virtio ({:#06x})",
-                ids.0,
-                spec::VIRTIO_VENDOR_ID
-            )));
+            return Err(VirtioError::NotModern(NotModern::Vendor {
+                found: ids.0,
+                expected: spec::VIRTIO_VENDOR_ID,
+            }));
         }
         let caps = snap.virtio_caps();
         let find = |t: u8| caps.iter().find(|c| c.cfg_type == t && c.bar < 6);
-        let missing = |n: &str| VirtioError::NotModern(format!("no {n} capability"));
+        let missing = |n| VirtioError::NotModern(NotModern::MissingCapability(n));
         let common = find(cap::COMMON).ok_or_else(|| missing("COMMON_CFG"))?;
         let notify = find(cap::NOTIFY).ok_or_else(|| missing("NOTIFY_CFG"))?;
         // Required of a modern device, though this driver never reads it (MSI-X only).
         find(cap::ISR).ok_or_else(|| missing("ISR_CFG"))?;
         if common.length < 0x38 {
-            return Err(VirtioError::NotModern(format!(
-                "common configuration is {} bytes, needs 56",
-                common.length
+            return Err(VirtioError::NotModern(NotModern::CommonTooShort(
+                common.length,
             )));
         }
         let mut dev = VirtioPci {
@@ -221,7 +320,7 @@ impl VirtioPci {
         dev.num_queues = dev.read16(cc::NUM_QUEUES, "num_queues")?;
         dev.device_features = dev.read_features(cc::DEVICE_FEATURE_SELECT, cc::DEVICE_FEATURE)?;
         if dev.device_features & VIRTIO_F_VERSION_1 == 0 {
-            return Err(VirtioError::NotModern("VERSION_1 is not offered".into()));
+            return Err(VirtioError::NotModern(NotModern::NoVersion1));
         }
         tracing::debug!(pci = %dev.pci.describe(), num_queues = dev.num_queues,
             features = format_args!("{:#x}", dev.device_features),
@@ -378,7 +477,7 @@ impl VirtioPci {
         let read = self.read16(cc::MSIX_CONFIG, "msix_config")?;
         if read != vector {
             return Err(VirtioError::VectorRejected {
-                what: "config".into(),
+                what: VectorFor::Config,
                 vector,
                 read,
             });
@@ -390,7 +489,9 @@ impl VirtioPci {
         if queue >= self.num_queues {
             return Err(VirtioError::Queue {
                 queue,
-                what: format!("no such queue (the device has {})", self.num_queues),
+                what: QueueProblem::NoSuchQueue {
+                    num_queues: self.num_queues,
+                },
             });
         }
         self.write16(cc::QUEUE_SELECT, queue, "queue_select")
@@ -406,18 +507,15 @@ impl VirtioPci {
     /// does not enable it. Returns its doorbell.
     pub fn program_queue(&self, queue: u16, q: &QueueSetup) -> Result<Doorbell> {
         let max = self.queue_max_size(queue)?;
-        let fail = |what: String| VirtioError::Queue { queue, what };
+        let fail = |what| VirtioError::Queue { queue, what };
         if max == 0 {
-            return Err(fail("not available (size 0)".into()));
+            return Err(fail(QueueProblem::NotAvailable));
         }
         if !q.size.is_power_of_two() || q.size > max {
-            return Err(fail(format!(
-                "ring size {} does not fit the device (maximum {max}, power of two)",
-                q.size
-            )));
+            return Err(fail(QueueProblem::BadSize { size: q.size, max }));
         }
         if self.read16(cc::QUEUE_ENABLE, "queue_enable")? != 0 {
-            return Err(fail("already enabled".into()));
+            return Err(fail(QueueProblem::AlreadyEnabled));
         }
         self.write16(cc::QUEUE_SIZE, q.size, "queue_size")?;
         self.write64(cc::QUEUE_DESC, q.desc, "queue_desc")?;
@@ -427,7 +525,7 @@ impl VirtioPci {
         let read = self.read16(cc::QUEUE_MSIX_VECTOR, "queue_msix_vector")?;
         if read != q.vector {
             return Err(VirtioError::VectorRejected {
-                what: format!("queue {queue}"),
+                what: VectorFor::Queue(queue),
                 vector: q.vector,
                 read,
             });
@@ -441,19 +539,16 @@ impl VirtioPci {
             }
             (Some((0, 0)), None) | (None, _) => {}
             (Some((avail, used)), None) => {
-                return Err(fail(format!(
-                    "cannot resume at avail {avail} / used {used}: a virtio-pci device \
-                     starts every queue at index 0 and this one has no ring-state registers"
-                )))
+                return Err(fail(QueueProblem::CannotResume { avail, used }))
             }
         }
         let off = self.read16(cc::QUEUE_NOTIFY_OFF, "queue_notify_off")?;
         let offset = u64::from(off) * u64::from(self.notify_multiplier);
         if offset + 2 > u64::from(self.notify.length) {
-            return Err(fail(format!(
-                "doorbell offset {offset:#x} outside the notify area ({:#x} bytes)",
-                self.notify.length
-            )));
+            return Err(fail(QueueProblem::DoorbellOutside {
+                offset,
+                length: self.notify.length,
+            }));
         }
         Ok(Doorbell {
             queue,
@@ -469,7 +564,7 @@ impl VirtioPci {
         if self.read16(cc::QUEUE_ENABLE, "queue_enable")? != 1 {
             return Err(VirtioError::Queue {
                 queue,
-                what: "queue_enable did not read back 1".into(),
+                what: QueueProblem::NotEnabled,
             });
         }
         Ok(())
@@ -486,10 +581,7 @@ impl VirtioPci {
         } else if self.ring_state.is_some() {
             (cc::QUEUE_ENABLE, 0, 0)
         } else {
-            return Err(VirtioError::Unsupported(format!(
-                "queue {queue} cannot be stopped alone: the device has neither \
-                 VIRTIO_F_RING_RESET nor ring-state registers"
-            )));
+            return Err(VirtioError::Unsupported(Unsupported::StopOneQueue(queue)));
         };
         self.write16(reg, val, "queue stop")?;
         let start = Instant::now();
@@ -497,7 +589,7 @@ impl VirtioPci {
             if start.elapsed() > RESET_TIMEOUT {
                 return Err(VirtioError::Queue {
                     queue,
-                    what: format!("did not stop within {RESET_TIMEOUT:?}"),
+                    what: QueueProblem::StopTimeout(RESET_TIMEOUT),
                 });
             }
             std::thread::sleep(Duration::from_millis(1));

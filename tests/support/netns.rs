@@ -285,18 +285,16 @@ mod tests {
         assert!(!status.success());
         let list = ip(&["netns", "list"]).unwrap();
         assert!(!list.contains(&name), "{name} still exists: {list}");
-        // The peer end goes with the deleted namespace; the kernel tears namespaces
-        // down in a work queue, so on a busy machine that can take a moment.
-        let gone = (0..50).any(|_| {
-            let present = b.ip(&["link"]).contains("vb");
-            if present {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            !present
+        // The peer end went with the deleted namespace. The kernel tears a namespace
+        // down after `ip netns delete` returns (in a work queue, slower under load).
+        let gone = super::super::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            (!b.ip(&["link"]).contains("vb")).then_some(())
         });
         assert!(
-            gone,
-            "vb still exists 5 s after its peer's namespace was deleted"
+            gone.is_some(),
+            "vb still in {}: {}",
+            b.name(),
+            b.ip(&["link"])
         );
     }
 }
