@@ -51,6 +51,11 @@ mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"
 mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"
 mount -t tmpfs tmpfs "$ROOT/tmp"
 mount -t tmpfs tmpfs "$ROOT/run"
+# The smoke boots take the test harness's guest lock; share this machine's lock file so
+# they wait for guests booted outside the tree too.
+touch /tmp/vdpad-qemu-guest.lock
+touch "$ROOT/tmp/vdpad-qemu-guest.lock"
+mount --bind /tmp/vdpad-qemu-guest.lock "$ROOT/tmp/vdpad-qemu-guest.lock"
 
 rc=0
 for run in fresh second; do
