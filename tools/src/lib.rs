@@ -9,6 +9,7 @@
 //! - [`control`]: the control socket (protocol, server, commands) and its client.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`notify`]: systemd readiness notifications (`sd_notify`).
+//! - [`vdpa_netlink`]: the kernel's vDPA management interface (generic netlink `"vdpa"`).
 
 pub mod control;
 pub mod daemon;
@@ -17,4 +18,5 @@ pub mod metrics;
 pub mod notify;
 pub mod qemu;
 pub mod signals;
+pub mod vdpa_netlink;
 pub mod wiring;
