@@ -65,7 +65,8 @@ for run in fresh second; do
   status=$?
   wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   echo "[fresh] setup.sh --smoke, $run run: exit $status, $wall s (log: $WORK/setup-$run.log)"
-  grep '^\[setup\] [^.]*: ' "$WORK/setup-$run.log" | sed 's/^/    /'
+  # Every step's result line (not the "step ..." start lines; step names may hold dots).
+  grep '^\[setup\] ' "$WORK/setup-$run.log" | grep -v ' \.\.\.$' | sed 's/^/    /'
   [ $status -eq 0 ] || { rc=1; tail -n 30 "$WORK/setup-$run.log" >&2; break; }
 done
 [ $rc -eq 0 ] || KEEP=1

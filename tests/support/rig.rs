@@ -4,13 +4,16 @@
 //! It belongs to another package of the workspace, so cargo does not build it for
 //! this package's tests; [`rig_binary`] builds it once per test process with the cargo
 //! that runs the tests, into the same target directory and profile as the test binary,
-//! so that it is never stale.
+//! so that it is never stale. [`vdpa_netlink_binary`] does the same for this package's
+//! `vdpa_netlink` example (cargo builds examples for `cargo test` of the whole
+//! package, but not for `cargo test --test NAME`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 static RIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+static VDPA_NETLINK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// The target directory and profile directory of the running test binary
 /// (`<target>/<profile>/deps/<test>-<hash>`).
@@ -22,16 +25,16 @@ fn layout() -> Result<(PathBuf, PathBuf), String> {
     Ok((target.to_path_buf(), profile.to_path_buf()))
 }
 
-fn build() -> Result<PathBuf, String> {
+/// `cargo build --quiet -p PACKAGE KIND NAME` into the test's target directory and
+/// profile; returns `<profile>/<subdir>/NAME`.
+fn build(package: &str, kind: &str, name: &str, subdir: &str) -> Result<PathBuf, String> {
     let (target, profile) = layout()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new("timeout");
-    cmd.args([
-        "600", &cargo, "build", "--quiet", "-p", "vdpa-rig", "--bin", "vdpa-rig",
-    ])
-    .arg("--target-dir")
-    .arg(&target)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args(["600", &cargo, "build", "--quiet", "-p", package, kind, name])
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     match profile.file_name().and_then(|n| n.to_str()) {
         Some("debug") => {}
         Some("release") => {
@@ -47,12 +50,12 @@ fn build() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot run {cargo}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "`cargo build -p vdpa-rig` failed ({}):\n{}",
+            "`cargo build -p {package} {kind} {name}` failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let bin = profile.join("vdpa-rig");
+    let bin = profile.join(subdir).join(name);
     if !bin.is_file() {
         return Err(format!("{} missing after the build", bin.display()));
     }
@@ -62,8 +65,17 @@ fn build() -> Result<PathBuf, String> {
 /// The `vdpa-rig` binary, built (or brought up to date) on first use; panics with the
 /// build's output if that fails.
 pub fn rig_binary() -> &'static Path {
-    match RIG.get_or_init(build) {
+    match RIG.get_or_init(|| build("vdpa-rig", "--bin", "vdpa-rig", "")) {
         Ok(p) => p,
         Err(e) => panic!("building vdpa-rig: {e}"),
+    }
+}
+
+/// The `vdpa_netlink` example of package `vdpad` (`tools/examples/vdpa_netlink.rs`),
+/// built on first use; panics with the build's output if that fails.
+pub fn vdpa_netlink_binary() -> &'static Path {
+    match VDPA_NETLINK.get_or_init(|| build("vdpad", "--example", "vdpa_netlink", "examples")) {
+        Ok(p) => p,
+        Err(e) => panic!("building the vdpa_netlink example: {e}"),
     }
 }

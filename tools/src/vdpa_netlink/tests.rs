@@ -164,14 +164,14 @@ fn kernel_error_text_has_errno_and_extack() {
     let e = VdpaNetlinkError::Kernel {
         op: "VDPA_CMD_DEV_NEW",
         errno: libc::ENODEV,
-        message: Some("vdpa: Fail to find the specified mgmt device".into()),
+        message: Some("vdpa: Fail to find the specified management device".into()),
     };
     let text = e.to_string();
     assert!(text.starts_with("VDPA_CMD_DEV_NEW: "), "{text}");
     assert!(text.contains("ENODEV"), "{text}");
     assert!(text.contains("os error 19"), "{text}");
     assert!(
-        text.ends_with(": vdpa: Fail to find the specified mgmt device"),
+        text.ends_with(": vdpa: Fail to find the specified management device"),
         "{text}"
     );
     assert_eq!(e.errno(), Some(libc::ENODEV));

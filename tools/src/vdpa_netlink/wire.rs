@@ -460,7 +460,7 @@ mod tests {
         put_str_attr(
             &mut tlvs,
             NLMSGERR_ATTR_MSG,
-            "vdpa: Fail to find the specified mgmt device",
+            "vdpa: Fail to find the specified management device",
         );
         put_attr(&mut tlvs, 2, &32u32.to_ne_bytes()); // NLMSGERR_ATTR_OFFS
                                                       // Uncapped: error code, the whole request, then the TLVs.
@@ -471,7 +471,7 @@ mod tests {
         let want = Message::Error {
             seq: 3,
             errno: libc::ENODEV,
-            message: Some("vdpa: Fail to find the specified mgmt device".into()),
+            message: Some("vdpa: Fail to find the specified management device".into()),
         };
         assert_eq!(parse_messages(&m).unwrap(), vec![want]);
         // Capped: only the request's header is echoed.
@@ -482,7 +482,7 @@ mod tests {
         match &parse_messages(&m).unwrap()[0] {
             Message::Error { errno, message, .. } => {
                 assert_eq!(*errno, libc::ENODEV);
-                assert!(message.as_deref().unwrap().contains("mgmt device"));
+                assert!(message.as_deref().unwrap().contains("management device"));
             }
             other => panic!("{other:?}"),
         }
