@@ -9,8 +9,9 @@
 //! sysfs ([`Binding`]). [`VdpaNetlink::dev_del`] takes it off the bus again.
 //!
 //! Raw netlink over a `libc` socket: the family id is resolved once with
-//! `CTRL_CMD_GETFAMILY`; every receive has a timeout (`SO_RCVTIMEO`, and an overall
-//! deadline per request); kernel errors carry the errno and the extended-ack message.
+//! `CTRL_CMD_GETFAMILY`; every receive has a timeout (`SO_RCVTIMEO`, set to what is left
+//! of the request's time before each receive, so that a request ends within its
+//! timeout); kernel errors carry the errno and the extended-ack message.
 //!
 //! Do not call this from a thread that services a VDUSE device's request channel:
 //! adding the device makes the kernel probe it, and the probe waits for that thread.
@@ -356,6 +357,19 @@ impl VdpaNetlink {
         self.family
     }
 
+    /// Changes the time one request may take. A `dev_add` on `vduse` waits while the
+    /// bus driver probes the device, which waits for the VDUSE daemon's replies (up to
+    /// the device's `msg_timeout`, 30 s by default); a request that timed out here may
+    /// still complete in the kernel.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout.max(Duration::from_millis(1));
+    }
+
+    /// The time one request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// All management devices (`vdpa mgmtdev show`).
     pub fn mgmtdev_list(&mut self) -> Result<Vec<MgmtDev>, VdpaNetlinkError> {
         let replies = self.request(
@@ -372,7 +386,9 @@ impl VdpaNetlink {
 
     /// Creates vDPA device `name` on management device `mgmtdev` (`"vduse"`, or a
     /// `bus/name` handle): `vdpa dev add name NAME mgmtdev MGMTDEV`. For VDUSE, `name`
-    /// is a device created on `/dev/vduse/control` whose virtqueues are set up.
+    /// is a device created on `/dev/vduse/control` whose virtqueues are set up (else
+    /// the kernel answers EINVAL). The kernel binds a bus driver before it answers; see
+    /// [`VdpaNetlink::set_timeout`].
     pub fn dev_add(&mut self, name: &str, mgmtdev: &str) -> Result<(), VdpaNetlinkError> {
         let attrs = dev_new_attrs(name, mgmtdev);
         self.request("VDPA_CMD_DEV_NEW", cmd::DEV_NEW, wire::NLM_F_ACK, &attrs)
@@ -476,6 +492,11 @@ impl VdpaNetlink {
             attrs,
         );
         self.send(&req)?;
+        self.collect(op, seq)
+    }
+
+    /// Receives the replies to request `seq` (see [`VdpaNetlink::transact`]).
+    fn collect(&mut self, op: &'static str, seq: u32) -> Result<Vec<Vec<u8>>, VdpaNetlinkError> {
         let deadline = Instant::now() + self.timeout;
         let mut data = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -486,6 +507,8 @@ impl VdpaNetlink {
                     timeout: self.timeout,
                 });
             }
+            // The receive waits at most for what is left of this request's time.
+            set_rcvtimeo(&self.fd, deadline.saturating_duration_since(Instant::now()))?;
             let n = self.recv(&mut buf, op)?;
             for msg in wire::parse_messages(&buf[..n])? {
                 match msg {
@@ -597,6 +620,21 @@ fn sockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> 
     }
 }
 
+/// Bounds every `recv` on `fd` by `timeout` (at least 1 ms: 0 would mean forever).
+fn set_rcvtimeo(fd: &OwnedFd, timeout: Duration) -> Result<(), VdpaNetlinkError> {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    sockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv).map_err(|source| {
+        VdpaNetlinkError::Socket {
+            op: "SO_RCVTIMEO",
+            source,
+        }
+    })
+}
+
 fn open_socket(timeout: Duration) -> Result<OwnedFd, VdpaNetlinkError> {
     let err = |op: &'static str| VdpaNetlinkError::Socket {
         op,
@@ -615,16 +653,7 @@ fn open_socket(timeout: Duration) -> Result<OwnedFd, VdpaNetlinkError> {
     }
     // SAFETY: `raw` is a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
-    };
-    sockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv).map_err(|source| {
-        VdpaNetlinkError::Socket {
-            op: "SO_RCVTIMEO",
-            source,
-        }
-    })?;
+    set_rcvtimeo(&fd, timeout)?;
     // Extended acks carry the kernel's error messages; capped acks keep errors small.
     // Both are best effort (kernels since 4.12 and 4.2 have them).
     let _ = sockopt(&fd, libc::SOL_NETLINK, libc::NETLINK_EXT_ACK, &1i32);

@@ -219,3 +219,36 @@ fn open_reports_family_or_its_absence() {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[test]
+fn a_request_the_kernel_never_answers_times_out_in_time() {
+    // A message without NLM_F_REQUEST (and without NLM_F_ACK) gets no reply at all.
+    let mut nl = VdpaNetlink::unresolved(Duration::from_millis(200)).unwrap();
+    let mut attrs = Vec::new();
+    wire::put_str_attr(&mut attrs, wire::CTRL_ATTR_FAMILY_NAME, "nlctrl");
+    let req = wire::genl_request(
+        wire::GENL_ID_CTRL,
+        0,
+        77,
+        wire::CTRL_CMD_GETFAMILY,
+        1,
+        &attrs,
+    );
+    nl.send(&req).unwrap();
+    let started = Instant::now();
+    match nl.collect("silent", 77) {
+        Err(VdpaNetlinkError::Timeout { op, timeout }) => {
+            assert_eq!((op, timeout), ("silent", Duration::from_millis(200)))
+        }
+        other => panic!("{other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_secs(2),
+        "took {took:?}"
+    );
+    // The socket is still usable, and a longer timeout is honoured.
+    nl.set_timeout(Duration::from_secs(5));
+    assert_eq!(nl.timeout(), Duration::from_secs(5));
+    assert_eq!(nl.resolve_family("nlctrl").unwrap(), wire::GENL_ID_CTRL);
+}
