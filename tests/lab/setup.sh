@@ -197,6 +197,7 @@ else
   # Fresh lists when there are none, or when the package they name is gone from the
   # mirror (backports moves on; stale lists then point at a deleted .deb).
   if [ -z "$KPKG612" ] || ! (cd "$DL" && logged kernel-6.12-download apt-get "${PRIV[@]}" -q download "$KPKG612"); then
+    echo "[setup] updating the backports package lists${KPKG612:+ (download of $KPKG612 failed; retrying)}"
     logged apt-backports-update apt-get "${PRIV[@]}" -q -o DPkg::Lock::Timeout=300 update ||
       die "apt-get update (backports) failed"
     KPKG612=$(kpkg612)
