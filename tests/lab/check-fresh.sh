@@ -51,6 +51,11 @@ mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"
 mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"
 mount -t tmpfs tmpfs "$ROOT/tmp"
 mount -t tmpfs tmpfs "$ROOT/run"
+# The smoke boots take the test harness's guest lock; share this machine's lock file so
+# they wait for guests booted outside the tree too.
+touch /tmp/vdpad-qemu-guest.lock
+touch "$ROOT/tmp/vdpad-qemu-guest.lock"
+mount --bind /tmp/vdpad-qemu-guest.lock "$ROOT/tmp/vdpad-qemu-guest.lock"
 
 rc=0
 for run in fresh second; do
@@ -60,7 +65,8 @@ for run in fresh second; do
   status=$?
   wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   echo "[fresh] setup.sh --smoke, $run run: exit $status, $wall s (log: $WORK/setup-$run.log)"
-  grep '^\[setup\] [^.]*: ' "$WORK/setup-$run.log" | sed 's/^/    /'
+  # Every step's result line (not the "step ..." start lines; step names may hold dots).
+  grep '^\[setup\] ' "$WORK/setup-$run.log" | grep -v ' \.\.\.$' | sed 's/^/    /'
   [ $status -eq 0 ] || { rc=1; tail -n 30 "$WORK/setup-$run.log" >&2; break; }
 done
 [ $rc -eq 0 ] || KEEP=1

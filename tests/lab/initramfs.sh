@@ -8,6 +8,10 @@
 # KERNEL_ROOT=$VDPAD_LAB/kernel, the newest *-amd64 version found in it, and
 # OUTPUT=$VDPAD_LAB/initramfs.cpio.gz, with VDPAD_LAB defaulting to /var/tmp/vdpad-lab.
 #
+# VDPAD_INITRAMFS_EXTRA="mod1 mod2" ships more modules (with their dependencies) for guest
+# scripts to modprobe; setup.sh passes the vDPA ones (vdpa vduse virtio_vdpa vhost_vdpa
+# vhost vhost_iotlb) for the 6.12 image.
+#
 # Needs busybox-static, cpio, kmod (modprobe/depmod), gzip, and xz/zstd when the kernel
 # ships compressed modules.
 #
@@ -47,7 +51,7 @@ command -v modprobe >/dev/null || die "modprobe missing (apt-get install kmod)"
 
 # Drivers loaded at boot, then extra modules that are only shipped in the image.
 BOOT_MODULES="virtio_pci virtio_net 9pnet_virtio 9p tun vfio vfio_pci vfio_iommu_type1 e1000e igb"
-EXTRA_MODULES="veth dummy bridge"
+EXTRA_MODULES="veth dummy bridge ${VDPAD_INITRAMFS_EXTRA:-}"
 
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/vdpad-initramfs.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT

@@ -13,13 +13,18 @@
 #      lists and its download cache live in a private apt configuration under the lab dir;
 #   3. Debian's 6.1 kernel (linux-image-amd64's current ABI package) extracted into the lab
 #      dir; nothing is installed into /boot and no bootloader is touched;
-#   4. hugepages for testpmd, best effort (the tests also run with --no-huge);
-#   5. the guest initramfs (tests/lab/initramfs.sh), rebuilt when that script or the
-#      kernel changes;
-#   6. with --smoke (or VDPAD_LAB_SMOKE=1): boots the guest once as a check.
+#   4. Debian's bookworm-backports 6.12 kernel (VDUSE net devices need Linux >= 6.8),
+#      downloaded with the private backports apt config and extracted next to the 6.1
+#      one (VDPAD_LAB_NO_612=1 skips it);
+#   5. hugepages for testpmd, best effort (the tests also run with --no-huge);
+#   6. the guest initramfs images (tests/lab/initramfs.sh), one per kernel, rebuilt when
+#      that script, the kernel or the module list changes; the 6.12 one also ships the
+#      vDPA modules (vdpa, vduse, virtio_vdpa, vhost_vdpa) for guest scripts to modprobe;
+#   7. with --smoke (or VDPAD_LAB_SMOKE=1): boots each guest once as a check.
 #
-# Lab dir: $VDPAD_LAB, default /var/tmp/vdpad-lab. The tests find the kernel at
-# $VDPAD_LAB/vmlinuz and the initramfs at $VDPAD_LAB/initramfs.cpio.gz.
+# Lab dir: $VDPAD_LAB, default /var/tmp/vdpad-lab. The tests find the kernels at
+# $VDPAD_LAB/vmlinuz and $VDPAD_LAB/vmlinuz-6.12, the initramfs images at
+# $VDPAD_LAB/initramfs.cpio.gz and $VDPAD_LAB/initramfs-6.12.cpio.gz.
 set -euo pipefail
 
 LAB=${VDPAD_LAB:-/var/tmp/vdpad-lab}
@@ -28,7 +33,7 @@ SMOKE=${VDPAD_LAB_SMOKE:-0}
 for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -73,6 +78,29 @@ flock -w 600 9 || die "another setup.sh holds $LAB/.setup.lock"
 done_step "root, $CODENAME, lab dir $LAB"
 
 # ---------------------------------------------------------------------------------------
+# Private apt configuration: the machine's own sources plus bookworm-backports, with their
+# lists and archives under $LAB/apt-backports. /etc/apt and /var/lib/apt/lists are not
+# modified; only dpkg's database learns about installed packages. backports_apt sets
+# PRIV (the apt-get/apt-cache options that select it) and writes its sources file.
+B=$LAB/apt-backports
+PRIV=()
+backports_apt() {
+  mkdir -p "$B/lists/partial" "$B/archives/partial"
+  local mirror=""
+  if [ -r /etc/apt/sources.list.d/debian.sources ]; then
+    mirror=$(awk '$1 == "URIs:" && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$mirror" ] && [ -r /etc/apt/sources.list ]; then
+    mirror=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file|ftp):/) { print $i; exit } }' /etc/apt/sources.list)
+  fi
+  mirror=${mirror:-http://deb.debian.org/debian}
+  echo "deb $mirror bookworm-backports main" >"$B/backports.list"
+  PRIV=(-o "Dir::Etc::sourcelist=$B/backports.list" -o "Dir::State::lists=$B/lists"
+        -o "Dir::Cache::archives=$B/archives")
+  echo "[setup] private apt config: $B (mirror $mirror)"
+}
+
+# ---------------------------------------------------------------------------------------
 step "apt packages"
 PACKAGES=(
   dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-net-tap23 librte-net-af-packet23
@@ -101,23 +129,7 @@ qemu_major() { qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulat
 if [ "$(qemu_major || true)" -ge 10 ] 2>/dev/null && [ "${VDPAD_LAB_FORCE_QEMU:-0}" != 1 ]; then
   done_step "present: $(qemu-system-x86_64 --version | head -n 1)"
 else
-  # Private apt configuration: the machine's own sources plus bookworm-backports, with
-  # their lists and archives under $LAB/apt-backports. /etc/apt and /var/lib/apt/lists
-  # are not modified; only dpkg's database learns about the installed packages.
-  B=$LAB/apt-backports
-  mkdir -p "$B/lists/partial" "$B/archives/partial"
-  MIRROR=""
-  if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-    MIRROR=$(awk '$1 == "URIs:" && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
-  fi
-  if [ -z "$MIRROR" ] && [ -r /etc/apt/sources.list ]; then
-    MIRROR=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file|ftp):/) { print $i; exit } }' /etc/apt/sources.list)
-  fi
-  MIRROR=${MIRROR:-http://deb.debian.org/debian}
-  echo "deb $MIRROR bookworm-backports main" >"$B/backports.list"
-  PRIV=(-o "Dir::Etc::sourcelist=$B/backports.list" -o "Dir::State::lists=$B/lists"
-        -o "Dir::Cache::archives=$B/archives")
-  echo "[setup] private apt config: $B (mirror $MIRROR)"
+  backports_apt
   logged apt-backports-update apt-get "${PRIV[@]}" -q -o DPkg::Lock::Timeout=300 update ||
     die "apt-get update (backports) failed"
   logged apt-backports-install apt-get "${PRIV[@]}" "${APT_OPTS[@]}" -t bookworm-backports install qemu-system-x86 ||
@@ -154,6 +166,56 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
+step "guest kernel 6.12"
+# bookworm-backports' 6.12 for the VDUSE tests (virtio-net over VDUSE needs Linux >= 6.8).
+KROOT612=$LAB/kernel-6.12
+kver612() { ls "$KROOT612/lib/modules" 2>/dev/null | grep -E -- '^6\.12\..*-amd64$' | sort -V | tail -n 1 || true; }
+KVER612=$(kver612)
+if [ "${VDPAD_LAB_NO_612:-0}" = 1 ]; then
+  KVER612=""
+  done_step "skipped (VDPAD_LAB_NO_612=1)"
+elif [ -n "$KVER612" ] && [ -s "$KROOT612/boot/vmlinuz-$KVER612" ] && [ -s "$KROOT612/lib/modules/$KVER612/modules.dep" ]; then
+  ln -sfn "kernel-6.12/boot/vmlinuz-$KVER612" "$LAB/vmlinuz-6.12"
+  done_step "present: $KVER612"
+else
+  backports_apt
+  # kpkg612: the 6.12 image package that backports' linux-image-amd64 depends on (or,
+  # should the metapackage move past 6.12, the newest 6.12 image package there).
+  kpkg612() {
+    local p
+    p=$(apt-cache "${PRIV[@]}" -t bookworm-backports depends linux-image-amd64 2>/dev/null |
+      awk '$1 == "Depends:" && $2 ~ /^linux-image-6\.12\..*-amd64$/ { print $2; exit }')
+    [ -n "$p" ] || p=$(apt-cache "${PRIV[@]}" pkgnames linux-image-6.12. 2>/dev/null |
+      grep -E -- '^linux-image-6\.12\.[0-9.+a-z]*-amd64$' | sort -V | tail -n 1)
+    echo "$p"
+  }
+  KPKG612=""
+  [ -s "$(ls "$B"/lists/*bookworm-backports_main_binary-amd64_Packages* 2>/dev/null | head -n 1)" ] && KPKG612=$(kpkg612)
+  DL=$LAB/downloads-6.12
+  rm -rf "$DL" "$KROOT612.tmp"
+  mkdir -p "$DL"
+  id _apt >/dev/null 2>&1 && chown _apt "$DL"
+  # Fresh lists when there are none, or when the package they name is gone from the
+  # mirror (backports moves on; stale lists then point at a deleted .deb).
+  if [ -z "$KPKG612" ] || ! (cd "$DL" && logged kernel-6.12-download apt-get "${PRIV[@]}" -q download "$KPKG612"); then
+    echo "[setup] updating the backports package lists${KPKG612:+ (download of $KPKG612 failed; retrying)}"
+    logged apt-backports-update apt-get "${PRIV[@]}" -q -o DPkg::Lock::Timeout=300 update ||
+      die "apt-get update (backports) failed"
+    KPKG612=$(kpkg612)
+    [ -n "$KPKG612" ] || die "no linux-image-6.12.*-amd64 package in bookworm-backports"
+    (cd "$DL" && logged kernel-6.12-download apt-get "${PRIV[@]}" -q download "$KPKG612") ||
+      die "apt-get download $KPKG612 failed"
+  fi
+  KVER612=${KPKG612#linux-image-}
+  dpkg-deb -x "$DL"/"${KPKG612}"_*.deb "$KROOT612.tmp" || die "cannot unpack $KPKG612"
+  depmod -b "$KROOT612.tmp" "$KVER612" || die "depmod (6.12) failed"
+  rm -rf "$KROOT612" "$DL"
+  mv "$KROOT612.tmp" "$KROOT612"
+  ln -sfn "kernel-6.12/boot/vmlinuz-$KVER612" "$LAB/vmlinuz-6.12"
+  done_step "extracted $KPKG612"
+fi
+
+# ---------------------------------------------------------------------------------------
 step "hugepages (best effort)"
 total=$(awk '/^HugePages_Total:/ { print $2 }' /proc/meminfo)
 if [ "${total:-0}" -lt 512 ]; then
@@ -168,16 +230,26 @@ mountpoint -q /dev/hugepages && hp_mount=yes
 done_step "${total:-0} x 2 MiB pages, /dev/hugepages mounted: $hp_mount (tests fall back to --no-huge)"
 
 # ---------------------------------------------------------------------------------------
+# initramfs KROOT KVER OUTPUT STAMPFILE [EXTRA_MODULES]: (re)build one guest image when
+# initramfs.sh, the kernel version or the module list changed since its stamp.
+initramfs() {
+  local stamp
+  stamp="$(sha256sum "$HERE/initramfs.sh" | cut -d' ' -f1) $2${5:+ +$5}"
+  if [ -s "$3" ] && [ "$(cat "$4" 2>/dev/null)" = "$stamp" ]; then
+    echo "[setup]   $(basename "$3"): up to date"
+    return 0
+  fi
+  VDPAD_LAB=$LAB VDPAD_INITRAMFS_EXTRA="${5:-}" "$HERE/initramfs.sh" "$1" "$2" "$3" ||
+    die "initramfs.sh failed for $2"
+  echo "$stamp" >"$4"
+}
 step "guest initramfs"
 INITRD=$LAB/initramfs.cpio.gz
-STAMP="$(sha256sum "$HERE/initramfs.sh" | cut -d' ' -f1) $KVER"
-if [ -s "$INITRD" ] && [ "$(cat "$LAB/initramfs.stamp" 2>/dev/null)" = "$STAMP" ]; then
-  done_step "up to date"
-else
-  VDPAD_LAB=$LAB "$HERE/initramfs.sh" "$KROOT" "$KVER" "$INITRD" || die "initramfs.sh failed"
-  echo "$STAMP" >"$LAB/initramfs.stamp"
-  done_step "built"
-fi
+INITRD612=$LAB/initramfs-6.12.cpio.gz
+VDPA_MODULES="vdpa vduse virtio_vdpa vhost_vdpa vhost vhost_iotlb"
+initramfs "$KROOT" "$KVER" "$INITRD" "$LAB/initramfs.stamp"
+[ -z "$KVER612" ] || initramfs "$KROOT612" "$KVER612" "$INITRD612" "$LAB/initramfs-6.12.stamp" "$VDPA_MODULES"
+done_step "${KVER}${KVER612:+ and $KVER612}"
 
 # ---------------------------------------------------------------------------------------
 step "checks"
@@ -191,22 +263,42 @@ for pmd in net_vhost net_virtio net_tap mempool_ring; do
 done
 done_step "tools and DPDK drivers present"
 
-if [ "$SMOKE" = 1 ]; then
-  step "smoke boot"
+# smoke_boot NAME KERNEL INITRD SCRIPT_BODY GREP...: boots a guest running the script;
+# it passes when the console matches every GREP pattern and the script exited 0.
+smoke_boot() {
+  local name=$1 kernel=$2 initrd=$3 body=$4 W pat ok=1
+  shift 4
   W=$(mktemp -d "$LAB/smoke.XXXXXX")
-  printf 'echo "smoke: $(chroot /host /bin/uname -s) $(ls /lab | tr "\\n" " ")"\n' >"$W/guest.sh"
+  printf '%s\n' "$body" >"$W/guest.sh"
   touch "$W/share-visible"
-  timeout 120 qemu-system-x86_64 -machine q35 -accel tcg -m 512M -smp 1 -nodefaults -display none \
-    -serial stdio -no-reboot -kernel "$LAB/vmlinuz" -initrd "$INITRD" \
+  # The tests' machine-wide guest lock (tests/support/guest.rs): one guest at a time.
+  flock -w 900 /tmp/vdpad-qemu-guest.lock \
+  timeout 180 qemu-system-x86_64 -machine q35 -accel tcg -m 512M -smp 1 -nodefaults -display none \
+    -serial stdio -no-reboot -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 quiet panic=-1 lab.script=/host$W/guest.sh" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$W,mount_tag=lab,security_model=none" </dev/null >"$W/console.log" 2>&1 || true
-  if grep -q 'smoke: Linux .*share-visible' "$W/console.log" && grep -q 'VDPAD-GUEST-EXIT rc=0' "$W/console.log"; then
+  for pat in "$@" 'VDPAD-GUEST-EXIT rc=0'; do
+    grep -q -- "$pat" "$W/console.log" || ok=0
+  done
+  if [ $ok = 1 ]; then
     rm -rf "$W"
-    done_step "guest booted and ran a host binary"
   else
     cat "$W/console.log" >&2
-    die "the guest did not boot (console above, kept in $W)"
+    die "the $name guest did not boot or its check failed (console above, kept in $W)"
+  fi
+}
+if [ "$SMOKE" = 1 ]; then
+  step "smoke boot"
+  smoke_boot 6.1 "$LAB/vmlinuz" "$INITRD" \
+    'echo "smoke: $(chroot /host /bin/uname -s) $(ls /lab | tr "\n" " ")"' 'smoke: Linux .*share-visible'
+  done_step "guest booted and ran a host binary"
+  if [ -n "$KVER612" ]; then
+    step "smoke boot 6.12"
+    smoke_boot 6.12 "$LAB/vmlinuz-6.12" "$INITRD612" \
+      'modprobe vduse && modprobe virtio_vdpa && modprobe vhost_vdpa && test -c /dev/vduse/control && echo "smoke612: $(uname -r) vduse ok"' \
+      'smoke612: 6\.12\..* vduse ok'
+    done_step "6.12 guest booted and loaded vduse"
   fi
 fi
 
@@ -215,4 +307,5 @@ echo "[setup] lab ready in $(elapsed "$START") s: $LAB"
 echo "[setup]   qemu:   $(command -v qemu-system-x86_64) ($(qemu-system-x86_64 --version | head -n 1 | awk '{ print $4 }'))"
 echo "[setup]   kernel: $LAB/vmlinuz -> $(readlink "$LAB/vmlinuz")"
 echo "[setup]   initrd: $INITRD"
+[ -z "$KVER612" ] || echo "[setup]   6.12:   $LAB/vmlinuz-6.12 -> $(readlink "$LAB/vmlinuz-6.12"), $INITRD612"
 echo "[setup]   testpmd: $(command -v dpdk-testpmd)"

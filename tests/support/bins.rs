@@ -42,6 +42,8 @@ fn build() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new("timeout");
     cmd.args(["900", &cargo, "build", "--quiet", "--bins"]);
+    // vdpad's diagnostic example, run by the VDUSE lab test inside the guest.
+    cmd.args(["--example", "vdpa_netlink"]);
     for p in PACKAGES {
         cmd.args(["-p", p]);
     }
@@ -116,4 +118,10 @@ pub fn vdpa_bench() -> &'static str {
 pub fn vdpad_gen() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     binary(&PATH, "vdpad-gen")
+}
+
+/// vdpad's `vdpa_netlink` example (the vDPA netlink client as a command).
+pub fn vdpa_netlink_example() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    binary(&PATH, "examples/vdpa_netlink")
 }

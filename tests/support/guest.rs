@@ -1,7 +1,9 @@
 //! A QEMU guest that runs one shell script from the host and powers off.
 //!
 //! The guest is the lab's busybox initramfs (tests/lab/initramfs.sh) on Debian's 6.1
-//! kernel, under TCG on a q35 machine whose RAM is a shared memfd (required by
+//! kernel, or on bookworm-backports' 6.12 with [`GuestConfig::kernel_6_12`] (for VDUSE:
+//! its initramfs also ships vdpa, vduse, virtio_vdpa and vhost_vdpa for the script to
+//! `modprobe`), under TCG on a q35 machine whose RAM is a shared memfd (required by
 //! vhost-user backends). The host root is mounted read-only at `/host` in the guest
 //! (`chroot /host PROGRAM` runs host binaries), and a per-test read-write directory
 //! ([`Guest::share`]) at `/lab`. The serial console and QEMU's own messages go to
@@ -25,6 +27,17 @@ pub const READY: &str = "VDPAD-GUEST-READY";
 /// Printed by the guest's init after the script, followed by ` rc=<status>`.
 pub const EXIT: &str = "VDPAD-GUEST-EXIT rc=";
 
+/// Which lab kernel a [`Guest`] boots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GuestKernel {
+    /// Debian 12's 6.1 kernel (`<lab>/vmlinuz`, `<lab>/initramfs.cpio.gz`).
+    #[default]
+    Debian6_1,
+    /// bookworm-backports' 6.12 kernel (`<lab>/vmlinuz-6.12`,
+    /// `<lab>/initramfs-6.12.cpio.gz`), with the vDPA/VDUSE modules in its initramfs.
+    Backports6_12,
+}
+
 /// How to boot a [`Guest`].
 #[derive(Clone, Debug)]
 pub struct GuestConfig {
@@ -42,6 +55,8 @@ pub struct GuestConfig {
     pub limit: Duration,
     /// Run QEMU inside this network namespace (for tap netdevs).
     pub netns: Option<String>,
+    /// The kernel to boot (6.1 unless [`GuestConfig::kernel_6_12`]).
+    pub kernel: GuestKernel,
 }
 
 impl GuestConfig {
@@ -55,7 +70,15 @@ impl GuestConfig {
             append: String::new(),
             limit: Duration::from_secs(300),
             netns: None,
+            kernel: GuestKernel::default(),
         }
+    }
+
+    /// Boots bookworm-backports' 6.12 kernel instead of 6.1 (the lab must have it:
+    /// use [`Lab::require_6_12`]).
+    pub fn kernel_6_12(mut self) -> Self {
+        self.kernel = GuestKernel::Backports6_12;
+        self
     }
 
     /// Adds QEMU arguments.
@@ -110,6 +133,19 @@ impl Guest {
             !script_s.contains(' ') && !script_s.contains(','),
             "guest paths must not contain spaces or commas: {script_s}"
         );
+        let (kernel, initrd) = match config.kernel {
+            GuestKernel::Debian6_1 => (&lab.kernel, &lab.initrd),
+            GuestKernel::Backports6_12 => {
+                let image = lab.kernel_6_12.as_ref().unwrap_or_else(|| {
+                    panic!(
+                        "the lab has no 6.12 guest ({}/vmlinuz-6.12); {}",
+                        lab.dir.display(),
+                        super::lab::HOWTO
+                    )
+                });
+                (&image.kernel, &image.initrd)
+            }
+        };
         let mem = format!("{}M", config.mem_mib);
         let append = format!(
             "console=ttyS0 quiet panic=-1 lab.script=/host{} {}",
@@ -133,9 +169,9 @@ impl Guest {
             "stdio",
             "-no-reboot",
             "-kernel",
-            &lab.kernel.to_string_lossy(),
+            &kernel.to_string_lossy(),
             "-initrd",
-            &lab.initrd.to_string_lossy(),
+            &initrd.to_string_lossy(),
             "-append",
             &append,
             "-virtfs",

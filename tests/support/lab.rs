@@ -23,6 +23,18 @@ pub struct Lab {
     pub initrd: PathBuf,
     /// `dpdk-testpmd`.
     pub testpmd: PathBuf,
+    /// The bookworm-backports 6.12 kernel and its initramfs (`<lab>/vmlinuz-6.12`,
+    /// `<lab>/initramfs-6.12.cpio.gz`), if installed; [`Lab::require_6_12`] insists.
+    pub kernel_6_12: Option<GuestImage>,
+}
+
+/// A guest kernel with the initramfs built for it.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initramfs built by `tests/lab/initramfs.sh` for that kernel.
+    pub initrd: PathBuf,
 }
 
 /// Finds `name` in `$PATH`.
@@ -127,13 +139,54 @@ impl Lab {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let kernel_6_12 = Lab::image_6_12(&dir).ok();
         Ok(Lab {
             dir,
             qemu: qemu.expect("checked"),
             kernel,
             initrd,
             testpmd: testpmd.expect("checked"),
+            kernel_6_12,
         })
+    }
+
+    /// The 6.12 guest files in `dir`, or what is missing.
+    fn image_6_12(dir: &Path) -> Result<GuestImage, Vec<String>> {
+        let image = GuestImage {
+            kernel: dir.join("vmlinuz-6.12"),
+            initrd: dir.join("initramfs-6.12.cpio.gz"),
+        };
+        let mut problems = Vec::new();
+        if !image.kernel.is_file() {
+            problems.push(format!(
+                "6.12 guest kernel {} missing",
+                image.kernel.display()
+            ));
+        }
+        if !image.initrd.is_file() {
+            problems.push(format!(
+                "6.12 guest initramfs {} missing",
+                image.initrd.display()
+            ));
+        }
+        if problems.is_empty() {
+            Ok(image)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Like [`Lab::require`], and the 6.12 guest (kernel and initramfs) must be there
+    /// too (tests of the VDUSE frontend: virtio-net over VDUSE needs Linux >= 6.8).
+    pub fn require_6_12() -> Lab {
+        let lab = Lab::require();
+        if let Err(problems) = Lab::image_6_12(&lab.dir) {
+            panic!(
+                "the test lab has no 6.12 guest:\n  - {}\n{HOWTO}",
+                problems.join("\n  - ")
+            );
+        }
+        lab
     }
 
     /// For tests that only need testpmd: returns its path or panics with the setup hint.

@@ -13,6 +13,7 @@
 //! - [`notify`]: systemd readiness notifications (`sd_notify`).
 //! - [`vdpa_bus`]: VDUSE devices on the kernel's vDPA bus.
 //! - [`output`]: printing to stdout without panicking on a closed pipe.
+//! - [`vdpa_netlink`]: the kernel's vDPA management interface (generic netlink `"vdpa"`).
 
 pub mod cli;
 pub mod control;
@@ -25,4 +26,5 @@ pub mod output;
 pub mod qemu;
 pub mod signals;
 pub mod vdpa_bus;
+pub mod vdpa_netlink;
 pub mod wiring;

@@ -1,6 +1,6 @@
-//! Putting a VDUSE device on the kernel's vDPA bus and binding the bus driver the
-//! configuration asks for — what an operator would do with `vdpa dev add name <name>
-//! mgmtdev vduse` and sysfs — and taking it off again.
+//! Putting a VDUSE device on the kernel's vDPA bus (vDPA netlink, [`crate::vdpa_netlink`])
+//! and binding the bus driver the configuration asks for — what an operator would do
+//! with `vdpa dev add name <name> mgmtdev vduse` and sysfs — and taking it off again.
 //!
 //! Never called from a device's own thread: adding a device makes the kernel probe it,
 //! which waits for that thread to answer the device's status requests.
@@ -13,16 +13,26 @@ use thiserror::Error;
 use tracing::{info, warn};
 use vdpad_config::VdpaDriver;
 
+use crate::vdpa_netlink::VdpaNetlink;
+
 /// Where vDPA devices appear.
 const BUS: &str = "/sys/bus/vdpa";
 
 /// How long a driver may take to bind after the device was added.
 const BIND_WAIT: Duration = Duration::from_secs(5);
 
+/// How long adding or deleting a device may take: the kernel waits for the device's
+/// own thread to answer the status changes the bus driver makes (VDUSE's message
+/// timeout is 30 s).
+const NETLINK_WAIT: Duration = Duration::from_secs(35);
+
 /// Why a device could not be attached or detached.
 #[derive(Debug, Error)]
 pub enum BusError {
-    /// A command (`vdpa`, `modprobe`) could not run or failed.
+    /// The kernel's vDPA management interface refused.
+    #[error("vDPA netlink")]
+    Netlink(#[from] crate::vdpa_netlink::VdpaNetlinkError),
+    /// A command (`modprobe`) could not run or failed.
     #[error("`{command}` failed: {output}")]
     Command {
         /// The command line.
@@ -118,7 +128,7 @@ pub fn attach(name: &str, driver: VdpaDriver) -> Result<Attached, BusError> {
     {
         run("modprobe", &[driver.as_str()])?;
     }
-    run("vdpa", &["dev", "add", "name", name, "mgmtdev", "vduse"])?;
+    VdpaNetlink::open_with_timeout(NETLINK_WAIT)?.dev_add(name, "vduse")?;
     let dev = Path::new(BUS).join("devices").join(name);
     if let Some(other) = bound_driver(name).filter(|d| d != driver.as_str()) {
         write(
@@ -185,7 +195,10 @@ pub fn detach(name: &str) -> Result<(), BusError> {
     if !Path::new(BUS).join("devices").join(name).exists() {
         return Ok(());
     }
-    run("vdpa", &["dev", "del", name]).inspect_err(|e| {
-        warn!(device = name, error = %e, "VDUSE device not taken off the vDPA bus");
-    })
+    VdpaNetlink::open_with_timeout(NETLINK_WAIT)
+        .and_then(|mut nl| nl.dev_del(name))
+        .map_err(|e| {
+            warn!(device = name, error = %e, "VDUSE device not taken off the vDPA bus");
+            BusError::Netlink(e)
+        })
 }
