@@ -14,6 +14,7 @@ pub mod net_config;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod virtio;
 pub mod vring;
 pub mod wire;
 
