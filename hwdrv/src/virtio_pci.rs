@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::pci::{ConfigSnapshot, PciFunction, VirtioCap};
-use crate::spec::{self, cap, common as cc, feature, net_cfg, status, NO_VECTOR};
-use vdpa::features::{
-    feature_names, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU,
+use crate::spec::{self, cap, common as cc, net_cfg, status, NO_VECTOR};
+use vdpa::features::feature_names;
+use vdpa::virtio::features::{
+    VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS,
 };
 
@@ -492,7 +493,7 @@ impl VirtioPci {
     /// A plain virtio-pci device cannot stop one queue: [`VirtioError::Unsupported`].
     pub fn stop_queue(&self, queue: u16) -> Result<()> {
         self.select(queue)?;
-        let (reg, val, done) = if self.negotiated & feature::RING_RESET != 0 {
+        let (reg, val, done) = if self.negotiated & VIRTIO_F_RING_RESET != 0 {
             (cc::QUEUE_RESET, 1, 1)
         } else if self.ring_state.is_some() {
             (cc::QUEUE_ENABLE, 0, 0)
@@ -518,7 +519,7 @@ impl VirtioPci {
 
     /// Whether one queue can be enabled or stopped while the device runs.
     pub fn per_queue_control(&self) -> bool {
-        self.negotiated & feature::RING_RESET != 0
+        self.negotiated & VIRTIO_F_RING_RESET != 0
     }
 
     /// The ring state (last avail, last used) of `queue`, if the device has the

@@ -20,8 +20,12 @@ use super::layout;
 use super::ring::{RingError, Seg, SplitRing};
 use super::wire::Wire;
 use super::SimConfig;
-use crate::spec::{common as cc, feature, net_cfg, status, NET_HDR_LEN, NO_VECTOR};
-use vdpa::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
+use crate::spec::{common as cc, net_cfg, status, NO_VECTOR};
+use vdpa::virtio::features::{
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use vdpa::virtio::net_hdr::{rx_header, NET_HDR_LEN};
 
 /// Chains processed per queue per burst before the lock is released.
 const BURST: usize = 256;
@@ -280,7 +284,7 @@ impl Shared {
                     0x34 if idle => q.device = (q.device & 0xffff_ffff) | (u64::from(v) << 32),
                     cc::QUEUE_ENABLE => self.write_queue_enable(st, qs, v as u16, running),
                     cc::QUEUE_RESET if v & 1 == 1 => {
-                        if st.driver_features & feature::RING_RESET == 0 {
+                        if st.driver_features & VIRTIO_F_RING_RESET == 0 {
                             self.needs_reset(st, "queue_reset without VIRTIO_F_RING_RESET");
                             return;
                         }
@@ -314,7 +318,7 @@ impl Shared {
             self.needs_reset(st, "queue enabled before FEATURES_OK");
             return;
         }
-        if running && st.driver_features & feature::RING_RESET == 0 {
+        if running && st.driver_features & VIRTIO_F_RING_RESET == 0 {
             self.needs_reset(
                 st,
                 "queue enabled after DRIVER_OK without VIRTIO_F_RING_RESET",
@@ -354,8 +358,8 @@ impl Shared {
             let f = st.driver_features;
             let ok = f & !self.cfg.features == 0
                 && f & VIRTIO_F_VERSION_1 != 0
-                && (self.cfg.features & feature::ACCESS_PLATFORM == 0
-                    || f & feature::ACCESS_PLATFORM != 0);
+                && (self.cfg.features & VIRTIO_F_ACCESS_PLATFORM == 0
+                    || f & VIRTIO_F_ACCESS_PLATFORM != 0);
             if !ok {
                 st.status |= v & !status::FEATURES_OK;
                 return;
@@ -604,7 +608,6 @@ fn process_rx(shared: &Shared, st: &mut State, p: usize, scratch: &mut [u8], seg
                 shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            scratch[..NET_HDR_LEN].fill(0);
             scratch[NET_HDR_LEN..total].copy_from_slice(frame);
             // Collect enough chains for the frame (one without mergeable buffers).
             let mut chains: Vec<(u16, Vec<Seg>)> = Vec::new();
@@ -632,8 +635,7 @@ fn process_rx(shared: &Shared, st: &mut State, p: usize, scratch: &mut [u8], seg
                 ring.add_used(&shared.dma, chains[0].0, 0)?;
                 continue;
             }
-            let n = chains.len() as u16;
-            scratch[10..12].copy_from_slice(&n.to_le_bytes());
+            scratch[..NET_HDR_LEN].copy_from_slice(&rx_header(chains.len() as u16));
             let mut off = 0;
             for (head, chain) in &chains {
                 let take = capacity(chain).min(total - off);

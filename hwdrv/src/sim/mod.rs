@@ -25,12 +25,13 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::pci::{check_width, PciFunction, ResetOutcome};
-use crate::spec::{cfg, feature};
+use crate::spec::cfg;
 use device::{lock, Shared};
 pub use dma::{DmaFault, FaultReason};
-use vdpa::features::{
-    VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX,
+use vdpa::virtio::features::{
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 pub use wire::{ChannelWire, Loopback, TapWire, Wire};
 
@@ -64,8 +65,8 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             features: VIRTIO_F_VERSION_1
-                | feature::ACCESS_PLATFORM
-                | feature::RING_RESET
+                | VIRTIO_F_ACCESS_PLATFORM
+                | VIRTIO_F_RING_RESET
                 | VIRTIO_NET_F_MAC
                 | VIRTIO_NET_F_STATUS
                 | VIRTIO_NET_F_MTU
