@@ -18,9 +18,9 @@ use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::memory::{Allocator, GuestMemory, MemoryError};
-use crate::virtio::{
-    vring_need_event, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+use vdpa::virtio::ring::{
+    self, need_event, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
 };
 
 /// Errors of the driver ring.
@@ -123,43 +123,31 @@ pub struct RingLayout {
 }
 
 impl RingLayout {
-    /// Bytes of the descriptor table.
-    pub fn desc_bytes(size: u16) -> u64 {
-        16 * u64::from(size)
-    }
-    /// Bytes of the avail ring including `used_event`.
-    pub fn avail_bytes(size: u16) -> u64 {
-        6 + 2 * u64::from(size)
-    }
-    /// Bytes of the used ring including `avail_event`.
-    pub fn used_bytes(size: u16) -> u64 {
-        6 + 8 * u64::from(size)
-    }
     /// Guest memory needed by [`RingLayout::allocate`] (upper bound, with alignment).
     pub fn footprint(size: u16) -> u64 {
-        let a = Self::desc_bytes(size) + Self::avail_bytes(size);
-        a.div_ceil(4096) * 4096 + Self::used_bytes(size).div_ceil(4096) * 4096 + 4096
+        let (desc, avail, used) = ring::area_sizes(size);
+        (desc + avail).div_ceil(4096) * 4096 + used.div_ceil(4096) * 4096 + 4096
     }
     /// Allocates a ring of `size` descriptors: the table page aligned with the avail ring
     /// right after it, the used ring on its own page aligned area.
     pub fn allocate(alloc: &mut Allocator, size: u16) -> Result<Self, RingError> {
         check_size(u32::from(size))?;
-        let front = Self::desc_bytes(size) + Self::avail_bytes(size);
-        let desc = alloc.alloc(front, 4096).map_err(RingError::Memory)?;
-        let used = alloc
-            .alloc(Self::used_bytes(size), 4096)
+        let (desc_len, avail_len, used_len) = ring::area_sizes(size);
+        let desc = alloc
+            .alloc(desc_len + avail_len, 4096)
             .map_err(RingError::Memory)?;
+        let used = alloc.alloc(used_len, 4096).map_err(RingError::Memory)?;
         Ok(Self {
             size,
             desc,
-            avail: desc + Self::desc_bytes(size),
+            avail: desc + desc_len,
             used,
         })
     }
 }
 
 fn check_size(size: u32) -> Result<(), RingError> {
-    if size == 0 || size > u32::from(MAX_QUEUE_SIZE) || !size.is_power_of_two() {
+    if !ring::is_valid_size(size) {
         return Err(RingError::BadSize(size));
     }
     Ok(())
@@ -192,7 +180,7 @@ pub struct DriverRing {
     avail_idx: u16,
     /// Value last stored to `avail->idx`.
     published: u16,
-    /// `avail->idx` value at the last kick decision (the `old` of vring_need_event).
+    /// `avail->idx` value at the last kick decision (the `old` of need_event).
     kicked: u16,
     /// Next used index to consume.
     last_used: u16,
@@ -216,27 +204,25 @@ impl DriverRing {
     ) -> Result<Self, RingError> {
         let size = layout.size;
         check_size(u32::from(size))?;
-        if !layout.desc.is_multiple_of(16)
-            || !layout.avail.is_multiple_of(2)
-            || !layout.used.is_multiple_of(4)
-        {
+        if !ring::areas_aligned(layout.desc, layout.avail, layout.used) {
             return Err(RingError::Memory(MemoryError::Layout(format!(
                 "misaligned ring {layout:x?}"
             ))));
         }
+        let (desc_len, avail_len, used_len) = ring::area_sizes(size);
         let desc = mem
-            .host_ptr(layout.desc, RingLayout::desc_bytes(size))
+            .host_ptr(layout.desc, desc_len)
             .map_err(RingError::Memory)?;
         let avail = mem
-            .host_ptr(layout.avail, RingLayout::avail_bytes(size))
+            .host_ptr(layout.avail, avail_len)
             .map_err(RingError::Memory)?;
         let used = mem
-            .host_ptr(layout.used, RingLayout::used_bytes(size))
+            .host_ptr(layout.used, used_len)
             .map_err(RingError::Memory)?;
         for (gpa, len) in [
-            (layout.desc, RingLayout::desc_bytes(size)),
-            (layout.avail, RingLayout::avail_bytes(size)),
-            (layout.used, RingLayout::used_bytes(size)),
+            (layout.desc, desc_len),
+            (layout.avail, avail_len),
+            (layout.used, used_len),
         ] {
             mem.fill(gpa, len, 0).map_err(RingError::Memory)?;
         }
@@ -281,28 +267,28 @@ impl DriverRing {
         unsafe { &*(base.add(off) as *const AtomicU16) }
     }
     fn avail_flags_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.avail, 0)
+        self.u16_at(self.avail, ring::AVAIL_FLAGS_OFFSET)
     }
     fn avail_idx_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.avail, 2)
+        self.u16_at(self.avail, ring::AVAIL_IDX_OFFSET)
     }
     fn avail_entry_ref(&self, slot: u16) -> &AtomicU16 {
-        self.u16_at(self.avail, 4 + 2 * usize::from(slot))
+        self.u16_at(self.avail, ring::avail_slot_offset(usize::from(slot)))
     }
     fn used_event_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.avail, 4 + 2 * usize::from(self.size))
+        self.u16_at(self.avail, ring::used_event_offset(usize::from(self.size)))
     }
     fn used_flags_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.used, 0)
+        self.u16_at(self.used, ring::USED_FLAGS_OFFSET)
     }
     fn used_idx_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.used, 2)
+        self.u16_at(self.used, ring::USED_IDX_OFFSET)
     }
     fn avail_event_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.used, 4 + 8 * usize::from(self.size))
+        self.u16_at(self.used, ring::avail_event_offset(usize::from(self.size)))
     }
     fn used_elem(&self, slot: u16) -> (u32, u32) {
-        let off = 4 + 8 * usize::from(slot);
+        let off = ring::used_slot_offset(usize::from(slot));
         // SAFETY: slot < size, so off..off+8 is inside the used area validated in `new`;
         // the used area is 4-byte aligned and `off` is a multiple of 4.
         let (id, len) = unsafe {
@@ -318,18 +304,20 @@ impl DriverRing {
     }
     fn write_desc(&self, index: u16, d: RawDesc) {
         debug_assert!(index < self.size);
-        let mut bytes = [0u8; 16];
+        let mut bytes = [0u8; ring::DESC_SIZE];
         bytes[0..8].copy_from_slice(&d.addr.to_le_bytes());
         bytes[8..12].copy_from_slice(&d.len.to_le_bytes());
         bytes[12..14].copy_from_slice(&d.flags.to_le_bytes());
         bytes[14..16].copy_from_slice(&d.next.to_le_bytes());
-        // SAFETY: index < size, so the 16 bytes at desc + 16*index are inside the
+        // SAFETY: index < size, so the 16 bytes of descriptor `index` are inside the
         // descriptor table validated in `new`. The descriptor is free (owned by the
         // driver), so the device does not read it concurrently; a volatile write keeps the
         // compiler from eliding stores to memory another process reads.
         unsafe {
             std::ptr::write_volatile(
-                self.desc.add(16 * usize::from(index)).cast::<[u8; 16]>(),
+                self.desc
+                    .add(ring::desc_offset(usize::from(index)))
+                    .cast::<[u8; ring::DESC_SIZE]>(),
                 bytes,
             )
         };
@@ -501,7 +489,7 @@ impl DriverRing {
             return false;
         }
         if self.event_idx {
-            vring_need_event(self.device_avail_event(), new, old)
+            need_event(self.device_avail_event(), new, old)
         } else {
             self.device_used_flags() & VRING_USED_F_NO_NOTIFY == 0
         }

@@ -13,10 +13,9 @@ use crate::driver_ring::{DriverRing, RawDesc};
 use crate::error::RigError;
 use crate::frame::{build_frame, MIN_FRAME};
 use crate::rig::Rig;
-use crate::virtio::{
-    VirtioNetHdr, VIRTIO_NET_HDR_LEN, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT,
-    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use vdpa::virtio::features::VIRTIO_RING_F_INDIRECT_DESC;
+use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
+use vdpa::virtio::ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 /// Which ring of a pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -222,7 +221,7 @@ impl Rig {
             ));
         }
         let scratch = self.scratch();
-        let hdr_len = VIRTIO_NET_HDR_LEN as u32;
+        let hdr_len = NET_HDR_LEN as u32;
         let frame_len = HOSTILE_FRAME as u32;
         // Valid contents for the parts of the chain that are not the defect.
         let mut payload = VirtioNetHdr::default().to_bytes().to_vec();

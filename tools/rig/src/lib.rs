@@ -39,7 +39,6 @@ pub mod setup;
 pub mod stats;
 pub mod txq;
 pub mod verify;
-pub mod virtio;
 
 pub use bench::{run_bench, BenchOptions, BenchReport};
 pub use driver_ring::{DriverRing, RawDesc, RingLayout, Segment, UsedElem, UsedKind};

@@ -17,7 +17,7 @@ use crate::rxq::RxQueue;
 use crate::setup::{Negotiated, PairAreas, PreparedRing, RigSetup, Scratch};
 use crate::stats::RigStats;
 use crate::txq::{SlotPool, TxQueue};
-use crate::virtio::VirtioNetHdr;
+use vdpa::virtio::net_hdr::VirtioNetHdr;
 
 /// RX and TX queue of one queue pair.
 #[derive(Debug)]

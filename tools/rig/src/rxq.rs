@@ -10,7 +10,7 @@ use crate::driver_ring::{DriverRing, RingError, Segment, UsedKind};
 use crate::notify::Notifier;
 use crate::stats::QueueStats;
 use crate::txq::{QueueError, SlotPool};
-use crate::virtio::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
 
 /// A received frame, handed to the caller of [`RxQueue::poll`].
 #[derive(Debug)]
@@ -121,7 +121,7 @@ impl RxQueue {
         // Hostile heads the device never completed keep their avail slots.
         let slots = usize::from(self.ring.size()) - self.ring.raw_outstanding();
         let chains = usize::from(self.pool.count).min(slots / self.descs_per_chain);
-        let need = VIRTIO_NET_HDR_LEN + len;
+        let need = NET_HDR_LEN + len;
         if self.mrg {
             chains / need.div_ceil(self.buf_size as usize)
         } else if need <= self.chain_bytes() {
@@ -257,7 +257,7 @@ impl RxQueue {
 
     fn first_buffer(&mut self, gpa: u64, len: usize) -> Result<Partial, QueueError> {
         self.assembly.clear();
-        if len < VIRTIO_NET_HDR_LEN {
+        if len < NET_HDR_LEN {
             self.stats.bad_len += 1;
             return Ok(Partial {
                 hdr: VirtioNetHdr::default(),
@@ -266,7 +266,7 @@ impl RxQueue {
                 len: 0,
             });
         }
-        let mut raw = [0u8; VIRTIO_NET_HDR_LEN];
+        let mut raw = [0u8; NET_HDR_LEN];
         self.ring
             .memory()
             .read(gpa, &mut raw)
@@ -288,12 +288,12 @@ impl RxQueue {
             }
             nb = 1;
         }
-        self.copy_out(gpa, VIRTIO_NET_HDR_LEN, len - VIRTIO_NET_HDR_LEN)?;
+        self.copy_out(gpa, NET_HDR_LEN, len - NET_HDR_LEN)?;
         Ok(Partial {
             hdr,
             remaining: nb - 1,
             buffers: 1,
-            len: len - VIRTIO_NET_HDR_LEN,
+            len: len - NET_HDR_LEN,
         })
     }
 

@@ -23,9 +23,10 @@ use crate::memory::{GuestMemory, MemoryLayout};
 use crate::notify::Notifier;
 use crate::options::RigOptions;
 use crate::rig::{Rig, RigParts};
-use crate::virtio::{
-    feature_names, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
-    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+use vdpa::features::feature_names;
+use vdpa::virtio::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// One step of the setup sequence. Ring steps carry the vhost-user ring index.
@@ -339,7 +340,7 @@ impl RigSetup {
                 if f & VIRTIO_F_VERSION_1 == 0 {
                     return Err(RigError::Unsupported(format!(
                         "VIRTIO_F_VERSION_1 (offered {})",
-                        feature_names(f)
+                        describe_features(f)
                     )));
                 }
             }
@@ -484,4 +485,9 @@ fn not_connected() -> RigError {
 
 fn bad_ring(r: usize) -> RigError {
     RigError::SetupOrder(format!("no ring {r}"))
+}
+
+/// Feature bits in hex with their names, for messages.
+fn describe_features(bits: u64) -> String {
+    format!("{bits:#x} [{}]", feature_names(bits).join("|"))
 }

@@ -9,7 +9,7 @@ use std::io;
 use crate::driver_ring::{DriverRing, RingError, Segment, UsedKind};
 use crate::notify::Notifier;
 use crate::stats::QueueStats;
-use crate::virtio::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
 
 /// Errors of the TX and RX queues.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,7 @@ impl TxQueue {
     }
     /// Largest frame one slot holds.
     pub fn max_frame(&self) -> usize {
-        self.pool.stride as usize - VIRTIO_NET_HDR_LEN
+        self.pool.stride as usize - NET_HDR_LEN
     }
     /// Frames posted and not yet completed by the device.
     pub fn in_flight(&self) -> usize {
@@ -163,7 +163,7 @@ impl TxQueue {
             let gpa = self.pool.slot(i);
             let mem = self.ring.memory();
             mem.write(gpa, &hdr)
-                .and_then(|_| mem.write(gpa + VIRTIO_NET_HDR_LEN as u64, frame))
+                .and_then(|_| mem.write(gpa + NET_HDR_LEN as u64, frame))
                 .map_err(|e| self.ring_err(RingError::Memory(e)))?;
         }
         Ok(())
@@ -183,7 +183,7 @@ impl TxQueue {
         let gpa = self.pool.slot(slot);
         let mem = self.ring.memory();
         mem.write(gpa, &VirtioNetHdr::default().to_bytes())
-            .and_then(|_| mem.write(gpa + VIRTIO_NET_HDR_LEN as u64, frame))
+            .and_then(|_| mem.write(gpa + NET_HDR_LEN as u64, frame))
             .map_err(|e| self.ring_err(RingError::Memory(e)))?;
         self.post_slot(frame.len())
     }
@@ -201,7 +201,7 @@ impl TxQueue {
     fn post_slot(&mut self, len: usize) -> Result<bool, QueueError> {
         let slot = self.free_slots.pop().expect("caller checked can_send");
         let gpa = self.pool.slot(slot);
-        let hdr = VIRTIO_NET_HDR_LEN as u32;
+        let hdr = NET_HDR_LEN as u32;
         let res = if self.two_desc {
             self.ring.add_chain(&[
                 Segment {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::device::{spawn, DevRing, LoopbackDevice};
+use vdpa::virtio::ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vdpa_rig::driver_ring::RingError;
 use vdpa_rig::frame::{frame_len, write_frame, FrameChecker};
 use vdpa_rig::notify::{raw, wait_readable, Notifier};
 use vdpa_rig::rxq::RxQueue;
 use vdpa_rig::txq::{SlotPool, TxQueue};
-use vdpa_rig::virtio::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vdpa_rig::{DriverRing, GuestMemory, MemoryLayout, RingLayout, Segment, UsedKind};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};

@@ -7,10 +7,10 @@ mod support;
 use std::time::Duration;
 
 use support::backend::{temp_socket, BackendConfig, FakeBackend};
-use vdpa_rig::frame::build_frame;
-use vdpa_rig::virtio::{
+use vdpa::virtio::features::{
     VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use vdpa_rig::frame::build_frame;
 use vdpa_rig::{
     run_bench, run_verify, BenchOptions, Direction, Hostile, Rig, RigOptions, RigSetup, SetupStep,
     VerifyOptions,
