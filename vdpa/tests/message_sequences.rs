@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vdpa::features::{VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use vdpa::virtio::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX,
+};
 use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::{Datapath, DatapathError, Device, DeviceHandle, QueuePairConfig, QueueStats};
 use vdpad_config::{Backend, DeviceConfig, MacAddress, Mode, SocketPerms};
@@ -614,7 +616,7 @@ fn second_pair_runs_independently() {
     let mut f = h.connect();
     f.negotiate(REPLY_ACK | MQ);
     assert_eq!(
-        f.set_features(FEATURES | vdpa::features::VIRTIO_NET_F_MQ),
+        f.set_features(FEATURES | VIRTIO_NET_F_MQ),
         0
     );
     assert_eq!(f.set_mem_table(), 0);
@@ -670,7 +672,7 @@ fn a_datapath_that_cannot_start_a_pair_hands_the_device_to_its_fallback() {
     let mut f = Frontend::connect(&socket);
     f.negotiate(REPLY_ACK | MQ);
     assert_eq!(
-        f.set_features(FEATURES | vdpa::features::VIRTIO_NET_F_MQ),
+        f.set_features(FEATURES | VIRTIO_NET_F_MQ),
         0
     );
     assert_eq!(f.set_mem_table(), 0);
