@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::virtio::features::{
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX,
 };
-use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::{Datapath, DatapathError, Device, DeviceHandle, QueuePairConfig, QueueStats};
 use vdpad_config::{Backend, DeviceConfig, MacAddress, Mode, SocketPerms};
 use vhost::vhost_user::message::FrontendReq as R;
@@ -615,10 +615,7 @@ fn second_pair_runs_independently() {
     let h = Harness::new(2);
     let mut f = h.connect();
     f.negotiate(REPLY_ACK | MQ);
-    assert_eq!(
-        f.set_features(FEATURES | VIRTIO_NET_F_MQ),
-        0
-    );
+    assert_eq!(f.set_features(FEATURES | VIRTIO_NET_F_MQ), 0);
     assert_eq!(f.set_mem_table(), 0);
     for ring in 0..4 {
         f.ring_setup(ring, 0, true);
@@ -671,10 +668,7 @@ fn a_datapath_that_cannot_start_a_pair_hands_the_device_to_its_fallback() {
     let handle = server.handle().clone();
     let mut f = Frontend::connect(&socket);
     f.negotiate(REPLY_ACK | MQ);
-    assert_eq!(
-        f.set_features(FEATURES | VIRTIO_NET_F_MQ),
-        0
-    );
+    assert_eq!(f.set_features(FEATURES | VIRTIO_NET_F_MQ), 0);
     assert_eq!(f.set_mem_table(), 0);
     for ring in 0..2 {
         f.ring_setup(ring, 7, true);
