@@ -8,13 +8,13 @@
 //! - [`logging`]: `tracing` setup.
 //! - [`control`]: the control socket (protocol, server, commands) and its client.
 //! - [`metrics`]: the Prometheus endpoint.
-//! - [`notify`]: systemd readiness notifications (`sd_notify`).
+//! - [`sd_notify`]: systemd readiness notifications (`sd_notify`).
 
 pub mod control;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
-pub mod notify;
 pub mod qemu;
+pub mod sd_notify;
 pub mod signals;
 pub mod wiring;

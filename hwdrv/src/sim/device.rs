@@ -1,6 +1,6 @@
 //! The simulated NIC's behaviour: the virtio common-configuration state machine
 //! (reset, features, queues, status) and the device thread that processes queues when
-//! their doorbell rings, moving frames between the guest's rings and the wire.
+//! their doorbell rings, moving frames between the guest's rings and the link.
 //!
 //! One lock ([`Shared::state`]) covers registers and queue processing: the device
 //! thread holds it for one bounded burst at a time, and a register write (a reset, a
@@ -17,8 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::dma::Dma;
 use super::layout;
+use super::link::Link;
 use super::ring::{RingError, Seg, SplitRing};
-use super::wire::Wire;
 use super::SimConfig;
 use crate::spec::{common as cc, net_cfg, status, NO_VECTOR};
 use vdpa::virtio::features::{
@@ -92,7 +92,7 @@ pub(crate) struct State {
     pub isr: u8,
     pub queues: Vec<Queue>,
     pub backlog: Vec<VecDeque<Vec<u8>>>,
-    pub wire: Box<dyn Wire>,
+    pub link: Box<dyn Link>,
 }
 
 /// Everything the device thread and the register interface share.
@@ -113,7 +113,7 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: SimConfig, wire: Box<dyn Wire>) -> std::io::Result<Self> {
+    pub(crate) fn new(cfg: SimConfig, link: Box<dyn Link>) -> std::io::Result<Self> {
         let nq = usize::from(cfg.num_queues());
         let state = State {
             config: layout::config_space(&cfg),
@@ -127,7 +127,7 @@ impl Shared {
             isr: 0,
             queues: (0..nq).map(|_| Queue::new(cfg.queue_max_size)).collect(),
             backlog: (0..cfg.max_pairs).map(|_| VecDeque::new()).collect(),
-            wire,
+            link,
         };
         Ok(Shared {
             fired: (0..cfg.msix_vectors).map(|_| AtomicU64::new(0)).collect(),
@@ -403,10 +403,10 @@ impl Shared {
     }
 }
 
-/// The device thread: sleeps on the doorbell eventfd (and the wire's fd), then
+/// The device thread: sleeps on the doorbell eventfd (and the link's fd), then
 /// processes the queues whose doorbells rang and the frames that arrived.
 pub(crate) fn run(shared: Arc<Shared>) {
-    let wire_fd = lock(&shared.state).wire.poll_fd();
+    let link_fd = lock(&shared.state).link.poll_fd();
     let mut scratch = vec![0u8; MAX_FRAME];
     let mut segs = Vec::new();
     while !shared.stop.load(Ordering::SeqCst) {
@@ -415,7 +415,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             events: libc::POLLIN,
             revents: 0,
         }];
-        if let Some(fd) = wire_fd {
+        if let Some(fd) = link_fd {
             fds.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -462,14 +462,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Moves frames from the wire into the per-pair RX backlogs.
+/// Moves frames from the link into the per-pair RX backlogs.
 fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
     for _ in 0..BURST {
-        let got = match st.wire.receive(scratch) {
+        let got = match st.link.receive(scratch) {
             Ok(Some(g)) => g,
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "sim: wire receive failed");
+                tracing::warn!(error = %e, "sim: link receive failed");
                 return;
             }
         };
@@ -540,11 +540,11 @@ fn process_tx(
                 len += n;
             }
             if ok && len > NET_HDR_LEN {
-                match st.wire.transmit(pair, &scratch[NET_HDR_LEN..len]) {
+                match st.link.transmit(pair, &scratch[NET_HDR_LEN..len]) {
                     Ok(()) => {
                         shared.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => tracing::warn!(error = %e, "sim: wire transmit failed"),
+                    Err(e) => tracing::warn!(error = %e, "sim: link transmit failed"),
                 }
             }
             ring.add_used(&shared.dma, head, 0)?;

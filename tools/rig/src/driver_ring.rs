@@ -17,7 +17,7 @@
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::memory::{Allocator, GuestMemory, MemoryError};
+use crate::memory::{Allocator, MemoryError, RigMemory};
 use vdpa::virtio::ring::{
     self, need_event, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     VRING_USED_F_NO_NOTIFY,
@@ -163,7 +163,7 @@ struct RawChain {
 /// Driver side of one split ring.
 #[derive(Debug)]
 pub struct DriverRing {
-    mem: Arc<GuestMemory>,
+    mem: Arc<RigMemory>,
     layout: RingLayout,
     desc: *mut u8,
     avail: *mut u8,
@@ -198,7 +198,7 @@ impl DriverRing {
     /// `used->idx` and our indices to `initial_index` (the value to send with
     /// SET_VRING_BASE), as a guest that has already used the ring would have them.
     pub fn new(
-        mem: Arc<GuestMemory>,
+        mem: Arc<RigMemory>,
         layout: RingLayout,
         initial_index: u16,
     ) -> Result<Self, RingError> {
@@ -338,7 +338,7 @@ impl DriverRing {
         &self.layout
     }
     /// The guest memory the ring lives in.
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<RigMemory> {
         &self.mem
     }
     /// Number of descriptors.

@@ -109,7 +109,7 @@ impl Region {
 
 /// memfd-backed guest memory shared with the backend.
 #[derive(Debug)]
-pub struct GuestMemory {
+pub struct RigMemory {
     memfd: File,
     regions: Vec<Region>,
 }
@@ -118,12 +118,12 @@ pub struct GuestMemory {
 // and unmapped only in `Drop`; every access goes through bounds-checked methods, and the
 // memory is by design shared with another process, so moving the owner between threads
 // or sharing it adds no hazard that the virtio ownership protocol does not already govern.
-unsafe impl Send for GuestMemory {}
-// SAFETY: see `Send`: `&GuestMemory` only offers bounds-checked copies into and out of the
+unsafe impl Send for RigMemory {}
+// SAFETY: see `Send`: `&RigMemory` only offers bounds-checked copies into and out of the
 // shared mapping; which side owns which bytes at which time is the virtio ring protocol.
-unsafe impl Sync for GuestMemory {}
+unsafe impl Sync for RigMemory {}
 
-impl GuestMemory {
+impl RigMemory {
     /// Creates the memfd, sizes it and maps each region `MAP_SHARED`.
     pub fn new(layout: &MemoryLayout) -> Result<Self, MemoryError> {
         if layout.regions == 0 || layout.regions > 2 {
@@ -286,7 +286,7 @@ impl GuestMemory {
     }
 }
 
-impl Drop for GuestMemory {
+impl Drop for RigMemory {
     fn drop(&mut self) {
         for r in &self.regions {
             // SAFETY: `r.host`/`r.len` describe a mapping created in `new` and unmapped only
@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn two_regions_translate() {
-        let mem = GuestMemory::new(&MemoryLayout {
+        let mem = RigMemory::new(&MemoryLayout {
             size: 8 << 20,
             regions: 2,
             ..Default::default()

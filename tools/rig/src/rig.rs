@@ -10,22 +10,22 @@ use vhost::VhostBackend;
 
 use crate::connection::Connection;
 use crate::error::RigError;
-use crate::memory::GuestMemory;
-use crate::notify::{raw, wait_readable};
+use crate::kick_call::{raw, wait_readable};
+use crate::memory::RigMemory;
 use crate::options::RigOptions;
-use crate::rxq::RxQueue;
+use crate::rxq::DriverRxQueue;
 use crate::setup::{Negotiated, PairAreas, PreparedRing, RigSetup, Scratch};
 use crate::stats::RigStats;
-use crate::txq::{SlotPool, TxQueue};
+use crate::txq::{DriverTxQueue, SlotPool};
 use vdpa::virtio::net_hdr::VirtioNetHdr;
 
 /// RX and TX queue of one queue pair.
 #[derive(Debug)]
 pub struct QueuePair {
     /// Ring 2i: device → driver.
-    pub rx: RxQueue,
+    pub rx: DriverRxQueue,
     /// Ring 2i+1: driver → device.
-    pub tx: TxQueue,
+    pub tx: DriverTxQueue,
 }
 
 /// A frame that came back, from [`Rig::send_and_wait`].
@@ -45,7 +45,7 @@ pub struct Received {
 #[derive(Debug)]
 pub(crate) struct RigParts {
     pub(crate) opts: RigOptions,
-    pub(crate) mem: Arc<GuestMemory>,
+    pub(crate) mem: Arc<RigMemory>,
     pub(crate) conn: Connection,
     pub(crate) neg: Negotiated,
     pub(crate) rings: Vec<PreparedRing>,
@@ -57,7 +57,7 @@ pub(crate) struct RigParts {
 #[derive(Debug)]
 pub struct Rig {
     opts: RigOptions,
-    mem: Arc<GuestMemory>,
+    mem: Arc<RigMemory>,
     conn: Connection,
     neg: Negotiated,
     pairs: Vec<QueuePair>,
@@ -91,16 +91,22 @@ impl Rig {
                 count: qs as u16,
             };
             pairs.push(QueuePair {
-                rx: RxQueue::new(
+                rx: DriverRxQueue::new(
                     rx.ring,
-                    rx.notify,
+                    rx.kick_call,
                     2 * i,
                     rx_pool,
                     p.opts.rx_buf_size,
                     k,
                     mrg,
                 ),
-                tx: TxQueue::new(tx.ring, tx.notify, 2 * i + 1, tx_pool, p.opts.tx_two_desc),
+                tx: DriverTxQueue::new(
+                    tx.ring,
+                    tx.kick_call,
+                    2 * i + 1,
+                    tx_pool,
+                    p.opts.tx_two_desc,
+                ),
             });
         }
         Self {
@@ -122,7 +128,7 @@ impl Rig {
         &self.neg
     }
     /// Guest memory.
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<RigMemory> {
         &self.mem
     }
     /// Spare guest memory (hostile chains point into it).
@@ -166,8 +172,8 @@ impl Rig {
             .iter()
             .flat_map(|p| {
                 [
-                    raw(p.rx.notifier().call_fd()),
-                    raw(p.tx.notifier().call_fd()),
+                    raw(p.rx.kick_call().call_fd()),
+                    raw(p.tx.kick_call().call_fd()),
                 ]
             })
             .collect()
@@ -178,8 +184,8 @@ impl Rig {
         let mut n = 0;
         for p in &mut self.pairs {
             for v in [
-                p.rx.notifier_mut().drain_call(),
-                p.tx.notifier_mut().drain_call(),
+                p.rx.kick_call_mut().drain_call(),
+                p.tx.kick_call_mut().drain_call(),
             ] {
                 if v.map_err(RigError::Poll)? > 0 {
                     n += 1;

@@ -7,12 +7,12 @@
 //! for the header plus the largest frame (one buffer by default).
 
 use crate::driver_ring::{DriverRing, RingError, Segment, UsedKind};
-use crate::notify::Notifier;
-use crate::stats::QueueStats;
+use crate::kick_call::KickCall;
+use crate::stats::DriverQueueStats;
 use crate::txq::{QueueError, SlotPool};
 use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
 
-/// A received frame, handed to the caller of [`RxQueue::poll`].
+/// A received frame, handed to the caller of [`DriverRxQueue::poll`].
 #[derive(Debug)]
 pub struct RxFrame<'a> {
     /// Header from the first buffer.
@@ -36,9 +36,9 @@ struct Partial {
 
 /// Driver side of one RX ring.
 #[derive(Debug)]
-pub struct RxQueue {
+pub struct DriverRxQueue {
     ring: DriverRing,
-    notify: Notifier,
+    kick_call: KickCall,
     index: usize,
     pool: SlotPool,
     buf_size: u32,
@@ -49,15 +49,15 @@ pub struct RxQueue {
     slot_of_head: Vec<u16>,
     partial: Option<Partial>,
     assembly: Vec<u8>,
-    stats: QueueStats,
+    stats: DriverQueueStats,
 }
 
-impl RxQueue {
+impl DriverRxQueue {
     /// An RX queue over `ring` (vhost-user ring `index`). Each chain is `descs_per_chain`
     /// buffers of `buf_size` bytes inside one slot of `pool` (stride ≥ their sum).
     pub fn new(
         ring: DriverRing,
-        notify: Notifier,
+        kick_call: KickCall,
         index: usize,
         pool: SlotPool,
         buf_size: u32,
@@ -68,7 +68,7 @@ impl RxQueue {
         debug_assert!(pool.stride >= u64::from(buf_size) * descs_per_chain as u64);
         Self {
             ring,
-            notify,
+            kick_call,
             index,
             pool,
             buf_size,
@@ -79,7 +79,7 @@ impl RxQueue {
             slot_of_head: vec![0; size],
             partial: None,
             assembly: Vec::new(),
-            stats: QueueStats::default(),
+            stats: DriverQueueStats::default(),
         }
     }
 
@@ -96,12 +96,12 @@ impl RxQueue {
         &mut self.ring
     }
     /// The kick/call eventfds.
-    pub fn notifier(&self) -> &Notifier {
-        &self.notify
+    pub fn kick_call(&self) -> &KickCall {
+        &self.kick_call
     }
     /// The kick/call eventfds, mutable.
-    pub fn notifier_mut(&mut self) -> &mut Notifier {
-        &mut self.notify
+    pub fn kick_call_mut(&mut self) -> &mut KickCall {
+        &mut self.kick_call
     }
     /// Whether MRG_RXBUF is in use.
     pub fn mergeable(&self) -> bool {
@@ -139,7 +139,7 @@ impl RxQueue {
     }
 
     /// Posts buffers until slots or descriptors run out (not yet visible: see
-    /// [`RxQueue::flush`]). Returns how many chains were added.
+    /// [`DriverRxQueue::flush`]). Returns how many chains were added.
     pub fn refill(&mut self) -> Result<usize, QueueError> {
         let mut n = 0;
         let mut segs = [Segment {
@@ -192,7 +192,7 @@ impl RxQueue {
 
     /// Kicks unconditionally.
     pub fn kick(&mut self) -> Result<(), QueueError> {
-        self.notify.kick().map_err(|source| QueueError::Event {
+        self.kick_call.kick().map_err(|source| QueueError::Event {
             ring: self.index,
             source,
         })
@@ -200,7 +200,7 @@ impl RxQueue {
 
     /// Consumes used buffers and hands up to `budget` complete frames to `f`. Returns the
     /// number of frames delivered. Anomalies (bad lengths, impossible `num_buffers`,
-    /// offload bits) are counted in [`RxQueue::stats`].
+    /// offload bits) are counted in [`DriverRxQueue::stats`].
     pub fn poll(
         &mut self,
         budget: usize,
@@ -313,11 +313,11 @@ impl RxQueue {
     }
 
     /// Counters, including the eventfd ones.
-    pub fn stats(&self) -> QueueStats {
-        QueueStats {
-            kicks: self.notify.kicks(),
-            interrupts: self.notify.interrupts(),
-            interrupt_sum: self.notify.interrupt_sum(),
+    pub fn stats(&self) -> DriverQueueStats {
+        DriverQueueStats {
+            kicks: self.kick_call.kicks(),
+            interrupts: self.kick_call.interrupts(),
+            interrupt_sum: self.kick_call.interrupt_sum(),
             ..self.stats
         }
     }

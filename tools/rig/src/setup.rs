@@ -19,8 +19,8 @@ use vhost::{VhostBackend, VringConfigData};
 use crate::connection::{connect_with_retry, Connection};
 use crate::driver_ring::{DriverRing, RingLayout};
 use crate::error::RigError;
-use crate::memory::{GuestMemory, MemoryLayout};
-use crate::notify::Notifier;
+use crate::kick_call::KickCall;
+use crate::memory::{MemoryLayout, RigMemory};
 use crate::options::RigOptions;
 use crate::rig::{Rig, RigParts};
 use vdpa::features::feature_names;
@@ -118,7 +118,7 @@ impl Negotiated {
 #[derive(Debug)]
 pub(crate) struct PreparedRing {
     pub(crate) ring: DriverRing,
-    pub(crate) notify: Notifier,
+    pub(crate) kick_call: KickCall,
 }
 
 /// Guest memory set aside for the queues of one pair and for hostile chains.
@@ -141,7 +141,7 @@ pub struct Scratch {
 #[derive(Debug)]
 pub struct RigSetup {
     opts: RigOptions,
-    mem: Arc<GuestMemory>,
+    mem: Arc<RigMemory>,
     conn: Option<Connection>,
     plan: VecDeque<SetupStep>,
     done: Vec<SetupStep>,
@@ -155,7 +155,7 @@ impl RigSetup {
     /// Creates guest memory and lays out and initialises every ring; connects nothing yet.
     pub fn new(opts: RigOptions) -> Result<Self, RigError> {
         opts.validate().map_err(RigError::Options)?;
-        let mem = Arc::new(GuestMemory::new(&MemoryLayout {
+        let mem = Arc::new(RigMemory::new(&MemoryLayout {
             base_gpa: opts.mem_base,
             size: opts.memory_bytes(),
             regions: opts.mem_regions,
@@ -170,7 +170,7 @@ impl RigSetup {
                 let layout = RingLayout::allocate(&mut alloc, opts.queue_size)?;
                 rings.push(PreparedRing {
                     ring: DriverRing::new(mem.clone(), layout, opts.initial_index)?,
-                    notify: Notifier::new().map_err(RigError::Eventfd)?,
+                    kick_call: KickCall::new().map_err(RigError::Eventfd)?,
                 });
             }
             areas.push(PairAreas {
@@ -220,7 +220,7 @@ impl RigSetup {
         &self.opts
     }
     /// Guest memory.
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<RigMemory> {
         &self.mem
     }
     /// What has been negotiated so far.
@@ -419,16 +419,16 @@ impl RigSetup {
             }
             SetupStep::VringKick(r) => {
                 let conn = self.conn.as_mut().ok_or_else(not_connected)?;
-                let notify = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.notify;
+                let kick_call = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.kick_call;
                 conn.frontend()
-                    .set_vring_kick(r, notify.kick_fd())
+                    .set_vring_kick(r, kick_call.kick_fd())
                     .map_err(req)?;
             }
             SetupStep::VringCall(r) => {
                 let conn = self.conn.as_mut().ok_or_else(not_connected)?;
-                let notify = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.notify;
+                let kick_call = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.kick_call;
                 conn.frontend()
-                    .set_vring_call(r, notify.call_fd())
+                    .set_vring_call(r, kick_call.call_fd())
                     .map_err(req)?;
             }
             SetupStep::VringEnable(r) => {

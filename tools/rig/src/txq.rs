@@ -7,8 +7,8 @@
 use std::io;
 
 use crate::driver_ring::{DriverRing, RingError, Segment, UsedKind};
-use crate::notify::Notifier;
-use crate::stats::QueueStats;
+use crate::kick_call::KickCall;
+use crate::stats::DriverQueueStats;
 use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
 
 /// Errors of the TX and RX queues.
@@ -64,22 +64,22 @@ impl SlotPool {
 
 /// Driver side of one TX ring.
 #[derive(Debug)]
-pub struct TxQueue {
+pub struct DriverTxQueue {
     ring: DriverRing,
-    notify: Notifier,
+    kick_call: KickCall,
     index: usize,
     pool: SlotPool,
     free_slots: Vec<u16>,
     slot_of_head: Vec<u16>,
     two_desc: bool,
-    stats: QueueStats,
+    stats: DriverQueueStats,
 }
 
-impl TxQueue {
+impl DriverTxQueue {
     /// A TX queue over `ring` (vhost-user ring `index`) using `pool` for frame slots.
     pub fn new(
         ring: DriverRing,
-        notify: Notifier,
+        kick_call: KickCall,
         index: usize,
         pool: SlotPool,
         two_desc: bool,
@@ -87,13 +87,13 @@ impl TxQueue {
         let size = usize::from(ring.size());
         Self {
             ring,
-            notify,
+            kick_call,
             index,
             pool,
             free_slots: (0..pool.count).rev().collect(),
             slot_of_head: vec![0; size],
             two_desc,
-            stats: QueueStats::default(),
+            stats: DriverQueueStats::default(),
         }
     }
 
@@ -110,12 +110,12 @@ impl TxQueue {
         &mut self.ring
     }
     /// The kick/call eventfds.
-    pub fn notifier(&self) -> &Notifier {
-        &self.notify
+    pub fn kick_call(&self) -> &KickCall {
+        &self.kick_call
     }
     /// The kick/call eventfds, mutable.
-    pub fn notifier_mut(&mut self) -> &mut Notifier {
-        &mut self.notify
+    pub fn kick_call_mut(&mut self) -> &mut KickCall {
+        &mut self.kick_call
     }
     /// Largest frame one slot holds.
     pub fn max_frame(&self) -> usize {
@@ -155,7 +155,7 @@ impl TxQueue {
         Ok(())
     }
 
-    /// Writes the header and `frame` into every slot, for [`TxQueue::send_prefilled`].
+    /// Writes the header and `frame` into every slot, for [`DriverTxQueue::send_prefilled`].
     pub fn prefill(&mut self, frame: &[u8]) -> Result<(), QueueError> {
         self.check_len(frame.len())?;
         let hdr = VirtioNetHdr::default().to_bytes();
@@ -170,7 +170,7 @@ impl TxQueue {
     }
 
     /// Posts `frame` (copied behind a zero header). Returns false when the ring is full.
-    /// The device sees it after [`TxQueue::flush`].
+    /// The device sees it after [`DriverTxQueue::flush`].
     pub fn send(&mut self, frame: &[u8]) -> Result<bool, QueueError> {
         self.check_len(frame.len())?;
         if !self.can_send() {
@@ -189,7 +189,7 @@ impl TxQueue {
     }
 
     /// Posts the next slot as a `len`-byte frame without writing it (after
-    /// [`TxQueue::prefill`]). Returns false when the ring is full.
+    /// [`DriverTxQueue::prefill`]). Returns false when the ring is full.
     pub fn send_prefilled(&mut self, len: usize) -> Result<bool, QueueError> {
         self.check_len(len)?;
         if !self.can_send() {
@@ -249,7 +249,7 @@ impl TxQueue {
 
     /// Kicks unconditionally.
     pub fn kick(&mut self) -> Result<(), QueueError> {
-        self.notify.kick().map_err(|source| QueueError::Event {
+        self.kick_call.kick().map_err(|source| QueueError::Event {
             ring: self.index,
             source,
         })
@@ -272,11 +272,11 @@ impl TxQueue {
     }
 
     /// Counters, including the eventfd ones.
-    pub fn stats(&self) -> QueueStats {
-        QueueStats {
-            kicks: self.notify.kicks(),
-            interrupts: self.notify.interrupts(),
-            interrupt_sum: self.notify.interrupt_sum(),
+    pub fn stats(&self) -> DriverQueueStats {
+        DriverQueueStats {
+            kicks: self.kick_call.kicks(),
+            interrupts: self.kick_call.interrupts(),
+            interrupt_sum: self.kick_call.interrupt_sum(),
             ..self.stats
         }
     }

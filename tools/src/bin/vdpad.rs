@@ -11,8 +11,8 @@ use vdpad::control::ControlServer;
 use vdpad::daemon::Daemon;
 use vdpad::logging::{self, LogControl};
 use vdpad::metrics::MetricsServer;
-use vdpad::notify::Notifier;
 use vdpad::qemu;
+use vdpad::sd_notify::SdNotify;
 use vdpad::signals::{self, Signal};
 use vdpad_config::{Config, DaemonConfig};
 
@@ -76,9 +76,9 @@ fn main() -> ExitCode {
     info!(version = env!("CARGO_PKG_VERSION"), devices = cfg.devices.len(),
           config = %args.config.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
           "vdpad starting");
-    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+    let notifier = SdNotify::from_env().unwrap_or_else(|e| {
         warn!(error = %e, "ignoring NOTIFY_SOCKET; no readiness notifications");
-        Notifier::disabled()
+        SdNotify::disabled()
     });
     let daemon = match Daemon::start(&cfg) {
         Ok(d) => Arc::new(Mutex::new(d)),
