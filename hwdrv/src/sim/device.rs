@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::dma::Dma;
 use super::layout;
 use super::link::Link;
-use super::ring::{RingError, Seg, SplitRing};
+use super::ring::{Seg, SimRingError, SplitRing};
 use super::SimConfig;
 use crate::spec::{common as cc, net_cfg, status, NO_VECTOR};
 use vdpa::virtio::features::{
@@ -49,7 +49,7 @@ pub(crate) struct Counters {
 
 /// Registers of one virtqueue.
 #[derive(Clone, Debug)]
-pub(crate) struct Queue {
+pub(crate) struct QueueRegs {
     pub size: u16,
     pub msix: u16,
     pub desc: u64,
@@ -64,9 +64,9 @@ pub(crate) struct Queue {
     pub state: (u16, u16),
 }
 
-impl Queue {
+impl QueueRegs {
     fn new(max: u16) -> Self {
-        Queue {
+        QueueRegs {
             size: max,
             msix: NO_VECTOR,
             desc: 0,
@@ -90,7 +90,7 @@ pub(crate) struct State {
     pub generation: u8,
     pub queue_select: u16,
     pub isr: u8,
-    pub queues: Vec<Queue>,
+    pub queues: Vec<QueueRegs>,
     pub backlog: Vec<VecDeque<Vec<u8>>>,
     pub link: Box<dyn Link>,
 }
@@ -125,7 +125,9 @@ impl Shared {
             generation: 0,
             queue_select: 0,
             isr: 0,
-            queues: (0..nq).map(|_| Queue::new(cfg.queue_max_size)).collect(),
+            queues: (0..nq)
+                .map(|_| QueueRegs::new(cfg.queue_max_size))
+                .collect(),
             backlog: (0..cfg.max_pairs).map(|_| VecDeque::new()).collect(),
             link,
         };
@@ -178,7 +180,7 @@ impl Shared {
         st.queue_select = 0;
         st.isr = 0;
         for q in st.queues.iter_mut() {
-            *q = Queue::new(max);
+            *q = QueueRegs::new(max);
         }
         for b in st.backlog.iter_mut() {
             b.clear();
@@ -290,7 +292,7 @@ impl Shared {
                         }
                         let q = &mut st.queues[qs];
                         let state = q.ring.map_or(q.state, |r| (r.last_avail, r.used_idx));
-                        *q = Queue::new(self.cfg.queue_max_size);
+                        *q = QueueRegs::new(self.cfg.queue_max_size);
                         q.reset = true;
                         q.state = state;
                     }
@@ -487,13 +489,13 @@ fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
     }
 }
 
-fn ring_failed(shared: &Shared, st: &mut State, q: usize, e: RingError) {
+fn ring_failed(shared: &Shared, st: &mut State, q: usize, e: SimRingError) {
     match e {
-        RingError::Dma(f) => {
+        SimRingError::Dma(f) => {
             let why = format!("queue {q}: ring not reachable by DMA at {:#x}", f.iova);
             shared.needs_reset(st, &why);
         }
-        RingError::Malformed(why) => {
+        SimRingError::Malformed(why) => {
             let why = format!("queue {q}: {why}");
             shared.needs_reset(st, &why);
         }
@@ -514,7 +516,7 @@ fn process_tx(
     let pair = (q / 2) as u16;
     let mut more = false;
     let mut done = 0;
-    let result: Result<(), RingError> = (|| {
+    let result: Result<(), SimRingError> = (|| {
         loop {
             if ring.pending(&shared.dma)? == 0 && !ring.arm_kick(&shared.dma)? {
                 break;
@@ -597,7 +599,7 @@ fn process_rx(shared: &Shared, st: &mut State, p: usize, scratch: &mut [u8], seg
     };
     let mrg = st.driver_features & VIRTIO_NET_F_MRG_RXBUF != 0;
     let mut delivered = 0;
-    let result: Result<(), RingError> = (|| {
+    let result: Result<(), SimRingError> = (|| {
         while delivered < BURST {
             let Some(frame) = st.backlog[p].front() else {
                 break;

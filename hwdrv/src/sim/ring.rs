@@ -22,16 +22,16 @@ pub(crate) struct Seg {
 /// Why a chain could not be walked: the device treats it as fatal for the queue
 /// (DEVICE_NEEDS_RESET), as a hardware device would.
 #[derive(Debug)]
-pub(crate) enum RingError {
+pub(crate) enum SimRingError {
     /// The ring structures themselves are not reachable.
     Dma(DmaFault),
     /// A malformed chain (index out of range, loop, indirect without the feature).
     Malformed(&'static str),
 }
 
-impl From<DmaFault> for RingError {
+impl From<DmaFault> for SimRingError {
     fn from(f: DmaFault) -> Self {
-        RingError::Dma(f)
+        SimRingError::Dma(f)
     }
 }
 
@@ -70,10 +70,10 @@ impl SplitRing {
 
     /// Number of chains the driver made available and the device did not take yet.
     /// An index that moved by more than the ring size is a malformed ring.
-    pub(crate) fn pending(&self, dma: &Dma) -> Result<u16, RingError> {
+    pub(crate) fn pending(&self, dma: &Dma) -> Result<u16, SimRingError> {
         let n = self.avail_idx(dma)?.wrapping_sub(self.last_avail);
         if n > self.size {
-            return Err(RingError::Malformed(
+            return Err(SimRingError::Malformed(
                 "avail index moved by more than the ring size",
             ));
         }
@@ -81,7 +81,7 @@ impl SplitRing {
     }
 
     /// Takes the next available head and walks its chain.
-    pub(crate) fn pop(&mut self, dma: &Dma, segs: &mut Vec<Seg>) -> Result<u16, RingError> {
+    pub(crate) fn pop(&mut self, dma: &Dma, segs: &mut Vec<Seg>) -> Result<u16, SimRingError> {
         let slot = Self::at(
             self.avail,
             ring::avail_slot_offset(self.mask(self.last_avail)),
@@ -97,15 +97,15 @@ impl SplitRing {
         self.last_avail = self.last_avail.wrapping_sub(1);
     }
 
-    fn walk(&self, dma: &Dma, head: u16, segs: &mut Vec<Seg>) -> Result<(), RingError> {
+    fn walk(&self, dma: &Dma, head: u16, segs: &mut Vec<Seg>) -> Result<(), SimRingError> {
         segs.clear();
         if head >= self.size {
-            return Err(RingError::Malformed("head index out of range"));
+            return Err(SimRingError::Malformed("head index out of range"));
         }
         let mut idx = head;
         loop {
             if segs.len() >= usize::from(self.size) {
-                return Err(RingError::Malformed(
+                return Err(SimRingError::Malformed(
                     "descriptor chain longer than the ring",
                 ));
             }
@@ -119,7 +119,7 @@ impl SplitRing {
             let flags = u16::from_le_bytes([d[12], d[13]]);
             let next = u16::from_le_bytes([d[14], d[15]]);
             if flags & VRING_DESC_F_INDIRECT != 0 {
-                return Err(RingError::Malformed("indirect descriptor (not offered)"));
+                return Err(SimRingError::Malformed("indirect descriptor (not offered)"));
             }
             segs.push(Seg {
                 addr,
@@ -130,7 +130,7 @@ impl SplitRing {
                 return Ok(());
             }
             if next >= self.size {
-                return Err(RingError::Malformed("next index out of range"));
+                return Err(SimRingError::Malformed("next index out of range"));
             }
             idx = next;
         }
@@ -156,7 +156,7 @@ impl SplitRing {
     /// Tells the driver which avail index to kick at next (EVENT_IDX), then re-reads
     /// the avail index so that a buffer added meanwhile is not missed. Returns whether
     /// more chains are pending.
-    pub(crate) fn arm_kick(&self, dma: &Dma) -> Result<bool, RingError> {
+    pub(crate) fn arm_kick(&self, dma: &Dma) -> Result<bool, SimRingError> {
         if self.event_idx {
             let avail_event = Self::at(self.used, ring::avail_event_offset(usize::from(self.size)));
             dma.write_u16(avail_event, self.last_avail)?;

@@ -47,7 +47,7 @@ impl Frontend {
 /// Which backend serves the socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Backend {
+pub enum VhostBackend {
     /// A: `dpdk-testpmd --vdev net_vhost0`, io forwarding in loop topology.
     Dpdk,
     /// B: `vdpad` with one loopback device and this tuning.
@@ -60,7 +60,7 @@ pub struct Variant {
     /// Name in tables and files (`A`, `B`, `event_idx=off,burst=8`, ...).
     pub name: String,
     /// The backend.
-    pub backend: Backend,
+    pub backend: VhostBackend,
 }
 
 /// Main cells compare A with B; seed cells compare vdpad configurations.
@@ -103,11 +103,11 @@ fn ab(b_busy_poll_us: u32) -> Vec<Variant> {
     vec![
         Variant {
             name: "A".into(),
-            backend: Backend::Dpdk,
+            backend: VhostBackend::Dpdk,
         },
         Variant {
             name: "B".into(),
-            backend: Backend::Vdpad(tuning),
+            backend: VhostBackend::Vdpad(tuning),
         },
     ]
 }
@@ -170,7 +170,7 @@ pub fn main_cells(b_busy_poll_us: u32) -> Vec<Cell> {
 fn vdpad(name: String, t: TuningOverrides) -> Variant {
     Variant {
         name,
-        backend: Backend::Vdpad(t),
+        backend: VhostBackend::Vdpad(t),
     }
 }
 

@@ -233,7 +233,7 @@ fn pair_of(rings: &BTreeMap<u64, RingCounters>) -> Option<PairCounters> {
 }
 
 /// A running vdpad and the ways to read its counters.
-pub struct Daemon {
+pub struct VdpadProcess {
     /// The process.
     pub proc: Proc,
     /// `vdpactl`, if it exists next to vdpad and answered `stats`.
@@ -243,10 +243,10 @@ pub struct Daemon {
     log_pos: usize,
 }
 
-impl Daemon {
+impl VdpadProcess {
     /// Wraps a started daemon. `vdpactl` is tried for counters first.
-    pub fn new(proc: Proc, vdpactl: Option<PathBuf>, control: PathBuf) -> Daemon {
-        Daemon {
+    pub fn new(proc: Proc, vdpactl: Option<PathBuf>, control: PathBuf) -> VdpadProcess {
+        VdpadProcess {
             proc,
             vdpactl,
             control,
@@ -323,7 +323,7 @@ impl Daemon {
         }
     }
 
-    /// Which source [`Daemon::counters`] uses now.
+    /// Which source [`VdpadProcess::counters`] uses now.
     pub fn counter_source(&self) -> &'static str {
         if self.vdpactl.is_some() {
             "vdpactl --json stats"

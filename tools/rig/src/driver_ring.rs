@@ -17,7 +17,7 @@
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::memory::{Allocator, MemoryError, RigMemory};
+use crate::memory::{Allocator, RigMemory, RigMemoryError};
 use vdpa::virtio::ring::{
     self, need_event, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     VRING_USED_F_NO_NOTIFY,
@@ -25,13 +25,13 @@ use vdpa::virtio::ring::{
 
 /// Errors of the driver ring.
 #[derive(Debug, thiserror::Error)]
-pub enum RingError {
+pub enum DriverRingError {
     /// The queue size is not a power of two in 1..=32768.
     #[error("queue size {0} is not a power of two in 1..=32768")]
     BadSize(u32),
     /// The ring areas are not inside guest memory or misaligned.
     #[error("ring area is not valid guest memory")]
-    Memory(#[source] MemoryError),
+    Memory(#[source] RigMemoryError),
     /// Not enough free descriptors for the chain.
     #[error("not enough free descriptors: need {need}, have {have}")]
     Full {
@@ -67,7 +67,7 @@ pub enum RingError {
 
 /// One buffer of a descriptor chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
+pub struct DriverSegment {
     /// Guest-physical address.
     pub gpa: u64,
     /// Length in bytes.
@@ -130,13 +130,15 @@ impl RingLayout {
     }
     /// Allocates a ring of `size` descriptors: the table page aligned with the avail ring
     /// right after it, the used ring on its own page aligned area.
-    pub fn allocate(alloc: &mut Allocator, size: u16) -> Result<Self, RingError> {
+    pub fn allocate(alloc: &mut Allocator, size: u16) -> Result<Self, DriverRingError> {
         check_size(u32::from(size))?;
         let (desc_len, avail_len, used_len) = ring::area_sizes(size);
         let desc = alloc
             .alloc(desc_len + avail_len, 4096)
-            .map_err(RingError::Memory)?;
-        let used = alloc.alloc(used_len, 4096).map_err(RingError::Memory)?;
+            .map_err(DriverRingError::Memory)?;
+        let used = alloc
+            .alloc(used_len, 4096)
+            .map_err(DriverRingError::Memory)?;
         Ok(Self {
             size,
             desc,
@@ -146,9 +148,9 @@ impl RingLayout {
     }
 }
 
-fn check_size(size: u32) -> Result<(), RingError> {
+fn check_size(size: u32) -> Result<(), DriverRingError> {
     if !ring::is_valid_size(size) {
-        return Err(RingError::BadSize(size));
+        return Err(DriverRingError::BadSize(size));
     }
     Ok(())
 }
@@ -201,30 +203,30 @@ impl DriverRing {
         mem: Arc<RigMemory>,
         layout: RingLayout,
         initial_index: u16,
-    ) -> Result<Self, RingError> {
+    ) -> Result<Self, DriverRingError> {
         let size = layout.size;
         check_size(u32::from(size))?;
         if !ring::areas_aligned(layout.desc, layout.avail, layout.used) {
-            return Err(RingError::Memory(MemoryError::Layout(format!(
+            return Err(DriverRingError::Memory(RigMemoryError::Layout(format!(
                 "misaligned ring {layout:x?}"
             ))));
         }
         let (desc_len, avail_len, used_len) = ring::area_sizes(size);
         let desc = mem
             .host_ptr(layout.desc, desc_len)
-            .map_err(RingError::Memory)?;
+            .map_err(DriverRingError::Memory)?;
         let avail = mem
             .host_ptr(layout.avail, avail_len)
-            .map_err(RingError::Memory)?;
+            .map_err(DriverRingError::Memory)?;
         let used = mem
             .host_ptr(layout.used, used_len)
-            .map_err(RingError::Memory)?;
+            .map_err(DriverRingError::Memory)?;
         for (gpa, len) in [
             (layout.desc, desc_len),
             (layout.avail, avail_len),
             (layout.used, used_len),
         ] {
-            mem.fill(gpa, len, 0).map_err(RingError::Memory)?;
+            mem.fill(gpa, len, 0).map_err(DriverRingError::Memory)?;
         }
         let ring = Self {
             mem,
@@ -394,24 +396,24 @@ impl DriverRing {
 
     /// Writes a chain into free descriptors and queues its head in the avail ring (not yet
     /// visible to the device: call [`DriverRing::publish`]). Returns the head index.
-    pub fn add_chain(&mut self, segs: &[Segment]) -> Result<u16, RingError> {
+    pub fn add_chain(&mut self, segs: &[DriverSegment]) -> Result<u16, DriverRingError> {
         let n = segs.len();
         if n == 0 {
-            return Err(RingError::EmptyChain);
+            return Err(DriverRingError::EmptyChain);
         }
         if n > self.free.len() {
-            return Err(RingError::Full {
+            return Err(DriverRingError::Full {
                 need: n,
                 have: self.free.len(),
             });
         }
         if !self.avail_slot_free() {
-            return Err(RingError::AvailFull);
+            return Err(DriverRingError::AvailFull);
         }
         for s in segs {
             self.mem
                 .host_ptr(s.gpa, u64::from(s.len))
-                .map_err(RingError::Memory)?;
+                .map_err(DriverRingError::Memory)?;
         }
         // The chain takes the top `n` entries of the free stack; the top one is the head.
         let base = self.free.len() - n;
@@ -503,7 +505,7 @@ impl DriverRing {
     }
 
     /// Takes the next used element, returning its chain's descriptors to the free list.
-    pub fn pop_used(&mut self) -> Result<Option<UsedElem>, RingError> {
+    pub fn pop_used(&mut self) -> Result<Option<UsedElem>, DriverRingError> {
         // Acquire: pairs with the device's Release store of used->idx, so the used element
         // and the buffer contents it wrote before it are visible to us afterwards.
         let now = self.device_used_idx();
@@ -511,7 +513,7 @@ impl DriverRing {
             return Ok(None);
         }
         if now.wrapping_sub(self.last_used) > self.size {
-            return Err(RingError::UsedIdxJump {
+            return Err(DriverRingError::UsedIdxJump {
                 last: self.last_used,
                 now,
             });
@@ -525,7 +527,7 @@ impl DriverRing {
             let head = u16::try_from(id)
                 .ok()
                 .filter(|&h| h < self.size && self.chain_len[usize::from(h)] != 0)
-                .ok_or(RingError::BadUsedId { id })?;
+                .ok_or(DriverRingError::BadUsedId { id })?;
             let n = self.chain_len[usize::from(head)];
             self.chain_len[usize::from(head)] = 0;
             let mut idx = head;
@@ -606,9 +608,9 @@ impl DriverRing {
     // ---- hostile descriptors ----
 
     /// Takes `n` descriptors off the free list for raw use.
-    pub fn reserve(&mut self, n: usize) -> Result<Vec<u16>, RingError> {
+    pub fn reserve(&mut self, n: usize) -> Result<Vec<u16>, DriverRingError> {
         if n > self.free.len() {
-            return Err(RingError::Full {
+            return Err(DriverRingError::Full {
                 need: n,
                 have: self.free.len(),
             });
@@ -620,9 +622,9 @@ impl DriverRing {
     }
 
     /// Writes an arbitrary descriptor at `index` (which must be one we reserved).
-    pub fn write_raw_desc(&mut self, index: u16, d: RawDesc) -> Result<(), RingError> {
+    pub fn write_raw_desc(&mut self, index: u16, d: RawDesc) -> Result<(), DriverRingError> {
         if index >= self.size {
-            return Err(RingError::BadIndex(index));
+            return Err(DriverRingError::BadIndex(index));
         }
         self.write_desc(index, d);
         Ok(())
@@ -630,9 +632,9 @@ impl DriverRing {
 
     /// Queues an arbitrary head value in the avail ring; `descs` are the descriptors it
     /// owns, returned to the free list if the device ever completes `head`.
-    pub fn add_raw_head(&mut self, head: u16, descs: Vec<u16>) -> Result<(), RingError> {
+    pub fn add_raw_head(&mut self, head: u16, descs: Vec<u16>) -> Result<(), DriverRingError> {
         if !self.avail_slot_free() {
-            return Err(RingError::AvailFull);
+            return Err(DriverRingError::AvailFull);
         }
         self.push_avail(head);
         self.raw.push(RawChain { head, descs });

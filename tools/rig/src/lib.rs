@@ -41,13 +41,13 @@ pub mod txq;
 pub mod verify;
 
 pub use bench::{run_bench, BenchOptions, BenchReport};
-pub use driver_ring::{DriverRing, RawDesc, RingLayout, Segment, UsedElem, UsedKind};
+pub use driver_ring::{DriverRing, DriverSegment, RawDesc, RingLayout, UsedElem, UsedKind};
 pub use error::RigError;
-pub use hostile::{Direction, Hostile, Injected};
+pub use hostile::{Hostile, Injected, PairRing};
 pub use latency::{run_latency, LatencyOptions, LatencyReport};
 pub use listen::{run_listen, ListenOptions, ListenReport};
 pub use memory::{MemoryLayout, RigMemory};
 pub use options::RigOptions;
 pub use rig::{QueuePair, Received, Rig};
-pub use setup::{Negotiated, RigSetup, SetupStep};
+pub use setup::{Negotiation, RigSetup, SetupStep};
 pub use verify::{run_verify, VerifyOptions, VerifyReport};

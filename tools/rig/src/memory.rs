@@ -16,7 +16,7 @@ const REGION_ALIGN: u64 = 2 << 20;
 
 /// Errors of guest memory creation and access.
 #[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
+pub enum RigMemoryError {
     /// `memfd_create` or `ftruncate` failed.
     #[error("cannot create the guest memory memfd")]
     Memfd(#[source] io::Error),
@@ -125,15 +125,15 @@ unsafe impl Sync for RigMemory {}
 
 impl RigMemory {
     /// Creates the memfd, sizes it and maps each region `MAP_SHARED`.
-    pub fn new(layout: &MemoryLayout) -> Result<Self, MemoryError> {
+    pub fn new(layout: &MemoryLayout) -> Result<Self, RigMemoryError> {
         if layout.regions == 0 || layout.regions > 2 {
-            return Err(MemoryError::Layout(format!(
+            return Err(RigMemoryError::Layout(format!(
                 "{} regions requested; 1 or 2 are supported",
                 layout.regions
             )));
         }
         if layout.base_gpa == 0 || !layout.base_gpa.is_multiple_of(4096) {
-            return Err(MemoryError::Layout(format!(
+            return Err(RigMemoryError::Layout(format!(
                 "base GPA {:#x} must be nonzero and page aligned",
                 layout.base_gpa
             )));
@@ -150,11 +150,11 @@ impl RigMemory {
         // SAFETY: memfd_create takes a NUL-terminated name, which the literal is.
         let fd = unsafe { libc::memfd_create(c"vdpa-rig-guest".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
-            return Err(MemoryError::Memfd(io::Error::last_os_error()));
+            return Err(RigMemoryError::Memfd(io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
         let memfd = unsafe { File::from_raw_fd(fd) };
-        memfd.set_len(total).map_err(MemoryError::Memfd)?;
+        memfd.set_len(total).map_err(RigMemoryError::Memfd)?;
 
         let mut mem = Self {
             memfd,
@@ -177,12 +177,12 @@ impl RigMemory {
                 )
             };
             if ptr == libc::MAP_FAILED {
-                return Err(MemoryError::Mmap {
+                return Err(RigMemoryError::Mmap {
                     region: i,
                     source: io::Error::last_os_error(),
                 });
             }
-            let host = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::Mmap {
+            let host = NonNull::new(ptr.cast::<u8>()).ok_or(RigMemoryError::Mmap {
                 region: i,
                 source: io::Error::other("mmap returned NULL"),
             })?;
@@ -221,15 +221,15 @@ impl RigMemory {
             .collect()
     }
 
-    fn region_of(&self, gpa: u64, len: u64) -> Result<&Region, MemoryError> {
+    fn region_of(&self, gpa: u64, len: u64) -> Result<&Region, RigMemoryError> {
         self.regions
             .iter()
             .find(|r| r.contains(gpa, len))
-            .ok_or(MemoryError::OutOfRange { gpa, len })
+            .ok_or(RigMemoryError::OutOfRange { gpa, len })
     }
 
     /// Host pointer to `len` bytes at `gpa`, checked to lie inside a single region.
-    pub fn host_ptr(&self, gpa: u64, len: u64) -> Result<*mut u8, MemoryError> {
+    pub fn host_ptr(&self, gpa: u64, len: u64) -> Result<*mut u8, RigMemoryError> {
         let r = self.region_of(gpa, len)?;
         // SAFETY: `contains` checked gpa - r.gpa + len <= r.len, so the offset stays inside
         // the mapping of `r.len` bytes starting at `r.host`.
@@ -237,7 +237,7 @@ impl RigMemory {
     }
 
     /// Our virtual address of `gpa` (what QEMU would put in SET_VRING_ADDR).
-    pub fn user_addr(&self, gpa: u64) -> Result<u64, MemoryError> {
+    pub fn user_addr(&self, gpa: u64) -> Result<u64, RigMemoryError> {
         Ok(self.host_ptr(gpa, 1)? as u64)
     }
 
@@ -247,7 +247,7 @@ impl RigMemory {
     }
 
     /// Copies `data` into guest memory at `gpa`.
-    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), RigMemoryError> {
         let dst = self.host_ptr(gpa, data.len() as u64)?;
         // SAFETY: `dst` is valid for data.len() bytes (checked by host_ptr); `data` is a
         // Rust slice that cannot overlap the mapping's bytes we own by protocol (the driver
@@ -257,7 +257,7 @@ impl RigMemory {
     }
 
     /// Copies guest memory at `gpa` into `buf`.
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), RigMemoryError> {
         let src = self.host_ptr(gpa, buf.len() as u64)?;
         // SAFETY: `src` is valid for buf.len() bytes (checked by host_ptr); the buffer was
         // returned by the device (used ring, read after an Acquire load), so it no longer
@@ -267,7 +267,7 @@ impl RigMemory {
     }
 
     /// Fills `len` bytes at `gpa` with `byte`.
-    pub fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
+    pub fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), RigMemoryError> {
         let dst = self.host_ptr(gpa, len)?;
         // SAFETY: `dst` is valid for `len` bytes (checked by host_ptr).
         unsafe { std::ptr::write_bytes(dst, byte, len as usize) };
@@ -305,7 +305,7 @@ pub struct Allocator {
 
 impl Allocator {
     /// Allocates `len` bytes aligned to `align` (a power of two); returns the GPA.
-    pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, MemoryError> {
+    pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, RigMemoryError> {
         debug_assert!(align.is_power_of_two());
         let best = self
             .cursors
@@ -320,7 +320,7 @@ impl Allocator {
                 c.0 = start + len;
                 Ok(start)
             }
-            None => Err(MemoryError::Exhausted { len }),
+            None => Err(RigMemoryError::Exhausted { len }),
         }
     }
 

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
 
-use crate::connection::Connection;
+use crate::connection::FrontendConnection;
 use crate::error::RigError;
 use crate::kick_call::{raw, wait_readable};
 use crate::memory::RigMemory;
 use crate::options::RigOptions;
 use crate::rxq::DriverRxQueue;
-use crate::setup::{Negotiated, PairAreas, PreparedRing, RigSetup, Scratch};
+use crate::setup::{Negotiation, PairAreas, PreparedRing, RigSetup, Scratch};
 use crate::stats::RigStats;
 use crate::txq::{DriverTxQueue, SlotPool};
 use vdpa::virtio::net_hdr::VirtioNetHdr;
@@ -46,8 +46,8 @@ pub struct Received {
 pub(crate) struct RigParts {
     pub(crate) opts: RigOptions,
     pub(crate) mem: Arc<RigMemory>,
-    pub(crate) conn: Connection,
-    pub(crate) neg: Negotiated,
+    pub(crate) conn: FrontendConnection,
+    pub(crate) neg: Negotiation,
     pub(crate) rings: Vec<PreparedRing>,
     pub(crate) areas: Vec<PairAreas>,
     pub(crate) scratch: Scratch,
@@ -58,8 +58,8 @@ pub(crate) struct RigParts {
 pub struct Rig {
     opts: RigOptions,
     mem: Arc<RigMemory>,
-    conn: Connection,
-    neg: Negotiated,
+    conn: FrontendConnection,
+    neg: Negotiation,
     pairs: Vec<QueuePair>,
     scratch: Scratch,
 }
@@ -124,7 +124,7 @@ impl Rig {
         &self.opts
     }
     /// What was negotiated.
-    pub fn negotiated(&self) -> &Negotiated {
+    pub fn negotiated(&self) -> &Negotiation {
         &self.neg
     }
     /// Guest memory.
@@ -152,7 +152,7 @@ impl Rig {
         self.conn.frontend()
     }
     /// The connection.
-    pub fn connection(&mut self) -> &mut Connection {
+    pub fn connection(&mut self) -> &mut FrontendConnection {
         &mut self.conn
     }
 

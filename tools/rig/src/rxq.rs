@@ -6,7 +6,7 @@
 //! elements are consumed for the frame. Without it, each chain is enough chained buffers
 //! for the header plus the largest frame (one buffer by default).
 
-use crate::driver_ring::{DriverRing, RingError, Segment, UsedKind};
+use crate::driver_ring::{DriverRing, DriverRingError, DriverSegment, UsedKind};
 use crate::kick_call::KickCall;
 use crate::stats::DriverQueueStats;
 use crate::txq::{QueueError, SlotPool};
@@ -131,7 +131,7 @@ impl DriverRxQueue {
         }
     }
 
-    fn ring_err(&self, source: RingError) -> QueueError {
+    fn ring_err(&self, source: DriverRingError) -> QueueError {
         QueueError::Ring {
             ring: self.index,
             source,
@@ -142,7 +142,7 @@ impl DriverRxQueue {
     /// [`DriverRxQueue::flush`]). Returns how many chains were added.
     pub fn refill(&mut self) -> Result<usize, QueueError> {
         let mut n = 0;
-        let mut segs = [Segment {
+        let mut segs = [DriverSegment {
             gpa: 0,
             len: 0,
             writable: true,
@@ -158,8 +158,8 @@ impl DriverRxQueue {
                 }
                 self.ring.add_chain(&segs[..k])
             } else {
-                let v: Vec<Segment> = (0..k)
-                    .map(|i| Segment {
+                let v: Vec<DriverSegment> = (0..k)
+                    .map(|i| DriverSegment {
                         gpa: gpa + i as u64 * u64::from(self.buf_size),
                         len: self.buf_size,
                         writable: true,
@@ -270,7 +270,7 @@ impl DriverRxQueue {
         self.ring
             .memory()
             .read(gpa, &mut raw)
-            .map_err(|e| self.ring_err(RingError::Memory(e)))?;
+            .map_err(|e| self.ring_err(DriverRingError::Memory(e)))?;
         let hdr = VirtioNetHdr::from_bytes(&raw).expect("12 bytes");
         if !hdr.is_plain() {
             self.stats.bad_hdr += 1;
@@ -308,7 +308,7 @@ impl DriverRxQueue {
             .read(gpa + off as u64, &mut self.assembly[start..])
             .map_err(|e| QueueError::Ring {
                 ring: self.index,
-                source: RingError::Memory(e),
+                source: DriverRingError::Memory(e),
             })
     }
 

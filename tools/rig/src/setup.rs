@@ -16,7 +16,7 @@ use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
 
-use crate::connection::{connect_with_retry, Connection};
+use crate::connection::{connect_with_retry, FrontendConnection};
 use crate::driver_ring::{DriverRing, RingLayout};
 use crate::error::RigError;
 use crate::kick_call::KickCall;
@@ -82,7 +82,7 @@ impl fmt::Display for SetupStep {
 
 /// What was negotiated with the backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Negotiated {
+pub struct Negotiation {
     /// Features the backend offered (GET_FEATURES).
     pub offered_features: u64,
     /// Features the rig acked (SET_FEATURES).
@@ -95,7 +95,7 @@ pub struct Negotiated {
     pub queue_num: Option<u64>,
 }
 
-impl Negotiated {
+impl Negotiation {
     /// EVENT_IDX is in use.
     pub fn event_idx(&self) -> bool {
         self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0
@@ -142,10 +142,10 @@ pub struct Scratch {
 pub struct RigSetup {
     opts: RigOptions,
     mem: Arc<RigMemory>,
-    conn: Option<Connection>,
+    conn: Option<FrontendConnection>,
     plan: VecDeque<SetupStep>,
     done: Vec<SetupStep>,
-    neg: Negotiated,
+    neg: Negotiation,
     rings: Vec<PreparedRing>,
     areas: Vec<PairAreas>,
     scratch: Scratch,
@@ -208,7 +208,7 @@ impl RigSetup {
             conn: None,
             plan,
             done: Vec::new(),
-            neg: Negotiated::default(),
+            neg: Negotiation::default(),
             rings,
             areas,
             scratch,
@@ -224,7 +224,7 @@ impl RigSetup {
         &self.mem
     }
     /// What has been negotiated so far.
-    pub fn negotiated(&self) -> &Negotiated {
+    pub fn negotiated(&self) -> &Negotiation {
         &self.neg
     }
     /// Steps performed so far (skipped ones are not listed).
@@ -236,7 +236,7 @@ impl RigSetup {
         self.plan.iter()
     }
     /// The connection, once the Connect step ran (for requests of the test's own).
-    pub fn connection(&mut self) -> Option<&mut Connection> {
+    pub fn connection(&mut self) -> Option<&mut FrontendConnection> {
         self.conn.as_mut()
     }
     /// The driver ring of vhost-user ring `index` (e.g. to inspect its layout).
@@ -310,7 +310,7 @@ impl RigSetup {
         }
     }
 
-    fn conn(&mut self) -> Result<&mut Connection, RigError> {
+    fn conn(&mut self) -> Result<&mut FrontendConnection, RigError> {
         self.conn
             .as_mut()
             .ok_or_else(|| RigError::SetupOrder("not connected".to_string()))
@@ -324,7 +324,7 @@ impl RigSetup {
         match step {
             SetupStep::Connect => {
                 let s = connect_with_retry(&self.opts.socket, self.opts.connect_timeout)?;
-                self.conn = Some(Connection::new(
+                self.conn = Some(FrontendConnection::new(
                     s,
                     2 * self.opts.queue_pairs,
                     self.opts.reply_timeout,

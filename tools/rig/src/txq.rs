@@ -6,7 +6,7 @@
 
 use std::io;
 
-use crate::driver_ring::{DriverRing, RingError, Segment, UsedKind};
+use crate::driver_ring::{DriverRing, DriverRingError, DriverSegment, UsedKind};
 use crate::kick_call::KickCall;
 use crate::stats::DriverQueueStats;
 use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
@@ -21,7 +21,7 @@ pub enum QueueError {
         ring: usize,
         /// What went wrong.
         #[source]
-        source: RingError,
+        source: DriverRingError,
     },
     /// Kick or call eventfd failure.
     #[error("eventfd of ring {ring}")]
@@ -137,7 +137,7 @@ impl DriverTxQueue {
         !self.free_slots.is_empty() && self.ring.can_add(self.descs_per_frame())
     }
 
-    fn ring_err(&self, source: RingError) -> QueueError {
+    fn ring_err(&self, source: DriverRingError) -> QueueError {
         QueueError::Ring {
             ring: self.index,
             source,
@@ -164,7 +164,7 @@ impl DriverTxQueue {
             let mem = self.ring.memory();
             mem.write(gpa, &hdr)
                 .and_then(|_| mem.write(gpa + NET_HDR_LEN as u64, frame))
-                .map_err(|e| self.ring_err(RingError::Memory(e)))?;
+                .map_err(|e| self.ring_err(DriverRingError::Memory(e)))?;
         }
         Ok(())
     }
@@ -184,7 +184,7 @@ impl DriverTxQueue {
         let mem = self.ring.memory();
         mem.write(gpa, &VirtioNetHdr::default().to_bytes())
             .and_then(|_| mem.write(gpa + NET_HDR_LEN as u64, frame))
-            .map_err(|e| self.ring_err(RingError::Memory(e)))?;
+            .map_err(|e| self.ring_err(DriverRingError::Memory(e)))?;
         self.post_slot(frame.len())
     }
 
@@ -204,19 +204,19 @@ impl DriverTxQueue {
         let hdr = NET_HDR_LEN as u32;
         let res = if self.two_desc {
             self.ring.add_chain(&[
-                Segment {
+                DriverSegment {
                     gpa,
                     len: hdr,
                     writable: false,
                 },
-                Segment {
+                DriverSegment {
                     gpa: gpa + u64::from(hdr),
                     len: len as u32,
                     writable: false,
                 },
             ])
         } else {
-            self.ring.add_chain(&[Segment {
+            self.ring.add_chain(&[DriverSegment {
                 gpa,
                 len: hdr + len as u32,
                 writable: false,

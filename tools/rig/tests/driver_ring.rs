@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use support::device::{spawn, DevRing, LoopbackDevice};
 use vdpa::virtio::ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vdpa_rig::driver_ring::RingError;
+use vdpa_rig::driver_ring::DriverRingError;
 use vdpa_rig::frame::{frame_len, write_frame, FrameChecker};
 use vdpa_rig::kick_call::{raw, wait_readable, KickCall};
 use vdpa_rig::rxq::DriverRxQueue;
 use vdpa_rig::txq::{DriverTxQueue, SlotPool};
-use vdpa_rig::{DriverRing, MemoryLayout, RigMemory, RingLayout, Segment, UsedKind};
+use vdpa_rig::{DriverRing, DriverSegment, MemoryLayout, RigMemory, RingLayout, UsedKind};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 
@@ -56,8 +56,8 @@ fn queue(l: &RingLayout, base: u16, event_idx: bool) -> Queue {
     q
 }
 
-fn seg(gpa: u64, len: u32) -> Segment {
-    Segment {
+fn seg(gpa: u64, len: u32) -> DriverSegment {
+    DriverSegment {
         gpa,
         len,
         writable: false,
@@ -78,7 +78,7 @@ fn chains_layout_and_free_list() {
         .add_chain(&[
             seg(buf, 10),
             seg(buf + 10, 20),
-            Segment {
+            DriverSegment {
                 gpa: buf + 30,
                 len: 30,
                 writable: true,
@@ -113,9 +113,12 @@ fn chains_layout_and_free_list() {
         .unwrap();
     assert!(matches!(
         ring.add_chain(&[seg(buf, 1)]),
-        Err(RingError::Full { need: 1, have: 0 })
+        Err(DriverRingError::Full { need: 1, have: 0 })
     ));
-    assert!(matches!(ring.add_chain(&[]), Err(RingError::EmptyChain)));
+    assert!(matches!(
+        ring.add_chain(&[]),
+        Err(DriverRingError::EmptyChain)
+    ));
     assert!(
         ring.add_chain(&[seg(0, 1)]).is_err(),
         "GPA 0 is not guest memory"
@@ -145,7 +148,10 @@ fn chains_layout_and_free_list() {
     ring.publish();
     q.pop_descriptor_chain(&dev).unwrap();
     q.add_used(&dev, (h4 + 1) % 8, 1).unwrap();
-    assert!(matches!(ring.pop_used(), Err(RingError::BadUsedId { .. })));
+    assert!(matches!(
+        ring.pop_used(),
+        Err(DriverRingError::BadUsedId { .. })
+    ));
 }
 
 #[test]
@@ -157,7 +163,7 @@ fn used_idx_jump_is_reported() {
     dev.write_obj(9u16, GuestAddress(l.used + 2)).unwrap();
     assert!(matches!(
         ring.pop_used(),
-        Err(RingError::UsedIdxJump { last: 0, now: 9 })
+        Err(DriverRingError::UsedIdxJump { last: 0, now: 9 })
     ));
 }
 
