@@ -127,19 +127,3 @@ pub mod common {
 
 /// MSI-X "no vector" value.
 pub const NO_VECTOR: u16 = 0xffff;
-
-/// Offsets in `struct virtio_net_config` (5.1.4).
-pub mod net_cfg {
-    /// MAC address (6 bytes), valid with VIRTIO_NET_F_MAC.
-    pub const MAC: u64 = 0;
-    /// Link status (u16), valid with VIRTIO_NET_F_STATUS.
-    pub const STATUS: u64 = 6;
-    /// Maximum queue pairs (u16), valid with VIRTIO_NET_F_MQ.
-    pub const MAX_VIRTQUEUE_PAIRS: u64 = 8;
-    /// MTU (u16), valid with VIRTIO_NET_F_MTU.
-    pub const MTU: u64 = 10;
-    /// Length of the fields above.
-    pub const LEN: u32 = 12;
-    /// Link status: up.
-    pub const S_LINK_UP: u16 = 1;
-}

@@ -20,11 +20,12 @@ use super::layout;
 use super::link::Link;
 use super::ring::{Seg, SimRingError, SplitRing};
 use super::SimConfig;
-use crate::spec::{common as cc, net_cfg, status, NO_VECTOR};
+use crate::spec::{common as cc, status, NO_VECTOR};
 use vdpa::virtio::features::{
     VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_RING_F_EVENT_IDX,
 };
+use vdpa::virtio::net_config::{NetConfigSpace, VIRTIO_NET_S_LINK_UP};
 use vdpa::virtio::net_hdr::{rx_header, NET_HDR_LEN};
 
 /// Chains processed per queue per burst before the lock is released.
@@ -372,16 +373,17 @@ impl Shared {
 
     /// Reads the device-specific configuration (virtio_net_config).
     pub(crate) fn device_cfg_read(&self, off: u64, buf: &mut [u8]) {
-        let mut c = [0u8; net_cfg::LEN as usize];
-        c[..6].copy_from_slice(&self.cfg.mac);
-        let link = if self.cfg.link_up {
-            net_cfg::S_LINK_UP
-        } else {
-            0
-        };
-        c[6..8].copy_from_slice(&link.to_le_bytes());
-        c[8..10].copy_from_slice(&self.cfg.max_pairs.to_le_bytes());
-        c[10..12].copy_from_slice(&self.cfg.mtu.to_le_bytes());
+        let c = NetConfigSpace {
+            mac: self.cfg.mac,
+            status: if self.cfg.link_up {
+                VIRTIO_NET_S_LINK_UP
+            } else {
+                0
+            },
+            max_pairs: self.cfg.max_pairs,
+            mtu: self.cfg.mtu,
+        }
+        .to_bytes();
         for (i, b) in buf.iter_mut().enumerate() {
             *b = c.get(off as usize + i).copied().unwrap_or(0);
         }

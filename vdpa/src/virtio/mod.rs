@@ -1,6 +1,6 @@
 //! The virtio vocabulary every part of vdpad speaks, defined once: feature bits
-//! ([`features`]), the split-ring layout and its notification rule ([`ring`]), and the
-//! virtio-net header ([`net_hdr`]). Section numbers refer to virtio 1.3.
+//! ([`features`]), the split-ring layout and its notification rule ([`ring`]), the
+//! virtio-net header ([`net_hdr`]) and the virtio-net config space ([`net_config`]). Section numbers refer to virtio 1.3.
 //!
 //! Numbers come from the `virtio-bindings` crate (Linux's uapi headers) where it has
 //! them; what this module adds is their use: masks instead of bit numbers, byte sizes
@@ -11,5 +11,6 @@
 //! see [`crate::features`].
 
 pub mod features;
+pub mod net_config;
 pub mod net_hdr;
 pub mod ring;
