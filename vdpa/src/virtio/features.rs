@@ -87,18 +87,23 @@ mod tests {
 
     #[test]
     fn masks_are_the_spec_bits() {
-        assert_eq!(VIRTIO_NET_F_CSUM, 1 << 0);
-        assert_eq!(VIRTIO_NET_F_MTU, 1 << 3);
-        assert_eq!(VIRTIO_NET_F_MAC, 1 << 5);
-        assert_eq!(VIRTIO_NET_F_MRG_RXBUF, 1 << 15);
-        assert_eq!(VIRTIO_NET_F_CTRL_VQ, 1 << 17);
-        assert_eq!(VIRTIO_NET_F_MQ, 1 << 22);
-        assert_eq!(VIRTIO_RING_F_INDIRECT_DESC, 1 << 28);
-        assert_eq!(VIRTIO_RING_F_EVENT_IDX, 1 << 29);
-        assert_eq!(VHOST_USER_F_PROTOCOL_FEATURES, 1 << 30);
-        assert_eq!(VIRTIO_F_VERSION_1, 1 << 32);
-        assert_eq!(VIRTIO_F_ACCESS_PLATFORM, 1 << 33);
-        assert_eq!(VIRTIO_F_IN_ORDER, 1 << 35);
-        assert_eq!(VIRTIO_F_RING_RESET, 1 << 40);
+        let masks = [
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_MTU,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_CTRL_VQ,
+            VIRTIO_NET_F_MQ,
+            VIRTIO_RING_F_INDIRECT_DESC,
+            VIRTIO_RING_F_EVENT_IDX,
+            VHOST_USER_F_PROTOCOL_FEATURES,
+            VIRTIO_F_VERSION_1,
+            VIRTIO_F_ACCESS_PLATFORM,
+            VIRTIO_F_IN_ORDER,
+            VIRTIO_F_RING_RESET,
+        ];
+        assert!(masks.iter().all(|m| m.is_power_of_two()));
+        let bits = masks.map(u64::trailing_zeros);
+        assert_eq!(bits, [0, 3, 5, 15, 17, 22, 28, 29, 30, 32, 33, 35, 40]);
     }
 }

@@ -135,23 +135,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn need_event_window() {
-        // Event inside [old, new): notify.
-        assert!(need_event(5, 6, 4));
-        assert!(need_event(5, 6, 5));
-        assert!(need_event(5, 10, 0));
-        // Event already passed before old, or not reached yet: no.
-        assert!(!need_event(5, 8, 6));
-        assert!(!need_event(4, 10, 5));
-        assert!(!need_event(10, 10, 5));
-        // Across the 16-bit wrap.
-        assert!(need_event(0xffff, 1, 0xfffe));
-        assert!(need_event(65535, 2, 65530));
-        assert!(need_event(0, 2, 65530));
-        assert!(!need_event(3, 2, 65530));
-        assert!(!need_event(0xfff0, 1, 0xfffe));
-        // Nothing new: never.
-        assert!(!need_event(7, 7, 7));
+    fn need_event_is_event_in_old_to_new() {
+        // Notify exactly when `event` lies in [old, new) modulo 2^16, across the wrap.
+        for old in [0u16, 5, 0xfff0, 0xfffe, 0xffff] {
+            for moved in 0..20u16 {
+                let new = old.wrapping_add(moved);
+                for ahead in 0..40u16 {
+                    let event = old.wrapping_add(ahead).wrapping_sub(10);
+                    let crossed = event.wrapping_sub(old) < moved;
+                    assert_eq!(need_event(event, new, old), crossed, "{event} {new} {old}");
+                }
+            }
+        }
+        // Linux's examples: reaching event + 1 notifies; nothing new never does.
+        assert!(need_event(5, 6, 5) && !need_event(7, 7, 7));
     }
 
     #[test]
