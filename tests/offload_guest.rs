@@ -13,7 +13,7 @@
 //!   reason names the failed VFIO open) and the rig's verify passes through it; with
 //!   `fallback = false` starting fails with an error naming the device and the cause.
 //! * `injected_frames_reach_rig_listen_through_simulated_offload` (plain `cargo
-//!   test`): frames injected on the simulated NIC's wire arrive in `vdpa-rig`'s
+//!   test`): frames injected on the simulated NIC's link arrive in `vdpa-rig`'s
 //!   `listen` workload byte for byte, through the offload datapath.
 //!
 //! Run: `cargo test -p vdpad-tests --test offload_guest -- --include-ignored --nocapture`.
@@ -24,7 +24,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hwdrv::sim::{ChannelWire, TapWire};
+use hwdrv::sim::{ChannelLink, TapLink};
 use hwdrv::{OffloadDatapath, SimConfig, SimNic};
 use support::guest::{Guest, GuestConfig, READY};
 use support::lab::Lab;
@@ -164,7 +164,7 @@ fn linux_guest_pings_through_offload_over_the_simulated_nic() {
     ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
     // The tap is created by opening it in the namespace; it lives as long as the NIC.
-    let tap = run_in(&ns, || TapWire::open("vdo0"))
+    let tap = run_in(&ns, || TapLink::open("vdo0"))
         .join()
         .expect("namespace thread")
         .expect("open tap vdo0 in the namespace");
@@ -177,7 +177,7 @@ fn linux_guest_pings_through_offload_over_the_simulated_nic() {
         t0,
         &format!(
             "offload over {} serving {} (namespace {})",
-            nic.wire(),
+            nic.link(),
             served.socket.display(),
             ns.name()
         ),
@@ -326,8 +326,8 @@ fn offload_fallback_to_software_when_vfio_cannot_open() {
 fn injected_frames_reach_rig_listen_through_simulated_offload() {
     init_logging();
     let dir = TempDir::new("offload-listen");
-    let wire = ChannelWire::new();
-    let nic = Arc::new(SimNic::new(SimConfig::default(), Box::new(wire.clone())).expect("NIC"));
+    let link = ChannelLink::new();
+    let nic = Arc::new(SimNic::new(SimConfig::default(), Box::new(link.clone())).expect("NIC"));
     let cfg = sim_device_config(&dir, "listen0");
     let mut served = SimServed::start(&cfg, nic.clone());
     let mut rig = Rig::connect(RigOptions::new(&served.socket)).expect("rig connects");
@@ -346,9 +346,9 @@ fn injected_frames_reach_rig_listen_through_simulated_offload() {
     // A frame of another ethertype first: listen must skip it.
     let mut other = frames[0].clone();
     other[13] = 0xb5;
-    wire.inject(0, &other);
+    link.inject(0, &other);
     for f in &frames {
-        wire.inject(0, f);
+        link.inject(0, f);
     }
     let mut opts = ListenOptions::new(frames.len() as u64);
     opts.ethertype = Some(0x88b6);

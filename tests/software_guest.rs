@@ -60,6 +60,7 @@ use support::process::{Proc, Spawn};
 use support::swdev::{dump, start_daemon, QueueStat, StatsDump, SwBackend, SwDevice};
 use support::tmp::TempDir;
 use support::traffic::{parse_iperf3, parse_ping, IperfSummary, PingSummary};
+use vdpa::virtio::features::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 
 /// The guest NIC's MAC (also offered by the device).
 const MAC: &str = "52:54:00:00:02:02";
@@ -80,10 +81,6 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Seconds per iperf3 run.
 const IPERF_SECONDS: u32 = 3;
-/// Virtio feature bits, as positions in the guest's `features` string.
-const VIRTIO_NET_F_MRG_RXBUF: usize = 15;
-const VIRTIO_RING_F_EVENT_IDX: usize = 29;
-const VIRTIO_NET_F_MQ: usize = 22;
 
 /// What sits on the namespace side of the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -502,8 +499,10 @@ impl Rig {
 }
 
 /// Whether the features string has bit `bit` set.
-fn has_feature(features: &str, bit: usize) -> bool {
-    features.as_bytes().get(bit) == Some(&b'1')
+/// Whether the guest's `features` string (one character per bit, bit 0 first) has the
+/// bit of `mask` set.
+fn has_feature(features: &str, mask: u64) -> bool {
+    features.as_bytes().get(mask.trailing_zeros() as usize) == Some(&b'1')
 }
 
 /// A tap device named [`TAP`] with `pairs` queue pairs.

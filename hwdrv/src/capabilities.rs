@@ -8,13 +8,16 @@
 //! control queue (MAC, MTU, STATUS, MQ, CTRL_*) stay with QEMU, which emulates them
 //! for vhost-user; the NIC does not need them.
 
-use vdpa::features::{
-    feature_names, offered_features, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+use vdpa::features::{feature_names, offered_features};
+use vdpa::virtio::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET,
+    VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VIRTIO_NET_F_CTRL_MAC_ADDR,
+    VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VLAN, VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS,
 };
 use vdpad_config::DeviceConfig;
 
-use crate::spec::feature;
 use crate::virtio_pci::{NetConfig, VirtioError, VirtioPci};
 
 /// Guest feature bits the NIC does not need to support: they are answered by the
@@ -24,14 +27,14 @@ pub(crate) const CONFIG_ONLY_FEATURES: u64 = VIRTIO_NET_F_MAC
     | VIRTIO_NET_F_MTU
     | VIRTIO_NET_F_STATUS
     | VIRTIO_NET_F_MQ
-    | feature::NET_CTRL_VQ
-    | feature::NET_CTRL_RX
-    | feature::NET_CTRL_VLAN
-    | feature::NET_GUEST_ANNOUNCE
-    | feature::NET_CTRL_MAC_ADDR
-    | feature::NET_CTRL_GUEST_OFFLOADS
+    | VIRTIO_NET_F_CTRL_VQ
+    | VIRTIO_NET_F_CTRL_RX
+    | VIRTIO_NET_F_CTRL_VLAN
+    | VIRTIO_NET_F_GUEST_ANNOUNCE
+    | VIRTIO_NET_F_CTRL_MAC_ADDR
+    | VIRTIO_NET_F_CTRL_GUEST_OFFLOADS
     | VHOST_USER_F_PROTOCOL_FEATURES
-    | feature::ACCESS_PLATFORM;
+    | VIRTIO_F_ACCESS_PLATFORM;
 
 /// Names of `bits`, including bits `feature_names` does not know (as `bit N`).
 pub(crate) fn describe_bits(bits: u64) -> String {
@@ -150,7 +153,7 @@ impl NicCapabilities {
             msix_vectors: nic.msix_vectors(),
             queue_max_size: if max_pairs == 0 { 0 } else { queue_max_size },
             ring_state: nic.has_ring_state(),
-            ring_reset: features & feature::RING_RESET != 0,
+            ring_reset: features & VIRTIO_F_RING_RESET != 0,
             net,
         })
     }
@@ -162,7 +165,7 @@ impl NicCapabilities {
     /// register).
     pub(crate) fn usable_pairs(features: u64, max_pairs: u16, num_queues: u16) -> u16 {
         let by_queues = num_queues / 2;
-        let pairs = if features & VIRTIO_NET_F_MQ != 0 && features & feature::NET_CTRL_VQ == 0 {
+        let pairs = if features & VIRTIO_NET_F_MQ != 0 && features & VIRTIO_NET_F_CTRL_VQ == 0 {
             max_pairs
         } else {
             1
@@ -201,8 +204,8 @@ impl NicCapabilities {
         }
         let mut wanted = needed
             | (self.features
-                & (feature::ACCESS_PLATFORM
-                    | feature::RING_RESET
+                & (VIRTIO_F_ACCESS_PLATFORM
+                    | VIRTIO_F_RING_RESET
                     | VIRTIO_NET_F_MAC
                     | VIRTIO_NET_F_STATUS
                     | VIRTIO_NET_F_MTU));
@@ -225,7 +228,7 @@ impl NicCapabilities {
             why.push(Unsuitable::PairsConfigured {
                 configured: cfg.queue_pairs,
                 usable: self.max_pairs,
-                control_queue_mq: self.features & feature::NET_CTRL_VQ != 0
+                control_queue_mq: self.features & VIRTIO_NET_F_CTRL_VQ != 0
                     && self.features & VIRTIO_NET_F_MQ != 0,
             });
         }
@@ -249,7 +252,7 @@ impl NicCapabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vdpa::features::VIRTIO_RING_F_EVENT_IDX;
+    use vdpa::virtio::features::VIRTIO_RING_F_EVENT_IDX;
 
     fn caps(features: u64) -> NicCapabilities {
         NicCapabilities {
@@ -267,10 +270,10 @@ mod tests {
 
     #[test]
     fn ring_features_must_match_config_features_need_not() {
-        let c = caps(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM);
+        let c = caps(VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM);
         let guest = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VHOST_USER_F_PROTOCOL_FEATURES;
         let w = c.nic_features_for(guest, 1).unwrap();
-        assert_eq!(w, VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM);
+        assert_eq!(w, VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM);
         let e = c
             .nic_features_for(guest | VIRTIO_RING_F_EVENT_IDX, 1)
             .unwrap_err();
@@ -283,7 +286,7 @@ mod tests {
         let f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
         assert_eq!(NicCapabilities::usable_pairs(f, 4, 8), 4);
         assert_eq!(
-            NicCapabilities::usable_pairs(f | feature::NET_CTRL_VQ, 4, 9),
+            NicCapabilities::usable_pairs(f | VIRTIO_NET_F_CTRL_VQ, 4, 9),
             1
         );
         assert_eq!(NicCapabilities::usable_pairs(VIRTIO_F_VERSION_1, 4, 3), 1);

@@ -19,6 +19,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
+use vdpa::virtio::ring;
 use vdpa::{
     CountProbe, Datapath, DatapathError, GuestMemory, PairPosition, QueueCounters, QueuePairConfig,
     RingConfig, StartFailure,
@@ -29,7 +30,6 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::capabilities::{NicCapabilities, Unsuitable};
 use crate::kick_relay::{KickRelay, KickTarget};
 use crate::pci::PciFunction;
-use crate::spec::ring;
 use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
 
 /// Why an offload datapath could not be created for a NIC.
@@ -218,7 +218,7 @@ impl OffloadDatapath {
 
     /// The used index of a ring, read from guest memory.
     fn used_idx(mem: &GuestMemory, r: &RingConfig) -> Option<u16> {
-        let p = mem.translate(r.addrs.used + 2, 2)?;
+        let p = mem.translate(r.addrs.used + ring::USED_IDX_OFFSET as u64, 2)?;
         if !(p as usize).is_multiple_of(2) {
             return None;
         }
@@ -245,15 +245,11 @@ impl OffloadDatapath {
                 r.size, self.caps.queue_max_size
             )));
         }
+        let (desc_len, avail_len, used_len) = ring::area_sizes(r.size);
         let areas = [
-            (
-                r.addrs.desc,
-                ring::desc_bytes(r.size),
-                16,
-                "descriptor table",
-            ),
-            (r.addrs.avail, ring::avail_bytes(r.size), 2, "avail ring"),
-            (r.addrs.used, ring::used_bytes(r.size), 4, "used ring"),
+            (r.addrs.desc, desc_len, ring::DESC_ALIGN, "descriptor table"),
+            (r.addrs.avail, avail_len, ring::AVAIL_ALIGN, "avail ring"),
+            (r.addrs.used, used_len, ring::USED_ALIGN, "used ring"),
         ];
         for (gpa, len, align, what) in areas {
             if gpa % align != 0 || qp.mem.translate(gpa, len).is_none() {

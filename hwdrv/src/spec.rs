@@ -1,6 +1,8 @@
 //! Numbers from the PCI and virtio 1.x specifications that both sides of the
 //! hardware datapath use: the driver (`virtio_pci`) writes them, the simulated NIC
-//! (`sim`) answers to them. Section numbers refer to virtio 1.3.
+//! (`sim`) answers to them. Section numbers refer to virtio 1.3. Feature bits, the
+//! split-ring layout and the net header are the workspace's shared vocabulary, in
+//! [`vdpa::virtio`].
 
 /// Red Hat / virtio PCI vendor id.
 pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
@@ -125,96 +127,3 @@ pub mod common {
 
 /// MSI-X "no vector" value.
 pub const NO_VECTOR: u16 = 0xffff;
-
-/// Offsets in `struct virtio_net_config` (5.1.4).
-pub mod net_cfg {
-    /// MAC address (6 bytes), valid with VIRTIO_NET_F_MAC.
-    pub const MAC: u64 = 0;
-    /// Link status (u16), valid with VIRTIO_NET_F_STATUS.
-    pub const STATUS: u64 = 6;
-    /// Maximum queue pairs (u16), valid with VIRTIO_NET_F_MQ.
-    pub const MAX_VIRTQUEUE_PAIRS: u64 = 8;
-    /// MTU (u16), valid with VIRTIO_NET_F_MTU.
-    pub const MTU: u64 = 10;
-    /// Length of the fields above.
-    pub const LEN: u32 = 12;
-    /// Link status: up.
-    pub const S_LINK_UP: u16 = 1;
-}
-
-/// Feature bits beyond those in `vdpa::features`.
-pub mod feature {
-    /// VIRTIO_NET_F_CSUM: the device handles packets with partial checksum.
-    pub const NET_CSUM: u64 = 1 << 0;
-    /// VIRTIO_NET_F_GUEST_CSUM: the driver handles packets with partial checksum.
-    pub const NET_GUEST_CSUM: u64 = 1 << 1;
-    /// VIRTIO_NET_F_CTRL_GUEST_OFFLOADS.
-    pub const NET_CTRL_GUEST_OFFLOADS: u64 = 1 << 2;
-    /// VIRTIO_NET_F_CTRL_VQ: a control virtqueue exists.
-    pub const NET_CTRL_VQ: u64 = 1 << 17;
-    /// VIRTIO_NET_F_CTRL_RX.
-    pub const NET_CTRL_RX: u64 = 1 << 18;
-    /// VIRTIO_NET_F_CTRL_VLAN.
-    pub const NET_CTRL_VLAN: u64 = 1 << 19;
-    /// VIRTIO_NET_F_GUEST_ANNOUNCE.
-    pub const NET_GUEST_ANNOUNCE: u64 = 1 << 21;
-    /// VIRTIO_NET_F_CTRL_MAC_ADDR.
-    pub const NET_CTRL_MAC_ADDR: u64 = 1 << 23;
-    /// VIRTIO_F_ACCESS_PLATFORM (formerly IOMMU_PLATFORM): the device's DMA goes
-    /// through an IOMMU; with VFIO that is exactly the case (IOVA = GPA).
-    pub const ACCESS_PLATFORM: u64 = 1 << 33;
-    /// VIRTIO_F_RING_PACKED.
-    pub const RING_PACKED: u64 = 1 << 34;
-    /// VIRTIO_F_IN_ORDER.
-    pub const IN_ORDER: u64 = 1 << 35;
-    /// VIRTIO_F_ORDER_PLATFORM.
-    pub const ORDER_PLATFORM: u64 = 1 << 36;
-    /// VIRTIO_F_SR_IOV.
-    pub const SR_IOV: u64 = 1 << 37;
-    /// VIRTIO_F_NOTIFICATION_DATA.
-    pub const NOTIFICATION_DATA: u64 = 1 << 38;
-    /// VIRTIO_F_RING_RESET: queues can be reset and enabled one by one after DRIVER_OK.
-    pub const RING_RESET: u64 = 1 << 40;
-}
-
-/// Split virtqueue layout (2.7).
-pub mod ring {
-    /// Descriptor flag: the chain continues at `next`.
-    pub const DESC_F_NEXT: u16 = 1;
-    /// Descriptor flag: the buffer is device-writable.
-    pub const DESC_F_WRITE: u16 = 2;
-    /// Descriptor flag: the buffer holds an indirect descriptor table.
-    pub const DESC_F_INDIRECT: u16 = 4;
-    /// Avail flag: the driver does not want interrupts (without EVENT_IDX).
-    pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
-    /// Used flag: the device does not want kicks (without EVENT_IDX).
-    pub const USED_F_NO_NOTIFY: u16 = 1;
-    /// Bytes of one descriptor.
-    pub const DESC_SIZE: u64 = 16;
-    /// Bytes of one used element.
-    pub const USED_ELEM_SIZE: u64 = 8;
-
-    /// Bytes of the descriptor table of a ring of `size`.
-    pub fn desc_bytes(size: u16) -> u64 {
-        DESC_SIZE * u64::from(size)
-    }
-
-    /// Bytes of the avail ring of `size`, including `used_event`.
-    pub fn avail_bytes(size: u16) -> u64 {
-        6 + 2 * u64::from(size)
-    }
-
-    /// Bytes of the used ring of `size`, including `avail_event`.
-    pub fn used_bytes(size: u16) -> u64 {
-        6 + USED_ELEM_SIZE * u64::from(size)
-    }
-
-    /// Linux `vring_need_event`: whether moving an index from `old` to `new` crosses
-    /// the other side's `event` index, i.e. whether it asked to be notified.
-    pub fn need_event(event: u16, new: u16, old: u16) -> bool {
-        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-    }
-}
-
-/// Length of the virtio-net header with VERSION_1 (`struct virtio_net_hdr_v1`).
-pub const NET_HDR_LEN: usize = 12;

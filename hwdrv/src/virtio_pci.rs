@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::pci::{ConfigSnapshot, PciFunction, VirtioCap};
-use crate::spec::{self, cap, common as cc, feature, net_cfg, status};
-use vdpa::features::{
-    feature_names, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU,
+use crate::spec::{self, cap, common as cc, status};
+use vdpa::features::feature_names;
+use vdpa::virtio::features::{
+    VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS,
 };
+use vdpa::virtio::net_config as net_cfg;
 
 /// How long a device may take to complete a reset (QEMU under TCG behind VFIO
 /// needed ~115 ms for an FLR; a virtio reset is usually immediate).
@@ -576,7 +578,7 @@ impl VirtioPci {
     /// A plain virtio-pci device cannot stop one queue: [`VirtioError::Unsupported`].
     pub fn stop_queue(&self, queue: u16) -> Result<()> {
         self.select(queue)?;
-        let (reg, val, done) = if self.negotiated & feature::RING_RESET != 0 {
+        let (reg, val, done) = if self.negotiated & VIRTIO_F_RING_RESET != 0 {
             (cc::QUEUE_RESET, 1, 1)
         } else if self.ring_state.is_some() {
             (cc::QUEUE_ENABLE, 0, 0)
@@ -599,7 +601,7 @@ impl VirtioPci {
 
     /// Whether one queue can be enabled or stopped while the device runs.
     pub(crate) fn per_queue_control(&self) -> bool {
-        self.negotiated & feature::RING_RESET != 0
+        self.negotiated & VIRTIO_F_RING_RESET != 0
     }
 
     /// Sets DRIVER_OK and checks that the device did not flag an error.
@@ -631,14 +633,14 @@ impl VirtioPci {
             });
         };
         let f = self.device_features;
-        let rd8 = |o: u64| {
+        let rd8 = |o: usize| {
             self.pci
-                .bar_read8(dev.bar, dev.offset + o)
+                .bar_read8(dev.bar, dev.offset + o as u64)
                 .map_err(io_err("reading device config"))
         };
-        let rd16 = |o: u64| {
+        let rd16 = |o: usize| {
             self.pci
-                .bar_read16(dev.bar, dev.offset + o)
+                .bar_read16(dev.bar, dev.offset + o as u64)
                 .map_err(io_err("reading device config"))
         };
         let mut last = NetConfig::default();
@@ -651,18 +653,18 @@ impl VirtioPci {
             if f & VIRTIO_NET_F_MAC != 0 {
                 let mut mac = [0u8; 6];
                 for (i, b) in mac.iter_mut().enumerate() {
-                    *b = rd8(net_cfg::MAC + i as u64)?;
+                    *b = rd8(net_cfg::MAC_OFFSET + i)?;
                 }
                 c.mac = Some(mac);
             }
             if f & VIRTIO_NET_F_STATUS != 0 {
-                c.status = Some(rd16(net_cfg::STATUS)?);
+                c.status = Some(rd16(net_cfg::STATUS_OFFSET)?);
             }
             if f & VIRTIO_NET_F_MQ != 0 {
-                c.max_pairs = rd16(net_cfg::MAX_VIRTQUEUE_PAIRS)?.max(1);
+                c.max_pairs = rd16(net_cfg::MAX_PAIRS_OFFSET)?.max(1);
             }
             if f & VIRTIO_NET_F_MTU != 0 {
-                c.mtu = Some(rd16(net_cfg::MTU)?);
+                c.mtu = Some(rd16(net_cfg::MTU_OFFSET)?);
             }
             last = c;
             if self.read8(cc::CONFIG_GENERATION, "config_generation")? == gen {

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use hwdrv::pci::ConfigSnapshot;
 use hwdrv::sim::layout;
-use hwdrv::spec::{feature, status};
+use hwdrv::spec::status;
 use hwdrv::virtio_pci::QueueSetup;
 use hwdrv::{PciFunction, SimConfig, SimNic, VirtioError, VirtioPci};
-use vdpa::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use vdpa::virtio::features::{
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 
 fn nic(cfg: SimConfig) -> (Arc<SimNic>, VirtioPci) {
     let sim = Arc::new(SimNic::loopback(cfg).unwrap());
@@ -42,12 +44,12 @@ fn features_ok_is_read_back_and_refusal_is_an_error() {
     let (sim, mut drv) = nic(SimConfig::default());
     let got = drv
         .initialize(
-            VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM | VIRTIO_RING_F_EVENT_IDX | (1 << 50),
+            VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM | VIRTIO_RING_F_EVENT_IDX | (1 << 50),
         )
         .unwrap();
     assert_eq!(
         got,
-        VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM | VIRTIO_RING_F_EVENT_IDX
+        VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM | VIRTIO_RING_F_EVENT_IDX
     );
     assert_eq!(sim.driver_features(), got);
     assert_ne!(sim.device_status() & status::FEATURES_OK, 0);
@@ -63,7 +65,7 @@ fn vectors_are_read_back_and_queues_programmed() {
         msix_vectors: 3,
         ..Default::default()
     });
-    drv.initialize(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM)
+    drv.initialize(VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM)
         .unwrap();
     drv.set_config_vector(0).unwrap();
     let e = drv.set_config_vector(3).unwrap_err();
@@ -116,10 +118,10 @@ fn vectors_are_read_back_and_queues_programmed() {
 fn resume_needs_ring_state_and_late_enable_needs_ring_reset() {
     let (sim, mut drv) = nic(SimConfig {
         ring_state: false,
-        features: SimConfig::default().features & !feature::RING_RESET,
+        features: SimConfig::default().features & !VIRTIO_F_RING_RESET,
         ..Default::default()
     });
-    drv.initialize(VIRTIO_F_VERSION_1 | feature::ACCESS_PLATFORM)
+    drv.initialize(VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM)
         .unwrap();
     let setup = QueueSetup {
         size: 64,

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use hwdrv::spec::{feature, status};
+use hwdrv::spec::status;
 use hwdrv::{OffloadDatapath, OffloadError, PciFunction, SimConfig, SimNic};
-use vdpa::features::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
+use vdpa::virtio::features::{
+    VIRTIO_F_RING_RESET, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+};
 use vdpa::{Datapath, DatapathError};
 
 fn no_ring_state() -> SimConfig {
@@ -22,7 +24,7 @@ fn no_ring_state() -> SimConfig {
 fn generic() -> SimConfig {
     SimConfig {
         ring_state: false,
-        features: SimConfig::default().features & !feature::RING_RESET,
+        features: SimConfig::default().features & !VIRTIO_F_RING_RESET,
         ..Default::default()
     }
 }
@@ -83,7 +85,7 @@ fn pairs_added_one_at_a_time() {
         (
             "ring_state",
             SimConfig {
-                features: SimConfig::default().features & !feature::RING_RESET,
+                features: SimConfig::default().features & !VIRTIO_F_RING_RESET,
                 ..Default::default()
             },
             true,
@@ -96,7 +98,7 @@ fn pairs_added_one_at_a_time() {
         let mut p1 = PairRig::new(&mut g, 1, 64, true, 2048);
         p0.fill_rx(&g);
         p1.fill_rx(&g);
-        let f = features(VIRTIO_RING_F_EVENT_IDX | vdpa::features::VIRTIO_NET_F_MQ);
+        let f = features(VIRTIO_RING_F_EVENT_IDX | VIRTIO_NET_F_MQ);
         dp.start(p0.config(&g, f)).unwrap();
         if traffic_first {
             exchange(&g, &mut p0, 0, 100);
@@ -199,7 +201,7 @@ fn stopping_one_of_two_pairs_keeps_the_other_running() {
     for cfg in [
         SimConfig::default(),
         SimConfig {
-            features: SimConfig::default().features & !feature::RING_RESET,
+            features: SimConfig::default().features & !VIRTIO_F_RING_RESET,
             ..Default::default()
         },
     ] {
@@ -209,7 +211,7 @@ fn stopping_one_of_two_pairs_keeps_the_other_running() {
         let mut p1 = PairRig::new(&mut g, 1, 64, false, 2048);
         p0.fill_rx(&g);
         p1.fill_rx(&g);
-        let f = features(vdpa::features::VIRTIO_NET_F_MQ);
+        let f = features(VIRTIO_NET_F_MQ);
         dp.start(p0.config(&g, f)).unwrap();
         dp.start(p1.config(&g, f)).unwrap();
         exchange(&g, &mut p0, 0, 30);

@@ -8,7 +8,10 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
-use vdpa::features::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6};
+use vdpa::virtio::features::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+};
+use vdpa::virtio::net_hdr::{VirtioNetHdr, LEGACY_NET_HDR_LEN, NET_HDR_F_NEEDS_CSUM};
 use vdpa::DropReason;
 
 use crate::csum::{self, Bytes};
@@ -29,14 +32,10 @@ const PACKET_FANOUT_HASH: libc::c_int = 0;
 /// The offloads a packet socket with a vnet header can serve (the same as a tap).
 pub const AF_PACKET_OFFLOADS: u64 = TAP_OFFLOADS;
 /// Frames per `sendmmsg`/`recvmmsg`.
-pub(crate) const BATCH: usize = 32;
-/// virtio_net_hdr flag: the checksum from csum_start is to be completed.
-const NEEDS_CSUM: u8 = 1;
+pub const BATCH: usize = 32;
 /// Receive buffer asked for each socket.
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 const PACKET_STATISTICS: libc::c_int = 6;
-/// Header length of a packet socket's vnet header (no `num_buffers`).
-const VNET_HDR_LEN: usize = 10;
 
 /// Packet sockets on one interface, one per queue pair.
 ///
@@ -474,27 +473,29 @@ impl AfPacketPort {
     /// chains: fix up what the guest cannot take, then hand it over. Returns false if
     /// the frame was dropped (its buffers stay pending).
     fn deliver(&mut self, rx: &mut RxQueue, len: usize, truncated: bool) -> bool {
-        if truncated || len < VNET_HDR_LEN {
+        if truncated || len < LEGACY_NET_HDR_LEN {
             rx.drop_frame(DropReason::RxBufferTooSmall);
             return false;
         }
-        let hdr = rx.peek_header();
-        let (flags, gso_type) = (hdr[0], hdr[1]);
-        if gso_type != 0
+        // A packet socket's vnet header is the 10-byte form.
+        let hdr = VirtioNetHdr::from_legacy_bytes(&rx.peek_header());
+        if hdr.gso_type != 0
             && self.guest_features & (VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6) == 0
         {
             // A GRO frame the guest cannot take (turn GRO off on the interface).
             rx.drop_frame(DropReason::Backend);
             return false;
         }
-        if flags & NEEDS_CSUM != 0 && self.guest_features & VIRTIO_NET_F_GUEST_CSUM == 0 {
-            let start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
-            let offset = usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));
+        if hdr.flags & NET_HDR_F_NEEDS_CSUM != 0
+            && self.guest_features & VIRTIO_NET_F_GUEST_CSUM == 0
+        {
+            let start = usize::from(hdr.csum_start);
+            let offset = usize::from(hdr.csum_offset);
             let hdr_len = rx.hdr_len();
-            let total = len + hdr_len - VNET_HDR_LEN;
+            let total = len + hdr_len - LEGACY_NET_HDR_LEN;
             let mut frame = GuestFrame::new(rx, total, hdr_len);
             if csum::complete(&mut frame, start, offset) {
-                GuestFrame::new(rx, total, 0).set(0, flags & !NEEDS_CSUM);
+                GuestFrame::new(rx, total, 0).set(0, hdr.flags & !NET_HDR_F_NEEDS_CSUM);
             }
         }
         rx.complete_read(len, true);

@@ -7,8 +7,9 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vdpa::features::{Negotiated, VIRTIO_F_VERSION_1};
+use vdpa::features::Negotiated;
 use vdpa::stats::QueueFault;
+use vdpa::virtio::features::VIRTIO_F_VERSION_1;
 use vdpa::{
     Datapath, GuestMemory, MemoryRegion, PairPosition, QueuePairConfig, RingAddrs, RingConfig,
     RingEvents,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
-use vdpa::features::VIRTIO_F_IN_ORDER;
+use vdpa::virtio::features::VIRTIO_F_IN_ORDER;
 use vdpa::{Datapath, DatapathError, PairPosition, QueuePairConfig, RingConfig, StartFailure};
 
 use vmm_sys_util::eventfd::EventFd;

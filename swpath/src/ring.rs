@@ -11,18 +11,11 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
+use vdpa::virtio::ring::{
+    self, need_event, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
 use vdpa::{BadDescriptor, DatapathError, GuestMemory, RegionCache, RingConfig};
-
-/// Descriptor flag: the chain continues at `next`.
-const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: the device writes this buffer.
-const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer is a table of descriptors.
-const VIRTQ_DESC_F_INDIRECT: u16 = 4;
-/// Avail flag (no EVENT_IDX): the driver does not want interrupts.
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
-/// Used flag (no EVENT_IDX): the device does not want kicks.
-const VRING_USED_F_NO_NOTIFY: u16 = 1;
 
 /// One descriptor as laid out in the table.
 #[repr(C)]
@@ -33,6 +26,8 @@ struct Descriptor {
     flags: u16,
     next: u16,
 }
+
+const _: () = assert!(std::mem::size_of::<Descriptor>() == ring::DESC_SIZE);
 
 /// One guest buffer of a chain, already translated to a host address.
 #[derive(Clone, Copy, Debug)]
@@ -93,13 +88,6 @@ pub enum Direction {
     DeviceWrites,
 }
 
-/// `vring_need_event` from the virtio spec: whether moving an index from `old` to
-/// `new` crossed the other side's `event` index.
-#[inline]
-pub fn need_event(event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-}
-
 /// The used index of a ring, readable while this handle keeps its memory mapped.
 pub struct UsedIndex {
     field: *const AtomicU16,
@@ -152,7 +140,6 @@ impl DeviceRing {
         mem: Arc<GuestMemory>,
         event_idx: bool,
     ) -> Result<Self, DatapathError> {
-        let n = u64::from(cfg.size);
         let err = |what: &str| DatapathError::Ring {
             ring: cfg.index,
             what: what.to_owned(),
@@ -160,20 +147,18 @@ impl DeviceRing {
         if cfg.size == 0 || !cfg.size.is_power_of_two() {
             return Err(err("size is not a power of two"));
         }
-        if !cfg.addrs.desc.is_multiple_of(16)
-            || !cfg.addrs.avail.is_multiple_of(2)
-            || !cfg.addrs.used.is_multiple_of(4)
-        {
+        if !ring::areas_aligned(cfg.addrs.desc, cfg.addrs.avail, cfg.addrs.used) {
             return Err(err("misaligned ring address"));
         }
+        let (desc_len, avail_len, used_len) = ring::area_sizes(cfg.size);
         let desc = mem
-            .translate(cfg.addrs.desc, 16 * n)
+            .translate(cfg.addrs.desc, desc_len)
             .ok_or_else(|| err("descriptor table outside guest memory"))?;
         let avail = mem
-            .translate(cfg.addrs.avail, 6 + 2 * n)
+            .translate(cfg.addrs.avail, avail_len)
             .ok_or_else(|| err("avail ring outside guest memory"))?;
         let used = mem
-            .translate(cfg.addrs.used, 6 + 8 * n)
+            .translate(cfg.addrs.used, used_len)
             .ok_or_else(|| err("used ring outside guest memory"))?;
         let mut ring = DeviceRing {
             index: cfg.index,
@@ -234,36 +219,41 @@ impl DeviceRing {
     }
 
     fn avail_idx_field(&self) -> &AtomicU16 {
-        // SAFETY: `avail + 2` is inside the translated avail ring and 2-byte aligned
-        // (avail is checked even); AtomicU16 has the layout of u16.
-        unsafe { &*(self.avail.add(2) as *const AtomicU16) }
+        // SAFETY: `idx` is inside the translated avail ring and 2-byte aligned (avail
+        // is checked even); AtomicU16 has the layout of u16.
+        unsafe { &*(self.avail.add(ring::AVAIL_IDX_OFFSET) as *const AtomicU16) }
     }
 
     fn used_idx_field(&self) -> &AtomicU16 {
-        // SAFETY: `used + 2` is inside the translated used ring, 2-byte aligned.
-        unsafe { &*(self.used.add(2) as *const AtomicU16) }
+        // SAFETY: `idx` is inside the translated used ring, 2-byte aligned.
+        unsafe { &*(self.used.add(ring::USED_IDX_OFFSET) as *const AtomicU16) }
     }
 
     fn used_event_field(&self) -> &AtomicU16 {
-        // SAFETY: the avail ring was translated with room for `used_event` at
-        // `4 + 2 * size`, which is even.
-        unsafe { &*(self.avail.add(4 + 2 * usize::from(self.size)) as *const AtomicU16) }
+        let at = ring::used_event_offset(usize::from(self.size));
+        // SAFETY: the avail ring was translated with room for `used_event`, at an even
+        // offset.
+        unsafe { &*(self.avail.add(at) as *const AtomicU16) }
     }
 
     fn avail_event_field(&self) -> &AtomicU16 {
-        // SAFETY: the used ring was translated with room for `avail_event` at
-        // `4 + 8 * size`, which is even.
-        unsafe { &*(self.used.add(4 + 8 * usize::from(self.size)) as *const AtomicU16) }
+        let at = ring::avail_event_offset(usize::from(self.size));
+        // SAFETY: the used ring was translated with room for `avail_event`, at an even
+        // offset.
+        unsafe { &*(self.used.add(at) as *const AtomicU16) }
     }
 
     fn avail_flags(&self) -> u16 {
-        // SAFETY: offset 0 of the avail ring, 2-byte aligned, inside the mapping.
-        unsafe { (*(self.avail as *const AtomicU16)).load(Ordering::Relaxed) }
+        // SAFETY: `flags` of the avail ring, 2-byte aligned, inside the mapping.
+        unsafe {
+            (*(self.avail.add(ring::AVAIL_FLAGS_OFFSET) as *const AtomicU16))
+                .load(Ordering::Relaxed)
+        }
     }
 
     fn used_flags_field(&self) -> &AtomicU16 {
-        // SAFETY: offset 0 of the used ring, 2-byte aligned, inside the mapping.
-        unsafe { &*(self.used as *const AtomicU16) }
+        // SAFETY: `flags` of the used ring, 2-byte aligned, inside the mapping.
+        unsafe { &*(self.used.add(ring::USED_FLAGS_OFFSET) as *const AtomicU16) }
     }
 
     /// How many chains the driver has made available beyond `next_avail`. A jump of
@@ -295,9 +285,10 @@ impl DeviceRing {
     #[inline]
     pub fn pop_head(&mut self) -> u16 {
         let slot = usize::from(self.next_avail & (self.size - 1));
-        // SAFETY: slot < size, and the avail ring was translated for 4 + 2*size bytes.
+        // SAFETY: slot < size, and the avail ring was translated with all its entries.
         let head = unsafe {
-            (*(self.avail.add(4 + 2 * slot) as *const AtomicU16)).load(Ordering::Relaxed)
+            (*(self.avail.add(ring::avail_slot_offset(slot)) as *const AtomicU16))
+                .load(Ordering::Relaxed)
         };
         self.next_avail = self.next_avail.wrapping_add(1);
         head
@@ -325,10 +316,10 @@ impl DeviceRing {
     /// guest memory. Returns the buffer's host address.
     #[inline(always)]
     fn check(&mut self, d: &Descriptor, dir: Direction) -> Result<*mut u8, BadDescriptor> {
-        if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+        if d.flags & VRING_DESC_F_INDIRECT != 0 {
             return Err(BadDescriptor::Indirect);
         }
-        let writes = d.flags & VIRTQ_DESC_F_WRITE != 0;
+        let writes = d.flags & VRING_DESC_F_WRITE != 0;
         if writes != (dir == Direction::DeviceWrites) {
             return Err(BadDescriptor::WrongDirection);
         }
@@ -362,15 +353,16 @@ impl DeviceRing {
             self.avail_seen = idx;
         }
         let slot = usize::from(self.next_avail & (self.size - 1));
-        // SAFETY: slot < size, and the avail ring was translated for 4 + 2*size bytes.
+        // SAFETY: slot < size, and the avail ring was translated with all its entries.
         let head = unsafe {
-            (*(self.avail.add(4 + 2 * slot) as *const AtomicU16)).load(Ordering::Relaxed)
+            (*(self.avail.add(ring::avail_slot_offset(slot)) as *const AtomicU16))
+                .load(Ordering::Relaxed)
         };
         if head >= self.size {
             return None;
         }
         let d = self.descriptor(head);
-        if d.flags & VIRTQ_DESC_F_NEXT != 0 {
+        if d.flags & VRING_DESC_F_NEXT != 0 {
             return None;
         }
         let ptr = self.check(&d, dir).ok()?;
@@ -382,7 +374,10 @@ impl DeviceRing {
     pub fn peeked_head(&self) -> u16 {
         let slot = usize::from(self.next_avail & (self.size - 1));
         // SAFETY: as in peek_single.
-        unsafe { (*(self.avail.add(4 + 2 * slot) as *const AtomicU16)).load(Ordering::Relaxed) }
+        unsafe {
+            (*(self.avail.add(ring::avail_slot_offset(slot)) as *const AtomicU16))
+                .load(Ordering::Relaxed)
+        }
     }
 
     /// Walks the chain at `head` into `out`, checking every descriptor: index in
@@ -410,7 +405,7 @@ impl DeviceRing {
             let ptr = self.check(&d, dir)?;
             out.segs.push(Segment { ptr, len: d.len });
             out.total += u64::from(d.len);
-            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+            if d.flags & VRING_DESC_F_NEXT == 0 {
                 return Ok(());
             }
             if d.next >= self.size {
@@ -424,10 +419,10 @@ impl DeviceRing {
     #[inline]
     pub fn push_used(&mut self, head: u16, len: u32) {
         let slot = usize::from(self.next_used & (self.size - 1));
-        // SAFETY: slot < size; the used ring was translated for 4 + 8*size bytes and
+        // SAFETY: slot < size; the used ring was translated with all its elements and
         // each 8-byte element is 4-byte aligned.
         unsafe {
-            let elem = self.used.add(4 + 8 * slot) as *mut u32;
+            let elem = self.used.add(ring::used_slot_offset(slot)) as *mut u32;
             std::ptr::write_volatile(elem, u32::from(head).to_le());
             std::ptr::write_volatile(elem.add(1), len.to_le());
         }
@@ -495,22 +490,5 @@ impl DeviceRing {
             self.used_flags_field()
                 .store(VRING_USED_F_NO_NOTIFY, Ordering::Relaxed);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn need_event_matches_the_spec_formula() {
-        // Event at 5: moving 4 -> 6 crosses it, 6 -> 8 does not.
-        assert!(need_event(5, 6, 4));
-        assert!(!need_event(5, 8, 6));
-        // Exactly reaching event+1 crosses it.
-        assert!(need_event(5, 6, 5));
-        // Across the 16-bit wrap.
-        assert!(need_event(0xffff, 1, 0xfffe));
-        assert!(!need_event(0xfff0, 1, 0xfffe));
     }
 }

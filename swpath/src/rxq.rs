@@ -7,13 +7,13 @@
 //! pair stops they are handed back by rewinding the avail index (or, if a bad chain was
 //! returned in between, as empty completions).
 
+use vdpa::virtio::net_hdr::{
+    rx_header, HdrIovecs, LEGACY_NET_HDR_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET,
+};
 use vdpa::{BadDescriptor, DropReason};
 
 use crate::queue::Queue;
 use crate::ring::{Chain, Direction, Segment, KEEP_SEGMENTS};
-
-/// Offset of `num_buffers` in the 12-byte virtio-net header.
-const NUM_BUFFERS_OFFSET: usize = 10;
 
 /// Validated RX chains taken from the ring and not used yet, oldest first, in a ring
 /// of preallocated slots (no allocation or moving of chains per frame).
@@ -264,12 +264,12 @@ impl RxQueue {
 
     /// A fresh virtio-net header for a frame spread over `nbufs` buffers.
     #[inline(always)]
-    fn header(&self, nbufs: usize) -> [u8; 12] {
-        let mut hdr = [0u8; 12];
-        if self.hdr_len == 12 {
-            hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&(nbufs as u16).to_le_bytes());
-        }
-        hdr
+    fn header(&self, nbufs: usize) -> [u8; NET_HDR_LEN] {
+        rx_header(if self.hdr_len == NET_HDR_LEN {
+            nbufs as u16
+        } else {
+            0
+        })
     }
 
     /// Writes `hdr` (its first `hdr_len` bytes) at `dst`.
@@ -277,14 +277,14 @@ impl RxQueue {
     /// # Safety
     /// `dst` must be valid for `hdr_len` bytes of writing.
     #[inline(always)]
-    unsafe fn write_header(&self, dst: *mut u8, hdr: &[u8; 12]) {
+    unsafe fn write_header(&self, dst: *mut u8, hdr: &[u8; NET_HDR_LEN]) {
         // SAFETY: the caller vouches for `dst`; the header comes from our stack, so the
         // two cannot overlap. Constant lengths let the copy be inlined.
         unsafe {
-            if self.hdr_len == 12 {
-                std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, 12);
+            if self.hdr_len == NET_HDR_LEN {
+                std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, NET_HDR_LEN);
             } else {
-                std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, 10);
+                std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, LEGACY_NET_HDR_LEN);
             }
         }
     }
@@ -343,30 +343,10 @@ impl RxQueue {
         hole: bool,
         out: &mut Vec<libc::iovec>,
     ) {
-        let mut offset = 0usize;
-        let hole = hole && self.hdr_len == 12;
+        let mut iov = HdrIovecs::new(self.hdr_len, hole);
         for c in chains.map(|i| self.pending.get(i)) {
             for s in &c.segs {
-                let (start, len) = (offset, s.len as usize);
-                offset += len;
-                let mut push = |from: usize, to: usize| {
-                    if to > from {
-                        // SAFETY: from < to <= len: inside the translated segment.
-                        let base = unsafe { s.ptr.add(from) };
-                        out.push(libc::iovec {
-                            iov_base: base.cast(),
-                            iov_len: to - from,
-                        });
-                    }
-                };
-                if hole && start < 12 && start + len > NUM_BUFFERS_OFFSET {
-                    let cut_from = NUM_BUFFERS_OFFSET.saturating_sub(start);
-                    let cut_to = (12 - start).min(len);
-                    push(0, cut_from);
-                    push(cut_to, len);
-                } else {
-                    push(0, len);
-                }
+                iov.push(s.ptr, s.len as usize, out);
             }
         }
     }
@@ -435,12 +415,12 @@ impl RxQueue {
     /// it used one) through [`iovecs`](Self::iovecs): set `num_buffers`, return the
     /// chains that hold data, keep the rest pending.
     pub fn complete_read(&mut self, written: usize, hole: bool) {
-        let bytes = written as u64 + if hole && self.hdr_len == 12 { 2 } else { 0 };
+        let bytes = (written + HdrIovecs::hole_len(self.hdr_len, hole)) as u64;
         let (nbufs, _) = self.fit(bytes);
         let mut dst = Cursor::new(nbufs);
         let chains = &self.pending;
         dst.skip(chains, bytes as usize);
-        if self.hdr_len == 12 {
+        if self.hdr_len == NET_HDR_LEN {
             let n = (nbufs as u16).to_le_bytes();
             let mut at = Cursor::new(nbufs);
             at.skip(chains, NUM_BUFFERS_OFFSET);
@@ -467,15 +447,15 @@ impl RxQueue {
 
     /// The first 10 bytes the front pending chains hold (a virtio-net header a backend
     /// just wrote).
-    pub fn peek_header(&self) -> [u8; 10] {
-        let mut out = [0u8; 10];
+    pub fn peek_header(&self) -> [u8; LEGACY_NET_HDR_LEN] {
+        let mut out = [0u8; LEGACY_NET_HDR_LEN];
         let mut got = 0;
         for s in self.pending_segments() {
-            let n = (s.len as usize).min(10 - got);
+            let n = (s.len as usize).min(LEGACY_NET_HDR_LEN - got);
             // SAFETY: `s.ptr` is valid for `s.len >= n` bytes of guest memory.
             unsafe { std::ptr::copy(s.ptr, out[got..].as_mut_ptr(), n) };
             got += n;
-            if got == 10 {
+            if got == LEGACY_NET_HDR_LEN {
                 break;
             }
         }

@@ -1,6 +1,7 @@
 //! The transmit half of a queue pair: takes frames the guest posted, validated, and
 //! completes them once the backend has them.
 
+use vdpa::virtio::net_hdr::HdrIovecs;
 use vdpa::{BadDescriptor, DropReason};
 
 use crate::queue::Queue;
@@ -139,27 +140,9 @@ impl TxQueue {
     /// iovecs over `chain`'s buffers, appended to `out`; with `hole`, bytes 10..12 of
     /// the 12-byte header are left out (for a backend that takes the 10-byte one).
     pub fn append_iovecs(&self, chain: &Chain, hole: bool, out: &mut Vec<libc::iovec>) {
-        let hole = hole && self.hdr_len == 12;
-        let mut offset = 0usize;
+        let mut iov = HdrIovecs::new(self.hdr_len, hole);
         for s in &chain.segs {
-            let (start, len) = (offset, s.len as usize);
-            offset += len;
-            let mut push = |from: usize, to: usize| {
-                if to > from {
-                    // SAFETY: from < to <= len: inside the translated segment.
-                    let base = unsafe { s.ptr.add(from) };
-                    out.push(libc::iovec {
-                        iov_base: base.cast(),
-                        iov_len: to - from,
-                    });
-                }
-            };
-            if hole && start < 12 && start + len > 10 {
-                push(0, 10usize.saturating_sub(start));
-                push((12 - start).min(len), len);
-            } else {
-                push(0, len);
-            }
+            iov.push(s.ptr, s.len as usize, out);
         }
     }
 

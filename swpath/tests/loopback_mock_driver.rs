@@ -13,7 +13,9 @@ use swpath::queue::Queue;
 use swpath::ring::{Chain, DeviceRing};
 use swpath::rxq::RxQueue;
 use swpath::txq::{TxNext, TxQueue};
-use vdpa::features::{Negotiated, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
+use vdpa::features::Negotiated;
+use vdpa::virtio::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
+use vdpa::virtio::ring::{VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE};
 use vdpa::{
     BadDescriptor, DropReason, GuestMemory, MemoryRegion, QueueCounters, RingAddrs, RingConfig,
     RingEvents,
@@ -25,8 +27,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 const BASE: u64 = 0x10_0000;
 const SIZE: usize = 0x40_0000;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
 
 struct Fixture {
     vm: GuestMemoryMmap<()>,

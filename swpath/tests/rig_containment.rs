@@ -38,7 +38,7 @@ fn a_frontend_truncating_its_memory_stops_only_its_own_device() {
     // Frontend A takes its memory away and kicks TX (the eventfd only: the rig must
     // not touch the memory itself any more).
     ra.memory().memfd().set_len(0).unwrap();
-    ra.pair_mut(0).tx.notifier_mut().kick().unwrap();
+    ra.pair_mut(0).tx.kick().unwrap();
     let end = Instant::now() + Duration::from_secs(20);
     while faults(&a, QueueFault::GuestMemory) == 0 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::Served;
 use swpath::{Backend, SoftwareDatapath, Tuning};
 use vdpa::stats::BadDescriptor;
-use vdpa_rig::{run_latency, Direction, Hostile, LatencyOptions, Rig, RigSetup, SetupStep};
+use vdpa_rig::{run_latency, Hostile, LatencyOptions, PairRing, Rig, RigSetup, SetupStep};
 use vdpad_config::Backend as CfgBackend;
 
 /// A loopback device with default knobs.
@@ -143,22 +143,22 @@ fn hostile_descriptors_are_counted_and_good_traffic_continues() {
     o.queue_size = 64;
     let mut rig = Rig::connect(o).unwrap();
     let good = vec![0x5au8; 80];
-    for dir in [Direction::Tx, Direction::Rx] {
+    for dir in [PairRing::Tx, PairRing::Rx] {
         for kind in Hostile::ALL {
             if !kind.applies_to(dir) {
                 continue;
             }
-            if dir == Direction::Rx {
+            if dir == PairRing::Rx {
                 // Rings are FIFO: use up the posted RX buffers so the device meets the
                 // hostile chain first.
                 rig.drain_rx(0, Duration::from_secs(5)).unwrap();
             }
-            if kind == Hostile::ChainLongerThanQueue && dir == Direction::Tx {
+            if kind == Hostile::ChainLongerThanQueue && dir == PairRing::Tx {
                 // The chain needs every descriptor: wait for earlier frames first.
                 wait_for_free_descriptors(&mut rig, 64);
             }
             rig.inject(0, dir, kind).unwrap();
-            if kind == Hostile::ChainLongerThanQueue && dir == Direction::Tx {
+            if kind == Hostile::ChainLongerThanQueue && dir == PairRing::Tx {
                 // On RX the device only looks at buffers when a frame arrives.
                 wait_for_free_descriptors(&mut rig, 1);
             }

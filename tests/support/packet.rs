@@ -34,7 +34,7 @@ pub fn run_in<T: Send + 'static>(
 
 /// Where a received frame came from, as AF_PACKET reports it (`sll_pkttype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub enum PacketDirection {
     /// Sent towards this host by the interface's peer (for a tap: written by the
     /// program that holds it, e.g. QEMU transmitting for the guest's NIC).
     Incoming,
@@ -154,7 +154,7 @@ impl PacketSocket {
         &self,
         buf: &mut [u8],
         timeout: Duration,
-    ) -> io::Result<Option<(usize, Direction)>> {
+    ) -> io::Result<Option<(usize, PacketDirection)>> {
         let mut p = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -196,9 +196,9 @@ impl PacketSocket {
             };
         }
         let dir = if from.sll_pkttype == libc::PACKET_OUTGOING {
-            Direction::Outgoing
+            PacketDirection::Outgoing
         } else {
-            Direction::Incoming
+            PacketDirection::Incoming
         };
         Ok(Some((n as usize, dir)))
     }
@@ -255,7 +255,7 @@ impl Reflector {
             let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::Relaxed) {
                 let got = match sock.recv(&mut buf, Duration::from_millis(50)) {
-                    Ok(Some((n, Direction::Incoming))) => n,
+                    Ok(Some((n, PacketDirection::Incoming))) => n,
                     Ok(_) => continue,
                     Err(e) => {
                         let mut log = l.lock().unwrap_or_else(|p| p.into_inner());

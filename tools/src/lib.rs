@@ -10,7 +10,7 @@
 //! - [`cli`]: the command lines of `vdpad` and `vdpactl`, man pages, completions.
 //! - [`control`]: the control socket (protocol, server, commands) and its client.
 //! - [`metrics`]: the Prometheus endpoint.
-//! - [`notify`]: systemd readiness notifications (`sd_notify`).
+//! - [`sd_notify`]: systemd readiness notifications (`sd_notify`).
 //! - [`vdpa_bus`]: VDUSE devices on the kernel's vDPA bus.
 //! - [`output`]: printing to stdout without panicking on a closed pipe.
 //! - [`vdpa_netlink`]: the kernel's vDPA management interface (generic netlink `"vdpa"`).
@@ -21,9 +21,9 @@ pub mod daemon;
 pub mod discover;
 pub mod logging;
 pub mod metrics;
-pub mod notify;
 pub mod output;
 pub mod qemu;
+pub mod sd_notify;
 pub mod signals;
 pub mod vdpa_bus;
 pub mod vdpa_netlink;

@@ -1,4 +1,6 @@
-//! Virtio and vhost-user feature bits, and the feature sets a device offers.
+//! Device policy over the feature bits: the feature sets a device offers, what was
+//! negotiated, and names for logs. The bits themselves are in
+//! [`crate::virtio::features`].
 //!
 //! The guest-visible feature set is a function of the device configuration only, so
 //! that the same device offers the same features whichever datapath serves it.
@@ -6,48 +8,8 @@
 use vdpad_config::{DeviceConfig, Frontend};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
-/// VIRTIO_NET_F_CSUM: the device takes frames with a partial checksum (guest TX).
-pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
-/// VIRTIO_NET_F_GUEST_CSUM: the driver takes frames with a partial checksum (guest RX).
-pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
-/// VIRTIO_NET_F_GUEST_TSO4: the driver takes TCPv4 GSO frames.
-pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
-/// VIRTIO_NET_F_GUEST_TSO6: the driver takes TCPv6 GSO frames.
-pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
-/// VIRTIO_NET_F_GUEST_ECN: the driver takes TSO frames with ECN.
-pub const VIRTIO_NET_F_GUEST_ECN: u64 = 1 << 9;
-/// VIRTIO_NET_F_HOST_TSO4: the device takes TCPv4 GSO frames.
-pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
-/// VIRTIO_NET_F_HOST_TSO6: the device takes TCPv6 GSO frames.
-pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
-/// VIRTIO_NET_F_HOST_ECN: the device takes TSO frames with ECN.
-pub const VIRTIO_NET_F_HOST_ECN: u64 = 1 << 13;
-/// VIRTIO_NET_F_MTU: the device reports a maximum MTU in its config space.
-pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
-/// VIRTIO_NET_F_MAC: the device has a MAC address in its config space.
-pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
-/// VIRTIO_NET_F_MRG_RXBUF: the driver can merge receive buffers.
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-/// VIRTIO_NET_F_STATUS: the config space has a link status field.
-pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
-/// VIRTIO_NET_F_MQ: more than one RX/TX queue pair.
-pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
-/// VIRTIO_RING_F_INDIRECT_DESC: indirect descriptor tables.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-/// VIRTIO_RING_F_EVENT_IDX: used_event / avail_event notification suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-/// VHOST_USER_F_PROTOCOL_FEATURES: the vhost-user protocol feature negotiation.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-/// VIRTIO_F_VERSION_1: virtio 1.x (little-endian, 12-byte net header).
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// VIRTIO_F_IOMMU_PLATFORM (ACCESS_PLATFORM): addresses are IOVAs. Offered by VDUSE
-/// devices only, never to a vhost-user frontend.
-pub const VIRTIO_F_IOMMU_PLATFORM: u64 = 1 << 33;
-/// VIRTIO_F_IN_ORDER: the device uses buffers in the order they were made available
-/// (offered by datapaths that guarantee it, see [`Datapath::datapath_features`]).
-///
-/// [`Datapath::datapath_features`]: crate::Datapath::datapath_features
-pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
+use crate::virtio::features::*;
+use crate::virtio::net_hdr::net_hdr_len;
 
 /// The virtio features a device offers to the frontend, from its configuration: a
 /// vhost-user device offers the protocol-features bit, a VDUSE device
@@ -56,7 +18,7 @@ pub fn offered_features(cfg: &DeviceConfig) -> u64 {
     let mut f = VIRTIO_F_VERSION_1
         | match cfg.frontend {
             Frontend::VhostUser => VHOST_USER_F_PROTOCOL_FEATURES,
-            Frontend::Vduse { .. } => VIRTIO_F_IOMMU_PLATFORM,
+            Frontend::Vduse { .. } => VIRTIO_F_ACCESS_PLATFORM,
         };
     if cfg.event_idx {
         f |= VIRTIO_RING_F_EVENT_IDX;
@@ -116,11 +78,7 @@ impl Negotiated {
     /// Length of the virtio-net header that precedes every frame: 12 bytes with
     /// VERSION_1 or MRG_RXBUF (it carries `num_buffers`), 10 bytes for a legacy driver.
     pub fn net_header_len(&self) -> usize {
-        if self.has(VIRTIO_F_VERSION_1) || self.mrg_rxbuf() {
-            12
-        } else {
-            10
-        }
+        net_hdr_len(self.has(VIRTIO_F_VERSION_1), self.mrg_rxbuf())
     }
 }
 
@@ -144,7 +102,7 @@ pub fn feature_names(bits: u64) -> Vec<&'static str> {
         (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
         (VHOST_USER_F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
         (VIRTIO_F_VERSION_1, "VERSION_1"),
-        (VIRTIO_F_IOMMU_PLATFORM, "IOMMU_PLATFORM"),
+        (VIRTIO_F_ACCESS_PLATFORM, "IOMMU_PLATFORM"),
         (VIRTIO_F_IN_ORDER, "IN_ORDER"),
     ];
     NAMES

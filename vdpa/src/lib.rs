@@ -18,6 +18,7 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod vduse;
+pub mod virtio;
 pub mod vring;
 pub mod wire;
 

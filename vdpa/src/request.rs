@@ -21,7 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::datapath::RingAddrs;
 use crate::memory::MAX_REGIONS;
-use crate::net_config::NET_CONFIG_LEN;
+use crate::virtio::net_config::NET_CONFIG_LEN;
 use crate::vring::{AddrSpace, RingLocation};
 use crate::wire::Message;
 

@@ -17,9 +17,10 @@ use vhost::vhost_user::message::{
 use vm_memory::ByteValued;
 
 use crate::device::{Device, DeviceError};
-use crate::features::{offered_protocol_features, VHOST_USER_F_PROTOCOL_FEATURES};
+use crate::features::offered_protocol_features;
 use crate::memory::{GuestMemory, MemoryError, MemoryRegion, MAX_REGIONS};
 use crate::request::{decode, ConfigRead, Limits, RegionSpec, Request, RequestError};
+use crate::virtio::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use crate::wire::Message;
 
 /// Why a request was not applied.

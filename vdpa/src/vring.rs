@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::datapath::{RingAddrs, RingEvents};
 use crate::memory::GuestMemory;
+use crate::virtio::ring;
 
 /// Which address space a frontend gives ring addresses in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,10 +64,9 @@ pub struct RingState {
 }
 
 /// Byte sizes of the three parts of a split ring of `n` descriptors, with the event
-/// index fields included (harmless when EVENT_IDX is off).
+/// index fields included (harmless when EVENT_IDX is off): [`ring::area_sizes`].
 pub fn split_ring_sizes(n: u16) -> (u64, u64, u64) {
-    let n = u64::from(n);
-    (16 * n, 6 + 2 * n, 6 + 8 * n)
+    ring::area_sizes(n)
 }
 
 impl RingState {

@@ -8,7 +8,7 @@ use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 
 use support::{device_config, Event, Recorder};
-use vdpa::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX};
+use vdpa::virtio::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX};
 use vdpa::vring::{AddrSpace, RingLocation};
 use vdpa::{
     ConnectionState, Datapath, Device, FallbackDatapath, GuestMemory, MemoryRegion, RingAddrs,

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::{device_config, Event, Recorder};
-use vdpa::features::{VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use vdpa::server::{DeviceServer, Shutdown};
+use vdpa::virtio::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX,
+};
 use vdpa::{Datapath, Device, DeviceHandle, FallbackDatapath};
 use vhost::vhost_user::message::FrontendReq as R;
 use vmm_sys_util::eventfd::EventFd;
@@ -499,10 +501,7 @@ fn second_pair_runs_independently() {
     let h = Harness::new(2);
     let mut f = h.connect();
     f.negotiate(REPLY_ACK | MQ);
-    assert_eq!(
-        f.set_features(FEATURES | vdpa::features::VIRTIO_NET_F_MQ),
-        0
-    );
+    assert_eq!(f.set_features(FEATURES | VIRTIO_NET_F_MQ), 0);
     assert_eq!(f.set_mem_table(), 0);
     for ring in 0..4 {
         f.ring_setup(ring, 0, true);
@@ -557,10 +556,7 @@ fn a_datapath_that_cannot_start_a_pair_hands_the_device_to_its_fallback() {
     let handle = server.handle().clone();
     let mut f = Frontend::connect(&socket);
     f.negotiate(REPLY_ACK | MQ);
-    assert_eq!(
-        f.set_features(FEATURES | vdpa::features::VIRTIO_NET_F_MQ),
-        0
-    );
+    assert_eq!(f.set_features(FEATURES | VIRTIO_NET_F_MQ), 0);
     assert_eq!(f.set_mem_table(), 0);
     for ring in 0..2 {
         f.ring_setup(ring, 7, true);

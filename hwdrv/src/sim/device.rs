@@ -1,6 +1,6 @@
 //! The simulated NIC's behaviour: the virtio common-configuration state machine
 //! (reset, features, queues, status) and the device thread that processes queues when
-//! their doorbell rings, moving frames between the guest's rings and the wire.
+//! their doorbell rings, moving frames between the guest's rings and the link.
 //!
 //! One lock ([`Shared::state`]) covers registers and queue processing: the device
 //! thread holds it for one bounded burst at a time, and a register write (a reset, a
@@ -17,11 +17,16 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::dma::Dma;
 use super::layout;
-use super::ring::{RingError, Seg, SplitRing};
-use super::wire::Wire;
+use super::link::Link;
+use super::ring::{Seg, SimRingError, SplitRing};
 use super::SimConfig;
-use crate::spec::{common as cc, feature, net_cfg, status, NET_HDR_LEN, NO_VECTOR};
-use vdpa::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
+use crate::spec::{common as cc, status, NO_VECTOR};
+use vdpa::virtio::features::{
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use vdpa::virtio::net_config::{NetConfigSpace, VIRTIO_NET_S_LINK_UP};
+use vdpa::virtio::net_hdr::{rx_header, NET_HDR_LEN};
 
 /// Chains processed per queue per burst before the lock is released.
 const BURST: usize = 256;
@@ -45,7 +50,7 @@ pub(crate) struct Counters {
 
 /// Registers of one virtqueue.
 #[derive(Clone, Debug)]
-pub(crate) struct Queue {
+pub(crate) struct QueueRegs {
     pub size: u16,
     pub msix: u16,
     pub desc: u64,
@@ -60,9 +65,9 @@ pub(crate) struct Queue {
     pub state: (u16, u16),
 }
 
-impl Queue {
+impl QueueRegs {
     fn new(max: u16) -> Self {
-        Queue {
+        QueueRegs {
             size: max,
             msix: NO_VECTOR,
             desc: 0,
@@ -86,9 +91,9 @@ pub(crate) struct State {
     pub generation: u8,
     pub queue_select: u16,
     pub isr: u8,
-    pub queues: Vec<Queue>,
+    pub queues: Vec<QueueRegs>,
     pub backlog: Vec<VecDeque<Vec<u8>>>,
-    pub wire: Box<dyn Wire>,
+    pub link: Box<dyn Link>,
 }
 
 /// Everything the device thread and the register interface share.
@@ -109,7 +114,7 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: SimConfig, wire: Box<dyn Wire>) -> std::io::Result<Self> {
+    pub(crate) fn new(cfg: SimConfig, link: Box<dyn Link>) -> std::io::Result<Self> {
         let nq = usize::from(cfg.num_queues());
         let state = State {
             config: layout::config_space(&cfg),
@@ -121,9 +126,11 @@ impl Shared {
             generation: 0,
             queue_select: 0,
             isr: 0,
-            queues: (0..nq).map(|_| Queue::new(cfg.queue_max_size)).collect(),
+            queues: (0..nq)
+                .map(|_| QueueRegs::new(cfg.queue_max_size))
+                .collect(),
             backlog: (0..cfg.max_pairs).map(|_| VecDeque::new()).collect(),
-            wire,
+            link,
         };
         Ok(Shared {
             fired: (0..cfg.msix_vectors).map(|_| AtomicU64::new(0)).collect(),
@@ -178,7 +185,7 @@ impl Shared {
         st.queue_select = 0;
         st.isr = 0;
         for q in st.queues.iter_mut() {
-            *q = Queue::new(max);
+            *q = QueueRegs::new(max);
         }
         for b in st.backlog.iter_mut() {
             b.clear();
@@ -284,13 +291,13 @@ impl Shared {
                     0x34 if idle => q.device = (q.device & 0xffff_ffff) | (u64::from(v) << 32),
                     cc::QUEUE_ENABLE => self.write_queue_enable(st, qs, v as u16, running),
                     cc::QUEUE_RESET if v & 1 == 1 => {
-                        if st.driver_features & feature::RING_RESET == 0 {
+                        if st.driver_features & VIRTIO_F_RING_RESET == 0 {
                             self.needs_reset(st, "queue_reset without VIRTIO_F_RING_RESET");
                             return;
                         }
                         let q = &mut st.queues[qs];
                         let state = q.ring.map_or(q.state, |r| (r.last_avail, r.used_idx));
-                        *q = Queue::new(self.cfg.queue_max_size);
+                        *q = QueueRegs::new(self.cfg.queue_max_size);
                         q.reset = true;
                         q.state = state;
                     }
@@ -318,7 +325,7 @@ impl Shared {
             self.needs_reset(st, "queue enabled before FEATURES_OK");
             return;
         }
-        if running && st.driver_features & feature::RING_RESET == 0 {
+        if running && st.driver_features & VIRTIO_F_RING_RESET == 0 {
             self.needs_reset(
                 st,
                 "queue enabled after DRIVER_OK without VIRTIO_F_RING_RESET",
@@ -358,8 +365,8 @@ impl Shared {
             let f = st.driver_features;
             let ok = f & !self.cfg.features == 0
                 && f & VIRTIO_F_VERSION_1 != 0
-                && (self.cfg.features & feature::ACCESS_PLATFORM == 0
-                    || f & feature::ACCESS_PLATFORM != 0);
+                && (self.cfg.features & VIRTIO_F_ACCESS_PLATFORM == 0
+                    || f & VIRTIO_F_ACCESS_PLATFORM != 0);
             if !ok {
                 st.status |= v & !status::FEATURES_OK;
                 return;
@@ -370,16 +377,17 @@ impl Shared {
 
     /// Reads the device-specific configuration (virtio_net_config).
     pub(crate) fn device_cfg_read(&self, off: u64, buf: &mut [u8]) {
-        let mut c = [0u8; net_cfg::LEN as usize];
-        c[..6].copy_from_slice(&self.cfg.mac);
-        let link = if self.cfg.link_up {
-            net_cfg::S_LINK_UP
-        } else {
-            0
-        };
-        c[6..8].copy_from_slice(&link.to_le_bytes());
-        c[8..10].copy_from_slice(&self.cfg.max_pairs.to_le_bytes());
-        c[10..12].copy_from_slice(&self.cfg.mtu.to_le_bytes());
+        let c = NetConfigSpace {
+            mac: self.cfg.mac,
+            status: if self.cfg.link_up {
+                VIRTIO_NET_S_LINK_UP
+            } else {
+                0
+            },
+            max_pairs: self.cfg.max_pairs,
+            mtu: self.cfg.mtu,
+        }
+        .to_bytes();
         for (i, b) in buf.iter_mut().enumerate() {
             *b = c.get(off as usize + i).copied().unwrap_or(0);
         }
@@ -403,10 +411,10 @@ impl Shared {
     }
 }
 
-/// The device thread: sleeps on the doorbell eventfd (and the wire's fd), then
+/// The device thread: sleeps on the doorbell eventfd (and the link's fd), then
 /// processes the queues whose doorbells rang and the frames that arrived.
 pub(crate) fn run(shared: Arc<Shared>) {
-    let wire_fd = lock(&shared.state).wire.poll_fd();
+    let link_fd = lock(&shared.state).link.poll_fd();
     let mut scratch = vec![0u8; MAX_FRAME];
     let mut segs = Vec::new();
     while !shared.stop.load(Ordering::SeqCst) {
@@ -415,7 +423,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             events: libc::POLLIN,
             revents: 0,
         }];
-        if let Some(fd) = wire_fd {
+        if let Some(fd) = link_fd {
             fds.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -462,14 +470,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Moves frames from the wire into the per-pair RX backlogs.
+/// Moves frames from the link into the per-pair RX backlogs.
 fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
     for _ in 0..BURST {
-        let got = match st.wire.receive(scratch) {
+        let got = match st.link.receive(scratch) {
             Ok(Some(g)) => g,
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "sim: wire receive failed");
+                tracing::warn!(error = %e, "sim: link receive failed");
                 return;
             }
         };
@@ -487,13 +495,13 @@ fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
     }
 }
 
-fn ring_failed(shared: &Shared, st: &mut State, q: usize, e: RingError) {
+fn ring_failed(shared: &Shared, st: &mut State, q: usize, e: SimRingError) {
     match e {
-        RingError::Dma(f) => {
+        SimRingError::Dma(f) => {
             let why = format!("queue {q}: ring not reachable by DMA at {:#x}", f.iova);
             shared.needs_reset(st, &why);
         }
-        RingError::Malformed(why) => {
+        SimRingError::Malformed(why) => {
             let why = format!("queue {q}: {why}");
             shared.needs_reset(st, &why);
         }
@@ -514,7 +522,7 @@ fn process_tx(
     let pair = (q / 2) as u16;
     let mut more = false;
     let mut done = 0;
-    let result: Result<(), RingError> = (|| {
+    let result: Result<(), SimRingError> = (|| {
         loop {
             if ring.pending(&shared.dma)? == 0 && !ring.arm_kick(&shared.dma)? {
                 break;
@@ -540,11 +548,11 @@ fn process_tx(
                 len += n;
             }
             if ok && len > NET_HDR_LEN {
-                match st.wire.transmit(pair, &scratch[NET_HDR_LEN..len]) {
+                match st.link.transmit(pair, &scratch[NET_HDR_LEN..len]) {
                     Ok(()) => {
                         shared.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => tracing::warn!(error = %e, "sim: wire transmit failed"),
+                    Err(e) => tracing::warn!(error = %e, "sim: link transmit failed"),
                 }
             }
             ring.add_used(&shared.dma, head, 0)?;
@@ -597,7 +605,7 @@ fn process_rx(shared: &Shared, st: &mut State, p: usize, scratch: &mut [u8], seg
     };
     let mrg = st.driver_features & VIRTIO_NET_F_MRG_RXBUF != 0;
     let mut delivered = 0;
-    let result: Result<(), RingError> = (|| {
+    let result: Result<(), SimRingError> = (|| {
         while delivered < BURST {
             let Some(frame) = st.backlog[p].front() else {
                 break;
@@ -608,7 +616,6 @@ fn process_rx(shared: &Shared, st: &mut State, p: usize, scratch: &mut [u8], seg
                 shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            scratch[..NET_HDR_LEN].fill(0);
             scratch[NET_HDR_LEN..total].copy_from_slice(frame);
             // Collect enough chains for the frame (one without mergeable buffers).
             let mut chains: Vec<(u16, Vec<Seg>)> = Vec::new();
@@ -636,8 +643,7 @@ fn process_rx(shared: &Shared, st: &mut State, p: usize, scratch: &mut [u8], seg
                 ring.add_used(&shared.dma, chains[0].0, 0)?;
                 continue;
             }
-            let n = chains.len() as u16;
-            scratch[10..12].copy_from_slice(&n.to_le_bytes());
+            scratch[..NET_HDR_LEN].copy_from_slice(&rx_header(chains.len() as u16));
             let mut off = 0;
             for (head, chain) in &chains {
                 let take = capacity(chain).min(total - off);

@@ -15,6 +15,7 @@
 
 use super::SimConfig;
 use crate::spec::{self, cap, cfg};
+use vdpa::virtio::net_config::NET_CONFIG_LEN;
 
 /// BAR holding the virtio structures.
 pub(crate) const VIRTIO_BAR: u8 = 4;
@@ -114,7 +115,7 @@ pub fn config_space(c: &SimConfig) -> Vec<u8> {
         16,
         cap::DEVICE,
         DEVICE,
-        spec::net_cfg::LEN,
+        NET_CONFIG_LEN as u32,
     );
     virtio_cap(
         &mut b,

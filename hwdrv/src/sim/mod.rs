@@ -5,7 +5,7 @@
 //! - `device`: the register state machine and the device thread.
 //! - `ring`: the device side of split rings, through the DMA engine.
 //! - [`dma`]: the IOMMU-checked DMA engine; unmapped accesses are recorded faults.
-//! - [`wire`]: what the port is plugged into (loopback, channel, tap).
+//! - [`link`]: what the port is plugged into (loopback, channel, tap).
 //!
 //! The simulator is strict where a driver bug would matter on hardware: enabling a
 //! queue after DRIVER_OK without VIRTIO_F_RING_RESET, a queue reset without that
@@ -14,8 +14,8 @@
 mod device;
 pub mod dma;
 pub mod layout;
+pub mod link;
 mod ring;
-pub mod wire;
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -25,14 +25,15 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::pci::{check_width, PciFunction, ResetOutcome};
-use crate::spec::{cfg, feature};
+use crate::spec::cfg;
 use device::{lock, Shared};
 pub use dma::{DmaFault, FaultReason};
-use vdpa::features::{
-    VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX,
+pub use link::{ChannelLink, Link, LoopbackLink, TapLink};
+use vdpa::virtio::features::{
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_RING_F_EVENT_IDX,
 };
-pub use wire::{ChannelWire, Loopback, TapWire, Wire};
 
 /// Largest number of queue pairs the simulator models (doorbells are a 64-bit mask).
 pub(crate) const SIM_MAX_PAIRS: u16 = 32;
@@ -64,8 +65,8 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             features: VIRTIO_F_VERSION_1
-                | feature::ACCESS_PLATFORM
-                | feature::RING_RESET
+                | VIRTIO_F_ACCESS_PLATFORM
+                | VIRTIO_F_RING_RESET
                 | VIRTIO_NET_F_MAC
                 | VIRTIO_NET_F_STATUS
                 | VIRTIO_NET_F_MTU
@@ -95,12 +96,12 @@ impl SimConfig {
 pub struct SimNic {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    wire_name: String,
+    link_name: String,
 }
 
 impl SimNic {
-    /// A function configured by `cfg` whose port is plugged into `wire`.
-    pub fn new(mut cfg: SimConfig, wire: Box<dyn Wire>) -> io::Result<Self> {
+    /// A function configured by `cfg` whose port is plugged into `link`.
+    pub fn new(mut cfg: SimConfig, link: Box<dyn Link>) -> io::Result<Self> {
         cfg.max_pairs = cfg.max_pairs.clamp(1, SIM_MAX_PAIRS);
         cfg.msix_vectors = cfg.msix_vectors.min(2048);
         if !cfg.queue_max_size.is_power_of_two() {
@@ -109,8 +110,8 @@ impl SimNic {
                 "queue_max_size must be a power of two",
             ));
         }
-        let wire_name = wire.describe();
-        let shared = Arc::new(Shared::new(cfg, wire)?);
+        let link_name = link.describe();
+        let shared = Arc::new(Shared::new(cfg, link)?);
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sim-nic".into())
@@ -118,13 +119,13 @@ impl SimNic {
         Ok(SimNic {
             shared,
             thread: Mutex::new(Some(thread)),
-            wire_name,
+            link_name,
         })
     }
 
-    /// A function with the default configuration on a loopback wire.
+    /// A function with the default configuration on a loopback link.
     pub fn loopback(cfg: SimConfig) -> io::Result<Self> {
-        Self::new(cfg, Box::new(Loopback::new()))
+        Self::new(cfg, Box::new(LoopbackLink::new()))
     }
 
     /// IOMMU faults recorded so far (DMA outside mapped memory or without bus master).
@@ -165,7 +166,7 @@ impl SimNic {
         lock(&self.shared.msix).len()
     }
 
-    /// Frames transmitted onto the wire.
+    /// Frames transmitted onto the link.
     pub fn tx_frames(&self) -> u64 {
         self.shared.counters.tx_frames.load(Ordering::Relaxed)
     }
@@ -190,9 +191,9 @@ impl SimNic {
         self.shared.counters.function_resets.load(Ordering::Relaxed)
     }
 
-    /// Description of the wire.
-    pub fn wire(&self) -> &str {
-        &self.wire_name
+    /// Description of the link.
+    pub fn link(&self) -> &str {
+        &self.link_name
     }
 }
 
@@ -215,7 +216,7 @@ fn out_of_range(what: &str, off: u64, len: usize) -> io::Error {
 
 impl PciFunction for SimNic {
     fn describe(&self) -> String {
-        format!("sim ({})", self.wire_name)
+        format!("sim ({})", self.link_name)
     }
 
     fn config_read(&self, offset: u16, buf: &mut [u8]) -> io::Result<()> {

@@ -6,9 +6,9 @@
 use std::sync::atomic::{fence, Ordering};
 
 use super::dma::{Dma, DmaFault};
-use crate::spec::ring::{
-    need_event, AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE,
-    USED_ELEM_SIZE,
+use vdpa::virtio::ring::{
+    self, need_event, DESC_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 
 /// One buffer of a chain.
@@ -22,16 +22,16 @@ pub(crate) struct Seg {
 /// Why a chain could not be walked: the device treats it as fatal for the queue
 /// (DEVICE_NEEDS_RESET), as a hardware device would.
 #[derive(Debug)]
-pub(crate) enum RingError {
+pub(crate) enum SimRingError {
     /// The ring structures themselves are not reachable.
     Dma(DmaFault),
     /// A malformed chain (index out of range, loop, indirect without the feature).
     Malformed(&'static str),
 }
 
-impl From<DmaFault> for RingError {
+impl From<DmaFault> for SimRingError {
     fn from(f: DmaFault) -> Self {
-        RingError::Dma(f)
+        SimRingError::Dma(f)
     }
 }
 
@@ -52,23 +52,28 @@ pub(crate) struct SplitRing {
 }
 
 impl SplitRing {
-    fn mask(&self, i: u16) -> u64 {
-        u64::from(i & (self.size - 1))
+    fn mask(&self, i: u16) -> usize {
+        usize::from(i & (self.size - 1))
+    }
+
+    /// The guest address `off` bytes into the area at `area`.
+    fn at(area: u64, off: usize) -> u64 {
+        area + off as u64
     }
 
     /// The driver's `avail->idx` (with Acquire semantics for what it published).
     pub(crate) fn avail_idx(&self, dma: &Dma) -> Result<u16, DmaFault> {
-        let v = dma.read_u16(self.avail + 2)?;
+        let v = dma.read_u16(Self::at(self.avail, ring::AVAIL_IDX_OFFSET))?;
         fence(Ordering::Acquire);
         Ok(v)
     }
 
     /// Number of chains the driver made available and the device did not take yet.
     /// An index that moved by more than the ring size is a malformed ring.
-    pub(crate) fn pending(&self, dma: &Dma) -> Result<u16, RingError> {
+    pub(crate) fn pending(&self, dma: &Dma) -> Result<u16, SimRingError> {
         let n = self.avail_idx(dma)?.wrapping_sub(self.last_avail);
         if n > self.size {
-            return Err(RingError::Malformed(
+            return Err(SimRingError::Malformed(
                 "avail index moved by more than the ring size",
             ));
         }
@@ -76,8 +81,11 @@ impl SplitRing {
     }
 
     /// Takes the next available head and walks its chain.
-    pub(crate) fn pop(&mut self, dma: &Dma, segs: &mut Vec<Seg>) -> Result<u16, RingError> {
-        let slot = self.avail + 4 + 2 * self.mask(self.last_avail);
+    pub(crate) fn pop(&mut self, dma: &Dma, segs: &mut Vec<Seg>) -> Result<u16, SimRingError> {
+        let slot = Self::at(
+            self.avail,
+            ring::avail_slot_offset(self.mask(self.last_avail)),
+        );
         let head = dma.read_u16(slot)?;
         self.last_avail = self.last_avail.wrapping_add(1);
         self.walk(dma, head, segs)?;
@@ -89,37 +97,40 @@ impl SplitRing {
         self.last_avail = self.last_avail.wrapping_sub(1);
     }
 
-    fn walk(&self, dma: &Dma, head: u16, segs: &mut Vec<Seg>) -> Result<(), RingError> {
+    fn walk(&self, dma: &Dma, head: u16, segs: &mut Vec<Seg>) -> Result<(), SimRingError> {
         segs.clear();
         if head >= self.size {
-            return Err(RingError::Malformed("head index out of range"));
+            return Err(SimRingError::Malformed("head index out of range"));
         }
         let mut idx = head;
         loop {
             if segs.len() >= usize::from(self.size) {
-                return Err(RingError::Malformed(
+                return Err(SimRingError::Malformed(
                     "descriptor chain longer than the ring",
                 ));
             }
-            let mut d = [0u8; DESC_SIZE as usize];
-            dma.read(self.desc + DESC_SIZE * u64::from(idx), &mut d)?;
+            let mut d = [0u8; DESC_SIZE];
+            dma.read(
+                Self::at(self.desc, ring::desc_offset(usize::from(idx))),
+                &mut d,
+            )?;
             let addr = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
             let len = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
             let flags = u16::from_le_bytes([d[12], d[13]]);
             let next = u16::from_le_bytes([d[14], d[15]]);
-            if flags & DESC_F_INDIRECT != 0 {
-                return Err(RingError::Malformed("indirect descriptor (not offered)"));
+            if flags & VRING_DESC_F_INDIRECT != 0 {
+                return Err(SimRingError::Malformed("indirect descriptor (not offered)"));
             }
             segs.push(Seg {
                 addr,
                 len,
-                writable: flags & DESC_F_WRITE != 0,
+                writable: flags & VRING_DESC_F_WRITE != 0,
             });
-            if flags & DESC_F_NEXT == 0 {
+            if flags & VRING_DESC_F_NEXT == 0 {
                 return Ok(());
             }
             if next >= self.size {
-                return Err(RingError::Malformed("next index out of range"));
+                return Err(SimRingError::Malformed("next index out of range"));
             }
             idx = next;
         }
@@ -127,8 +138,8 @@ impl SplitRing {
 
     /// Writes a used element at the device's next used slot (not yet published).
     pub(crate) fn add_used(&mut self, dma: &Dma, head: u16, len: u32) -> Result<(), DmaFault> {
-        let slot = self.used + 4 + USED_ELEM_SIZE * self.mask(self.used_idx);
-        let mut e = [0u8; 8];
+        let slot = Self::at(self.used, ring::used_slot_offset(self.mask(self.used_idx)));
+        let mut e = [0u8; ring::USED_ELEM_SIZE];
         e[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         e[4..].copy_from_slice(&len.to_le_bytes());
         dma.write(slot, &e)?;
@@ -139,15 +150,15 @@ impl SplitRing {
     /// Publishes every used element written so far (Release: elements before index).
     pub(crate) fn publish(&self, dma: &Dma) -> Result<(), DmaFault> {
         fence(Ordering::Release);
-        dma.write_u16(self.used + 2, self.used_idx)
+        dma.write_u16(Self::at(self.used, ring::USED_IDX_OFFSET), self.used_idx)
     }
 
     /// Tells the driver which avail index to kick at next (EVENT_IDX), then re-reads
     /// the avail index so that a buffer added meanwhile is not missed. Returns whether
     /// more chains are pending.
-    pub(crate) fn arm_kick(&self, dma: &Dma) -> Result<bool, RingError> {
+    pub(crate) fn arm_kick(&self, dma: &Dma) -> Result<bool, SimRingError> {
         if self.event_idx {
-            let avail_event = self.used + 4 + USED_ELEM_SIZE * u64::from(self.size);
+            let avail_event = Self::at(self.used, ring::avail_event_offset(usize::from(self.size)));
             dma.write_u16(avail_event, self.last_avail)?;
             fence(Ordering::SeqCst);
         }
@@ -165,10 +176,14 @@ impl SplitRing {
         }
         self.signalled = new;
         if self.event_idx {
-            let used_event = dma.read_u16(self.avail + 4 + 2 * u64::from(self.size))?;
+            let used_event = dma.read_u16(Self::at(
+                self.avail,
+                ring::used_event_offset(usize::from(self.size)),
+            ))?;
             Ok(need_event(used_event, new, old))
         } else {
-            Ok(dma.read_u16(self.avail)? & AVAIL_F_NO_INTERRUPT == 0)
+            let flags = dma.read_u16(Self::at(self.avail, ring::AVAIL_FLAGS_OFFSET))?;
+            Ok(flags & VRING_AVAIL_F_NO_INTERRUPT == 0)
         }
     }
 }

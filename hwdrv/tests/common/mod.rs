@@ -10,10 +10,11 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hwdrv::spec::ring::{DESC_F_NEXT, DESC_F_WRITE};
-use hwdrv::spec::NET_HDR_LEN;
 use hwdrv::{OffloadDatapath, SimConfig, SimNic};
-use vdpa::features::{Negotiated, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1};
+use vdpa::features::Negotiated;
+use vdpa::virtio::features::{VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1};
+use vdpa::virtio::net_hdr::{NET_HDR_LEN, NUM_BUFFERS_OFFSET};
+use vdpa::virtio::ring::{self, DESC_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vdpa::{
     GuestMemory, MemoryRegion, QueueCounters, QueuePairConfig, QueueStats, RingAddrs, RingConfig,
     RingEvents,
@@ -110,6 +111,16 @@ impl Guest {
 }
 
 /// Driver side of one split ring.
+/// The guest address `off` bytes into the ring area at `area`.
+fn at(area: u64, off: usize) -> u64 {
+    area + off as u64
+}
+
+/// The guest address of descriptor `i` of the table at `table`.
+fn desc_at(table: u64, i: u16) -> u64 {
+    at(table, ring::desc_offset(usize::from(i)))
+}
+
 pub struct DriverRing {
     pub size: u16,
     pub addrs: RingAddrs,
@@ -122,11 +133,12 @@ pub struct DriverRing {
 
 impl DriverRing {
     pub fn new(g: &mut Guest, size: u16, event_idx: bool, start: u16) -> Self {
-        let desc = g.alloc(16 * u64::from(size), 4096);
-        let avail = g.alloc(6 + 2 * u64::from(size), 64);
-        let used = g.alloc(6 + 8 * u64::from(size), 4096);
-        g.write_u16(avail + 2, start);
-        g.write_u16(used + 2, start);
+        let (desc_len, avail_len, used_len) = ring::area_sizes(size);
+        let desc = g.alloc(desc_len, 4096);
+        let avail = g.alloc(avail_len, 64);
+        let used = g.alloc(used_len, 4096);
+        g.write_u16(at(avail, ring::AVAIL_IDX_OFFSET), start);
+        g.write_u16(at(used, ring::USED_IDX_OFFSET), start);
         DriverRing {
             size,
             addrs: RingAddrs { desc, avail, used },
@@ -147,23 +159,26 @@ impl DriverRing {
         assert!(bufs.len() <= self.free.len(), "ring full");
         let idx: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().unwrap()).collect();
         for (i, (gpa, len, w)) in bufs.iter().enumerate() {
-            let mut flags = if *w { DESC_F_WRITE } else { 0 };
+            let mut flags = if *w { VRING_DESC_F_WRITE } else { 0 };
             let next = if i + 1 < bufs.len() {
-                flags |= DESC_F_NEXT;
+                flags |= VRING_DESC_F_NEXT;
                 idx[i + 1]
             } else {
                 0
             };
-            let mut d = [0u8; 16];
+            let mut d = [0u8; DESC_SIZE];
             d[..8].copy_from_slice(&gpa.to_le_bytes());
             d[8..12].copy_from_slice(&len.to_le_bytes());
             d[12..14].copy_from_slice(&flags.to_le_bytes());
             d[14..].copy_from_slice(&next.to_le_bytes());
-            g.write(self.addrs.desc + 16 * u64::from(idx[i]), &d);
+            g.write(desc_at(self.addrs.desc, idx[i]), &d);
         }
         let head = idx[0];
         self.chain_len[usize::from(head)] = bufs.len() as u16;
-        let slot = self.addrs.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
+        let slot = at(
+            self.addrs.avail,
+            ring::avail_slot_offset(usize::from(self.avail_idx % self.size)),
+        );
         g.write_u16(slot, head);
         self.avail_idx = self.avail_idx.wrapping_add(1);
         // Next descriptor indices are remembered through the table itself.
@@ -173,23 +188,21 @@ impl DriverRing {
     /// Publishes queued chains (Release).
     pub fn publish(&self, g: &Guest) {
         fence(Ordering::Release);
-        g.write_u16(self.addrs.avail + 2, self.avail_idx);
+        g.write_u16(at(self.addrs.avail, ring::AVAIL_IDX_OFFSET), self.avail_idx);
         fence(Ordering::SeqCst);
     }
 
     /// Asks for an interrupt at the next used element (EVENT_IDX used_event).
     pub fn want_interrupt(&self, g: &Guest) {
         if self.event_idx {
-            g.write_u16(
-                self.addrs.avail + 4 + 2 * u64::from(self.size),
-                self.last_used,
-            );
+            let used_event = ring::used_event_offset(usize::from(self.size));
+            g.write_u16(at(self.addrs.avail, used_event), self.last_used);
             fence(Ordering::SeqCst);
         }
     }
 
     pub fn device_used(&self, g: &Guest) -> u16 {
-        let v = g.read_u16(self.addrs.used + 2);
+        let v = g.read_u16(at(self.addrs.used, ring::USED_IDX_OFFSET));
         fence(Ordering::Acquire);
         v
     }
@@ -199,7 +212,10 @@ impl DriverRing {
         if self.device_used(g) == self.last_used {
             return None;
         }
-        let e = self.addrs.used + 4 + 8 * u64::from(self.last_used % self.size);
+        let e = at(
+            self.addrs.used,
+            ring::used_slot_offset(usize::from(self.last_used % self.size)),
+        );
         let id = g.read_u32(e) as u16;
         let len = g.read_u32(e + 4);
         self.last_used = self.last_used.wrapping_add(1);
@@ -208,7 +224,7 @@ impl DriverRing {
         for _ in 0..self.chain_len[usize::from(id)] {
             self.free.push(d);
             let mut flags = [0u8; 4];
-            g.read(self.addrs.desc + 16 * u64::from(d) + 12, &mut flags);
+            g.read(desc_at(self.addrs.desc, d) + 12, &mut flags);
             d = u16::from_le_bytes([flags[2], flags[3]]);
         }
         self.chain_len[usize::from(id)] = 0;
@@ -398,7 +414,7 @@ impl PairRig {
         };
         let mut data = vec![0u8; len as usize];
         g.read(self.rx_bufs + SLOT * u64::from(head), &mut data);
-        let nbuf = u16::from_le_bytes([data[10], data[11]]);
+        let nbuf = u16::from_le_bytes([data[NUM_BUFFERS_OFFSET], data[NUM_BUFFERS_OFFSET + 1]]);
         let mut heads = vec![head];
         for _ in 1..nbuf {
             let (h, l) = loop {

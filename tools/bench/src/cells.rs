@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::vdpad::Tuning;
+use crate::vdpad::TuningOverrides;
 
 /// The vhost-user frontend that plays the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,11 +47,11 @@ impl Frontend {
 /// Which backend serves the socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Backend {
+pub enum VhostBackend {
     /// A: `dpdk-testpmd --vdev net_vhost0`, io forwarding in loop topology.
     Dpdk,
     /// B: `vdpad` with one loopback device and this tuning.
-    Vdpad(Tuning),
+    Vdpad(TuningOverrides),
 }
 
 /// One configuration run in a cell.
@@ -60,7 +60,7 @@ pub struct Variant {
     /// Name in tables and files (`A`, `B`, `event_idx=off,burst=8`, ...).
     pub name: String,
     /// The backend.
-    pub backend: Backend,
+    pub backend: VhostBackend,
 }
 
 /// Main cells compare A with B; seed cells compare vdpad configurations.
@@ -96,18 +96,18 @@ pub struct Cell {
 pub const B_BUSY_POLL_US: u32 = 200;
 
 fn ab(b_busy_poll_us: u32) -> Vec<Variant> {
-    let tuning = Tuning {
+    let tuning = TuningOverrides {
         busy_poll_us: (b_busy_poll_us > 0).then_some(b_busy_poll_us),
         ..Default::default()
     };
     vec![
         Variant {
             name: "A".into(),
-            backend: Backend::Dpdk,
+            backend: VhostBackend::Dpdk,
         },
         Variant {
             name: "B".into(),
-            backend: Backend::Vdpad(tuning),
+            backend: VhostBackend::Vdpad(tuning),
         },
     ]
 }
@@ -167,10 +167,10 @@ pub fn main_cells(b_busy_poll_us: u32) -> Vec<Cell> {
     v
 }
 
-fn vdpad(name: String, t: Tuning) -> Variant {
+fn vdpad(name: String, t: TuningOverrides) -> Variant {
     Variant {
         name,
-        backend: Backend::Vdpad(t),
+        backend: VhostBackend::Vdpad(t),
     }
 }
 
@@ -179,7 +179,7 @@ fn vdpad(name: String, t: Tuning) -> Variant {
 fn coalesce_variants() -> Vec<Variant> {
     let mut v = vec![vdpad(
         "coalesce=off".into(),
-        Tuning {
+        TuningOverrides {
             rx_coalesce_frames: Some(0),
             rx_coalesce_usecs: Some(0),
             ..Default::default()
@@ -188,7 +188,7 @@ fn coalesce_variants() -> Vec<Variant> {
     for us in [20, 100] {
         v.push(vdpad(
             format!("frames=32,usecs={us}"),
-            Tuning {
+            TuningOverrides {
                 rx_coalesce_frames: Some(32),
                 rx_coalesce_usecs: Some(us),
                 ..Default::default()
@@ -204,7 +204,7 @@ fn busy_poll_variants(values: &[u32]) -> Vec<Variant> {
         .map(|&us| {
             vdpad(
                 format!("busy_poll_us={us}"),
-                Tuning {
+                TuningOverrides {
                     busy_poll_us: Some(us),
                     ..Default::default()
                 },
@@ -222,7 +222,7 @@ pub fn seed_cells() -> Vec<Cell> {
         for burst in [8, 32, 64, 128] {
             notify.push(vdpad(
                 format!("event_idx={},burst={burst}", if ei { "on" } else { "off" }),
-                Tuning {
+                TuningOverrides {
                     event_idx: Some(ei),
                     burst: Some(burst),
                     ..Default::default()

@@ -127,7 +127,7 @@ impl Machine {
 
 /// The source tree the binaries came from.
 #[derive(Debug, Clone, Serialize)]
-pub struct Source {
+pub struct SourceTree {
     /// `git rev-parse HEAD`.
     pub commit: String,
     /// Whether the working tree had uncommitted changes (the binaries may include them).
@@ -136,9 +136,9 @@ pub struct Source {
     pub subject: String,
 }
 
-impl Source {
+impl SourceTree {
     /// Reads the git state of `dir`.
-    pub fn probe(dir: &Path) -> Source {
+    pub fn probe(dir: &Path) -> SourceTree {
         let git = |args: &[&str]| {
             Command::new("git")
                 .arg("-C")
@@ -149,7 +149,7 @@ impl Source {
                 .filter(|o| o.status.success())
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         };
-        Source {
+        SourceTree {
             commit: git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into()),
             dirty: git(&["status", "--porcelain", "--untracked-files=no"])
                 .is_some_and(|s| !s.is_empty()),

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
-use cells::{Backend, Cell};
+use cells::{Cell, VhostBackend};
 use runner::{Pinning, Run, Settings};
 use testpmd::Memory;
 
@@ -154,7 +154,7 @@ struct Results<'a> {
     date: String,
     finished: Option<String>,
     command: String,
-    source: &'a machine::Source,
+    source: &'a machine::SourceTree,
     machine: &'a machine::Machine,
     settings: &'a Recorded,
     load_start: [f64; 3],
@@ -252,13 +252,13 @@ fn run_variant(
     rep: usize,
 ) -> Run {
     let unsupported: Vec<&str> = match &v.backend {
-        Backend::Vdpad(t) => t
+        VhostBackend::Vdpad(t) => t
             .keys()
             .into_iter()
             .map(|(k, _)| k)
             .filter(|k| !accepted.get(*k).copied().unwrap_or(false))
             .collect(),
-        Backend::Dpdk => Vec::new(),
+        VhostBackend::Dpdk => Vec::new(),
     };
     if !unsupported.is_empty() {
         return Run {
@@ -497,7 +497,7 @@ fn real_main() -> Result<ExitCode> {
         wait_for_load(l, Duration::from_secs(args.wait_max));
     }
     let mach = machine::Machine::probe();
-    let source = machine::Source::probe(vdpad_bin.parent().unwrap_or(Path::new(".")));
+    let source = machine::SourceTree::probe(vdpad_bin.parent().unwrap_or(Path::new(".")));
     let load_start = machine::loadavg();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     eprintln!(

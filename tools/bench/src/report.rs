@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::cells::{Backend, Cell, Frontend, Group};
+use crate::cells::{Cell, Frontend, Group, VhostBackend};
 use crate::runner::Run;
 use crate::stats::{ratio, Spread};
 
@@ -99,8 +99,8 @@ pub fn summarise(cell: &Cell, runs: &[Run]) -> CellSummary {
         variants.push(VariantSummary {
             name: v.name.clone(),
             backend: match &v.backend {
-                Backend::Dpdk => "dpdk".into(),
-                Backend::Vdpad(t) => format!("vdpad ({})", t.label()),
+                VhostBackend::Dpdk => "dpdk".into(),
+                VhostBackend::Vdpad(t) => format!("vdpad ({})", t.label()),
             },
             runs: all.len(),
             ok_runs: ok.len(),

@@ -8,12 +8,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cells::{Backend, Cell, Frontend, Variant};
+use crate::cells::{Cell, Frontend, Variant, VhostBackend};
 use crate::machine;
 use crate::proc::{self, Proc, Spawn};
 use crate::stats;
 use crate::testpmd::{self, Memory, Testpmd};
-use crate::vdpad::{self, Daemon, PairCounters};
+use crate::vdpad::{self, PairCounters, VdpadProcess};
 
 /// How vdpad's worker is pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -153,7 +153,7 @@ struct Mark {
 
 enum BackendProc {
     Dpdk(Proc, Testpmd),
-    Vdpad(Daemon),
+    Vdpad(VdpadProcess),
 }
 
 impl BackendProc {
@@ -240,7 +240,7 @@ fn tag(cell: &Cell, v: &Variant, rep: usize) -> String {
 fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<BackendProc> {
     let _ = std::fs::remove_file(socket);
     match &v.backend {
-        Backend::Dpdk => {
+        VhostBackend::Dpdk => {
             let tp = Testpmd::vhost_backend(socket, s.be_cpu, &be_prefix(), s.memory);
             tp.cleanup();
             let spawn = tp.spawn(
@@ -256,7 +256,7 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
             }
             Ok(BackendProc::Dpdk(p, tp))
         }
-        Backend::Vdpad(tuning) => {
+        VhostBackend::Vdpad(tuning) => {
             let run_dir = s.work.join("run");
             let worker = (s.pinning == Pinning::ConfigCpus).then_some(s.be_cpu);
             let cfg = vdpad::config_toml(&run_dir, socket, worker, tuning);
@@ -274,7 +274,7 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
             }
             let mut p = spawn.start()?;
             wait_socket(&mut p, socket, Duration::from_secs(15))?;
-            Ok(BackendProc::Vdpad(Daemon::new(
+            Ok(BackendProc::Vdpad(VdpadProcess::new(
                 p,
                 s.vdpactl.clone(),
                 run_dir.join("control.sock"),
@@ -286,10 +286,10 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
 /// The backend's command line as the report shows it.
 fn backend_cmd(s: &Settings, v: &Variant, socket: &Path) -> String {
     match &v.backend {
-        Backend::Dpdk => Testpmd::vhost_backend(socket, s.be_cpu, &be_prefix(), s.memory)
+        VhostBackend::Dpdk => Testpmd::vhost_backend(socket, s.be_cpu, &be_prefix(), s.memory)
             .spawn("", &s.testpmd, Path::new(""))
             .command_line(),
-        Backend::Vdpad(t) => {
+        VhostBackend::Vdpad(t) => {
             let pin = match s.pinning {
                 Pinning::ConfigCpus => format!("cpus=[{}]", s.be_cpu),
                 Pinning::Affinity => format!("taskset -c {}", s.be_cpu),

@@ -43,23 +43,23 @@ pub(crate) fn connect_with_retry(path: &Path, timeout: Duration) -> Result<UnixS
 }
 
 /// A live vhost-user connection.
-pub struct Connection {
+pub struct FrontendConnection {
     frontend: Frontend,
     stream: UnixStream,
     /// Header flag bits applied to every request.
     flags: u32,
 }
 
-impl std::fmt::Debug for Connection {
+impl std::fmt::Debug for FrontendConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
+        f.debug_struct("FrontendConnection")
             .field("stream", &self.stream)
             .field("flags", &self.flags)
             .finish_non_exhaustive()
     }
 }
 
-impl Connection {
+impl FrontendConnection {
     /// Wraps a connected socket. `max_rings` bounds the ring indices the frontend library
     /// accepts; `reply_timeout` bounds every wait for a reply.
     pub fn new(

@@ -17,21 +17,21 @@
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::memory::{Allocator, GuestMemory, MemoryError};
-use crate::virtio::{
-    vring_need_event, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+use crate::memory::{Allocator, RigMemory, RigMemoryError};
+use vdpa::virtio::ring::{
+    self, need_event, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
 };
 
 /// Errors of the driver ring.
 #[derive(Debug, thiserror::Error)]
-pub enum RingError {
+pub enum DriverRingError {
     /// The queue size is not a power of two in 1..=32768.
     #[error("queue size {0} is not a power of two in 1..=32768")]
     BadSize(u32),
     /// The ring areas are not inside guest memory or misaligned.
     #[error("ring area is not valid guest memory")]
-    Memory(#[source] MemoryError),
+    Memory(#[source] RigMemoryError),
     /// Not enough free descriptors for the chain.
     #[error("not enough free descriptors: need {need}, have {have}")]
     Full {
@@ -67,7 +67,7 @@ pub enum RingError {
 
 /// One buffer of a descriptor chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
+pub struct DriverSegment {
     /// Guest-physical address.
     pub gpa: u64,
     /// Length in bytes.
@@ -123,44 +123,34 @@ pub struct RingLayout {
 }
 
 impl RingLayout {
-    /// Bytes of the descriptor table.
-    pub(crate) fn desc_bytes(size: u16) -> u64 {
-        16 * u64::from(size)
-    }
-    /// Bytes of the avail ring including `used_event`.
-    pub(crate) fn avail_bytes(size: u16) -> u64 {
-        6 + 2 * u64::from(size)
-    }
-    /// Bytes of the used ring including `avail_event`.
-    pub(crate) fn used_bytes(size: u16) -> u64 {
-        6 + 8 * u64::from(size)
-    }
     /// Guest memory needed by [`RingLayout::allocate`] (upper bound, with alignment).
-    pub(crate) fn footprint(size: u16) -> u64 {
-        let a = Self::desc_bytes(size) + Self::avail_bytes(size);
-        a.div_ceil(4096) * 4096 + Self::used_bytes(size).div_ceil(4096) * 4096 + 4096
+    pub fn footprint(size: u16) -> u64 {
+        let (desc, avail, used) = ring::area_sizes(size);
+        (desc + avail).div_ceil(4096) * 4096 + used.div_ceil(4096) * 4096 + 4096
     }
     /// Allocates a ring of `size` descriptors: the table page aligned with the avail ring
     /// right after it, the used ring on its own page aligned area.
-    pub fn allocate(alloc: &mut Allocator, size: u16) -> Result<Self, RingError> {
+    pub fn allocate(alloc: &mut Allocator, size: u16) -> Result<Self, DriverRingError> {
         check_size(u32::from(size))?;
-        let front = Self::desc_bytes(size) + Self::avail_bytes(size);
-        let desc = alloc.alloc(front, 4096).map_err(RingError::Memory)?;
+        let (desc_len, avail_len, used_len) = ring::area_sizes(size);
+        let desc = alloc
+            .alloc(desc_len + avail_len, 4096)
+            .map_err(DriverRingError::Memory)?;
         let used = alloc
-            .alloc(Self::used_bytes(size), 4096)
-            .map_err(RingError::Memory)?;
+            .alloc(used_len, 4096)
+            .map_err(DriverRingError::Memory)?;
         Ok(Self {
             size,
             desc,
-            avail: desc + Self::desc_bytes(size),
+            avail: desc + desc_len,
             used,
         })
     }
 }
 
-fn check_size(size: u32) -> Result<(), RingError> {
-    if size == 0 || size > u32::from(MAX_QUEUE_SIZE) || !size.is_power_of_two() {
-        return Err(RingError::BadSize(size));
+fn check_size(size: u32) -> Result<(), DriverRingError> {
+    if !ring::is_valid_size(size) {
+        return Err(DriverRingError::BadSize(size));
     }
     Ok(())
 }
@@ -175,7 +165,7 @@ struct RawChain {
 /// Driver side of one split ring.
 #[derive(Debug)]
 pub struct DriverRing {
-    mem: Arc<GuestMemory>,
+    mem: Arc<RigMemory>,
     layout: RingLayout,
     desc: *mut u8,
     avail: *mut u8,
@@ -192,7 +182,7 @@ pub struct DriverRing {
     avail_idx: u16,
     /// Value last stored to `avail->idx`.
     published: u16,
-    /// `avail->idx` value at the last kick decision (the `old` of vring_need_event).
+    /// `avail->idx` value at the last kick decision (the `old` of need_event).
     kicked: u16,
     /// Next used index to consume.
     last_used: u16,
@@ -210,35 +200,33 @@ impl DriverRing {
     /// `used->idx` and our indices to `initial_index` (the value to send with
     /// SET_VRING_BASE), as a guest that has already used the ring would have them.
     pub fn new(
-        mem: Arc<GuestMemory>,
+        mem: Arc<RigMemory>,
         layout: RingLayout,
         initial_index: u16,
-    ) -> Result<Self, RingError> {
+    ) -> Result<Self, DriverRingError> {
         let size = layout.size;
         check_size(u32::from(size))?;
-        if !layout.desc.is_multiple_of(16)
-            || !layout.avail.is_multiple_of(2)
-            || !layout.used.is_multiple_of(4)
-        {
-            return Err(RingError::Memory(MemoryError::Layout(format!(
+        if !ring::areas_aligned(layout.desc, layout.avail, layout.used) {
+            return Err(DriverRingError::Memory(RigMemoryError::Layout(format!(
                 "misaligned ring {layout:x?}"
             ))));
         }
+        let (desc_len, avail_len, used_len) = ring::area_sizes(size);
         let desc = mem
-            .host_ptr(layout.desc, RingLayout::desc_bytes(size))
-            .map_err(RingError::Memory)?;
+            .host_ptr(layout.desc, desc_len)
+            .map_err(DriverRingError::Memory)?;
         let avail = mem
-            .host_ptr(layout.avail, RingLayout::avail_bytes(size))
-            .map_err(RingError::Memory)?;
+            .host_ptr(layout.avail, avail_len)
+            .map_err(DriverRingError::Memory)?;
         let used = mem
-            .host_ptr(layout.used, RingLayout::used_bytes(size))
-            .map_err(RingError::Memory)?;
+            .host_ptr(layout.used, used_len)
+            .map_err(DriverRingError::Memory)?;
         for (gpa, len) in [
-            (layout.desc, RingLayout::desc_bytes(size)),
-            (layout.avail, RingLayout::avail_bytes(size)),
-            (layout.used, RingLayout::used_bytes(size)),
+            (layout.desc, desc_len),
+            (layout.avail, avail_len),
+            (layout.used, used_len),
         ] {
-            mem.fill(gpa, len, 0).map_err(RingError::Memory)?;
+            mem.fill(gpa, len, 0).map_err(DriverRingError::Memory)?;
         }
         let ring = Self {
             mem,
@@ -281,28 +269,28 @@ impl DriverRing {
         unsafe { &*(base.add(off) as *const AtomicU16) }
     }
     fn avail_flags_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.avail, 0)
+        self.u16_at(self.avail, ring::AVAIL_FLAGS_OFFSET)
     }
     fn avail_idx_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.avail, 2)
+        self.u16_at(self.avail, ring::AVAIL_IDX_OFFSET)
     }
     fn avail_entry_ref(&self, slot: u16) -> &AtomicU16 {
-        self.u16_at(self.avail, 4 + 2 * usize::from(slot))
+        self.u16_at(self.avail, ring::avail_slot_offset(usize::from(slot)))
     }
     fn used_event_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.avail, 4 + 2 * usize::from(self.size))
+        self.u16_at(self.avail, ring::used_event_offset(usize::from(self.size)))
     }
     fn used_flags_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.used, 0)
+        self.u16_at(self.used, ring::USED_FLAGS_OFFSET)
     }
     fn used_idx_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.used, 2)
+        self.u16_at(self.used, ring::USED_IDX_OFFSET)
     }
     fn avail_event_ref(&self) -> &AtomicU16 {
-        self.u16_at(self.used, 4 + 8 * usize::from(self.size))
+        self.u16_at(self.used, ring::avail_event_offset(usize::from(self.size)))
     }
     fn used_elem(&self, slot: u16) -> (u32, u32) {
-        let off = 4 + 8 * usize::from(slot);
+        let off = ring::used_slot_offset(usize::from(slot));
         // SAFETY: slot < size, so off..off+8 is inside the used area validated in `new`;
         // the used area is 4-byte aligned and `off` is a multiple of 4.
         let (id, len) = unsafe {
@@ -318,18 +306,20 @@ impl DriverRing {
     }
     fn write_desc(&self, index: u16, d: RawDesc) {
         debug_assert!(index < self.size);
-        let mut bytes = [0u8; 16];
+        let mut bytes = [0u8; ring::DESC_SIZE];
         bytes[0..8].copy_from_slice(&d.addr.to_le_bytes());
         bytes[8..12].copy_from_slice(&d.len.to_le_bytes());
         bytes[12..14].copy_from_slice(&d.flags.to_le_bytes());
         bytes[14..16].copy_from_slice(&d.next.to_le_bytes());
-        // SAFETY: index < size, so the 16 bytes at desc + 16*index are inside the
+        // SAFETY: index < size, so the 16 bytes of descriptor `index` are inside the
         // descriptor table validated in `new`. The descriptor is free (owned by the
         // driver), so the device does not read it concurrently; a volatile write keeps the
         // compiler from eliding stores to memory another process reads.
         unsafe {
             std::ptr::write_volatile(
-                self.desc.add(16 * usize::from(index)).cast::<[u8; 16]>(),
+                self.desc
+                    .add(ring::desc_offset(usize::from(index)))
+                    .cast::<[u8; ring::DESC_SIZE]>(),
                 bytes,
             )
         };
@@ -350,7 +340,7 @@ impl DriverRing {
         &self.layout
     }
     /// The guest memory the ring lives in.
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<RigMemory> {
         &self.mem
     }
     /// Number of descriptors.
@@ -362,7 +352,7 @@ impl DriverRing {
         self.free.len()
     }
     /// True when a chain of `n` descriptors can be added now.
-    pub(crate) fn can_add(&self, n: usize) -> bool {
+    pub fn can_add(&self, n: usize) -> bool {
         n <= self.free.len() && self.avail_slot_free()
     }
     /// Normal chains made available and not yet returned.
@@ -382,7 +372,7 @@ impl DriverRing {
         self.last_used
     }
     /// The device's `used->idx` (Acquire load).
-    pub(crate) fn device_used_idx(&self) -> u16 {
+    pub fn device_used_idx(&self) -> u16 {
         u16::from_le(self.used_idx_ref().load(Ordering::Acquire))
     }
     /// The device's `avail_event` (meaningful with EVENT_IDX).
@@ -390,7 +380,7 @@ impl DriverRing {
         u16::from_le(self.avail_event_ref().load(Ordering::Acquire))
     }
     /// The device's used-ring flags.
-    pub(crate) fn device_used_flags(&self) -> u16 {
+    pub fn device_used_flags(&self) -> u16 {
         u16::from_le(self.used_flags_ref().load(Ordering::Acquire))
     }
     /// The `used_event` we last wrote.
@@ -406,24 +396,24 @@ impl DriverRing {
 
     /// Writes a chain into free descriptors and queues its head in the avail ring (not yet
     /// visible to the device: call [`DriverRing::publish`]). Returns the head index.
-    pub fn add_chain(&mut self, segs: &[Segment]) -> Result<u16, RingError> {
+    pub fn add_chain(&mut self, segs: &[DriverSegment]) -> Result<u16, DriverRingError> {
         let n = segs.len();
         if n == 0 {
-            return Err(RingError::EmptyChain);
+            return Err(DriverRingError::EmptyChain);
         }
         if n > self.free.len() {
-            return Err(RingError::Full {
+            return Err(DriverRingError::Full {
                 need: n,
                 have: self.free.len(),
             });
         }
         if !self.avail_slot_free() {
-            return Err(RingError::AvailFull);
+            return Err(DriverRingError::AvailFull);
         }
         for s in segs {
             self.mem
                 .host_ptr(s.gpa, u64::from(s.len))
-                .map_err(RingError::Memory)?;
+                .map_err(DriverRingError::Memory)?;
         }
         // The chain takes the top `n` entries of the free stack; the top one is the head.
         let base = self.free.len() - n;
@@ -501,7 +491,7 @@ impl DriverRing {
             return false;
         }
         if self.event_idx {
-            vring_need_event(self.device_avail_event(), new, old)
+            need_event(self.device_avail_event(), new, old)
         } else {
             self.device_used_flags() & VRING_USED_F_NO_NOTIFY == 0
         }
@@ -515,7 +505,7 @@ impl DriverRing {
     }
 
     /// Takes the next used element, returning its chain's descriptors to the free list.
-    pub fn pop_used(&mut self) -> Result<Option<UsedElem>, RingError> {
+    pub fn pop_used(&mut self) -> Result<Option<UsedElem>, DriverRingError> {
         // Acquire: pairs with the device's Release store of used->idx, so the used element
         // and the buffer contents it wrote before it are visible to us afterwards.
         let now = self.device_used_idx();
@@ -523,7 +513,7 @@ impl DriverRing {
             return Ok(None);
         }
         if now.wrapping_sub(self.last_used) > self.size {
-            return Err(RingError::UsedIdxJump {
+            return Err(DriverRingError::UsedIdxJump {
                 last: self.last_used,
                 now,
             });
@@ -537,7 +527,7 @@ impl DriverRing {
             let head = u16::try_from(id)
                 .ok()
                 .filter(|&h| h < self.size && self.chain_len[usize::from(h)] != 0)
-                .ok_or(RingError::BadUsedId { id })?;
+                .ok_or(DriverRingError::BadUsedId { id })?;
             let n = self.chain_len[usize::from(head)];
             self.chain_len[usize::from(head)] = 0;
             let mut idx = head;
@@ -610,12 +600,17 @@ impl DriverRing {
         self.has_used()
     }
 
+    /// Whether interrupts are currently enabled.
+    pub fn interrupts_enabled(&self) -> bool {
+        self.irq_enabled
+    }
+
     // ---- hostile descriptors ----
 
     /// Takes `n` descriptors off the free list for raw use.
-    pub fn reserve(&mut self, n: usize) -> Result<Vec<u16>, RingError> {
+    pub fn reserve(&mut self, n: usize) -> Result<Vec<u16>, DriverRingError> {
         if n > self.free.len() {
-            return Err(RingError::Full {
+            return Err(DriverRingError::Full {
                 need: n,
                 have: self.free.len(),
             });
@@ -627,9 +622,9 @@ impl DriverRing {
     }
 
     /// Writes an arbitrary descriptor at `index` (which must be one we reserved).
-    pub fn write_raw_desc(&mut self, index: u16, d: RawDesc) -> Result<(), RingError> {
+    pub fn write_raw_desc(&mut self, index: u16, d: RawDesc) -> Result<(), DriverRingError> {
         if index >= self.size {
-            return Err(RingError::BadIndex(index));
+            return Err(DriverRingError::BadIndex(index));
         }
         self.write_desc(index, d);
         Ok(())
@@ -637,9 +632,9 @@ impl DriverRing {
 
     /// Queues an arbitrary head value in the avail ring; `descs` are the descriptors it
     /// owns, returned to the free list if the device ever completes `head`.
-    pub fn add_raw_head(&mut self, head: u16, descs: Vec<u16>) -> Result<(), RingError> {
+    pub fn add_raw_head(&mut self, head: u16, descs: Vec<u16>) -> Result<(), DriverRingError> {
         if !self.avail_slot_free() {
-            return Err(RingError::AvailFull);
+            return Err(DriverRingError::AvailFull);
         }
         self.push_avail(head);
         self.raw.push(RawChain { head, descs });

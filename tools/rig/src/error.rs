@@ -3,8 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::driver_ring::RingError;
-use crate::memory::MemoryError;
+use crate::driver_ring::DriverRingError;
+use crate::memory::RigMemoryError;
 use crate::txq::QueueError;
 
 /// Everything that can go wrong in a rig session.
@@ -15,10 +15,10 @@ pub enum RigError {
     Options(String),
     /// Guest memory could not be created or laid out.
     #[error("guest memory")]
-    Memory(#[from] MemoryError),
+    Memory(#[from] RigMemoryError),
     /// A ring could not be laid out.
     #[error("ring layout")]
-    Ring(#[from] RingError),
+    Ring(#[from] DriverRingError),
     /// An eventfd could not be created.
     #[error("cannot create an eventfd")]
     Eventfd(#[source] io::Error),

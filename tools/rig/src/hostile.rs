@@ -13,14 +13,13 @@ use crate::driver_ring::{DriverRing, RawDesc};
 use crate::error::RigError;
 use crate::frame::{build_frame, MIN_FRAME};
 use crate::rig::Rig;
-use crate::virtio::{
-    VirtioNetHdr, VIRTIO_NET_HDR_LEN, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT,
-    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use vdpa::virtio::features::VIRTIO_RING_F_INDIRECT_DESC;
+use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
+use vdpa::virtio::ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 /// Which ring of a pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Direction {
+pub enum PairRing {
     /// The TX ring (device reads).
     Tx,
     /// The RX ring (device writes).
@@ -76,10 +75,10 @@ impl Hostile {
 
     /// Whether the kind makes sense on `dir` (WriteOnlyOnTx only on TX, ReadOnlyOnRx only
     /// on RX, the rest on both).
-    pub fn applies_to(self, dir: Direction) -> bool {
+    pub fn applies_to(self, dir: PairRing) -> bool {
         match self {
-            Hostile::WriteOnlyOnTx => dir == Direction::Tx,
-            Hostile::ReadOnlyOnRx => dir == Direction::Rx,
+            Hostile::WriteOnlyOnTx => dir == PairRing::Tx,
+            Hostile::ReadOnlyOnRx => dir == PairRing::Rx,
             _ => true,
         }
     }
@@ -107,15 +106,15 @@ impl Rig {
     fn ring_for(
         &mut self,
         pair: usize,
-        dir: Direction,
+        dir: PairRing,
     ) -> Result<(usize, &mut DriverRing), RigError> {
         let p = self
             .pairs_mut()
             .get_mut(pair)
             .ok_or_else(|| RigError::Options(format!("no queue pair {pair}")))?;
         Ok(match dir {
-            Direction::Tx => (p.tx.index(), p.tx.ring_mut()),
-            Direction::Rx => (p.rx.index(), p.rx.ring_mut()),
+            PairRing::Tx => (p.tx.index(), p.tx.ring_mut()),
+            PairRing::Rx => (p.rx.index(), p.rx.ring_mut()),
         })
     }
 
@@ -123,7 +122,7 @@ impl Rig {
     pub fn reserve_descs(
         &mut self,
         pair: usize,
-        dir: Direction,
+        dir: PairRing,
         n: usize,
     ) -> Result<Vec<u16>, RigError> {
         let (ring, r) = self.ring_for(pair, dir)?;
@@ -135,7 +134,7 @@ impl Rig {
     pub fn write_raw_desc(
         &mut self,
         pair: usize,
-        dir: Direction,
+        dir: PairRing,
         index: u16,
         desc: RawDesc,
     ) -> Result<(), RigError> {
@@ -149,7 +148,7 @@ impl Rig {
     pub fn publish_raw(
         &mut self,
         pair: usize,
-        dir: Direction,
+        dir: PairRing,
         head: u16,
         descs: Vec<u16>,
     ) -> Result<Injected, RigError> {
@@ -160,8 +159,8 @@ impl Rig {
         let _ = r.kick_needed();
         let p = &mut self.pairs_mut()[pair];
         match dir {
-            Direction::Tx => p.tx.kick()?,
-            Direction::Rx => p.rx.kick()?,
+            PairRing::Tx => p.tx.kick()?,
+            PairRing::Rx => p.rx.kick()?,
         }
         Ok(Injected { ring, head, descs })
     }
@@ -206,7 +205,7 @@ impl Rig {
     pub fn inject(
         &mut self,
         pair: usize,
-        dir: Direction,
+        dir: PairRing,
         kind: Hostile,
     ) -> Result<Injected, RigError> {
         if !kind.applies_to(dir) {
@@ -222,22 +221,22 @@ impl Rig {
             ));
         }
         let scratch = self.scratch();
-        let hdr_len = VIRTIO_NET_HDR_LEN as u32;
+        let hdr_len = NET_HDR_LEN as u32;
         let frame_len = HOSTILE_FRAME as u32;
         // Valid contents for the parts of the chain that are not the defect.
         let mut payload = VirtioNetHdr::default().to_bytes().to_vec();
         payload.extend(build_frame(0xffff, 0, HOSTILE_FRAME));
         self.memory().write(scratch.gpa + SCRATCH_FRAME, &payload)?;
         let (w, buf) = match dir {
-            Direction::Tx => (0, scratch.gpa + SCRATCH_FRAME),
-            Direction::Rx => (VRING_DESC_F_WRITE, scratch.gpa + SCRATCH_RX),
+            PairRing::Tx => (0, scratch.gpa + SCRATCH_FRAME),
+            PairRing::Rx => (VRING_DESC_F_WRITE, scratch.gpa + SCRATCH_RX),
         };
         let whole = hdr_len + frame_len;
         let region0_end = self.memory().region_end(0).expect("region 0 exists");
         let base = self.memory().regions()[0].gpa();
         let size = match dir {
-            Direction::Tx => self.pairs()[pair].tx.ring().size(),
-            Direction::Rx => self.pairs()[pair].rx.ring().size(),
+            PairRing::Tx => self.pairs()[pair].tx.ring().size(),
+            PairRing::Rx => self.pairs()[pair].rx.ring().size(),
         };
         let single = |addr: u64, len: u32, flags: u16| {
             vec![RawDesc {

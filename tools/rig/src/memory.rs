@@ -16,7 +16,7 @@ const REGION_ALIGN: u64 = 2 << 20;
 
 /// Errors of guest memory creation and access.
 #[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
+pub enum RigMemoryError {
     /// `memfd_create` or `ftruncate` failed.
     #[error("cannot create the guest memory memfd")]
     Memfd(#[source] io::Error),
@@ -109,7 +109,7 @@ impl Region {
 
 /// memfd-backed guest memory shared with the backend.
 #[derive(Debug)]
-pub struct GuestMemory {
+pub struct RigMemory {
     memfd: File,
     regions: Vec<Region>,
 }
@@ -118,22 +118,22 @@ pub struct GuestMemory {
 // and unmapped only in `Drop`; every access goes through bounds-checked methods, and the
 // memory is by design shared with another process, so moving the owner between threads
 // or sharing it adds no hazard that the virtio ownership protocol does not already govern.
-unsafe impl Send for GuestMemory {}
-// SAFETY: see `Send`: `&GuestMemory` only offers bounds-checked copies into and out of the
+unsafe impl Send for RigMemory {}
+// SAFETY: see `Send`: `&RigMemory` only offers bounds-checked copies into and out of the
 // shared mapping; which side owns which bytes at which time is the virtio ring protocol.
-unsafe impl Sync for GuestMemory {}
+unsafe impl Sync for RigMemory {}
 
-impl GuestMemory {
+impl RigMemory {
     /// Creates the memfd, sizes it and maps each region `MAP_SHARED`.
-    pub fn new(layout: &MemoryLayout) -> Result<Self, MemoryError> {
+    pub fn new(layout: &MemoryLayout) -> Result<Self, RigMemoryError> {
         if layout.regions == 0 || layout.regions > 2 {
-            return Err(MemoryError::Layout(format!(
+            return Err(RigMemoryError::Layout(format!(
                 "{} regions requested; 1 or 2 are supported",
                 layout.regions
             )));
         }
         if layout.base_gpa == 0 || !layout.base_gpa.is_multiple_of(4096) {
-            return Err(MemoryError::Layout(format!(
+            return Err(RigMemoryError::Layout(format!(
                 "base GPA {:#x} must be nonzero and page aligned",
                 layout.base_gpa
             )));
@@ -150,11 +150,11 @@ impl GuestMemory {
         // SAFETY: memfd_create takes a NUL-terminated name, which the literal is.
         let fd = unsafe { libc::memfd_create(c"vdpa-rig-guest".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
-            return Err(MemoryError::Memfd(io::Error::last_os_error()));
+            return Err(RigMemoryError::Memfd(io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
         let memfd = unsafe { File::from_raw_fd(fd) };
-        memfd.set_len(total).map_err(MemoryError::Memfd)?;
+        memfd.set_len(total).map_err(RigMemoryError::Memfd)?;
 
         let mut mem = Self {
             memfd,
@@ -177,12 +177,12 @@ impl GuestMemory {
                 )
             };
             if ptr == libc::MAP_FAILED {
-                return Err(MemoryError::Mmap {
+                return Err(RigMemoryError::Mmap {
                     region: i,
                     source: io::Error::last_os_error(),
                 });
             }
-            let host = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::Mmap {
+            let host = NonNull::new(ptr.cast::<u8>()).ok_or(RigMemoryError::Mmap {
                 region: i,
                 source: io::Error::other("mmap returned NULL"),
             })?;
@@ -208,7 +208,7 @@ impl GuestMemory {
     }
 
     /// The regions as vhost-user memory region descriptions (fd = our memfd).
-    pub(crate) fn region_infos(&self) -> Vec<VhostUserMemoryRegionInfo> {
+    pub fn region_infos(&self) -> Vec<VhostUserMemoryRegionInfo> {
         self.regions
             .iter()
             .map(|r| VhostUserMemoryRegionInfo {
@@ -221,15 +221,15 @@ impl GuestMemory {
             .collect()
     }
 
-    fn region_of(&self, gpa: u64, len: u64) -> Result<&Region, MemoryError> {
+    fn region_of(&self, gpa: u64, len: u64) -> Result<&Region, RigMemoryError> {
         self.regions
             .iter()
             .find(|r| r.contains(gpa, len))
-            .ok_or(MemoryError::OutOfRange { gpa, len })
+            .ok_or(RigMemoryError::OutOfRange { gpa, len })
     }
 
     /// Host pointer to `len` bytes at `gpa`, checked to lie inside a single region.
-    pub(crate) fn host_ptr(&self, gpa: u64, len: u64) -> Result<*mut u8, MemoryError> {
+    pub fn host_ptr(&self, gpa: u64, len: u64) -> Result<*mut u8, RigMemoryError> {
         let r = self.region_of(gpa, len)?;
         // SAFETY: `contains` checked gpa - r.gpa + len <= r.len, so the offset stays inside
         // the mapping of `r.len` bytes starting at `r.host`.
@@ -237,17 +237,17 @@ impl GuestMemory {
     }
 
     /// Our virtual address of `gpa` (what QEMU would put in SET_VRING_ADDR).
-    pub fn user_addr(&self, gpa: u64) -> Result<u64, MemoryError> {
+    pub fn user_addr(&self, gpa: u64) -> Result<u64, RigMemoryError> {
         Ok(self.host_ptr(gpa, 1)? as u64)
     }
 
     /// Guest-physical address just past the end of region `i`.
-    pub(crate) fn region_end(&self, i: usize) -> Option<u64> {
+    pub fn region_end(&self, i: usize) -> Option<u64> {
         self.regions.get(i).map(|r| r.gpa + r.len)
     }
 
     /// Copies `data` into guest memory at `gpa`.
-    pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), RigMemoryError> {
         let dst = self.host_ptr(gpa, data.len() as u64)?;
         // SAFETY: `dst` is valid for data.len() bytes (checked by host_ptr); `data` is a
         // Rust slice that cannot overlap the mapping's bytes we own by protocol (the driver
@@ -257,7 +257,7 @@ impl GuestMemory {
     }
 
     /// Copies guest memory at `gpa` into `buf`.
-    pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), RigMemoryError> {
         let src = self.host_ptr(gpa, buf.len() as u64)?;
         // SAFETY: `src` is valid for buf.len() bytes (checked by host_ptr); the buffer was
         // returned by the device (used ring, read after an Acquire load), so it no longer
@@ -267,7 +267,7 @@ impl GuestMemory {
     }
 
     /// Fills `len` bytes at `gpa` with `byte`.
-    pub(crate) fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
+    pub fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), RigMemoryError> {
         let dst = self.host_ptr(gpa, len)?;
         // SAFETY: `dst` is valid for `len` bytes (checked by host_ptr).
         unsafe { std::ptr::write_bytes(dst, byte, len as usize) };
@@ -286,7 +286,7 @@ impl GuestMemory {
     }
 }
 
-impl Drop for GuestMemory {
+impl Drop for RigMemory {
     fn drop(&mut self) {
         for r in &self.regions {
             // SAFETY: `r.host`/`r.len` describe a mapping created in `new` and unmapped only
@@ -305,7 +305,7 @@ pub struct Allocator {
 
 impl Allocator {
     /// Allocates `len` bytes aligned to `align` (a power of two); returns the GPA.
-    pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, MemoryError> {
+    pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, RigMemoryError> {
         debug_assert!(align.is_power_of_two());
         let best = self
             .cursors
@@ -320,8 +320,13 @@ impl Allocator {
                 c.0 = start + len;
                 Ok(start)
             }
-            None => Err(MemoryError::Exhausted { len }),
+            None => Err(RigMemoryError::Exhausted { len }),
         }
+    }
+
+    /// Bytes still free in the fullest-empty region.
+    pub fn largest_free(&self) -> u64 {
+        self.cursors.iter().map(|c| c.1 - c.0).max().unwrap_or(0)
     }
 }
 
@@ -331,7 +336,7 @@ mod tests {
 
     #[test]
     fn two_regions_translate() {
-        let mem = GuestMemory::new(&MemoryLayout {
+        let mem = RigMemory::new(&MemoryLayout {
             size: 8 << 20,
             regions: 2,
             ..Default::default()

@@ -7,10 +7,11 @@ use serde::Serialize;
 
 use crate::driver_ring::RingLayout;
 use crate::frame::{MAX_FRAME, MIN_FRAME};
-use crate::virtio::{MAX_QUEUE_SIZE, VIRTIO_NET_HDR_LEN};
+use vdpa::virtio::net_hdr::NET_HDR_LEN;
+use vdpa::virtio::ring::MAX_QUEUE_SIZE;
 
 /// Default RX buffer: 1536 bytes of frame plus the 12-byte header.
-pub const DEFAULT_RX_BUF_SIZE: u32 = 1536 + VIRTIO_NET_HDR_LEN as u32;
+pub const DEFAULT_RX_BUF_SIZE: u32 = 1536 + NET_HDR_LEN as u32;
 
 /// Everything that shapes a rig session. Start from [`RigOptions::new`] and adjust.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,7 +76,7 @@ impl RigOptions {
     }
 
     /// Checks the options for consistency; the message says what to change.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), String> {
         if self.queue_pairs == 0 || self.queue_pairs > 64 {
             return Err(format!("queue pairs {} not in 1..=64", self.queue_pairs));
         }
@@ -85,7 +86,7 @@ impl RigOptions {
                 "queue size {qs} must be a power of two in 2..=32768"
             ));
         }
-        if (self.rx_buf_size as usize) <= VIRTIO_NET_HDR_LEN || self.rx_buf_size > 1 << 20 {
+        if (self.rx_buf_size as usize) <= NET_HDR_LEN || self.rx_buf_size > 1 << 20 {
             return Err(format!(
                 "RX buffer size {} must be in 13..=1048576",
                 self.rx_buf_size
@@ -122,21 +123,21 @@ impl RigOptions {
 
     /// Descriptors per RX chain: 1 with MRG_RXBUF, else enough chained buffers for the
     /// header plus the largest frame (Linux "big packets").
-    pub(crate) fn rx_descs_per_chain(&self, mrg: bool) -> usize {
+    pub fn rx_descs_per_chain(&self, mrg: bool) -> usize {
         if mrg {
             1
         } else {
-            (VIRTIO_NET_HDR_LEN + self.max_frame as usize).div_ceil(self.rx_buf_size as usize)
+            (NET_HDR_LEN + self.max_frame as usize).div_ceil(self.rx_buf_size as usize)
         }
     }
 
     /// Bytes of one TX slot: header plus the largest frame, rounded to 64.
-    pub(crate) fn tx_slot_bytes(&self) -> u64 {
-        ((VIRTIO_NET_HDR_LEN + self.max_frame as usize).div_ceil(64) * 64) as u64
+    pub fn tx_slot_bytes(&self) -> u64 {
+        ((NET_HDR_LEN + self.max_frame as usize).div_ceil(64) * 64) as u64
     }
 
     /// Guest memory needed for all rings, buffers and scratch space, with slack.
-    pub(crate) fn memory_bytes(&self) -> u64 {
+    pub fn memory_bytes(&self) -> u64 {
         let qs = u64::from(self.queue_size);
         let per_pair = 2 * RingLayout::footprint(self.queue_size)
             + qs * self.tx_slot_bytes()

@@ -5,30 +5,34 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
 
-use crate::connection::Connection;
+use serde::Serialize;
+use vdpa::virtio::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+};
+use vhost::vhost_user::VhostUserProtocolFeatures;
+
+use crate::connection::FrontendConnection;
 use crate::driver_ring::DriverRing;
 use crate::error::RigError;
-use crate::memory::GuestMemory;
-use crate::notify::{raw, wait_readable, Notifier};
+use crate::kick_call::KickCall;
+use crate::kick_call::{raw, wait_readable};
+use crate::memory::RigMemory;
 use crate::options::RigOptions;
-use crate::rxq::RxQueue;
+use crate::rxq::DriverRxQueue;
 use crate::stats::RigStats;
-use crate::txq::{SlotPool, TxQueue};
-use crate::virtio::{
-    VirtioNetHdr, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
-};
+use crate::txq::{DriverTxQueue, SlotPool};
+use vdpa::virtio::net_hdr::VirtioNetHdr;
 
 /// RX and TX queue of one queue pair.
 #[derive(Debug)]
 pub struct QueuePair {
     /// Ring 2i: device → driver.
-    pub rx: RxQueue,
+    pub rx: DriverRxQueue,
     /// Ring 2i+1: driver → device.
-    pub tx: TxQueue,
+    pub tx: DriverTxQueue,
 }
 
 /// A frame that came back, from [`Rig::send_and_wait`].
@@ -46,7 +50,7 @@ pub struct Received {
 
 /// What was negotiated with the backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Negotiated {
+pub struct Negotiation {
     /// Features the backend offered (GET_FEATURES).
     pub offered_features: u64,
     /// Features the rig acked (SET_FEATURES).
@@ -59,7 +63,7 @@ pub struct Negotiated {
     pub queue_num: Option<u64>,
 }
 
-impl Negotiated {
+impl Negotiation {
     /// EVENT_IDX is in use.
     pub fn event_idx(&self) -> bool {
         self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0
@@ -82,7 +86,7 @@ impl Negotiated {
 #[derive(Debug)]
 pub(crate) struct PreparedRing {
     pub(crate) ring: DriverRing,
-    pub(crate) notify: Notifier,
+    pub(crate) kick_call: KickCall,
 }
 
 /// Guest memory set aside for the queues of one pair and for hostile chains.
@@ -101,13 +105,13 @@ pub struct Scratch {
     pub len: u64,
 }
 
-/// What [`RigSetup::finish`] hands over.
+/// What [`RigSetup::finish`](crate::RigSetup::finish) hands over.
 #[derive(Debug)]
 pub(crate) struct RigParts {
     pub(crate) opts: RigOptions,
-    pub(crate) mem: Arc<GuestMemory>,
-    pub(crate) conn: Connection,
-    pub(crate) neg: Negotiated,
+    pub(crate) mem: Arc<RigMemory>,
+    pub(crate) conn: FrontendConnection,
+    pub(crate) neg: Negotiation,
     pub(crate) rings: Vec<PreparedRing>,
     pub(crate) areas: Vec<PairAreas>,
     pub(crate) scratch: Scratch,
@@ -117,9 +121,9 @@ pub(crate) struct RigParts {
 #[derive(Debug)]
 pub struct Rig {
     opts: RigOptions,
-    mem: Arc<GuestMemory>,
-    conn: Connection,
-    neg: Negotiated,
+    mem: Arc<RigMemory>,
+    conn: FrontendConnection,
+    neg: Negotiation,
     pairs: Vec<QueuePair>,
     scratch: Scratch,
 }
@@ -146,16 +150,22 @@ impl Rig {
                 count: qs as u16,
             };
             pairs.push(QueuePair {
-                rx: RxQueue::new(
+                rx: DriverRxQueue::new(
                     rx.ring,
-                    rx.notify,
+                    rx.kick_call,
                     2 * i,
                     rx_pool,
                     p.opts.rx_buf_size,
                     k,
                     mrg,
                 ),
-                tx: TxQueue::new(tx.ring, tx.notify, 2 * i + 1, tx_pool, p.opts.tx_two_desc),
+                tx: DriverTxQueue::new(
+                    tx.ring,
+                    tx.kick_call,
+                    2 * i + 1,
+                    tx_pool,
+                    p.opts.tx_two_desc,
+                ),
             });
         }
         Self {
@@ -169,19 +179,19 @@ impl Rig {
     }
 
     /// The session options.
-    pub(crate) fn options(&self) -> &RigOptions {
+    pub fn options(&self) -> &RigOptions {
         &self.opts
     }
     /// What was negotiated.
-    pub fn negotiated(&self) -> &Negotiated {
+    pub fn negotiated(&self) -> &Negotiation {
         &self.neg
     }
     /// Guest memory.
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<RigMemory> {
         &self.mem
     }
     /// Spare guest memory (hostile chains point into it).
-    pub(crate) fn scratch(&self) -> Scratch {
+    pub fn scratch(&self) -> Scratch {
         self.scratch
     }
     /// All queue pairs.
@@ -201,7 +211,7 @@ impl Rig {
         self.conn.frontend()
     }
     /// The connection.
-    pub fn connection(&mut self) -> &mut Connection {
+    pub fn connection(&mut self) -> &mut FrontendConnection {
         &mut self.conn
     }
 
@@ -216,13 +226,13 @@ impl Rig {
     }
 
     /// The call eventfds of every ring (RX and TX of each pair).
-    pub(crate) fn call_fds(&self) -> Vec<RawFd> {
+    pub fn call_fds(&self) -> Vec<RawFd> {
         self.pairs
             .iter()
             .flat_map(|p| {
                 [
-                    raw(p.rx.notifier().call_fd()),
-                    raw(p.tx.notifier().call_fd()),
+                    raw(p.rx.kick_call().call_fd()),
+                    raw(p.tx.kick_call().call_fd()),
                 ]
             })
             .collect()
@@ -233,8 +243,8 @@ impl Rig {
         let mut n = 0;
         for p in &mut self.pairs {
             for v in [
-                p.rx.notifier_mut().drain_call(),
-                p.tx.notifier_mut().drain_call(),
+                p.rx.kick_call_mut().drain_call(),
+                p.tx.kick_call_mut().drain_call(),
             ] {
                 if v.map_err(RigError::Poll)? > 0 {
                     n += 1;

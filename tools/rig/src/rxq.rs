@@ -6,13 +6,13 @@
 //! elements are consumed for the frame. Without it, each chain is enough chained buffers
 //! for the header plus the largest frame (one buffer by default).
 
-use crate::driver_ring::{DriverRing, RingError, Segment, UsedKind};
-use crate::notify::Notifier;
-use crate::stats::QueueStats;
+use crate::driver_ring::{DriverRing, DriverRingError, DriverSegment, UsedKind};
+use crate::kick_call::KickCall;
+use crate::stats::DriverQueueStats;
 use crate::txq::{QueueError, SlotPool};
-use crate::virtio::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
 
-/// A received frame, handed to the caller of [`RxQueue::poll`].
+/// A received frame, handed to the caller of [`DriverRxQueue::poll`].
 #[derive(Debug)]
 pub struct RxFrame<'a> {
     /// Header from the first buffer.
@@ -36,9 +36,9 @@ struct Partial {
 
 /// Driver side of one RX ring.
 #[derive(Debug)]
-pub struct RxQueue {
+pub struct DriverRxQueue {
     ring: DriverRing,
-    notify: Notifier,
+    kick_call: KickCall,
     index: usize,
     pool: SlotPool,
     buf_size: u32,
@@ -49,15 +49,15 @@ pub struct RxQueue {
     slot_of_head: Vec<u16>,
     partial: Option<Partial>,
     assembly: Vec<u8>,
-    stats: QueueStats,
+    stats: DriverQueueStats,
 }
 
-impl RxQueue {
+impl DriverRxQueue {
     /// An RX queue over `ring` (vhost-user ring `index`). Each chain is `descs_per_chain`
     /// buffers of `buf_size` bytes inside one slot of `pool` (stride ≥ their sum).
     pub fn new(
         ring: DriverRing,
-        notify: Notifier,
+        kick_call: KickCall,
         index: usize,
         pool: SlotPool,
         buf_size: u32,
@@ -68,7 +68,7 @@ impl RxQueue {
         debug_assert!(pool.stride >= u64::from(buf_size) * descs_per_chain as u64);
         Self {
             ring,
-            notify,
+            kick_call,
             index,
             pool,
             buf_size,
@@ -79,12 +79,12 @@ impl RxQueue {
             slot_of_head: vec![0; size],
             partial: None,
             assembly: Vec::new(),
-            stats: QueueStats::default(),
+            stats: DriverQueueStats::default(),
         }
     }
 
     /// vhost-user ring index.
-    pub(crate) fn index(&self) -> usize {
+    pub fn index(&self) -> usize {
         self.index
     }
     /// The driver ring.
@@ -96,19 +96,23 @@ impl RxQueue {
         &mut self.ring
     }
     /// The kick/call eventfds.
-    pub fn notifier(&self) -> &Notifier {
-        &self.notify
+    pub fn kick_call(&self) -> &KickCall {
+        &self.kick_call
     }
     /// The kick/call eventfds, mutable.
-    pub fn notifier_mut(&mut self) -> &mut Notifier {
-        &mut self.notify
+    pub fn kick_call_mut(&mut self) -> &mut KickCall {
+        &mut self.kick_call
+    }
+    /// Whether MRG_RXBUF is in use.
+    pub fn mergeable(&self) -> bool {
+        self.mrg
     }
     /// Copy frame bytes out for the caller (on by default; bench turns it off).
     pub fn set_inspect(&mut self, on: bool) {
         self.inspect = on;
     }
     /// Bytes of one chain (all its buffers).
-    pub(crate) fn chain_bytes(&self) -> usize {
+    pub fn chain_bytes(&self) -> usize {
         self.buf_size as usize * self.descs_per_chain
     }
     /// How many `len`-byte frames all chains of this queue hold at once (0 if a frame
@@ -117,7 +121,7 @@ impl RxQueue {
         // Hostile heads the device never completed keep their avail slots.
         let slots = usize::from(self.ring.size()) - self.ring.raw_outstanding();
         let chains = usize::from(self.pool.count).min(slots / self.descs_per_chain);
-        let need = VIRTIO_NET_HDR_LEN + len;
+        let need = NET_HDR_LEN + len;
         if self.mrg {
             chains / need.div_ceil(self.buf_size as usize)
         } else if need <= self.chain_bytes() {
@@ -127,7 +131,7 @@ impl RxQueue {
         }
     }
 
-    fn ring_err(&self, source: RingError) -> QueueError {
+    fn ring_err(&self, source: DriverRingError) -> QueueError {
         QueueError::Ring {
             ring: self.index,
             source,
@@ -135,10 +139,10 @@ impl RxQueue {
     }
 
     /// Posts buffers until slots or descriptors run out (not yet visible: see
-    /// [`RxQueue::flush`]). Returns how many chains were added.
+    /// [`DriverRxQueue::flush`]). Returns how many chains were added.
     pub fn refill(&mut self) -> Result<usize, QueueError> {
         let mut n = 0;
-        let mut segs = [Segment {
+        let mut segs = [DriverSegment {
             gpa: 0,
             len: 0,
             writable: true,
@@ -154,8 +158,8 @@ impl RxQueue {
                 }
                 self.ring.add_chain(&segs[..k])
             } else {
-                let v: Vec<Segment> = (0..k)
-                    .map(|i| Segment {
+                let v: Vec<DriverSegment> = (0..k)
+                    .map(|i| DriverSegment {
                         gpa: gpa + i as u64 * u64::from(self.buf_size),
                         len: self.buf_size,
                         writable: true,
@@ -187,8 +191,8 @@ impl RxQueue {
     }
 
     /// Kicks unconditionally.
-    pub(crate) fn kick(&mut self) -> Result<(), QueueError> {
-        self.notify.kick().map_err(|source| QueueError::Event {
+    pub fn kick(&mut self) -> Result<(), QueueError> {
+        self.kick_call.kick().map_err(|source| QueueError::Event {
             ring: self.index,
             source,
         })
@@ -196,7 +200,7 @@ impl RxQueue {
 
     /// Consumes used buffers and hands up to `budget` complete frames to `f`. Returns the
     /// number of frames delivered. Anomalies (bad lengths, impossible `num_buffers`,
-    /// offload bits) are counted in [`RxQueue::stats`].
+    /// offload bits) are counted in [`DriverRxQueue::stats`].
     pub fn poll(
         &mut self,
         budget: usize,
@@ -253,7 +257,7 @@ impl RxQueue {
 
     fn first_buffer(&mut self, gpa: u64, len: usize) -> Result<Partial, QueueError> {
         self.assembly.clear();
-        if len < VIRTIO_NET_HDR_LEN {
+        if len < NET_HDR_LEN {
             self.stats.bad_len += 1;
             return Ok(Partial {
                 hdr: VirtioNetHdr::default(),
@@ -262,11 +266,11 @@ impl RxQueue {
                 len: 0,
             });
         }
-        let mut raw = [0u8; VIRTIO_NET_HDR_LEN];
+        let mut raw = [0u8; NET_HDR_LEN];
         self.ring
             .memory()
             .read(gpa, &mut raw)
-            .map_err(|e| self.ring_err(RingError::Memory(e)))?;
+            .map_err(|e| self.ring_err(DriverRingError::Memory(e)))?;
         let hdr = VirtioNetHdr::from_bytes(&raw).expect("12 bytes");
         if !hdr.is_plain() {
             self.stats.bad_hdr += 1;
@@ -284,12 +288,12 @@ impl RxQueue {
             }
             nb = 1;
         }
-        self.copy_out(gpa, VIRTIO_NET_HDR_LEN, len - VIRTIO_NET_HDR_LEN)?;
+        self.copy_out(gpa, NET_HDR_LEN, len - NET_HDR_LEN)?;
         Ok(Partial {
             hdr,
             remaining: nb - 1,
             buffers: 1,
-            len: len - VIRTIO_NET_HDR_LEN,
+            len: len - NET_HDR_LEN,
         })
     }
 
@@ -304,16 +308,16 @@ impl RxQueue {
             .read(gpa + off as u64, &mut self.assembly[start..])
             .map_err(|e| QueueError::Ring {
                 ring: self.index,
-                source: RingError::Memory(e),
+                source: DriverRingError::Memory(e),
             })
     }
 
     /// Counters, including the eventfd ones.
-    pub fn stats(&self) -> QueueStats {
-        QueueStats {
-            kicks: self.notify.kicks(),
-            interrupts: self.notify.interrupts(),
-            interrupt_sum: self.notify.interrupt_sum(),
+    pub fn stats(&self) -> DriverQueueStats {
+        DriverQueueStats {
+            kicks: self.kick_call.kicks(),
+            interrupts: self.kick_call.interrupts(),
+            interrupt_sum: self.kick_call.interrupt_sum(),
             ..self.stats
         }
     }

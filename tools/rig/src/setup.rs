@@ -16,16 +16,17 @@ use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
 
-use crate::connection::{connect_with_retry, Connection};
+use crate::connection::{connect_with_retry, FrontendConnection};
 use crate::driver_ring::{DriverRing, RingLayout};
 use crate::error::RigError;
-use crate::memory::{GuestMemory, MemoryLayout};
-use crate::notify::Notifier;
+use crate::kick_call::KickCall;
+use crate::memory::{MemoryLayout, RigMemory};
 use crate::options::RigOptions;
-use crate::rig::{Negotiated, PairAreas, PreparedRing, Rig, RigParts, Scratch};
-use crate::virtio::{
-    feature_names, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
-    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+use crate::rig::{Negotiation, PairAreas, PreparedRing, Rig, RigParts, Scratch};
+use vdpa::features::feature_names;
+use vdpa::virtio::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// One step of the setup sequence. Ring steps carry the vhost-user ring index.
@@ -83,21 +84,28 @@ impl fmt::Display for SetupStep {
 #[derive(Debug)]
 pub struct RigSetup {
     opts: RigOptions,
-    mem: Arc<GuestMemory>,
-    conn: Option<Connection>,
+    mem: Arc<RigMemory>,
+    conn: Option<FrontendConnection>,
     plan: VecDeque<SetupStep>,
     done: Vec<SetupStep>,
-    neg: Negotiated,
+    neg: Negotiation,
     rings: Vec<PreparedRing>,
     areas: Vec<PairAreas>,
     scratch: Scratch,
+}
+
+impl Rig {
+    /// Connects and runs the whole setup.
+    pub fn connect(opts: RigOptions) -> Result<Self, RigError> {
+        RigSetup::new(opts)?.finish()
+    }
 }
 
 impl RigSetup {
     /// Creates guest memory and lays out and initialises every ring; connects nothing yet.
     pub fn new(opts: RigOptions) -> Result<Self, RigError> {
         opts.validate().map_err(RigError::Options)?;
-        let mem = Arc::new(GuestMemory::new(&MemoryLayout {
+        let mem = Arc::new(RigMemory::new(&MemoryLayout {
             base_gpa: opts.mem_base,
             size: opts.memory_bytes(),
             regions: opts.mem_regions,
@@ -112,7 +120,7 @@ impl RigSetup {
                 let layout = RingLayout::allocate(&mut alloc, opts.queue_size)?;
                 rings.push(PreparedRing {
                     ring: DriverRing::new(mem.clone(), layout, opts.initial_index)?,
-                    notify: Notifier::new().map_err(RigError::Eventfd)?,
+                    kick_call: KickCall::new().map_err(RigError::Eventfd)?,
                 });
             }
             areas.push(PairAreas {
@@ -150,19 +158,23 @@ impl RigSetup {
             conn: None,
             plan,
             done: Vec::new(),
-            neg: Negotiated::default(),
+            neg: Negotiation::default(),
             rings,
             areas,
             scratch,
         })
     }
 
+    /// The options of this session.
+    pub fn options(&self) -> &RigOptions {
+        &self.opts
+    }
     /// Guest memory.
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<RigMemory> {
         &self.mem
     }
     /// What has been negotiated so far.
-    pub fn negotiated(&self) -> &Negotiated {
+    pub fn negotiated(&self) -> &Negotiation {
         &self.neg
     }
     /// Steps performed so far (skipped ones are not listed).
@@ -174,7 +186,7 @@ impl RigSetup {
         self.plan.iter()
     }
     /// The connection, once the Connect step ran (for requests of the test's own).
-    pub fn connection(&mut self) -> Option<&mut Connection> {
+    pub fn connection(&mut self) -> Option<&mut FrontendConnection> {
         self.conn.as_mut()
     }
     /// The driver ring of vhost-user ring `index` (e.g. to inspect its layout).
@@ -248,7 +260,7 @@ impl RigSetup {
         }
     }
 
-    fn conn(&mut self) -> Result<&mut Connection, RigError> {
+    fn conn(&mut self) -> Result<&mut FrontendConnection, RigError> {
         self.conn
             .as_mut()
             .ok_or_else(|| RigError::SetupOrder("not connected".to_string()))
@@ -262,7 +274,7 @@ impl RigSetup {
         match step {
             SetupStep::Connect => {
                 let s = connect_with_retry(&self.opts.socket, self.opts.connect_timeout)?;
-                self.conn = Some(Connection::new(
+                self.conn = Some(FrontendConnection::new(
                     s,
                     2 * self.opts.queue_pairs,
                     self.opts.reply_timeout,
@@ -278,7 +290,7 @@ impl RigSetup {
                 if f & VIRTIO_F_VERSION_1 == 0 {
                     return Err(RigError::Unsupported(format!(
                         "VIRTIO_F_VERSION_1 (offered {})",
-                        feature_names(f)
+                        describe_features(f)
                     )));
                 }
             }
@@ -357,16 +369,16 @@ impl RigSetup {
             }
             SetupStep::VringKick(r) => {
                 let conn = self.conn.as_mut().ok_or_else(not_connected)?;
-                let notify = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.notify;
+                let kick_call = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.kick_call;
                 conn.frontend()
-                    .set_vring_kick(r, notify.kick_fd())
+                    .set_vring_kick(r, kick_call.kick_fd())
                     .map_err(req)?;
             }
             SetupStep::VringCall(r) => {
                 let conn = self.conn.as_mut().ok_or_else(not_connected)?;
-                let notify = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.notify;
+                let kick_call = &self.rings.get(r).ok_or_else(|| bad_ring(r))?.kick_call;
                 conn.frontend()
-                    .set_vring_call(r, notify.call_fd())
+                    .set_vring_call(r, kick_call.call_fd())
                     .map_err(req)?;
             }
             SetupStep::VringEnable(r) => {
@@ -425,11 +437,7 @@ fn bad_ring(r: usize) -> RigError {
     RigError::SetupOrder(format!("no ring {r}"))
 }
 
-/// The one-call way to a ready rig. It lives here, beside the sequence it runs, so that
-/// `setup` depends on `rig` (it builds one) and `rig` does not depend on `setup`.
-impl Rig {
-    /// Connects and runs the whole setup.
-    pub fn connect(opts: RigOptions) -> Result<Self, RigError> {
-        RigSetup::new(opts)?.finish()
-    }
+/// Feature bits in hex with their names, for messages.
+fn describe_features(bits: u64) -> String {
+    format!("{bits:#x} [{}]", feature_names(bits).join("|"))
 }

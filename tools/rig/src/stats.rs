@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// Counters of one queue (TX or RX ring).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct QueueStats {
+pub struct DriverQueueStats {
     /// Frames posted (TX) or received (RX).
     pub frames: u64,
     /// L2 frame bytes posted (TX) or received (RX), without the virtio-net header.
@@ -27,9 +27,9 @@ pub struct QueueStats {
     pub bad_hdr: u64,
 }
 
-impl QueueStats {
+impl DriverQueueStats {
     /// Adds `o` to `self`, field by field.
-    pub(crate) fn add(&mut self, o: &QueueStats) {
+    pub fn add(&mut self, o: &DriverQueueStats) {
         self.frames += o.frames;
         self.bytes += o.bytes;
         self.completions += o.completions;
@@ -47,15 +47,15 @@ impl QueueStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RigStats {
     /// Sum over TX rings.
-    pub tx: QueueStats,
+    pub tx: DriverQueueStats,
     /// Sum over RX rings.
-    pub rx: QueueStats,
+    pub rx: DriverQueueStats,
 }
 
-impl QueueStats {
+impl DriverQueueStats {
     /// `self - earlier`, field by field (counters only grow).
-    pub(crate) fn since(&self, earlier: &QueueStats) -> QueueStats {
-        QueueStats {
+    pub fn since(&self, earlier: &DriverQueueStats) -> DriverQueueStats {
+        DriverQueueStats {
             frames: self.frames - earlier.frames,
             bytes: self.bytes - earlier.bytes,
             completions: self.completions - earlier.completions,
@@ -72,7 +72,7 @@ impl QueueStats {
 
 impl RigStats {
     /// `self - earlier` for both directions.
-    pub(crate) fn since(&self, earlier: &RigStats) -> RigStats {
+    pub fn since(&self, earlier: &RigStats) -> RigStats {
         RigStats {
             tx: self.tx.since(&earlier.tx),
             rx: self.rx.since(&earlier.rx),

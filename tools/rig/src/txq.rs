@@ -6,10 +6,10 @@
 
 use std::io;
 
-use crate::driver_ring::{DriverRing, RingError, Segment, UsedKind};
-use crate::notify::Notifier;
-use crate::stats::QueueStats;
-use crate::virtio::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use crate::driver_ring::{DriverRing, DriverRingError, DriverSegment, UsedKind};
+use crate::kick_call::KickCall;
+use crate::stats::DriverQueueStats;
+use vdpa::virtio::net_hdr::{VirtioNetHdr, NET_HDR_LEN};
 
 /// Errors of the TX and RX queues.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum QueueError {
         ring: usize,
         /// What went wrong.
         #[source]
-        source: RingError,
+        source: DriverRingError,
     },
     /// Kick or call eventfd failure.
     #[error("eventfd of ring {ring}")]
@@ -57,29 +57,29 @@ pub struct SlotPool {
 
 impl SlotPool {
     /// GPA of slot `i`.
-    pub(crate) fn slot(&self, i: u16) -> u64 {
+    pub fn slot(&self, i: u16) -> u64 {
         self.gpa + u64::from(i) * self.stride
     }
 }
 
 /// Driver side of one TX ring.
 #[derive(Debug)]
-pub struct TxQueue {
+pub struct DriverTxQueue {
     ring: DriverRing,
-    notify: Notifier,
+    kick_call: KickCall,
     index: usize,
     pool: SlotPool,
     free_slots: Vec<u16>,
     slot_of_head: Vec<u16>,
     two_desc: bool,
-    stats: QueueStats,
+    stats: DriverQueueStats,
 }
 
-impl TxQueue {
+impl DriverTxQueue {
     /// A TX queue over `ring` (vhost-user ring `index`) using `pool` for frame slots.
     pub fn new(
         ring: DriverRing,
-        notify: Notifier,
+        kick_call: KickCall,
         index: usize,
         pool: SlotPool,
         two_desc: bool,
@@ -87,18 +87,18 @@ impl TxQueue {
         let size = usize::from(ring.size());
         Self {
             ring,
-            notify,
+            kick_call,
             index,
             pool,
             free_slots: (0..pool.count).rev().collect(),
             slot_of_head: vec![0; size],
             two_desc,
-            stats: QueueStats::default(),
+            stats: DriverQueueStats::default(),
         }
     }
 
     /// vhost-user ring index.
-    pub(crate) fn index(&self) -> usize {
+    pub fn index(&self) -> usize {
         self.index
     }
     /// The driver ring.
@@ -110,16 +110,16 @@ impl TxQueue {
         &mut self.ring
     }
     /// The kick/call eventfds.
-    pub fn notifier(&self) -> &Notifier {
-        &self.notify
+    pub fn kick_call(&self) -> &KickCall {
+        &self.kick_call
     }
     /// The kick/call eventfds, mutable.
-    pub fn notifier_mut(&mut self) -> &mut Notifier {
-        &mut self.notify
+    pub fn kick_call_mut(&mut self) -> &mut KickCall {
+        &mut self.kick_call
     }
     /// Largest frame one slot holds.
     pub fn max_frame(&self) -> usize {
-        self.pool.stride as usize - VIRTIO_NET_HDR_LEN
+        self.pool.stride as usize - NET_HDR_LEN
     }
     /// Frames posted and not yet completed by the device.
     pub fn in_flight(&self) -> usize {
@@ -137,7 +137,7 @@ impl TxQueue {
         !self.free_slots.is_empty() && self.ring.can_add(self.descs_per_frame())
     }
 
-    fn ring_err(&self, source: RingError) -> QueueError {
+    fn ring_err(&self, source: DriverRingError) -> QueueError {
         QueueError::Ring {
             ring: self.index,
             source,
@@ -155,7 +155,7 @@ impl TxQueue {
         Ok(())
     }
 
-    /// Writes the header and `frame` into every slot, for [`TxQueue::send_prefilled`].
+    /// Writes the header and `frame` into every slot, for [`DriverTxQueue::send_prefilled`].
     pub fn prefill(&mut self, frame: &[u8]) -> Result<(), QueueError> {
         self.check_len(frame.len())?;
         let hdr = VirtioNetHdr::default().to_bytes();
@@ -163,14 +163,14 @@ impl TxQueue {
             let gpa = self.pool.slot(i);
             let mem = self.ring.memory();
             mem.write(gpa, &hdr)
-                .and_then(|_| mem.write(gpa + VIRTIO_NET_HDR_LEN as u64, frame))
-                .map_err(|e| self.ring_err(RingError::Memory(e)))?;
+                .and_then(|_| mem.write(gpa + NET_HDR_LEN as u64, frame))
+                .map_err(|e| self.ring_err(DriverRingError::Memory(e)))?;
         }
         Ok(())
     }
 
     /// Posts `frame` (copied behind a zero header). Returns false when the ring is full.
-    /// The device sees it after [`TxQueue::flush`].
+    /// The device sees it after [`DriverTxQueue::flush`].
     pub fn send(&mut self, frame: &[u8]) -> Result<bool, QueueError> {
         self.check_len(frame.len())?;
         if !self.can_send() {
@@ -183,13 +183,13 @@ impl TxQueue {
         let gpa = self.pool.slot(slot);
         let mem = self.ring.memory();
         mem.write(gpa, &VirtioNetHdr::default().to_bytes())
-            .and_then(|_| mem.write(gpa + VIRTIO_NET_HDR_LEN as u64, frame))
-            .map_err(|e| self.ring_err(RingError::Memory(e)))?;
+            .and_then(|_| mem.write(gpa + NET_HDR_LEN as u64, frame))
+            .map_err(|e| self.ring_err(DriverRingError::Memory(e)))?;
         self.post_slot(frame.len())
     }
 
     /// Posts the next slot as a `len`-byte frame without writing it (after
-    /// [`TxQueue::prefill`]). Returns false when the ring is full.
+    /// [`DriverTxQueue::prefill`]). Returns false when the ring is full.
     pub fn send_prefilled(&mut self, len: usize) -> Result<bool, QueueError> {
         self.check_len(len)?;
         if !self.can_send() {
@@ -201,22 +201,22 @@ impl TxQueue {
     fn post_slot(&mut self, len: usize) -> Result<bool, QueueError> {
         let slot = self.free_slots.pop().expect("caller checked can_send");
         let gpa = self.pool.slot(slot);
-        let hdr = VIRTIO_NET_HDR_LEN as u32;
+        let hdr = NET_HDR_LEN as u32;
         let res = if self.two_desc {
             self.ring.add_chain(&[
-                Segment {
+                DriverSegment {
                     gpa,
                     len: hdr,
                     writable: false,
                 },
-                Segment {
+                DriverSegment {
                     gpa: gpa + u64::from(hdr),
                     len: len as u32,
                     writable: false,
                 },
             ])
         } else {
-            self.ring.add_chain(&[Segment {
+            self.ring.add_chain(&[DriverSegment {
                 gpa,
                 len: hdr + len as u32,
                 writable: false,
@@ -248,8 +248,8 @@ impl TxQueue {
     }
 
     /// Kicks unconditionally.
-    pub(crate) fn kick(&mut self) -> Result<(), QueueError> {
-        self.notify.kick().map_err(|source| QueueError::Event {
+    pub fn kick(&mut self) -> Result<(), QueueError> {
+        self.kick_call.kick().map_err(|source| QueueError::Event {
             ring: self.index,
             source,
         })
@@ -272,11 +272,11 @@ impl TxQueue {
     }
 
     /// Counters, including the eventfd ones.
-    pub fn stats(&self) -> QueueStats {
-        QueueStats {
-            kicks: self.notify.kicks(),
-            interrupts: self.notify.interrupts(),
-            interrupt_sum: self.notify.interrupt_sum(),
+    pub fn stats(&self) -> DriverQueueStats {
+        DriverQueueStats {
+            kicks: self.kick_call.kicks(),
+            interrupts: self.kick_call.interrupts(),
+            interrupt_sum: self.kick_call.interrupt_sum(),
             ..self.stats
         }
     }

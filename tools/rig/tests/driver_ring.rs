@@ -9,20 +9,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::device::{spawn, DevRing, LoopbackDevice};
-use vdpa_rig::driver_ring::RingError;
+use vdpa::virtio::ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vdpa_rig::driver_ring::DriverRingError;
 use vdpa_rig::frame::{frame_len, write_frame, FrameChecker};
-use vdpa_rig::notify::{raw, wait_readable, Notifier};
-use vdpa_rig::rxq::RxQueue;
-use vdpa_rig::txq::{SlotPool, TxQueue};
-use vdpa_rig::virtio::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vdpa_rig::{DriverRing, GuestMemory, MemoryLayout, RingLayout, Segment, UsedKind};
+use vdpa_rig::kick_call::{raw, wait_readable, KickCall};
+use vdpa_rig::rxq::DriverRxQueue;
+use vdpa_rig::txq::{DriverTxQueue, SlotPool};
+use vdpa_rig::{DriverRing, DriverSegment, MemoryLayout, RigMemory, RingLayout, UsedKind};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 
 /// Rig memory plus the device's own mapping of the same memfd.
-fn memories(regions: usize) -> (Arc<GuestMemory>, GuestMemoryMmap) {
+fn memories(regions: usize) -> (Arc<RigMemory>, GuestMemoryMmap) {
     let mem = Arc::new(
-        GuestMemory::new(&MemoryLayout {
+        RigMemory::new(&MemoryLayout {
             size: 8 << 20,
             regions,
             ..Default::default()
@@ -56,8 +56,8 @@ fn queue(l: &RingLayout, base: u16, event_idx: bool) -> Queue {
     q
 }
 
-fn seg(gpa: u64, len: u32) -> Segment {
-    Segment {
+fn seg(gpa: u64, len: u32) -> DriverSegment {
+    DriverSegment {
         gpa,
         len,
         writable: false,
@@ -78,7 +78,7 @@ fn chains_layout_and_free_list() {
         .add_chain(&[
             seg(buf, 10),
             seg(buf + 10, 20),
-            Segment {
+            DriverSegment {
                 gpa: buf + 30,
                 len: 30,
                 writable: true,
@@ -113,9 +113,12 @@ fn chains_layout_and_free_list() {
         .unwrap();
     assert!(matches!(
         ring.add_chain(&[seg(buf, 1)]),
-        Err(RingError::Full { need: 1, have: 0 })
+        Err(DriverRingError::Full { need: 1, have: 0 })
     ));
-    assert!(matches!(ring.add_chain(&[]), Err(RingError::EmptyChain)));
+    assert!(matches!(
+        ring.add_chain(&[]),
+        Err(DriverRingError::EmptyChain)
+    ));
     assert!(
         ring.add_chain(&[seg(0, 1)]).is_err(),
         "GPA 0 is not guest memory"
@@ -145,7 +148,10 @@ fn chains_layout_and_free_list() {
     ring.publish();
     q.pop_descriptor_chain(&dev).unwrap();
     q.add_used(&dev, (h4 + 1) % 8, 1).unwrap();
-    assert!(matches!(ring.pop_used(), Err(RingError::BadUsedId { .. })));
+    assert!(matches!(
+        ring.pop_used(),
+        Err(DriverRingError::BadUsedId { .. })
+    ));
 }
 
 #[test]
@@ -157,7 +163,7 @@ fn used_idx_jump_is_reported() {
     dev.write_obj(9u16, GuestAddress(l.used + 2)).unwrap();
     assert!(matches!(
         ring.pop_used(),
-        Err(RingError::UsedIdxJump { last: 0, now: 9 })
+        Err(DriverRingError::UsedIdxJump { last: 0, now: 9 })
     ));
 }
 
@@ -362,8 +368,8 @@ fn loopback(
     let mut tx_ring = DriverRing::new(mem.clone(), tx_l, base).unwrap();
     rx_ring.set_event_idx(event_idx);
     tx_ring.set_event_idx(event_idx);
-    let (rx_n, tx_n) = (Notifier::new().unwrap(), Notifier::new().unwrap());
-    let dev_ring = |l: &RingLayout, n: &Notifier| {
+    let (rx_n, tx_n) = (KickCall::new().unwrap(), KickCall::new().unwrap());
+    let dev_ring = |l: &RingLayout, n: &KickCall| {
         DevRing::new(
             l,
             base,
@@ -380,8 +386,8 @@ fn loopback(
     let stats = device.stats.clone();
     let (stop, thread) = spawn(device);
 
-    let mut rx = RxQueue::new(rx_ring, rx_n, 0, rx_pool, buf_size, k, mrg);
-    let mut tx = TxQueue::new(tx_ring, tx_n, 1, tx_pool, two_desc);
+    let mut rx = DriverRxQueue::new(rx_ring, rx_n, 0, rx_pool, buf_size, k, mrg);
+    let mut tx = DriverTxQueue::new(tx_ring, tx_n, 1, tx_pool, two_desc);
     let frames = 3000u64;
     let window = rx.frames_capacity(max_frame) as u64;
     assert!(window > 0);
@@ -415,9 +421,9 @@ fn loopback(
         if n == 0 {
             // NAPI-style sleep on the RX call eventfd.
             if !rx.ring_mut().enable_interrupts() {
-                wait_readable(&[raw(rx.notifier().call_fd())], Duration::from_millis(20)).unwrap();
+                wait_readable(&[raw(rx.kick_call().call_fd())], Duration::from_millis(20)).unwrap();
             }
-            rx.notifier_mut().drain_call().unwrap();
+            rx.kick_call_mut().drain_call().unwrap();
             rx.ring_mut().disable_interrupts();
         }
     }

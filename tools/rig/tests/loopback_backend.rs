@@ -7,12 +7,12 @@ mod support;
 use std::time::Duration;
 
 use support::backend::{temp_socket, BackendConfig, FakeBackend};
-use vdpa_rig::frame::build_frame;
-use vdpa_rig::virtio::{
+use vdpa::virtio::features::{
     VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use vdpa_rig::frame::build_frame;
 use vdpa_rig::{
-    run_bench, run_verify, BenchOptions, Direction, Hostile, Rig, RigOptions, RigSetup, SetupStep,
+    run_bench, run_verify, BenchOptions, Hostile, PairRing, Rig, RigOptions, RigSetup, SetupStep,
     VerifyOptions,
 };
 
@@ -237,7 +237,7 @@ fn get_vring_base_reports_progress() {
 
 #[test]
 fn hostile_chains_then_traffic() {
-    for dir in [Direction::Tx, Direction::Rx] {
+    for dir in [PairRing::Tx, PairRing::Rx] {
         for kind in Hostile::ALL {
             if !kind.applies_to(dir) {
                 continue;
@@ -248,7 +248,7 @@ fn hostile_chains_then_traffic() {
             // Normal traffic first, so RX buffers are posted; drain them so the device
             // meets the hostile RX chain first.
             verify_ok(&mut rig, 50, 64, 64);
-            if dir == Direction::Rx {
+            if dir == PairRing::Rx {
                 let n = rig.drain_rx(0, Duration::from_secs(5)).unwrap();
                 assert_eq!(n, 16);
                 assert_eq!(rig.pairs()[0].rx.ring().in_flight(), 0);
@@ -263,13 +263,13 @@ fn hostile_chains_then_traffic() {
             assert_eq!(r.data, f);
             let dev = _be.dev_stats().unwrap();
             let bad = match dir {
-                Direction::Tx => dev.bad_tx_chains,
-                Direction::Rx => dev.bad_rx_chains,
+                PairRing::Tx => dev.bad_tx_chains,
+                PairRing::Rx => dev.bad_rx_chains,
             };
             assert_eq!(bad, 1, "{kind:?} on {dir:?}: {dev:?}");
             let ring = match dir {
-                Direction::Tx => rig.pairs()[0].tx.ring(),
-                Direction::Rx => rig.pairs()[0].rx.ring(),
+                PairRing::Tx => rig.pairs()[0].tx.ring(),
+                PairRing::Rx => rig.pairs()[0].rx.ring(),
             };
             if kind == Hostile::HeadOutOfRange {
                 // The device cannot complete a head it cannot name: it stays outstanding.
@@ -279,8 +279,8 @@ fn hostile_chains_then_traffic() {
                 assert_eq!(ring.raw_outstanding(), 0, "{kind:?} on {dir:?}");
                 let s = rig.stats();
                 let raw = match dir {
-                    Direction::Tx => s.tx.raw_completions,
-                    Direction::Rx => s.rx.raw_completions,
+                    PairRing::Tx => s.tx.raw_completions,
+                    PairRing::Rx => s.rx.raw_completions,
                 };
                 assert_eq!(raw, 1);
             }

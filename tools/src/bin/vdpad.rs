@@ -12,9 +12,9 @@ use vdpad::control::ControlServer;
 use vdpad::daemon::Daemon;
 use vdpad::logging::{self, LogControl};
 use vdpad::metrics::MetricsServer;
-use vdpad::notify::Notifier;
 use vdpad::output;
 use vdpad::qemu;
+use vdpad::sd_notify::SdNotify;
 use vdpad::signals::{self, Signal};
 use vdpad_config::{Config, DaemonConfig};
 
@@ -62,9 +62,9 @@ fn main() -> ExitCode {
     info!(version = env!("CARGO_PKG_VERSION"), devices = cfg.devices.len(),
           config = %args.config.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
           "vdpad starting");
-    let notifier = Arc::new(Notifier::from_env().unwrap_or_else(|e| {
+    let notifier = Arc::new(SdNotify::from_env().unwrap_or_else(|e| {
         warn!(error = %e, "ignoring NOTIFY_SOCKET; no readiness notifications");
-        Notifier::disabled()
+        SdNotify::disabled()
     }));
     let started = if args.strict {
         Daemon::start(&cfg)
@@ -285,7 +285,7 @@ struct RetryThread {
 impl RetryThread {
     fn start(
         daemon: Arc<Mutex<Daemon>>,
-        notifier: Arc<Notifier>,
+        notifier: Arc<SdNotify>,
         control: std::path::PathBuf,
     ) -> RetryThread {
         use std::sync::atomic::Ordering;

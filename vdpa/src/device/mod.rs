@@ -23,7 +23,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::datapath::Datapath;
 use crate::features::{feature_names, offered_features, Negotiated};
 use crate::memory::GuestMemory;
-use crate::net_config::{net_config_bytes, NET_CONFIG_LEN};
+use crate::net_config::net_config_bytes;
+use crate::virtio::net_config::NET_CONFIG_LEN;
 use crate::vring::{CallSetting, RingLocation, RingState};
 
 use observe::Observed;

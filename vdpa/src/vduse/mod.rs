@@ -13,8 +13,8 @@ pub mod sys;
 use tracing::{error, info};
 
 use crate::device::Device;
-use crate::features::VIRTIO_F_IOMMU_PLATFORM;
 use crate::server::{poll_readable, Shutdown};
+use crate::virtio::features::VIRTIO_F_ACCESS_PLATFORM;
 use control::{DeviceSpec, VduseDevice, VduseError};
 use frontend::VduseFrontend;
 
@@ -22,7 +22,7 @@ use frontend::VduseFrontend;
 /// reported at once).
 pub fn create(device: &Device) -> Result<VduseDevice, VduseError> {
     let features = device.offered_features();
-    debug_assert!(features & VIRTIO_F_IOMMU_PLATFORM != 0);
+    debug_assert!(features & VIRTIO_F_ACCESS_PLATFORM != 0);
     VduseDevice::create(&DeviceSpec {
         name: device.name().to_owned(),
         features,

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vdpa_rig::virtio::{
-    VIRTIO_NET_HDR_LEN, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use vdpa::virtio::net_hdr::NET_HDR_LEN;
+use vdpa::virtio::ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vdpa_rig::RingLayout;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -241,10 +240,9 @@ impl LoopbackDevice {
             }
             if mrg {
                 let n = chains.len() as u16;
-                data[VIRTIO_NET_HDR_LEN - 2..VIRTIO_NET_HDR_LEN].copy_from_slice(&n.to_le_bytes());
+                data[NET_HDR_LEN - 2..NET_HDR_LEN].copy_from_slice(&n.to_le_bytes());
             } else {
-                data[VIRTIO_NET_HDR_LEN - 2..VIRTIO_NET_HDR_LEN]
-                    .copy_from_slice(&1u16.to_le_bytes());
+                data[NET_HDR_LEN - 2..NET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
             }
             let mut off = 0;
             let mut used = Vec::new();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hwdrv::sim::TapWire;
+use hwdrv::sim::TapLink;
 use hwdrv::{OffloadDatapath, SimConfig, SimNic};
 use vdpa::Datapath;
 
@@ -87,7 +87,7 @@ fn read_test_frame(s: &OwnedFd, timeout: Duration) -> Option<Vec<u8>> {
 }
 
 #[test]
-fn tap_wire_carries_frames_both_ways_in_a_private_netns() {
+fn tap_link_carries_frames_both_ways_in_a_private_netns() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
         eprintln!("skipped: needs root and /dev/net/tun");
@@ -103,7 +103,7 @@ fn tap_wire_carries_frames_both_ways_in_a_private_netns() {
             );
             return;
         }
-        let tap = TapWire::open(IFNAME).unwrap();
+        let tap = TapLink::open(IFNAME).unwrap();
         if_up(IFNAME);
         let sock = packet_socket(IFNAME);
         let nic = Arc::new(SimNic::new(SimConfig::default(), Box::new(tap)).unwrap());

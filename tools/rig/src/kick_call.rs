@@ -8,7 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// The kick (driver → device) and call (device → driver) eventfds of one ring.
 #[derive(Debug)]
-pub struct Notifier {
+pub struct KickCall {
     kick: EventFd,
     call: EventFd,
     kicks: u64,
@@ -16,7 +16,7 @@ pub struct Notifier {
     interrupt_sum: u64,
 }
 
-impl Notifier {
+impl KickCall {
     /// Creates both eventfds non-blocking.
     pub fn new() -> io::Result<Self> {
         Ok(Self {

@@ -14,25 +14,25 @@ pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 
 /// Where notifications go.
 #[derive(Debug)]
-pub struct Notifier {
+pub struct SdNotify {
     target: Option<SocketAddr>,
     display: String,
 }
 
-impl Notifier {
+impl SdNotify {
     /// A notifier for `$NOTIFY_SOCKET`, or one that does nothing if it is not set.
     /// A malformed value is an error (systemd never sets one).
-    pub fn from_env() -> io::Result<Notifier> {
+    pub fn from_env() -> io::Result<SdNotify> {
         match std::env::var_os(NOTIFY_SOCKET_ENV) {
-            None => Ok(Notifier::disabled()),
-            Some(v) if v.is_empty() => Ok(Notifier::disabled()),
-            Some(v) => Notifier::new(&v.to_string_lossy()),
+            None => Ok(SdNotify::disabled()),
+            Some(v) if v.is_empty() => Ok(SdNotify::disabled()),
+            Some(v) => SdNotify::new(&v.to_string_lossy()),
         }
     }
 
     /// A notifier that does nothing.
-    pub fn disabled() -> Notifier {
-        Notifier {
+    pub fn disabled() -> SdNotify {
+        SdNotify {
             target: None,
             display: String::new(),
         }
@@ -40,7 +40,7 @@ impl Notifier {
 
     /// A notifier for the socket `address`: an absolute path, or `@name` for an
     /// abstract socket.
-    pub fn new(address: &str) -> io::Result<Notifier> {
+    pub fn new(address: &str) -> io::Result<SdNotify> {
         let target = if let Some(name) = address.strip_prefix('@') {
             SocketAddr::from_abstract_name(name.as_bytes())?
         } else if address.starts_with('/') {
@@ -53,7 +53,7 @@ impl Notifier {
                 ),
             ));
         };
-        Ok(Notifier {
+        Ok(SdNotify {
             target: Some(target),
             display: address.to_owned(),
         })
@@ -140,7 +140,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let n = Notifier::new(path.to_str().unwrap()).unwrap();
+        let n = SdNotify::new(path.to_str().unwrap()).unwrap();
         assert!(n.ready("serving 1 device").unwrap());
         let mut buf = [0u8; 512];
         let len = rx.recv(&mut buf).unwrap();
@@ -155,7 +155,7 @@ mod tests {
         let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
             .unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let n = Notifier::new(&format!("@{name}")).unwrap();
+        let n = SdNotify::new(&format!("@{name}")).unwrap();
         assert!(n.stopping().unwrap());
         let len = rx.recv(&mut buf).unwrap();
         assert!(buf[..len].starts_with(b"STOPPING=1"));
@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn disabled_and_malformed() {
-        assert!(!Notifier::disabled().notify("READY=1").unwrap());
-        assert!(Notifier::new("relative/path").is_err());
+        assert!(!SdNotify::disabled().notify("READY=1").unwrap());
+        assert!(SdNotify::new("relative/path").is_err());
     }
 }

@@ -9,12 +9,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 
-/// Frames a loopback or channel wire holds before it drops (a switch port buffer).
-pub(crate) const WIRE_QUEUE_LIMIT: usize = 4096;
+/// Frames a loopback or channel link holds before it drops (a switch port buffer).
+pub const LINK_QUEUE_LIMIT: usize = 4096;
 
 /// The far side of the simulated NIC's port. Frames are Ethernet frames without the
 /// virtio-net header.
-pub trait Wire: Send {
+pub trait Link: Send {
     /// Short description for logs.
     fn describe(&self) -> String;
 
@@ -25,7 +25,7 @@ pub trait Wire: Send {
     /// length; `None` when nothing is waiting. Never blocks.
     fn receive(&mut self, buf: &mut [u8]) -> io::Result<Option<(u16, usize)>>;
 
-    /// A descriptor that becomes readable when frames arrive from outside, if the wire
+    /// A descriptor that becomes readable when frames arrive from outside, if the link
     /// has one (the device thread polls it).
     fn poll_fd(&self) -> Option<RawFd> {
         None
@@ -34,25 +34,25 @@ pub trait Wire: Send {
 
 /// Every frame transmitted on pair p is received on pair p.
 #[derive(Debug, Default)]
-pub struct Loopback {
+pub struct LoopbackLink {
     queue: VecDeque<(u16, Vec<u8>)>,
     dropped: u64,
 }
 
-impl Loopback {
-    /// An empty loopback wire.
-    pub(crate) fn new() -> Self {
+impl LoopbackLink {
+    /// An empty loopback link.
+    pub fn new() -> Self {
         Self::default()
     }
 }
 
-impl Wire for Loopback {
+impl Link for LoopbackLink {
     fn describe(&self) -> String {
         "loopback".into()
     }
 
     fn transmit(&mut self, pair: u16, frame: &[u8]) -> io::Result<()> {
-        if self.queue.len() >= WIRE_QUEUE_LIMIT {
+        if self.queue.len() >= LINK_QUEUE_LIMIT {
             self.dropped += 1;
             return Ok(());
         }
@@ -72,17 +72,18 @@ impl Wire for Loopback {
 #[derive(Debug, Default)]
 struct ChannelState {
     to_device: VecDeque<(u16, Vec<u8>)>,
+    from_device: VecDeque<(u16, Vec<u8>)>,
 }
 
-/// A wire whose other end is a test that injects frames towards the device; what the
-/// device transmits is dropped. Injected frames are picked up the next time the
-/// device thread wakes (a doorbell, or its periodic tick).
+/// A link whose other end is a test: it injects frames towards the device and reads
+/// what the device sent. Injected frames are picked up the next time the device
+/// thread wakes (a doorbell, or its periodic tick).
 #[derive(Clone, Debug, Default)]
-pub struct ChannelWire {
+pub struct ChannelLink {
     state: Arc<Mutex<ChannelState>>,
 }
 
-impl ChannelWire {
+impl ChannelLink {
     /// A new channel; clone it to keep a handle after giving one to the NIC.
     pub fn new() -> Self {
         Self::default()
@@ -91,18 +92,28 @@ impl ChannelWire {
     /// Queues a frame for the device to receive on queue pair `pair`.
     pub fn inject(&self, pair: u16, frame: &[u8]) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.to_device.len() < WIRE_QUEUE_LIMIT {
+        if s.to_device.len() < LINK_QUEUE_LIMIT {
             s.to_device.push_back((pair, frame.to_vec()));
         }
     }
+
+    /// Takes every frame the device transmitted so far, with its queue pair.
+    pub fn take_transmitted(&self) -> Vec<(u16, Vec<u8>)> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.from_device.drain(..).collect()
+    }
 }
 
-impl Wire for ChannelWire {
+impl Link for ChannelLink {
     fn describe(&self) -> String {
         "channel".into()
     }
 
-    fn transmit(&mut self, _pair: u16, _frame: &[u8]) -> io::Result<()> {
+    fn transmit(&mut self, pair: u16, frame: &[u8]) -> io::Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.from_device.len() < LINK_QUEUE_LIMIT {
+            s.from_device.push_back((pair, frame.to_vec()));
+        }
         Ok(())
     }
 
@@ -130,12 +141,12 @@ struct IfReq {
 /// A tap interface (IFF_TAP | IFF_NO_PI, non-blocking): frames the NIC transmits
 /// appear on the interface, frames sent to the interface arrive on queue pair 0.
 #[derive(Debug)]
-pub struct TapWire {
+pub struct TapLink {
     file: File,
     name: String,
 }
 
-impl TapWire {
+impl TapLink {
     /// Opens (creating if needed) tap interface `name` in the current network
     /// namespace. Needs CAP_NET_ADMIN. The interface is left down: bring it up with
     /// `ip link set NAME up` as the test requires.
@@ -165,14 +176,19 @@ impl TapWire {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
         }
-        Ok(TapWire {
+        Ok(TapLink {
             file,
             name: name.to_owned(),
         })
     }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
-impl Wire for TapWire {
+impl Link for TapLink {
     fn describe(&self) -> String {
         format!("tap {}", self.name)
     }
@@ -180,7 +196,7 @@ impl Wire for TapWire {
     fn transmit(&mut self, _pair: u16, frame: &[u8]) -> io::Result<()> {
         match self.file.write(frame) {
             Ok(_) => Ok(()),
-            // A full tap queue or a down interface drops the frame, as a wire would.
+            // A full tap queue or a down interface drops the frame, as a link would.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(()),
             Err(e) => Err(e),
@@ -206,7 +222,7 @@ mod tests {
 
     #[test]
     fn loopback_returns_frames_to_their_pair() {
-        let mut w = Loopback::new();
+        let mut w = LoopbackLink::new();
         w.transmit(3, b"abc").unwrap();
         let mut buf = [0u8; 16];
         assert_eq!(w.receive(&mut buf).unwrap(), Some((3, 3)));
