@@ -398,12 +398,18 @@ impl RxQueue {
             }
             let head = self.q.ring.pop_head();
             let chain = self.pending.next_free();
-            match self.q.ring.read_chain(head, Direction::DeviceWrites, chain) {
-                Ok(()) if chain.segs.len() <= KEEP_SEGMENTS => {
+            // Chains of up to KEEP_SEGMENTS buffers on the fast path; longer ones are
+            // read again, and counted, on a slow one.
+            match self
+                .q
+                .ring
+                .read_chain_max(head, Direction::DeviceWrites, chain, KEEP_SEGMENTS)
+            {
+                Ok(()) => {
                     self.pending.push();
                     return Some(());
                 }
-                Ok(()) => {
+                Err(BadDescriptor::ChainTooLong) => {
                     if self.take_long(head) {
                         return Some(());
                     }
@@ -413,19 +419,28 @@ impl RxQueue {
         }
     }
 
-    /// A valid chain longer than [`KEEP_SEGMENTS`] was read into the next free slot:
-    /// make it pending, unless long pending chains would then hold more buffers than
-    /// the ring has — only possible if the guest links several chains into the same
-    /// descriptors; refusing that bounds the slots' scratch memory.
+    /// The chain at `head` has more than [`KEEP_SEGMENTS`] buffers: read all of it
+    /// into the next free slot and make it pending, unless long pending chains would
+    /// then hold more buffers than the ring has — only possible if the guest links
+    /// several chains into the same descriptors; refusing that bounds the slots'
+    /// scratch memory.
     #[cold]
     #[inline(never)]
     fn take_long(&mut self, head: u16) -> bool {
-        let n = self.pending.next_free().segs.len();
-        if self.pending.long_segs + n > usize::from(self.q.ring.size()) {
-            self.refuse(head, BadDescriptor::ChainTooLong);
+        let chain = self.pending.next_free();
+        if let Err(kind) = self.q.ring.read_chain(head, Direction::DeviceWrites, chain) {
+            self.refuse(head, kind);
             return false;
         }
-        self.pending.long_segs += n;
+        // (The guest may have shortened the chain since the first read.)
+        let n = chain.segs.len();
+        if n > KEEP_SEGMENTS {
+            if self.pending.long_segs + n > usize::from(self.q.ring.size()) {
+                self.refuse(head, BadDescriptor::ChainTooLong);
+                return false;
+            }
+            self.pending.long_segs += n;
+        }
         self.pending.push();
         true
     }
