@@ -390,6 +390,20 @@ impl DeviceRing {
         dir: Direction,
         out: &mut Chain,
     ) -> Result<(), BadDescriptor> {
+        self.read_chain_max(head, dir, out, usize::from(self.size))
+    }
+
+    /// [`read_chain`](Self::read_chain) that stops with
+    /// [`BadDescriptor::ChainTooLong`] after `max` (at most `size`) descriptors: a
+    /// caller can look at longer chains on a slower path.
+    #[inline]
+    pub fn read_chain_max(
+        &mut self,
+        head: u16,
+        dir: Direction,
+        out: &mut Chain,
+        max: usize,
+    ) -> Result<(), BadDescriptor> {
         out.head = head;
         out.segs.clear();
         out.total = 0;
@@ -398,7 +412,7 @@ impl DeviceRing {
         }
         let mut i = head;
         loop {
-            if out.segs.len() >= usize::from(self.size) {
+            if out.segs.len() >= max {
                 return Err(BadDescriptor::ChainTooLong);
             }
             let d = self.descriptor(i);

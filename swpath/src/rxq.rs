@@ -71,10 +71,6 @@ impl Pending {
     #[inline]
     fn push(&mut self) {
         assert!(!self.is_full(), "pending chains overflow their ring");
-        let n = self.next_free().segs.len();
-        if n > KEEP_SEGMENTS {
-            self.long_segs += n;
-        }
         self.len += 1;
     }
 
@@ -381,33 +377,61 @@ impl RxQueue {
                 return None;
             }
             let head = self.q.ring.pop_head();
-            let size = usize::from(self.q.ring.size());
-            let long_segs = self.pending.long_segs;
             let chain = self.pending.next_free();
-            let mut read = self.q.ring.read_chain(head, Direction::DeviceWrites, chain);
-            // Every descriptor can be in one pending chain only, unless the guest links
-            // several chains into the same descriptors: refusing that bounds the
-            // scratch memory of long chains at a ring's worth of buffers.
-            let n = chain.segs.len();
-            if n > KEEP_SEGMENTS && read.is_ok() && long_segs + n > size {
-                read = Err(BadDescriptor::ChainTooLong);
-            }
-            match read {
+            // Chains of up to KEEP_SEGMENTS buffers on the fast path; longer ones are
+            // read again, and counted, on a slow one.
+            match self
+                .q
+                .ring
+                .read_chain_max(head, Direction::DeviceWrites, chain, KEEP_SEGMENTS)
+            {
                 Ok(()) => {
                     self.pending.push();
                     return Some(());
                 }
-                Err(kind) => {
-                    let chain = self.pending.next_free();
-                    if chain.segs.capacity() > KEEP_SEGMENTS {
-                        chain.trim();
-                    }
-                    self.q.reject(head, kind);
-                    if !self.pending.is_empty() {
-                        self.interleaved = true;
+                Err(BadDescriptor::ChainTooLong) => {
+                    if self.take_long(head) {
+                        return Some(());
                     }
                 }
+                Err(kind) => self.refuse(head, kind),
             }
+        }
+    }
+
+    /// The chain at `head` has more than [`KEEP_SEGMENTS`] buffers: read all of it
+    /// into the next free slot and make it pending, unless long pending chains would
+    /// then hold more buffers than the ring has — only possible if the guest links
+    /// several chains into the same descriptors; refusing that bounds the slots'
+    /// scratch memory.
+    #[cold]
+    #[inline(never)]
+    fn take_long(&mut self, head: u16) -> bool {
+        let chain = self.pending.next_free();
+        if let Err(kind) = self.q.ring.read_chain(head, Direction::DeviceWrites, chain) {
+            self.refuse(head, kind);
+            return false;
+        }
+        // (The guest may have shortened the chain since the first read.)
+        let n = chain.segs.len();
+        if n > KEEP_SEGMENTS {
+            if self.pending.long_segs + n > usize::from(self.q.ring.size()) {
+                self.refuse(head, BadDescriptor::ChainTooLong);
+                return false;
+            }
+            self.pending.long_segs += n;
+        }
+        self.pending.push();
+        true
+    }
+
+    /// Returns the chain at `head` (read into the next free slot) to the guest unused.
+    #[cold]
+    fn refuse(&mut self, head: u16, kind: BadDescriptor) {
+        self.pending.next_free().trim();
+        self.q.reject(head, kind);
+        if !self.pending.is_empty() {
+            self.interleaved = true;
         }
     }
 
