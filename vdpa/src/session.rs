@@ -153,7 +153,8 @@ impl<'d> Session<'d> {
                     .into_iter()
                     .map(map_region)
                     .collect::<Result<_, _>>()?;
-                dev.set_memory(GuestMemory::from_regions(regions)?);
+                let limit = dev.config().max_guest_memory;
+                dev.set_memory(GuestMemory::from_regions_with_limit(regions, limit)?);
             }
             Request::AddMemReg(spec) => {
                 let mem = dev.memory().with_region(map_region(spec)?)?;

@@ -17,6 +17,7 @@ use vdpa::virtio::features::{
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX,
 };
 use vdpa::{Datapath, Device, DeviceHandle, FallbackDatapath};
+use vdpad_config::DeviceConfig;
 use vhost::vhost_user::message::FrontendReq as R;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -38,13 +39,19 @@ impl Harness {
     }
 
     fn with(pairs: u16, live_call: bool) -> Self {
+        Self::configured(pairs, live_call, |_| {})
+    }
+
+    fn configured(pairs: u16, live_call: bool, edit: impl FnOnce(&mut DeviceConfig)) -> Self {
         let dir = TempDir::new();
         let socket = dir.0.join("t0.sock");
         let rec = Recorder {
             live_call,
             ..Default::default()
         };
-        let device = Device::new(device_config(socket.clone(), pairs), Box::new(rec.clone()));
+        let mut cfg = device_config(socket.clone(), pairs);
+        edit(&mut cfg);
+        let device = Device::new(cfg, Box::new(rec.clone()));
         let shutdown = Shutdown::new().unwrap();
         let server = DeviceServer::start(device, shutdown.clone()).unwrap();
         let handle = server.handle().clone();
@@ -465,6 +472,19 @@ fn bad_requests_are_refused_and_the_connection_stays_usable() {
     // Still serving.
     assert_eq!(f.set_features(FEATURES), 0);
     assert!(h.handle.status().last_error.is_some());
+}
+
+#[test]
+fn guest_memory_beyond_max_guest_memory_is_refused() {
+    let h = Harness::configured(1, true, |c| c.max_guest_memory = MEM_SIZE / 2);
+    let mut f = h.connect();
+    f.negotiate(REPLY_ACK);
+    assert_eq!(f.set_features(FEATURES), 0);
+    assert_ne!(f.set_mem_table(), 0, "a table over the limit is refused");
+    let why = h.handle.status().last_error.unwrap_or_default();
+    assert!(why.contains("max_guest_memory"), "{why}");
+    // Within the limit (a region of half the memory) it is taken.
+    assert_eq!(f.add_mem_reg(0, MEM_SIZE / 2, 0), 0);
 }
 
 #[test]

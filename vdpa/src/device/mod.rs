@@ -75,7 +75,7 @@ impl Device {
             datapath,
             features: None,
             rings_need_enable: false,
-            mem: Arc::new(GuestMemory::empty()),
+            mem: Arc::new(GuestMemory::empty_with_limit(cfg.max_guest_memory)),
             rings: (0..2 * pairs).map(|_| RingState::default()).collect(),
             running: vec![false; pairs],
             not_ready: vec![None; pairs],
@@ -148,6 +148,12 @@ impl Device {
     /// The guest memory table.
     pub fn memory(&self) -> &Arc<GuestMemory> {
         &self.mem
+    }
+
+    /// An empty memory table with this device's size limit (`max_guest_memory`):
+    /// frontends build every table from it, so none maps more than the limit.
+    pub fn no_memory(&self) -> GuestMemory {
+        GuestMemory::empty_with_limit(self.cfg.max_guest_memory)
     }
 
     /// The virtio device status byte the driver last set.
@@ -303,7 +309,7 @@ impl Device {
         self.stop_all();
         self.datapath.reset();
         self.forget_driver();
-        self.mem = Arc::new(GuestMemory::empty());
+        self.mem = Arc::new(self.no_memory());
         self.observed.update(|s| {
             s.state = ConnectionState::Waiting;
             s.acked_features = 0;

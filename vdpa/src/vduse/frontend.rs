@@ -22,7 +22,6 @@ use super::irq::IrqRelay;
 use super::sys::{self, DevRequest, DevResponse};
 use crate::datapath::RingAddrs;
 use crate::device::Device;
-use crate::memory::GuestMemory;
 use crate::vring::{AddrSpace, RingLocation};
 
 /// virtio status bits.
@@ -109,7 +108,7 @@ impl VduseFrontend {
                     self.load_memory(device);
                     device.reconcile();
                 } else {
-                    device.set_memory(GuestMemory::empty());
+                    device.set_memory(device.no_memory());
                 }
             }
             other => {
@@ -179,13 +178,13 @@ impl VduseFrontend {
     }
 
     fn load_memory(&self, device: &mut Device) {
-        match read_table(&self.dev) {
+        match read_table(&self.dev, device.config().max_guest_memory) {
             Ok(mem) => device.set_memory(mem),
             Err(e) => {
                 let text = crate::server::error_chain(&e);
                 warn!(device = device.name(), error = %text, "IOTLB not readable; rings cannot run");
                 device.record_error(text);
-                device.set_memory(GuestMemory::empty());
+                device.set_memory(device.no_memory());
             }
         }
     }
@@ -246,7 +245,7 @@ impl VduseFrontend {
     pub fn reset(&mut self, device: &mut Device) {
         self.relay = None;
         device.reset();
-        device.set_memory(GuestMemory::empty());
+        device.set_memory(device.no_memory());
         for vq in 0..u32::from(device.ring_count()) {
             if let Err(e) = self.dev.set_kick(vq, None) {
                 debug!(device = device.name(), vq, error = %e, "kick eventfd not deassigned");

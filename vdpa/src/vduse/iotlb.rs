@@ -58,7 +58,8 @@ pub enum IotlbError {
 }
 
 /// Reads every IOTLB entry of `dev` into a memory table keyed by IOVA.
-pub fn read_table(dev: &VduseDevice) -> Result<GuestMemory, IotlbError> {
+/// The table is refused if it maps more than `limit` bytes (`max_guest_memory`).
+pub fn read_table(dev: &VduseDevice, limit: u64) -> Result<GuestMemory, IotlbError> {
     let bounce_size = bounce_size(dev.name());
     let mut regions = Vec::new();
     let mut domain: Option<File> = None;
@@ -103,11 +104,12 @@ pub fn read_table(dev: &VduseDevice) -> Result<GuestMemory, IotlbError> {
         regions.push(map_entry(0, bounce_size - 1, 0, VDUSE_ACCESS_WO, file)?);
     }
     let count = regions.len();
-    let mem = GuestMemory::from_regions(regions).map_err(|source| IotlbError::Map {
-        start: 0,
-        last: u64::MAX,
-        source,
-    })?;
+    let mem =
+        GuestMemory::from_regions_with_limit(regions, limit).map_err(|source| IotlbError::Map {
+            start: 0,
+            last: u64::MAX,
+            source,
+        })?;
     for r in mem.regions() {
         info!(
             device = dev.name(),
