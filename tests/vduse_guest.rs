@@ -32,6 +32,8 @@ use support::tmp::TempDir;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Each step of the script.
 const STEP_TIMEOUT: Duration = Duration::from_secs(240);
+/// Frames `vdpa-rig --vhost-vdpa verify` sends.
+const RIG_PACKETS: u64 = 100_000;
 /// Bytes sent each way over TCP.
 const TCP_BYTES: u64 = 20 << 20;
 
@@ -63,11 +65,12 @@ else:
     print("received", n, h.hexdigest())
 "#;
 
-fn guest_script(vdpad: &Path, vdpactl: &Path) -> String {
+fn guest_script(vdpad: &Path, vdpactl: &Path, rig: &Path) -> String {
     format!(
         r#"{GUEST_FUNCTIONS}
 VDPAD={vdpad}
 VDPACTL={vdpactl}
+RIG={rig}
 H="chroot /host"
 fail() {{ echo "VDUSE-FAIL $*"; cat /lab/vdpad.log 2>/dev/null | tail -n 40; exit 1; }}
 echo "VDUSE-KERNEL $(uname -r)"
@@ -96,6 +99,11 @@ mac = "02:00:00:00:0d:01"
 name = "vdu1"
 frontend = "vduse"
 vdpa_driver = "vhost_vdpa"
+backend = "loopback"
+
+[[device]]
+name = "vu2"
+socket = "/run/vdpad-vduse/vu2.sock"
 backend = "loopback"
 EOF
 start_vdpad() {{
@@ -146,6 +154,17 @@ RC=$?
 tail -n 25 /lab/testpmd.log
 echo "VDUSE-TESTPMD rc=$RC $(grep -a 'RX-packets' /lab/testpmd.log | tail -n 1)"
 
+# ---- vdpa-rig through /dev/vhost-vdpa-N: every byte checked
+$H /usr/bin/timeout 300 $RIG --vhost-vdpa $VDEV verify --packets {RIG_PACKETS} --size 60 --size-max 1514 --timeout 280 > /lab/rig.log 2>&1
+echo "VDUSE-RIG-VERIFY rc=$? $(head -n 1 /lab/rig.log)"
+# ---- the same rig, same vdpad, same run: vhost-vdpa and vhost-user side by side
+for size in 64 1518; do
+  $H /usr/bin/timeout 60 $RIG --vhost-vdpa $VDEV bench --seconds 5 --size $size > /lab/bench-vdpa.log 2>&1
+  echo "VDUSE-BENCH vhost-vdpa size=$size rc=$? $(head -n 1 /lab/bench-vdpa.log)"
+  $H /usr/bin/timeout 60 $RIG --socket /run/vdpad-vduse/vu2.sock bench --seconds 5 --size $size > /lab/bench-vu.log 2>&1
+  echo "VDUSE-BENCH vhost-user size=$size rc=$? $(head -n 1 /lab/bench-vu.log)"
+done
+
 # ---- 3. the device deleted from the bus under traffic, then a vdpad restart
 $H /usr/sbin/ip netns exec vdu /usr/bin/ping -c 400 -i 0.01 -W 1 192.0.2.1 > /lab/ping-del.log 2>&1 &
 PP=$!; sleep 1
@@ -164,6 +183,7 @@ echo "VDUSE-DONE"
 "#,
         vdpad = vdpad.display(),
         vdpactl = vdpactl.display(),
+        rig = rig.display(),
     )
 }
 
@@ -181,8 +201,9 @@ fn vduse_device_serves_the_kernel_driver_and_dpdk_through_the_vdpa_bus() {
     let lab = Lab::require_6_12();
     let vdpad = std::path::PathBuf::from(support::bins::vdpad());
     let vdpactl = std::path::PathBuf::from(support::bins::vdpactl());
+    let rig = std::path::PathBuf::from(support::bins::vdpa_rig());
     let dir = TempDir::new("vduse");
-    let script = guest_script(&vdpad, &vdpactl);
+    let script = guest_script(&vdpad, &vdpactl, &rig);
     // DPDK's testpmd needs more than QEMU's default TCG CPU model (SSE4.2 and up).
     let mut config = GuestConfig::new(&script)
         .kernel_6_12()
@@ -225,6 +246,19 @@ fn vduse_device_serves_the_kernel_driver_and_dpdk_through_the_vdpa_bus() {
         "testpmd moved too little through vhost-vdpa: {testpmd}\n{}",
         guest.tail()
     );
+    let verify = guest.wait_for("VDUSE-RIG-VERIFY", STEP_TIMEOUT);
+    note(t0, &verify);
+    assert!(
+        verify.contains("rc=0")
+            && verify.contains(&format!("received {RIG_PACKETS} lost 0 corrupt 0")),
+        "vdpa-rig through vhost-vdpa: {verify}\n{}",
+        guest.tail()
+    );
+    for _ in 0..4 {
+        let bench = guest.wait_for("VDUSE-BENCH", STEP_TIMEOUT);
+        note(t0, &bench);
+        assert!(bench.contains("rc=0"), "{bench}\n{}", guest.tail());
+    }
     let del = guest.wait_for("VDUSE-DEL", STEP_TIMEOUT);
     assert!(del.contains("rc=0"), "{del}");
     guest.wait_for("VDUSE-ALIVE-AFTER-DEL", STEP_TIMEOUT);

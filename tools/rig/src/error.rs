@@ -10,6 +10,15 @@ use crate::txq::QueueError;
 /// Everything that can go wrong in a rig session.
 #[derive(Debug, thiserror::Error)]
 pub enum RigError {
+    /// A vhost-vdpa request failed.
+    #[error("vhost-vdpa: {step}")]
+    Vdpa {
+        /// The request.
+        step: String,
+        /// The error.
+        #[source]
+        source: vhost::Error,
+    },
     /// The options are inconsistent.
     #[error("invalid options: {0}")]
     Options(String),

@@ -39,6 +39,7 @@ pub mod setup;
 pub mod stats;
 pub mod txq;
 pub mod verify;
+pub mod vhost_vdpa;
 
 pub use bench::{run_bench, BenchOptions, BenchReport};
 pub use driver_ring::{DriverRing, DriverSegment, RawDesc, RingLayout, UsedElem, UsedKind};
@@ -49,6 +50,6 @@ pub use listen::{run_listen, ListenOptions, ListenReport};
 pub use memory::{MemoryLayout, RigMemory};
 pub use options::RigOptions;
 pub use rig::Negotiation;
-pub use rig::{QueuePair, Received, Rig};
+pub use rig::{QueuePair, Received, Rig, Transport};
 pub use setup::{RigSetup, SetupStep};
 pub use verify::{run_verify, VerifyOptions, VerifyReport};

@@ -5,6 +5,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vhost::vdpa::VhostVdpa;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
 
@@ -105,12 +106,29 @@ pub struct Scratch {
     pub len: u64,
 }
 
+/// How the rig reaches the device.
+pub enum Transport {
+    /// A vhost-user socket (the usual way).
+    VhostUser(FrontendConnection),
+    /// A vhost-vdpa character device (`/dev/vhost-vdpa-N`).
+    VhostVdpa(Box<crate::vhost_vdpa::VdpaHandle>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::VhostUser(c) => f.debug_tuple("VhostUser").field(c).finish(),
+            Transport::VhostVdpa(_) => f.write_str("VhostVdpa"),
+        }
+    }
+}
+
 /// What [`RigSetup::finish`](crate::RigSetup::finish) hands over.
 #[derive(Debug)]
 pub(crate) struct RigParts {
     pub(crate) opts: RigOptions,
     pub(crate) mem: Arc<RigMemory>,
-    pub(crate) conn: FrontendConnection,
+    pub(crate) conn: Transport,
     pub(crate) neg: Negotiation,
     pub(crate) rings: Vec<PreparedRing>,
     pub(crate) areas: Vec<PairAreas>,
@@ -122,7 +140,7 @@ pub(crate) struct RigParts {
 pub struct Rig {
     opts: RigOptions,
     mem: Arc<RigMemory>,
-    conn: FrontendConnection,
+    conn: Transport,
     neg: Negotiation,
     pairs: Vec<QueuePair>,
     scratch: Scratch,
@@ -207,12 +225,21 @@ impl Rig {
         &mut self.pairs[i]
     }
     /// The `vhost` crate frontend, for requests of the test's own.
+    ///
+    /// # Panics
+    /// On a rig connected through vhost-vdpa.
     pub fn frontend(&mut self) -> &mut Frontend {
-        self.conn.frontend()
+        self.connection().frontend()
     }
-    /// The connection.
+    /// The vhost-user connection.
+    ///
+    /// # Panics
+    /// On a rig connected through vhost-vdpa.
     pub fn connection(&mut self) -> &mut FrontendConnection {
-        &mut self.conn
+        match &mut self.conn {
+            Transport::VhostUser(c) => c,
+            Transport::VhostVdpa(_) => panic!("this rig is connected through vhost-vdpa"),
+        }
     }
 
     /// Counters summed over all pairs.
@@ -361,8 +388,19 @@ impl Rig {
     /// Sends GET_VRING_BASE for `ring` (which stops it in the backend) and returns the
     /// index the backend reports.
     pub fn get_vring_base(&mut self, ring: usize) -> Result<u32, RigError> {
-        self.conn
-            .without_need_reply(|fe| fe.get_vring_base(ring))
+        let conn = match &mut self.conn {
+            Transport::VhostUser(c) => c,
+            Transport::VhostVdpa(dev) => {
+                return dev
+                    .get_vring_base(ring)
+                    .map(u32::from)
+                    .map_err(|source| RigError::Vdpa {
+                        step: format!("VHOST_GET_VRING_BASE (ring {ring})"),
+                        source,
+                    })
+            }
+        };
+        conn.without_need_reply(|fe| fe.get_vring_base(ring))
             .map_err(|source| RigError::Request {
                 request: format!("GET_VRING_BASE (ring {ring})"),
                 source,
@@ -371,7 +409,15 @@ impl Rig {
 
     /// SET_VRING_ENABLE for `ring`.
     pub fn set_vring_enable(&mut self, ring: usize, enable: bool) -> Result<(), RigError> {
-        self.conn
+        if let Transport::VhostVdpa(dev) = &self.conn {
+            return dev
+                .set_vring_enable(ring, enable)
+                .map_err(|source| RigError::Vdpa {
+                    step: format!("VHOST_VDPA_SET_VRING_ENABLE (ring {ring})"),
+                    source,
+                });
+        }
+        self.connection()
             .frontend()
             .set_vring_enable(ring, enable)
             .map_err(|source| RigError::Request {
@@ -394,6 +440,12 @@ impl Rig {
 
     /// Closes the connection now.
     pub fn disconnect(self) {
-        self.conn.shutdown();
+        match self.conn {
+            Transport::VhostUser(c) => c.shutdown(),
+            Transport::VhostVdpa(dev) => {
+                // The kernel resets the device when its fd closes; say so first.
+                let _ = vhost::vdpa::VhostVdpa::set_status(&*dev, 0);
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::error::RigError;
 use crate::kick_call::KickCall;
 use crate::memory::{MemoryLayout, RigMemory};
 use crate::options::RigOptions;
-use crate::rig::{Negotiation, PairAreas, PreparedRing, Rig, RigParts, Scratch};
+use crate::rig::{Negotiation, PairAreas, PreparedRing, Rig, RigParts, Scratch, Transport};
 use vdpa::features::feature_names;
 use vdpa::virtio::features::{
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
@@ -245,12 +245,26 @@ impl RigSetup {
         Ok(Rig::from_parts(RigParts {
             opts: self.opts,
             mem: self.mem,
-            conn,
+            conn: Transport::VhostUser(conn),
             neg: self.neg,
             rings: self.rings,
             areas: self.areas,
             scratch: self.scratch,
         }))
+    }
+
+    /// The memory and rings laid out, for a transport other than vhost-user.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        RigOptions,
+        Arc<RigMemory>,
+        Vec<PreparedRing>,
+        Vec<PairAreas>,
+        Scratch,
+    ) {
+        (self.opts, self.mem, self.rings, self.areas, self.scratch)
     }
 
     /// Closes the connection now, whatever step was reached.

@@ -19,8 +19,16 @@ use vdpa_rig::{
 #[command(name = "vdpa-rig", version)]
 struct Cli {
     /// vhost-user socket of the backend.
-    #[arg(long)]
-    socket: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "vhost_vdpa",
+        conflicts_with = "vhost_vdpa"
+    )]
+    socket: Option<PathBuf>,
+    /// A vhost-vdpa device (`/dev/vhost-vdpa-N`, e.g. vdpad's VDUSE device bound to
+    /// vhost_vdpa) instead of a vhost-user socket.
+    #[arg(long, value_name = "DEVICE")]
+    vhost_vdpa: Option<PathBuf>,
     /// Queue pairs (RX of pair i is ring 2i, TX is 2i+1).
     #[arg(long, default_value_t = 1)]
     queue_pairs: usize,
@@ -183,7 +191,7 @@ fn main() -> ExitCode {
         Ok(d) => d,
         Err(m) => return usage(m),
     };
-    let mut opts = RigOptions::new(&cli.socket);
+    let mut opts = RigOptions::new(cli.socket.clone().unwrap_or_default());
     opts.queue_pairs = cli.queue_pairs;
     opts.queue_size = cli.queue_size;
     opts.event_idx = !cli.no_event_idx;
@@ -196,7 +204,11 @@ fn main() -> ExitCode {
     opts.connect_timeout = connect_timeout;
     opts.max_frame = u32::try_from(max_frame).unwrap_or(u32::MAX);
 
-    let mut rig = match Rig::connect(opts) {
+    let connected = match &cli.vhost_vdpa {
+        Some(dev) => vdpa_rig::vhost_vdpa::connect(dev, opts),
+        None => Rig::connect(opts),
+    };
+    let mut rig = match connected {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vdpa-rig: setup failed: {}", chain(&e));
