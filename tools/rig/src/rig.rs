@@ -391,13 +391,10 @@ impl Rig {
         let conn = match &mut self.conn {
             Transport::VhostUser(c) => c,
             Transport::VhostVdpa(dev) => {
-                return dev
-                    .get_vring_base(ring)
-                    .map(u32::from)
-                    .map_err(|source| RigError::Vdpa {
-                        step: format!("VHOST_GET_VRING_BASE (ring {ring})"),
-                        source,
-                    })
+                return dev.get_vring_base(ring).map_err(|source| RigError::Vdpa {
+                    step: format!("VHOST_GET_VRING_BASE (ring {ring})"),
+                    source,
+                })
             }
         };
         conn.without_need_reply(|fe| fe.get_vring_base(ring))
