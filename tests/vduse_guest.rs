@@ -160,9 +160,9 @@ echo "VDUSE-RIG-VERIFY rc=$? $(head -n 1 /lab/rig.log)"
 # ---- the same rig, same vdpad, same run: vhost-vdpa and vhost-user side by side
 for size in 64 1518; do
   $H /usr/bin/timeout 60 $RIG --vhost-vdpa $VDEV bench --seconds 5 --size $size > /lab/bench-vdpa.log 2>&1
-  echo "VDUSE-BENCH vhost-vdpa size=$size rc=$? $(head -n 1 /lab/bench-vdpa.log)"
+  echo "VDUSE-BENCH vhost-vdpa size=$size rc=$? $(grep -E 'round trip|pkts/kick|pkts/irq' /lab/bench-vdpa.log | tr -s ' ' | tr '\n' ';')"
   $H /usr/bin/timeout 60 $RIG --socket /run/vdpad-vduse/vu2.sock bench --seconds 5 --size $size > /lab/bench-vu.log 2>&1
-  echo "VDUSE-BENCH vhost-user size=$size rc=$? $(head -n 1 /lab/bench-vu.log)"
+  echo "VDUSE-BENCH vhost-user size=$size rc=$? $(grep -E 'round trip|pkts/kick|pkts/irq' /lab/bench-vu.log | tr -s ' ' | tr '\n' ';')"
 done
 
 # ---- 3. the device deleted from the bus under traffic, then a vdpad restart
@@ -257,7 +257,11 @@ fn vduse_device_serves_the_kernel_driver_and_dpdk_through_the_vdpa_bus() {
     for _ in 0..4 {
         let bench = guest.wait_for("VDUSE-BENCH", STEP_TIMEOUT);
         note(t0, &bench);
-        assert!(bench.contains("rc=0"), "{bench}\n{}", guest.tail());
+        assert!(
+            bench.contains("rc=0") && bench.contains("round trip"),
+            "{bench}\n{}",
+            guest.tail()
+        );
     }
     let del = guest.wait_for("VDUSE-DEL", STEP_TIMEOUT);
     assert!(del.contains("rc=0"), "{del}");
