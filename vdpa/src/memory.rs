@@ -383,7 +383,9 @@ impl GuestMemory {
     pub fn va_to_gpa(&self, va: u64, len: u64) -> Option<u64> {
         self.regions.iter().find_map(|r| {
             let off = va.checked_sub(r.user_addr)?;
-            (len <= r.size && off <= r.size - len).then_some(r.gpa + off)
+            // `then`, not `then_some`: the sum must only be formed once the offset is
+            // known to be inside the region (where it cannot overflow).
+            (len <= r.size && off <= r.size - len).then(|| r.gpa + off)
         })
     }
 
@@ -424,6 +426,16 @@ mod tests {
         assert!(mem.translate(u64::MAX, 2).is_none());
         assert_eq!(mem.va_to_gpa(0x7f00_0010, 16), Some(0x10010));
         assert_eq!(mem.va_to_gpa(0x7f00_1ff8, 16), None);
+    }
+
+    /// Found by the memory_table fuzz target: a VA far beyond a region at a high
+    /// guest-physical address overflowed `gpa + offset` before the bounds check.
+    #[test]
+    fn va_far_beyond_a_high_region_is_not_an_overflow() {
+        let r = MemoryRegion::map(u64::MAX - 0x1000, 0x1000, 0, 0, memfd(0x1000)).unwrap();
+        let mem = GuestMemory::from_regions(vec![r]).unwrap();
+        assert_eq!(mem.va_to_gpa(u64::MAX - 8, 1), None);
+        assert_eq!(mem.va_to_gpa(0xff8, 8), Some(u64::MAX - 8));
     }
 
     #[test]
