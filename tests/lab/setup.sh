@@ -16,7 +16,9 @@
 #   4. hugepages for testpmd, best effort (the tests also run with --no-huge);
 #   5. the guest initramfs (tests/lab/initramfs.sh), rebuilt when that script or the
 #      kernel changes;
-#   6. with --smoke (or VDPAD_LAB_SMOKE=1): boots the guest once as a check.
+#   6. cargo-fuzz and the nightly toolchain's miri and rust-src components, for
+#      tests/fuzz/run.sh and the Miri tests (needs rustup with a nightly toolchain);
+#   7. with --smoke (or VDPAD_LAB_SMOKE=1): boots the guest once as a check.
 #
 # Lab dir: $VDPAD_LAB, default /var/tmp/vdpad-lab. The tests find the kernel at
 # $VDPAD_LAB/vmlinuz and the initramfs at $VDPAD_LAB/initramfs.cpio.gz.
@@ -28,7 +30,7 @@ SMOKE=${VDPAD_LAB_SMOKE:-0}
 for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -177,6 +179,28 @@ else
   echo "$STAMP" >"$LAB/initramfs.stamp"
   done_step "built"
 fi
+
+# ---------------------------------------------------------------------------------------
+step "cargo-fuzz and Miri"
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v rustup >/dev/null || die "rustup not found (install Rust with rustup, stable and nightly)"
+rustup run nightly rustc --version >/dev/null 2>&1 ||
+  logged rustup-nightly rustup toolchain install nightly --profile minimal || die "no nightly toolchain"
+fuzz_note="cargo-fuzz present"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  logged cargo-fuzz cargo install cargo-fuzz --locked || die "cargo install cargo-fuzz failed"
+  fuzz_note="cargo-fuzz installed"
+fi
+have=$(rustup component list --toolchain nightly --installed 2>/dev/null)
+if grep -q '^miri' <<<"$have" && grep -q '^rust-src' <<<"$have"; then
+  miri_note="miri present"
+else
+  logged rustup-miri rustup component add --toolchain nightly miri rust-src || die "adding miri failed"
+  miri_note="miri installed"
+fi
+# Miri builds its own standard library once; do it here rather than inside a test run.
+logged miri-setup cargo +nightly miri setup || die "cargo miri setup failed"
+done_step "$fuzz_note, $miri_note ($(cargo fuzz --version 2>/dev/null))"
 
 # ---------------------------------------------------------------------------------------
 step "checks"
