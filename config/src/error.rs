@@ -219,9 +219,11 @@ impl<'a> Source<'a> {
         let line_text = text[line_start..line_end].trim_end_matches('\r');
         let line = text[..line_start].matches('\n').count() + 1;
         let column = text[line_start..start].chars().count() + 1;
-        // A span can start on the line's trailing '\r', which `line_text` drops: the
-        // upper bound must not fall below `start`.
-        let end = span.end.clamp(start, (line_start + line_text.len()).max(start));
+        // A span can start just past the line's trailing '\r', which `line_text`
+        // drops: the upper bound must not fall below `start`.
+        let end = span
+            .end
+            .clamp(start, (line_start + line_text.len()).max(start));
         let width = text.get(start..end).map_or(0, |s| s.chars().count()).max(1);
         Position {
             line,
