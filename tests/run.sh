@@ -5,7 +5,7 @@
 # (this directory), ignored unless --include-ignored; they build the programs they run
 # (vdpad, vdpactl, vdpa-rig, vdpa-bench) themselves, with the same cargo and profile.
 #
-#   sudo tests/run.sh            # everything (about 10 minutes on 2 cores)
+#   sudo tests/run.sh            # everything (about 10 minutes on 2 cores, + fuzz/Miri)
 #   sudo tests/run.sh --fast     # skip the installer and the lab tests: plain cargo test
 #
 # Ends with one line "N passed, N failed" covering every test it ran; exits non-zero
@@ -51,5 +51,32 @@ read -r passed failed < <(awk '/^test result:/ {
   } END { print p + 0, f + 0 }' "$LOG")
 # A test binary that failed to build or crashed reports no result line: count it.
 if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+# --- Fuzzing and Miri (full mode only; docs/testing.md) -------------------------------
+# Every fuzz target (tests/fuzz/run.sh, VDPAD_FUZZ_SECONDS each, default 20) and every
+# Miri run counts as one test. Their build directories live outside the clone
+# (/tmp/vdpad-fuzz-target, /tmp/vdpad-miri-target) so that a later run reuses them:
+# about 7.5 minutes on 2 cores when they are cold, 3 when warm.
+if [ $FAST = 0 ]; then
+  FUZZ_LOG=$(mktemp /tmp/vdpad-fuzz.XXXXXX.log)
+  echo "[run] tests/fuzz/run.sh ${VDPAD_FUZZ_SECONDS:-20}   (full log: $FUZZ_LOG)"
+  bash tests/fuzz/run.sh "${VDPAD_FUZZ_SECONDS:-20}" 2>&1 | tee "$FUZZ_LOG"
+  fuzz_rc=${PIPESTATUS[0]}
+  fuzz_ok=$(grep -cE '^\[fuzz\] [a-z_]+ ok:' "$FUZZ_LOG")
+  fuzz_bad=$(grep -cE '^\[fuzz\] [a-z_]+ FAILED' "$FUZZ_LOG")
+  if [ "$fuzz_rc" -ne 0 ] && [ "$fuzz_bad" -eq 0 ]; then fuzz_bad=1; fi
+  passed=$((passed + fuzz_ok))
+  failed=$((failed + fuzz_bad))
+  for miri in "-p vdpa --lib -- memory:: request::" "-p swpath --lib -- ring::"; do
+    echo "[run] cargo +nightly miri test $miri"
+    # shellcheck disable=SC2086 # the arguments are meant to split
+    if CARGO_TARGET_DIR=/tmp/vdpad-miri-target cargo +nightly miri test $miri 2>&1 |
+      grep -E '^test |^test result:|^error'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+      passed=$((passed + 1))
+    else
+      echo "[run] FAILED: cargo +nightly miri test $miri"
+      failed=$((failed + 1))
+    fi
+  done
+fi
 echo "$passed passed, $failed failed"
 [ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]

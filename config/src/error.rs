@@ -220,7 +220,11 @@ impl<'a> Source<'a> {
         let line_text = text[line_start..line_end].trim_end_matches('\r');
         let line = text[..line_start].matches('\n').count() + 1;
         let column = text[line_start..start].chars().count() + 1;
-        let end = span.end.clamp(start, line_start + line_text.len());
+        // A span can start just past the line's trailing '\r', which `line_text`
+        // drops: the upper bound must not fall below `start`.
+        let end = span
+            .end
+            .clamp(start, (line_start + line_text.len()).max(start));
         let width = text.get(start..end).map_or(0, |s| s.chars().count()).max(1);
         Position {
             line,
@@ -237,6 +241,18 @@ mod tests {
 
     fn at(text: &str, span: Range<usize>) -> ConfigError {
         Source::new("f.toml", text).error(ErrorKind::InvalidValue, span, "bad")
+    }
+
+    /// Found by the config_toml fuzz target: an error just past a line's trailing
+    /// '\r' (at the end of the text, or on the '\n' of a CRLF) made `position` panic
+    /// in `clamp`, so loading such a file crashed instead of reporting the error.
+    #[test]
+    fn span_after_a_trailing_carriage_return() {
+        let e = at("x = 0\r", 6..6);
+        assert_eq!((e.line(), e.column()), (Some(1), Some(7)));
+        let e = at("a = 1\r\nb = 2\r\n", 6..7);
+        assert_eq!((e.line(), e.column()), (Some(1), Some(7)));
+        let _ = e.to_string();
     }
 
     #[test]

@@ -506,3 +506,153 @@ impl DeviceRing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdpa::{MemoryRegion, QueueCounters, RingAddrs, RingEvents};
+    use vmm_sys_util::eventfd::EventFd;
+
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+
+    /// A 4-entry ring in 64 KiB of anonymous guest memory at gpa 0 (runs under Miri).
+    fn ring(event_idx: bool) -> (DeviceRing, Arc<GuestMemory>) {
+        let region = MemoryRegion::anonymous(0, 0x10000, 0x7f00_0000).unwrap();
+        let mem = Arc::new(GuestMemory::from_regions(vec![region]).unwrap());
+        let cfg = RingConfig {
+            index: 1,
+            size: 4,
+            addrs: RingAddrs {
+                desc: DESC,
+                avail: AVAIL,
+                used: USED,
+            },
+            base: 0,
+            events: RingEvents {
+                kick: Arc::new(EventFd::new(0).unwrap()),
+                call: None,
+            },
+            counters: Arc::new(QueueCounters::default()),
+        };
+        (DeviceRing::new(&cfg, mem.clone(), event_idx).unwrap(), mem)
+    }
+
+    fn put<T: Copy>(mem: &GuestMemory, gpa: u64, v: T) {
+        let p = mem.translate(gpa, size_of::<T>() as u64).unwrap();
+        // SAFETY: translate proved room for a T at p; the test owns the memory.
+        unsafe { std::ptr::write_unaligned(p.cast::<T>(), v) }
+    }
+
+    fn get<T: Copy>(mem: &GuestMemory, gpa: u64) -> T {
+        let p = mem.translate(gpa, size_of::<T>() as u64).unwrap();
+        // SAFETY: as in put.
+        unsafe { std::ptr::read_unaligned(p.cast::<T>()) }
+    }
+
+    fn desc(mem: &GuestMemory, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = DESC + 16 * u64::from(i);
+        put(mem, at, addr.to_le());
+        put(mem, at + 8, len.to_le());
+        put(mem, at + 12, flags.to_le());
+        put(mem, at + 14, next.to_le());
+    }
+
+    fn offer(mem: &GuestMemory, heads: &[u16]) {
+        let idx: u16 = get(mem, AVAIL + 2);
+        for (k, &h) in heads.iter().enumerate() {
+            let slot = (idx.wrapping_add(k as u16) & 3) as u64;
+            put(mem, AVAIL + 4 + 2 * slot, h.to_le());
+        }
+        put(mem, AVAIL + 2, idx.wrapping_add(heads.len() as u16).to_le());
+    }
+
+    #[test]
+    fn chains_are_read_checked_and_returned() {
+        let (mut r, mem) = ring(false);
+        desc(&mem, 0, 0x8000, 12, VRING_DESC_F_NEXT, 1);
+        desc(&mem, 1, 0x9000, 1500, 0, 0);
+        desc(&mem, 2, 0xa000, 2048, VRING_DESC_F_WRITE, 0);
+        desc(&mem, 3, 0xfff0, 32, 0, 0); // runs past the end of guest memory
+        offer(&mem, &[0, 2, 3]);
+        assert_eq!(r.available(), Ok(3));
+        assert!(r.peek_single(Direction::DeviceReads).is_none()); // two buffers
+        let mut chain = Chain::with_capacity(4);
+        let head = r.pop_head();
+        r.read_chain(head, Direction::DeviceReads, &mut chain)
+            .unwrap();
+        assert_eq!((chain.head, chain.segs.len(), chain.total), (0, 2, 1512));
+        assert_eq!(chain.segs[1].ptr, mem.translate(0x9000, 1500).unwrap());
+        let single = r.peek_single(Direction::DeviceWrites).unwrap();
+        assert_eq!(
+            (single.ptr, single.len),
+            (mem.translate(0xa000, 1).unwrap(), 2048)
+        );
+        assert_eq!(r.peeked_head(), 2);
+        let head = r.pop_head();
+        assert_eq!(
+            r.read_chain(head, Direction::DeviceReads, &mut chain),
+            Err(BadDescriptor::WrongDirection)
+        );
+        let head = r.pop_head();
+        assert_eq!(
+            r.read_chain(head, Direction::DeviceReads, &mut chain),
+            Err(BadDescriptor::Address)
+        );
+        for (h, len) in [(0, 0), (2, 64), (3, 0)] {
+            r.push_used(h, len);
+        }
+        assert!(r.has_unpublished());
+        r.publish_used();
+        assert_eq!(u16::from_le(get(&mem, USED + 2)), 3);
+        assert_eq!(u32::from_le(get(&mem, USED + 4 + 8)), 2);
+        assert_eq!(u32::from_le(get(&mem, USED + 4 + 8 + 4)), 64);
+        assert!(r.needs_interrupt());
+        assert!(!r.needs_interrupt());
+        assert!(!r.enable_notification());
+        r.disable_notification();
+        assert_eq!(u16::from_le(get(&mem, USED)), VRING_USED_F_NO_NOTIFY);
+    }
+
+    #[test]
+    fn loops_and_index_jumps_break_nothing() {
+        let (mut r, mem) = ring(true);
+        desc(&mem, 0, 0x8000, 8, VRING_DESC_F_NEXT, 1);
+        desc(&mem, 1, 0x8008, 8, VRING_DESC_F_NEXT, 0);
+        offer(&mem, &[0]);
+        assert_eq!(r.available(), Ok(1));
+        let mut chain = Chain::with_capacity(4);
+        let head = r.pop_head();
+        assert_eq!(
+            r.read_chain(head, Direction::DeviceReads, &mut chain),
+            Err(BadDescriptor::ChainTooLong)
+        );
+        assert_eq!(
+            r.read_chain(7, Direction::DeviceReads, &mut chain),
+            Err(BadDescriptor::HeadOutOfRange)
+        );
+        r.push_used(head, 0);
+        r.publish_used();
+        put(&mem, AVAIL + 4 + 2 * 4, 0u16); // used_event 0: crossed by 0 -> 1
+        assert!(r.needs_interrupt());
+        assert!(!r.enable_notification());
+        assert_eq!(u16::from_le(get(&mem, USED + 4 + 8 * 4)), 1); // avail_event
+        put(&mem, AVAIL + 2, 9u16.to_le()); // 8 ahead of a 4-entry ring
+        assert_eq!(r.available(), Err(BadDescriptor::AvailIndexJump));
+        assert!(r.is_broken());
+        assert_eq!(r.available(), Ok(0));
+    }
+
+    #[test]
+    fn need_event_matches_the_spec_formula() {
+        // Event at 5: moving 4 -> 6 crosses it, 6 -> 8 does not.
+        assert!(need_event(5, 6, 4));
+        assert!(!need_event(5, 8, 6));
+        // Exactly reaching event+1 crosses it.
+        assert!(need_event(5, 6, 5));
+        // Across the 16-bit wrap.
+        assert!(need_event(0xffff, 1, 0xfffe));
+        assert!(!need_event(0xfff0, 1, 0xfffe));
+    }
+}

@@ -20,7 +20,9 @@
 #   6. the guest initramfs images (tests/lab/initramfs.sh), one per kernel, rebuilt when
 #      that script, the kernel or the module list changes; the 6.12 one also ships the
 #      vDPA modules (vdpa, vduse, virtio_vdpa, vhost_vdpa) for guest scripts to modprobe;
-#   7. with --smoke (or VDPAD_LAB_SMOKE=1): boots each guest once as a check.
+#   7. cargo-fuzz and the nightly toolchain's miri and rust-src components, for
+#      tests/fuzz/run.sh and the Miri tests (needs rustup with a nightly toolchain);
+#   8. with --smoke (or VDPAD_LAB_SMOKE=1): boots each guest once as a check.
 #
 # Lab dir: $VDPAD_LAB, default /var/tmp/vdpad-lab. The tests find the kernels at
 # $VDPAD_LAB/vmlinuz and $VDPAD_LAB/vmlinuz-6.12, the initramfs images at
@@ -33,7 +35,7 @@ SMOKE=${VDPAD_LAB_SMOKE:-0}
 for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
-    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -250,6 +252,28 @@ VDPA_MODULES="vdpa vduse virtio_vdpa vhost_vdpa vhost vhost_iotlb"
 initramfs "$KROOT" "$KVER" "$INITRD" "$LAB/initramfs.stamp"
 [ -z "$KVER612" ] || initramfs "$KROOT612" "$KVER612" "$INITRD612" "$LAB/initramfs-6.12.stamp" "$VDPA_MODULES"
 done_step "${KVER}${KVER612:+ and $KVER612}"
+
+# ---------------------------------------------------------------------------------------
+step "cargo-fuzz and Miri"
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v rustup >/dev/null || die "rustup not found (install Rust with rustup, stable and nightly)"
+rustup run nightly rustc --version >/dev/null 2>&1 ||
+  logged rustup-nightly rustup toolchain install nightly --profile minimal || die "no nightly toolchain"
+fuzz_note="cargo-fuzz present"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  logged cargo-fuzz cargo install cargo-fuzz --locked || die "cargo install cargo-fuzz failed"
+  fuzz_note="cargo-fuzz installed"
+fi
+have=$(rustup component list --toolchain nightly --installed 2>/dev/null)
+if grep -q '^miri' <<<"$have" && grep -q '^rust-src' <<<"$have"; then
+  miri_note="miri present"
+else
+  logged rustup-miri rustup component add --toolchain nightly miri rust-src || die "adding miri failed"
+  miri_note="miri installed"
+fi
+# Miri builds its own standard library once; do it here rather than inside a test run.
+logged miri-setup cargo +nightly miri setup || die "cargo miri setup failed"
+done_step "$fuzz_note, $miri_note ($(cargo fuzz --version 2>/dev/null))"
 
 # ---------------------------------------------------------------------------------------
 step "checks"

@@ -446,25 +446,116 @@ fn accept_loop(
     }
 }
 
-/// Reads the request head, bounded in size and time. `Err(status)` on a bad request.
-fn read_head(stream: &mut TcpStream) -> Result<String, (u16, &'static str)> {
+/// An error answer to a request: status line, and a short plain-text body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status code.
+    pub status: u16,
+    /// Reason phrase of the status line.
+    pub reason: &'static str,
+    /// The plain-text body.
+    pub body: &'static str,
+    /// Whether to send the head only (the request was `HEAD`).
+    pub head_only: bool,
+}
+
+impl Rejection {
+    const fn new(status: u16, reason: &'static str, body: &'static str) -> Rejection {
+        Rejection {
+            status,
+            reason,
+            body,
+            head_only: false,
+        }
+    }
+}
+
+/// What the bytes a client has sent so far ask for (see [`parse_head`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadParse {
+    /// The request head is not complete yet: read more.
+    Incomplete,
+    /// A good request for the metrics; `head_only` for `HEAD`.
+    Metrics {
+        /// The request was `HEAD`: answer without a body.
+        head_only: bool,
+    },
+    /// A request to refuse with this answer.
+    Reject(Rejection),
+}
+
+const BAD_REQUEST: Rejection = Rejection::new(400, "Bad Request", "Bad Request\n");
+
+/// Decides what a request asks for from the bytes received so far: a pure function of
+/// `buf`, so that it can be tested (and fuzzed) without a socket. The head ends at the
+/// first empty line (CRLF or bare LF); a head longer than [`MAX_REQUEST_BYTES`] is
+/// refused with 431, one that is not UTF-8 or has no method, target and version with
+/// 400, a version other than HTTP/1.x with 505, a method other than GET or HEAD with
+/// 405, and a path other than `/metrics` with 404.
+pub fn parse_head(buf: &[u8]) -> HeadParse {
+    let Some(end) = find_head_end(buf) else {
+        if buf.len() > MAX_REQUEST_BYTES {
+            return HeadParse::Reject(Rejection::new(
+                431,
+                "Request Header Fields Too Large",
+                "Request Header Fields Too Large\n",
+            ));
+        }
+        return HeadParse::Incomplete;
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return HeadParse::Reject(BAD_REQUEST);
+    };
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
+    else {
+        return HeadParse::Reject(BAD_REQUEST);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return HeadParse::Reject(Rejection::new(
+            505,
+            "HTTP Version Not Supported",
+            "HTTP/1.x only\n",
+        ));
+    }
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        return HeadParse::Reject(Rejection::new(
+            405,
+            "Method Not Allowed",
+            "GET or HEAD only\n",
+        ));
+    }
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if path != "/metrics" {
+        return HeadParse::Reject(Rejection {
+            head_only,
+            ..Rejection::new(404, "Not Found", "Not Found: the metrics are at /metrics\n")
+        });
+    }
+    HeadParse::Metrics { head_only }
+}
+
+/// Reads the request head, bounded in size and time, and decides what it asks for:
+/// `Ok(head_only)` for a good request, `Err` with the answer for a bad one.
+fn read_head(stream: &mut TcpStream) -> Result<bool, Rejection> {
     let deadline = Instant::now() + READ_TIMEOUT;
+    let timeout = Rejection::new(408, "Request Timeout", "Request Timeout\n");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        if let Some(end) = find_head_end(&buf) {
-            return String::from_utf8(buf[..end].to_vec()).map_err(|_| (400, "Bad Request"));
-        }
-        if buf.len() > MAX_REQUEST_BYTES {
-            return Err((431, "Request Header Fields Too Large"));
+        match parse_head(&buf) {
+            HeadParse::Incomplete => {}
+            HeadParse::Metrics { head_only } => return Ok(head_only),
+            HeadParse::Reject(r) => return Err(r),
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err((408, "Request Timeout"));
+            return Err(timeout);
         }
         let _ = stream.set_read_timeout(Some(left));
         match stream.read(&mut chunk) {
-            Ok(0) => return Err((400, "Bad Request")),
+            Ok(0) => return Err(BAD_REQUEST),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
@@ -473,9 +564,9 @@ fn read_head(stream: &mut TcpStream) -> Result<String, (u16, &'static str)> {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err((408, "Request Timeout"))
+                return Err(timeout)
             }
-            Err(_) => return Err((400, "Bad Request")),
+            Err(_) => return Err(BAD_REQUEST),
         }
     }
 }
@@ -515,69 +606,21 @@ fn respond(
 fn serve(mut stream: TcpStream, peer: SocketAddr, daemon: &Mutex<Daemon>, process: ProcessInfo) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let head = match read_head(&mut stream) {
-        Ok(h) => h,
-        Err((status, reason)) => {
-            debug!(%peer, status, "metrics endpoint: bad request");
+    let head_only = match read_head(&mut stream) {
+        Ok(head_only) => head_only,
+        Err(r) => {
+            debug!(%peer, status = r.status, "metrics endpoint: bad request");
             let _ = respond(
                 &mut stream,
-                status,
-                reason,
+                r.status,
+                r.reason,
                 "text/plain",
-                format!("{reason}\n").as_bytes(),
-                false,
+                r.body.as_bytes(),
+                r.head_only,
             );
             return;
         }
     };
-    let mut words = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target, version) = (words.next(), words.next(), words.next());
-    let (Some(method), Some(target), Some(version)) = (method, target, version) else {
-        let _ = respond(
-            &mut stream,
-            400,
-            "Bad Request",
-            "text/plain",
-            b"Bad Request\n",
-            false,
-        );
-        return;
-    };
-    if !version.starts_with("HTTP/1.") {
-        let _ = respond(
-            &mut stream,
-            505,
-            "HTTP Version Not Supported",
-            "text/plain",
-            b"HTTP/1.x only\n",
-            false,
-        );
-        return;
-    }
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        let _ = respond(
-            &mut stream,
-            405,
-            "Method Not Allowed",
-            "text/plain",
-            b"GET or HEAD only\n",
-            false,
-        );
-        return;
-    }
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    if path != "/metrics" {
-        let _ = respond(
-            &mut stream,
-            404,
-            "Not Found",
-            "text/plain",
-            b"Not Found: the metrics are at /metrics\n",
-            head_only,
-        );
-        return;
-    }
     let (views, stats): (Vec<DeviceView>, Vec<DeviceStats>) = all_views(daemon).into_iter().unzip();
     let body = render(process, &views, &stats);
     if let Err(e) = respond(
@@ -681,6 +724,30 @@ mod tests {
                 assert_eq!(name, family, "{line}");
             }
         }
+    }
+
+    #[test]
+    fn request_heads_are_classified() {
+        let get = |h: &[u8]| parse_head(h);
+        assert_eq!(
+            get(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            HeadParse::Metrics { head_only: false }
+        );
+        assert_eq!(
+            get(b"HEAD /metrics?x=1 HTTP/1.0\n\n"),
+            HeadParse::Metrics { head_only: true }
+        );
+        assert_eq!(get(b"GET /metrics HTTP/1.1\r\n"), HeadParse::Incomplete);
+        let status = |h: &[u8]| match parse_head(h) {
+            HeadParse::Reject(r) => r.status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(b"GET /\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\n\r\n"), 404);
+        assert_eq!(status(b"POST /metrics HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status(b"GET /metrics HTTP/2\r\n\r\n"), 505);
+        assert_eq!(status(b"GET /\xff HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status(&[b'a'; MAX_REQUEST_BYTES + 1]), 431);
     }
 
     #[test]

@@ -123,7 +123,8 @@ pub struct MemoryRegion {
     map_len: usize,
     /// The mapping's place in the SIGBUS containment registry (dropped before unmapping).
     registration: Option<Registration>,
-    file: File,
+    /// The backing file (`None` for [`MemoryRegion::anonymous`]).
+    file: Option<File>,
 }
 
 // SAFETY: the region owns its mapping; the raw pointers are only addresses into that
@@ -255,7 +256,53 @@ impl MemoryRegion {
             map_base,
             map_len,
             registration,
-            file,
+            file: Some(file),
+        })
+    }
+
+    /// A region of fresh, zeroed, private anonymous memory instead of a frontend's
+    /// file, for tests: no guest can see it, but tables and rings built on it behave
+    /// as on shared memory. Unlike memfds, such mappings also exist under Miri, so the
+    /// translation and ring code can be checked there.
+    #[doc(hidden)]
+    pub fn anonymous(gpa: u64, size: u64, user_addr: u64) -> Result<Self, MemoryError> {
+        let invalid = || MemoryError::InvalidRegion {
+            gpa,
+            size,
+            user_addr,
+            offset: 0,
+        };
+        if size == 0 || gpa.checked_add(size).is_none() || user_addr.checked_add(size).is_none() {
+            return Err(invalid());
+        }
+        let map_len = usize::try_from(size).map_err(|_| invalid())?;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks.
+        let map_base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map_base == libc::MAP_FAILED {
+            return Err(MemoryError::Map {
+                gpa,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(MemoryRegion {
+            gpa,
+            size,
+            user_addr,
+            mmap_offset: 0,
+            host: map_base.cast(),
+            map_base,
+            map_len,
+            registration: Registration::new(map_base.cast(), map_len),
+            file: None,
         })
     }
 
@@ -284,9 +331,10 @@ impl MemoryRegion {
         self.host
     }
 
-    /// The backing file (to tell whether two regions map the same memory).
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The backing file (to tell whether two regions map the same memory); `None`
+    /// for anonymous test memory.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
     }
 
     /// The contained fault on this region, if its memory was taken away.
@@ -544,7 +592,9 @@ impl GuestMemory {
     pub fn va_to_gpa(&self, va: u64, len: u64) -> Option<u64> {
         self.regions.iter().find_map(|r| {
             let off = va.checked_sub(r.user_addr)?;
-            (len <= r.size && off <= r.size - len).then_some(r.gpa + off)
+            // `then`, not `then_some`: the sum must only be formed once the offset is
+            // known to be inside the region (where it cannot overflow).
+            (len <= r.size && off <= r.size - len).then(|| r.gpa + off)
         })
     }
 
@@ -572,6 +622,42 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_regions_translate_within_bounds() {
+        let a = MemoryRegion::anonymous(0x10000, 0x2000, 0x7f00_0000).unwrap();
+        let b = MemoryRegion::anonymous(0x20000, 0x1000, 0x7e00_0000).unwrap();
+        let mem = GuestMemory::from_regions(vec![b, a]).unwrap();
+        assert_eq!(mem.regions()[0].gpa(), 0x10000);
+        let mut cache = RegionCache::default();
+        for (gpa, len) in [
+            (0x10000, 0x2000),
+            (0x11ff8, 8),
+            (0x20000, 0x1000),
+            (0x20ff0, 16),
+        ] {
+            let p = mem.translate_with(&mut cache, gpa, len).unwrap();
+            assert_eq!(Some(p), mem.translate(gpa, len));
+            // SAFETY: translate guaranteed `len` bytes at p, inside a live mapping.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(p, len as usize) };
+            bytes.fill(0xa5);
+            assert!(bytes.iter().all(|&b| b == 0xa5));
+        }
+        for (gpa, len) in [
+            (0x11fff, 2),
+            (0x12000, 1),
+            (0x1ffff, 2),
+            (0x21000, 1),
+            (u64::MAX, 2),
+        ] {
+            assert!(mem.translate(gpa, len).is_none(), "{gpa:#x}+{len:#x}");
+            assert!(mem.translate_with(&mut cache, gpa, len).is_none());
+        }
+        assert_eq!(mem.va_to_gpa(0x7e00_0ff0, 16), Some(0x20ff0));
+        assert_eq!(mem.va_to_gpa(0x7e00_0ff0, 17), None);
+        assert!(MemoryRegion::anonymous(u64::MAX, 1, 0).is_err());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "memfd_create is not available under Miri")]
     fn translate_and_va_to_gpa_respect_bounds() {
         let mut f = memfd(0x3000);
         f.write_all(b"hello").unwrap();
@@ -587,7 +673,18 @@ mod tests {
         assert_eq!(mem.va_to_gpa(0x7f00_1ff8, 16), None);
     }
 
+    /// Found by the memory_table fuzz target: a VA far beyond a region at a high
+    /// guest-physical address overflowed `gpa + offset` before the bounds check.
     #[test]
+    fn va_far_beyond_a_high_region_is_not_an_overflow() {
+        let r = MemoryRegion::anonymous(u64::MAX - 0x1000, 0x1000, 0).unwrap();
+        let mem = GuestMemory::from_regions(vec![r]).unwrap();
+        assert_eq!(mem.va_to_gpa(u64::MAX - 8, 1), None);
+        assert_eq!(mem.va_to_gpa(0xff8, 8), Some(u64::MAX - 8));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "memfd_create is not available under Miri")]
     fn unaligned_offset_maps_the_right_bytes() {
         let mut f = memfd(0x2000);
         f.write_all(&[0u8; 0x1010]).unwrap();
@@ -601,6 +698,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd_create is not available under Miri")]
     fn file_smaller_than_region_is_refused() {
         let f = memfd(0x1000);
         let e = MemoryRegion::map(0, 0x2000, 0, 0, f).unwrap_err();
@@ -609,16 +707,16 @@ mod tests {
 
     #[test]
     fn overlap_duplicate_and_removal() {
-        let a = MemoryRegion::map(0, 0x1000, 0x10000, 0, memfd(0x1000)).unwrap();
+        let a = MemoryRegion::anonymous(0, 0x1000, 0x10000).unwrap();
         let mem = GuestMemory::empty().with_region(a).unwrap();
-        let dup = MemoryRegion::map(0, 0x1000, 0x10000, 0, memfd(0x1000)).unwrap();
+        let dup = MemoryRegion::anonymous(0, 0x1000, 0x10000).unwrap();
         assert_eq!(mem.with_region(dup).unwrap().regions().len(), 1);
-        let clash = MemoryRegion::map(0x800, 0x1000, 0x20000, 0, memfd(0x1000)).unwrap();
+        let clash = MemoryRegion::anonymous(0x800, 0x1000, 0x20000).unwrap();
         assert!(matches!(
             mem.with_region(clash),
             Err(MemoryError::Overlap { .. })
         ));
-        let b = MemoryRegion::map(0x4000, 0x1000, 0x20000, 0, memfd(0x1000)).unwrap();
+        let b = MemoryRegion::anonymous(0x4000, 0x1000, 0x20000).unwrap();
         let mem = mem.with_region(b).unwrap();
         assert_eq!(mem.total_size(), 0x2000);
         let mem = mem.without_region(0, 0x1000, 0x10000).unwrap();

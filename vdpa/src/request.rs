@@ -300,6 +300,21 @@ fn invalid(req: FrontendReq, why: impl Into<String>) -> RequestError {
     }
 }
 
+/// A `T` copied out of `bytes`, or `None` if the length is not `size_of::<T>()`.
+///
+/// Unlike `ByteValued::from_slice` this does not need `bytes` to be aligned for `T`:
+/// a message body is a `Vec<u8>`, whose alignment is whatever the allocator gave
+/// (Miri found `from_slice` refusing, and `body` then panicking, on a body that was
+/// not 8-byte aligned).
+pub(crate) fn read_obj<T: ByteValued + Default>(bytes: &[u8]) -> Option<T> {
+    let mut v = T::default();
+    if bytes.len() != size_of::<T>() {
+        return None;
+    }
+    v.as_mut_slice().copy_from_slice(bytes);
+    Some(v)
+}
+
 /// Decodes `msg` for a device with `limits`. Takes the message's fds: those the request
 /// keeps move into it, the rest are closed.
 pub fn decode(mut msg: Message, limits: &Limits) -> Result<Request, RequestError> {
@@ -466,7 +481,7 @@ impl Decoder<'_> {
         })
     }
 
-    fn body<T: ByteValued>(&self, msg: &Message) -> Result<T, RequestError> {
+    fn body<T: ByteValued + Default>(&self, msg: &Message) -> Result<T, RequestError> {
         let want = size_of::<T>();
         if msg.body.len() != want {
             return Err(RequestError::BodySize {
@@ -475,15 +490,14 @@ impl Decoder<'_> {
                 want,
             });
         }
-        Ok(*T::from_slice(&msg.body).expect("length checked"))
+        Ok(read_obj(&msg.body).expect("length checked"))
     }
 
     /// The fixed part that starts a variable-size body.
-    fn head<T: ByteValued>(&self, msg: &Message) -> Result<T, RequestError> {
+    fn head<T: ByteValued + Default>(&self, msg: &Message) -> Result<T, RequestError> {
         msg.body
             .get(..size_of::<T>())
-            .and_then(T::from_slice)
-            .copied()
+            .and_then(read_obj::<T>)
             .ok_or(RequestError::BodySize {
                 req: self.req,
                 got: msg.body.len(),
@@ -594,7 +608,7 @@ impl Decoder<'_> {
         let mut regions: Vec<RegionSpec> = Vec::with_capacity(n);
         for (i, file) in msg.fds.drain(..).enumerate() {
             let off = head + i * each;
-            let r = *VhostUserMemoryRegion::from_slice(&msg.body[off..off + each]).expect("sized");
+            let r: VhostUserMemoryRegion = read_obj(&msg.body[off..off + each]).expect("sized");
             let spec = self.region(&r, file)?;
             if let Some(other) = regions.iter().find(|o| overlaps(o, &spec)) {
                 return Err(invalid(

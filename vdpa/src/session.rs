@@ -19,7 +19,7 @@ use vm_memory::ByteValued;
 use crate::device::{Device, DeviceError};
 use crate::features::offered_protocol_features;
 use crate::memory::{GuestMemory, MemoryError, MemoryRegion, MAX_REGIONS};
-use crate::request::{decode, ConfigRead, Limits, RegionSpec, Request, RequestError};
+use crate::request::{decode, read_obj, ConfigRead, Limits, RegionSpec, Request, RequestError};
 use crate::virtio::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use crate::wire::Message;
 
@@ -212,8 +212,7 @@ fn config_request_header(msg: &Message) -> Option<VhostUserConfig> {
     Some(
         msg.body
             .get(..size_of::<VhostUserConfig>())
-            .and_then(VhostUserConfig::from_slice)
-            .copied()
+            .and_then(read_obj::<VhostUserConfig>)
             .unwrap_or_default(),
     )
 }

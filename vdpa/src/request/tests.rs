@@ -262,6 +262,10 @@ fn vring_addresses_are_aligned_and_unlogged() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "fd_kind reads /proc/self/fd, which Miri's isolation forbids"
+)]
 fn kick_and_call_take_eventfds_only() {
     assert!(matches!(
         dec(R::SET_VRING_KICK, &u64_body(1), vec![eventfd_file()]),
@@ -311,6 +315,7 @@ fn vring_err_takes_any_fd_or_none() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "memfd_create is not available under Miri")]
 fn a_memory_table_has_one_fd_per_region_and_no_overlaps() {
     let two = [
         region(0, 0x10000, 0x7000_0000),
@@ -376,6 +381,7 @@ fn a_memory_table_has_one_fd_per_region_and_no_overlaps() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "memfd_create is not available under Miri")]
 fn single_regions_are_added_and_removed() {
     let body = VhostUserSingleMemoryRegion::new(0x1000, 0x2000, 0x7000_1000, 0x1000)
         .as_slice()
