@@ -53,13 +53,15 @@ read -r passed failed < <(awk '/^test result:/ {
 if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 # --- Fuzzing and Miri (full mode only; docs/testing.md) -------------------------------
 # Every fuzz target (tests/fuzz/run.sh, VDPAD_FUZZ_SECONDS each, default 20) and every
-# Miri run counts as one test. Their build directories live outside the clone
-# (/tmp/vdpad-fuzz-target, /tmp/vdpad-miri-target) so that a later run reuses them:
-# about 7.5 minutes on 2 cores when they are cold, 3 when warm.
+# Miri run counts as one test. Their build directories live in this clone's target/
+# (target/fuzz, target/miri): a directory shared between checkouts at different paths
+# was seen to reuse another checkout's crates. About 7.5 minutes on 2 cores when they
+# are cold, 3 when warm.
 if [ $FAST = 0 ]; then
   FUZZ_LOG=$(mktemp /tmp/vdpad-fuzz.XXXXXX.log)
   echo "[run] tests/fuzz/run.sh ${VDPAD_FUZZ_SECONDS:-20}   (full log: $FUZZ_LOG)"
-  bash tests/fuzz/run.sh "${VDPAD_FUZZ_SECONDS:-20}" 2>&1 | tee "$FUZZ_LOG"
+  VDPAD_FUZZ_TARGET_DIR=${VDPAD_FUZZ_TARGET_DIR:-$PWD/target/fuzz} \
+    bash tests/fuzz/run.sh "${VDPAD_FUZZ_SECONDS:-20}" 2>&1 | tee "$FUZZ_LOG"
   fuzz_rc=${PIPESTATUS[0]}
   fuzz_ok=$(grep -cE '^\[fuzz\] [a-z_]+ ok:' "$FUZZ_LOG")
   fuzz_bad=$(grep -cE '^\[fuzz\] [a-z_]+ FAILED' "$FUZZ_LOG")
@@ -69,7 +71,7 @@ if [ $FAST = 0 ]; then
   for miri in "-p vdpa --lib -- memory:: request::" "-p swpath --lib -- ring::"; do
     echo "[run] cargo +nightly miri test $miri"
     # shellcheck disable=SC2086 # the arguments are meant to split
-    if CARGO_TARGET_DIR=/tmp/vdpad-miri-target cargo +nightly miri test $miri 2>&1 |
+    if CARGO_TARGET_DIR=$PWD/target/miri cargo +nightly miri test $miri 2>&1 |
       grep -E '^test |^test result:|^error'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
       passed=$((passed + 1))
     else
