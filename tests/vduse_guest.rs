@@ -10,8 +10,10 @@
 //! 2. `vhost_vdpa`: a second device (loopback backend) bound to vhost_vdpa becomes
 //!    `/dev/vhost-vdpa-N`, and DPDK's virtio-user io-forwards through it (the IOTLB then
 //!    holds testpmd's own shared memory, announced with UPDATE_IOTLB).
-//! 3. Bad input in the same boot: the device is deleted from the bus under traffic
-//!    (`vdpa dev del`) and comes back when vdpad restarts.
+//! 3. Bad input in the same boot: the kernel driver resets the device under traffic
+//!    (virtio_vdpa unbound and bound again) and the new interface pings; the device is
+//!    deleted from the bus under traffic (`vdpa dev del`) and comes back when vdpad
+//!    restarts.
 //!
 //! Needs the lab with the 6.12 guest (`tests/lab/setup.sh`); run with
 //! `cargo test -p vdpad-tests --test vduse_guest -- --include-ignored --nocapture`.
@@ -139,6 +141,19 @@ RP=$!; sleep 1
 $H /usr/bin/timeout 120 /usr/bin/python3 /run/tcp_md5.py send 192.0.2.2 5002 {TCP_BYTES} > /lab/tcp-out2.log 2>&1
 wait $RP
 echo "VDUSE-TCP-HOST-TO-GUEST $(cat /lab/tcp-out2.log) / $(cat /lab/tcp-in2.log)"
+# The driver resets the device under traffic: virtio_vdpa unbound and bound again.
+$H /usr/sbin/ip netns exec vdu /usr/bin/ping -c 300 -i 0.01 -W 1 192.0.2.1 > /lab/ping-reset.log 2>&1 &
+PP=$!; sleep 0.5
+echo vdu0 > /sys/bus/vdpa/drivers/virtio_vdpa/unbind
+echo vdu0 > /sys/bus/vdpa/drivers/virtio_vdpa/bind
+wait $PP
+IF2=$(ls /sys/bus/vdpa/devices/vdu0/virtio*/net/ 2>/dev/null | head -n 1)
+[ -n "$IF2" ] || fail "no interface after the driver came back"
+$H /usr/sbin/ip link set $IF2 netns vdu
+$H /usr/sbin/ip -n vdu addr add 192.0.2.2/24 dev $IF2
+$H /usr/sbin/ip -n vdu link set $IF2 up
+$H /usr/sbin/ip netns exec vdu /usr/bin/ping -c 20 -i 0.05 -W 2 192.0.2.1 > /lab/ping-after-reset.log 2>&1
+echo "VDUSE-DRIVER-RESET rc=$? if=$IF2 $(grep 'packets transmitted' /lab/ping-after-reset.log)"
 chroot /host $VDPACTL --socket /run/vdpad-vduse/control.sock stats vdu0 > /lab/stats.log 2>&1
 echo "VDUSE-STATS rc=$?"
 cat /lab/stats.log
@@ -231,6 +246,13 @@ fn vduse_device_serves_the_kernel_driver_and_dpdk_through_the_vdpa_bus() {
         assert_eq!(sent.0, TCP_BYTES, "{line}");
         assert_eq!(sent, got, "{marker}: bytes or md5 differ: {line}");
     }
+    let reset = guest.wait_for("VDUSE-DRIVER-RESET", STEP_TIMEOUT);
+    note(t0, &reset);
+    assert!(
+        reset.contains("rc=0") && reset.contains(" 0% packet loss"),
+        "after the driver reset the device under traffic: {reset}\n{}",
+        guest.tail()
+    );
     let stats = guest.wait_for("VDUSE-STATS", STEP_TIMEOUT);
     assert!(stats.contains("rc=0"), "{stats}\n{}", guest.tail());
     let testpmd = guest.wait_for("VDUSE-TESTPMD", STEP_TIMEOUT);
