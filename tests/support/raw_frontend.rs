@@ -173,8 +173,16 @@ impl RawFrontend {
             (Req::SET_VRING_NUM, state(size), None),
             (Req::SET_VRING_BASE, state(0), None),
             (Req::SET_VRING_ADDR, addr, None),
-            (Req::SET_VRING_KICK, u64::from(ring).to_ne_bytes().to_vec(), Some(kick)),
-            (Req::SET_VRING_CALL, u64::from(ring).to_ne_bytes().to_vec(), Some(call)),
+            (
+                Req::SET_VRING_KICK,
+                u64::from(ring).to_ne_bytes().to_vec(),
+                Some(kick),
+            ),
+            (
+                Req::SET_VRING_CALL,
+                u64::from(ring).to_ne_bytes().to_vec(),
+                Some(call),
+            ),
             (Req::SET_VRING_ENABLE, state(1), None),
         ];
         for (req, body, fd) in steps {
@@ -202,7 +210,9 @@ impl RawFrontend {
             if left.is_zero() {
                 return false;
             }
-            let _ = self.s.set_read_timeout(Some(left.min(Duration::from_millis(200))));
+            let _ = self
+                .s
+                .set_read_timeout(Some(left.min(Duration::from_millis(200))));
             match self.s.read(&mut buf) {
                 Ok(0) => return true,
                 Ok(_) => {}
