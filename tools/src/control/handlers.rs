@@ -486,9 +486,9 @@ mod tests {
         assert_eq!(v.drops["oversized"], 1);
         assert_eq!(v.drops.len(), vdpa::DropReason::ALL.len());
         assert_eq!(v.bad_descriptors.len(), vdpa::BadDescriptor::ALL.len());
-        assert_eq!(v.faults.len(), vdpa::QueueFault::ALL.len());
+        assert_eq!(v.faults.len(), vdpa::stats::QueueFault::ALL.len());
         assert_eq!(v.faults["guest_memory"], 0);
-        c.fault(vdpa::QueueFault::GuestMemory);
+        c.fault(vdpa::stats::QueueFault::GuestMemory);
         assert_eq!(queue_view(&c.snapshot(3)).faults["guest_memory"], 1);
         assert_eq!(v.packets_per_kick, Some(5.0));
         assert_eq!(v.packets_per_interrupt, None);
