@@ -27,25 +27,28 @@
 //!    after passing it keeps working (the daemon holds its own reference);
 //! 5. a slow sender (a header promising 4 KiB, then one byte every 2 s):
 //!    `vdpactl remove` returns within 2 s;
+//! 6. a TX chain of 1100 one-byte buffers (more than IOV_MAX, 1024) on a device with
+//!    `queue_size = 2048` whose backend is a tap (the limit is the kernel's, for the
+//!    `writev` of the tap; the loopback backend copies between guest buffers without a
+//!    system call and has no such limit): the frame is dropped and counted as
+//!    `too_many_segments`. This one runs the daemon in a network namespace with the
+//!    tap up and a reflector on it (so (c) gets its frames back), and needs root;
 //! 7. a 64 GiB (sparse) memory table on a device with `max_guest_memory = "1G"`:
 //!    refused naming `max_guest_memory`; the same connection's next, normal table is
 //!    accepted.
 //!
 //! Not here:
 //!
-//! * 6, chains of more than IOV_MAX (1024) buffers: the limit is the kernel's, for the
-//!   `readv`/`writev`/`sendmmsg` of the tap and af_packet backends; the loopback
-//!   backend copies between guest buffers without a system call and has no such limit,
-//!   and a tap backend needs the daemon inside a network namespace, which the operator
-//!   harness these tests share does not do. `swpath/tests/guest_limits.rs` drives the
-//!   tap and af_packet ports directly with 1100-buffer chains on a 2048-entry ring
-//!   (dropped, counted as `too_many_segments`, never retried).
+//! * the same limit on RX and for af_packet: `swpath/tests/guest_limits.rs` drives
+//!   the tap and af_packet ports directly with 1100-buffer chains on a 2048-entry
+//!   ring (dropped, counted as `too_many_segments`, never retried);
 //! * 8, two devices of one `vm` with different memory: only offload shares anything
 //!   between devices (a VFIO container's DMA mappings); `hwdrv`'s `dma_share` unit
 //!   tests cover it (a mapping is shared only for the same file and offset).
 //!
-//! They need only the built binaries and run with a plain `cargo test` (as root or
-//! not). Every wait is bounded; processes are stopped on drop.
+//! They need only the built binaries (case 6 also root, for the namespace and tap)
+//! and run with a plain `cargo test`. Every wait is bounded; processes are stopped on
+//! drop.
 //!
 //! Run: `cargo test -p vdpad-tests --test hostile_frontends -- --nocapture`.
 
@@ -59,12 +62,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::netns::Netns;
 use support::note;
 use support::operator::*;
+use support::packet::Reflector;
 use support::process::SIGTERM;
 use support::raw_frontend::{memfd, pipe, truncate, RawFrontend, Req};
 use support::tmp::TempDir;
-use vdpa_rig::{run_verify, VerifyOptions};
+use vdpa::virtio::ring::VRING_DESC_F_NEXT;
+use vdpa_rig::{run_verify, PairRing, RawDesc, VerifyOptions};
 use vhost::VhostBackend;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -579,6 +585,111 @@ fn a_slow_sender_does_not_hold_up_remove() {
     std::fs::write(&snippet, device_toml(HOSTILE, 2)).unwrap();
     v.ctl_ok(&["add", "--config", &snippet.to_string_lossy()]);
     both_devices_forward(&v, t0);
+}
+
+// --------------------------------------------------------------------------------- 6
+
+/// Buffers in the over-long chain: more than IOV_MAX (1024).
+const LONG_CHAIN: usize = 1100;
+
+#[test]
+fn a_chain_longer_than_iov_max_is_dropped_and_counted_on_a_tap() {
+    let t0 = Instant::now();
+    assert_eq!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() },
+        0,
+        "this test creates a network namespace and a tap: run it as root"
+    );
+    let ns = Netns::new();
+    // As vdpad would create it: multi-queue, with the virtio-net header.
+    ns.ip(&[
+        "tuntap",
+        "add",
+        "dev",
+        "hvtap0",
+        "mode",
+        "tap",
+        "multi_queue",
+        "vnet_hdr",
+    ]);
+    // No IPv6 chatter (router solicitations) for the reflector to send to the guest.
+    let _ = ns.exec("sysctl", &["-qw", "net.ipv6.conf.hvtap0.disable_ipv6=1"]);
+    ns.up("hvtap0");
+    let _reflector = Reflector::start(&ns, "hvtap0", 0);
+    let dir = TempDir::new("hostile-iov");
+    let mut text = config_toml(dir.path(), &[OTHER], None);
+    text.push_str(&format!(
+        "\n[[device]]\nname = \"{HOSTILE}\"\nmode = \"software\"\nbackend = \"tap\"\n\
+         tap_name = \"hvtap0\"\nqueue_pairs = 1\nqueue_size = 2048\nmac = \"52:54:00:00:06:02\"\n"
+    ));
+    let mut v = Vdpad::start_text_in(&dir, &text, &[OTHER, HOSTILE], &[], &[], Some(ns.name()));
+    let bystander = Bystander::start(&v);
+
+    let socket = v.socket(HOSTILE);
+    let (rig, head) = within(
+        &v,
+        "the rig posting a long chain",
+        Duration::from_secs(60),
+        move || {
+            let mut opts = vdpa_rig::RigOptions::new(&socket);
+            opts.queue_size = 2048;
+            let mut rig = vdpa_rig::Rig::connect(opts).expect("rig connects");
+            let scratch = rig.scratch().gpa;
+            let frame = vdpa_rig::frame::build_frame(0xffff, 0, LONG_CHAIN - 1);
+            rig.memory().write(scratch, &[0u8; 12]).unwrap(); // the virtio-net header
+            rig.memory().write(scratch + 4096, &frame).unwrap();
+            let ids = rig.reserve_descs(0, PairRing::Tx, LONG_CHAIN).unwrap();
+            for (pos, &id) in ids.iter().enumerate() {
+                let (addr, len) = match pos {
+                    0 => (scratch, 12),
+                    n => (scratch + 4096 + n as u64 - 1, 1),
+                };
+                let last = pos + 1 == ids.len();
+                let d = RawDesc {
+                    addr,
+                    len,
+                    flags: if last { 0 } else { VRING_DESC_F_NEXT },
+                    next: if last { 0 } else { ids[pos + 1] },
+                };
+                rig.write_raw_desc(0, PairRing::Tx, id, d).unwrap();
+            }
+            let injected = rig.publish_raw(0, PairRing::Tx, ids[0], ids).unwrap();
+            (rig, injected.head)
+        },
+    );
+    note(
+        t0,
+        &format!("a {LONG_CHAIN}-buffer TX chain published (head {head})"),
+    );
+    let dropped = support::poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let stats = v.ctl_json(&["stats", HOSTILE, "--queue", "1"]);
+        let n = stats["stats"][0]["queues"][0]["drops"]["too_many_segments"]
+            .as_u64()
+            .unwrap_or(0);
+        (n >= 1).then_some(n)
+    });
+    assert_eq!(dropped, Some(1), "no too_many_segments drop{}", v.tail());
+    note(t0, "dropped and counted as too_many_segments");
+    control_answers(&v, t0, "after the long chain");
+    alive(&mut v);
+    within(
+        &v,
+        "disconnecting the rig",
+        Duration::from_secs(30),
+        move || rig.disconnect(),
+    );
+    let rounds = bystander.finish(&v);
+    note(
+        t0,
+        &format!("`{OTHER}` passed {rounds} verify rounds meanwhile"),
+    );
+    both_devices_forward(&v, t0);
+    let stats = v.ctl_json(&["stats", HOSTILE, "--queue", "1"]);
+    assert_eq!(
+        stats["stats"][0]["queues"][0]["drops"]["too_many_segments"], 1,
+        "dropped again (retried?): {stats}"
+    );
 }
 
 // --------------------------------------------------------------------------------- 7
