@@ -2,7 +2,7 @@
 //!
 //! One process serves many VMs, so a frontend that breaks the rules must only ever
 //! cost its own device (docs/architecture.md, "Failure containment"). Each test starts
-//! a daemon with two loopback devices: `hostile`, which a misbehaving frontend (a raw
+//! a daemon with two devices (loopback; case 6's `hostile` is a tap): `hostile`, which a misbehaving frontend (a raw
 //! frontend from `support::raw_frontend`, or the rig doing something it should not)
 //! connects to, and `other`, on which a well-behaved rig forwards traffic. Every case
 //! checks, besides its own assertions:
@@ -26,7 +26,9 @@
 //! 4. a pipe as a call fd is refused the same way; a kick eventfd the frontend closes
 //!    after passing it keeps working (the daemon holds its own reference);
 //! 5. a slow sender (a header promising 4 KiB, then one byte every 2 s):
-//!    `vdpactl remove` returns within 2 s;
+//!    `vdpactl remove` returns within 2 s, and the slow connection is closed within
+//!    the same 2 s (remove alone would also return if vdpad left a stuck device thread
+//!    behind after its 1.5 s stop bound); `add` brings the device back for (c);
 //! 6. a TX chain of 1100 one-byte buffers (more than IOV_MAX, 1024) on a device with
 //!    `queue_size = 2048` whose backend is a tap (the limit is the kernel's, for the
 //!    `writev` of the tap; the loopback backend copies between guest buffers without a
