@@ -22,6 +22,8 @@
 //! - [`packet`]: AF_PACKET sockets in a test namespace, a frame reflector, an injector;
 //! - [`operator`]: a `vdpad` with loopback devices and a private control socket, and
 //!   vdpactl, as the operations tests drive them;
+//! - [`raw_frontend`]: a vhost-user frontend that sends exactly the bytes and
+//!   descriptors a test asks for (hostile frontends);
 //! - [`bins`]: the workspace's programs (`vdpad`, `vdpactl`, `vdpa-rig`, `vdpa-bench`),
 //!   built on first use.
 //!
@@ -42,6 +44,7 @@ pub mod netns;
 pub mod operator;
 pub mod packet;
 pub mod process;
+pub mod raw_frontend;
 pub mod swdev;
 pub mod testpmd;
 pub mod tmp;

@@ -84,6 +84,19 @@ impl Vdpad {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Vdpad {
+        Vdpad::start_text_in(dir, text, devices, env, args, None)
+    }
+
+    /// [`Vdpad::start_text`] inside the network namespace `netns` (for tap and
+    /// af_packet backends; the sockets are files, reachable from any namespace).
+    pub fn start_text_in(
+        dir: &TempDir,
+        text: &str,
+        devices: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+        netns: Option<&str>,
+    ) -> Vdpad {
         let config = dir.join("vdpad.toml");
         std::fs::write(&config, text).expect("write config");
         let mut v = Vdpad {
@@ -101,6 +114,9 @@ impl Vdpad {
             .env("RUST_LOG", "");
         for (k, val) in env {
             spawn = spawn.env(k, val);
+        }
+        if let Some(ns) = netns {
+            spawn = spawn.netns(ns);
         }
         v.proc = Some(spawn.start().expect("start vdpad"));
         let mut wanted: Vec<PathBuf> = devices.iter().map(|d| v.socket(d)).collect();

@@ -319,6 +319,28 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
             }
         }
     }
+    e.family(
+        "vdpad_queue_faults_total",
+        "counter",
+        "Events that stopped or degraded a queue, by kind (kick_fd, guest_memory, worker_panic); a pair's events count on its RX queue.",
+    );
+    for s in stats {
+        for q in &s.queues {
+            let queue = q.queue.to_string();
+            for (kind, v) in &q.faults {
+                e.sample(
+                    "vdpad_queue_faults_total",
+                    &[
+                        ("device", &s.name),
+                        ("queue", &queue),
+                        ("direction", &q.direction),
+                        ("kind", kind),
+                    ],
+                    v,
+                );
+            }
+        }
+    }
     e.out
 }
 
@@ -679,6 +701,7 @@ mod tests {
             drops_total: 3,
             bad_descriptors: [("address".to_string(), 0)].into_iter().collect(),
             bad_descriptors_total: 0,
+            faults: [("guest_memory".to_string(), 1)].into_iter().collect(),
             packets_per_kick: Some(7.0),
             packets_per_interrupt: Some(7.0),
         };
@@ -705,6 +728,9 @@ mod tests {
         );
         assert!(text.contains(&format!(
             "vdpad_queue_drops_total{{{esc},queue=\"1\",direction=\"tx\",reason=\"oversized\"}} 3\n"
+        )));
+        assert!(text.contains(&format!(
+            "vdpad_queue_faults_total{{{esc},queue=\"1\",direction=\"tx\",kind=\"guest_memory\"}} 1\n"
         )));
         assert!(text.contains(&format!(
             "vdpad_device_state{{{esc},state=\"running\"}} 1\n"

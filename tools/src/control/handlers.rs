@@ -443,6 +443,7 @@ pub fn queue_view(q: &QueueStats) -> QueueView {
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
         bad_descriptors_total: q.total_bad_descriptors(),
+        faults: q.faults.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         packets_per_kick: q.packets_per_kick(),
         packets_per_interrupt: q.packets_per_interrupt(),
     }
@@ -485,6 +486,10 @@ mod tests {
         assert_eq!(v.drops["oversized"], 1);
         assert_eq!(v.drops.len(), vdpa::DropReason::ALL.len());
         assert_eq!(v.bad_descriptors.len(), vdpa::BadDescriptor::ALL.len());
+        assert_eq!(v.faults.len(), vdpa::stats::QueueFault::ALL.len());
+        assert_eq!(v.faults["guest_memory"], 0);
+        c.fault(vdpa::stats::QueueFault::GuestMemory);
+        assert_eq!(queue_view(&c.snapshot(3)).faults["guest_memory"], 1);
         assert_eq!(v.packets_per_kick, Some(5.0));
         assert_eq!(v.packets_per_interrupt, None);
     }

@@ -445,6 +445,11 @@ pub struct QueueView {
     pub bad_descriptors: BTreeMap<String, u64>,
     /// Sum of `bad_descriptors`.
     pub bad_descriptors_total: u64,
+    /// Events that stopped or degraded the queue, by kind (every kind listed:
+    /// `kick_fd`, `guest_memory`, `worker_panic`; see `vdpa::QueueFault`). Events of a
+    /// whole pair count on its RX queue. Absent (empty) from daemons that predate it.
+    #[serde(default)]
+    pub faults: BTreeMap<String, u64>,
     /// Packets per guest notification, once there was one.
     pub packets_per_kick: Option<f64>,
     /// Packets per interrupt, once there was one.

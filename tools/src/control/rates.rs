@@ -98,6 +98,7 @@ mod tests {
             drops_total: 0,
             bad_descriptors: Default::default(),
             bad_descriptors_total: 0,
+            faults: Default::default(),
             packets_per_kick: None,
             packets_per_interrupt: None,
         }

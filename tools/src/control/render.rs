@@ -222,6 +222,7 @@ pub fn stats(devices: &[DeviceStats], rates: Option<&[QueueRates]>) -> String {
             ("NO_RXBUF", true),
             ("DROPS", true),
             ("BAD_DESC", true),
+            ("FAULTS", true),
         ]);
         for q in &d.queues {
             let r =
@@ -256,12 +257,14 @@ pub fn stats(devices: &[DeviceStats], rates: Option<&[QueueRates]>) -> String {
                 q.rx_no_buffer.to_string(),
                 q.drops_total.to_string(),
                 q.bad_descriptors_total.to_string(),
+                q.faults.values().sum::<u64>().to_string(),
             ]);
         }
         t.render(&mut out);
         for q in &d.queues {
             breakdown(&mut out, q, "drops", &q.drops);
             breakdown(&mut out, q, "bad descriptors", &q.bad_descriptors);
+            breakdown(&mut out, q, "faults", &q.faults);
         }
     }
     out
