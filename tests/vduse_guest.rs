@@ -14,6 +14,9 @@
 //!    (virtio_vdpa unbound and bound again) and the new interface pings; the device is
 //!    deleted from the bus under traffic (`vdpa dev del`) and comes back when vdpad
 //!    restarts.
+//! 4. vdpad killed with SIGKILL while its devices are on the bus: the next vdpad takes
+//!    them over (rebinding the driver, which resets the device) and the kernel's
+//!    interface pings through it again.
 //!
 //! Needs the lab with the 6.12 guest (`tests/lab/setup.sh`); run with
 //! `cargo test -p vdpad-tests --test vduse_guest -- --include-ignored --nocapture`.
@@ -191,7 +194,22 @@ kill -TERM $VP; wait $VP
 echo "VDUSE-EXIT rc=$?"
 $H /usr/sbin/ip netns del vdu
 start_vdpad
-$H /usr/sbin/vdpa dev show
+# ---- 4. vdpad killed outright (no cleanup) with its devices on the bus, then started
+# again: it takes the devices over, and the kernel's driver works through it again.
+kill -KILL $VP; wait $VP
+echo "VDUSE-KILLED devices-left=$(ls /dev/vduse | grep -vc control)"
+: > /lab/vdpad.log
+start_vdpad
+$H /usr/sbin/ip netns add vdu2
+$H /usr/sbin/ip link set $IF netns vdu2
+$H /usr/sbin/ip -n vdu2 addr add 192.0.2.2/24 dev $IF
+$H /usr/sbin/ip -n vdu2 link set $IF up
+ip addr add 192.0.2.1/24 dev vdpadt0
+ip link set vdpadt0 up
+$H /usr/sbin/ip netns exec vdu2 /usr/bin/ping -c 20 -i 0.05 -W 2 192.0.2.1 > /lab/ping-takeover.log 2>&1
+echo "VDUSE-TAKEOVER rc=$? $(grep 'packets transmitted' /lab/ping-takeover.log)"
+grep -E 'taking over' /lab/vdpad.log | head -n 2
+$H /usr/sbin/ip netns del vdu2
 kill -TERM $VP; wait $VP
 echo "VDUSE-EXIT2 rc=$? devices-left=$(ls /dev/vduse | grep -vc control)"
 echo "VDUSE-DONE"
@@ -296,6 +314,15 @@ fn vduse_device_serves_the_kernel_driver_and_dpdk_through_the_vdpa_bus() {
     );
     let again = guest.wait_for("VDUSE-ATTACHED", STEP_TIMEOUT);
     note(t0, &format!("after restart: {again}"));
+    let killed = guest.wait_for("VDUSE-KILLED", STEP_TIMEOUT);
+    assert!(killed.contains("devices-left=2"), "{killed}");
+    let takeover = guest.wait_for("VDUSE-TAKEOVER", STEP_TIMEOUT);
+    note(t0, &takeover);
+    assert!(
+        takeover.contains("rc=0") && takeover.contains(" 0% packet loss"),
+        "after a restart that took over the devices a killed vdpad left: {takeover}\n{}",
+        guest.tail()
+    );
     let exit2 = guest.wait_for("VDUSE-EXIT2", STEP_TIMEOUT);
     assert!(
         exit2.contains("rc=0") && exit2.contains("devices-left=0"),

@@ -128,8 +128,20 @@ pub fn attach(name: &str, driver: VdpaDriver) -> Result<Attached, BusError> {
     {
         run("modprobe", &[driver.as_str()])?;
     }
-    VdpaNetlink::open_with_timeout(NETLINK_WAIT)?.dev_add(name, "vduse")?;
     let dev = Path::new(BUS).join("devices").join(name);
+    let taken_over = dev.exists();
+    if taken_over {
+        // Left on the bus by a vdpad that was killed: rebind its driver, which resets
+        // the device and replays the driver's setup to the new vdpad.
+        if let Some(bound) = bound_driver(name) {
+            write(
+                Path::new(BUS).join("drivers").join(&bound).join("unbind"),
+                name,
+            )?;
+        }
+    } else {
+        VdpaNetlink::open_with_timeout(NETLINK_WAIT)?.dev_add(name, "vduse")?;
+    }
     if let Some(other) = bound_driver(name).filter(|d| d != driver.as_str()) {
         write(
             Path::new(BUS).join("drivers").join(&other).join("unbind"),

@@ -90,10 +90,23 @@ impl VduseDevice {
             // SAFETY: DESTROY_DEV reads a NUL-terminated name of VDUSE_NAME_MAX bytes.
             let r = unsafe { ioctl_with_ref(&control, sys::VDUSE_DESTROY_DEV(), &name) };
             let e = io::Error::last_os_error();
-            if r < 0 {
-                warn!(device = %spec.name, error = %e, "a VDUSE device of this name exists and cannot be destroyed");
-            } else {
+            if r >= 0 {
                 info!(device = %spec.name, "destroyed a stale VDUSE device left by an earlier run");
+            } else if e.raw_os_error() == Some(libc::EBUSY) {
+                // Still on the vDPA bus: a vdpad that was killed left it there. Take it
+                // over (VDUSE lets a new process open the device once the old fd is
+                // gone); the daemon then rebinds its driver, which resets the device
+                // and replays the driver's setup to us.
+                let dev = open_device(&spec.name)?;
+                warn!(device = %spec.name,
+                      "taking over a VDUSE device that an earlier vdpad left on the vDPA bus");
+                return Ok(VduseDevice {
+                    name: spec.name.clone(),
+                    control,
+                    dev: Some(dev),
+                });
+            } else {
+                warn!(device = %spec.name, error = %e, "a VDUSE device of this name exists and cannot be destroyed");
             }
         }
         create_dev(&control, &name, spec)?;
@@ -102,16 +115,7 @@ impl VduseDevice {
             control,
             dev: None,
         };
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(format!("/dev/vduse/{}", spec.name))
-            .map_err(|source| VduseError::Ioctl {
-                what: format!("opening /dev/vduse/{}", spec.name),
-                source,
-            })?;
-        device.dev = Some(dev);
+        device.dev = Some(open_device(&spec.name)?);
         for index in 0..spec.queues {
             let vq = VqConfig {
                 index,
@@ -271,6 +275,19 @@ impl Drop for VduseDevice {
             info!(device = %self.name, "VDUSE device destroyed");
         }
     }
+}
+
+/// Opens `/dev/vduse/<name>` (one process at a time may hold it).
+fn open_device(name: &str) -> Result<File, VduseError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(format!("/dev/vduse/{name}"))
+        .map_err(|source| VduseError::Ioctl {
+            what: format!("opening /dev/vduse/{name}"),
+            source,
+        })
 }
 
 fn name_bytes(name: &str) -> Result<[u8; sys::VDUSE_NAME_MAX], VduseError> {
