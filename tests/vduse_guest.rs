@@ -175,6 +175,11 @@ echo "VDUSE-TESTPMD rc=$RC $(grep -a 'RX-packets' /lab/testpmd.log | tail -n 1)"
 # ---- vdpa-rig through /dev/vhost-vdpa-N: every byte checked
 $H /usr/bin/timeout 300 $RIG --vhost-vdpa $VDEV verify --packets {RIG_PACKETS} --size 60 --size-max 1514 --timeout 280 > /lab/rig.log 2>&1
 echo "VDUSE-RIG-VERIFY rc=$? $(head -n 1 /lab/rig.log)"
+# IOVAs outside every IOTLB entry: counted as bad descriptors, good frames still flow.
+$H /usr/bin/timeout 120 $RIG --vhost-vdpa $VDEV hostile --rounds 20 > /lab/hostile.log 2>&1
+RC=$?
+BAD=$(chroot /host $VDPACTL --socket /run/vdpad-vduse/control.sock --json stats vdu1 | grep -o '"address":[0-9]*' | tr '\n' ' ')
+echo "VDUSE-HOSTILE rc=$RC $(cat /lab/hostile.log) bad=[ $BAD]"
 # ---- the same rig, same vdpad, same run: vhost-vdpa and vhost-user side by side
 for size in 64 1518; do
   $H /usr/bin/timeout 60 $RIG --vhost-vdpa $VDEV bench --seconds 5 --size $size > /lab/bench-vdpa.log 2>&1
@@ -292,6 +297,18 @@ fn vduse_device_serves_the_kernel_driver_and_dpdk_through_the_vdpa_bus() {
         verify.contains("rc=0")
             && verify.contains(&format!("received {RIG_PACKETS} lost 0 corrupt 0")),
         "vdpa-rig through vhost-vdpa: {verify}\n{}",
+        guest.tail()
+    );
+    let hostile = guest.wait_for("VDUSE-HOSTILE", STEP_TIMEOUT);
+    note(t0, &hostile);
+    let bad: u64 = hostile
+        .split("\"address\":")
+        .skip(1)
+        .filter_map(|w| w.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        hostile.contains("rc=0") && bad >= 20,
+        "chains outside the IOTLB must be counted and good frames still flow: {hostile}\n{}",
         guest.tail()
     );
     for _ in 0..4 {

@@ -136,6 +136,14 @@ enum Cmd {
         #[arg(long)]
         poll: bool,
     },
+    /// Publish chains whose buffers lie outside the device's memory (guest memory, or
+    /// for vhost-vdpa every IOTLB entry) on the TX ring of pair 0, each followed by a good
+    /// frame that must come back: the device counts the bad chains and keeps serving.
+    Hostile {
+        /// How many bad chains.
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+    },
 }
 
 /// A 16-bit number, decimal or 0x-prefixed hexadecimal.
@@ -185,7 +193,7 @@ fn main() -> ExitCode {
     let max_frame = match &cli.cmd {
         Cmd::Verify { size, size_max, .. } => (*size).max(size_max.unwrap_or(0)),
         Cmd::Bench { size, .. } | Cmd::Latency { size, .. } => *size,
-        Cmd::Listen { .. } => 1514,
+        Cmd::Listen { .. } | Cmd::Hostile { .. } => 1514,
     };
     let connect_timeout = match secs(cli.connect_timeout, "connect timeout") {
         Ok(d) => d,
@@ -345,6 +353,27 @@ fn main() -> ExitCode {
                 println!("{}", r.summary());
             }
             ExitCode::from(if r.complete(&o) { 0 } else { 1 })
+        }
+        Cmd::Hostile { rounds } => {
+            let good = vdpa_rig::frame::build_frame(0, 1, 64);
+            for round in 0..rounds {
+                let step = rig
+                    .inject(0, vdpa_rig::PairRing::Tx, vdpa_rig::Hostile::AddrOutOfRange)
+                    .and_then(|_| rig.send_and_wait(0, &good, Duration::from_secs(10)));
+                match step {
+                    Ok(got) if got.data == good => {}
+                    Ok(_) => {
+                        eprintln!("vdpa-rig: hostile round {round}: a different frame came back");
+                        return ExitCode::from(1);
+                    }
+                    Err(e) => return run_error(e),
+                }
+            }
+            println!(
+                "hostile: {rounds} chains with buffers outside memory published, \
+                 {rounds} good frames back"
+            );
+            ExitCode::SUCCESS
         }
     }
 }
