@@ -62,6 +62,7 @@ for t in "${TARGETS[@]}"; do
     crash=$(grep -oE "Test unit written to [^ ]+" "$log" | tail -n 1 | sed 's/Test unit written to //')
     echo "[fuzz] $t FAILED (exit $rc): crashing input ${crash:-<none written>}, log $log"
     grep -E -A 12 "panicked at|ERROR: (AddressSanitizer|libFuzzer)" "$log" | head -n 30 | sed 's/^/    /'
+    grep -qE "panicked at|ERROR: " "$log" || tail -n 5 "$log" | sed 's/^/    /'
   fi
 done
 echo "[fuzz] ${#TARGETS[@]} targets, $failed failed; found inputs and logs in $WORK"
