@@ -349,8 +349,12 @@ impl MemoryRegion {
         })
     }
 
+    /// Whether `[gpa, gpa + len)` lies in this region. The start must be inside the
+    /// region even for an empty range, as [`GuestMemory::translate_with`]'s cache
+    /// check has it: an empty range at the end of one region belongs to the region
+    /// that starts there, so the cached and the searched translation always agree.
     fn contains_gpa(&self, gpa: u64, len: u64) -> bool {
-        gpa >= self.gpa && len <= self.size && gpa - self.gpa <= self.size - len
+        gpa >= self.gpa && gpa - self.gpa < self.size && len <= self.size - (gpa - self.gpa)
     }
 
     fn same_placement(&self, gpa: u64, size: u64, user_addr: u64) -> bool {
@@ -595,8 +599,9 @@ impl GuestMemory {
         self.regions.iter().find_map(|r| {
             let off = va.checked_sub(r.user_addr)?;
             // `then`, not `then_some`: the sum must only be formed once the offset is
-            // known to be inside the region (where it cannot overflow).
-            (len <= r.size && off <= r.size - len).then(|| r.gpa + off)
+            // known to be inside the region (where it cannot overflow). The start lies
+            // inside the region even for an empty range, as for `translate`.
+            (off < r.size && len <= r.size - off).then(|| r.gpa + off)
         })
     }
 
@@ -705,6 +710,23 @@ mod tests {
         let f = memfd(0x1000);
         let e = MemoryRegion::map(0, 0x2000, 0, 0, f).unwrap_err();
         assert!(matches!(e, MemoryError::FileTooSmall { .. }));
+    }
+
+    #[test]
+    fn an_empty_range_at_a_region_boundary_translates_the_same_with_a_cache() {
+        // Found by the memory_table fuzz target: two adjacent regions, an empty range at
+        // the end of the first; the cache holds the second.
+        let low = MemoryRegion::anonymous(0x1000, 0x1000, 0x10_0000).unwrap();
+        let high = MemoryRegion::anonymous(0x2000, 0x1000, 0x20_0000).unwrap();
+        let mem = GuestMemory::from_regions(vec![low, high]).unwrap();
+        let mut cache = RegionCache::default();
+        assert!(mem.translate_with(&mut cache, 0x2800, 8).is_some());
+        assert_eq!(
+            mem.translate(0x2000, 0),
+            mem.translate_with(&mut cache, 0x2000, 0)
+        );
+        assert_eq!(mem.translate(0x2000, 0), mem.translate(0x2000, 1));
+        assert!(mem.translate(0x3000, 0).is_none(), "past the last region");
     }
 
     #[test]

@@ -49,8 +49,11 @@ fn map(input: &mut Cursor, small: bool, file_len: u64) -> Option<MemoryRegion> {
 
 /// The region that holds `[gpa, gpa + len)`, by a plain search.
 fn holder(mem: &GuestMemory, gpa: u64, len: u64) -> Option<&Arc<MemoryRegion>> {
+    // The start lies inside the region even for an empty range (an empty range at a
+    // region's end belongs to the region that starts there, if any).
     mem.regions().iter().find(|r| {
         gpa >= r.gpa()
+            && gpa < r.gpa() + r.size()
             && gpa
                 .checked_add(len)
                 .is_some_and(|end| end <= r.gpa() + r.size())
@@ -105,7 +108,7 @@ fn check_translate(mem: &GuestMemory, cache: &mut RegionCache, gpa: u64, len: u6
 fn check_va(mem: &GuestMemory, va: u64, len: u64) {
     let want = mem.regions().iter().find_map(|r| {
         let off = va.checked_sub(r.user_addr())?;
-        (off.checked_add(len)? <= r.size()).then(|| r.gpa() + off)
+        (off < r.size() && off.checked_add(len)? <= r.size()).then(|| r.gpa() + off)
     });
     assert_eq!(mem.va_to_gpa(va, len), want, "va_to_gpa({va:#x}, {len:#x})");
     if let Some(g) = want {
