@@ -222,6 +222,17 @@ fn control_answers(v: &Vdpad, t0: Instant, when: &str) {
 /// (a) after the fault, and (c): `other` still forwards on a fresh verify, and
 /// `hostile` serves a new, good frontend (retried for up to 15 s while the daemon
 /// finishes with the hostile connection).
+/// The end of every case: the bystander's verify rounds stop (each one passed), and
+/// then both devices forward.
+fn the_other_device_kept_forwarding(bystander: Bystander, v: &Vdpad, t0: Instant, when: &str) {
+    let rounds = bystander.finish(v);
+    note(
+        t0,
+        &format!("`{OTHER}` passed {rounds} verify rounds {when}"),
+    );
+    both_devices_forward(v, t0);
+}
+
 fn both_devices_forward(v: &Vdpad, t0: Instant) {
     let (other, hostile) = (v.socket(OTHER), v.socket(HOSTILE));
     let result = within(
@@ -353,12 +364,7 @@ fn truncated_guest_memory_costs_only_its_own_connection() {
         .contains("faults: guest_memory=1"));
 
     control_answers(&v, t0, "after the fault");
-    let rounds = bystander.finish(&v);
-    note(
-        t0,
-        &format!("`{OTHER}` passed {rounds} verify rounds during the fault"),
-    );
-    both_devices_forward(&v, t0);
+    the_other_device_kept_forwarding(bystander, &v, t0, "during the fault");
     alive(&mut v);
 }
 
@@ -391,12 +397,7 @@ fn blocking_call_eventfd_with_a_full_counter_wedges_nothing() {
     note(t0, "2000 frames forwarded with full call counters");
     alive(&mut v);
 
-    let rounds = bystander.finish(&v);
-    note(
-        t0,
-        &format!("`{OTHER}` passed {rounds} verify rounds meanwhile"),
-    );
-    both_devices_forward(&v, t0);
+    the_other_device_kept_forwarding(bystander, &v, t0, "meanwhile");
     // A fresh hostile connection with full counters again, left connected.
     let (socket, fd) = (v.socket(HOSTILE), full.clone());
     let rig = within(
@@ -490,12 +491,7 @@ fn a_pipe_is_refused_as_kick_or_call_fd() {
     note(t0, "kicks passed and closed: 2000 frames forwarded");
     alive(&mut v);
 
-    let rounds = bystander.finish(&v);
-    note(
-        t0,
-        &format!("`{OTHER}` passed {rounds} verify rounds meanwhile"),
-    );
-    both_devices_forward(&v, t0);
+    the_other_device_kept_forwarding(bystander, &v, t0, "meanwhile");
 }
 
 // --------------------------------------------------------------------------------- 5
@@ -681,12 +677,7 @@ fn a_chain_longer_than_iov_max_is_dropped_and_counted_on_a_tap() {
         Duration::from_secs(30),
         move || rig.disconnect(),
     );
-    let rounds = bystander.finish(&v);
-    note(
-        t0,
-        &format!("`{OTHER}` passed {rounds} verify rounds meanwhile"),
-    );
-    both_devices_forward(&v, t0);
+    the_other_device_kept_forwarding(bystander, &v, t0, "meanwhile");
     let stats = v.ctl_json(&["stats", HOSTILE, "--queue", "1"]);
     assert_eq!(
         stats["stats"][0]["queues"][0]["drops"]["too_many_segments"], 1,
@@ -722,10 +713,5 @@ fn a_huge_sparse_memory_table_is_refused_by_max_guest_memory() {
     drop(f);
     alive(&mut v);
 
-    let rounds = bystander.finish(&v);
-    note(
-        t0,
-        &format!("`{OTHER}` passed {rounds} verify rounds meanwhile"),
-    );
-    both_devices_forward(&v, t0);
+    the_other_device_kept_forwarding(bystander, &v, t0, "meanwhile");
 }
