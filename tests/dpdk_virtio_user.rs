@@ -26,6 +26,8 @@ use support::tmp::TempDir;
 
 /// How long testpmd forwards.
 const RUN_FOR: Duration = Duration::from_secs(5);
+/// Longest wait for the first frame to come back before the timed run starts.
+const WARM_UP: Duration = Duration::from_secs(15);
 /// Ring size of the vdpad device (and testpmd's virtio-user default).
 const QUEUE_SIZE: u16 = 256;
 
@@ -38,8 +40,12 @@ fn run_frontend(testpmd: &Path, dir: &TempDir, socket: &Path, vdev_extra: &str) 
     );
     let mut config = TestpmdConfig::io_forward(&vdev, 1, RUN_FOR);
     config.app_args.push("--tx-first".into());
-    let started = Instant::now();
+    // The `timeout` safety net fires at run_for + 30 s from start: the warm-up must
+    // end well before it.
     let mut tp = Testpmd::start(testpmd, dir.path(), "testpmd-frontend", &config);
+    let flowing = tp.wait_until_receiving(0, WARM_UP);
+    eprintln!("testpmd virtio-user [{vdev_extra}]: frames flowing: {flowing}");
+    let started = Instant::now();
     let (status, stats) = tp.run_and_stop();
     assert!(
         status.success(),
@@ -148,7 +154,7 @@ fn control_virtio_user_through_testpmd_vhost_backend() {
     let mut config = TestpmdConfig::io_forward(
         &format!("net_vhost0,iface={},queues=1", socket.display()),
         0,
-        RUN_FOR + Duration::from_secs(20),
+        RUN_FOR + WARM_UP + Duration::from_secs(20),
     );
     config.app_args.push("--port-topology=loop".into());
     let mut backend = Testpmd::start(&testpmd, dir.path(), "testpmd-backend", &config);

@@ -245,6 +245,20 @@ impl Testpmd {
         }
     }
 
+    /// Waits (at most `bound`) until a periodic statistics block shows `port` has
+    /// received a frame; returns whether it did. A frontend's timed run starts only
+    /// then: its peer may take seconds to map the frontend's memory on a loaded machine
+    /// (DPDK's vhost library walks a 1 GiB `--no-huge` table page by page), and a run
+    /// timed from process start would end before the first frame came back.
+    pub fn wait_until_receiving(&mut self, port: u16, bound: Duration) -> bool {
+        super::poll(bound, Duration::from_millis(100), || {
+            let rx = self.stats().last_periodic(port).map_or(0, |c| c.rx);
+            (rx > 0 || !self.proc.is_running()).then_some(())
+        })
+        .is_some()
+            && self.stats().last_periodic(port).is_some_and(|c| c.rx > 0)
+    }
+
     /// Lets testpmd run for its configured time from now, then stops it with SIGINT
     /// (it prints final statistics) and returns them with its exit status.
     pub fn run_and_stop(&mut self) -> (ExitStatus, Stats) {
