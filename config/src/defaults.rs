@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
-use crate::model::{Backend, Config, DeviceConfig, Frontend, Mode, SocketPerms};
+use crate::model::{Backend, Config, DeviceConfig, Frontend, Mode, SocketPerms, SocketRole};
 
 /// Name of the drop-in directory next to the main file (`/etc/vdpad/vdpad.d`).
 pub const DROP_IN_DIR_NAME: &str = "vdpad.d";
@@ -146,6 +146,7 @@ impl DeviceConfig {
             name: name.to_owned(),
             socket,
             frontend: Frontend::VhostUser,
+            socket_role: SocketRole::Server,
             mode: Mode::Software,
             pci: None,
             backend: Backend::Loopback,

@@ -85,6 +85,18 @@ pub enum Frontend {
     },
 }
 
+/// Which side of a vhost-user socket vdpad is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SocketRole {
+    /// vdpad creates the socket and listens; QEMU (`-chardev socket,path=...`) connects.
+    #[default]
+    Server,
+    /// QEMU (`-chardev socket,path=...,server=on`) or DPDK virtio-user (`server=1`)
+    /// owns and listens on the socket; vdpad connects, and reconnects after either
+    /// side restarts. vdpad never creates, removes or changes the socket file.
+    Client,
+}
+
 /// A vDPA bus driver in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VdpaDriver {
@@ -159,6 +171,9 @@ pub struct DeviceConfig {
     pub socket: PathBuf,
     /// vhost-user socket or VDUSE device.
     pub frontend: Frontend,
+    /// Whether vdpad listens on `socket` (server) or connects to it (client); always
+    /// `Server` for VDUSE, which has no socket.
+    pub socket_role: SocketRole,
     /// Datapath selection.
     pub mode: Mode,
     /// PCI function for offload (and the netdev owner for software on a NIC).
@@ -179,7 +194,8 @@ pub struct DeviceConfig {
     pub mrg_rxbuf: bool,
     /// When offload fails to come up, run the software datapath instead.
     pub fallback: bool,
-    /// Socket ownership and mode for this device's socket.
+    /// Socket ownership and mode for this device's socket (unused in client mode:
+    /// the socket is the frontend's).
     pub socket_perms: SocketPerms,
     /// Offer checksum and segmentation offloads when the datapath supports them.
     pub offloads: bool,

@@ -52,6 +52,7 @@ pub(crate) struct RawDaemon {
 pub(crate) struct RawDevice {
     pub name: Option<Spanned<String>>,
     pub socket: Option<Spanned<String>>,
+    pub socket_role: Option<Spanned<String>>,
     pub frontend: Option<Spanned<String>>,
     pub vdpa_driver: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
@@ -237,6 +238,7 @@ pub(crate) const DEVICE: TableSpec = TableSpec {
     keys: &[
         key("name", ValueType::String, "name = \"vm1-net0\""),
         key("socket", ValueType::String, "socket = \"vm1-net0.sock\""),
+        key("socket_role", ValueType::String, "socket_role = \"client\""),
         key("frontend", ValueType::String, "frontend = \"vduse\""),
         key(
             "vdpa_driver",

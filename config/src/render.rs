@@ -6,8 +6,8 @@ use std::fmt::{self, Write};
 use std::path::Path;
 
 use crate::model::{
-    Backend, Config, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms, Tuning,
-    VdpaDriver,
+    Backend, Config, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms,
+    SocketRole, Tuning, VdpaDriver,
 };
 
 impl VdpaDriver {
@@ -38,6 +38,22 @@ impl Mode {
 }
 
 impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl SocketRole {
+    /// The configuration keyword: `server` or `client`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketRole::Server => "server",
+            SocketRole::Client => "client",
+        }
+    }
+}
+
+impl fmt::Display for SocketRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -140,7 +156,10 @@ fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
     writeln!(f, "[[device]]")?;
     writeln!(f, "name = {}", quote(&d.name))?;
     match d.frontend {
-        Frontend::VhostUser => writeln!(f, "socket = {}", path(&d.socket))?,
+        Frontend::VhostUser => {
+            writeln!(f, "socket = {}", path(&d.socket))?;
+            writeln!(f, "socket_role = \"{}\"", d.socket_role)?;
+        }
         Frontend::Vduse { driver } => {
             writeln!(f, "frontend = \"vduse\"")?;
             let driver = driver.map_or("none", VdpaDriver::as_str);
@@ -179,7 +198,8 @@ fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
     writeln!(f, "mrg_rxbuf = {}", d.mrg_rxbuf)?;
     writeln!(f, "offloads = {}", d.offloads)?;
     writeln!(f, "fallback = {}", d.fallback)?;
-    if d.frontend == Frontend::VhostUser {
+    // A client-mode socket is the frontend's: its permissions are not vdpad's to set.
+    if d.frontend == Frontend::VhostUser && d.socket_role == SocketRole::Server {
         write_perms(f, &d.socket_perms)?;
     }
     write_tuning(f, &d.tuning)

@@ -16,8 +16,8 @@ use crate::defaults::{
 use crate::error::{ConfigError, ErrorKind, Source};
 use crate::fields::{self, IdKind};
 use crate::model::{
-    Backend, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms, Tuning,
-    VdpaDriver, MAX_QUEUE_PAIRS,
+    Backend, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms, SocketRole,
+    Tuning, VdpaDriver, MAX_QUEUE_PAIRS,
 };
 use crate::raw::{RawDaemon, RawDevice, RawId};
 use crate::unique;
@@ -198,6 +198,7 @@ pub(crate) fn device(
     )?;
     let socket_span = d.socket.as_ref().map_or(name_value.span(), Spanned::span);
     let frontend = frontend(src, d)?;
+    let socket_role = socket_role(src, d)?;
 
     let pci = d.pci.as_ref().map(|v| fields::pci(src, v)).transpose()?;
     let default_mode = if pci.is_some() {
@@ -282,6 +283,7 @@ pub(crate) fn device(
             name,
             socket,
             frontend,
+            socket_role,
             mode,
             pci,
             backend,
@@ -352,12 +354,54 @@ fn frontend(src: &Source<'_>, d: &RawDevice) -> Result<Frontend, ConfigError> {
     }
 }
 
+/// `socket_role`: whether vdpad listens on the socket or connects to it. A client
+/// never creates the socket, so the keys that set its permissions are refused there.
+fn socket_role(src: &Source<'_>, d: &RawDevice) -> Result<SocketRole, ConfigError> {
+    let Some(value) = &d.socket_role else {
+        return Ok(SocketRole::Server);
+    };
+    let role = fields::choice(
+        src,
+        value,
+        "socket_role",
+        &[
+            ("server", SocketRole::Server),
+            ("client", SocketRole::Client),
+        ],
+    )?;
+    if role == SocketRole::Server {
+        return Ok(role);
+    }
+    let perm_keys = [
+        ("socket_mode", d.socket_mode.as_ref().map(Spanned::span)),
+        ("socket_owner", d.socket_owner.as_ref().map(Spanned::span)),
+        ("socket_group", d.socket_group.as_ref().map(Spanned::span)),
+    ];
+    if let Some((key, Some(span))) = perm_keys.into_iter().find(|(_, s)| s.is_some()) {
+        return Err(src
+            .error(
+                ErrorKind::Conflict,
+                span,
+                format!(
+                    "{key} does not apply to socket_role = \"client\": the socket belongs to \
+                     the frontend (QEMU or DPDK), vdpad only connects to it"
+                ),
+            )
+            .with_help(format!(
+                "remove {key}; set the socket's permissions where it is created (libvirt or \
+                 QEMU), or use socket_role = \"server\""
+            )));
+    }
+    Ok(role)
+}
+
 /// What a VDUSE device cannot have: socket settings (there is no socket) and more
 /// than one queue pair (Linux 6.12's VDUSE refuses the control virtqueue, without
 /// which a driver cannot enable more pairs).
 fn vduse_rules(src: &Source<'_>, d: &RawDevice, queue_pairs: u16) -> Result<(), ConfigError> {
     let socket_keys = [
         ("socket", d.socket.as_ref().map(Spanned::span)),
+        ("socket_role", d.socket_role.as_ref().map(Spanned::span)),
         ("socket_mode", d.socket_mode.as_ref().map(Spanned::span)),
         ("socket_owner", d.socket_owner.as_ref().map(Spanned::span)),
         ("socket_group", d.socket_group.as_ref().map(Spanned::span)),

@@ -79,6 +79,7 @@ fn full_example_parses_to_expected_values() {
         name: "vm1-net0".into(),
         socket: PathBuf::from("/run/vdpad/vm1-net0.sock"),
         frontend: Frontend::VhostUser,
+        socket_role: crate::SocketRole::Server,
         mode: Mode::Auto,
         pci: Some(PciAddress {
             domain: 0,
@@ -257,6 +258,7 @@ socket_mode = \"0600\"
 [[device]]
 name = \"n\"
 socket = \"/r/n.sock\"
+socket_role = \"server\"
 mode = \"auto\"
 pci = \"0000:3b:1f.7\"
 backend = \"af_packet\"
@@ -308,6 +310,7 @@ socket_mode = \"0600\"
 [[device]]
 name = \"n\"
 socket = \"/r/n.sock\"
+socket_role = \"server\"
 mode = \"software\"
 vm = \"vm-7\"
 backend = \"loopback\"

@@ -10,6 +10,7 @@ mod files;
 mod frontend_rules;
 mod rules;
 mod snippets;
+mod socket_role;
 mod socket_rules;
 
 use crate::{Config, ConfigError, ErrorKind};
