@@ -118,7 +118,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
     e.family(
         "vdpad_device_info",
         "gauge",
-        "Device description; always 1. mode is offload or software, datapath what serves it now.",
+        "Device description; always 1. mode is offload or software, datapath what serves it now, socket_role server (vdpad listens) or client (vdpad connects).",
     );
     for d in devices {
         let pci = d.pci.as_ref().map(|p| p.address.as_str()).unwrap_or("");
@@ -131,6 +131,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
                 ("backend", &d.backend),
                 ("pci", pci),
                 ("socket", &d.socket),
+                ("socket_role", &d.socket_role),
             ],
             1,
         );
@@ -674,7 +675,9 @@ mod tests {
                 name: None,
             }),
             socket: "/run/vdpad/vm1.sock".into(),
+            socket_role: "server".into(),
             state: "running".into(),
+            peer: None,
             connections: 2,
             queue_pairs: 1,
             running_pairs: vec![0],
@@ -710,6 +713,7 @@ mod tests {
             state: "running".into(),
             datapath: view.datapath.clone(),
             connections: 2,
+            peer: None,
             queues: vec![q],
         };
         (view, stats)

@@ -5,6 +5,7 @@
 //! Layering: `vdpa` depends only on `vdpad-config`; the datapaths (`swpath`, `hwdrv`)
 //! depend on `vdpa`; the daemon (`tools`) wires them together.
 
+pub mod client;
 pub mod datapath;
 pub mod device;
 pub mod fallback;
@@ -26,7 +27,7 @@ pub use datapath::{
     Datapath, DatapathError, PairPosition, QueuePairConfig, RingAddrs, RingConfig, RingEvents,
     StartFailure,
 };
-pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus};
+pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus, PeerStatus};
 pub use fallback::{FallbackDatapath, FallbackFactory};
 pub use memory::{GuestMemory, MemoryError, MemoryRegion, RegionCache};
 pub use stats::{BadDescriptor, BurstCounts, CountProbe, DropReason, QueueCounters, QueueStats};

@@ -1,5 +1,6 @@
 //! The listening side: one Unix socket per device, one thread per device that accepts
 //! a frontend, serves its requests until it goes away, cleans up, and accepts the next.
+//! (A device with `socket_role = "client"` connects instead: see [`crate::client`].)
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 use tracing::{error, info, warn};
-use vdpad_config::{Frontend, SocketPerms};
+use vdpad_config::{Frontend, SocketPerms, SocketRole};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{Device, DeviceHandle};
@@ -149,31 +150,27 @@ pub struct DeviceServer {
 }
 
 impl DeviceServer {
-    /// Starts serving the device on its frontend: binds its vhost-user socket, or
-    /// creates its VDUSE device.
+    /// Starts serving the device on its frontend: binds its vhost-user socket (server
+    /// role), starts connecting to the frontend's socket (client role), or creates
+    /// its VDUSE device.
     pub fn start(device: Device, shutdown: Shutdown) -> Result<Self, ServerError> {
         if let Frontend::Vduse { .. } = device.config().frontend {
             return Self::start_vduse(device, shutdown);
         }
         let socket = device.config().socket.clone();
-        let listener = bind_socket(&socket, &device.config().socket_perms)?;
-        let handle = device.handle();
         let name = device.name().to_owned();
-        info!(device = %name, socket = %socket.display(), "listening for a vhost-user frontend");
         let path = socket.clone();
-        let (done, finished) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("vdpa-{name}"))
-            .spawn(move || {
-                let _done = done;
-                serve(device, listener, &path, shutdown)
-            })
-            .map_err(|e| ServerError::Thread(name, e))?;
-        Ok(DeviceServer {
-            handle,
-            socket,
-            thread: Some(thread),
-            finished,
+        if device.config().socket_role == SocketRole::Client {
+            info!(device = %name, socket = %socket.display(), role = "client",
+                  "connecting to the frontend's socket; retrying with backoff until it listens");
+            return Self::spawn(device.handle(), format!("vdpa-{name}"), socket, move || {
+                crate::client::serve(device, &path, shutdown)
+            });
+        }
+        let listener = bind_socket(&socket, &device.config().socket_perms)?;
+        info!(device = %name, socket = %socket.display(), "listening for a vhost-user frontend");
+        Self::spawn(device.handle(), format!("vdpa-{name}"), socket, move || {
+            serve(device, listener, &path, shutdown)
         })
     }
 
@@ -181,18 +178,32 @@ impl DeviceServer {
         let name = device.name().to_owned();
         let vduse =
             crate::vduse::create(&device).map_err(|e| ServerError::Vduse(name.clone(), e))?;
-        let handle = device.handle();
+        let node = PathBuf::from(format!("/dev/vduse/{name}"));
+        Self::spawn(device.handle(), format!("vduse-{name}"), node, move || {
+            crate::vduse::serve(device, vduse, shutdown)
+        })
+    }
+
+    /// Runs `body` (which owns the device of `handle`) on a thread of its own called
+    /// `thread_name`.
+    fn spawn(
+        handle: DeviceHandle,
+        thread_name: String,
+        socket: PathBuf,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, ServerError> {
+        let name = handle.name().to_owned();
         let (done, finished) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
-            .name(format!("vduse-{name}"))
+            .name(thread_name)
             .spawn(move || {
                 let _done = done;
-                crate::vduse::serve(device, vduse, shutdown)
+                body()
             })
-            .map_err(|e| ServerError::Thread(name.clone(), e))?;
+            .map_err(|e| ServerError::Thread(name, e))?;
         Ok(DeviceServer {
             handle,
-            socket: PathBuf::from(format!("/dev/vduse/{name}")),
+            socket,
             thread: Some(thread),
             finished,
         })
@@ -260,10 +271,7 @@ fn serve(mut device: Device, listener: UnixListener, path: &Path, shutdown: Shut
             }
         };
         info!(device = device.name(), "frontend connected");
-        let reason = match Connection::new(stream) {
-            Ok(conn) => serve_connection(&mut device, conn, &shutdown),
-            Err(e) => format!("socket setup failed: {e}"),
-        };
+        let reason = serve_stream(&mut device, stream, &shutdown, None).reason;
         info!(device = device.name(), %reason, "frontend disconnected; datapath stopped, memory released");
         if shutdown.is_raised() {
             break;
@@ -274,14 +282,47 @@ fn serve(mut device: Device, listener: UnixListener, path: &Path, shutdown: Shut
     info!(device = device.name(), "device stopped");
 }
 
-/// Serves one frontend until it disconnects, breaks the protocol, or shutdown.
-/// Returns why the connection ended.
-fn serve_connection(device: &mut Device, mut conn: Connection, shutdown: &Shutdown) -> String {
+/// How a connection to a frontend ended.
+#[derive(Debug)]
+pub(crate) struct Ended {
+    /// Why, for the log.
+    pub reason: String,
+    /// Requests the frontend sent before it ended.
+    pub requests: u64,
+}
+
+/// Serves one frontend on `stream` until it disconnects, breaks the protocol, or
+/// shutdown. With `first_request`, a frontend that sends nothing for that long after
+/// the connection is made is given up on (a client's peer that never accepted it).
+pub(crate) fn serve_stream(
+    device: &mut Device,
+    stream: UnixStream,
+    shutdown: &Shutdown,
+    first_request: Option<std::time::Duration>,
+) -> Ended {
+    match Connection::new(stream) {
+        Ok(conn) => serve_connection(device, conn, shutdown, first_request),
+        Err(e) => Ended {
+            reason: format!("socket setup failed: {e}"),
+            requests: 0,
+        },
+    }
+}
+
+fn serve_connection(
+    device: &mut Device,
+    mut conn: Connection,
+    shutdown: &Shutdown,
+    first_request: Option<std::time::Duration>,
+) -> Ended {
     let attention = device.attention_fd();
     let mut session = Session::new(device);
+    let mut requests = 0u64;
+    let first_ms = first_request.map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX));
     let reason = loop {
         let fds = [conn.stream().as_raw_fd(), shutdown.as_raw_fd(), attention];
-        match poll_readable(&fds, -1) {
+        let timeout = if requests == 0 { first_ms } else { -1 };
+        match poll_readable(&fds, timeout) {
             Ok(r) if r[1] => break "daemon shutting down".to_owned(),
             Ok(r) if r[2] => match session.device_mut().attend() {
                 // vhost-user has no "needs reset" for a frontend without STATUS: the
@@ -290,11 +331,17 @@ fn serve_connection(device: &mut Device, mut conn: Connection, shutdown: &Shutdo
                 None => continue,
             },
             Ok(r) if r[0] => {}
+            Ok(_) if requests == 0 && timeout >= 0 => {
+                break format!("the frontend sent no request within {timeout} ms of connecting")
+            }
             Ok(_) => continue,
             Err(e) => break format!("poll failed: {e}"),
         }
         let msg = match conn.recv_or_abort(shutdown.as_raw_fd()) {
-            Ok(m) => m,
+            Ok(m) => {
+                requests += 1;
+                m
+            }
             Err(WireError::Disconnected) => break "closed by the frontend".to_owned(),
             Err(e) => break error_chain(&e),
         };
@@ -320,7 +367,7 @@ fn serve_connection(device: &mut Device, mut conn: Connection, shutdown: &Shutdo
         }
     };
     session.close();
-    reason
+    Ended { reason, requests }
 }
 
 /// An error and its causes on one line.

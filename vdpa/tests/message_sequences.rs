@@ -7,17 +7,18 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::{device_config, Event, Recorder};
+use vdpa::client::{RECONNECT_MAX, STABLE_SESSION};
 use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::virtio::features::{
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX,
 };
 use vdpa::{Datapath, Device, DeviceHandle, FallbackDatapath};
-use vdpad_config::DeviceConfig;
+use vdpad_config::{DeviceConfig, SocketRole};
 use vhost::vhost_user::message::FrontendReq as R;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -123,7 +124,11 @@ struct Frontend {
 
 impl Frontend {
     fn connect(path: &Path) -> Self {
-        let s = UnixStream::connect(path).unwrap();
+        Self::on(UnixStream::connect(path).unwrap())
+    }
+
+    /// A frontend on a connection the device made to it (client mode).
+    fn on(s: UnixStream) -> Self {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let name = std::ffi::CString::new("seq").unwrap();
         // SAFETY: valid name; result checked and owned immediately.
@@ -626,4 +631,100 @@ fn the_socket_is_private_and_goes_away_with_the_device() {
     h.shutdown.raise();
     h.server.take().unwrap().join();
     assert!(!h.socket.exists(), "socket removed on shutdown");
+}
+
+/// Accepts the connection a client-mode device makes, waiting at most `within`.
+fn accept_within(listener: &UnixListener, within: Duration) -> UnixStream {
+    listener.set_nonblocking(true).unwrap();
+    let t = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && t.elapsed() < within => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("the device did not connect within {within:?}: {e}"),
+        }
+    }
+}
+
+/// The QEMU 10 ring setup after a (re)connect, from the positions it kept.
+fn qemu_resume(f: &mut Frontend, rx_base: u32, tx_base: u32) {
+    f.negotiate(REPLY_ACK | MQ | CONFIGURE_MEM_SLOTS);
+    f.send(R::SET_OWNER, 0, &[], &[]);
+    assert_eq!(f.set_features(FEATURES), 0);
+    assert_eq!(f.add_mem_reg(0, MEM_SIZE, 0), 0);
+    for (ring, base) in [(0, rx_base), (1, tx_base)] {
+        assert_eq!(f.enable(ring, true), 0);
+        f.ring_setup(ring, base, true);
+    }
+}
+
+/// Client mode: the device waits for the frontend's socket (without creating it),
+/// connects, is served like an accepted connection, reconnects at once when the
+/// frontend closes, resumes its rings where the frontend says, and leaves the socket
+/// alone when it stops.
+#[test]
+fn a_client_device_waits_connects_reconnects_and_resumes() {
+    let h = Harness::configured(1, true, |c| c.socket_role = SocketRole::Client);
+    let waiting = (0..200).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        h.handle.status().peer.filter(|p| p.failed_attempts >= 2)
+    });
+    let peer = waiting.expect("the device keeps trying while nothing listens");
+    assert!(!peer.connected && peer.next_attempt.is_some(), "{peer:?}");
+    let error = peer.last_error.unwrap_or_default();
+    assert!(error.contains("no socket at the path yet"), "{error}");
+    assert!(!h.socket.exists(), "a client never creates the socket");
+
+    let listener = UnixListener::bind(&h.socket).unwrap();
+    let mut f = Frontend::on(accept_within(&listener, RECONNECT_MAX * 2));
+    assert_eq!(f.get_u64(R::GET_FEATURES) & FEATURES, FEATURES);
+    qemu_resume(&mut f, 100, 200);
+    assert_eq!(h.wait_events(1), vec![start_event(0, 100, 200)]);
+    let peer = h.handle.status().peer.unwrap();
+    assert!(peer.connected && peer.failed_attempts == 0, "{peer:?}");
+    // A session long enough to count as good: the reconnect is immediate.
+    std::thread::sleep(STABLE_SESSION);
+    drop(f);
+    let mut f = Frontend::on(accept_within(&listener, Duration::from_millis(500)));
+    // The frontend replays its setup with the positions it kept.
+    qemu_resume(&mut f, 105, 205);
+    assert_eq!(
+        h.wait_events(4)[1..],
+        [Event::Stop(0), Event::Reset, start_event(0, 105, 205)]
+    );
+    assert_eq!(h.handle.status().connections, 2);
+    drop(f);
+    let mut h = h;
+    h.shutdown.raise();
+    h.server.take().unwrap().join();
+    assert!(h.socket.exists(), "the frontend's socket is left in place");
+}
+
+/// A frontend that accepts and drops the connection at once gets attempts spaced by
+/// the backoff (100, 200, 400, 800 ms ...), not a busy loop.
+#[test]
+fn a_client_device_backs_off_from_a_frontend_that_drops_it() {
+    let h = Harness::configured(1, true, |c| c.socket_role = SocketRole::Client);
+    let listener = UnixListener::bind(&h.socket).unwrap();
+    let t = Instant::now();
+    let mut accepted = 0;
+    while t.elapsed() < Duration::from_millis(2000) {
+        let left = Duration::from_millis(2000).saturating_sub(t.elapsed());
+        listener.set_nonblocking(true).unwrap();
+        if let Ok((s, _)) = listener.accept() {
+            drop(s);
+            accepted += 1;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(5)));
+    }
+    assert!((3..=6).contains(&accepted), "{accepted} connections in 2 s");
+    let peer = h.handle.status().peer.unwrap();
+    assert!(peer.failed_attempts >= 3, "{peer:?}");
+    let error = peer.last_error.unwrap_or_default();
+    assert!(error.contains("closed by the frontend"), "{error}");
 }

@@ -10,8 +10,8 @@ use vdpad_config::{Backend, DeviceConfig};
 
 use super::persist;
 use super::protocol::{
-    Command, DeviceStats, DeviceView, ErrorCode, PciView, ProtocolError, QueueView, Response,
-    StartFailureView, PROTOCOL_VERSION,
+    Command, DeviceStats, DeviceView, ErrorCode, PciView, PeerView, ProtocolError, QueueView,
+    Response, StartFailureView, PROTOCOL_VERSION,
 };
 use crate::daemon::{Daemon, DeviceInfo, FailedInfo};
 use crate::logging::LogControl;
@@ -91,6 +91,7 @@ pub fn all_views(daemon: &Mutex<Daemon>) -> Vec<(DeviceView, DeviceStats)> {
                 state: v.state.clone(),
                 datapath: v.datapath.clone(),
                 connections: 0,
+                peer: None,
                 queues: Vec::new(),
             };
             (v, s)
@@ -120,7 +121,9 @@ pub fn failed_view(f: &FailedInfo) -> DeviceView {
             name: None,
         }),
         socket: f.config.socket.display().to_string(),
+        socket_role: f.config.socket_role.to_string(),
         state: "failed".to_owned(),
+        peer: None,
         connections: 0,
         queue_pairs: f.config.queue_pairs,
         running_pairs: Vec::new(),
@@ -379,7 +382,9 @@ pub fn device_view(d: &DeviceInfo) -> DeviceView {
             vdpad_config::Frontend::VhostUser => d.config.socket.display().to_string(),
             vdpad_config::Frontend::Vduse { .. } => format!("/dev/vduse/{}", d.config.name),
         },
+        socket_role: d.config.socket_role.to_string(),
         state: state_name(&st),
+        peer: peer_view(&st),
         connections: st.connections,
         queue_pairs: d.config.queue_pairs,
         running_pairs: st.running_pairs.clone(),
@@ -410,6 +415,20 @@ pub fn state_name(st: &vdpa::DeviceStatus) -> String {
         .unwrap_or_else(|| format!("{:?}", st.state).to_lowercase())
 }
 
+/// A client-mode device's peer connection (`None` for a server).
+pub fn peer_view(st: &vdpa::DeviceStatus) -> Option<PeerView> {
+    let p = st.peer.as_ref()?;
+    Some(PeerView {
+        state: if p.connected { "connected" } else { "waiting" }.to_owned(),
+        attempts: p.attempts,
+        failed_attempts: p.failed_attempts,
+        last_error: p.last_error.clone(),
+        retry_in_seconds: p
+            .next_attempt
+            .map(|at| at.saturating_duration_since(Instant::now()).as_secs_f64()),
+    })
+}
+
 /// One device's counters.
 pub fn device_stats(h: &DeviceHandle) -> DeviceStats {
     let st = h.status();
@@ -418,6 +437,7 @@ pub fn device_stats(h: &DeviceHandle) -> DeviceStats {
         state: state_name(&st),
         datapath: h.datapath_description(),
         connections: st.connections,
+        peer: peer_view(&st),
         queues: h.stats().iter().map(queue_view).collect(),
     }
 }

@@ -360,9 +360,16 @@ pub struct DeviceView {
     pub pci: Option<PciView>,
     /// The vhost-user socket.
     pub socket: String,
+    /// `server` (vdpad listens on `socket`) or `client` (the frontend listens, vdpad
+    /// connects); `server` from daemons that predate client mode.
+    #[serde(default = "server_role")]
+    pub socket_role: String,
     /// `waiting` (no frontend), `connected` or `running` (a queue pair runs); `failed`
     /// for a device that could not start and is retried (see `start_failure`).
     pub state: String,
+    /// Client role: the connection to the frontend's socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerView>,
     /// Frontend connections accepted since the device started.
     pub connections: u64,
     /// Queue pairs offered.
@@ -387,6 +394,26 @@ pub struct DeviceView {
     pub start_failure: Option<StartFailureView>,
 }
 
+fn server_role() -> String {
+    "server".to_owned()
+}
+
+/// A client-mode device's connection to the socket its frontend listens on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// `connected`, or `waiting` (for the peer: the next attempt is due in
+    /// `retry_in_seconds`).
+    pub state: String,
+    /// Connection attempts since the device started.
+    pub attempts: u64,
+    /// Attempts that failed since the last good connection.
+    pub failed_attempts: u64,
+    /// Why the last attempt failed, or why the last connection ended.
+    pub last_error: Option<String>,
+    /// Seconds until the next attempt, while waiting.
+    pub retry_in_seconds: Option<f64>,
+}
+
 /// Why a device could not start, and its retries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StartFailureView {
@@ -409,6 +436,10 @@ pub struct DeviceStats {
     pub datapath: String,
     /// Frontend connections accepted since the device started.
     pub connections: u64,
+    /// Client role: the connection to the frontend's socket, as in
+    /// [`DeviceView::peer`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerView>,
     /// Per-queue counters, by ring index.
     pub queues: Vec<QueueView>,
 }

@@ -110,6 +110,7 @@ mod tests {
             state: "running".into(),
             datapath: "software/loopback".into(),
             connections: 1,
+            peer: None,
             queues,
         }
     }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::protocol::{DeviceStats, DeviceView, QueueView};
+use super::protocol::{DeviceStats, DeviceView, PeerView, QueueView};
 use super::rates::QueueRates;
 
 /// A table: a header and rows of cells; columns marked numeric are right-aligned.
@@ -90,6 +90,22 @@ fn ratio(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"))
 }
 
+/// A client-mode device's connection in words: `connected (12 attempts so far)`,
+/// `waiting for peer: 3 failed attempt(s), next in 0.8 s; last: ...`.
+pub fn peer_text(p: &PeerView) -> String {
+    if p.state == "connected" {
+        return format!("connected ({} attempt(s) so far)", p.attempts);
+    }
+    let mut text = format!("waiting for peer: {} failed attempt(s)", p.failed_attempts);
+    if let Some(secs) = p.retry_in_seconds {
+        let _ = write!(text, ", next in {secs:.1} s");
+    }
+    if let Some(e) = &p.last_error {
+        let _ = write!(text, "; last: {e}");
+    }
+    text
+}
+
 /// `vdpactl list`: a summary table, then each device's details.
 pub fn list(devices: &[DeviceView]) -> String {
     let mut out = String::new();
@@ -104,6 +120,7 @@ pub fn list(devices: &[DeviceView]) -> String {
         ("PAIRS", true),
         ("CONNS", true),
         ("DATAPATH", false),
+        ("ROLE", false),
         ("SOCKET", false),
     ]);
     for d in devices {
@@ -114,6 +131,7 @@ pub fn list(devices: &[DeviceView]) -> String {
             format!("{}/{}", d.running_pairs.len(), d.queue_pairs),
             d.connections.to_string(),
             d.datapath.clone(),
+            d.socket_role.clone(),
             d.socket.clone(),
         ]);
     }
@@ -137,12 +155,19 @@ pub fn list(devices: &[DeviceView]) -> String {
                 },
             },
         );
-        field(&mut out, "socket", d.socket.clone());
+        let role = match d.socket_role.as_str() {
+            "client" => "client: the frontend listens, vdpad connects",
+            _ => "server: vdpad listens, the frontend connects",
+        };
+        field(&mut out, "socket", format!("{} ({role})", d.socket));
         field(
             &mut out,
             "state",
             format!("{}, {} connection(s) so far", d.state, d.connections),
         );
+        if let Some(p) = &d.peer {
+            field(&mut out, "peer", peer_text(p));
+        }
         let running = if d.running_pairs.is_empty() {
             "none".to_owned()
         } else {
@@ -201,6 +226,9 @@ pub fn stats(devices: &[DeviceStats], rates: Option<&[QueueRates]>) -> String {
             "{}  state {}  datapath {}  connections {}",
             d.name, d.state, d.datapath, d.connections
         );
+        if let Some(p) = &d.peer {
+            let _ = writeln!(out, "  peer {}", peer_text(p));
+        }
         if d.queues.is_empty() {
             out.push_str(
                 "  no queue counters yet (they appear when a frontend first starts a queue pair)\n",

@@ -28,7 +28,7 @@ use crate::virtio::net_config::NET_CONFIG_LEN;
 use crate::vring::{CallSetting, RingLocation, RingState};
 
 use observe::Observed;
-pub use observe::{ConnectionState, DeviceHandle, DeviceStatus};
+pub use observe::{ConnectionState, DeviceHandle, DeviceStatus, PeerStatus};
 
 /// A change the device refuses.
 #[derive(Debug, Error)]
@@ -170,6 +170,12 @@ impl Device {
     pub fn connected(&mut self) {
         self.observed.update(|s| s.connections += 1);
         self.publish_status();
+    }
+
+    /// Changes what observers see of a client-mode device's peer connection.
+    pub(crate) fn observe_peer(&self, f: impl FnOnce(&mut PeerStatus)) {
+        self.observed
+            .update(|s| f(s.peer.get_or_insert_with(PeerStatus::default)));
     }
 
     /// Records an error the frontend caused, for observers.

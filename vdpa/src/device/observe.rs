@@ -40,6 +40,24 @@ pub struct DeviceStatus {
     pub last_error: Option<String>,
     /// Why the device left its first datapath for the fallback, if it did.
     pub fallback_reason: Option<String>,
+    /// Client mode only: how the connection to the frontend's socket is doing.
+    pub peer: Option<PeerStatus>,
+}
+
+/// A client-mode device's connection to the socket its frontend listens on.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PeerStatus {
+    /// Whether a connection is up.
+    pub connected: bool,
+    /// Connection attempts since the device started.
+    pub attempts: u64,
+    /// Attempts that failed in a row before now (0 while connected).
+    pub failed_attempts: u64,
+    /// Why the last attempt failed, or why the last connection ended.
+    pub last_error: Option<String>,
+    /// When the next attempt is due, while waiting for the peer.
+    #[serde(skip)]
+    pub next_attempt: Option<std::time::Instant>,
 }
 
 /// The part of a device that observers share with it.
