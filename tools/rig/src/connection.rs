@@ -42,6 +42,43 @@ pub(crate) fn connect_with_retry(path: &Path, timeout: Duration) -> Result<UnixS
     }
 }
 
+/// Creates a socket at `path` (replacing a stale socket, as QEMU does with
+/// `server=on`), listens, and accepts one connection within `timeout`; the socket
+/// file stays (the backend reconnects to it), the listener goes.
+pub(crate) fn accept_one(path: &Path, timeout: Duration) -> Result<UnixStream, RigError> {
+    let fail = |source| RigError::Connect {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(path).map_err(fail)?;
+        }
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(fail)?;
+    listener.set_nonblocking(true).map_err(fail)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(fail)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(fail(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no backend connected within {timeout:?}"),
+                )))
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+}
+
 /// A live vhost-user connection.
 pub struct FrontendConnection {
     frontend: Frontend,

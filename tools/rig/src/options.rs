@@ -40,7 +40,12 @@ pub struct RigOptions {
     pub mem_regions: usize,
     /// Use ADD_MEM_REG instead of SET_MEM_TABLE when CONFIGURE_MEM_SLOTS is offered.
     pub mem_slots: bool,
-    /// How long to retry connecting while the socket is missing or refuses.
+    /// Own the socket instead of connecting to it: create it (replacing a stale
+    /// socket), listen, and accept the backend's connection — QEMU's
+    /// `-chardev socket,server=on` for a backend in client mode.
+    pub listen: bool,
+    /// How long to retry connecting while the socket is missing or refuses (with
+    /// `listen`: how long to wait for the backend to connect).
     #[serde(serialize_with = "ser_secs")]
     pub connect_timeout: Duration,
     /// Socket receive timeout for every reply from the backend.
@@ -55,7 +60,8 @@ fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error>
 impl RigOptions {
     /// Defaults: 1 pair, 256 descriptors, EVENT_IDX and MRG_RXBUF wanted, 1548-byte RX
     /// buffers, frames up to 1514 bytes, 2 descriptors per TX frame, index 0, memory at
-    /// GPA 0x100000 in one region, SET_MEM_TABLE, 5 s connect and reply timeouts.
+    /// GPA 0x100000 in one region, SET_MEM_TABLE, connecting (not listening), 5 s connect
+    /// and reply timeouts.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
@@ -70,6 +76,7 @@ impl RigOptions {
             mem_base: 0x10_0000,
             mem_regions: 1,
             mem_slots: false,
+            listen: false,
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(5),
         }

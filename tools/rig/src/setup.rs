@@ -16,7 +16,7 @@ use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
 
-use crate::connection::{connect_with_retry, FrontendConnection};
+use crate::connection::{accept_one, connect_with_retry, FrontendConnection};
 use crate::driver_ring::{DriverRing, RingLayout};
 use crate::error::RigError;
 use crate::kick_call::KickCall;
@@ -287,7 +287,11 @@ impl RigSetup {
         };
         match step {
             SetupStep::Connect => {
-                let s = connect_with_retry(&self.opts.socket, self.opts.connect_timeout)?;
+                let s = if self.opts.listen {
+                    accept_one(&self.opts.socket, self.opts.connect_timeout)?
+                } else {
+                    connect_with_retry(&self.opts.socket, self.opts.connect_timeout)?
+                };
                 self.conn = Some(FrontendConnection::new(
                     s,
                     2 * self.opts.queue_pairs,

@@ -57,7 +57,12 @@ struct Cli {
     /// Use ADD_MEM_REG when the backend offers CONFIGURE_MEM_SLOTS.
     #[arg(long)]
     mem_slots: bool,
-    /// Seconds to keep retrying while the socket is missing or refuses.
+    /// Own the socket like QEMU's `server=on`: create it, listen, and wait for the
+    /// backend to connect (a vdpad device with `socket_role = "client"`).
+    #[arg(long, conflicts_with = "vhost_vdpa")]
+    listen: bool,
+    /// Seconds to keep retrying while the socket is missing or refuses (with
+    /// `--listen`: to wait for the backend).
     #[arg(long, default_value_t = 5.0)]
     connect_timeout: f64,
     /// Machine-readable output (one JSON object).
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
     opts.initial_index = cli.initial_index;
     opts.mem_regions = cli.mem_regions;
     opts.mem_slots = cli.mem_slots;
+    opts.listen = cli.listen;
     opts.connect_timeout = connect_timeout;
     opts.max_frame = u32::try_from(max_frame).unwrap_or(u32::MAX);
 
