@@ -262,6 +262,20 @@ pub fn rig_on(socket: &Path) -> Rig {
         .unwrap_or_else(|e| panic!("rig cannot connect to {}: {e:?}", socket.display()))
 }
 
+/// The rig as the socket's owner (QEMU's `server=on`): creates `socket`, listens, and
+/// returns once a client-mode device connected (at most 15 s) and the setup is done.
+pub fn rig_listening_on(socket: &Path) -> Rig {
+    let mut opts = RigOptions::new(socket);
+    opts.listen = true;
+    opts.connect_timeout = Duration::from_secs(15);
+    Rig::connect(opts).unwrap_or_else(|e| {
+        panic!(
+            "no device connected to the rig's socket {}: {e:?}",
+            socket.display()
+        )
+    })
+}
+
 pub fn traffic(rig: &mut Rig, packets: u64) {
     let report = run_verify(rig, &VerifyOptions::new(packets, 64)).expect("verify ran");
     assert!(report.passed(), "{}", report.failure_details());
