@@ -64,7 +64,12 @@ fn a_client_device_waits_for_its_peer_then_connects_and_carries_traffic() {
     assert!(v.device("srv")["peer"].is_null());
     // Said once, not once per attempt.
     let said = |text: &str| v.log_text().lines().filter(|l| l.contains(text)).count();
-    assert_eq!(said("cannot connect to the frontend's socket"), 1, "{}", v.tail());
+    assert_eq!(
+        said("cannot connect to the frontend's socket"),
+        1,
+        "{}",
+        v.tail()
+    );
     let table = v.ctl_ok(&["list"]);
     assert!(table.contains("ROLE"), "{table}");
     assert!(
@@ -85,10 +90,18 @@ fn a_client_device_waits_for_its_peer_then_connects_and_carries_traffic() {
     let mut rig = rig_listening_on(&socket);
     traffic(&mut rig, 2000);
     let d = v.device("cl");
-    assert_eq!((d["state"].as_str(), d["peer"]["state"].as_str()), (Some("running"), Some("connected")), "{d}");
+    assert_eq!(
+        (d["state"].as_str(), d["peer"]["state"].as_str()),
+        (Some("running"), Some("connected")),
+        "{d}"
+    );
     assert_eq!(d["peer"]["failed_attempts"], 0, "{d}");
     assert!(v.ctl_ok(&["list"]).contains("connected ("), "{}", v.tail());
-    v.wait_log(&["connected to the frontend's socket", "peer_pid=", "failed_attempts="]);
+    v.wait_log(&[
+        "connected to the frontend's socket",
+        "peer_pid=",
+        "failed_attempts=",
+    ]);
     let stats = v.ctl_json(&["stats", "cl"]);
     assert!(sum(&stats, "cl", "packets") >= 4000, "{stats}");
 
@@ -97,7 +110,10 @@ fn a_client_device_waits_for_its_peer_then_connects_and_carries_traffic() {
     let status = v.terminate();
     assert!(status.success(), "{status}{}", v.tail());
     assert!(is_socket(&socket), "vdpad removed the frontend's socket");
-    assert!(!v.socket("srv").exists(), "the server device's socket stays");
+    assert!(
+        !v.socket("srv").exists(),
+        "the server device's socket stays"
+    );
     drop(rig);
     let mut v = Vdpad::start_text(&dir, &config(&dir, "cl", &socket), &["srv"], &[], &[]);
     let mut rig = rig_listening_on(&socket);

@@ -10,6 +10,10 @@
 //!   socket; QEMU reconnects (`reconnect-ms=1000`) and the guest's RX counter must grow
 //!   again without a guest reboot. Then the same with SIGTERM (clean shutdown, which
 //!   must remove the socket).
+//! * `client_mode_guest_survives_vdpad_and_qemu_restarts`: the same restarts with
+//!   vdpad in client mode (`socket_role = "client"`): QEMU owns the socket
+//!   (`server=on,wait=off`) and keeps it, vdpad reconnects to it; then a second QEMU
+//!   replaces the first on the same socket and the same vdpad serves it.
 //! * `control_*`: the same scenarios with DPDK testpmd's vhost-user backend
 //!   (`net_vhost`, io forwarding on a looped port) instead of vdpad. They prove the
 //!   harness and the guest independently of vdpad; skip them with `--skip control`.
@@ -65,11 +69,18 @@ echo "VDPAD-STOPPED n=$i"
     )
 }
 
-/// QEMU arguments attaching the guest NIC to the vhost-user socket.
-fn vhost_user_nic(socket: &Path) -> Vec<String> {
+/// QEMU arguments attaching the guest NIC to the vhost-user socket: QEMU connects
+/// (and reconnects every second), or, with `qemu_listens`, QEMU owns the socket and
+/// the backend connects (vdpad's client mode; no `reconnect-ms` needed).
+fn vhost_user_nic(socket: &Path, qemu_listens: bool) -> Vec<String> {
+    let role = if qemu_listens {
+        "server=on,wait=off"
+    } else {
+        "reconnect-ms=1000"
+    };
     vec![
         "-chardev".into(),
-        format!("socket,id=c0,path={},reconnect-ms=1000", socket.display()),
+        format!("socket,id=c0,path={},{role}", socket.display()),
         "-netdev".into(),
         "vhost-user,id=n0,chardev=c0".into(),
         "-device".into(),
@@ -150,6 +161,10 @@ trait Backend {
     fn restart(&mut self);
     /// Log tail for panic messages.
     fn tail(&self) -> String;
+    /// Whether QEMU must own the socket (the backend connects to it).
+    fn qemu_listens(&self) -> bool {
+        false
+    }
 }
 
 impl Backend for Daemon {
@@ -171,9 +186,12 @@ impl Backend for Daemon {
             "vdpad exited with {status} on SIGTERM{}",
             self.tail()
         );
-        assert!(
-            !Daemon::socket(self, 0).exists(),
-            "vdpad left its socket behind after SIGTERM{}",
+        // A server removes its socket; a client leaves QEMU's alone.
+        assert_eq!(
+            Daemon::socket(self, 0).exists(),
+            self.is_client(0),
+            "vdpad (client: {}) got its socket wrong on SIGTERM{}",
+            self.is_client(0),
             self.tail()
         );
     }
@@ -182,6 +200,9 @@ impl Backend for Daemon {
     }
     fn tail(&self) -> String {
         Daemon::tail(self)
+    }
+    fn qemu_listens(&self) -> bool {
+        self.is_client(0)
     }
 }
 
@@ -263,7 +284,8 @@ impl Backend for TestpmdBackend {
 /// Boots the guest on `backend` and checks that TX and RX both grow.
 fn traffic_test(lab: &Lab, dir: &TempDir, backend: &dyn Backend) {
     let t0 = Instant::now();
-    let config = GuestConfig::new(&guest_script(8)).qemu_args(vhost_user_nic(&backend.socket()));
+    let config = GuestConfig::new(&guest_script(8))
+        .qemu_args(vhost_user_nic(&backend.socket(), backend.qemu_listens()));
     let mut guest = Guest::boot(lab, dir.path(), config);
     let ready = guest.wait_for(support::guest::READY, BOOT_TIMEOUT);
     note(t0, &format!("guest: {ready}"));
@@ -300,7 +322,8 @@ fn traffic_test(lab: &Lab, dir: &TempDir, backend: &dyn Backend) {
 /// restarts it; after each restart the guest's RX counter must grow again.
 fn restart_test(lab: &Lab, dir: &TempDir, backend: &mut dyn Backend) {
     let t0 = Instant::now();
-    let config = GuestConfig::new(&guest_script(1000)).qemu_args(vhost_user_nic(&backend.socket()));
+    let config = GuestConfig::new(&guest_script(1000))
+        .qemu_args(vhost_user_nic(&backend.socket(), backend.qemu_listens()));
     let mut guest = Guest::boot(lab, dir.path(), config);
     guest.wait_for(support::guest::READY, BOOT_TIMEOUT);
     let up = guest.wait_for("VDPAD-NET-UP", Duration::from_secs(30));
@@ -381,6 +404,35 @@ fn guest_survives_vdpad_restart() {
     let dir = TempDir::new("qemu-restart");
     let mut daemon = Daemon::start(dir.path(), &[DeviceSpec::loopback("lo0")]);
     restart_test(&lab, &dir, &mut daemon);
+}
+
+/// Client mode: QEMU owns the socket (`server=on,wait=off`) and vdpad connects.
+/// vdpad is killed (SIGKILL) and stopped (SIGTERM) under the running guest and
+/// started again; each time it reconnects to QEMU's socket, which QEMU kept, and the
+/// guest's RX grows again without QEMU restarting. Then QEMU itself is replaced: a
+/// second guest on the same socket, with the same vdpad, gets traffic too.
+#[test]
+#[ignore = "needs the lab: tests/lab/setup.sh"]
+fn client_mode_guest_survives_vdpad_and_qemu_restarts() {
+    let lab = Lab::require();
+    let dir = TempDir::new("qemu-client");
+    let mut daemon = Daemon::start(dir.path(), &[DeviceSpec::loopback("lo0").client()]);
+    restart_test(&lab, &dir, &mut daemon);
+    let connects = |d: &Daemon| {
+        d.log()
+            .matches("connected to the frontend's socket")
+            .count()
+    };
+    // One connection per vdpad run (start, after SIGKILL, after SIGTERM).
+    assert_eq!(connects(&daemon), 3, "{}", daemon.tail());
+    let second = TempDir::new("qemu-client-2");
+    traffic_test(&lab, &second, &daemon);
+    assert_eq!(connects(&daemon), 4, "{}", daemon.tail());
+    assert!(
+        !daemon.log().contains("WARN"),
+        "client mode warned about something{}",
+        daemon.tail()
+    );
 }
 
 #[test]

@@ -24,6 +24,9 @@ pub struct DeviceSpec {
     pub event_idx: bool,
     /// Offer VIRTIO_NET_F_MRG_RXBUF.
     pub mrg_rxbuf: bool,
+    /// `socket_role = "client"`: the frontend (QEMU `server=on`, DPDK `server=1`)
+    /// owns the socket and vdpad connects to it.
+    pub client: bool,
 }
 
 impl DeviceSpec {
@@ -36,7 +39,14 @@ impl DeviceSpec {
             mac: "52:54:00:00:02:02".to_string(),
             event_idx: true,
             mrg_rxbuf: true,
+            client: false,
         }
+    }
+
+    /// The same device in client mode: vdpad connects to the frontend's socket.
+    pub fn client(mut self) -> DeviceSpec {
+        self.client = true;
+        self
     }
 }
 
@@ -49,6 +59,9 @@ pub fn config_toml(dir: &Path, devices: &[DeviceSpec]) -> String {
         let _ = writeln!(s, "\n[[device]]");
         let _ = writeln!(s, "name = {:?}", d.name);
         let _ = writeln!(s, "socket = {:?}", socket_path(dir, d).to_string_lossy());
+        if d.client {
+            let _ = writeln!(s, "socket_role = \"client\"");
+        }
         let _ = writeln!(s, "mode = \"software\"\nbackend = \"loopback\"");
         let _ = writeln!(
             s,
@@ -89,6 +102,11 @@ pub struct Daemon {
     config: PathBuf,
     log: PathBuf,
     sockets: Vec<PathBuf>,
+    /// What a start waits for: the server devices' sockets, and the control socket
+    /// when a device is a client (its socket is the frontend's, not vdpad's).
+    ready: Vec<PathBuf>,
+    /// Which devices are clients, in config order.
+    clients: Vec<bool>,
     cpu: Option<usize>,
     /// Network namespace the daemon runs in (`ip netns exec`), if any.
     netns: Option<String>,
@@ -98,7 +116,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Writes the config for `devices` into `dir`, starts the daemon (pinned to CPU 0)
-    /// and waits until every socket exists.
+    /// and waits until every server socket exists (and, with a client device, the
+    /// control socket: the client's socket is the frontend's to create).
     pub fn start(dir: &Path, devices: &[DeviceSpec]) -> Daemon {
         Daemon::start_on(dir, devices, Some(0))
     }
@@ -107,11 +126,21 @@ impl Daemon {
     pub fn start_on(dir: &Path, devices: &[DeviceSpec], cpu: Option<usize>) -> Daemon {
         let config = dir.join("vdpad.toml");
         std::fs::write(&config, config_toml(dir, devices)).expect("write vdpad.toml");
+        let mut ready: Vec<PathBuf> = devices
+            .iter()
+            .filter(|d| !d.client)
+            .map(|d| socket_path(dir, d))
+            .collect();
+        if devices.iter().any(|d| d.client) {
+            ready.push(dir.join("run/control.sock"));
+        }
         let mut daemon = Daemon {
             dir: dir.to_path_buf(),
             config,
             log: dir.join("vdpad.log"),
             sockets: devices.iter().map(|d| socket_path(dir, d)).collect(),
+            ready,
+            clients: devices.iter().map(|d| d.client).collect(),
             cpu,
             netns: None,
             proc: None,
@@ -141,6 +170,8 @@ impl Daemon {
             dir: dir.to_path_buf(),
             config,
             log: dir.join("vdpad.log"),
+            ready: sockets.clone(),
+            clients: vec![false; sockets.len()],
             sockets,
             cpu,
             netns: netns.map(str::to_string),
@@ -154,6 +185,11 @@ impl Daemon {
     /// Socket of device `i` (in config order).
     pub fn socket(&self, i: usize) -> &Path {
         &self.sockets[i]
+    }
+
+    /// Whether device `i` is a client (its socket belongs to the frontend).
+    pub fn is_client(&self, i: usize) -> bool {
+        self.clients.get(i).copied().unwrap_or(false)
     }
 
     /// The config file.
@@ -192,7 +228,7 @@ impl Daemon {
         // replace them, so "socket exists" alone does not mean "ready". The inode
         // number alone is not enough (tmpfs reuses it at once), the change time is.
         let stale: Vec<Option<SocketId>> = self
-            .sockets
+            .ready
             .iter()
             .map(|s| std::fs::symlink_metadata(s).ok().map(|m| socket_id(&m)))
             .collect();
@@ -223,7 +259,7 @@ impl Daemon {
         let proc = spawn.start().unwrap_or_else(|e| panic!("start vdpad: {e}"));
         self.proc = Some(proc);
         let deadline = Instant::now() + Duration::from_secs(15);
-        for (socket, old) in self.sockets.clone().iter().zip(stale) {
+        for (socket, old) in self.ready.clone().iter().zip(stale) {
             loop {
                 let fresh = std::fs::symlink_metadata(socket)
                     .ok()

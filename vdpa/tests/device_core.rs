@@ -218,3 +218,29 @@ fn a_fallback_that_cannot_be_built_leaves_the_pairs_stopped_and_says_why() {
         "{err}"
     );
 }
+
+/// A frontend that kept its rings across a reconnect but sends base 0 (DPDK
+/// virtio-user as the socket's server): the ring resumes at the used index in guest
+/// memory. A frontend that names a position (QEMU) is taken at its word.
+#[test]
+fn a_zero_base_over_a_used_ring_resumes_at_the_used_index() {
+    let rec = Recorder::default();
+    let mut f = DirectFrontend::new(1, Box::new(rec.clone()));
+    f.dev.set_features(VIRTIO_F_VERSION_1).unwrap();
+    f.dev.set_memory(DirectFrontend::memory());
+    let used_idx = |ring: u16| {
+        let at = DirectFrontend::ring_at(ring).used + 2;
+        f.dev.memory().translate(at, 2).unwrap() as *mut u16
+    };
+    // SAFETY: two aligned bytes inside the test's own guest memory.
+    unsafe { used_idx(0).write(4242) };
+    f.ring_ready(0, 0);
+    f.ring_ready(1, 0);
+    assert_eq!(rec.events(), vec![start(0, 4242, 0)]);
+    assert_eq!(f.dev.stop_ring(0), 4247);
+    f.dev.stop_ring(1);
+    // A base the frontend gives is used as given.
+    f.ring_ready(0, 7);
+    f.ring_ready(1, 9);
+    assert_eq!(rec.events().last(), Some(&start(0, 7, 9)));
+}

@@ -3,12 +3,15 @@
 //! running pair's rings, to memory or to features stops it first — recording where
 //! each ring resumes — and lets it start again afterwards.
 
+use std::sync::atomic::{AtomicU16, Ordering};
+
 use tracing::{debug, info, warn};
 
 use super::Device;
 use crate::datapath::{PairPosition, QueuePairConfig, RingConfig, RingEvents};
 use crate::datapath::{RingAddrs, StartFailure};
 use crate::features::Negotiated;
+use crate::virtio::ring::USED_IDX_OFFSET;
 
 impl Device {
     /// Starts every queue pair that is ready and not running. Frontends call this after
@@ -67,7 +70,7 @@ impl Device {
                 index: index as u16,
                 size,
                 addrs,
-                base: r.base,
+                base: self.resume_base(index, addrs.used, r.base),
                 events,
                 counters: self.observed.counters_for_run(index),
             })
@@ -81,6 +84,41 @@ impl Device {
             mem: self.mem.clone(),
             ended: self.ended.clone(),
         })
+    }
+
+    /// Where ring `index` resumes: at the frontend's `base`, except when the frontend
+    /// says 0 and the used index in guest memory is not 0. A frontend that kept its
+    /// rings across a reconnect without knowing the device's position sends 0 — DPDK
+    /// virtio-user as the socket's server, after the backend (vdpad in client mode)
+    /// restarted — although every entry up to the used index was consumed: resuming
+    /// at 0 would hand the device entries the driver has long reused. The used index
+    /// is where this device (in order) left off, which is what DPDK's own vhost
+    /// library does. QEMU sends the used index itself, so nothing changes for it.
+    fn resume_base(&self, index: usize, used: u64, base: u16) -> u16 {
+        if base != 0 {
+            return base;
+        }
+        let at = used.checked_add(USED_IDX_OFFSET as u64);
+        let Some(ptr) = at.and_then(|at| self.mem.translate(at, 2)) else {
+            return base;
+        };
+        if !(ptr as usize).is_multiple_of(2) {
+            return base; // a misaligned ring; the datapath refuses it
+        }
+        // SAFETY: the two bytes of `used->idx` are inside guest memory (translated
+        // above) and 2-byte aligned (checked); AtomicU16 has the layout of u16. A
+        // fault on guest memory is contained (crate::fault).
+        let used_idx = unsafe { &*(ptr as *const AtomicU16) }.load(Ordering::Acquire);
+        if used_idx != 0 {
+            info!(
+                device = self.name(),
+                ring = index,
+                used_idx,
+                "the frontend resumes the ring at 0 but its used index is not 0; resuming \
+                   at the used index (a frontend that kept its rings across a reconnect)"
+            );
+        }
+        used_idx
     }
 
     /// Stops the pair that owns `ring` before the ring's settings change.
