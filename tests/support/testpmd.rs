@@ -49,11 +49,21 @@ pub struct TestpmdConfig {
 impl TestpmdConfig {
     /// io forwarding of one vdev, pinned to `cpu`, stats every second, for `run_for`.
     pub fn io_forward(vdev: &str, cpu: usize, run_for: Duration) -> TestpmdConfig {
+        TestpmdConfig::forward("io", vdev, cpu, run_for)
+    }
+
+    /// Forwarding mode `mode` (`io`, `flowgen`: generate UDP flows and count what
+    /// comes back, no `--tx-first` needed) of one vdev, pinned to `cpu`, stats every
+    /// second, for `run_for`.
+    pub fn forward(mode: &str, vdev: &str, cpu: usize, run_for: Duration) -> TestpmdConfig {
         TestpmdConfig {
             vdevs: vec![vdev.to_string()],
-            app_args: ["--forward-mode=io", "--stats-period", "1", "--nb-cores=1"]
-                .map(String::from)
-                .to_vec(),
+            app_args: vec![
+                format!("--forward-mode={mode}"),
+                "--stats-period".into(),
+                "1".into(),
+                "--nb-cores=1".into(),
+            ],
             cpu,
             memory: Memory::from_env(),
             run_for,

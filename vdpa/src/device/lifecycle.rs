@@ -110,7 +110,7 @@ impl Device {
         // fault on guest memory is contained (crate::fault).
         let used_idx = unsafe { &*(ptr as *const AtomicU16) }.load(Ordering::Acquire);
         if used_idx != 0 {
-            info!(
+            debug!(
                 device = self.name(),
                 ring = index,
                 used_idx,
