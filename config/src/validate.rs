@@ -16,7 +16,7 @@ use crate::defaults::{
 use crate::error::{ConfigError, ErrorKind, Source};
 use crate::fields::{self, IdKind};
 use crate::model::{
-    Backend, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms, Tuning,
+    Backend, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, Polling, SocketPerms, Tuning,
     VdpaDriver, MAX_QUEUE_PAIRS,
 };
 use crate::raw::{RawDaemon, RawDevice, RawId};
@@ -406,24 +406,44 @@ fn tuning(src: &Source<'_>, d: &RawDevice) -> Result<Tuning, ConfigError> {
         None => defaults.burst,
     };
     let weight = match &d.weight {
-        Some(v) => fields::int_in(
+        Some(v) => Some(fields::int_in(
             src,
             v,
             "weight",
             1..=MAX_WEIGHT,
-            "use between 1 and 65536 frames per wakeup, e.g. 256",
-        )?,
-        None => defaults.weight,
+            "weight has no effect any more: remove it",
+        )?),
+        None => None,
     };
-    let busy_poll_us = match &d.busy_poll_us {
-        Some(v) => fields::int_in(
+    let polling = match &d.polling {
+        Some(v) => fields::choice(
+            src,
+            v,
+            "polling",
+            &[("adaptive", Polling::Adaptive), ("fixed", Polling::Fixed)],
+        )?,
+        None => defaults.polling,
+    };
+    let busy_poll_us = match (&d.busy_poll_us, polling, &d.polling) {
+        (Some(v), _, _) => fields::int_in(
             src,
             v,
             "busy_poll_us",
             0..=MAX_BUSY_POLL_US,
-            "use 0 (off) to 1000000 microseconds, e.g. 50",
+            "use 0 (never poll) to 1000000 microseconds, e.g. 50",
         )?,
-        None => defaults.busy_poll_us,
+        (None, Polling::Fixed, Some(p)) => {
+            return Err(src
+                .error(
+                    ErrorKind::Conflict,
+                    p.span(),
+                    "polling = \"fixed\" without busy_poll_us: a fixed budget needs a value",
+                )
+                .with_help(
+                    "add busy_poll_us = 50 (0 sleeps at once), or use polling = \"adaptive\"",
+                ))
+        }
+        (None, _, _) => defaults.busy_poll_us,
     };
     let rx_coalesce_frames = match &d.rx_coalesce_frames {
         Some(v) => fields::int_in(
@@ -475,6 +495,7 @@ fn tuning(src: &Source<'_>, d: &RawDevice) -> Result<Tuning, ConfigError> {
     Ok(Tuning {
         burst,
         weight,
+        polling,
         busy_poll_us,
         rx_coalesce_frames,
         rx_coalesce_usecs,
