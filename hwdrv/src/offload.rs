@@ -24,7 +24,7 @@ use vdpa::{
     CountProbe, Datapath, DatapathError, GuestMemory, PairPosition, QueueCounters, QueuePairConfig,
     RingConfig, StartFailure,
 };
-use vdpad_config::DeviceConfig;
+use vdpad_config::{DeviceConfig, Frontend};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::capabilities::{NicCapabilities, Unsuitable};
@@ -94,6 +94,19 @@ pub struct OffloadDatapath {
     probed: BTreeMap<u16, Arc<QueueCounters>>,
     /// The NIC was programmed (or memory mapped) since the last reset.
     active: bool,
+    /// What the addresses in the rings and the memory table are.
+    addresses: Addresses,
+}
+
+/// What the frontend's ring and buffer addresses are, and so the IOVAs the NIC uses:
+/// the NIC sees exactly the addresses the driver wrote into the rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addresses {
+    /// Guest-physical addresses (vhost-user: the memory table is keyed by GPA).
+    GuestPhysical,
+    /// The driver's IOVAs (VDUSE: the memory table is the device's IOTLB, each entry
+    /// a piece of the vhost-vdpa frontend's memory at the IOVA the driver gave it).
+    DriverIova,
 }
 
 impl OffloadDatapath {
@@ -166,6 +179,7 @@ impl OffloadDatapath {
             relay: None,
             probed: BTreeMap::new(),
             active: false,
+            addresses: Addresses::GuestPhysical,
         })
     }
 
@@ -173,8 +187,13 @@ impl OffloadDatapath {
     /// guest-visible features it offers (minus PROTOCOL_FEATURES), queue pairs,
     /// vectors and ring size. The daemon calls this before any frontend connects, to
     /// decide offload or fallback.
+    /// A VDUSE device's addresses are the driver's IOVAs ([`Addresses::DriverIova`]).
     pub fn for_device(pci: Arc<dyn PciFunction>, cfg: &DeviceConfig) -> Result<Self, OffloadError> {
-        let dp = Self::new(&cfg.name, pci, cfg.queue_pairs)?;
+        let mut dp = Self::new(&cfg.name, pci, cfg.queue_pairs)?;
+        dp.addresses = match cfg.frontend {
+            Frontend::VhostUser => Addresses::GuestPhysical,
+            Frontend::Vduse { .. } => Addresses::DriverIova,
+        };
         dp.caps
             .can_serve(cfg)
             .map_err(|reasons| OffloadError::Unsuitable {
@@ -290,7 +309,8 @@ impl OffloadDatapath {
         Ok(())
     }
 
-    /// Maps `mem` for DMA (IOVA = GPA), replacing whatever was mapped before.
+    /// Maps `mem` for DMA at the addresses it is keyed by (IOVA = GPA for vhost-user,
+    /// the driver's IOVA for VDUSE), replacing whatever was mapped before.
     fn map_memory(&mut self, mem: &Arc<GuestMemory>) -> Result<(), DatapathError> {
         if self.mapped.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
             return Ok(());
@@ -314,8 +334,15 @@ impl OffloadDatapath {
                     e,
                 ));
             }
-            info!(device = %self.name, iova = format_args!("{:#x}", r.gpa()),
-                  size = format_args!("{:#x}", r.size()), "offload: DMA mapped (IOVA = GPA)");
+            let (iova, size) = (r.gpa(), r.size());
+            match self.addresses {
+                Addresses::GuestPhysical => info!(device = %self.name,
+                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"),
+                    "offload: DMA mapped (IOVA = GPA)"),
+                Addresses::DriverIova => info!(device = %self.name,
+                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"),
+                    "offload: DMA mapped (IOVA = the driver's IOVA, a VDUSE IOTLB region)"),
+            }
         }
         self.mapped = Some(mem.clone());
         Ok(())
