@@ -41,7 +41,7 @@ use support::nested::{NestedGuest, GUEST_FUNCTIONS};
 use support::netns::Netns;
 use support::note;
 use support::packet::{inject_until, socket_in, Reflector};
-use support::rig_lines::{assert_rig_frames_in_order, assert_verify, lines_with};
+use support::rig_lines::{assert_tap_carried_verify, assert_verify, datapath_chosen, lines_with};
 use support::tmp::TempDir;
 
 /// Frames the offload verify sends (sizes vary over the whole Ethernet range).
@@ -274,22 +274,8 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     note(t0, &format!("guest: {verify}"));
     assert_verify(&verify, OFFLOAD_PACKETS, "offload", &ctx(&guest));
     let virtio_refl = &reflectors[0];
-    let seen = virtio_refl.log();
-    note(
-        t0,
-        &format!(
-            "host: reflector on {} sent back {} frames",
-            virtio_refl.ifname(),
-            seen.reflected
-        ),
-    );
-    assert!(
-        seen.reflected >= OFFLOAD_PACKETS,
-        "the host tap saw {} frames, the rig sent {OFFLOAD_PACKETS}",
-        seen.reflected
-    );
     // What the NIC put on the wire is the rig's frames, intact, in order.
-    assert_rig_frames_in_order(&seen);
+    assert_tap_carried_verify(t0, virtio_refl, OFFLOAD_PACKETS);
 
     // 2. Frames injected on the host tap arrive in the rig.
     let frames = injected_frames();
@@ -428,14 +414,7 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     );
 
     // Auto mode's decisions and reasons.
-    let chosen = |dev: &str| {
-        auto_log
-            .lines()
-            .find(|l| l.contains("datapath chosen") && l.contains(&format!("device={dev} ")))
-            .unwrap_or_else(|| panic!("no decision for {dev}:\n{auto_log}"))
-            .to_string()
-    };
-    let v = chosen("autovirtio");
+    let v = datapath_chosen(&auto_log, "autovirtio");
     assert!(
         v.contains("mode=\"offload\"") && v.contains("auto: "),
         "{v}"
@@ -444,7 +423,7 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         .into_iter()
         .chain(machine.igb.as_ref().map(|_| "igb0"))
     {
-        let c = chosen(dev);
+        let c = datapath_chosen(&auto_log, dev);
         assert!(
             c.contains("mode=\"software\"") && c.contains("is not a virtio device"),
             "{dev}: {c}"

@@ -47,7 +47,9 @@ use support::nested::{NestedGuest, GUEST_FUNCTIONS};
 use support::netns::Netns;
 use support::note;
 use support::packet::Reflector;
-use support::rig_lines::{assert_rig_frames_in_order, assert_verify, lines_with, log_field};
+use support::rig_lines::{
+    assert_tap_carried_verify, assert_verify, datapath_chosen, lines_with, log_field,
+};
 use support::tmp::TempDir;
 
 /// Frames the offload verify sends (sizes over the whole Ethernet range).
@@ -198,8 +200,7 @@ fn vhost_vdpa_frontend_offloaded_through_vduse_to_a_real_vfio_nic() {
         .kernel_6_12();
     config.limit = Duration::from_secs(900);
     let mut guest = Guest::boot(&lab, dir.path(), config);
-    let ready = guest.wait_for(READY, BOOT_TIMEOUT);
-    note(t0, &format!("guest: {ready}"));
+    guest.wait_noted(t0, READY, BOOT_TIMEOUT);
     let ctx = |g: &Guest, log: &str| {
         format!(
             "{}{}",
@@ -209,55 +210,28 @@ fn vhost_vdpa_frontend_offloaded_through_vduse_to_a_real_vfio_nic() {
     };
     let kernel = guest.wait_for("VDUSE-HW-KERNEL", STEP_TIMEOUT);
     assert!(kernel.contains(" 6.12"), "{kernel}");
-    let vfio = guest.wait_for("VDPAD-HW-VFIO ", STEP_TIMEOUT);
-    note(t0, &format!("guest: {vfio}"));
+    let vfio = guest.wait_noted(t0, "VDPAD-HW-VFIO ", STEP_TIMEOUT);
     assert!(vfio.contains("driver=vfio-pci"), "{vfio}{}", guest.tail());
-    let up = guest.wait_for("VDUSE-HW-OFFLOAD-UP", STEP_TIMEOUT);
-    note(t0, &format!("guest: {up}"));
+    guest.wait_noted(t0, "VDUSE-HW-OFFLOAD-UP", STEP_TIMEOUT);
 
     // 1. rig -> vhost-vdpa -> VDUSE -> vdpad (offload) -> NIC DMA -> tap -> reflector.
-    let verify = guest.wait_for("VDUSE-HW-VERIFY ", STEP_TIMEOUT);
-    note(t0, &format!("guest: {verify}"));
+    let verify = guest.wait_noted(t0, "VDUSE-HW-VERIFY ", STEP_TIMEOUT);
     assert_verify(
         &verify,
         OFFLOAD_PACKETS,
         "offload through VDUSE",
         &ctx(&guest, "vdpad-offload.log"),
     );
-    let seen = virtio_refl.log();
-    note(
-        t0,
-        &format!(
-            "host: reflector on {} sent back {} frames",
-            virtio_refl.ifname(),
-            seen.reflected
-        ),
-    );
-    assert!(
-        seen.reflected >= OFFLOAD_PACKETS,
-        "the host tap saw {} frames, the rig sent {OFFLOAD_PACKETS}",
-        seen.reflected
-    );
-    let checked = assert_rig_frames_in_order(&seen);
-    note(
-        t0,
-        &format!("host: first {checked} frames on the tap are the rig's, in order"),
-    );
-    let exit = guest.wait_for("VDUSE-HW-OFFLOAD-EXIT", STEP_TIMEOUT);
-    note(t0, &format!("guest: {exit}"));
+    assert_tap_carried_verify(t0, &virtio_refl, OFFLOAD_PACKETS);
+    let exit = guest.wait_noted(t0, "VDUSE-HW-OFFLOAD-EXIT", STEP_TIMEOUT);
 
     // 2. auto mode and the software fallback.
-    let auto_up = guest.wait_for("VDUSE-HW-AUTO-UP", STEP_TIMEOUT);
-    note(t0, &format!("guest: {auto_up}"));
-    let vo1 = guest.wait_for("VDUSE-HW-AUTO-VERIFY dev=vo1", STEP_TIMEOUT);
-    note(t0, &format!("guest: {vo1}"));
+    guest.wait_noted(t0, "VDUSE-HW-AUTO-UP", STEP_TIMEOUT);
+    let vo1 = guest.wait_noted(t0, "VDUSE-HW-AUTO-VERIFY dev=vo1", STEP_TIMEOUT);
     let reflected_offload = virtio_refl.reflected();
-    let fb = guest.wait_for("VDUSE-HW-FALLBACK-VERIFY", STEP_TIMEOUT);
-    note(t0, &format!("guest: {fb}"));
-    let vo2 = guest.wait_for("VDUSE-HW-AUTO-VERIFY dev=vo2", STEP_TIMEOUT);
-    note(t0, &format!("guest: {vo2}"));
-    let auto_exit = guest.wait_for("VDUSE-HW-AUTO-EXIT", STEP_TIMEOUT);
-    note(t0, &format!("guest: {auto_exit}"));
+    let fb = guest.wait_noted(t0, "VDUSE-HW-FALLBACK-VERIFY", STEP_TIMEOUT);
+    let vo2 = guest.wait_noted(t0, "VDUSE-HW-AUTO-VERIFY dev=vo2", STEP_TIMEOUT);
+    let auto_exit = guest.wait_noted(t0, "VDUSE-HW-AUTO-EXIT", STEP_TIMEOUT);
     let faults = guest.wait_for("VDUSE-HW-DMAR-FAULTS", STEP_TIMEOUT);
     guest.wait_for("VDUSE-HW-DONE", STEP_TIMEOUT);
     let rc = guest.wait_exit(Duration::from_secs(60));
@@ -350,19 +324,12 @@ fn vhost_vdpa_frontend_offloaded_through_vduse_to_a_real_vfio_nic() {
 
     // Auto mode: offload on the virtio function until the NIC cannot serve a ring,
     // then software; software on the e1000e from the start.
-    let chosen = |dev: &str| {
-        auto_log
-            .lines()
-            .find(|l| l.contains("datapath chosen") && l.contains(&format!("device={dev} ")))
-            .unwrap_or_else(|| panic!("no decision for {dev}:\n{auto_log}"))
-            .to_string()
-    };
-    let c1 = chosen("vo1");
+    let c1 = datapath_chosen(&auto_log, "vo1");
     assert!(
         c1.contains("mode=\"offload\"") && c1.contains("auto: "),
         "{c1}"
     );
-    let c2 = chosen("vo2");
+    let c2 = datapath_chosen(&auto_log, "vo2");
     assert!(
         c2.contains("mode=\"software\"") && c2.contains("is not a virtio device"),
         "{c2}"

@@ -5,7 +5,9 @@
 
 use vdpa_rig::frame::FrameChecker;
 
-use super::packet::ReflectorLog;
+use std::time::Instant;
+
+use super::packet::{Reflector, ReflectorLog};
 
 /// Parses `key N` out of a rig verify summary (`sent 2000 received 2000 lost 0 ...`).
 pub fn verify_field(line: &str, key: &str) -> Option<u64> {
@@ -62,6 +64,28 @@ pub fn assert_rig_frames_in_order(seen: &ReflectorLog) -> usize {
     ids.len()
 }
 
+/// Checks what a NIC put on its host tap during a verify of `packets` frames: the
+/// reflector on the tap sent at least that many back, and the frames it kept are the
+/// rig's, in order. Notes the counts as progress (seconds since `t0`).
+pub fn assert_tap_carried_verify(t0: Instant, reflector: &Reflector, packets: u64) {
+    let seen = reflector.log();
+    assert!(
+        seen.reflected >= packets,
+        "the host tap {} saw {} frames, the rig sent {packets}",
+        reflector.ifname(),
+        seen.reflected
+    );
+    let checked = assert_rig_frames_in_order(&seen);
+    super::note(
+        t0,
+        &format!(
+            "host: reflector on {} sent back {} frames; the first {checked} are the rig's, in order",
+            reflector.ifname(),
+            seen.reflected
+        ),
+    );
+}
+
 /// Lines of a log that contain any of `needles`.
 pub fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
     log.lines()
@@ -74,4 +98,12 @@ pub fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
 pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// vdpad's `datapath chosen` line for device `dev` (its mode and reason); panics with
+/// the log if there is none.
+pub fn datapath_chosen<'a>(log: &'a str, dev: &str) -> &'a str {
+    log.lines()
+        .find(|l| l.contains("datapath chosen") && l.contains(&format!("device={dev} ")))
+        .unwrap_or_else(|| panic!("no datapath decision for {dev}:\n{log}"))
 }
