@@ -194,6 +194,7 @@ fn run(t0: Instant, lab: &Lab, dir: &Path, config: GuestConfig) -> String {
                 "virtqueue ready",
                 "attach with",
                 "offload:",
+                "vfio: DMA",
                 "datapath chosen",
                 "queue stats"
             ]
@@ -249,4 +250,16 @@ fn qemu_vhost_vdpa_guest_pings_through_offload_to_a_real_vfio_nic() {
         );
     }
     assert!(!log.contains("falling back"), "offload fell back:\n{log}");
+    // QEMU hands VDUSE the firmware areas that SeaBIOS locked (PAM) as entries the
+    // device may only read (perm=1): vdpad maps them copy-on-write, and the NIC gets
+    // a shared read-only view of the same memory, read-only in the IOMMU too.
+    let read_only: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("offload: DMA mapped") && l.contains("access=read-only"))
+        .collect();
+    assert!(
+        log.contains("perm=1") && !read_only.is_empty(),
+        "no read-only IOTLB entry DMA-mapped read-only:\n{log}"
+    );
+    assert!(log.contains("vfio: DMA mapped read-only"), "{log}");
 }

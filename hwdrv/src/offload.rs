@@ -21,13 +21,14 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 use vdpa::virtio::ring;
 use vdpa::{
-    CountProbe, Datapath, DatapathError, GuestMemory, PairPosition, QueueCounters, QueuePairConfig,
-    RingConfig, StartFailure,
+    CountProbe, Datapath, DatapathError, GuestMemory, MemoryRegion, PairPosition, QueueCounters,
+    QueuePairConfig, RingConfig, StartFailure,
 };
 use vdpad_config::{DeviceConfig, Frontend};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::capabilities::{NicCapabilities, Unsuitable};
+use crate::dma_share::{backing_of, SharedView};
 use crate::kick_relay::{KickRelay, KickTarget};
 use crate::pci::PciFunction;
 use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
@@ -89,6 +90,9 @@ pub struct OffloadDatapath {
     doorbells: BTreeMap<u16, Doorbell>,
     nic_features: u64,
     mapped: Option<Arc<GuestMemory>>,
+    /// Shared read-only views DMA-mapped instead of the regions mapped privately
+    /// (by region index in `mapped`); dropped only after the DMA unmap.
+    views: BTreeMap<usize, SharedView>,
     relay: Option<KickRelay>,
     /// Counters whose interrupt count this NIC's vectors provide, until reset.
     probed: BTreeMap<u16, Arc<QueueCounters>>,
@@ -176,6 +180,7 @@ impl OffloadDatapath {
             doorbells: BTreeMap::new(),
             nic_features: 0,
             mapped: None,
+            views: BTreeMap::new(),
             relay: None,
             probed: BTreeMap::new(),
             active: false,
@@ -317,14 +322,18 @@ impl OffloadDatapath {
         }
         self.unmap_memory();
         for (i, r) in mem.regions().iter().enumerate() {
-            // SAFETY: the region is a live mapping of guest memory owned by `mem`,
-            // which `self.mapped` keeps alive until unmap_memory has unmapped it;
-            // nothing in this process holds references into guest memory.
-            let res = unsafe { self.pci.dma_map(r.gpa(), r.size(), r.host_addr()) };
+            let res = self.dma_target(i, r).and_then(|host| {
+                // SAFETY: `host` is a live mapping of the region's memory owned by
+                // `mem` or by `self.views`, which `self.mapped`/`self.views` keep alive
+                // until unmap_memory has unmapped it; nothing in this process holds
+                // references into guest memory.
+                unsafe { self.pci.dma_map(r.gpa(), r.size(), host) }
+            });
             if let Err(e) = res {
                 for done in &mem.regions()[..i] {
                     let _ = self.pci.dma_unmap(done.gpa(), done.size());
                 }
+                self.views.clear();
                 return Err(DatapathError::backend(
                     format!(
                         "DMA map of guest region gpa {:#x} size {:#x}",
@@ -335,17 +344,38 @@ impl OffloadDatapath {
                 ));
             }
             let (iova, size) = (r.gpa(), r.size());
+            let access = if self.views.contains_key(&i) {
+                "read-only"
+            } else {
+                "read-write"
+            };
             match self.addresses {
                 Addresses::GuestPhysical => info!(device = %self.name,
-                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"),
+                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"), access = %access,
                     "offload: DMA mapped (IOVA = GPA)"),
                 Addresses::DriverIova => info!(device = %self.name,
-                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"),
+                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"), access = %access,
                     "offload: DMA mapped (IOVA = the driver's IOVA, a VDUSE IOTLB region)"),
             }
         }
         self.mapped = Some(mem.clone());
         Ok(())
+    }
+
+    /// The host address to DMA-map for region `i`: the region itself, or for a region
+    /// this process maps privately from a file (a VDUSE IOTLB entry the device may only
+    /// read, mapped copy-on-write) a shared read-only view of the same piece of the
+    /// file, kept in `self.views`: pinning the private mapping would copy it, and the
+    /// NIC would read a snapshot instead of the frontend's memory.
+    fn dma_target(&mut self, i: usize, r: &MemoryRegion) -> std::io::Result<*mut u8> {
+        let private_file = backing_of(r.host_addr()).is_ok_and(|b| b.is_private_file());
+        let Some(file) = r.file().filter(|_| private_file) else {
+            return Ok(r.host_addr());
+        };
+        let view = SharedView::map(file, r.mmap_offset(), r.size())?;
+        let host = view.host_addr();
+        self.views.insert(i, view);
+        Ok(host)
     }
 
     fn unmap_memory(&mut self) {
@@ -360,9 +390,11 @@ impl OffloadDatapath {
                 failed = true;
             }
         }
+        let views = std::mem::take(&mut self.views);
         if failed {
             // The NIC may still reach this memory: never unmap it from the process.
             std::mem::forget(mem);
+            std::mem::forget(views);
         }
     }
 
