@@ -388,6 +388,24 @@ fn vduse_rules(src: &Source<'_>, d: &RawDevice, queue_pairs: u16) -> Result<(), 
                  virtqueue, and a driver needs one to enable more pairs",
             ));
     }
+    // VDUSE gives the device's sysfs directory one entry per virtqueue, `vq0`, `vq1`;
+    // the vDPA device of the same name goes into that directory, and the kernel
+    // refuses it (EEXIST) when the names collide.
+    if let Some(name) = &d.name {
+        if (0..2 * queue_pairs).any(|vq| *name.get_ref() == format!("vq{vq}")) {
+            return Err(src
+                .error(
+                    ErrorKind::Conflict,
+                    name.span(),
+                    format!(
+                        "a VDUSE device cannot be named {:?}: the kernel names its virtqueues \
+                         so and refuses to add it to the vDPA bus",
+                        name.get_ref()
+                    ),
+                )
+                .with_help("choose another name, e.g. \"vm1-net0\""));
+        }
+    }
     Ok(())
 }
 
