@@ -41,8 +41,8 @@ use support::nested::{NestedGuest, GUEST_FUNCTIONS};
 use support::netns::Netns;
 use support::note;
 use support::packet::{inject_until, socket_in, Reflector};
+use support::rig_lines::{assert_tap_carried_verify, assert_verify, datapath_chosen, lines_with};
 use support::tmp::TempDir;
-use vdpa_rig::frame::FrameChecker;
 
 /// Frames the offload verify sends (sizes vary over the whole Ethernet range).
 const OFFLOAD_PACKETS: u64 = 10_000;
@@ -197,47 +197,9 @@ fn listened_frames(log: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Lines of a vdpad log that contain any of `needles`.
-fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
-    log.lines()
-        .filter(|l| needles.iter().any(|n| l.contains(n)))
-        .collect()
-}
-
 /// Reads a file of the guest's share, or an explanation.
 fn share_file(guest: &Guest, name: &str) -> String {
     support::read_log(&guest.share().join(name))
-}
-
-/// Parses `key N` out of a rig verify summary (`sent 2000 received 2000 lost 0 ...`).
-fn verify_field(line: &str, key: &str) -> Option<u64> {
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == key {
-            return words.next().and_then(|v| v.parse().ok());
-        }
-    }
-    None
-}
-
-/// Asserts that a `VDPAD-HW-*VERIFY` console line reports a clean verify of `packets`.
-fn assert_verify(line: &str, packets: u64, what: &str, context: &str) {
-    assert!(
-        line.contains("rc=0") && line.contains("verify:"),
-        "{what}: rig verify failed: {line}{context}"
-    );
-    assert_eq!(
-        verify_field(line, "received"),
-        Some(packets),
-        "{what}: {line}{context}"
-    );
-    for key in ["lost", "corrupt", "reordered", "dup"] {
-        assert_eq!(
-            verify_field(line, key),
-            Some(0),
-            "{what}: {key}: {line}{context}"
-        );
-    }
 }
 
 #[test]
@@ -312,37 +274,8 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     note(t0, &format!("guest: {verify}"));
     assert_verify(&verify, OFFLOAD_PACKETS, "offload", &ctx(&guest));
     let virtio_refl = &reflectors[0];
-    let seen = virtio_refl.log();
-    note(
-        t0,
-        &format!(
-            "host: reflector on {} sent back {} frames",
-            virtio_refl.ifname(),
-            seen.reflected
-        ),
-    );
-    assert!(
-        seen.reflected >= OFFLOAD_PACKETS,
-        "the host tap saw {} frames, the rig sent {OFFLOAD_PACKETS}",
-        seen.reflected
-    );
     // What the NIC put on the wire is the rig's frames, intact, in order.
-    let mut checker = FrameChecker::new();
-    let ids: Vec<u64> = seen
-        .kept
-        .iter()
-        .map(|f| {
-            checker
-                .check(f)
-                .unwrap_or_else(|e| panic!("frame on the host tap: {e}: {f:02x?}"))
-                .seq
-        })
-        .collect();
-    assert_eq!(
-        ids,
-        (0..ids.len() as u64).collect::<Vec<_>>(),
-        "sequence on the tap"
-    );
+    assert_tap_carried_verify(t0, virtio_refl, OFFLOAD_PACKETS);
 
     // 2. Frames injected on the host tap arrive in the rig.
     let frames = injected_frames();
@@ -481,14 +414,7 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     );
 
     // Auto mode's decisions and reasons.
-    let chosen = |dev: &str| {
-        auto_log
-            .lines()
-            .find(|l| l.contains("datapath chosen") && l.contains(&format!("device={dev} ")))
-            .unwrap_or_else(|| panic!("no decision for {dev}:\n{auto_log}"))
-            .to_string()
-    };
-    let v = chosen("autovirtio");
+    let v = datapath_chosen(&auto_log, "autovirtio");
     assert!(
         v.contains("mode=\"offload\"") && v.contains("auto: "),
         "{v}"
@@ -497,7 +423,7 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         .into_iter()
         .chain(machine.igb.as_ref().map(|_| "igb0"))
     {
-        let c = chosen(dev);
+        let c = datapath_chosen(&auto_log, dev);
         assert!(
             c.contains("mode=\"software\"") && c.contains("is not a virtio device"),
             "{dev}: {c}"

@@ -69,10 +69,11 @@ pub const DEFAULT_BURST: u16 = 16;
 /// Largest `burst` accepted.
 pub const MAX_BURST: u16 = 1024;
 
-/// Default `weight`: vhost-net's `VHOST_NET_PKT_WEIGHT`.
-pub const DEFAULT_WEIGHT: u32 = 256;
+/// Default `busy_poll_us` with `polling = "adaptive"`: the ceiling of the learned
+/// budget (docs/software-datapath.md, "Polling").
+pub const DEFAULT_ADAPTIVE_POLL_US: u32 = 200;
 
-/// Largest `weight` accepted.
+/// Largest `weight` accepted (the key is obsolete and has no effect).
 pub const MAX_WEIGHT: u32 = 65536;
 
 /// Largest `busy_poll_us` accepted (one second).

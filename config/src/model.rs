@@ -214,9 +214,14 @@ pub struct DeviceConfig {
 pub struct Tuning {
     /// Chains per pass and direction before the used index is published (1..=1024).
     pub burst: u16,
-    /// Frames a worker moves per wakeup before yielding the CPU (1..=65536).
-    pub weight: u32,
-    /// Busy-poll budget after the rings go idle, in microseconds (0 = off, ..=1_000_000).
+    /// Obsolete: workers once yielded the CPU after this many frames, which starved
+    /// them under EEVDF. Accepted (1..=65536) so older files load; the daemon warns.
+    pub weight: Option<u32>,
+    /// How a worker decides how long to poll once its rings go idle.
+    pub polling: Polling,
+    /// Polling budget in microseconds (..=1_000_000): the ceiling of the learned budget
+    /// with [`Polling::Adaptive`], the budget itself with [`Polling::Fixed`]. 0 = never
+    /// poll.
     pub busy_poll_us: u32,
     /// Hold RX interrupts until this many frames completed (0 = off, ..=65535).
     pub rx_coalesce_frames: u32,
@@ -230,11 +235,32 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             burst: crate::DEFAULT_BURST,
-            weight: crate::DEFAULT_WEIGHT,
-            busy_poll_us: 0,
+            weight: None,
+            polling: Polling::Adaptive,
+            busy_poll_us: crate::DEFAULT_ADAPTIVE_POLL_US,
             rx_coalesce_frames: 0,
             rx_coalesce_usecs: 0,
             cpus: Vec::new(),
+        }
+    }
+}
+
+/// How a software worker decides how long to poll its rings after they go idle
+/// (`polling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Polling {
+    /// Learn the budget from the traffic, up to `busy_poll_us` (the default).
+    Adaptive,
+    /// Poll exactly `busy_poll_us` every time.
+    Fixed,
+}
+
+impl Polling {
+    /// The configuration keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Polling::Adaptive => "adaptive",
+            Polling::Fixed => "fixed",
         }
     }
 }

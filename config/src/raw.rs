@@ -75,6 +75,7 @@ pub(crate) struct RawDevice {
     pub socket_group: Option<Spanned<RawId>>,
     pub burst: Option<Spanned<i64>>,
     pub weight: Option<Spanned<i64>>,
+    pub polling: Option<Spanned<String>>,
     pub busy_poll_us: Option<Spanned<i64>>,
     pub rx_coalesce_frames: Option<Spanned<i64>>,
     pub rx_coalesce_usecs: Option<Spanned<i64>>,
@@ -269,6 +270,7 @@ pub(crate) const DEVICE: TableSpec = TableSpec {
         key("socket_group", ValueType::Id, "socket_group = \"kvm\""),
         key("burst", ValueType::Integer, "burst = 64"),
         key("weight", ValueType::Integer, "weight = 256"),
+        key("polling", ValueType::String, "polling = \"adaptive\""),
         key("busy_poll_us", ValueType::Integer, "busy_poll_us = 50"),
         key(
             "rx_coalesce_frames",

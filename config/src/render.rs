@@ -144,7 +144,10 @@ fn write_daemon(f: &mut fmt::Formatter<'_>, d: &DaemonConfig) -> fmt::Result {
 
 fn write_tuning(f: &mut fmt::Formatter<'_>, t: &Tuning) -> fmt::Result {
     writeln!(f, "burst = {}", t.burst)?;
-    writeln!(f, "weight = {}", t.weight)?;
+    if let Some(w) = t.weight {
+        writeln!(f, "weight = {w}")?;
+    }
+    writeln!(f, "polling = \"{}\"", t.polling.keyword())?;
     writeln!(f, "busy_poll_us = {}", t.busy_poll_us)?;
     writeln!(f, "rx_coalesce_frames = {}", t.rx_coalesce_frames)?;
     writeln!(f, "rx_coalesce_usecs = {}", t.rx_coalesce_usecs)?;

@@ -16,8 +16,8 @@ use crate::defaults::{
 use crate::error::{ConfigError, ErrorKind, Source};
 use crate::fields::{self, IdKind};
 use crate::model::{
-    Backend, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms, SocketRole,
-    Tuning, VdpaDriver, MAX_QUEUE_PAIRS,
+    Backend, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, Polling, SocketPerms,
+    SocketRole, Tuning, VdpaDriver, MAX_QUEUE_PAIRS,
 };
 use crate::raw::{RawDaemon, RawDevice, RawId};
 use crate::unique;
@@ -432,6 +432,24 @@ fn vduse_rules(src: &Source<'_>, d: &RawDevice, queue_pairs: u16) -> Result<(), 
                  virtqueue, and a driver needs one to enable more pairs",
             ));
     }
+    // VDUSE gives the device's sysfs directory one entry per virtqueue, `vq0`, `vq1`;
+    // the vDPA device of the same name goes into that directory, and the kernel
+    // refuses it (EEXIST) when the names collide.
+    if let Some(name) = &d.name {
+        if (0..2 * queue_pairs).any(|vq| *name.get_ref() == format!("vq{vq}")) {
+            return Err(src
+                .error(
+                    ErrorKind::Conflict,
+                    name.span(),
+                    format!(
+                        "a VDUSE device cannot be named {:?}: the kernel names its virtqueues \
+                         so and refuses to add it to the vDPA bus",
+                        name.get_ref()
+                    ),
+                )
+                .with_help("choose another name, e.g. \"vm1-net0\""));
+        }
+    }
     Ok(())
 }
 
@@ -450,24 +468,44 @@ fn tuning(src: &Source<'_>, d: &RawDevice) -> Result<Tuning, ConfigError> {
         None => defaults.burst,
     };
     let weight = match &d.weight {
-        Some(v) => fields::int_in(
+        Some(v) => Some(fields::int_in(
             src,
             v,
             "weight",
             1..=MAX_WEIGHT,
-            "use between 1 and 65536 frames per wakeup, e.g. 256",
-        )?,
-        None => defaults.weight,
+            "weight has no effect any more: remove it",
+        )?),
+        None => None,
     };
-    let busy_poll_us = match &d.busy_poll_us {
-        Some(v) => fields::int_in(
+    let polling = match &d.polling {
+        Some(v) => fields::choice(
+            src,
+            v,
+            "polling",
+            &[("adaptive", Polling::Adaptive), ("fixed", Polling::Fixed)],
+        )?,
+        None => defaults.polling,
+    };
+    let busy_poll_us = match (&d.busy_poll_us, polling, &d.polling) {
+        (Some(v), _, _) => fields::int_in(
             src,
             v,
             "busy_poll_us",
             0..=MAX_BUSY_POLL_US,
-            "use 0 (off) to 1000000 microseconds, e.g. 50",
+            "use 0 (never poll) to 1000000 microseconds, e.g. 50",
         )?,
-        None => defaults.busy_poll_us,
+        (None, Polling::Fixed, Some(p)) => {
+            return Err(src
+                .error(
+                    ErrorKind::Conflict,
+                    p.span(),
+                    "polling = \"fixed\" without busy_poll_us: a fixed budget needs a value",
+                )
+                .with_help(
+                    "add busy_poll_us = 50 (0 sleeps at once), or use polling = \"adaptive\"",
+                ))
+        }
+        (None, _, _) => defaults.busy_poll_us,
     };
     let rx_coalesce_frames = match &d.rx_coalesce_frames {
         Some(v) => fields::int_in(
@@ -519,6 +557,7 @@ fn tuning(src: &Source<'_>, d: &RawDevice) -> Result<Tuning, ConfigError> {
     Ok(Tuning {
         burst,
         weight,
+        polling,
         busy_poll_us,
         rx_coalesce_frames,
         rx_coalesce_usecs,

@@ -8,6 +8,10 @@
 //! the same — the same file (device and inode) at the same offset, or for anonymous
 //! memory the same host address; otherwise the second mapping is refused, naming both
 //! devices.
+//!
+//! Memory this process maps privately from a file cannot be pinned for DMA without
+//! being copied; [`SharedView`] maps the same piece of the file shared and read-only
+//! for the device instead.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -21,6 +25,22 @@ pub struct Backing {
     pub ino: u64,
     /// Offset of the start in the file (for anonymous memory: the host address).
     pub offset: u64,
+    /// A private (copy-on-write) mapping, `p` in `/proc/self/maps`.
+    pub private: bool,
+    /// The mapping is writable by this process, `w` in `/proc/self/maps`.
+    pub writable: bool,
+}
+
+impl Backing {
+    /// A private mapping of a file: this process sees the file's pages only until a
+    /// page is written, which replaces it with a private copy. A long-term pin for
+    /// DMA makes that copy at once, read-only pins included (Linux >= 6.2 breaks COW
+    /// early so that the device and the process see the same page), so the device
+    /// would see a snapshot of the file, not the file. Such memory is DMA-mapped
+    /// through a [`SharedView`] instead.
+    pub fn is_private_file(&self) -> bool {
+        self.private && self.ino != 0
+    }
 }
 
 impl std::fmt::Display for Backing {
@@ -43,7 +63,7 @@ pub fn backing_of(host: *const u8) -> io::Result<Backing> {
     let addr = host as u64;
     for line in maps.lines() {
         let mut f = line.split_whitespace();
-        let (Some(range), Some(_perms), Some(off), Some(dev), Some(ino)) =
+        let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
             (f.next(), f.next(), f.next(), f.next(), f.next())
         else {
             continue;
@@ -57,17 +77,23 @@ pub fn backing_of(host: *const u8) -> io::Result<Backing> {
             continue;
         }
         let ino: u64 = ino.parse().map_err(io::Error::other)?;
+        let private = perms.ends_with('p');
+        let writable = perms.as_bytes().get(1) == Some(&b'w');
         return Ok(if ino == 0 {
             Backing {
                 dev: dev.to_owned(),
                 ino: 0,
                 offset: addr,
+                private,
+                writable,
             }
         } else {
             Backing {
                 dev: dev.to_owned(),
                 ino,
                 offset: hex(off)? + (addr - start),
+                private,
+                writable,
             }
         });
     }
@@ -75,6 +101,71 @@ pub fn backing_of(host: *const u8) -> io::Result<Backing> {
         io::ErrorKind::NotFound,
         format!("host address {addr:#x} is not mapped"),
     ))
+}
+
+/// A shared, read-only mapping of a piece of a file: what a device may DMA from when
+/// the process itself maps that piece privately (a VDUSE IOTLB entry the device may
+/// only read, mapped copy-on-write so that no software path can change the
+/// frontend's memory). Pinned for DMA it shows the file's live pages, never a copy;
+/// the device cannot write through it because it is mapped read-only for DMA too.
+#[derive(Debug)]
+pub struct SharedView {
+    base: *mut libc::c_void,
+    len: usize,
+    /// The address of the piece's first byte.
+    host: *mut u8,
+}
+
+// SAFETY: the view owns its mapping; the pointers are addresses in it, only handed to
+// the IOMMU, never dereferenced here.
+unsafe impl Send for SharedView {}
+
+impl SharedView {
+    /// Maps `size` bytes of `file` from `offset`, shared and read-only.
+    pub fn map(file: &std::fs::File, offset: u64, size: u64) -> io::Result<SharedView> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64;
+        let aligned = offset & !(page - 1);
+        let lead = (offset - aligned) as usize;
+        let len = usize::try_from(size)
+            .ok()
+            .and_then(|s| s.checked_add(lead))
+            .filter(|&l| l > lead)
+            .ok_or_else(|| io::Error::other(format!("cannot map {size:#x} bytes")))?;
+        let off = libc::off_t::try_from(aligned).map_err(io::Error::other)?;
+        // SAFETY: a fresh read-only shared mapping of a file the caller owns, at an
+        // address the kernel picks; unmapped only by Drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `lead < page <= len`: inside the mapping.
+        let host = unsafe { base.cast::<u8>().add(lead) };
+        Ok(SharedView { base, len, host })
+    }
+
+    /// The address of the piece's first byte in this process.
+    pub fn host_addr(&self) -> *mut u8 {
+        self.host
+    }
+}
+
+impl Drop for SharedView {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping mmap returned; its users (DMA maps) are gone
+        // first, as the owner guarantees.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
 }
 
 #[derive(Debug)]
@@ -177,14 +268,18 @@ mod tests {
     }
 
     fn map(f: &std::fs::File, len: usize, off: i64) -> *mut u8 {
-        // SAFETY: a fresh shared mapping of a file we own; checked below. The test
-        // leaks it (the process ends soon).
+        map_with(f, len, off, libc::MAP_SHARED)
+    }
+
+    fn map_with(f: &std::fs::File, len: usize, off: i64, flags: libc::c_int) -> *mut u8 {
+        // SAFETY: a fresh mapping of a file we own; checked below. The test leaks it
+        // (the process ends soon).
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                flags,
                 f.as_raw_fd(),
                 off,
             )
@@ -224,5 +319,50 @@ mod tests {
         assert!(maps.release(0, 0x2000, "0000:01:00.0").unwrap());
         maps.remove(0, 0x2000);
         assert_eq!(maps.bytes(), 0);
+    }
+
+    #[test]
+    fn private_file_mappings_are_told_apart() {
+        let f = memfd(0x4000);
+        let shared = backing_of(map(&f, 0x2000, 0)).unwrap();
+        assert!(!shared.private && !shared.is_private_file());
+        // A VDUSE IOTLB entry the device may only read is mapped like this.
+        let private = backing_of(map_with(&f, 0x2000, 0, libc::MAP_PRIVATE)).unwrap();
+        assert!(private.is_private_file(), "{private:?}");
+        // Same file and offset, but not the same memory once written: never shared.
+        assert_ne!(shared, private);
+        // SAFETY: a fresh private anonymous mapping; checked below, leaked.
+        let anon = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                0x1000,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(anon, libc::MAP_FAILED);
+        let anon = backing_of(anon.cast()).unwrap();
+        assert!(anon.private && !anon.is_private_file(), "{anon:?}");
+        assert!(shared.writable && private.writable && anon.writable);
+    }
+
+    #[test]
+    fn a_shared_view_shows_the_file_live_and_read_only() {
+        let f = memfd(0x4000);
+        let writer = map(&f, 0x4000, 0);
+        let view = SharedView::map(&f, 0x1800, 0x2000).unwrap();
+        let b = backing_of(view.host_addr()).unwrap();
+        assert!(!b.private && !b.writable && !b.is_private_file(), "{b:?}");
+        assert_eq!(b.offset, 0x1800);
+        for (i, v) in [(0x1800, 7u8), (0x37ff, 9)] {
+            // SAFETY: both addresses are inside the memfd mappings made above.
+            unsafe {
+                writer.add(i).write_volatile(v);
+                assert_eq!(view.host_addr().add(i - 0x1800).read_volatile(), v);
+            }
+        }
+        assert!(SharedView::map(&f, 0, 0).is_err());
     }
 }

@@ -30,7 +30,7 @@ pub mod virtio_pci;
 
 pub use capabilities::{NicCapabilities, Unsuitable};
 pub use classify::{classify, Classification, Decision};
-pub use offload::{OffloadDatapath, OffloadError};
+pub use offload::{Addresses, OffloadDatapath, OffloadError};
 pub use pci::{PciFunction, ResetOutcome};
 #[cfg(any(test, feature = "test-utils"))]
 pub use sim::{SimConfig, SimNic};

@@ -21,13 +21,14 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 use vdpa::virtio::ring;
 use vdpa::{
-    CountProbe, Datapath, DatapathError, GuestMemory, PairPosition, QueueCounters, QueuePairConfig,
-    RingConfig, StartFailure,
+    CountProbe, Datapath, DatapathError, GuestMemory, MemoryRegion, PairPosition, QueueCounters,
+    QueuePairConfig, RingConfig, StartFailure,
 };
-use vdpad_config::DeviceConfig;
+use vdpad_config::{DeviceConfig, Frontend};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::capabilities::{NicCapabilities, Unsuitable};
+use crate::dma_share::{backing_of, SharedView};
 use crate::kick_relay::{KickRelay, KickTarget};
 use crate::pci::PciFunction;
 use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
@@ -89,11 +90,27 @@ pub struct OffloadDatapath {
     doorbells: BTreeMap<u16, Doorbell>,
     nic_features: u64,
     mapped: Option<Arc<GuestMemory>>,
+    /// Shared read-only views DMA-mapped instead of the regions mapped privately
+    /// (by region index in `mapped`); dropped only after the DMA unmap.
+    views: BTreeMap<usize, SharedView>,
     relay: Option<KickRelay>,
     /// Counters whose interrupt count this NIC's vectors provide, until reset.
     probed: BTreeMap<u16, Arc<QueueCounters>>,
     /// The NIC was programmed (or memory mapped) since the last reset.
     active: bool,
+    /// What the addresses in the rings and the memory table are.
+    addresses: Addresses,
+}
+
+/// What the frontend's ring and buffer addresses are, and so the IOVAs the NIC uses:
+/// the NIC sees exactly the addresses the driver wrote into the rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addresses {
+    /// Guest-physical addresses (vhost-user: the memory table is keyed by GPA).
+    GuestPhysical,
+    /// The driver's IOVAs (VDUSE: the memory table is the device's IOTLB, each entry
+    /// a piece of the vhost-vdpa frontend's memory at the IOVA the driver gave it).
+    DriverIova,
 }
 
 impl OffloadDatapath {
@@ -163,9 +180,11 @@ impl OffloadDatapath {
             doorbells: BTreeMap::new(),
             nic_features: 0,
             mapped: None,
+            views: BTreeMap::new(),
             relay: None,
             probed: BTreeMap::new(),
             active: false,
+            addresses: Addresses::GuestPhysical,
         })
     }
 
@@ -173,8 +192,13 @@ impl OffloadDatapath {
     /// guest-visible features it offers (minus PROTOCOL_FEATURES), queue pairs,
     /// vectors and ring size. The daemon calls this before any frontend connects, to
     /// decide offload or fallback.
+    /// A VDUSE device's addresses are the driver's IOVAs ([`Addresses::DriverIova`]).
     pub fn for_device(pci: Arc<dyn PciFunction>, cfg: &DeviceConfig) -> Result<Self, OffloadError> {
-        let dp = Self::new(&cfg.name, pci, cfg.queue_pairs)?;
+        let mut dp = Self::new(&cfg.name, pci, cfg.queue_pairs)?;
+        dp.addresses = match cfg.frontend {
+            Frontend::VhostUser => Addresses::GuestPhysical,
+            Frontend::Vduse { .. } => Addresses::DriverIova,
+        };
         dp.caps
             .can_serve(cfg)
             .map_err(|reasons| OffloadError::Unsuitable {
@@ -290,21 +314,26 @@ impl OffloadDatapath {
         Ok(())
     }
 
-    /// Maps `mem` for DMA (IOVA = GPA), replacing whatever was mapped before.
+    /// Maps `mem` for DMA at the addresses it is keyed by (IOVA = GPA for vhost-user,
+    /// the driver's IOVA for VDUSE), replacing whatever was mapped before.
     fn map_memory(&mut self, mem: &Arc<GuestMemory>) -> Result<(), DatapathError> {
         if self.mapped.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
             return Ok(());
         }
         self.unmap_memory();
         for (i, r) in mem.regions().iter().enumerate() {
-            // SAFETY: the region is a live mapping of guest memory owned by `mem`,
-            // which `self.mapped` keeps alive until unmap_memory has unmapped it;
-            // nothing in this process holds references into guest memory.
-            let res = unsafe { self.pci.dma_map(r.gpa(), r.size(), r.host_addr()) };
+            let res = self.dma_target(i, r).and_then(|host| {
+                // SAFETY: `host` is a live mapping of the region's memory owned by
+                // `mem` or by `self.views`, which `self.mapped`/`self.views` keep alive
+                // until unmap_memory has unmapped it; nothing in this process holds
+                // references into guest memory.
+                unsafe { self.pci.dma_map(r.gpa(), r.size(), host) }
+            });
             if let Err(e) = res {
                 for done in &mem.regions()[..i] {
                     let _ = self.pci.dma_unmap(done.gpa(), done.size());
                 }
+                self.views.clear();
                 return Err(DatapathError::backend(
                     format!(
                         "DMA map of guest region gpa {:#x} size {:#x}",
@@ -314,11 +343,39 @@ impl OffloadDatapath {
                     e,
                 ));
             }
-            info!(device = %self.name, iova = format_args!("{:#x}", r.gpa()),
-                  size = format_args!("{:#x}", r.size()), "offload: DMA mapped (IOVA = GPA)");
+            let (iova, size) = (r.gpa(), r.size());
+            let access = if self.views.contains_key(&i) {
+                "read-only"
+            } else {
+                "read-write"
+            };
+            match self.addresses {
+                Addresses::GuestPhysical => info!(device = %self.name,
+                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"), access = %access,
+                    "offload: DMA mapped (IOVA = GPA)"),
+                Addresses::DriverIova => info!(device = %self.name,
+                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"), access = %access,
+                    "offload: DMA mapped (IOVA = the driver's IOVA, a VDUSE IOTLB region)"),
+            }
         }
         self.mapped = Some(mem.clone());
         Ok(())
+    }
+
+    /// The host address to DMA-map for region `i`: the region itself, or for a region
+    /// this process maps privately from a file (a VDUSE IOTLB entry the device may only
+    /// read, mapped copy-on-write) a shared read-only view of the same piece of the
+    /// file, kept in `self.views`: pinning the private mapping would copy it, and the
+    /// NIC would read a snapshot instead of the frontend's memory.
+    fn dma_target(&mut self, i: usize, r: &MemoryRegion) -> std::io::Result<*mut u8> {
+        let private_file = backing_of(r.host_addr()).is_ok_and(|b| b.is_private_file());
+        let Some(file) = r.file().filter(|_| private_file) else {
+            return Ok(r.host_addr());
+        };
+        let view = SharedView::map(file, r.mmap_offset(), r.size())?;
+        let host = view.host_addr();
+        self.views.insert(i, view);
+        Ok(host)
     }
 
     fn unmap_memory(&mut self) {
@@ -333,9 +390,11 @@ impl OffloadDatapath {
                 failed = true;
             }
         }
+        let views = std::mem::take(&mut self.views);
         if failed {
             // The NIC may still reach this memory: never unmap it from the process.
             std::mem::forget(mem);
+            std::mem::forget(views);
         }
     }
 

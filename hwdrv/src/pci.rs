@@ -50,8 +50,12 @@ pub trait PciFunction: Send + Sync {
     /// still serve [`bar_read`](Self::bar_read)/[`bar_write`](Self::bar_write).
     fn bar_mapped(&self, bar: u8) -> bool;
 
-    /// Maps guest memory for device DMA: device address `iova` (here always the
-    /// guest-physical address) reaches host memory `host` for `size` bytes.
+    /// Maps guest memory for device DMA: device address `iova` (the guest-physical
+    /// address for vhost-user, the driver's IOVA for VDUSE) reaches host memory
+    /// `host` for `size` bytes. Where the implementation pins memory (VFIO), memory
+    /// this process cannot write is mapped read-only for the device, and a private
+    /// mapping of a file is refused (a pin would copy it; see
+    /// [`SharedView`](crate::dma_share::SharedView)).
     ///
     /// # Safety
     /// `[host, host + size)` must be a valid mapping of this process that stays

@@ -102,16 +102,34 @@ impl VfioVm {
         }
         vfio_sys::check_memlock(PINNED.load(Ordering::SeqCst), size)?;
         let len = usize::try_from(size).map_err(io::Error::other)?;
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.container.vfio_dma_map(iova, len, host) }.map_err(|e| {
-            vfio_err(
+        if backing.is_private_file() {
+            // Pinning copies every page: the device would work on a snapshot.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
                 format!(
-                    "VFIO_IOMMU_MAP_DMA iova {iova:#x} size {size:#x} for {}",
-                    self.name
+                    "{owner}: iova {iova:#x} size {size:#x} is a private mapping of a file \
+                     ({backing}): a DMA pin would copy it; map the file shared"
                 ),
-                e,
-            )
-        })?;
+            ));
+        }
+        if !backing.writable {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { vfio_sys::dma_map_read_only(self.container.as_raw_fd(), iova, size, host) }?;
+            tracing::info!(vm = %self.name, owner, iova = format_args!("{iova:#x}"),
+                  size = format_args!("{size:#x}"),
+                  "vfio: DMA mapped read-only (the device may only read this memory)");
+        } else {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { self.container.vfio_dma_map(iova, len, host) }.map_err(|e| {
+                vfio_err(
+                    format!(
+                        "VFIO_IOMMU_MAP_DMA iova {iova:#x} size {size:#x} for {}",
+                        self.name
+                    ),
+                    e,
+                )
+            })?;
+        }
         PINNED.fetch_add(size, Ordering::SeqCst);
         maps.insert(iova, size, backing, owner);
         Ok(())

@@ -8,10 +8,10 @@ use std::io;
 use std::os::fd::RawFd;
 
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, vfio_irq_set, vfio_region_info, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, VFIO_REGION_INFO_CAP_SPARSE_MMAP,
-    VFIO_REGION_INFO_FLAG_CAPS,
+    vfio_device_info, vfio_iommu_type1_dma_map, vfio_irq_set, vfio_region_info,
+    VFIO_DMA_MAP_FLAG_READ, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
+    VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS,
 };
 
 use crate::vfio_error::VfioError;
@@ -24,6 +24,7 @@ const VFIO_DEVICE_GET_INFO: libc::c_ulong = 0x3b6b;
 const VFIO_DEVICE_GET_REGION_INFO: libc::c_ulong = 0x3b6c;
 const VFIO_DEVICE_SET_IRQS: libc::c_ulong = 0x3b6e;
 const VFIO_DEVICE_RESET: libc::c_ulong = 0x3b6f;
+const VFIO_IOMMU_MAP_DMA: libc::c_ulong = 0x3b71;
 
 fn ioctl_err(what: &str) -> io::Error {
     VfioError::Ioctl {
@@ -53,6 +54,37 @@ pub(crate) fn device_reset(fd: RawFd) -> io::Result<()> {
     let rc = unsafe { libc::ioctl(fd, VFIO_DEVICE_RESET as _) };
     if rc < 0 {
         return Err(ioctl_err("VFIO_DEVICE_RESET"));
+    }
+    Ok(())
+}
+
+/// VFIO_IOMMU_MAP_DMA of `size` bytes at `host` to `iova`, readable by the device and
+/// not writable (`vfio-ioctls` maps everything read-write, which needs a writable
+/// mapping: the pages are pinned for writing).
+///
+/// # Safety
+/// `[host, host + size)` must stay mapped in this process until the range is unmapped
+/// from the container.
+pub(crate) unsafe fn dma_map_read_only(
+    container: RawFd,
+    iova: u64,
+    size: u64,
+    host: *mut u8,
+) -> io::Result<()> {
+    let map = vfio_iommu_type1_dma_map {
+        argsz: std::mem::size_of::<vfio_iommu_type1_dma_map>() as u32,
+        flags: VFIO_DMA_MAP_FLAG_READ,
+        vaddr: host as u64,
+        iova,
+        size,
+    };
+    // SAFETY: the ioctl reads `map`, which is argsz bytes; the memory it describes is
+    // kept mapped by the caller's contract.
+    let rc = unsafe { libc::ioctl(container, VFIO_IOMMU_MAP_DMA as _, &map) };
+    if rc < 0 {
+        return Err(ioctl_err(&format!(
+            "VFIO_IOMMU_MAP_DMA (read-only) iova {iova:#x} size {size:#x}"
+        )));
     }
     Ok(())
 }

@@ -13,7 +13,8 @@
 //! - [`csum`]: completing a partial checksum for a guest without GUEST_CSUM.
 //! - [`port`]: what fd-backed backends share (the [`port::Port`] trait).
 //! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
-//! - [`tuning`]: the knobs (burst, weight, busy poll, RX coalescing, pinning).
+//! - [`tuning`]: the knobs (burst, polling, RX coalescing, pinning).
+//! - [`polling`]: how long a worker polls before it sleeps (adaptive by default).
 //! - [`worker`]: the per-queue-pair thread and its notification loop.
 //! - [`datapath`]: [`SoftwareDatapath`], the [`vdpa::Datapath`] implementation.
 
@@ -23,6 +24,7 @@ pub mod datapath;
 pub mod engine;
 pub mod interrupt;
 pub mod loopback;
+pub mod polling;
 pub mod port;
 pub mod queue;
 pub mod ring;
@@ -36,4 +38,5 @@ pub mod worker;
 mod containment_tests;
 
 pub use datapath::{Backend, SoftwareDatapath};
+pub use polling::{PollCounts, Polling};
 pub use tuning::Tuning;

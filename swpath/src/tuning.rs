@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use crate::polling::Polling;
+
 /// How workers trade latency, throughput and CPU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tuning {
@@ -11,13 +13,8 @@ pub struct Tuning {
     /// burst). Bigger bursts: fewer interrupts and atomics per packet; smaller ones let
     /// a guest on another CPU start on the first frames while the rest are copied.
     pub burst: usize,
-    /// Frames a worker moves per wakeup before it yields the CPU, so that one busy
-    /// queue cannot starve other threads on the same core (vhost-net: 256).
-    pub weight: usize,
-    /// After the rings go idle, keep polling this long before asking for kicks and
-    /// sleeping: no guest exit per kick and lower latency, at the cost of a spinning
-    /// core. Zero: sleep at once.
-    pub busy_poll: Duration,
+    /// How long a worker keeps polling after the rings go idle (see [`Polling`]).
+    pub polling: Polling,
     /// RX interrupt coalescing: hold an interrupt until this many frames are
     /// completed... (0: off)
     pub rx_coalesce_frames: u32,
@@ -30,15 +27,12 @@ pub struct Tuning {
 /// Default burst: the configuration's default (16 chains, measured; see
 /// `vdpad_config::DEFAULT_BURST`).
 pub(crate) const DEFAULT_BURST: usize = vdpad_config::DEFAULT_BURST as usize;
-/// Default per-wakeup weight: vhost-net's VHOST_NET_PKT_WEIGHT.
-pub(crate) const DEFAULT_WEIGHT: usize = 256;
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             burst: DEFAULT_BURST,
-            weight: DEFAULT_WEIGHT,
-            busy_poll: Duration::ZERO,
+            polling: Polling::DEFAULT,
             rx_coalesce_frames: 0,
             rx_coalesce_time: Duration::ZERO,
             cpus: Vec::new(),

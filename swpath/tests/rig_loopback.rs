@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::Served;
-use swpath::{Backend, SoftwareDatapath, Tuning};
+use swpath::{Backend, Polling, SoftwareDatapath, Tuning};
 use vdpa::stats::BadDescriptor;
 use vdpa_rig::{run_latency, Hostile, LatencyOptions, PairRing, Rig, RigSetup, SetupStep};
 use vdpad_config::Backend as CfgBackend;
@@ -251,8 +251,7 @@ fn coalesced_interrupts_are_released_by_their_deadline() {
 fn busy_polling_and_small_bursts_still_deliver_everything() {
     let tuning = Tuning {
         burst: 4,
-        weight: 16,
-        busy_poll: Duration::from_micros(200),
+        polling: Polling::Fixed(Duration::from_micros(200)),
         ..Tuning::default()
     };
     let d = tuned(1, 256, tuning);
@@ -301,7 +300,7 @@ fn busy_polling_needs_no_kicks_while_frames_keep_flowing() {
     // budget that ran from the first idle pass, whatever moved since, put the worker
     // to sleep once a second and made the next frame wait for a kick.)
     let tuning = Tuning {
-        busy_poll: Duration::from_secs(1),
+        polling: Polling::Fixed(Duration::from_secs(1)),
         ..Tuning::default()
     };
     let d = tuned(1, 256, tuning);
@@ -320,6 +319,54 @@ fn busy_polling_needs_no_kicks_while_frames_keep_flowing() {
         "the worker slept while frames kept flowing: {} kicks for {wraps} index wraps: {r:?}",
         r.tx_kicks
     );
+}
+
+#[test]
+fn adaptive_polling_takes_over_from_kicks_while_frames_flow() {
+    // The default policy: a ping-pong sends the next frame as soon as the last one is
+    // back, microseconds later. The first sleeps end that quickly, so the budget grows
+    // and the worker soon polls through the gaps: few kicks for many frames.
+    let d = tuned(1, 256, Tuning::default());
+    let mut rig = Rig::connect(d.options()).unwrap();
+    let mut o = LatencyOptions::new(20_000, 64);
+    o.warmup = 200;
+    let r = run_latency(&mut rig, &o).unwrap();
+    println!("{}", r.render());
+    let rx = &d.handle.stats()[0];
+    println!("worker sleeps {} for {} frames", rx.sleeps, r.count);
+    assert!(
+        r.tx_kicks * 4 <= r.count,
+        "the adaptive worker kept sleeping between frames: {} kicks for {} frames",
+        r.tx_kicks,
+        r.count
+    );
+}
+
+#[test]
+fn adaptive_polling_stops_when_the_ring_goes_quiet() {
+    // After traffic the budget is at its ceiling; once nothing comes, each poll runs out
+    // and halves it, and the worker sleeps: it must use (almost) no CPU while idle.
+    let d = tuned(1, 256, Tuning::default());
+    // The frontend stays connected (the worker lives as long as the connection).
+    let mut rig = Rig::connect(d.options()).unwrap();
+    let mut o = LatencyOptions::new(5_000, 64);
+    o.warmup = 100;
+    run_latency(&mut rig, &o).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let worker = format!("{}-q0", d.name);
+    let before = support::thread_cpu_ticks(&worker).expect("worker thread");
+    let sleeps_before = d.handle.stats()[0].sleeps;
+    std::thread::sleep(Duration::from_millis(500));
+    let after = support::thread_cpu_ticks(&worker).expect("worker thread");
+    let sleeps_after = d.handle.stats()[0].sleeps;
+    println!(
+        "idle worker: {} clock ticks in 500 ms, {} sleeps",
+        after - before,
+        sleeps_after - sleeps_before
+    );
+    // A spinning worker would use ~50 ticks (100 Hz) in 500 ms.
+    assert!(after - before <= 5, "the worker kept polling an idle ring");
+    assert_eq!(sleeps_after, sleeps_before, "an idle worker woke up");
 }
 
 #[test]

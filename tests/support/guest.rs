@@ -239,6 +239,14 @@ impl Guest {
         }
     }
 
+    /// [`Guest::wait_for`], then prints the line as progress ([`super::note`], seconds
+    /// since `t0`) and returns it.
+    pub fn wait_noted(&mut self, t0: Instant, marker: &str, timeout: Duration) -> String {
+        let line = self.wait_for(marker, timeout);
+        super::note(t0, &format!("guest: {line}"));
+        line
+    }
+
     /// Like [`Guest::wait_for`] but returns an error instead of panicking.
     pub fn try_wait_for(&mut self, marker: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;

@@ -24,6 +24,7 @@
 //!   vdpactl, as the operations tests drive them;
 //! - [`raw_frontend`]: a vhost-user frontend that sends exactly the bytes and
 //!   descriptors a test asks for (hostile frontends);
+//! - [`rig_lines`]: rig verify lines, frames on the wire and log lines, checked;
 //! - [`bins`]: the workspace's programs (`vdpad`, `vdpactl`, `vdpa-rig`, `vdpa-bench`),
 //!   built on first use.
 //!
@@ -45,6 +46,7 @@ pub mod operator;
 pub mod packet;
 pub mod process;
 pub mod raw_frontend;
+pub mod rig_lines;
 pub mod swdev;
 pub mod testpmd;
 pub mod tmp;

@@ -15,8 +15,8 @@ bench_cleanup() {
 }
 
 # loopback_config DIR BUSY_POLL_US: writes DIR/vdpad.toml, one loopback device on
-# DIR/lo.sock (256-entry rings, the worker pinned to CPU 0, the given busy-poll
-# budget), run directory DIR/run.
+# DIR/lo.sock (256-entry rings, the worker pinned to CPU 0, a fixed busy-poll budget:
+# polling = "fixed"), run directory DIR/run.
 loopback_config() {
   cat > "$1/vdpad.toml" <<CFG
 [daemon]
@@ -26,6 +26,7 @@ name = "lo"
 socket = "$1/lo.sock"
 backend = "loopback"
 queue_size = 256
+polling = "fixed"
 busy_poll_us = $2
 cpus = [0]
 CFG

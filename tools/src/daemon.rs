@@ -348,7 +348,7 @@ impl Daemon {
                 info!(device = h.name(), ring = q.ring, dir = q.direction, packets = q.packets,
                       bytes = q.bytes, kicks = q.kicks, interrupts = q.interrupts,
                       suppressed = q.interrupts_suppressed, bursts = q.bursts,
-                      rx_no_buffer = q.rx_no_buffer, drops = q.total_drops(),
+                      rx_no_buffer = q.rx_no_buffer, sleeps = q.sleeps, drops = q.total_drops(),
                       bad_descriptors = q.total_bad_descriptors(),
                       packets_per_kick = ?q.packets_per_kick(),
                       packets_per_interrupt = ?q.packets_per_interrupt(), "queue stats");

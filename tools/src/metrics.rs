@@ -226,7 +226,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
     }
 
     type Counter = fn(&crate::control::protocol::QueueView) -> u64;
-    let counters: [(&str, &str, Counter); 7] = [
+    let counters: [(&str, &str, Counter); 8] = [
         ("vdpad_queue_packets_total", "Frames completed on the queue.", |q| q.packets),
         (
             "vdpad_queue_bytes_total",
@@ -247,6 +247,11 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
             "vdpad_queue_interrupts_suppressed_total",
             "Interrupts not sent because the guest asked not to get them (EVENT_IDX or NO_INTERRUPT).",
             |q| q.interrupts_suppressed,
+        ),
+        (
+            "vdpad_queue_sleeps_total",
+            "Times the queue pair's worker re-armed notifications and slept (RX ring only).",
+            |q| q.sleeps,
         ),
         (
             "vdpad_queue_bursts_total",
@@ -700,6 +705,7 @@ mod tests {
             interrupts_suppressed: 0,
             bursts: 1,
             rx_no_buffer: 0,
+            sleeps: 0,
             drops: [("oversized".to_string(), 3)].into_iter().collect(),
             drops_total: 3,
             bad_descriptors: [("address".to_string(), 0)].into_iter().collect(),

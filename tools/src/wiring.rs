@@ -136,10 +136,19 @@ impl Containers {
 /// The software knobs of a device, in the datapath's terms.
 pub fn tuning(dev: &DeviceConfig) -> Tuning {
     let t = &dev.tuning;
+    if let Some(weight) = t.weight {
+        warn!(device = %dev.name, weight,
+              "weight is obsolete and has no effect (workers no longer yield the CPU); remove it");
+    }
     Tuning {
         burst: usize::from(t.burst),
-        weight: t.weight as usize,
-        busy_poll: Duration::from_micros(u64::from(t.busy_poll_us)),
+        polling: {
+            let budget = Duration::from_micros(u64::from(t.busy_poll_us));
+            match t.polling {
+                vdpad_config::Polling::Adaptive => swpath::Polling::Adaptive { ceiling: budget },
+                vdpad_config::Polling::Fixed => swpath::Polling::Fixed(budget),
+            }
+        },
         rx_coalesce_frames: t.rx_coalesce_frames,
         rx_coalesce_time: Duration::from_micros(u64::from(t.rx_coalesce_usecs)),
         cpus: t.cpus.iter().map(|&c| usize::from(c)).collect(),

@@ -3,6 +3,7 @@
 
 use super::{assert_err, assert_round_trip, dev, ok, DEV};
 use crate::ErrorKind::{Conflict, InvalidValue, UnknownKey, WrongType};
+use crate::Polling;
 
 #[test]
 fn offloads_switch() {
@@ -73,7 +74,10 @@ fn tuning_values_parse_and_round_trip() {
          rx_coalesce_usecs = 1000000\ncpus = [1023, 0, 7]",
     ));
     let t = &config.devices[0].tuning;
-    assert_eq!((t.burst, t.weight, t.busy_poll_us), (1, 65536, 1_000_000));
+    assert_eq!(
+        (t.burst, t.weight, t.busy_poll_us),
+        (1, Some(65536), 1_000_000)
+    );
     assert_eq!(
         (t.rx_coalesce_frames, t.rx_coalesce_usecs),
         (65535, 1_000_000)
@@ -84,7 +88,7 @@ fn tuning_values_parse_and_round_trip() {
         "burst = 1024\nweight = 1\nrx_coalesce_usecs = 1\ncpus = []",
     ));
     let t = &config.devices[0].tuning;
-    assert_eq!((t.burst, t.weight, t.rx_coalesce_usecs), (1024, 1, 1));
+    assert_eq!((t.burst, t.weight, t.rx_coalesce_usecs), (1024, Some(1), 1));
     assert!(t.cpus.is_empty());
     assert_round_trip(&config);
     // Time alone bounds the wait, so usecs without frames is fine.
@@ -114,6 +118,11 @@ fn tuning_ranges() {
         ("burst = 1025", 9, "burst = 1025 is out of range (1..=1024)"),
         ("weight = 0", 10, "weight = 0 is out of range (1..=65536)"),
         (
+            "polling = \"fixd\"",
+            11,
+            "unknown polling `fixd`, did you mean `fixed`?",
+        ),
+        (
             "weight = 65537",
             10,
             "weight = 65537 is out of range (1..=65536)",
@@ -138,8 +147,24 @@ fn tuning_ranges() {
     ];
     for (line, column, msg) in cases {
         let e = assert_err(&dev(line), InvalidValue, 3, column, msg);
-        assert!(e.help().unwrap().starts_with("use "), "{e}");
+        let help = e.help().unwrap();
+        assert!(
+            help.starts_with("use ") || help.ends_with("remove it") || help.contains("one of"),
+            "{e}"
+        );
     }
+    let e = assert_err(
+        &dev("polling = \"fixed\""),
+        Conflict,
+        3,
+        11,
+        "polling = \"fixed\" without busy_poll_us",
+    );
+    assert!(e.help().unwrap().contains("busy_poll_us = 50"), "{e}");
+    let fixed = ok(&dev("polling = \"fixed\"\nbusy_poll_us = 0")).devices[0]
+        .tuning
+        .clone();
+    assert_eq!((fixed.polling, fixed.busy_poll_us), (Polling::Fixed, 0));
     assert_err(
         &dev("burst = 99999999999999999999"),
         InvalidValue,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::{assert_round_trip, ok};
 use crate::{
     default_run_dir, Backend, Config, DaemonConfig, DeviceConfig, ErrorKind, Frontend, LogFormat,
-    MacAddress, Mode, PciAddress, SocketPerms, Tuning, EMBEDDED_DEFAULT_TOML,
+    MacAddress, Mode, PciAddress, Polling, SocketPerms, Tuning, EMBEDDED_DEFAULT_TOML,
 };
 
 /// Every key, as in docs/config.md.
@@ -103,7 +103,8 @@ fn full_example_parses_to_expected_values() {
         max_guest_memory: crate::DEFAULT_MAX_GUEST_MEMORY,
         tuning: Tuning {
             burst: 32,
-            weight: 512,
+            weight: Some(512),
+            polling: Polling::Adaptive,
             busy_poll_us: 50,
             rx_coalesce_frames: 16,
             rx_coalesce_usecs: 100,
@@ -150,8 +151,9 @@ fn device_defaults_without_pci() {
     assert_eq!(d.vm, None);
     let tuning = Tuning {
         burst: 16,
-        weight: 256,
-        busy_poll_us: 0,
+        weight: None,
+        polling: Polling::Adaptive,
+        busy_poll_us: 200,
         rx_coalesce_frames: 0,
         rx_coalesce_usecs: 0,
         cpus: Vec::new(),
@@ -272,8 +274,8 @@ offloads = true
 fallback = true
 socket_mode = \"0600\"
 burst = 16
-weight = 256
-busy_poll_us = 0
+polling = \"adaptive\"
+busy_poll_us = 200
 rx_coalesce_frames = 0
 rx_coalesce_usecs = 0
 cpus = []
@@ -323,8 +325,8 @@ offloads = false
 fallback = true
 socket_mode = \"0600\"
 burst = 16
-weight = 256
-busy_poll_us = 0
+polling = \"adaptive\"
+busy_poll_us = 200
 rx_coalesce_frames = 0
 rx_coalesce_usecs = 20
 cpus = [3, 1]

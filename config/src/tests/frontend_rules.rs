@@ -98,3 +98,19 @@ fn a_vduse_device_has_no_socket_and_one_queue_pair() {
     );
     assert!(e.help().unwrap().contains("control virtqueue"), "{e}");
 }
+
+#[test]
+fn a_vduse_device_is_not_named_like_its_virtqueues() {
+    for name in ["vq0", "vq1"] {
+        let e = assert_err(
+            &format!("[[device]]\nname = \"{name}\"\nfrontend = \"vduse\"\n"),
+            Conflict,
+            2,
+            8,
+            &format!("cannot be named \"{name}\""),
+        );
+        assert!(e.help().unwrap().contains("another name"), "{e}");
+    }
+    ok("[[device]]\nname = \"vq2\"\nfrontend = \"vduse\"\n");
+    ok("[[device]]\nname = \"vq0\"\nsocket = \"/run/vq0.sock\"\n");
+}

@@ -99,3 +99,23 @@ impl Drop for Served {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// CPU time (user + system, in clock ticks) of this process's thread named `name`.
+pub fn thread_cpu_ticks(name: &str) -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised command name: state is field 3, utime 14,
+        // stime 15 (proc(5)).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        return Some(utime + stime);
+    }
+    None
+}

@@ -91,14 +91,15 @@ pub struct Cell {
 }
 
 /// vdpad's busy-poll budget for B in the A/B cells: DPDK's vhost PMD polls all the
-/// time, so B polls while traffic flows and sleeps after this many idle microseconds
-/// (`--b-busy-poll-us 0` measures vdpad's notification-driven default instead).
+/// time, so B polls (`polling = "fixed"`) for this many microseconds after the rings go
+/// idle (`--b-busy-poll-us 0` measures vdpad's defaults, adaptive polling, instead).
 pub const B_BUSY_POLL_US: u32 = 200;
 
 fn ab(b_busy_poll_us: u32) -> Vec<Variant> {
-    let tuning = TuningOverrides {
-        busy_poll_us: (b_busy_poll_us > 0).then_some(b_busy_poll_us),
-        ..Default::default()
+    let tuning = if b_busy_poll_us > 0 {
+        fixed_polling(b_busy_poll_us)
+    } else {
+        TuningOverrides::default()
     };
     vec![
         Variant {
@@ -198,18 +199,19 @@ fn coalesce_variants() -> Vec<Variant> {
     v
 }
 
+/// `polling = "fixed"` with a budget of `us`.
+fn fixed_polling(us: u32) -> TuningOverrides {
+    TuningOverrides {
+        polling: Some("fixed"),
+        busy_poll_us: Some(us),
+        ..Default::default()
+    }
+}
+
 fn busy_poll_variants(values: &[u32]) -> Vec<Variant> {
     values
         .iter()
-        .map(|&us| {
-            vdpad(
-                format!("busy_poll_us={us}"),
-                TuningOverrides {
-                    busy_poll_us: Some(us),
-                    ..Default::default()
-                },
-            )
-        })
+        .map(|&us| vdpad(format!("busy_poll_us={us}"), fixed_polling(us)))
         .collect()
 }
 

@@ -52,8 +52,8 @@ struct Args {
     /// busy polling).
     #[arg(long)]
     seed_questions: bool,
-    /// B's busy-poll budget in the A/B cells, microseconds (0: vdpad's defaults,
-    /// notification-driven).
+    /// B's fixed busy-poll budget in the A/B cells, microseconds (0: vdpad's defaults,
+    /// adaptive polling).
     #[arg(long, default_value_t = cells::B_BUSY_POLL_US)]
     b_busy_poll_us: u32,
     /// Only the cells whose id starts with one of these (comma-separated), e.g.
@@ -185,8 +185,9 @@ fn binary(explicit: &Option<PathBuf>, name: &str) -> Result<PathBuf> {
 
 /// Keys whose acceptance decides what can run, each with a device snippet that uses it
 /// (frames-based coalescing needs a time bound too).
-const KEYS: [(&str, &str); 6] = [
+const KEYS: [(&str, &str); 7] = [
     ("cpus", "cpus = [0]"),
+    ("polling", "polling = \"fixed\"\nbusy_poll_us = 50"),
     ("event_idx", "event_idx = false"),
     ("burst", "burst = 8"),
     ("busy_poll_us", "busy_poll_us = 50"),

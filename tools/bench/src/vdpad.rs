@@ -25,6 +25,9 @@ pub struct TuningOverrides {
     /// `burst`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// `polling` (`"adaptive"` or `"fixed"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polling: Option<&'static str>,
     /// `busy_poll_us`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub busy_poll_us: Option<u32>,
@@ -45,6 +48,9 @@ impl TuningOverrides {
         }
         if let Some(x) = self.burst {
             v.push(("burst", x.to_string()));
+        }
+        if let Some(x) = self.polling {
+            v.push(("polling", format!("\"{x}\"")));
         }
         if let Some(x) = self.busy_poll_us {
             v.push(("busy_poll_us", x.to_string()));

@@ -141,20 +141,24 @@ impl DriverRxQueue {
     /// Posts buffers until slots or descriptors run out (not yet visible: see
     /// [`DriverRxQueue::flush`]). Returns how many chains were added.
     pub fn refill(&mut self) -> Result<usize, QueueError> {
+        let k = self.descs_per_chain;
+        // Called on every pass of a polling driver, most often with nothing to post:
+        // leave before building the segment array.
+        if self.free_slots.is_empty() || !self.ring.can_add(k) {
+            return Ok(0);
+        }
         let mut n = 0;
         let mut segs = [DriverSegment {
             gpa: 0,
-            len: 0,
+            len: self.buf_size,
             writable: true,
         }; 64];
-        let k = self.descs_per_chain;
         while !self.free_slots.is_empty() && self.ring.can_add(k) {
             let slot = self.free_slots.pop().expect("checked non-empty");
             let gpa = self.pool.slot(slot);
             let head = if k <= segs.len() {
                 for (i, s) in segs[..k].iter_mut().enumerate() {
                     s.gpa = gpa + i as u64 * u64::from(self.buf_size);
-                    s.len = self.buf_size;
                 }
                 self.ring.add_chain(&segs[..k])
             } else {

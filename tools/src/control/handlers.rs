@@ -455,6 +455,7 @@ pub fn queue_view(q: &QueueStats) -> QueueView {
         interrupts_suppressed: q.interrupts_suppressed,
         bursts: q.bursts,
         rx_no_buffer: q.rx_no_buffer,
+        sleeps: q.sleeps,
         drops: q.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         drops_total: q.total_drops(),
         bad_descriptors: q

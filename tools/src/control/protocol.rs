@@ -468,6 +468,9 @@ pub struct QueueView {
     pub bursts: u64,
     /// Times a frame waited because the guest had posted no RX buffer.
     pub rx_no_buffer: u64,
+    /// Times the pair's worker slept waiting for a kick or the backend (RX ring only).
+    #[serde(default)]
+    pub sleeps: u64,
     /// Drops by reason (every reason listed, zero or not).
     pub drops: BTreeMap<String, u64>,
     /// Sum of `drops`.

@@ -94,6 +94,7 @@ mod tests {
             interrupts_suppressed: 0,
             bursts: 0,
             rx_no_buffer: 0,
+            sleeps: 0,
             drops: Default::default(),
             drops_total: 0,
             bad_descriptors: Default::default(),
