@@ -142,6 +142,52 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
+step "QEMU 7.2 (Debian 12's own, beside QEMU 10)"
+# bookworm's qemu-system-x86 7.2 for the compatibility test (tests/qemu_versions.rs):
+# the newest 7.2 build the machine's apt lists know, downloaded and unpacked with
+# dpkg-deb into $LAB/qemu-7.2 (nothing installed, QEMU 10 untouched). The wrapper
+# $LAB/qemu-7.2/qemu-system-x86_64 points QEMU at its own modules (TCG is a module in
+# 7.2) and firmware directory.
+Q72=$LAB/qemu-7.2
+q72_version() { grep -q seabios "$Q72/qemu-system-x86_64" 2>/dev/null && "$Q72/qemu-system-x86_64" --version 2>/dev/null | sed -n 's/^QEMU emulator version \(7\.2\.[0-9]*\).*/\1/p'; }
+# newest_72 PACKAGE: the newest 1:7.2 version of PACKAGE in the apt lists.
+newest_72() { apt-cache madison "$1" 2>/dev/null | awk -F' *[|] *' '$2 ~ /^1:7\.2[+]/ { print $2 }' | sort -V | tail -n 1; }
+if [ -n "$(q72_version)" ]; then
+  done_step "present: QEMU $(q72_version) in $Q72"
+else
+  V72=$(newest_72 qemu-system-x86)
+  if [ -z "$V72" ]; then
+    logged apt-update apt-get -q -o DPkg::Lock::Timeout=300 update || die "apt-get update failed"
+    V72=$(newest_72 qemu-system-x86)
+  fi
+  [ -n "$V72" ] || die "no qemu-system-x86 1:7.2 in the apt lists (is bookworm main a source?)"
+  VDATA72=$(newest_72 qemu-system-data)
+  DL=$LAB/downloads-qemu-7.2
+  rm -rf "$DL" "$Q72.tmp"
+  mkdir -p "$DL" "$Q72.tmp"
+  id _apt >/dev/null 2>&1 && chown _apt "$DL"
+  (cd "$DL" && logged qemu-7.2-download apt-get -q download "qemu-system-x86=$V72" \
+    "qemu-system-common=$V72" "qemu-system-data=$VDATA72") || die "apt-get download of QEMU $V72 failed"
+  for deb in "$DL"/*.deb; do
+    dpkg-deb -x "$deb" "$Q72.tmp" || die "cannot unpack $deb"
+  done
+  cat >"$Q72.tmp/qemu-system-x86_64" <<'EOF'
+#!/bin/sh
+# Debian 12's QEMU 7.2, unpacked by tests/lab/setup.sh: its own modules and data
+# files first, then the firmware directories built into it (-L replaces those).
+here=$(dirname "$(readlink -f "$0")")
+export QEMU_MODULE_DIR="$here/usr/lib/x86_64-linux-gnu/qemu"
+exec "$here/usr/bin/qemu-system-x86_64" -L "$here/usr/share/qemu" -L /usr/share/seabios \
+  -L /usr/lib/ipxe/qemu "$@"
+EOF
+  chmod 0755 "$Q72.tmp/qemu-system-x86_64"
+  rm -rf "$Q72" "$DL"
+  mv "$Q72.tmp" "$Q72"
+  [ -n "$(q72_version)" ] || die "$Q72/qemu-system-x86_64 does not run: $("$Q72/qemu-system-x86_64" --version 2>&1 | head -n 3)"
+  done_step "unpacked qemu-system-x86 $V72 into $Q72"
+fi
+
+# ---------------------------------------------------------------------------------------
 step "guest kernel"
 KROOT=$LAB/kernel
 KVER=$(ls "$KROOT/lib/modules" 2>/dev/null | grep -E -- '-amd64$' | sort -V | tail -n 1 || true)

@@ -57,6 +57,8 @@ pub struct GuestConfig {
     pub netns: Option<String>,
     /// The kernel to boot (6.1 unless [`GuestConfig::kernel_6_12`]).
     pub kernel: GuestKernel,
+    /// The QEMU to run instead of the lab's QEMU 10 (e.g. [`Lab::qemu_7_2`]).
+    pub qemu: Option<PathBuf>,
 }
 
 impl GuestConfig {
@@ -71,7 +73,14 @@ impl GuestConfig {
             limit: Duration::from_secs(300),
             netns: None,
             kernel: GuestKernel::default(),
+            qemu: None,
         }
+    }
+
+    /// Runs `qemu` instead of the lab's QEMU 10.
+    pub fn qemu(mut self, qemu: &Path) -> Self {
+        self.qemu = Some(qemu.to_path_buf());
+        self
     }
 
     /// Boots bookworm-backports' 6.12 kernel instead of 6.1 (the lab must have it:
@@ -186,7 +195,8 @@ impl Guest {
         .map(|s| s.to_string())
         .collect();
         args.extend(config.qemu_args.iter().cloned());
-        let mut spawn = Spawn::new("qemu", &lab.qemu, &console)
+        let qemu = config.qemu.as_ref().unwrap_or(&lab.qemu);
+        let mut spawn = Spawn::new("qemu", qemu, &console)
             .args(&args)
             .limit(config.limit)
             .cpu(config.cpu);

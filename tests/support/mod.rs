@@ -17,6 +17,8 @@
 //!   namespace, and the per-queue counters of its SIGUSR1 dump;
 //! - [`guest_shell::GuestShell`]: commands run one by one in a booted guest;
 //! - [`traffic`]: `ping` and `iperf3 --json` results;
+//! - [`tapnet::TapNet`]: vdpad with a tap device in a fresh namespace, for tests that
+//!   attach a guest in different ways (QEMU releases, libvirt) and ping through it;
 //! - [`nested::NestedGuest`]: a guest with an emulated IOMMU and real NIC models
 //!   (virtio-net for VFIO, e1000e, igb) on taps, for hardware-in-the-loop tests;
 //! - [`packet`]: AF_PACKET sockets in a test namespace, a frame reflector, an injector;
@@ -46,6 +48,7 @@ pub mod packet;
 pub mod process;
 pub mod raw_frontend;
 pub mod swdev;
+pub mod tapnet;
 pub mod testpmd;
 pub mod tmp;
 pub mod traffic;
