@@ -8,9 +8,13 @@
 #   1. apt packages: DPDK testpmd with the vhost, virtio, tap, af_packet and ring-mempool
 #      drivers, busybox-static/cpio/kmod/xz/zstd for the guest image, iperf3, iproute2,
 #      ethtool, tcpdump, gcc, python3;
-#   2. QEMU >= 10 from bookworm-backports (bookworm's QEMU 7.2 crashes with vhost-user
+#   2. libvirt from Debian 12 (libvirt-daemon, libvirt-daemon-driver-qemu and the
+#      libvirt-qemu user; tests/libvirt_guest.rs starts libvirtd itself);
+#      QEMU >= 10 from bookworm-backports (bookworm's QEMU 7.2 crashes with vhost-user
 #      and MSI-X under TCG). /etc/apt is left alone: the backports source, its package
 #      lists and its download cache live in a private apt configuration under the lab dir;
+#      and bookworm's own QEMU 7.2 unpacked into the lab dir (not installed) for
+#      tests/qemu_versions.rs;
 #   3. Debian's 6.1 kernel (linux-image-amd64's current ABI package) extracted into the lab
 #      dir; nothing is installed into /boot and no bootloader is touched;
 #   4. Debian's bookworm-backports 6.12 kernel (VDUSE net devices need Linux >= 6.8),
@@ -35,7 +39,7 @@ SMOKE=${VDPAD_LAB_SMOKE:-0}
 for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
-    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -110,7 +114,7 @@ PACKAGES=(
   busybox-static cpio kmod xz-utils zstd gzip
   iperf3 iproute2 iputils-ping ethtool tcpdump procps util-linux coreutils
   gcc libc6-dev python3 ca-certificates libvirt-clients libxml2-utils
-  debootstrap
+  debootstrap libvirt-daemon libvirt-daemon-driver-qemu
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -123,6 +127,21 @@ else
   logged apt-update apt-get -q -o DPkg::Lock::Timeout=300 update || die "apt-get update failed"
   logged apt-install apt-get "${APT_OPTS[@]}" install "${missing[@]}" || die "apt-get install failed"
   done_step "installed ${#missing[@]}"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "libvirt's QEMU user"
+# libvirt-daemon-driver-qemu runs QEMU as libvirt-qemu:libvirt-qemu and will not start
+# without that user. libvirt-daemon-system would create it, but it also brings
+# iptables, a default NAT network (virbr0, 192.168.122.0/24) and service units; the
+# lab wants none of them, so create just the user and group, as that package does.
+if getent passwd libvirt-qemu >/dev/null; then
+  done_step "present: $(id libvirt-qemu)"
+else
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt --no-create-home \
+    --shell /usr/sbin/nologin --comment "Libvirt Qemu" libvirt-qemu
+  done_step "created $(id libvirt-qemu)"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -378,4 +397,6 @@ echo "[setup]   qemu:   $(command -v qemu-system-x86_64) ($(qemu-system-x86_64 -
 echo "[setup]   kernel: $LAB/vmlinuz -> $(readlink "$LAB/vmlinuz")"
 echo "[setup]   initrd: $INITRD"
 [ -z "$KVER612" ] || echo "[setup]   6.12:   $LAB/vmlinuz-6.12 -> $(readlink "$LAB/vmlinuz-6.12"), $INITRD612"
+echo "[setup]   qemu 7.2: $Q72/qemu-system-x86_64 ($(q72_version))"
+echo "[setup]   libvirt: $(libvirtd --version 2>/dev/null | head -n 1) (started by the libvirt test when not running)"
 echo "[setup]   testpmd: $(command -v dpdk-testpmd)"
