@@ -92,6 +92,13 @@ impl SimServed {
         }
     }
 
+    /// The device's per-ring counters.
+    fn stats(&self) -> Vec<vdpa::QueueStats> {
+        self.server
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.handle().stats())
+    }
+
     /// Raises the shutdown signal and waits for the device thread (bounded by the
     /// server, which disconnects its frontend).
     fn stop(&mut self) {
@@ -231,6 +238,26 @@ fn linux_guest_pings_through_offload_over_the_simulated_nic() {
     let line = guest.wait_for("VDPAD-PING phase=reconnect ", Duration::from_secs(90));
     note(t0, &format!("guest: {line}; {}", nic_state(&nic)));
     pings.push(line);
+    // The restarted device's counters saw the reconnect phase: at least its 10 echo
+    // requests (TX, 98-byte frames) and replies (RX), packets and bytes counted from
+    // the used rings in guest memory (sampled every 10 ms).
+    let counted = support::poll(Duration::from_secs(2), Duration::from_millis(50), || {
+        let stats = served.stats();
+        let total = |dir: &str| -> (u64, u64) {
+            stats
+                .iter()
+                .filter(|q| q.direction == dir)
+                .fold((0, 0), |(p, b), q| (p + q.packets, b + q.bytes))
+        };
+        let (rx, tx) = (total("rx"), total("tx"));
+        (rx.0 >= 10 && tx.0 >= 10 && rx.1 >= 980 && tx.1 >= 980).then_some((rx, tx))
+    });
+    let ((rx_packets, rx_bytes), (tx_packets, tx_bytes)) =
+        counted.unwrap_or_else(|| panic!("offload counters did not move: {:?}", served.stats()));
+    println!(
+        "RESULT offload counters after the reconnect phase: rx {rx_packets} packets \
+         {rx_bytes} bytes, tx {tx_packets} packets {tx_bytes} bytes"
+    );
     let rc = guest.wait_exit(Duration::from_secs(60));
     note(
         t0,

@@ -528,6 +528,27 @@ fn qemu_example_is_a_valid_script() {
     ] {
         assert!(line.contains(part), "{part:?} missing from {line}");
     }
+    // A QEMU older than 9.2 (Debian 12's 7.2) gets reconnect= instead of reconnect-ms=.
+    let dir = TempDir::new("ops-qemu-old");
+    let fake = dir.join("qemu-7.2");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)'; exit 0; }\necho \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new("sh")
+        .arg(&path)
+        .env("QEMU", &fake)
+        .env("VDPAD_SOCKET", "/x/y.sock")
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("socket,id=vdpad0,path=/x/y.sock,reconnect=1 ")
+            && !line.contains("reconnect-ms"),
+        "QEMU 7.2 got {line}"
+    );
 }
 
 /// The lab's guest boots with `tools/examples/qemu-vm1.sh` against a running vdpad:

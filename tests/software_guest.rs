@@ -58,6 +58,7 @@ use support::netns::Netns;
 use support::note;
 use support::process::{Proc, Spawn};
 use support::swdev::{dump, start_daemon, QueueStat, StatsDump, SwBackend, SwDevice};
+use support::tapnet::GUEST_NET_SETUP;
 use support::tmp::TempDir;
 use support::traffic::{parse_iperf3, parse_ping, IperfSummary, PingSummary};
 use vdpa::virtio::features::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
@@ -106,17 +107,6 @@ struct Rig {
     rings: usize,
     t0: Instant,
 }
-
-/// The guest's setup before its command loop: eth0 up with its address, and a line
-/// describing the NIC (driver and negotiated virtio features).
-const GUEST_SETUP: &str = r#"
-echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
-dev=eth0
-ip link set $dev up
-ip addr add 192.0.2.2/24 dev $dev
-drv=$(basename "$(readlink /sys/class/net/$dev/device/driver)")
-echo "VDPAD-NET-UP dev=$dev driver=$drv features=$(cat /sys/class/net/$dev/device/features)"
-"#;
 
 impl Rig {
     /// Builds the namespace side, starts vdpad in the namespace with `device`, starts
@@ -188,7 +178,7 @@ impl Rig {
             "-device".to_string(),
             nic,
         ];
-        let config = GuestConfig::new(&shell_script(GUEST_SETUP)).qemu_args(qemu_args);
+        let config = GuestConfig::new(&shell_script(GUEST_NET_SETUP)).qemu_args(qemu_args);
         let mut guest = Guest::boot(&lab, dir.path(), config);
         let up = guest.wait_for("VDPAD-NET-UP", BOOT_TIMEOUT);
         note(t0, &format!("guest: {up}"));

@@ -7,6 +7,11 @@
 //! relay (which joins the thread, so no doorbell is written afterwards) and starting
 //! a new one.
 //!
+//! The same thread samples the rings' used indices in guest memory (every
+//! [`SAMPLE_INTERVAL`](crate::used_tally::SAMPLE_INTERVAL) and once more when it
+//! stops), which gives offloaded rings their packet and byte counts
+//! ([`crate::used_tally`]).
+//!
 //! Kick descriptors come from the frontend and are read without ever blocking
 //! (`vdpa::notify`). One that hangs up, fails, reaches end of file, or cannot be
 //! waited on at all (a regular file) is taken out of the wait set, counted
@@ -23,10 +28,12 @@ use vdpa::{stats::BurstCounts, QueueCounters};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::pci::PciFunction;
+use crate::used_tally::{UsedTally, SAMPLE_INTERVAL};
 use crate::virtio_pci::Doorbell;
 
-/// Bound on one wait, so a lost stop signal cannot hang a join forever.
-const WAIT_MS: i32 = 500;
+/// Bound on one wait: the used-index sampling period (which also keeps a lost stop
+/// signal from hanging a join).
+const WAIT_MS: i32 = SAMPLE_INTERVAL.as_millis() as i32;
 const STOP_TOKEN: u64 = u64::MAX;
 
 /// One ring the relay serves.
@@ -49,11 +56,13 @@ pub struct KickRelay {
 }
 
 impl KickRelay {
-    /// Starts relaying kicks of `targets` to doorbells of `pci`.
+    /// Starts relaying kicks of `targets` to doorbells of `pci`, and sampling
+    /// `tallies` (one per target, in the same order).
     pub(crate) fn start(
         name: &str,
         pci: Arc<dyn PciFunction>,
         targets: Vec<KickTarget>,
+        tallies: Vec<Option<UsedTally>>,
     ) -> io::Result<Self> {
         // SAFETY: epoll_create1 has no memory preconditions; the result is checked.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -90,7 +99,7 @@ impl KickRelay {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-kick"))
-            .spawn(move || relay(ep, stop2, pci, targets))?;
+            .spawn(move || relay(ep, stop2, pci, targets, tallies))?;
         Ok(KickRelay {
             stop,
             thread: Some(thread),
@@ -116,10 +125,21 @@ impl Drop for KickRelay {
     }
 }
 
-fn relay(ep: OwnedFd, stop: Arc<EventFd>, pci: Arc<dyn PciFunction>, targets: Vec<KickTarget>) {
+fn relay(
+    ep: OwnedFd,
+    stop: Arc<EventFd>,
+    pci: Arc<dyn PciFunction>,
+    targets: Vec<KickTarget>,
+    mut tallies: Vec<Option<UsedTally>>,
+) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; targets.len() + 1];
     let mut failed = vec![false; targets.len()];
+    let mut sampled = std::time::Instant::now();
     loop {
+        if sampled.elapsed() >= SAMPLE_INTERVAL {
+            tallies.iter_mut().flatten().for_each(UsedTally::sample);
+            sampled = std::time::Instant::now();
+        }
         // SAFETY: `events` has room for `events.len()` entries; `ep` is valid.
         let n = unsafe {
             libc::epoll_wait(
@@ -141,6 +161,8 @@ fn relay(ep: OwnedFd, stop: Arc<EventFd>, pci: Arc<dyn PciFunction>, targets: Ve
             let token = ev.u64;
             if token == STOP_TOKEN {
                 let _ = stop.read();
+                // What completed since the last sample still counts.
+                tallies.iter_mut().flatten().for_each(UsedTally::sample);
                 return;
             }
             let Some(t) = targets.get(token as usize) else {
@@ -166,6 +188,10 @@ fn relay(ep: OwnedFd, stop: Arc<EventFd>, pci: Arc<dyn PciFunction>, targets: Ve
                     tracing::warn!(ring = t.ring, error = %e, "kick relay: kick descriptor is dead; no longer relayed");
                     continue;
                 }
+            }
+            // The frames of this kick, while the NIC has not been told about them.
+            if let Some(tally) = tallies.get_mut(i).and_then(Option::as_mut) {
+                tally.count_avail();
             }
             match pci.bar_write16(t.doorbell.bar, t.doorbell.offset, t.doorbell.queue) {
                 Ok(()) => {
@@ -297,7 +323,7 @@ mod tests {
         let counters: Vec<_> = targets.iter().map(|t| t.counters.clone()).collect();
         let kick = targets[2].kick.clone();
         let pci = Arc::new(Doorbells::default());
-        let relay = KickRelay::start("test", pci.clone(), targets).unwrap();
+        let relay = KickRelay::start("test", pci.clone(), targets, Vec::new()).unwrap();
         let faults = |i: usize| counters[i].snapshot(i as u16).faulted(QueueFault::KickFd);
         assert!(eventually(|| faults(0) == 1 && faults(1) == 1));
         kick.write(1).unwrap();

@@ -23,6 +23,7 @@ pub mod pci;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod sim;
 pub mod spec;
+pub mod used_tally;
 pub mod vfio;
 pub mod vfio_error;
 pub(crate) mod vfio_sys;

@@ -31,6 +31,7 @@ use crate::capabilities::{NicCapabilities, Unsuitable};
 use crate::dma_share::{backing_of, SharedView};
 use crate::kick_relay::{KickRelay, KickTarget};
 use crate::pci::PciFunction;
+use crate::used_tally::UsedTally;
 use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
 
 /// Why an offload datapath could not be created for a NIC.
@@ -445,6 +446,7 @@ impl OffloadDatapath {
 
     fn start_relay(&mut self) -> Result<(), DatapathError> {
         let mut targets = Vec::new();
+        let mut tallies = Vec::new();
         for qp in self.running.values() {
             for r in [&qp.rx, &qp.tx] {
                 targets.push(KickTarget {
@@ -453,12 +455,13 @@ impl OffloadDatapath {
                     doorbell: self.doorbells[&r.index],
                     counters: r.counters.clone(),
                 });
+                tallies.push(UsedTally::new(qp.mem.clone(), r, qp.features.bits));
             }
         }
         if targets.is_empty() {
             return Ok(());
         }
-        let relay = KickRelay::start(&self.name, self.pci.clone(), targets)
+        let relay = KickRelay::start(&self.name, self.pci.clone(), targets, tallies)
             .map_err(|source| DatapathError::Spawn { pair: 0, source })?;
         self.relay = Some(relay);
         Ok(())

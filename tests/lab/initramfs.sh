@@ -51,7 +51,7 @@ command -v modprobe >/dev/null || die "modprobe missing (apt-get install kmod)"
 
 # Drivers loaded at boot, then extra modules that are only shipped in the image.
 BOOT_MODULES="virtio_pci virtio_net 9pnet_virtio 9p tun vfio vfio_pci vfio_iommu_type1 e1000e igb"
-EXTRA_MODULES="veth dummy bridge ${VDPAD_INITRAMFS_EXTRA:-}"
+EXTRA_MODULES="veth dummy bridge button evdev ${VDPAD_INITRAMFS_EXTRA:-}"
 
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/vdpad-initramfs.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT

@@ -8,9 +8,13 @@
 #   1. apt packages: DPDK testpmd with the vhost, virtio, tap, af_packet and ring-mempool
 #      drivers, busybox-static/cpio/kmod/xz/zstd for the guest image, iperf3, iproute2,
 #      ethtool, tcpdump, gcc, python3;
-#   2. QEMU >= 10 from bookworm-backports (bookworm's QEMU 7.2 crashes with vhost-user
+#   2. libvirt from Debian 12 (libvirt-daemon, libvirt-daemon-driver-qemu and the
+#      libvirt-qemu user; tests/libvirt_guest.rs starts libvirtd itself);
+#      QEMU >= 10 from bookworm-backports (bookworm's QEMU 7.2 crashes with vhost-user
 #      and MSI-X under TCG). /etc/apt is left alone: the backports source, its package
 #      lists and its download cache live in a private apt configuration under the lab dir;
+#      and bookworm's own QEMU 7.2 unpacked into the lab dir (not installed) for
+#      tests/qemu_versions.rs;
 #   3. Debian's 6.1 kernel (linux-image-amd64's current ABI package) extracted into the lab
 #      dir; nothing is installed into /boot and no bootloader is touched;
 #   4. Debian's bookworm-backports 6.12 kernel (VDUSE net devices need Linux >= 6.8),
@@ -35,7 +39,7 @@ SMOKE=${VDPAD_LAB_SMOKE:-0}
 for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
-    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -110,7 +114,7 @@ PACKAGES=(
   busybox-static cpio kmod xz-utils zstd gzip
   iperf3 iproute2 iputils-ping ethtool tcpdump procps util-linux coreutils
   gcc libc6-dev python3 ca-certificates libvirt-clients libxml2-utils
-  debootstrap
+  debootstrap libvirt-daemon libvirt-daemon-driver-qemu
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -123,6 +127,21 @@ else
   logged apt-update apt-get -q -o DPkg::Lock::Timeout=300 update || die "apt-get update failed"
   logged apt-install apt-get "${APT_OPTS[@]}" install "${missing[@]}" || die "apt-get install failed"
   done_step "installed ${#missing[@]}"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "libvirt's QEMU user"
+# libvirt-daemon-driver-qemu runs QEMU as libvirt-qemu:libvirt-qemu and will not start
+# without that user. libvirt-daemon-system would create it, but it also brings
+# iptables, a default NAT network (virbr0, 192.168.122.0/24) and service units; the
+# lab wants none of them, so create just the user and group, as that package does.
+if getent passwd libvirt-qemu >/dev/null; then
+  done_step "present: $(id libvirt-qemu)"
+else
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt --no-create-home \
+    --shell /usr/sbin/nologin --comment "Libvirt Qemu" libvirt-qemu
+  done_step "created $(id libvirt-qemu)"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -139,6 +158,52 @@ else
   apt-get "${PRIV[@]}" -q clean </dev/null >/dev/null 2>&1 || true
   [ "$(qemu_major || true)" -ge 10 ] 2>/dev/null || die "QEMU is still $(qemu-system-x86_64 --version | head -n 1)"
   done_step "installed $(qemu-system-x86_64 --version | head -n 1)"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "QEMU 7.2 (Debian 12's own, beside QEMU 10)"
+# bookworm's qemu-system-x86 7.2 for the compatibility test (tests/qemu_versions.rs):
+# the newest 7.2 build the machine's apt lists know, downloaded and unpacked with
+# dpkg-deb into $LAB/qemu-7.2 (nothing installed, QEMU 10 untouched). The wrapper
+# $LAB/qemu-7.2/qemu-system-x86_64 points QEMU at its own modules (TCG is a module in
+# 7.2) and firmware directory.
+Q72=$LAB/qemu-7.2
+q72_version() { grep -q seabios "$Q72/qemu-system-x86_64" 2>/dev/null && "$Q72/qemu-system-x86_64" --version 2>/dev/null | sed -n 's/^QEMU emulator version \(7\.2\.[0-9]*\).*/\1/p'; }
+# newest_72 PACKAGE: the newest 1:7.2 version of PACKAGE in the apt lists.
+newest_72() { apt-cache madison "$1" 2>/dev/null | awk -F' *[|] *' '$2 ~ /^1:7\.2[+]/ { print $2 }' | sort -V | tail -n 1; }
+if [ -n "$(q72_version)" ]; then
+  done_step "present: QEMU $(q72_version) in $Q72"
+else
+  V72=$(newest_72 qemu-system-x86)
+  if [ -z "$V72" ]; then
+    logged apt-update apt-get -q -o DPkg::Lock::Timeout=300 update || die "apt-get update failed"
+    V72=$(newest_72 qemu-system-x86)
+  fi
+  [ -n "$V72" ] || die "no qemu-system-x86 1:7.2 in the apt lists (is bookworm main a source?)"
+  VDATA72=$(newest_72 qemu-system-data)
+  DL=$LAB/downloads-qemu-7.2
+  rm -rf "$DL" "$Q72.tmp"
+  mkdir -p "$DL" "$Q72.tmp"
+  id _apt >/dev/null 2>&1 && chown _apt "$DL"
+  (cd "$DL" && logged qemu-7.2-download apt-get -q download "qemu-system-x86=$V72" \
+    "qemu-system-common=$V72" "qemu-system-data=$VDATA72") || die "apt-get download of QEMU $V72 failed"
+  for deb in "$DL"/*.deb; do
+    dpkg-deb -x "$deb" "$Q72.tmp" || die "cannot unpack $deb"
+  done
+  cat >"$Q72.tmp/qemu-system-x86_64" <<'EOF'
+#!/bin/sh
+# Debian 12's QEMU 7.2, unpacked by tests/lab/setup.sh: its own modules and data
+# files first, then the firmware directories built into it (-L replaces those).
+here=$(dirname "$(readlink -f "$0")")
+export QEMU_MODULE_DIR="$here/usr/lib/x86_64-linux-gnu/qemu"
+exec "$here/usr/bin/qemu-system-x86_64" -L "$here/usr/share/qemu" -L /usr/share/seabios \
+  -L /usr/lib/ipxe/qemu "$@"
+EOF
+  chmod 0755 "$Q72.tmp/qemu-system-x86_64"
+  rm -rf "$Q72" "$DL"
+  mv "$Q72.tmp" "$Q72"
+  [ -n "$(q72_version)" ] || die "$Q72/qemu-system-x86_64 does not run: $("$Q72/qemu-system-x86_64" --version 2>&1 | head -n 3)"
+  done_step "unpacked qemu-system-x86 $V72 into $Q72"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -332,4 +397,6 @@ echo "[setup]   qemu:   $(command -v qemu-system-x86_64) ($(qemu-system-x86_64 -
 echo "[setup]   kernel: $LAB/vmlinuz -> $(readlink "$LAB/vmlinuz")"
 echo "[setup]   initrd: $INITRD"
 [ -z "$KVER612" ] || echo "[setup]   6.12:   $LAB/vmlinuz-6.12 -> $(readlink "$LAB/vmlinuz-6.12"), $INITRD612"
+echo "[setup]   qemu 7.2: $Q72/qemu-system-x86_64 ($(q72_version))"
+echo "[setup]   libvirt: $(libvirtd --version 2>/dev/null | head -n 1) (started by the libvirt test when not running)"
 echo "[setup]   testpmd: $(command -v dpdk-testpmd)"

@@ -57,6 +57,8 @@ pub struct GuestConfig {
     pub netns: Option<String>,
     /// The kernel to boot (6.1 unless [`GuestConfig::kernel_6_12`]).
     pub kernel: GuestKernel,
+    /// The QEMU to run instead of the lab's QEMU 10 (e.g. [`Lab::qemu_7_2`]).
+    pub qemu: Option<PathBuf>,
 }
 
 impl GuestConfig {
@@ -71,7 +73,14 @@ impl GuestConfig {
             limit: Duration::from_secs(300),
             netns: None,
             kernel: GuestKernel::default(),
+            qemu: None,
         }
+    }
+
+    /// Runs `qemu` instead of the lab's QEMU 10.
+    pub fn qemu(mut self, qemu: &Path) -> Self {
+        self.qemu = Some(qemu.to_path_buf());
+        self
     }
 
     /// Boots bookworm-backports' 6.12 kernel instead of 6.1 (the lab must have it:
@@ -93,34 +102,52 @@ impl GuestConfig {
     }
 }
 
-/// A running guest; QEMU is terminated on drop.
-pub struct Guest {
-    proc: Proc,
-    console: PathBuf,
-    share: PathBuf,
-    /// Byte offset in the console log up to which markers were consumed.
-    cursor: usize,
-    started: Instant,
-    _lock: GuestLock,
+/// What runs a guest's virtual machine: QEMU started by [`Guest::boot`], or a
+/// manager such as libvirt ([`Guest::start_with`]).
+pub trait Vmm {
+    /// `Some(how)` once the VM has stopped, `None` while it runs.
+    fn stopped(&mut self) -> Option<String>;
+    /// Waits up to `timeout` for the VM to stop; whether it did.
+    fn wait_stopped(&mut self, timeout: Duration) -> bool;
+    /// Stops the VM now (also called on drop).
+    fn kill(&mut self);
 }
 
-/// Held while a guest runs: this process's lock, and a file lock that keeps test
-/// binaries and developers' runs in other processes from booting a second guest at
-/// the same time on a 2-core machine.
-struct GuestLock {
-    _file: std::fs::File,
-    _guard: MutexGuard<'static, ()>,
+impl Vmm for Proc {
+    fn stopped(&mut self) -> Option<String> {
+        self.try_wait().map(|status| status.to_string())
+    }
+
+    fn wait_stopped(&mut self, timeout: Duration) -> bool {
+        self.wait_timeout(timeout).is_some()
+    }
+
+    fn kill(&mut self) {
+        self.stop(SIGTERM, Duration::from_secs(5));
+    }
 }
 
-impl Guest {
-    /// Boots a guest with files in `dir` (`guest.sh`, `console.log`, `share/`).
-    ///
-    /// Waits (at most 20 minutes) for any other guest of this test binary to finish
-    /// first. Returns as soon as QEMU runs; use [`Guest::wait_for`] for progress.
-    pub fn boot(lab: &Lab, dir: &Path, config: GuestConfig) -> Guest {
-        let lock = acquire_guest_lock();
+/// The files of a guest in its test directory, and how to boot it: what
+/// [`GuestFiles::prepare`] writes for a [`GuestConfig`].
+#[derive(Clone, Debug)]
+pub struct GuestFiles {
+    /// The serial console's log (`<dir>/console.log`).
+    pub console: PathBuf,
+    /// The read-write share, `/lab` in the guest (`<dir>/share`).
+    pub share: PathBuf,
+    /// The kernel image to boot.
+    pub kernel: PathBuf,
+    /// Its initramfs.
+    pub initrd: PathBuf,
+    /// The kernel command line (runs `<dir>/guest.sh` through the `/host` mount).
+    pub append: String,
+}
+
+impl GuestFiles {
+    /// Writes the script of `config` to `<dir>/guest.sh`, creates the share, and
+    /// picks the kernel.
+    pub fn prepare(lab: &Lab, dir: &Path, config: &GuestConfig) -> GuestFiles {
         let script = dir.join("guest.sh");
-        let console = dir.join("console.log");
         let share = dir.join("share");
         std::fs::create_dir_all(&share).expect("create guest share dir");
         let body = format!(
@@ -146,58 +173,105 @@ impl Guest {
                 (&image.kernel, &image.initrd)
             }
         };
-        let mem = format!("{}M", config.mem_mib);
-        let append = format!(
-            "console=ttyS0 quiet panic=-1 lab.script=/host{} {}",
-            script_s, config.append
-        );
-        let mut args: Vec<String> = [
-            "-machine",
-            "q35,memory-backend=mem",
-            "-accel",
-            "tcg",
-            "-smp",
-            "1",
-            "-m",
-            &mem,
-            "-object",
-            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-kernel",
-            &kernel.to_string_lossy(),
-            "-initrd",
-            &initrd.to_string_lossy(),
-            "-append",
-            &append,
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-            "-virtfs",
-            &format!(
-                "local,path={},mount_tag=lab,security_model=none",
-                share.to_string_lossy()
-            ),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(config.qemu_args.iter().cloned());
-        let mut spawn = Spawn::new("qemu", &lab.qemu, &console)
-            .args(&args)
-            .limit(config.limit)
-            .cpu(config.cpu);
-        if let Some(ns) = &config.netns {
-            spawn = spawn.netns(ns);
-        }
-        let proc = spawn.start().unwrap_or_else(|e| panic!("boot guest: {e}"));
-        Guest {
-            proc,
-            console,
+        GuestFiles {
+            console: dir.join("console.log"),
             share,
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+            append: format!(
+                "console=ttyS0 quiet panic=-1 lab.script=/host{} {}",
+                script_s, config.append
+            ),
+        }
+    }
+}
+
+/// A running guest; its VM is stopped on drop.
+pub struct Guest {
+    vmm: Box<dyn Vmm>,
+    console: PathBuf,
+    share: PathBuf,
+    /// Byte offset in the console log up to which markers were consumed.
+    cursor: usize,
+    started: Instant,
+    _lock: GuestLock,
+}
+
+/// Held while a guest runs: this process's lock, and a file lock that keeps test
+/// binaries and developers' runs in other processes from booting a second guest at
+/// the same time on a 2-core machine.
+struct GuestLock {
+    _file: std::fs::File,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl Guest {
+    /// Boots a guest with files in `dir` (`guest.sh`, `console.log`, `share/`).
+    ///
+    /// Waits (at most 20 minutes) for any other guest of this test binary to finish
+    /// first. Returns as soon as QEMU runs; use [`Guest::wait_for`] for progress.
+    pub fn boot(lab: &Lab, dir: &Path, config: GuestConfig) -> Guest {
+        let files = GuestFiles::prepare(lab, dir, &config);
+        let qemu = config.qemu.clone().unwrap_or_else(|| lab.qemu.clone());
+        Guest::start_with(&files, || {
+            let mem = format!("{}M", config.mem_mib);
+            let mut args: Vec<String> = [
+                "-machine",
+                "q35,memory-backend=mem",
+                "-accel",
+                "tcg",
+                "-smp",
+                "1",
+                "-m",
+                &mem,
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-kernel",
+                &files.kernel.to_string_lossy(),
+                "-initrd",
+                &files.initrd.to_string_lossy(),
+                "-append",
+                &files.append,
+                "-virtfs",
+                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+                "-virtfs",
+                &format!(
+                    "local,path={},mount_tag=lab,security_model=none",
+                    files.share.to_string_lossy()
+                ),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(config.qemu_args.iter().cloned());
+            let mut spawn = Spawn::new("qemu", &qemu, &files.console)
+                .args(&args)
+                .limit(config.limit)
+                .cpu(config.cpu);
+            if let Some(ns) = &config.netns {
+                spawn = spawn.netns(ns);
+            }
+            Box::new(spawn.start().unwrap_or_else(|e| panic!("boot guest: {e}")))
+        })
+    }
+
+    /// Takes the guest lock (waiting, like [`Guest::boot`], for other guests to
+    /// finish), then has `start` start the VM of `files` (the kernel, initramfs,
+    /// command line and shares a [`GuestFiles::prepare`] gave), e.g. through libvirt.
+    /// The console must be written to `files.console`.
+    pub fn start_with(files: &GuestFiles, start: impl FnOnce() -> Box<dyn Vmm>) -> Guest {
+        let lock = acquire_guest_lock();
+        let vmm = start();
+        Guest {
+            vmm,
+            console: files.console.clone(),
+            share: files.share.clone(),
             cursor: 0,
             started: Instant::now(),
             _lock: lock,
@@ -255,11 +329,11 @@ impl Guest {
             if let Some(line) = self.take_line(marker, false) {
                 return Ok(line);
             }
-            if let Some(status) = self.proc.try_wait() {
+            if let Some(status) = self.vmm.stopped() {
                 // QEMU may have written the line just before exiting.
                 return self
                     .take_line(marker, true)
-                    .ok_or_else(|| format!("QEMU exited ({status})"));
+                    .ok_or_else(|| format!("the VM stopped ({status})"));
             }
             if Instant::now() >= deadline {
                 return Err(format!("timeout after {timeout:?}"));
@@ -297,7 +371,7 @@ impl Guest {
         let left = timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_secs(10));
-        if self.proc.wait_timeout(left).is_none() {
+        if !self.vmm.wait_stopped(left) {
             panic!(
                 "QEMU did not exit after the guest script finished{}",
                 self.tail()
@@ -306,9 +380,9 @@ impl Guest {
         rc
     }
 
-    /// Whether QEMU is still running.
+    /// Whether the VM is still running.
     pub fn is_running(&mut self) -> bool {
-        self.proc.is_running()
+        self.vmm.stopped().is_none()
     }
 
     /// Console lines (so far) that start with `prefix`, in order.
@@ -321,9 +395,9 @@ impl Guest {
             .collect()
     }
 
-    /// Terminates QEMU (SIGTERM, then SIGKILL after 5 s).
+    /// Stops the VM (QEMU: SIGTERM, then SIGKILL after 5 s).
     pub fn kill(&mut self) {
-        self.proc.stop(SIGTERM, Duration::from_secs(5));
+        self.vmm.kill();
     }
 }
 

@@ -121,6 +121,28 @@ impl GuestShell {
         }
     }
 
+    /// Before the guest reboots (or is started again): removes the command files of
+    /// this boot from the share, so that the next boot's loop, which counts from 0
+    /// again, does not run them a second time. Then [`GuestShell::wait_ready`].
+    pub fn forget_commands(&mut self) {
+        let entries = std::fs::read_dir(self.guest.share()).expect("read the guest share");
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let numbered = ["cmd.", "out.", "rc.", ".cmd."]
+                .iter()
+                .any(|prefix| name.starts_with(prefix));
+            if numbered || name == "stop" {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        self.next = 0;
+    }
+
+    /// Waits (up to `boot_timeout`) for the command loop of the next boot.
+    pub fn wait_ready(&mut self, boot_timeout: Duration) -> String {
+        self.guest.wait_for(SHELL_READY, boot_timeout)
+    }
+
     /// Ends the command loop and waits for the guest to power off; returns the
     /// script's exit code.
     pub fn stop(mut self, timeout: Duration) -> i32 {

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use vdpad::qemu::QemuVersion;
+
 /// The message every missing-lab failure ends with.
 pub const HOWTO: &str = "run `sudo tests/lab/setup.sh` first (see docs/testing.md)";
 
@@ -17,6 +19,10 @@ pub struct Lab {
     pub dir: PathBuf,
     /// `qemu-system-x86_64`, version 10 or newer.
     pub qemu: PathBuf,
+    /// Debian 12's own QEMU 7.2, unpacked by setup.sh (`<lab>/qemu-7.2/qemu-system-x86_64`,
+    /// a wrapper that finds its modules and firmware), if there; [`Lab::require_qemu_7_2`]
+    /// insists.
+    pub qemu_7_2: Option<PathBuf>,
     /// The guest kernel (`<lab>/vmlinuz`).
     pub kernel: PathBuf,
     /// The guest initramfs (`<lab>/initramfs.cpio.gz`).
@@ -64,19 +70,19 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The major version printed by `qemu --version`.
-fn qemu_major(qemu: &Path) -> Result<u32, String> {
+/// The release printed by `qemu --version`.
+pub fn qemu_version(qemu: &Path) -> Result<QemuVersion, String> {
     let out = Command::new(qemu)
         .arg("--version")
         .output()
         .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "version")
-        .nth(1)
-        .and_then(|v| v.split('.').next())
-        .and_then(|m| m.parse().ok())
-        .ok_or_else(|| format!("cannot parse QEMU version from {text:?}"))
+    QemuVersion::parse(&text).ok_or_else(|| format!("cannot parse QEMU version from {text:?}"))
+}
+
+/// The major version printed by `qemu --version`.
+fn qemu_major(qemu: &Path) -> Result<u32, String> {
+    qemu_version(qemu).map(|v| v.major)
 }
 
 impl Lab {
@@ -140,9 +146,11 @@ impl Lab {
             return Err(problems);
         }
         let kernel_6_12 = Lab::image_6_12(&dir).ok();
+        let qemu_7_2 = Some(dir.join("qemu-7.2/qemu-system-x86_64")).filter(|q| is_executable(q));
         Ok(Lab {
             dir,
             qemu: qemu.expect("checked"),
+            qemu_7_2,
             kernel,
             initrd,
             testpmd: testpmd.expect("checked"),
@@ -187,6 +195,23 @@ impl Lab {
             );
         }
         lab
+    }
+
+    /// Like [`Lab::require`]; returns Debian 12's QEMU 7.2 as well, or panics naming
+    /// what is missing.
+    pub fn require_qemu_7_2() -> (Lab, PathBuf) {
+        let lab = Lab::require();
+        let qemu = lab.qemu_7_2.clone().unwrap_or_else(|| {
+            panic!(
+                "the test lab has no QEMU 7.2 ({}/qemu-7.2/qemu-system-x86_64)\n{HOWTO}",
+                lab.dir.display()
+            )
+        });
+        match qemu_version(&qemu) {
+            Ok(v) if v.major == 7 && v.minor == 2 => (lab, qemu),
+            Ok(v) => panic!("{} is QEMU {v}, not 7.2\n{HOWTO}", qemu.display()),
+            Err(e) => panic!("{e}\n{HOWTO}"),
+        }
     }
 
     /// For tests that only need testpmd: returns its path or panics with the setup hint.

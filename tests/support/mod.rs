@@ -17,6 +17,9 @@
 //!   namespace, and the per-queue counters of its SIGUSR1 dump;
 //! - [`guest_shell::GuestShell`]: commands run one by one in a booted guest;
 //! - [`traffic`]: `ping` and `iperf3 --json` results;
+//! - [`libvirt`]: libvirtd (started when not running) and domains driven with virsh;
+//! - [`tapnet::TapNet`]: vdpad with a tap device in a fresh namespace, for tests that
+//!   attach a guest in different ways (QEMU releases, libvirt) and ping through it;
 //! - [`nested::NestedGuest`]: a guest with an emulated IOMMU and real NIC models
 //!   (virtio-net for VFIO, e1000e, igb) on taps, for hardware-in-the-loop tests;
 //! - [`packet`]: AF_PACKET sockets in a test namespace, a frame reflector, an injector;
@@ -40,6 +43,7 @@ pub mod daemon;
 pub mod guest;
 pub mod guest_shell;
 pub mod lab;
+pub mod libvirt;
 pub mod nested;
 pub mod netns;
 pub mod operator;
@@ -48,6 +52,7 @@ pub mod process;
 pub mod raw_frontend;
 pub mod rig_lines;
 pub mod swdev;
+pub mod tapnet;
 pub mod testpmd;
 pub mod tmp;
 pub mod traffic;

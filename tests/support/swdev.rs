@@ -52,6 +52,10 @@ pub struct SwDevice {
     pub rx_coalesce: Option<(u32, u32)>,
     /// `cpus` (empty: not written, workers unpinned).
     pub cpus: Vec<usize>,
+    /// `queue_size` (ring size offered).
+    pub queue_size: Option<u16>,
+    /// `socket_owner` (e.g. `libvirt-qemu`, for QEMU started by libvirt).
+    pub socket_owner: Option<String>,
 }
 
 impl SwDevice {
@@ -70,6 +74,8 @@ impl SwDevice {
             busy_poll_us: None,
             rx_coalesce: None,
             cpus: Vec::new(),
+            queue_size: None,
+            socket_owner: None,
         }
     }
 
@@ -109,6 +115,12 @@ pub fn config_toml(dir: &Path, log_level: &str, devices: &[SwDevice]) -> String 
             "event_idx = {}\nmrg_rxbuf = {}",
             d.event_idx, d.mrg_rxbuf
         );
+        if let Some(v) = d.queue_size {
+            let _ = writeln!(s, "queue_size = {v}");
+        }
+        if let Some(v) = &d.socket_owner {
+            let _ = writeln!(s, "socket_owner = {v:?}");
+        }
         if let Some(v) = d.offloads {
             let _ = writeln!(s, "offloads = {v}");
         }

@@ -206,6 +206,7 @@ impl BurstCounts {
         // One OR over every field, no early exits: this runs on every pass of a
         // busy-polling worker.
         let common = self.packets
+            | self.bytes
             | self.kicks
             | self.interrupts
             | self.interrupts_suppressed

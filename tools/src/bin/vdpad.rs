@@ -108,15 +108,20 @@ fn main() -> ExitCode {
         .iter()
         .filter(|d| d.frontend == vdpad_config::Frontend::VhostUser)
     {
-        let line = qemu::command_line(dev, "1G");
+        let line = qemu::command_line(dev, "1G", qemu::QemuVersion::RECONNECT_MS);
+        // Only a server device's chardev has an option that depends on the release.
+        let older = match dev.socket_role {
+            vdpad_config::SocketRole::Server => qemu::older_qemu_note(),
+            vdpad_config::SocketRole::Client => "none: the options work from QEMU 7.2 on".into(),
+        };
         if embedded {
             // A closed stdout must not stop the daemon: the hint is only a hint.
             let _ = output::print(&format!(
-                "Attach a VM to device {} with these QEMU options:\n  {line}\n\n",
+                "Attach a VM to device {} with these QEMU options:\n  {line}\n  ({older})\n\n",
                 dev.name
             ));
         } else {
-            info!(device = %dev.name, qemu = %line.replace(" \\\n  ", " "), "attach with");
+            info!(device = %dev.name, qemu = %line.replace(" \\\n  ", " "), older_qemu = %older, "attach with");
         }
     }
     let control_path = cfg.daemon.control_socket.clone();
