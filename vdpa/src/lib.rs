@@ -7,6 +7,7 @@
 
 pub mod datapath;
 pub mod device;
+pub mod dirty_log;
 pub mod fallback;
 pub mod fault;
 pub mod features;
@@ -27,6 +28,7 @@ pub use datapath::{
     StartFailure,
 };
 pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus};
+pub use dirty_log::{DirtyLog, LogWriter};
 pub use fallback::{FallbackDatapath, FallbackFactory};
 pub use memory::{GuestMemory, MemoryError, MemoryRegion, RegionCache};
 pub use stats::{BadDescriptor, BurstCounts, CountProbe, DropReason, QueueCounters, QueueStats};

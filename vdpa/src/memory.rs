@@ -593,6 +593,30 @@ impl GuestMemory {
         Some(unsafe { r.host.add((gpa - r.gpa) as usize) })
     }
 
+    /// Guest-physical address of host address `ptr` (one that [`translate`] returned),
+    /// looking in the region of `cache` first, as [`translate_with`] does. `None` for
+    /// an address outside guest memory.
+    ///
+    /// [`translate`]: Self::translate
+    /// [`translate_with`]: Self::translate_with
+    #[inline]
+    pub fn host_to_gpa(&self, cache: &mut RegionCache, ptr: *const u8) -> Option<u64> {
+        let off = (ptr as u64).wrapping_sub(cache.host as u64);
+        if off < cache.size {
+            return Some(cache.gpa + off);
+        }
+        let r = self.regions.iter().find(|r| {
+            let off = (ptr as u64).wrapping_sub(r.host as u64);
+            off < r.size
+        })?;
+        *cache = RegionCache {
+            gpa: r.gpa,
+            size: r.size,
+            host: r.host,
+        };
+        Some(r.gpa + (ptr as u64 - r.host as u64))
+    }
+
     /// Guest-physical address of frontend virtual address `va`, if `[va, va + len)`
     /// lies in one region. Ring addresses in SET_VRING_ADDR are frontend VAs.
     pub fn va_to_gpa(&self, va: u64, len: u64) -> Option<u64> {

@@ -9,6 +9,7 @@ use super::Device;
 use crate::datapath::{PairPosition, QueuePairConfig, RingConfig, RingEvents};
 use crate::datapath::{RingAddrs, StartFailure};
 use crate::features::Negotiated;
+use crate::virtio::features::VHOST_F_LOG_ALL;
 
 impl Device {
     /// Starts every queue pair that is ready and not running. Frontends call this after
@@ -58,6 +59,15 @@ impl Device {
 
     /// The configuration of `pair` if both its rings can run, or what is missing.
     fn pair_config(&self, pair: usize, features: u64) -> Result<QueuePairConfig, String> {
+        let log = if features & VHOST_F_LOG_ALL != 0 {
+            let log = self
+                .log
+                .clone()
+                .ok_or("VHOST_F_LOG_ALL is acked but no dirty log was shared (SET_LOG_BASE)")?;
+            Some(log)
+        } else {
+            None
+        };
         let ring = |index: usize| -> Result<RingConfig, String> {
             let r = &self.rings[index];
             let (size, addrs, events): (u16, RingAddrs, RingEvents) = r
@@ -70,6 +80,7 @@ impl Device {
                 base: r.base,
                 events,
                 counters: self.observed.counters_for_run(index),
+                log_used: log.as_ref().and(r.addr.as_ref()).and_then(|l| l.log_used),
             })
         };
         let (rx, tx) = (ring(2 * pair)?, ring(2 * pair + 1)?);
@@ -80,6 +91,7 @@ impl Device {
             features: Negotiated { bits: features },
             mem: self.mem.clone(),
             ended: self.ended.clone(),
+            log,
         })
     }
 
