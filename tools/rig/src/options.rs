@@ -40,6 +40,10 @@ pub struct RigOptions {
     pub mem_regions: usize,
     /// Use ADD_MEM_REG instead of SET_MEM_TABLE when CONFIGURE_MEM_SLOTS is offered.
     pub mem_slots: bool,
+    /// Play a migrating QEMU: share a dirty log (SET_LOG_BASE with LOG_SHMFD), ack
+    /// VHOST_F_LOG_ALL and ask for every used ring to be logged, so that the backend
+    /// logs every page it writes (to measure what logging costs).
+    pub dirty_log: bool,
     /// How long to retry connecting while the socket is missing or refuses.
     #[serde(serialize_with = "ser_secs")]
     pub connect_timeout: Duration,
@@ -70,6 +74,7 @@ impl RigOptions {
             mem_base: 0x10_0000,
             mem_regions: 1,
             mem_slots: false,
+            dirty_log: false,
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(5),
         }
