@@ -13,6 +13,7 @@
 //! a [`Guest`] holds a process-wide lock for its whole life.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,9 @@ pub struct GuestConfig {
     pub netns: Option<String>,
     /// The kernel to boot (6.1 unless [`GuestConfig::kernel_6_12`]).
     pub kernel: GuestKernel,
+    /// Share the host root and the test's directory over 9p (the default). Without
+    /// ([`GuestConfig::without_host_share`]) the script travels in the initramfs.
+    pub host_share: bool,
 }
 
 impl GuestConfig {
@@ -71,7 +75,16 @@ impl GuestConfig {
             limit: Duration::from_secs(300),
             netns: None,
             kernel: GuestKernel::default(),
+            host_share: true,
         }
+    }
+
+    /// Boots without the 9p shares, whose devices block live migration in QEMU: the
+    /// script is appended to the initramfs as `/lab-script.sh` instead, and only the
+    /// initramfs's busybox is available to it (no `/host`, no `/lab`).
+    pub fn without_host_share(mut self) -> Self {
+        self.host_share = false;
+        self
     }
 
     /// Boots bookworm-backports' 6.12 kernel instead of 6.1 (the lab must have it:
@@ -101,7 +114,7 @@ pub struct Guest {
     /// Byte offset in the console log up to which markers were consumed.
     cursor: usize,
     started: Instant,
-    _lock: GuestLock,
+    lock: Rc<GuestLock>,
 }
 
 /// Held while a guest runs: this process's lock, and a file lock that keeps test
@@ -118,7 +131,16 @@ impl Guest {
     /// Waits (at most 20 minutes) for any other guest of this test binary to finish
     /// first. Returns as soon as QEMU runs; use [`Guest::wait_for`] for progress.
     pub fn boot(lab: &Lab, dir: &Path, config: GuestConfig) -> Guest {
-        let lock = acquire_guest_lock();
+        Self::boot_locked(lab, dir, config, Rc::new(acquire_guest_lock()))
+    }
+
+    /// Boots a second QEMU under this guest's lock (in its own `dir`), e.g. the
+    /// `-incoming` side of a live migration, which runs the same guest afterwards.
+    pub fn boot_beside(&self, lab: &Lab, dir: &Path, config: GuestConfig) -> Guest {
+        Self::boot_locked(lab, dir, config, self.lock.clone())
+    }
+
+    fn boot_locked(lab: &Lab, dir: &Path, config: GuestConfig, lock: Rc<GuestLock>) -> Guest {
         let script = dir.join("guest.sh");
         let console = dir.join("console.log");
         let share = dir.join("share");
@@ -147,9 +169,16 @@ impl Guest {
             }
         };
         let mem = format!("{}M", config.mem_mib);
+        let (initrd, script_in_guest) = if config.host_share {
+            (initrd.clone(), format!("/host{script_s}"))
+        } else {
+            let path = dir.join("initrd-with-script.img");
+            append_script(initrd, &script, &path);
+            (path, "/lab-script.sh".to_string())
+        };
         let append = format!(
-            "console=ttyS0 quiet panic=-1 lab.script=/host{} {}",
-            script_s, config.append
+            "console=ttyS0 quiet panic=-1 lab.script={script_in_guest} {}",
+            config.append
         );
         let mut args: Vec<String> = [
             "-machine",
@@ -174,17 +203,22 @@ impl Guest {
             &initrd.to_string_lossy(),
             "-append",
             &append,
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-            "-virtfs",
-            &format!(
-                "local,path={},mount_tag=lab,security_model=none",
-                share.to_string_lossy()
-            ),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if config.host_share {
+            args.extend([
+                "-virtfs".to_string(),
+                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
+                    .to_string(),
+                "-virtfs".to_string(),
+                format!(
+                    "local,path={},mount_tag=lab,security_model=none",
+                    share.to_string_lossy()
+                ),
+            ]);
+        }
         args.extend(config.qemu_args.iter().cloned());
         let mut spawn = Spawn::new("qemu", &lab.qemu, &console)
             .args(&args)
@@ -200,7 +234,7 @@ impl Guest {
             share,
             cursor: 0,
             started: Instant::now(),
-            _lock: lock,
+            lock,
         }
     }
 
@@ -323,6 +357,46 @@ impl Drop for Guest {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes `out`: the initramfs `initrd` followed by an uncompressed `newc` cpio archive
+/// holding `script` as `/lab-script.sh`. The kernel unpacks concatenated archives; a
+/// plain one must start 4-byte aligned, hence the zero padding in between.
+fn append_script(initrd: &Path, script: &Path, out: &Path) {
+    let mut img = std::fs::read(initrd).unwrap_or_else(|e| panic!("{}: {e}", initrd.display()));
+    let body = std::fs::read(script).expect("read the guest script");
+    img.resize(img.len().next_multiple_of(4), 0);
+    cpio_entry(&mut img, "lab-script.sh", 0o100755, &body);
+    cpio_entry(&mut img, "TRAILER!!!", 0, &[]);
+    std::fs::write(out, img).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+}
+
+/// Appends one `newc` cpio entry (header, name, data, each padded to 4 bytes).
+fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+    let fields = [
+        1,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        0,
+        0,
+        name.len() as u32 + 1,
+        0,
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.resize(out.len().next_multiple_of(4), 0);
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 /// Path of the machine-wide guest lock.

@@ -19,6 +19,7 @@
 //! - [`traffic`]: `ping` and `iperf3 --json` results;
 //! - [`nested::NestedGuest`]: a guest with an emulated IOMMU and real NIC models
 //!   (virtio-net for VFIO, e1000e, igb) on taps, for hardware-in-the-loop tests;
+//! - [`qmp::Qmp`]: a QMP client (live migration of a guest);
 //! - [`packet`]: AF_PACKET sockets in a test namespace, a frame reflector, an injector;
 //! - [`operator`]: a `vdpad` with loopback devices and a private control socket, and
 //!   vdpactl, as the operations tests drive them;
@@ -44,6 +45,7 @@ pub mod netns;
 pub mod operator;
 pub mod packet;
 pub mod process;
+pub mod qmp;
 pub mod raw_frontend;
 pub mod swdev;
 pub mod testpmd;
