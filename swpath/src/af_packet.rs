@@ -225,6 +225,11 @@ impl AfPacket {
         }
     }
 
+    /// A socket to send a frame of the device's own on, if any is open.
+    pub(crate) fn any_socket(&self) -> Option<&File> {
+        self.sockets.iter().flatten().next()
+    }
+
     /// A duplicate of socket `i`, for a worker.
     pub(crate) fn queue(&self, i: usize) -> io::Result<File> {
         match &self.sockets[i] {

@@ -70,6 +70,7 @@ fn ring(
             call: Some(Arc::new(call)),
         },
         counters: Arc::default(),
+        log_used: None,
     }
 }
 
@@ -125,6 +126,7 @@ impl Frontend {
             },
             mem: self.mem.clone(),
             ended: self.ended.clone(),
+            log: None,
         }
     }
 

@@ -4,13 +4,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use vdpa::virtio::features::VIRTIO_F_IN_ORDER;
-use vdpa::{Datapath, DatapathError, PairPosition, QueuePairConfig, RingConfig, StartFailure};
+use vdpa::virtio::net_hdr::LEGACY_NET_HDR_LEN;
+use vdpa::{
+    Datapath, DatapathError, LogWriter, PairPosition, QueuePairConfig, RingConfig, StartFailure,
+};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::af_packet::{AfPacket, AfPacketPort, AF_PACKET_OFFLOADS};
+use crate::announce;
 use crate::engine::Engine;
 use crate::interrupt::Interrupt;
 use crate::loopback::Loopback;
@@ -44,6 +48,8 @@ pub struct SoftwareDatapath {
     offloads: bool,
     workers: BTreeMap<u16, Worker>,
     interrupts: BTreeMap<u16, Arc<Interrupt>>,
+    /// The vnet header length the tap's queues were last set to.
+    tap_hdr_len: usize,
 }
 
 impl SoftwareDatapath {
@@ -77,6 +83,7 @@ impl SoftwareDatapath {
             offloads: true,
             workers: BTreeMap::new(),
             interrupts: BTreeMap::new(),
+            tap_hdr_len: LEGACY_NET_HDR_LEN,
         }
     }
 
@@ -109,7 +116,10 @@ impl SoftwareDatapath {
     }
 
     fn queue(&mut self, cfg: &RingConfig, qp: &QueuePairConfig) -> Result<Queue, DatapathError> {
-        let ring = DeviceRing::new(cfg, qp.mem.clone(), qp.features.event_idx())?;
+        let mut ring = DeviceRing::new(cfg, qp.mem.clone(), qp.features.event_idx())?;
+        if let (Some(log), Some(gpa)) = (&qp.log, cfg.log_used) {
+            ring.log_used_at(log.clone(), gpa);
+        }
         let interrupt = Arc::new(Interrupt::new(cfg.events.call.clone()));
         self.interrupts.insert(cfg.index, interrupt.clone());
         Ok(Queue::new(ring, interrupt, cfg.counters.clone()))
@@ -132,6 +142,14 @@ impl Datapath for SoftwareDatapath {
             0
         };
         offloads | Self::backend_ring_features(&self.backend)
+    }
+
+    fn supports_dirty_log(&self) -> bool {
+        true
+    }
+
+    fn announce(&mut self, mac: [u8; 6]) -> bool {
+        self.send_rarp(mac)
     }
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
@@ -200,7 +218,9 @@ impl SoftwareDatapath {
         if self.tuning.coalescing() {
             rxq.set_coalescing(self.tuning.rx_coalesce_frames, self.tuning.rx_coalesce_time);
         }
-        let rx = RxQueue::new(rxq, hdr_len, qp.features.mrg_rxbuf());
+        let mut rx = RxQueue::new(rxq, hdr_len, qp.features.mrg_rxbuf());
+        // TX writes nothing into guest memory but its used ring.
+        rx.set_log(qp.log.clone().map(|l| LogWriter::new(l, qp.mem.clone())));
         let tx = TxQueue::new(self.queue(&qp.tx, &qp)?, hdr_len);
         let max_rx = hdr_len as u64
             + if qp.features.bits & GUEST_GSO != 0 {
@@ -217,6 +237,7 @@ impl SoftwareDatapath {
                     |e: std::io::Error| DatapathError::backend(format!("tap {tap_name}"), e);
                 check_queue(qp.pair, tap.queues(), tap.name())?;
                 tap.set_vnet_hdr_len(hdr_len).map_err(backend)?;
+                self.tap_hdr_len = hdr_len;
                 tap.set_offload(qp.features.bits).map_err(backend)?;
                 let fd = tap.queue(pair).map_err(backend)?;
                 tap.attach_queue(pair).map_err(backend)?;
@@ -259,6 +280,35 @@ impl SoftwareDatapath {
         })?;
         self.workers.insert(qp.pair, worker);
         Ok(())
+    }
+
+    /// Sends a RARP announcing `mac` on the backend (SEND_RARP after a migration):
+    /// on an attached tap queue, behind the vnet header the tap was last set to, or
+    /// on a packet socket (10-byte header). Nothing for loopback: the only one to
+    /// tell is the guest itself.
+    fn send_rarp(&mut self, mac: [u8; 6]) -> bool {
+        let frame = announce::rarp_frame(mac);
+        let sent = match &self.backend {
+            Backend::Tap(tap) => match tap.attached_queue() {
+                Some(q) => announce::send_with_vnet_hdr(q, self.tap_hdr_len, &frame),
+                None => Err(std::io::Error::other("no tap queue is attached")),
+            },
+            Backend::AfPacket(p) => match p.any_socket() {
+                Some(s) => announce::send_with_vnet_hdr(s, LEGACY_NET_HDR_LEN, &frame),
+                None => Err(std::io::Error::other("no packet socket is open")),
+            },
+            Backend::Loopback => return false,
+        };
+        match sent {
+            Ok(()) => {
+                info!(device = %self.device, mac = ?mac, "guest announced with a RARP (SEND_RARP)");
+                true
+            }
+            Err(e) => {
+                warn!(device = %self.device, error = %e, "cannot send the RARP announcing the guest");
+                false
+            }
+        }
     }
 
     /// Takes the backend queue of `pair` out of the kernel's flow spreading (a tap

@@ -10,6 +10,7 @@
 //! - [`loopback`]: the loopback backend (TX ring → RX ring).
 //! - [`interrupt`]: a ring's replaceable call eventfd.
 //! - [`af_packet`]: the AF_PACKET backend (fanout, vnet header, mmsg batches).
+//! - [`announce`]: the RARP frame that announces a migrated guest (SEND_RARP).
 //! - [`csum`]: completing a partial checksum for a guest without GUEST_CSUM.
 //! - [`port`]: what fd-backed backends share (the [`port::Port`] trait).
 //! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
@@ -19,6 +20,7 @@
 //! - [`datapath`]: [`SoftwareDatapath`], the [`vdpa::Datapath`] implementation.
 
 pub mod af_packet;
+pub mod announce;
 pub mod csum;
 pub mod datapath;
 pub mod engine;

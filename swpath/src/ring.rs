@@ -15,7 +15,7 @@ use vdpa::virtio::ring::{
     self, need_event, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
-use vdpa::{BadDescriptor, DatapathError, GuestMemory, RegionCache, RingConfig};
+use vdpa::{BadDescriptor, DatapathError, DirtyLog, GuestMemory, RegionCache, RingConfig};
 
 /// One descriptor as laid out in the table.
 #[repr(C)]
@@ -126,6 +126,16 @@ pub struct DeviceRing {
     mem: Arc<GuestMemory>,
     cache: RegionCache,
     broken: bool,
+    /// While a migration runs: where writes to the used ring are logged.
+    log: Option<UsedLog>,
+}
+
+/// The dirty log of a used ring: the log, and the guest-physical range the frontend
+/// wants the ring's writes logged at (VHOST_VRING_F_LOG's `log_guest_addr`).
+struct UsedLog {
+    log: Arc<DirtyLog>,
+    gpa: u64,
+    len: u64,
 }
 
 // SAFETY: the raw pointers point into guest memory kept mapped by `mem` (an Arc that
@@ -175,12 +185,31 @@ impl DeviceRing {
             mem,
             cache: RegionCache::default(),
             broken: false,
+            log: None,
         };
         let used_idx = ring.used_idx_field().load(Ordering::Acquire);
         ring.next_used = used_idx;
         ring.published_used = used_idx;
         ring.signalled_used = used_idx;
         Ok(ring)
+    }
+
+    /// Logs every write to the used ring in `log`, at guest-physical `gpa` (the used
+    /// ring's address as the frontend gave it for logging): after each used index
+    /// store and each change of the notification fields, the whole used ring's pages
+    /// are marked (one or two pages; the elements written since the last store are
+    /// among them).
+    pub fn log_used_at(&mut self, log: Arc<DirtyLog>, gpa: u64) {
+        let (_, _, len) = ring::area_sizes(self.size);
+        self.log = Some(UsedLog { log, gpa, len });
+    }
+
+    /// Marks the used ring in the dirty log, if there is one: after the write.
+    #[inline(always)]
+    fn log_used(&self) {
+        if let Some(l) = &self.log {
+            l.log.mark(l.gpa, l.len);
+        }
     }
 
     /// vhost-user ring index.
@@ -457,6 +486,7 @@ impl DeviceRing {
         self.used_idx_field()
             .store(self.next_used, Ordering::Release);
         self.published_used = self.next_used;
+        self.log_used();
     }
 
     /// Whether the driver wants an interrupt for what was published since the last
@@ -491,6 +521,7 @@ impl DeviceRing {
         } else {
             self.used_flags_field().store(0, Ordering::Relaxed);
         }
+        self.log_used();
         // Full barrier: the request for a kick must be visible before we re-read the
         // avail index, or a buffer added in between would go unnoticed.
         fence(Ordering::SeqCst);
@@ -503,6 +534,7 @@ impl DeviceRing {
         if !self.event_idx {
             self.used_flags_field()
                 .store(VRING_USED_F_NO_NOTIFY, Ordering::Relaxed);
+            self.log_used();
         }
     }
 }
@@ -535,6 +567,7 @@ mod tests {
                 call: None,
             },
             counters: Arc::new(QueueCounters::default()),
+            log_used: None,
         };
         (DeviceRing::new(&cfg, mem.clone(), event_idx).unwrap(), mem)
     }

@@ -10,7 +10,7 @@
 use vdpa::virtio::net_hdr::{
     rx_header, HdrIovecs, LEGACY_NET_HDR_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET,
 };
-use vdpa::{BadDescriptor, DropReason};
+use vdpa::{BadDescriptor, DropReason, LogWriter};
 
 use crate::queue::Queue;
 use crate::ring::{Chain, Direction, Segment, KEEP_SEGMENTS};
@@ -142,6 +142,9 @@ pub struct RxQueue {
     /// can no longer be handed back by rewinding.
     interleaved: bool,
     iov: Vec<libc::iovec>,
+    /// While a migration runs: the dirty log every byte written into a buffer is
+    /// marked in, before the buffer is returned.
+    log: Option<LogWriter>,
 }
 
 // SAFETY: `iov` only caches addresses into guest memory (kept mapped by the ring's
@@ -160,6 +163,26 @@ impl RxQueue {
             pending: Pending::new(cap),
             interleaved: false,
             iov: Vec::with_capacity(64),
+            log: None,
+        }
+    }
+
+    /// Marks every byte written into the guest's buffers in `log` from now on.
+    pub fn set_log(&mut self, log: Option<LogWriter>) {
+        self.log = log;
+    }
+
+    /// Marks the first `written` bytes of `segs` in the dirty log.
+    #[cold]
+    #[inline(never)]
+    fn log_written(log: &mut LogWriter, segs: &[Segment], mut written: u64) {
+        for s in segs {
+            if written == 0 {
+                break;
+            }
+            let n = written.min(u64::from(s.len));
+            log.mark_host(s.ptr, n);
+            written -= n;
         }
     }
 
@@ -230,6 +253,9 @@ impl RxQueue {
                     dst = dst.add(len - skip);
                     skip = 0;
                 }
+            }
+            if let Some(log) = &mut self.log {
+                Self::log_written(log, &first.segs[..1], whole);
             }
             self.q.ring.push_used(head, whole as u32);
             self.pending.pop_front();
@@ -310,6 +336,9 @@ impl RxQueue {
         unsafe {
             self.write_header(buf.ptr, &hdr);
             std::ptr::copy(src, buf.ptr.add(self.hdr_len), frame_len as usize);
+        }
+        if let Some(log) = &mut self.log {
+            Self::log_written(log, &[buf], whole);
         }
         self.q.ring.push_used(head, whole as u32);
         self.q.counts.packets += 1;
@@ -457,6 +486,9 @@ impl RxQueue {
         for i in 0..nbufs {
             let c = self.pending.get(i);
             let written = dst.written_in(i, c);
+            if let Some(log) = &mut self.log {
+                Self::log_written(log, &c.segs, written);
+            }
             self.q.ring.push_used(c.head, written as u32);
         }
         for _ in 0..nbufs {

@@ -254,6 +254,16 @@ impl Tap {
         Ok(())
     }
 
+    /// An attached queue, to write a frame of the device's own on (a detached one
+    /// refuses writes); `None` while no pair runs.
+    pub(crate) fn attached_queue(&self) -> Option<&File> {
+        self.queues
+            .iter()
+            .zip(&self.attached)
+            .find(|(_, &a)| a)
+            .map(|(q, _)| q)
+    }
+
     /// A duplicate of queue `i`'s descriptor, for a worker.
     pub(crate) fn queue(&self, i: usize) -> io::Result<File> {
         self.queues[i].try_clone()

@@ -81,6 +81,7 @@ fn queue(
             call: None,
         },
         counters: Arc::default(),
+        log_used: None,
     };
     Queue::new(
         DeviceRing::new(&cfg, mem.clone(), false).unwrap(),

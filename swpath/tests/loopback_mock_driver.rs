@@ -72,6 +72,7 @@ fn ring_config(index: u16, q: &MockSplitQueue<GuestMemoryMmap<()>>, size: u16) -
             call: Some(Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
         },
         counters: Arc::default(),
+        log_used: None,
     }
 }
 

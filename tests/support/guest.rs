@@ -13,6 +13,7 @@
 //! a [`Guest`] holds a process-wide lock for its whole life.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,9 @@ pub struct GuestConfig {
     pub kernel: GuestKernel,
     /// The QEMU to run instead of the lab's QEMU 10 (e.g. [`Lab::qemu_7_2`]).
     pub qemu: Option<PathBuf>,
+    /// Share the host root and the test's directory over 9p (the default). Without
+    /// ([`GuestConfig::without_host_share`]) the script travels in the initramfs.
+    pub host_share: bool,
 }
 
 impl GuestConfig {
@@ -74,12 +78,21 @@ impl GuestConfig {
             netns: None,
             kernel: GuestKernel::default(),
             qemu: None,
+            host_share: true,
         }
     }
 
     /// Runs `qemu` instead of the lab's QEMU 10.
     pub fn qemu(mut self, qemu: &Path) -> Self {
         self.qemu = Some(qemu.to_path_buf());
+        self
+    }
+
+    /// Boots without the 9p shares, whose devices block live migration in QEMU: the
+    /// script is appended to the initramfs as `/lab-script.sh` instead, and only the
+    /// initramfs's busybox is available to it (no `/host`, no `/lab`).
+    pub fn without_host_share(mut self) -> Self {
+        self.host_share = false;
         self
     }
 
@@ -139,8 +152,11 @@ pub struct GuestFiles {
     pub kernel: PathBuf,
     /// Its initramfs.
     pub initrd: PathBuf,
-    /// The kernel command line (runs `<dir>/guest.sh` through the `/host` mount).
+    /// The kernel command line (runs `<dir>/guest.sh` through the `/host` mount, or
+    /// from the initramfs without the host share).
     pub append: String,
+    /// Whether the host root and the share are mounted over 9p.
+    pub host_share: bool,
 }
 
 impl GuestFiles {
@@ -173,15 +189,23 @@ impl GuestFiles {
                 (&image.kernel, &image.initrd)
             }
         };
+        let (initrd, script_in_guest) = if config.host_share {
+            (initrd.clone(), format!("/host{script_s}"))
+        } else {
+            let path = dir.join("initrd-with-script.img");
+            append_script(initrd, &script, &path);
+            (path, "/lab-script.sh".to_string())
+        };
         GuestFiles {
             console: dir.join("console.log"),
             share,
             kernel: kernel.clone(),
-            initrd: initrd.clone(),
+            initrd,
             append: format!(
-                "console=ttyS0 quiet panic=-1 lab.script=/host{} {}",
-                script_s, config.append
+                "console=ttyS0 quiet panic=-1 lab.script={script_in_guest} {}",
+                config.append
             ),
+            host_share: config.host_share,
         }
     }
 }
@@ -194,7 +218,7 @@ pub struct Guest {
     /// Byte offset in the console log up to which markers were consumed.
     cursor: usize,
     started: Instant,
-    _lock: GuestLock,
+    lock: Rc<GuestLock>,
 }
 
 /// Held while a guest runs: this process's lock, and a file lock that keeps test
@@ -211,9 +235,19 @@ impl Guest {
     /// Waits (at most 20 minutes) for any other guest of this test binary to finish
     /// first. Returns as soon as QEMU runs; use [`Guest::wait_for`] for progress.
     pub fn boot(lab: &Lab, dir: &Path, config: GuestConfig) -> Guest {
+        Self::boot_locked(lab, dir, config, Rc::new(acquire_guest_lock()))
+    }
+
+    /// Boots a second QEMU under this guest's lock (in its own `dir`), e.g. the
+    /// `-incoming` side of a live migration, which runs the same guest afterwards.
+    pub fn boot_beside(&self, lab: &Lab, dir: &Path, config: GuestConfig) -> Guest {
+        Self::boot_locked(lab, dir, config, self.lock.clone())
+    }
+
+    fn boot_locked(lab: &Lab, dir: &Path, config: GuestConfig, lock: Rc<GuestLock>) -> Guest {
         let files = GuestFiles::prepare(lab, dir, &config);
         let qemu = config.qemu.clone().unwrap_or_else(|| lab.qemu.clone());
-        Guest::start_with(&files, || {
+        Guest::start_locked(&files, lock, || {
             let mem = format!("{}M", config.mem_mib);
             let mut args: Vec<String> = [
                 "-machine",
@@ -238,17 +272,22 @@ impl Guest {
                 &files.initrd.to_string_lossy(),
                 "-append",
                 &files.append,
-                "-virtfs",
-                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-                "-virtfs",
-                &format!(
-                    "local,path={},mount_tag=lab,security_model=none",
-                    files.share.to_string_lossy()
-                ),
             ]
             .iter()
             .map(|s| s.to_string())
             .collect();
+            if files.host_share {
+                args.extend([
+                    "-virtfs".to_string(),
+                    "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
+                        .to_string(),
+                    "-virtfs".to_string(),
+                    format!(
+                        "local,path={},mount_tag=lab,security_model=none",
+                        files.share.to_string_lossy()
+                    ),
+                ]);
+            }
             args.extend(config.qemu_args.iter().cloned());
             let mut spawn = Spawn::new("qemu", &qemu, &files.console)
                 .args(&args)
@@ -266,7 +305,14 @@ impl Guest {
     /// command line and shares a [`GuestFiles::prepare`] gave), e.g. through libvirt.
     /// The console must be written to `files.console`.
     pub fn start_with(files: &GuestFiles, start: impl FnOnce() -> Box<dyn Vmm>) -> Guest {
-        let lock = acquire_guest_lock();
+        Self::start_locked(files, Rc::new(acquire_guest_lock()), start)
+    }
+
+    fn start_locked(
+        files: &GuestFiles,
+        lock: Rc<GuestLock>,
+        start: impl FnOnce() -> Box<dyn Vmm>,
+    ) -> Guest {
         let vmm = start();
         Guest {
             vmm,
@@ -274,7 +320,7 @@ impl Guest {
             share: files.share.clone(),
             cursor: 0,
             started: Instant::now(),
-            _lock: lock,
+            lock,
         }
     }
 
@@ -405,6 +451,46 @@ impl Drop for Guest {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes `out`: the initramfs `initrd` followed by an uncompressed `newc` cpio archive
+/// holding `script` as `/lab-script.sh`. The kernel unpacks concatenated archives; a
+/// plain one must start 4-byte aligned, hence the zero padding in between.
+fn append_script(initrd: &Path, script: &Path, out: &Path) {
+    let mut img = std::fs::read(initrd).unwrap_or_else(|e| panic!("{}: {e}", initrd.display()));
+    let body = std::fs::read(script).expect("read the guest script");
+    img.resize(img.len().next_multiple_of(4), 0);
+    cpio_entry(&mut img, "lab-script.sh", 0o100755, &body);
+    cpio_entry(&mut img, "TRAILER!!!", 0, &[]);
+    std::fs::write(out, img).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+}
+
+/// Appends one `newc` cpio entry (header, name, data, each padded to 4 bytes).
+fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+    let fields = [
+        1,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        0,
+        0,
+        name.len() as u32 + 1,
+        0,
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.resize(out.len().next_multiple_of(4), 0);
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 /// Path of the machine-wide guest lock.

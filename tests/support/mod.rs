@@ -22,6 +22,7 @@
 //!   attach a guest in different ways (QEMU releases, libvirt) and ping through it;
 //! - [`nested::NestedGuest`]: a guest with an emulated IOMMU and real NIC models
 //!   (virtio-net for VFIO, e1000e, igb) on taps, for hardware-in-the-loop tests;
+//! - [`qmp::Qmp`]: a QMP client (live migration of a guest);
 //! - [`packet`]: AF_PACKET sockets in a test namespace, a frame reflector, an injector;
 //! - [`operator`]: a `vdpad` with loopback devices and a private control socket, and
 //!   vdpactl, as the operations tests drive them;
@@ -49,6 +50,7 @@ pub mod netns;
 pub mod operator;
 pub mod packet;
 pub mod process;
+pub mod qmp;
 pub mod raw_frontend;
 pub mod rig_lines;
 pub mod swdev;

@@ -32,7 +32,9 @@ for _ in $(seq 300); do [ -S "$WORK/lo.sock" ] && break; sleep 0.2; done
 case "$MODE" in
   rig)
     N=${2:-200000}; SIZE=${3:-64}
-    taskset -c 1 "$BIN/vdpa-rig" --socket "$WORK/lo.sock" verify --packets "$N" --size "$SIZE" --poll
+    # RIG_ARGS: extra vdpa-rig options, e.g. --dirty-log (a migrating frontend).
+    # shellcheck disable=SC2086
+    taskset -c 1 "$BIN/vdpa-rig" ${RIG_ARGS:-} --socket "$WORK/lo.sock" verify --packets "$N" --size "$SIZE" --poll
     ;;
   testpmd)
     SECS=${2:-8}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::dirty_log::DirtyLog;
 use crate::features::Negotiated;
 use crate::memory::GuestMemory;
 use crate::stats::QueueCounters;
@@ -52,6 +53,10 @@ pub struct RingConfig {
     /// The ring's counters. They belong to the device and outlive every run and every
     /// datapath: a datapath adds to them, observers read them without asking it.
     pub counters: Arc<QueueCounters>,
+    /// While a migration logs dirty pages (and the frontend asked for the ring's used
+    /// ring to be logged, VHOST_VRING_F_LOG): the guest-physical address the used
+    /// ring's writes are logged at. `None` otherwise.
+    pub log_used: Option<u64>,
 }
 
 /// One RX/TX queue pair ready to run.
@@ -70,6 +75,10 @@ pub struct QueuePairConfig {
     /// Signalled when the pair stops on its own (its guest memory faulted, a worker
     /// panicked): the device then asks [`Datapath::reap`] which pairs ended.
     pub ended: Arc<EventFd>,
+    /// While a migration runs (VHOST_F_LOG_ALL acked, a log mapped): the dirty log in
+    /// which every write into guest memory is marked. `None` otherwise: nothing is
+    /// logged, at no cost.
+    pub log: Option<Arc<DirtyLog>>,
 }
 
 /// Where the rings of a stopped queue pair resume: the avail index of each ring that
@@ -184,6 +193,20 @@ pub trait Datapath: Send {
     /// paths). None by default.
     fn datapath_features(&self) -> u64 {
         0
+    }
+
+    /// Whether this datapath marks what it writes into guest memory in a
+    /// [`QueuePairConfig::log`] (live migration). Only then does a vhost-user device
+    /// offer VHOST_F_LOG_ALL. False by default.
+    fn supports_dirty_log(&self) -> bool {
+        false
+    }
+
+    /// Announces the guest at its new place after a migration (vhost-user SEND_RARP):
+    /// sends a RARP frame from `mac` on the host side so that switches learn where the
+    /// guest is now. Returns whether it was sent (false by default: nothing to do).
+    fn announce(&mut self, _mac: [u8; 6]) -> bool {
+        false
     }
 
     /// Starts serving a queue pair. The pair is not running when this is called.

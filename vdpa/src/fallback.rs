@@ -126,6 +126,16 @@ impl Datapath for FallbackDatapath {
         self.features
     }
 
+    /// Only if the first datapath logs (the device's offer is made before any switch;
+    /// the software fallback always can).
+    fn supports_dirty_log(&self) -> bool {
+        self.active.supports_dirty_log()
+    }
+
+    fn announce(&mut self, mac: [u8; 6]) -> bool {
+        self.active.announce(mac)
+    }
+
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
         match self.active.start(qp.clone()) {
             Ok(()) => {

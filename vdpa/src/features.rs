@@ -12,12 +12,15 @@ use crate::virtio::features::*;
 use crate::virtio::net_hdr::net_hdr_len;
 
 /// The virtio features a device offers to the frontend, from its configuration: a
-/// vhost-user device offers the protocol-features bit, a VDUSE device
-/// ACCESS_PLATFORM (the kernel requires it: every address is an IOVA).
+/// vhost-user device offers the protocol-features bit and GUEST_ANNOUNCE (QEMU runs
+/// the control queue that announcing needs, and masks the bit for a guest without
+/// one), a VDUSE device ACCESS_PLATFORM (the kernel requires it: every address is an
+/// IOVA) and no GUEST_ANNOUNCE (it has no control queue, and Linux refuses the bit
+/// without one).
 pub fn offered_features(cfg: &DeviceConfig) -> u64 {
     let mut f = VIRTIO_F_VERSION_1
         | match cfg.frontend {
-            Frontend::VhostUser => VHOST_USER_F_PROTOCOL_FEATURES,
+            Frontend::VhostUser => VHOST_USER_F_PROTOCOL_FEATURES | VIRTIO_NET_F_GUEST_ANNOUNCE,
             Frontend::Vduse { .. } => VIRTIO_F_ACCESS_PLATFORM,
         };
     if cfg.event_idx {
@@ -38,18 +41,29 @@ pub fn offered_features(cfg: &DeviceConfig) -> u64 {
     f
 }
 
-/// The vhost-user protocol features this control plane implements, and so offers.
+/// The vhost-user protocol features this control plane implements, and so offers;
+/// with `dirty_log` (the device offers VHOST_F_LOG_ALL: its datapath can log) also
+/// LOG_SHMFD and RARP, the two that live migration needs.
 ///
-/// STATUS, LOG_SHMFD, BACKEND_REQ, HOST_NOTIFIER and INFLIGHT are deliberately absent:
-/// they are only offered once they are implemented. CONFIG is not offered either:
-/// GET_CONFIG is answered, but QEMU keeps a vhost-user net device's config space
-/// itself and warns about a backend that offers it.
-pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
+/// LOG_ALL and LOG_SHMFD always go together: a frontend that acks LOG_ALL without
+/// LOG_SHMFD would keep the log in its own memory, and migrate without any page the
+/// device wrote being copied again.
+///
+/// STATUS, BACKEND_REQ, HOST_NOTIFIER and INFLIGHT are deliberately absent: they are
+/// only offered once they are implemented. CONFIG is not offered either: GET_CONFIG
+/// is answered, but QEMU keeps a vhost-user net device's config space itself and
+/// warns about a backend that offers it.
+pub fn offered_protocol_features(dirty_log: bool) -> VhostUserProtocolFeatures {
+    let base = VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::MTU
         | VhostUserProtocolFeatures::RESET_DEVICE
-        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+    if dirty_log {
+        base | VhostUserProtocolFeatures::LOG_SHMFD | VhostUserProtocolFeatures::RARP
+    } else {
+        base
+    }
 }
 
 /// Negotiated features as the datapath needs them.
@@ -97,9 +111,11 @@ pub fn feature_names(bits: u64) -> Vec<&'static str> {
         (VIRTIO_NET_F_MAC, "MAC"),
         (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
         (VIRTIO_NET_F_STATUS, "STATUS"),
+        (VIRTIO_NET_F_GUEST_ANNOUNCE, "GUEST_ANNOUNCE"),
         (VIRTIO_NET_F_MQ, "MQ"),
         (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
         (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
+        (VHOST_F_LOG_ALL, "LOG_ALL"),
         (VHOST_USER_F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
         (VIRTIO_F_VERSION_1, "VERSION_1"),
         (VIRTIO_F_ACCESS_PLATFORM, "IOMMU_PLATFORM"),

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod datapath;
 pub mod device;
+pub mod dirty_log;
 pub mod fallback;
 pub mod fault;
 pub mod features;
@@ -28,6 +29,7 @@ pub use datapath::{
     StartFailure,
 };
 pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus, PeerStatus};
+pub use dirty_log::{DirtyLog, LogWriter};
 pub use fallback::{FallbackDatapath, FallbackFactory};
 pub use memory::{GuestMemory, MemoryError, MemoryRegion, RegionCache};
 pub use stats::{BadDescriptor, BurstCounts, CountProbe, DropReason, QueueCounters, QueueStats};

@@ -13,8 +13,9 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 
 use thiserror::Error;
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserConfig, VhostUserMemory, VhostUserMemoryRegion,
-    VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
+    FrontendReq, VhostUserConfig, VhostUserLog, VhostUserMemory, VhostUserMemoryRegion,
+    VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringAddrFlags,
+    VhostUserVringState,
 };
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
@@ -96,6 +97,17 @@ pub struct ConfigRead {
     pub offset: usize,
     /// Bytes to read (nonzero, within the space).
     pub size: usize,
+}
+
+/// A dirty log the frontend shares (SET_LOG_BASE with LOG_SHMFD), not yet mapped.
+#[derive(Debug)]
+pub struct LogSpec {
+    /// Bytes of log (nonzero; offset + size does not overflow).
+    pub size: u64,
+    /// Offset of the log in `file`.
+    pub offset: u64,
+    /// The file that holds it.
+    pub file: File,
 }
 
 /// A decoded, checked vhost-user request.
@@ -184,6 +196,12 @@ pub enum Request {
     SetStatus(u8),
     /// GET_STATUS.
     GetStatus,
+    /// SET_LOG_BASE: the dirty log to mark while VHOST_F_LOG_ALL is acked.
+    SetLogBase(LogSpec),
+    /// SET_LOG_FD: an eventfd to signal log changes on (never used by QEMU; closed).
+    SetLogFd,
+    /// SEND_RARP: announce the guest with this MAC address after a migration.
+    SendRarp([u8; 6]),
 }
 
 impl std::fmt::Debug for ConfigRead {
@@ -232,6 +250,9 @@ impl Request {
             Request::NetSetMtu(_) => "NET_SET_MTU",
             Request::SetStatus(_) => "SET_STATUS",
             Request::GetStatus => "GET_STATUS",
+            Request::SetLogBase(_) => "SET_LOG_BASE",
+            Request::SetLogFd => "SET_LOG_FD",
+            Request::SendRarp(_) => "SEND_RARP",
         }
     }
 
@@ -348,6 +369,9 @@ pub fn decode(mut msg: Message, limits: &Limits) -> Result<Request, RequestError
         | FrontendReq::SET_CONFIG
         | FrontendReq::NET_SET_MTU
         | FrontendReq::SET_STATUS => d.device_request(&msg)?,
+        FrontendReq::SET_LOG_BASE | FrontendReq::SET_LOG_FD | FrontendReq::SEND_RARP => {
+            d.migration_request(&mut msg)?
+        }
         other => return Err(invalid(other, "not supported by this device")),
     })
 }
@@ -477,6 +501,42 @@ impl Decoder<'_> {
                     self.req,
                     "the virtio-net config space is read-only here",
                 ))
+            }
+        })
+    }
+
+    /// SET_LOG_BASE, SET_LOG_FD, SEND_RARP.
+    fn migration_request(&self, msg: &mut Message) -> Result<Request, RequestError> {
+        Ok(match self.req {
+            FrontendReq::SET_LOG_BASE => {
+                // Without LOG_SHMFD a frontend sends a u64 and no fd: a log in its own
+                // memory, which this device cannot reach.
+                let body = self.body::<VhostUserLog>(msg)?;
+                if msg.fds.len() != 1 {
+                    return Err(RequestError::BadFd {
+                        req: self.req,
+                        why: format!("{} file descriptors, expected the log's", msg.fds.len()),
+                    });
+                }
+                let file = self.take_fd(msg)?;
+                let (size, offset) = (body.mmap_size, body.mmap_offset);
+                if size == 0 || offset.checked_add(size).is_none() {
+                    return Err(invalid(
+                        self.req,
+                        format!("log of {size:#x} bytes at offset {offset:#x}"),
+                    ));
+                }
+                Request::SetLogBase(LogSpec { size, offset, file })
+            }
+            FrontendReq::SET_LOG_FD => {
+                // Whatever came (an eventfd, or nothing) is closed with the message.
+                Request::SetLogFd
+            }
+            _ => {
+                let v = self.u64(msg)?.to_le_bytes();
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&v[..6]);
+                Request::SendRarp(mac)
             }
         })
     }
@@ -627,10 +687,12 @@ impl Decoder<'_> {
     fn vring_addr(&self, msg: &Message) -> Result<Request, RequestError> {
         let a = self.body::<VhostUserVringAddr>(msg)?;
         let ring = self.ring(a.index.into())?;
-        if a.flags != 0 {
+        let log_flag = VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits();
+        if a.flags & !log_flag != 0 {
+            let flags = a.flags;
             return Err(invalid(
                 self.req,
-                "dirty logging (VHOST_VRING_F_LOG) is not supported",
+                format!("ring {}: unknown flags {flags:#x}", ring.0),
             ));
         }
         if a.descriptor % 16 != 0 || a.available % 2 != 0 || a.used % 4 != 0 {
@@ -648,6 +710,8 @@ impl Decoder<'_> {
                     used: a.used,
                 },
                 space: AddrSpace::FrontendVirtual,
+                // QEMU sends the used ring's guest-physical address here.
+                log_used: (a.flags & log_flag != 0).then_some(a.log),
             },
         })
     }

@@ -14,6 +14,7 @@ use std::time::Instant;
 use thiserror::Error;
 use tracing::{error, info, warn};
 use vdpad_config::{Frontend, SocketPerms, SocketRole};
+use vhost::vhost_user::message::FrontendReq;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{Device, DeviceHandle};
@@ -357,6 +358,11 @@ fn serve_connection(
                 session.device().record_error(text);
                 if wants_ack {
                     conn.reply(&header, &1u64.to_ne_bytes())
+                } else if header.request == FrontendReq::SET_LOG_BASE as u32 {
+                    // QEMU waits for this reply whatever happened: an empty one. The
+                    // SET_FEATURES with LOG_ALL that follows is refused without a log,
+                    // which fails the migration.
+                    conn.reply(&header, &[])
                 } else {
                     Ok(())
                 }

@@ -12,15 +12,17 @@ use std::mem::size_of;
 use thiserror::Error;
 use tracing::{debug, warn};
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserConfig, VhostUserProtocolFeatures, VhostUserU64, VhostUserVringState,
+    FrontendReq, VhostUserConfig, VhostUserLog, VhostUserProtocolFeatures, VhostUserU64,
+    VhostUserVringState,
 };
 use vm_memory::ByteValued;
 
 use crate::device::{Device, DeviceError};
+use crate::dirty_log::{DirtyLog, LogError};
 use crate::features::offered_protocol_features;
 use crate::memory::{GuestMemory, MemoryError, MemoryRegion, MAX_REGIONS};
 use crate::request::{decode, read_obj, ConfigRead, Limits, RegionSpec, Request, RequestError};
-use crate::virtio::features::VHOST_USER_F_PROTOCOL_FEATURES;
+use crate::virtio::features::{VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES};
 use crate::wire::Message;
 
 /// Why a request was not applied.
@@ -35,6 +37,15 @@ pub enum SessionError {
     /// The device refused the change.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The dirty log could not be used.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// VHOST_F_LOG_ALL acked without a log to mark: without LOG_SHMFD the log would be
+    /// in the frontend's own memory, out of the device's reach; without SET_LOG_BASE
+    /// (or after it failed) there is none. Either way the migration would copy none
+    /// of the pages the device writes, so it must fail instead.
+    #[error("VHOST_F_LOG_ALL acked {0}")]
+    NoLog(&'static str),
 }
 
 /// What to send back for one request.
@@ -129,6 +140,19 @@ impl<'d> Session<'d> {
         match request {
             Request::GetFeatures => return Ok(payload(VhostUserU64::new(dev.offered_features()))),
             Request::SetFeatures(bits) => {
+                let shmfd = VhostUserProtocolFeatures::LOG_SHMFD.bits();
+                if bits & VHOST_F_LOG_ALL != 0 {
+                    if self.protocol_features & shmfd == 0 {
+                        return Err(SessionError::NoLog(
+                            "without the LOG_SHMFD protocol feature",
+                        ));
+                    }
+                    if !dev.has_log() {
+                        return Err(SessionError::NoLog(
+                            "before a dirty log was shared (SET_LOG_BASE)",
+                        ));
+                    }
+                }
                 dev.set_features(bits)?;
                 dev.set_rings_need_enable(bits & VHOST_USER_F_PROTOCOL_FEATURES != 0);
             }
@@ -136,11 +160,12 @@ impl<'d> Session<'d> {
             Request::Reset => dev.reset(),
             Request::GetProtocolFeatures => {
                 return Ok(payload(VhostUserU64::new(
-                    offered_protocol_features().bits(),
+                    offered_protocol_features(dev.offers_dirty_log()).bits(),
                 )))
             }
             Request::SetProtocolFeatures(bits) => {
-                self.protocol_features = bits & offered_protocol_features().bits();
+                self.protocol_features =
+                    bits & offered_protocol_features(dev.offers_dirty_log()).bits();
             }
             Request::GetQueueNum => {
                 return Ok(payload(VhostUserU64::new(u64::from(
@@ -193,6 +218,23 @@ impl<'d> Session<'d> {
             Request::SetStatus(status) => dev.set_status_byte(status),
             Request::GetStatus => {
                 return Ok(payload(VhostUserU64::new(u64::from(dev.status_byte()))))
+            }
+            Request::SetLogBase(spec) => {
+                if !dev.offers_dirty_log() {
+                    return Err(LogError::NotOffered.into());
+                }
+                let (size, offset) = (spec.size, spec.offset);
+                let log = DirtyLog::map(spec.file, size, offset, dev.memory())?;
+                dev.set_log(log);
+                // Always answered (QEMU waits for it with LOG_SHMFD), with the body
+                // echoed as rust-vmm's frontend expects.
+                return Ok(payload(VhostUserLog::new(size, offset)));
+            }
+            // The "log changed" eventfd is closed with the request: nothing signals it.
+            Request::SetLogFd => {}
+            Request::SendRarp(mac) => {
+                let sent = dev.announce(mac);
+                debug!(device = dev.name(), mac = ?mac, sent, "SEND_RARP");
             }
         }
         Ok(Reply::Ack)

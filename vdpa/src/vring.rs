@@ -29,6 +29,10 @@ pub struct RingLocation {
     pub addrs: RingAddrs,
     /// The address space they are in.
     pub space: AddrSpace,
+    /// The guest-physical address at which writes to the used ring are logged while a
+    /// migration runs (vhost-user SET_VRING_ADDR with VHOST_VRING_F_LOG: QEMU gives
+    /// the used ring's own address); `None` when the frontend did not ask for it.
+    pub log_used: Option<u64>,
 }
 
 /// A call eventfd setting: not yet given, given as "poll, do not signal", or an fd.

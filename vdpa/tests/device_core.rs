@@ -65,6 +65,7 @@ impl DirectFrontend {
             RingLocation {
                 addrs: Self::ring_at(ring),
                 space: AddrSpace::Guest,
+                log_used: None,
             },
         );
         self.dev.set_ring_base(r, base);
@@ -133,6 +134,7 @@ fn rings_outside_memory_or_not_enabled_do_not_start() {
                 used: GUEST_BASE + 0x1000,
             },
             space: AddrSpace::Guest,
+            log_used: None,
         },
     );
     f.dev.set_kick(1, EventFd::new(0).unwrap());

@@ -330,6 +330,7 @@ impl PairRig {
                         call: Some(call.clone()),
                     },
                     counters: self.counters[usize::from(index % 2)].clone(),
+                    log_used: None,
                 }
             };
         QueuePairConfig {
@@ -351,6 +352,7 @@ impl PairRig {
             features: Negotiated { bits: features },
             mem: g.mem.clone(),
             ended: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            log: None,
         }
     }
 

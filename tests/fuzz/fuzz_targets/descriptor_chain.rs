@@ -122,6 +122,7 @@ fuzz_target!(|data: &[u8]| {
             call: None,
         },
         counters: Arc::new(QueueCounters::default()),
+        log_used: None,
     };
     let mut dev = DeviceRing::new(&cfg, mem, false).unwrap();
 

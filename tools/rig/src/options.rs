@@ -40,6 +40,10 @@ pub struct RigOptions {
     pub mem_regions: usize,
     /// Use ADD_MEM_REG instead of SET_MEM_TABLE when CONFIGURE_MEM_SLOTS is offered.
     pub mem_slots: bool,
+    /// Play a migrating QEMU: share a dirty log (SET_LOG_BASE with LOG_SHMFD), ack
+    /// VHOST_F_LOG_ALL and ask for every used ring to be logged, so that the backend
+    /// logs every page it writes (to measure what logging costs).
+    pub dirty_log: bool,
     /// Own the socket instead of connecting to it: create it (replacing a stale
     /// socket), listen, and accept the backend's connection — QEMU's
     /// `-chardev socket,server=on` for a backend in client mode.
@@ -76,6 +80,7 @@ impl RigOptions {
             mem_base: 0x10_0000,
             mem_regions: 1,
             mem_slots: false,
+            dirty_log: false,
             listen: false,
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(5),

@@ -9,12 +9,13 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use serde::Serialize;
-use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserVringAddrFlags};
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
-use vhost::{VhostBackend, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VringConfigData};
 
 use crate::connection::{accept_one, connect_with_retry, FrontendConnection};
 use crate::driver_ring::{DriverRing, RingLayout};
@@ -23,10 +24,11 @@ use crate::kick_call::KickCall;
 use crate::memory::{MemoryLayout, RigMemory};
 use crate::options::RigOptions;
 use crate::rig::{Negotiation, PairAreas, PreparedRing, Rig, RigParts, Scratch, Transport};
+use vdpa::dirty_log::log_bytes_for;
 use vdpa::features::feature_names;
 use vdpa::virtio::features::{
-    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_RING_F_EVENT_IDX,
+    VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// One step of the setup sequence. Ring steps carry the vhost-user ring index.
@@ -325,6 +327,16 @@ impl RigSetup {
                 if self.opts.queue_pairs > 1 {
                     ack |= offered & VIRTIO_NET_F_MQ;
                 }
+                if self.opts.dirty_log {
+                    if offered & VHOST_F_LOG_ALL == 0 {
+                        return Err(RigError::Unsupported(format!(
+                            "dirty logging: VHOST_F_LOG_ALL not offered ({})",
+                            describe_features(offered)
+                        )));
+                    }
+                    self.share_dirty_log().map_err(req)?;
+                    ack |= VHOST_F_LOG_ALL;
+                }
                 self.conn()?.frontend().set_features(ack).map_err(req)?;
                 self.neg.acked_features = ack;
                 let event_idx = self.neg.event_idx();
@@ -371,14 +383,16 @@ impl RigSetup {
             SetupStep::VringAddr(r) => {
                 let layout = *self.ring_at(r)?.ring.layout();
                 let va = |gpa| self.mem.user_addr(gpa);
+                // A migrating QEMU asks for the used ring to be logged at its GPA.
+                let log = self.opts.dirty_log;
                 let cfg = VringConfigData {
                     queue_max_size: layout.size,
                     queue_size: layout.size,
-                    flags: 0,
+                    flags: VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits() * u32::from(log),
                     desc_table_addr: va(layout.desc)?,
                     used_ring_addr: va(layout.used)?,
                     avail_ring_addr: va(layout.avail)?,
-                    log_addr: None,
+                    log_addr: log.then_some(layout.used),
                 };
                 self.conn()?
                     .frontend()
@@ -409,6 +423,37 @@ impl RigSetup {
         Ok(())
     }
 
+    /// Shares a dirty log covering all of guest memory, as QEMU does when a migration
+    /// starts: a memfd with one bit per 4 KiB page, sent with SET_LOG_BASE (the backend
+    /// answers it). The rig does not read it; the backend keeps its own mapping.
+    fn share_dirty_log(&mut self) -> Result<(), vhost::Error> {
+        let end = self
+            .mem
+            .region_infos()
+            .iter()
+            .map(|r| r.guest_phys_addr + r.memory_size)
+            .max()
+            .unwrap_or(0);
+        let size = log_bytes_for(end).next_multiple_of(8);
+        // SAFETY: memfd_create takes a NUL-terminated name, which the literal is.
+        let fd = unsafe { libc::memfd_create(c"vdpa-rig-log".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(vhost::Error::IOError(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.set_len(size).map_err(vhost::Error::IOError)?;
+        let region = VhostUserDirtyLogRegion {
+            mmap_size: size,
+            mmap_offset: 0,
+            mmap_handle: file.as_raw_fd(),
+        };
+        let conn = self
+            .conn()
+            .map_err(|e| vhost::Error::IOError(std::io::Error::other(e.to_string())))?;
+        conn.frontend().set_log_base(0, Some(region))
+    }
+
     fn ring_at(&self, r: usize) -> Result<&PreparedRing, RigError> {
         self.rings.get(r).ok_or_else(|| bad_ring(r))
     }
@@ -420,6 +465,7 @@ impl RigSetup {
         };
         let pairs = self.opts.queue_pairs;
         let want_slots = self.opts.mem_slots;
+        let want_log = self.opts.dirty_log;
         let conn = self.conn()?;
         let offered = conn
             .without_need_reply(|fe| fe.get_protocol_features())
@@ -428,6 +474,15 @@ impl RigSetup {
             offered & (VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ);
         if want_slots {
             ack |= offered & VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        }
+        if want_log {
+            if !offered.contains(VhostUserProtocolFeatures::LOG_SHMFD) {
+                return Err(RigError::Unsupported(format!(
+                    "a dirty log: protocol feature LOG_SHMFD not offered ({:#x})",
+                    offered.bits()
+                )));
+            }
+            ack |= VhostUserProtocolFeatures::LOG_SHMFD;
         }
         if pairs > 1 && !ack.contains(VhostUserProtocolFeatures::MQ) {
             return Err(RigError::Unsupported(format!(

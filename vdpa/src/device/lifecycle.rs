@@ -11,6 +11,7 @@ use super::Device;
 use crate::datapath::{PairPosition, QueuePairConfig, RingConfig, RingEvents};
 use crate::datapath::{RingAddrs, StartFailure};
 use crate::features::Negotiated;
+use crate::virtio::features::VHOST_F_LOG_ALL;
 use crate::virtio::ring::USED_IDX_OFFSET;
 
 impl Device {
@@ -61,6 +62,15 @@ impl Device {
 
     /// The configuration of `pair` if both its rings can run, or what is missing.
     fn pair_config(&self, pair: usize, features: u64) -> Result<QueuePairConfig, String> {
+        let log = if features & VHOST_F_LOG_ALL != 0 {
+            let log = self
+                .log
+                .clone()
+                .ok_or("VHOST_F_LOG_ALL is acked but no dirty log was shared (SET_LOG_BASE)")?;
+            Some(log)
+        } else {
+            None
+        };
         let ring = |index: usize| -> Result<RingConfig, String> {
             let r = &self.rings[index];
             let (size, addrs, events): (u16, RingAddrs, RingEvents) = r
@@ -73,6 +83,7 @@ impl Device {
                 base: self.resume_base(index, addrs.used, r.base),
                 events,
                 counters: self.observed.counters_for_run(index),
+                log_used: log.as_ref().and(r.addr.as_ref()).and_then(|l| l.log_used),
             })
         };
         let (rx, tx) = (ring(2 * pair)?, ring(2 * pair + 1)?);
@@ -83,6 +94,7 @@ impl Device {
             features: Negotiated { bits: features },
             mem: self.mem.clone(),
             ended: self.ended.clone(),
+            log,
         })
     }
 

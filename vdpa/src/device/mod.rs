@@ -17,18 +17,20 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::info;
-use vdpad_config::DeviceConfig;
+use vdpad_config::{DeviceConfig, Frontend};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::datapath::Datapath;
+use crate::dirty_log::DirtyLog;
 use crate::features::{feature_names, offered_features, Negotiated};
 use crate::memory::GuestMemory;
 use crate::net_config::net_config_bytes;
+use crate::virtio::features::VHOST_F_LOG_ALL;
 use crate::virtio::net_config::NET_CONFIG_LEN;
 use crate::vring::{CallSetting, RingLocation, RingState};
 
 use observe::Observed;
-pub use observe::{ConnectionState, DeviceHandle, DeviceStatus, PeerStatus};
+pub use observe::{ConnectionState, DeviceHandle, DeviceStatus, DirtyLogStatus, PeerStatus};
 
 /// A change the device refuses.
 #[derive(Debug, Error)]
@@ -62,6 +64,9 @@ pub struct Device {
     mtu: Option<u16>,
     /// Signalled by the datapath when a pair stops on its own ([`Device::attend`]).
     ended: Arc<EventFd>,
+    /// The dirty log the frontend shared for a migration (vhost-user SET_LOG_BASE).
+    /// Marked only while VHOST_F_LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
 }
 
 impl Device {
@@ -69,8 +74,14 @@ impl Device {
     /// configuration and those the datapath adds.
     pub fn new(cfg: DeviceConfig, datapath: Box<dyn Datapath>) -> Self {
         let pairs = usize::from(cfg.queue_pairs);
+        // Only vhost-user migrates this way, and only a datapath that logs can.
+        let log_all = if cfg.frontend == Frontend::VhostUser && datapath.supports_dirty_log() {
+            VHOST_F_LOG_ALL
+        } else {
+            0
+        };
         Device {
-            offered: offered_features(&cfg) | datapath.datapath_features(),
+            offered: offered_features(&cfg) | datapath.datapath_features() | log_all,
             observed: Arc::new(Observed::new(&cfg.name, 2 * pairs, datapath.describe())),
             datapath,
             features: None,
@@ -84,6 +95,7 @@ impl Device {
             ended: Arc::new(
                 EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd for the device (fd limit?)"),
             ),
+            log: None,
             cfg,
         }
     }
@@ -124,6 +136,44 @@ impl Device {
     /// Virtio features offered to drivers.
     pub fn offered_features(&self) -> u64 {
         self.offered
+    }
+
+    /// Whether the device offers dirty logging for live migration (VHOST_F_LOG_ALL).
+    pub fn offers_dirty_log(&self) -> bool {
+        self.offered & VHOST_F_LOG_ALL != 0
+    }
+
+    /// Whether the frontend shared a dirty log (SET_LOG_BASE) on this connection.
+    pub fn has_log(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Whether the device logs dirty pages now: LOG_ALL is acked and a log is mapped.
+    pub fn logging(&self) -> bool {
+        self.negotiated().has(VHOST_F_LOG_ALL) && self.log.is_some()
+    }
+
+    /// Takes the dirty log the frontend shared. Pairs that log stop first and start
+    /// again with the new log (the frontend sends a larger one when guest memory grows
+    /// during a migration).
+    pub fn set_log(&mut self, log: DirtyLog) {
+        if self.negotiated().has(VHOST_F_LOG_ALL) {
+            self.stop_all();
+        }
+        info!(
+            device = self.name(),
+            bytes = log.size(),
+            "dirty log mapped (SET_LOG_BASE)"
+        );
+        let log = Arc::new(log);
+        self.observed.set_log(Some(log.clone()));
+        self.log = Some(log);
+    }
+
+    /// Announces the guest with `mac` on the host side after a migration (a RARP
+    /// through the datapath's backend). Returns whether the datapath sent it.
+    pub fn announce(&mut self, mac: [u8; 6]) -> bool {
+        self.datapath.announce(mac)
     }
 
     /// Number of rings (two per queue pair).
@@ -193,9 +243,21 @@ impl Device {
             return Ok(());
         }
         self.stop_all();
+        let was_logging = self.logging();
         self.features = Some(bits);
         info!(device = self.name(), features = format_args!("{bits:#x}"),
               names = ?feature_names(bits), "features negotiated");
+        if self.logging() != was_logging {
+            let log = self.log.as_ref();
+            info!(
+                device = self.name(),
+                logging = self.logging(),
+                pages_marked = log.map_or(0, |l| l.pages_marked()),
+                outside_log = log.map_or(0, |l| l.outside()),
+                "dirty logging {}",
+                if self.logging() { "starts" } else { "ends" }
+            );
+        }
         self.publish_status();
         Ok(())
     }
@@ -325,6 +387,8 @@ impl Device {
 
     fn forget_driver(&mut self) {
         self.features = None;
+        self.log = None;
+        self.observed.set_log(None);
         self.rings_need_enable = false;
         self.rings
             .iter_mut()
@@ -348,6 +412,7 @@ impl Device {
             };
             s.acked_features = features;
             s.running_pairs = running;
+            s.logging = features & VHOST_F_LOG_ALL != 0;
         });
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use crate::dirty_log::DirtyLog;
 use crate::features::feature_names;
 use crate::stats::{QueueCounters, QueueStats};
 
@@ -42,6 +43,11 @@ pub struct DeviceStatus {
     pub fallback_reason: Option<String>,
     /// Client mode only: how the connection to the frontend's socket is doing.
     pub peer: Option<PeerStatus>,
+    /// Whether the frontend acked VHOST_F_LOG_ALL: a migration runs and every write
+    /// into guest memory is logged.
+    pub logging: bool,
+    /// The dirty log of the current or last migration of this connection, if any.
+    pub dirty_log: Option<DirtyLogStatus>,
 }
 
 /// A client-mode device's connection to the socket its frontend listens on.
@@ -60,6 +66,18 @@ pub struct PeerStatus {
     pub next_attempt: Option<std::time::Instant>,
 }
 
+/// What a device's dirty log holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DirtyLogStatus {
+    /// Size of the shared log in bytes (one bit per 4 KiB guest page).
+    pub bytes: u64,
+    /// Pages the device marked that were not marked yet.
+    pub pages_marked: u64,
+    /// Pages that lay beyond the end of the log and could not be marked (should stay
+    /// 0: the frontend's log did not cover memory the device wrote).
+    pub outside_log: u64,
+}
+
 /// The part of a device that observers share with it.
 #[derive(Debug)]
 pub(crate) struct Observed {
@@ -70,6 +88,8 @@ pub(crate) struct Observed {
     counters: Vec<Arc<QueueCounters>>,
     /// Whether each ring has ever run (only those are reported).
     ran: Vec<AtomicBool>,
+    /// The dirty log the frontend shared, read for its counters.
+    log: Mutex<Option<Arc<DirtyLog>>>,
 }
 
 impl Observed {
@@ -80,6 +100,7 @@ impl Observed {
             datapath: Mutex::new(datapath),
             counters: (0..rings).map(|_| Arc::default()).collect(),
             ran: (0..rings).map(|_| AtomicBool::new(false)).collect(),
+            log: Mutex::new(None),
         }
     }
 
@@ -91,6 +112,10 @@ impl Observed {
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut DeviceStatus)) {
         f(&mut lock(&self.status));
+    }
+
+    pub(crate) fn set_log(&self, log: Option<Arc<DirtyLog>>) {
+        *lock(&self.log) = log;
     }
 
     pub(crate) fn set_datapath(&self, description: String) {
@@ -114,6 +139,11 @@ impl DeviceHandle {
     pub fn status(&self) -> DeviceStatus {
         let mut s = lock(&self.inner.status).clone();
         s.acked_feature_names = feature_names(s.acked_features);
+        s.dirty_log = lock(&self.inner.log).as_ref().map(|l| DirtyLogStatus {
+            bytes: l.size(),
+            pages_marked: l.pages_marked(),
+            outside_log: l.outside(),
+        });
         s
     }
 

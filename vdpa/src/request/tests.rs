@@ -4,7 +4,7 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, IntoRawFd};
 
 use vhost::vhost_user::message::{
-    FrontendReq as R, VhostUserConfig, VhostUserConfigFlags, VhostUserMemory,
+    FrontendReq as R, VhostUserConfig, VhostUserConfigFlags, VhostUserLog, VhostUserMemory,
     VhostUserMemoryRegion, VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr,
     VhostUserVringAddrFlags, VhostUserVringState,
 };
@@ -164,7 +164,7 @@ fn unknown_and_unsupported_codes() {
         Err(RequestError::Unsupported(9999))
     ));
     assert!(invalid_why(dec(R::SET_CONFIG, &[0; 12], vec![])).contains("read-only"));
-    assert!(invalid_why(dec(R::SET_LOG_BASE, &[0; 16], vec![])).contains("not supported"));
+    assert!(invalid_why(dec(R::GET_INFLIGHT_FD, &[0; 16], vec![])).contains("not supported"));
 }
 
 #[test]
@@ -223,13 +223,13 @@ fn vring_addr(index: u32, desc: u64, avail: u64, used: u64, flags: u32) -> Vec<u
         desc,
         used,
         avail,
-        0,
+        0x9_3004,
     );
     a.as_slice().to_vec()
 }
 
 #[test]
-fn vring_addresses_are_aligned_and_unlogged() {
+fn vring_addresses_are_aligned_and_logged_on_request() {
     match dec(
         R::SET_VRING_ADDR,
         &vring_addr(1, 0x1000, 0x2002, 0x3004, 0),
@@ -257,8 +257,54 @@ fn vring_addresses_are_aligned_and_unlogged() {
         let why = invalid_why(dec(R::SET_VRING_ADDR, &vring_addr(0, d, a, u, 0), vec![]));
         assert!(why.contains("misaligned"), "{why}");
     }
-    let why = invalid_why(dec(R::SET_VRING_ADDR, &vring_addr(0, 0, 0, 0, 1), vec![]));
-    assert!(why.contains("dirty logging"), "{why}");
+    match dec(R::SET_VRING_ADDR, &vring_addr(0, 0, 0, 0, 1), vec![]) {
+        Ok(Request::SetVringAddr { location, .. }) => {
+            assert_eq!(location.log_used, Some(0x9_3004))
+        }
+        other => panic!("{other:?}"),
+    }
+    let why = invalid_why(dec(R::SET_VRING_ADDR, &vring_addr(0, 0, 0, 0, 2), vec![]));
+    assert!(why.contains("unknown flags 0x2"), "{why}");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "memfd_create is not supported by Miri")]
+fn migration_requests_decode() {
+    let log = VhostUserLog::new(0x1000, 0x40);
+    match dec(R::SET_LOG_BASE, log.as_slice(), vec![eventfd_file()]) {
+        Ok(Request::SetLogBase(spec)) => {
+            assert_eq!((spec.size, spec.offset), (0x1000, 0x40));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without LOG_SHMFD QEMU sends a u64 and no fd: a log this device cannot reach.
+    assert!(matches!(
+        dec(R::SET_LOG_BASE, &u64_body(0), vec![]),
+        Err(RequestError::BodySize { .. })
+    ));
+    assert!(matches!(
+        dec(R::SET_LOG_BASE, log.as_slice(), vec![]),
+        Err(RequestError::BadFd { .. })
+    ));
+    let empty = VhostUserLog::new(0, 0);
+    assert!(
+        invalid_why(dec(R::SET_LOG_BASE, empty.as_slice(), vec![eventfd_file()]))
+            .contains("log of 0x0 bytes")
+    );
+    let wraps = VhostUserLog::new(0x1000, u64::MAX);
+    assert!(
+        invalid_why(dec(R::SET_LOG_BASE, wraps.as_slice(), vec![eventfd_file()]))
+            .contains("offset")
+    );
+    assert!(matches!(
+        dec(R::SET_LOG_FD, &[], vec![eventfd_file()]),
+        Ok(Request::SetLogFd)
+    ));
+    let mac = u64::from_le_bytes([0x52, 0x54, 0, 0x12, 0x34, 0x56, 0, 0]);
+    assert!(matches!(
+        dec(R::SEND_RARP, &u64_body(mac), vec![]),
+        Ok(Request::SendRarp([0x52, 0x54, 0, 0x12, 0x34, 0x56]))
+    ));
 }
 
 #[test]

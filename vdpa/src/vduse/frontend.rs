@@ -217,6 +217,7 @@ impl VduseFrontend {
                     used: info.device_addr,
                 },
                 space: AddrSpace::Guest,
+                log_used: None,
             },
         );
         device.set_ring_base(ring, info.state[0]);

@@ -81,6 +81,11 @@ pub const VIRTIO_F_RING_RESET: u64 = bit(cfg::VIRTIO_F_RING_RESET);
 /// the same word (GET/SET_FEATURES).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
+/// `VHOST_F_LOG_ALL` (bit 26, also borrowed from the transport range): the backend logs
+/// every page it writes into a shared dirty log, for live migration. Acked by the
+/// frontend only while a migration runs.
+pub const VHOST_F_LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,9 +98,11 @@ mod tests {
             VIRTIO_NET_F_MAC,
             VIRTIO_NET_F_MRG_RXBUF,
             VIRTIO_NET_F_CTRL_VQ,
+            VIRTIO_NET_F_GUEST_ANNOUNCE,
             VIRTIO_NET_F_MQ,
             VIRTIO_RING_F_INDIRECT_DESC,
             VIRTIO_RING_F_EVENT_IDX,
+            VHOST_F_LOG_ALL,
             VHOST_USER_F_PROTOCOL_FEATURES,
             VIRTIO_F_VERSION_1,
             VIRTIO_F_ACCESS_PLATFORM,
@@ -104,6 +111,9 @@ mod tests {
         ];
         assert!(masks.iter().all(|m| m.is_power_of_two()));
         let bits = masks.map(u64::trailing_zeros);
-        assert_eq!(bits, [0, 3, 5, 15, 17, 22, 28, 29, 30, 32, 33, 35, 40]);
+        assert_eq!(
+            bits,
+            [0, 3, 5, 15, 17, 21, 22, 28, 29, 26, 30, 32, 33, 35, 40]
+        );
     }
 }

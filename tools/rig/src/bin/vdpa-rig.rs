@@ -57,6 +57,10 @@ struct Cli {
     /// Use ADD_MEM_REG when the backend offers CONFIGURE_MEM_SLOTS.
     #[arg(long)]
     mem_slots: bool,
+    /// Share a dirty log and ack VHOST_F_LOG_ALL, as QEMU does while it migrates the
+    /// VM: the backend then logs every page it writes (measures what that costs).
+    #[arg(long)]
+    dirty_log: bool,
     /// Own the socket like QEMU's `server=on`: create it, listen, and wait for the
     /// backend to connect (a vdpad device with `socket_role = "client"`).
     #[arg(long, conflicts_with = "vhost_vdpa")]
@@ -214,6 +218,7 @@ fn main() -> ExitCode {
     opts.initial_index = cli.initial_index;
     opts.mem_regions = cli.mem_regions;
     opts.mem_slots = cli.mem_slots;
+    opts.dirty_log = cli.dirty_log;
     opts.listen = cli.listen;
     opts.connect_timeout = connect_timeout;
     opts.max_frame = u32::try_from(max_frame).unwrap_or(u32::MAX);
