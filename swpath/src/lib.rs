@@ -12,6 +12,8 @@
 //! - [`af_packet`]: the AF_PACKET backend (fanout, vnet header, mmsg batches).
 //! - [`csum`]: completing a partial checksum for a guest without GUEST_CSUM.
 //! - [`port`]: what fd-backed backends share (the [`port::Port`] trait).
+//! - [`portsec`]: port security (RX filter program, TX source and VLAN checks).
+//! - [`ratelimit`]: per-direction token buckets, enforced by the worker on a timer.
 //! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
 //! - [`tuning`]: the knobs (burst, weight, busy poll, RX coalescing, pinning).
 //! - [`worker`]: the per-queue-pair thread and its notification loop.
@@ -24,10 +26,13 @@ pub mod engine;
 pub mod interrupt;
 pub mod loopback;
 pub mod port;
+pub mod portsec;
 pub mod queue;
+pub mod ratelimit;
 pub mod ring;
 pub mod rxq;
 pub mod tap;
+mod trunk;
 pub mod tuning;
 pub mod txq;
 pub mod worker;

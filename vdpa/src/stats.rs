@@ -21,16 +21,31 @@ pub enum DropReason {
     /// The frame's buffers are split into more pieces than one system call can take
     /// (the kernel's IOV_MAX, 1024): for RX, the guest's buffer chain is returned empty.
     TooManySegments = 4,
+    /// The guest sent a frame whose source MAC is not the device's (port security).
+    SpoofedMac = 5,
+    /// The guest sent an IPv4/IPv6 packet whose source address is not in the device's
+    /// `allowed_ips` (port security).
+    SpoofedIp = 6,
+    /// The guest sent an ARP packet whose sender address (IP, or MAC) is not the
+    /// device's (port security).
+    SpoofedArp = 7,
+    /// The guest sent a frame on a VLAN it is not on: tagged on an access port, with
+    /// a VLAN not in its trunk list, or untagged on a trunk without a native VLAN.
+    Vlan = 8,
 }
 
 impl DropReason {
     /// All reasons, in counter order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::RxBufferTooSmall,
         DropReason::Oversized,
         DropReason::Backend,
         DropReason::BackendQueue,
         DropReason::TooManySegments,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
+        DropReason::Vlan,
     ];
 
     /// Stable name used in logs, JSON and metrics.
@@ -41,6 +56,10 @@ impl DropReason {
             DropReason::Backend => "backend",
             DropReason::BackendQueue => "backend_queue",
             DropReason::TooManySegments => "too_many_segments",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::Vlan => "vlan",
         }
     }
 }
@@ -144,6 +163,8 @@ pub struct QueueCounters {
     drops: [AtomicU64; DropReason::ALL.len()],
     bad: [AtomicU64; BadDescriptor::ALL.len()],
     faults: [AtomicU64; QueueFault::ALL.len()],
+    throttled_ns: AtomicU64,
+    throttled: AtomicU64,
     interrupt_probe: Mutex<Option<CountProbe>>,
 }
 
@@ -222,6 +243,13 @@ fn add(c: &AtomicU64, v: u64) {
 }
 
 impl QueueCounters {
+    /// Counts one period in which the ring was held back by its rate limit, `ns`
+    /// nanoseconds long (rare: once per timer wakeup, not batched).
+    pub fn throttle(&self, ns: u64) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        self.throttled_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
     /// Counts one fault event (rare: not batched).
     pub fn fault(&self, kind: QueueFault) {
         self.faults[kind as usize].fetch_add(1, Ordering::Relaxed);
@@ -289,6 +317,8 @@ impl QueueCounters {
                 .iter()
                 .map(|k| (k.name(), get(&self.faults[*k as usize])))
                 .collect(),
+            throttled: get(&self.throttled),
+            throttled_ns: get(&self.throttled_ns),
         }
     }
 }
@@ -320,6 +350,10 @@ pub struct QueueStats {
     pub bad_descriptors: Vec<(&'static str, u64)>,
     /// Events that stopped or degraded the queue, by kind ([`QueueFault`]).
     pub faults: Vec<(&'static str, u64)>,
+    /// Periods the ring waited for its rate limit's tokens.
+    pub throttled: u64,
+    /// Time the ring waited for its rate limit's tokens, in nanoseconds.
+    pub throttled_ns: u64,
 }
 
 impl QueueStats {
