@@ -108,6 +108,8 @@ fn full_example_parses_to_expected_values() {
             rx_coalesce_usecs: 100,
             cpus: vec![2, 3],
         },
+        security: Default::default(),
+        rates: Default::default(),
     };
     assert_eq!(config.devices[0], vm1);
     let vm2 = &config.devices[1];
@@ -275,6 +277,16 @@ busy_poll_us = 0
 rx_coalesce_frames = 0
 rx_coalesce_usecs = 0
 cpus = []
+promiscuous = false
+spoof_check = true
+allowed_ips = []
+trunk_vlans = []
+shared_netdev = false
+tx_pps = 0
+tx_bps = 0
+rx_pps = 0
+rx_bps = 0
+rate_burst_us = 5000
 ";
     assert_eq!(config.to_string(), expected);
 }
@@ -325,6 +337,16 @@ busy_poll_us = 0
 rx_coalesce_frames = 0
 rx_coalesce_usecs = 20
 cpus = [3, 1]
+promiscuous = false
+spoof_check = true
+allowed_ips = []
+trunk_vlans = []
+shared_netdev = false
+tx_pps = 0
+tx_bps = 0
+rx_pps = 0
+rx_bps = 0
+rate_burst_us = 5000
 ";
     assert_eq!(config.to_string(), expected);
     assert_round_trip(&config);
