@@ -383,7 +383,10 @@ impl AfPacketPort {
                 let next = tx.take_into(&mut c, n > 0);
                 let start = self.iov.len();
                 let mut refused = None;
-                if next == TxNext::Frame {
+                if next == TxNext::Frame && c.segs.len() > IOV_MAX {
+                    // The chain's shape first: no check of what it holds.
+                    refused = Some(DropReason::TooManySegments);
+                } else if next == TxNext::Frame {
                     match &mut self.guard {
                         None => tx.append_iovecs(&c, true, &mut self.iov),
                         Some(g) => refused = g.append(tx, &c, n, true, &mut self.iov).err(),

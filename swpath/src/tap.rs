@@ -352,6 +352,11 @@ impl Port for TapPort {
                 TxNext::Frame => {}
             }
             self.iov.clear();
+            // A chain's shape first: one writev cannot take it whatever it holds.
+            if tx.frame().segs.len() > IOV_MAX {
+                tx.drop_frame(DropReason::TooManySegments);
+                continue;
+            }
             let refused = match &mut self.guard {
                 None => {
                     tx.append_iovecs(tx.frame(), false, &mut self.iov);
