@@ -26,6 +26,10 @@ const NS: i128 = 1_000_000_000;
 pub const DEFAULT_BURST: Duration = Duration::from_millis(5);
 /// A bucket always holds at least one largest frame.
 const MIN_BYTE_BURST: u64 = 65_536;
+/// While frames wait for tokens, a late wakeup (the worker was not scheduled on time)
+/// is credited beyond the bucket's depth, up to this much time at the limit: the
+/// guest waited, so the lateness is not taken from its rate.
+const LATE_CREDIT_NS: i128 = 100_000_000;
 
 /// The limits of one direction; 0 is unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,8 +114,18 @@ impl Bucket {
         }
     }
 
-    fn refill(&mut self, ns: i128) {
-        self.tokens = (self.tokens + ns * self.rate).min(self.cap);
+    /// Adds `ns` worth of tokens, up to the depth; with `waiting` (frames waited for
+    /// tokens all along) up to [`LATE_CREDIT_NS`] worth beyond it. Tokens above the
+    /// depth are never taken away, only not added to.
+    fn refill(&mut self, ns: i128, waiting: bool) {
+        let ceiling = if waiting {
+            self.cap.max(LATE_CREDIT_NS * self.rate)
+        } else {
+            self.cap
+        };
+        if self.tokens < ceiling {
+            self.tokens = (self.tokens + ns * self.rate).min(ceiling);
+        }
     }
 
     fn units(&self) -> i128 {
@@ -155,8 +169,9 @@ impl Direction {
     }
 
     fn refill(&mut self, ns: i128) {
+        let waiting = self.throttled_since.is_some();
         for b in [&mut self.packets, &mut self.bytes].into_iter().flatten() {
-            b.refill(ns);
+            b.refill(ns, waiting);
         }
     }
 
@@ -392,6 +407,17 @@ mod tests {
         assert_eq!(d.wait(16), 10_000_000);
         d.refill(5_000_000);
         assert_eq!(d.budget(16), 5);
+        // Idle: the depth caps what is saved up.
+        d.refill(1_000_000_000);
+        assert_eq!(d.budget(64), 10);
+        // Waiting for tokens and woken late: the lateness is credited.
+        d.charge(10, 0);
+        d.throttled_since = Some(Instant::now());
+        d.refill(30_000_000);
+        assert_eq!(d.budget(64), 30);
+        d.throttled_since = None;
+        d.refill(1_000_000);
+        assert_eq!(d.budget(64), 30, "not added to, not taken away");
         // Bytes: one pass may overdraw; the debt is waited for.
         let mut b = Direction::new(
             Rate {
