@@ -41,8 +41,9 @@ const ETHERTYPE: u16 = 0x88b6;
 
 fn need_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
+        euid,
         0,
         "this test creates network namespaces and veths: run it as root"
     );
@@ -82,6 +83,17 @@ fn quiet(ns: &Netns, dev: &str) {
         "sysctl",
         &["-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")],
     );
+}
+
+/// A namespace holding the test wire: veth `psa` (vdpad's side) to `psz` (the third
+/// party's), both quiet.
+fn wire() -> Netns {
+    need_root();
+    let ns = Netns::new();
+    ns.veth_pair("psa", "psz");
+    quiet(&ns, "psa");
+    quiet(&ns, "psz");
+    ns
 }
 
 /// Starts vdpad in `ns` with the daemon section of `config_toml` and `devices`.
@@ -128,11 +140,7 @@ fn tally(frames: &[Vec<u8>]) -> BTreeMap<(String, u8), u64> {
 
 #[test]
 fn two_devices_on_one_veth_each_receive_only_their_own() {
-    need_root();
-    let ns = Netns::new();
-    ns.veth_pair("psa", "psz");
-    quiet(&ns, "psa");
-    quiet(&ns, "psz");
+    let ns = wire();
     let dir = TempDir::new("portsec-two");
     let devices = af_device("pa", "psa", MAC_A, "") + &af_device("pb", "psa", MAC_B, "");
     let v = start_in(&dir, &ns, &devices, &["pa", "pb"]);
@@ -204,11 +212,7 @@ fn peer_sees(sock: &PacketSocket, window: Duration) -> BTreeMap<u8, u64> {
 
 #[test]
 fn a_guest_sending_as_someone_else_is_dropped_and_counted() {
-    need_root();
-    let ns = Netns::new();
-    ns.veth_pair("psa", "psz");
-    quiet(&ns, "psa");
-    quiet(&ns, "psz");
+    let ns = wire();
     let dir = TempDir::new("portsec-spoof");
     let v = start_in(&dir, &ns, &af_device("pa", "psa", MAC_A, ""), &["pa"]);
     let peer = socket_in(&ns, "psz").unwrap();

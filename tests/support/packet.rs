@@ -155,23 +155,7 @@ impl PacketSocket {
         buf: &mut [u8],
         timeout: Duration,
     ) -> io::Result<Option<(usize, PacketDirection)>> {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut p, 1, ms) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        if rc == 0 {
+        if !self.readable(timeout)? {
             return Ok(None);
         }
         let mut from = Self::address(0);
@@ -205,6 +189,27 @@ impl PacketSocket {
 }
 
 impl PacketSocket {
+    /// Waits at most `timeout` for a frame to read; false on timeout (or a signal).
+    fn readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut p, 1, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(rc > 0)
+    }
+
     /// Reports each received frame's VLAN tag from now on (`PACKET_AUXDATA`): the
     /// kernel takes 802.1Q tags off frames before a packet socket sees them.
     pub fn report_vlans(&self) -> io::Result<()> {
@@ -232,14 +237,7 @@ impl PacketSocket {
         buf: &mut [u8],
         timeout: Duration,
     ) -> io::Result<Option<(usize, Option<u16>)>> {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
+        if !self.readable(timeout)? {
             return Ok(None);
         }
         let mut control = [0u64; 8];
