@@ -203,21 +203,33 @@ pub struct BurstCounts {
     pub bursts: u64,
     /// Times the queue had no buffer when a frame was waiting.
     pub rx_no_buffer: u64,
-    /// Drops by reason, indexed by `DropReason as usize`.
+    /// Drops by reason, indexed by `DropReason as usize`. Count through
+    /// [`drop`](Self::drop) or [`drop_n`](Self::drop_n), which keep `exceptions`.
     pub drops: [u64; DropReason::ALL.len()],
-    /// Bad chains by kind, indexed by `BadDescriptor as usize`.
+    /// Bad chains by kind, indexed by `BadDescriptor as usize`. Count through
+    /// [`bad`](Self::bad).
     pub bad: [u64; BadDescriptor::ALL.len()],
+    /// Sum of `drops` and `bad`: the common burst has none, and then neither
+    /// [`is_empty`](Self::is_empty) nor [`QueueCounters::flush`] walks the arrays.
+    pub exceptions: u64,
 }
 
 impl BurstCounts {
     /// Counts one drop.
     pub fn drop(&mut self, reason: DropReason) {
-        self.drops[reason as usize] += 1;
+        self.drop_n(reason, 1);
+    }
+
+    /// Counts `n` drops for one reason.
+    pub fn drop_n(&mut self, reason: DropReason, n: u64) {
+        self.drops[reason as usize] += n;
+        self.exceptions += n;
     }
 
     /// Counts one bad chain.
     pub fn bad(&mut self, kind: BadDescriptor) {
         self.bad[kind as usize] += 1;
+        self.exceptions += 1;
     }
 
     /// Whether nothing was counted.
@@ -225,13 +237,13 @@ impl BurstCounts {
     pub fn is_empty(&self) -> bool {
         // One OR over every field, no early exits: this runs on every pass of a
         // busy-polling worker.
-        let common = self.packets
+        self.packets
             | self.kicks
             | self.interrupts
             | self.interrupts_suppressed
             | self.bursts
-            | self.rx_no_buffer;
-        common | self.drops.iter().fold(0, |a, &d| a | d) | self.bad.iter().fold(0, |a, &d| a | d)
+            | self.rx_no_buffer
+            | self.exceptions
             == 0
     }
 }
@@ -268,11 +280,13 @@ impl QueueCounters {
         add(&self.interrupts_suppressed, b.interrupts_suppressed);
         add(&self.bursts, b.bursts);
         add(&self.rx_no_buffer, b.rx_no_buffer);
-        for (c, v) in self.drops.iter().zip(b.drops) {
-            add(c, v);
-        }
-        for (c, v) in self.bad.iter().zip(b.bad) {
-            add(c, v);
+        if b.exceptions != 0 {
+            for (c, v) in self.drops.iter().zip(b.drops) {
+                add(c, v);
+            }
+            for (c, v) in self.bad.iter().zip(b.bad) {
+                add(c, v);
+            }
         }
         *b = BurstCounts::default();
     }
