@@ -185,7 +185,7 @@ fn binary(explicit: &Option<PathBuf>, name: &str) -> Result<PathBuf> {
 
 /// Keys whose acceptance decides what can run, each with a device snippet that uses it
 /// (frames-based coalescing needs a time bound too).
-const KEYS: [(&str, &str); 6] = [
+const KEYS: [(&str, &str); 8] = [
     ("cpus", "cpus = [0]"),
     ("event_idx", "event_idx = false"),
     ("burst", "burst = 8"),
@@ -195,6 +195,8 @@ const KEYS: [(&str, &str); 6] = [
         "rx_coalesce_frames = 32\nrx_coalesce_usecs = 20",
     ),
     ("rx_coalesce_usecs", "rx_coalesce_usecs = 20"),
+    ("tx_pps", "tx_pps = 1000"),
+    ("tx_bps", "tx_bps = 1000000"),
 ];
 
 fn wait_for_load(limit: f64, max: Duration) {
