@@ -43,8 +43,7 @@ fn need_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        euid,
-        0,
+        euid, 0,
         "this test creates network namespaces and veths: run it as root"
     );
 }

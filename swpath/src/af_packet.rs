@@ -570,7 +570,8 @@ impl AfPacketPort {
             )
         };
         if rc == 0 {
-            rx.q.counts.drop_n(DropReason::BackendQueue, u64::from(st[1]));
+            rx.q.counts
+                .drop_n(DropReason::BackendQueue, u64::from(st[1]));
         }
     }
 
