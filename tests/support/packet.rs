@@ -172,12 +172,7 @@ impl PacketSocket {
             )
         };
         if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            };
+            return nothing_on(io::ErrorKind::WouldBlock);
         }
         let dir = if from.sll_pkttype == libc::PACKET_OUTGOING {
             PacketDirection::Outgoing
@@ -185,6 +180,17 @@ impl PacketSocket {
             PacketDirection::Incoming
         };
         Ok(Some((n as usize, dir)))
+    }
+}
+
+/// The last OS error as `Ok(None)` when it is of `kind` (nothing to read now),
+/// else as the error.
+fn nothing_on<T>(kind: io::ErrorKind) -> io::Result<Option<T>> {
+    let e = io::Error::last_os_error();
+    if e.kind() == kind {
+        Ok(None)
+    } else {
+        Err(e)
     }
 }
 
@@ -200,12 +206,7 @@ impl PacketSocket {
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::poll(&mut p, 1, ms) };
         if rc < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            };
+            return nothing_on(io::ErrorKind::Interrupted).map(|n: Option<()>| n.is_some());
         }
         Ok(rc > 0)
     }
@@ -254,12 +255,7 @@ impl PacketSocket {
         // SAFETY: `msg` points at `buf` and `control`, both live for the call.
         let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
         if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            };
+            return nothing_on(io::ErrorKind::WouldBlock);
         }
         let mut vlan = None;
         // SAFETY: the CMSG macros walk the control buffer the kernel filled, bounded by
