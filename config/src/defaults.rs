@@ -85,6 +85,12 @@ pub const MAX_RX_COALESCE_FRAMES: u32 = 65535;
 /// Largest `rx_coalesce_usecs` accepted (one second).
 pub const MAX_RX_COALESCE_USECS: u32 = 1_000_000;
 
+/// Default `rate_burst_us`: a rate limit's bucket holds 5 ms of traffic.
+pub const DEFAULT_RATE_BURST_US: u32 = 5000;
+
+/// Largest packets/s or bits/s limit accepted (one trillion: 1 Tbit/s).
+pub const MAX_RATE: u64 = 1_000_000_000_000;
+
 /// Highest CPU number accepted in `cpus`.
 pub const MAX_CPU: u16 = 1023;
 
@@ -167,6 +173,8 @@ impl DeviceConfig {
             vm: None,
             max_guest_memory: DEFAULT_MAX_GUEST_MEMORY,
             tuning: Default::default(),
+            security: Default::default(),
+            rates: Default::default(),
         }
     }
 }

@@ -207,6 +207,86 @@ pub struct DeviceConfig {
     pub max_guest_memory: u64,
     /// Software datapath tuning.
     pub tuning: Tuning,
+    /// What the device may receive and send (tap and af_packet backends).
+    pub security: PortSecurity,
+    /// Rate limits (software datapath).
+    pub rates: RateLimits,
+}
+
+/// An IPv4 or IPv6 prefix, e.g. `192.0.2.10/32` or `fe80::/64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpPrefix {
+    /// The address as written.
+    pub addr: std::net::IpAddr,
+    /// Prefix length (32 or 128 when written without one).
+    pub len: u8,
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Port security of one device (see docs/security.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSecurity {
+    /// Receive every frame on the interface, not only the device's (`promiscuous`).
+    pub promiscuous: bool,
+    /// Drop frames the guest sends with a source MAC other than `mac` (`spoof_check`).
+    pub spoof_check: bool,
+    /// IPv4/IPv6 sources and ARP senders the guest may use; empty: not checked.
+    pub allowed_ips: Vec<IpPrefix>,
+    /// Multicast groups received; `None`: all multicast.
+    pub multicast: Option<Vec<MacAddress>>,
+    /// Access VLAN (native VLAN with `trunk_vlans`), 1..=4094.
+    pub vlan: Option<u16>,
+    /// VLANs the guest sends and receives tagged.
+    pub trunk_vlans: Vec<u16>,
+    /// This device may share its `netdev` with other devices without the isolation
+    /// the configuration checks for (distinct MACs, filtering on).
+    pub shared_netdev: bool,
+}
+
+impl Default for PortSecurity {
+    fn default() -> Self {
+        PortSecurity {
+            promiscuous: false,
+            spoof_check: true,
+            allowed_ips: Vec::new(),
+            multicast: None,
+            vlan: None,
+            trunk_vlans: Vec::new(),
+            shared_netdev: false,
+        }
+    }
+}
+
+/// Rate limits of one device; 0 is unlimited. Split evenly over its queue pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Guest-to-host packets per second.
+    pub tx_pps: u64,
+    /// Guest-to-host bits per second.
+    pub tx_bps: u64,
+    /// Host-to-guest packets per second.
+    pub rx_pps: u64,
+    /// Host-to-guest bits per second.
+    pub rx_bps: u64,
+    /// Bucket depth in microseconds at the limit.
+    pub burst_us: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            tx_pps: 0,
+            tx_bps: 0,
+            rx_pps: 0,
+            rx_bps: 0,
+            burst_us: crate::DEFAULT_RATE_BURST_US,
+        }
+    }
 }
 
 /// Software datapath knobs of one device (see docs/software-datapath.md).

@@ -82,6 +82,18 @@ pub(crate) struct RawDevice {
     /// The array's span and each element with its own, so that a bad CPU number is
     /// reported at the element.
     pub cpus: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub promiscuous: Option<Spanned<bool>>,
+    pub spoof_check: Option<Spanned<bool>>,
+    pub allowed_ips: Option<Spanned<Vec<Spanned<String>>>>,
+    pub multicast: Option<Spanned<Vec<Spanned<String>>>>,
+    pub vlan: Option<Spanned<i64>>,
+    pub trunk_vlans: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub shared_netdev: Option<Spanned<bool>>,
+    pub tx_pps: Option<Spanned<i64>>,
+    pub tx_bps: Option<Spanned<i64>>,
+    pub rx_pps: Option<Spanned<i64>>,
+    pub rx_bps: Option<Spanned<i64>>,
+    pub rate_burst_us: Option<Spanned<i64>>,
 }
 
 /// A user or group: a name (`"qemu"`), a numeric string (`"107"`), or an integer.
@@ -283,6 +295,30 @@ pub(crate) const DEVICE: TableSpec = TableSpec {
             "rx_coalesce_usecs = 50",
         ),
         key("cpus", ValueType::IntegerArray, "cpus = [2, 3]"),
+        key("promiscuous", ValueType::Boolean, "promiscuous = false"),
+        key("spoof_check", ValueType::Boolean, "spoof_check = true"),
+        key(
+            "allowed_ips",
+            ValueType::StringArray,
+            "allowed_ips = [\"192.0.2.10\", \"fe80::/64\"]",
+        ),
+        key(
+            "multicast",
+            ValueType::StringArray,
+            "multicast = [\"01:00:5e:00:00:fb\"]",
+        ),
+        key("vlan", ValueType::Integer, "vlan = 100"),
+        key(
+            "trunk_vlans",
+            ValueType::IntegerArray,
+            "trunk_vlans = [200, 300]",
+        ),
+        key("shared_netdev", ValueType::Boolean, "shared_netdev = false"),
+        key("tx_pps", ValueType::Integer, "tx_pps = 100000"),
+        key("tx_bps", ValueType::Integer, "tx_bps = 1000000000"),
+        key("rx_pps", ValueType::Integer, "rx_pps = 100000"),
+        key("rx_bps", ValueType::Integer, "rx_bps = 1000000000"),
+        key("rate_burst_us", ValueType::Integer, "rate_burst_us = 5000"),
     ],
 };
 

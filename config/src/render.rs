@@ -6,8 +6,8 @@ use std::fmt::{self, Write};
 use std::path::Path;
 
 use crate::model::{
-    Backend, Config, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, SocketPerms,
-    SocketRole, Tuning, VdpaDriver,
+    Backend, Config, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, PortSecurity,
+    RateLimits, SocketPerms, SocketRole, Tuning, VdpaDriver,
 };
 
 impl VdpaDriver {
@@ -205,7 +205,38 @@ fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {
     if d.frontend == Frontend::VhostUser && d.socket_role == SocketRole::Server {
         write_perms(f, &d.socket_perms)?;
     }
-    write_tuning(f, &d.tuning)
+    write_tuning(f, &d.tuning)?;
+    write_security(f, &d.security)?;
+    write_rates(f, &d.rates)
+}
+
+fn write_security(f: &mut fmt::Formatter<'_>, s: &PortSecurity) -> fmt::Result {
+    let list = |items: Vec<String>| items.join(", ");
+    writeln!(f, "promiscuous = {}", s.promiscuous)?;
+    writeln!(f, "spoof_check = {}", s.spoof_check)?;
+    writeln!(
+        f,
+        "allowed_ips = [{}]",
+        list(s.allowed_ips.iter().map(|p| format!("\"{p}\"")).collect())
+    )?;
+    if let Some(groups) = &s.multicast {
+        let g = list(groups.iter().map(|m| format!("\"{m}\"")).collect());
+        writeln!(f, "multicast = [{g}]")?;
+    }
+    if let Some(v) = s.vlan {
+        writeln!(f, "vlan = {v}")?;
+    }
+    let t = list(s.trunk_vlans.iter().map(|v| v.to_string()).collect());
+    writeln!(f, "trunk_vlans = [{t}]")?;
+    writeln!(f, "shared_netdev = {}", s.shared_netdev)
+}
+
+fn write_rates(f: &mut fmt::Formatter<'_>, r: &RateLimits) -> fmt::Result {
+    writeln!(f, "tx_pps = {}", r.tx_pps)?;
+    writeln!(f, "tx_bps = {}", r.tx_bps)?;
+    writeln!(f, "rx_pps = {}", r.rx_pps)?;
+    writeln!(f, "rx_bps = {}", r.rx_bps)?;
+    writeln!(f, "rate_burst_us = {}", r.burst_us)
 }
 
 impl DeviceConfig {

@@ -23,7 +23,38 @@ fn ifname(dev: &DeviceConfig) -> Option<(&str, &'static str)> {
 struct Clash {
     span: std::ops::Range<usize>,
     what: String,
+    /// Why sharing is not allowed here, when it can be (said after the owner).
+    detail: String,
     help: &'static str,
+}
+
+/// Why two AF_PACKET devices on the same interface would not be isolated from each
+/// other, if they would not: each needs its own MAC and filtering on, unless both
+/// opt in with `shared_netdev = true`.
+fn shared_netdev_problem(d: &DeviceConfig, other: &DeviceConfig) -> Option<String> {
+    let both_af_packet = matches!(d.backend, Backend::AfPacket { .. })
+        && matches!(other.backend, Backend::AfPacket { .. });
+    if !both_af_packet {
+        return Some(String::new());
+    }
+    if d.security.shared_netdev && other.security.shared_netdev {
+        return None;
+    }
+    let unfiltered = |x: &DeviceConfig| x.mac.is_none() || x.security.promiscuous;
+    if unfiltered(d) || unfiltered(other) {
+        let who = if unfiltered(d) { &d.name } else { &other.name };
+        return Some(format!(
+            ", and device `{who}` would receive the other's traffic (it has no `mac`, or \
+             promiscuous = true)"
+        ));
+    }
+    if d.mac == other.mac {
+        return Some(format!(
+            ", with the same mac {}",
+            d.mac.expect("filtered devices have one")
+        ));
+    }
+    None
 }
 
 /// What `dev` and `other` (of another name) both claim, if anything.
@@ -33,16 +64,28 @@ fn clash(dev: &CheckedDevice, other: &DeviceConfig) -> Option<Clash> {
         return Some(Clash {
             span: dev.socket_span.clone(),
             what: format!("socket `{}`", d.socket.display()),
+            detail: String::new(),
             help: "give each device its own socket path",
         });
     }
     if let (Some((mine, key)), Some((theirs, _))) = (ifname(d), ifname(other)) {
-        if mine == theirs {
+        let problem = (mine == theirs)
+            .then(|| shared_netdev_problem(d, other))
+            .flatten();
+        if let Some(why) = problem {
             return Some(Clash {
                 span: dev.ifname_span.clone().unwrap_or(dev.name_span.clone()),
                 what: format!("interface `{mine}` (`{key}`)"),
-                help: "each device needs a host interface of its own: two devices on one \
-                       interface would each see the other's traffic; choose another name",
+                detail: why.clone(),
+                help: if key == "netdev" && why.is_empty() {
+                    "a tap belongs to one device; choose another name"
+                } else if key == "netdev" {
+                    "devices may share a netdev when each has its own `mac` and filtering on \
+                     (promiscuous = false), or when both set shared_netdev = true"
+                } else {
+                    "each device needs a host interface of its own: two devices on one \
+                     interface would each see the other's traffic; choose another name"
+                },
             });
         }
     }
@@ -51,6 +94,7 @@ fn clash(dev: &CheckedDevice, other: &DeviceConfig) -> Option<Clash> {
             return Some(Clash {
                 span: dev.pci_span.clone().unwrap_or(dev.name_span.clone()),
                 what: format!("PCI function `{mine}`"),
+                detail: String::new(),
                 help: "a PCI function serves one device; use another function (a VF) for \
                        the second device, see `lspci -D`",
             });
@@ -69,7 +113,7 @@ pub(crate) fn check(
     earlier: &[Placed<'_>],
 ) -> Result<(), ConfigError> {
     let fail = |c: Clash, owner: String| {
-        let msg = format!("{} is already used by {owner}", c.what);
+        let msg = format!("{} is already used by {owner}{}", c.what, c.detail);
         Err(src
             .error(ErrorKind::Duplicate, c.span, msg)
             .with_help(c.help))
@@ -146,14 +190,20 @@ pub(crate) fn check_without_spans(
             let same_if = ifname(dev)
                 .zip(ifname(other))
                 .filter(|((a, _), (b, _))| a == b)
-                .map(|((a, key), _)| format!("interface `{a}` (`{key}`)"));
+                .and_then(|((a, key), _)| {
+                    shared_netdev_problem(dev, other)
+                        .map(|why| (format!("interface `{a}` (`{key}`)"), why))
+                });
+            let plain = |what: String| (what, String::new());
             let shared = (other.socket == dev.socket)
-                .then(|| format!("socket `{}`", dev.socket.display()))
+                .then(|| plain(format!("socket `{}`", dev.socket.display())))
                 .or(same_if)
-                .or_else(|| same_pci(dev.pci, other.pci).map(|p| format!("PCI function `{p}`")));
-            if let Some(what) = shared {
+                .or_else(|| {
+                    same_pci(dev.pci, other.pci).map(|p| plain(format!("PCI function `{p}`")))
+                });
+            if let Some((what, why)) = shared {
                 return fail(format!(
-                    "device `{}`: {what} is already used by device `{}`",
+                    "device `{}`: {what} is already used by device `{}`{why}",
                     dev.name, other.name
                 ));
             }

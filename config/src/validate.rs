@@ -274,6 +274,8 @@ pub(crate) fn device(
         daemon.socket_perms,
     )?;
     let tuning = tuning(src, d)?;
+    let security = crate::portsec::security(src, d, &backend, mac)?;
+    let rates = crate::portsec::rates(src, d)?;
     if let Frontend::Vduse { .. } = frontend {
         vduse_rules(src, d, queue_pairs)?;
     }
@@ -299,6 +301,8 @@ pub(crate) fn device(
             vm,
             max_guest_memory,
             tuning,
+            security,
+            rates,
         },
         name_span: name_value.span(),
         socket_span,

@@ -3,10 +3,18 @@
 //! offloaded frames keep their virtio-net header, `PACKET_FANOUT` to spread flows over
 //! one socket per queue pair, and batches: `sendmmsg` from the guest's TX buffers and
 //! `recvmmsg` straight into the guest's RX buffers.
+//!
+//! Port security (see [`crate::portsec`]): with a MAC to filter on, a socket is not
+//! promiscuous; it joins the device's MAC (`PACKET_MR_UNICAST`, so the NIC accepts it
+//! without going promiscuous where it has unicast filters) and the multicast groups
+//! (`PACKET_MR_ALLMULTI` or one `PACKET_MR_MULTICAST` each), and a classic BPF program
+//! attached before the socket is bound drops everything else in the kernel. TX frames
+//! are checked (and, on an access VLAN, tagged) before they go into a batch.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::Arc;
 
 use vdpa::virtio::features::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
@@ -17,13 +25,18 @@ use vdpa::DropReason;
 use crate::csum::{self, Bytes};
 use crate::engine::{RxState, TxState};
 use crate::port::{FirstError, Port, IOV_MAX};
+use crate::portsec::{self, PortSecurity, TxGuard};
 use crate::ring::Chain;
 use crate::rxq::{Reserve, RxQueue};
 use crate::tap::TAP_OFFLOADS;
+use crate::trunk::{self, Trunk};
 use crate::txq::{TxNext, TxQueue};
 
 const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
+const PACKET_MR_MULTICAST: libc::c_ushort = 0;
 const PACKET_MR_PROMISC: libc::c_ushort = 1;
+const PACKET_MR_ALLMULTI: libc::c_ushort = 2;
+const PACKET_MR_UNICAST: libc::c_ushort = 3;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
@@ -53,6 +66,8 @@ pub struct AfPacket {
     /// The network namespace the interface was found in, where new sockets are made.
     netns: File,
     sockets: Vec<Option<File>>,
+    /// What the device may receive and send.
+    security: Arc<PortSecurity>,
 }
 
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
@@ -74,17 +89,39 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io:
     }
 }
 
-/// One packet socket on interface `ifindex`: promiscuous, with vnet headers, ignoring
-/// its own outgoing frames, in fanout group `fanout` if given. Made in the calling
-/// thread's network namespace.
-fn open_socket(ifindex: u32, fanout: Option<u16>) -> io::Result<File> {
+fn membership(
+    s: RawFd,
+    ifindex: u32,
+    kind: libc::c_ushort,
+    addr: Option<[u8; 6]>,
+) -> io::Result<()> {
+    let mut mr = libc::packet_mreq {
+        mr_ifindex: ifindex as i32,
+        mr_type: kind,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    if let Some(a) = addr {
+        mr.mr_alen = 6;
+        mr.mr_address[..6].copy_from_slice(&a);
+    }
+    setsockopt(s, libc::SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr)
+}
+
+/// One packet socket on interface `ifindex`, with vnet headers, ignoring its own
+/// outgoing frames, in fanout group `fanout` if given, receiving what `security` lets
+/// through (promiscuous when it filters nothing). Made in the calling thread's network
+/// namespace.
+fn open_socket(ifindex: u32, fanout: Option<u16>, security: &PortSecurity) -> io::Result<File> {
     let proto = (libc::ETH_P_ALL as u16).to_be();
+    // Protocol 0: the socket receives nothing until it is bound, after its filter is
+    // attached, so no unfiltered frame slips in between.
     // SAFETY: socket(2) with constant arguments; checked and owned below.
     let fd = unsafe {
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            i32::from(proto),
+            0,
         )
     };
     if fd < 0 {
@@ -101,6 +138,19 @@ fn open_socket(ifindex: u32, fanout: Option<u16>) -> io::Result<File> {
     setsockopt(s, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32)?;
     // Best effort: skipping the qdisc is faster; not fatal where refused.
     let _ = setsockopt(s, libc::SOL_PACKET, PACKET_QDISC_BYPASS, &1i32);
+    let program = portsec::rx_filter_program(security);
+    if let Some(prog) = &program {
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        setsockopt(s, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+            .map_err(|e| io::Error::new(e.kind(), format!("attaching the RX filter: {e}")))?;
+    }
+    if !security.trunk.is_empty() {
+        // The VLAN of each frame, to tag it again for the guest.
+        setsockopt(s, libc::SOL_PACKET, libc::PACKET_AUXDATA, &1i32)?;
+    }
     // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
@@ -117,13 +167,20 @@ fn open_socket(ifindex: u32, fanout: Option<u16>) -> io::Result<File> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mr = libc::packet_mreq {
-        mr_ifindex: ifindex as i32,
-        mr_type: PACKET_MR_PROMISC,
-        mr_alen: 0,
-        mr_address: [0; 8],
-    };
-    setsockopt(s, libc::SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr)?;
+    match (security.mac, security.promiscuous) {
+        (Some(mac), false) => {
+            membership(s, ifindex, PACKET_MR_UNICAST, Some(mac))?;
+            match &security.multicast {
+                None => membership(s, ifindex, PACKET_MR_ALLMULTI, None)?,
+                Some(groups) => {
+                    for g in groups {
+                        membership(s, ifindex, PACKET_MR_MULTICAST, Some(*g))?;
+                    }
+                }
+            }
+        }
+        _ => membership(s, ifindex, PACKET_MR_PROMISC, None)?,
+    }
     // Room for bursts while the worker is descheduled; above rmem_max this
     // needs CAP_NET_ADMIN, else the system limit applies.
     let buf: libc::c_int = SOCKET_BUFFER;
@@ -148,6 +205,16 @@ impl AfPacket {
     /// Opens `queue_pairs` packet sockets on `ifname`, promiscuous, with vnet headers,
     /// ignoring their own outgoing frames, fanned out by flow hash.
     pub fn open(ifname: &str, queue_pairs: u16) -> io::Result<AfPacket> {
+        Self::open_secured(ifname, queue_pairs, Arc::new(PortSecurity::default()))
+    }
+
+    /// Like [`open`](Self::open), the sockets receiving only what `security` lets
+    /// through (see the module comment), and the ports checking what the guest sends.
+    pub fn open_secured(
+        ifname: &str,
+        queue_pairs: u16,
+        security: Arc<PortSecurity>,
+    ) -> io::Result<AfPacket> {
         let cname = std::ffi::CString::new(ifname)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
         // SAFETY: a valid NUL-terminated name.
@@ -162,7 +229,7 @@ impl AfPacket {
             .map_err(|e| io::Error::new(e.kind(), format!("opening our network namespace: {e}")))?;
         let fanout = (queue_pairs > 1).then_some((std::process::id() ^ ifindex) as u16);
         let sockets = (0..queue_pairs)
-            .map(|_| open_socket(ifindex, fanout).map(Some))
+            .map(|_| open_socket(ifindex, fanout, &security).map(Some))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(AfPacket {
             ifname: ifname.to_owned(),
@@ -170,6 +237,7 @@ impl AfPacket {
             fanout,
             netns,
             sockets,
+            security,
         })
     }
 
@@ -190,9 +258,10 @@ impl AfPacket {
             return Ok(());
         }
         let (ifindex, fanout) = (self.ifindex, self.fanout);
+        let security = self.security.clone();
         let here = File::open("/proc/thread-self/ns/net").and_then(|f| netns_id(&f))?;
         let sock = if here == netns_id(&self.netns)? {
-            open_socket(ifindex, fanout)?
+            open_socket(ifindex, fanout, &security)?
         } else {
             // This thread lives elsewhere: a short-lived thread enters the
             // interface's namespace to make the socket (setns affects only it).
@@ -205,7 +274,7 @@ impl AfPacket {
                         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                             return Err(io::Error::last_os_error());
                         }
-                        open_socket(ifindex, fanout)
+                        open_socket(ifindex, fanout, &security)
                     })
                     .join()
                     .unwrap_or_else(|_| Err(io::Error::other("socket thread panicked")))
@@ -251,6 +320,11 @@ pub struct AfPacketPort {
     iov: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
     errors: FirstError,
+    /// TX port security, if the device checks anything.
+    guard: Option<TxGuard>,
+    /// RX on a trunk: the VLANs tagged for the guest, and room for each message's
+    /// `PACKET_AUXDATA`.
+    trunk: Option<Trunk>,
 }
 
 // SAFETY: `iov` and `msgs` only cache pointers into guest memory and into `iov`,
@@ -261,7 +335,25 @@ impl AfPacketPort {
     /// A port on packet socket `sock`; `max_rx` bounds one received frame (the guest's
     /// header included); `guest_features` are the acked features.
     pub fn new(sock: File, max_rx: u64, guest_features: u64) -> Self {
+        Self::secured(
+            sock,
+            max_rx,
+            guest_features,
+            &Arc::new(PortSecurity::default()),
+        )
+    }
+
+    /// A port as [`new`](Self::new) makes, checking what the guest sends against
+    /// `security` (the socket was opened with it).
+    pub fn secured(
+        sock: File,
+        max_rx: u64,
+        guest_features: u64,
+        security: &Arc<PortSecurity>,
+    ) -> Self {
         AfPacketPort {
+            guard: TxGuard::new(security, BATCH),
+            trunk: Trunk::new(security, BATCH),
             sock,
             max_rx,
             guest_features,
@@ -295,15 +387,23 @@ impl AfPacketPort {
                 let mut c = std::mem::replace(&mut self.tx_chains[n], Chain::with_capacity(0));
                 let next = tx.take_into(&mut c, n > 0);
                 let start = self.iov.len();
-                if next == TxNext::Frame {
-                    tx.append_iovecs(&c, true, &mut self.iov);
+                let mut refused = None;
+                if next == TxNext::Frame && c.segs.len() > IOV_MAX {
+                    // The chain's shape first: no check of what it holds.
+                    refused = Some(DropReason::TooManySegments);
+                } else if next == TxNext::Frame {
+                    match &mut self.guard {
+                        None => tx.append_iovecs(&c, true, &mut self.iov),
+                        Some(g) => refused = g.append(tx, &c, n, true, &mut self.iov).err(),
+                    }
                 }
                 let iovs = self.iov.len() - start;
-                if iovs > IOV_MAX {
-                    // sendmmsg would refuse this message (EMSGSIZE) every time.
+                // sendmmsg would refuse a message over IOV_MAX (EMSGSIZE) every time.
+                let refused = refused.or((iovs > IOV_MAX).then_some(DropReason::TooManySegments));
+                if let Some(reason) = refused {
                     self.iov.truncate(start);
                     if n == 0 {
-                        tx.drop_chain(&c, DropReason::TooManySegments);
+                        tx.drop_chain(&c, reason);
                         c.trim();
                         self.tx_chains[n] = c;
                         sent_total += 1;
@@ -418,7 +518,11 @@ impl AfPacketPort {
                 self.build_msgs(&[(0, len)]);
                 1
             };
-            // SAFETY: `msgs[..n]` point at iovecs over translated guest buffers.
+            if let Some(t) = &mut self.trunk {
+                t.attach(&mut self.msgs[..n]);
+            }
+            // SAFETY: `msgs[..n]` point at iovecs over translated guest buffers (and at
+            // control buffers of ours on a trunk).
             let rc = unsafe {
                 libc::recvmmsg(
                     self.sock.as_raw_fd(),
@@ -439,7 +543,8 @@ impl AfPacketPort {
             for i in 0..rc as usize {
                 let len = self.msgs[i].msg_len as usize;
                 let truncated = self.msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-                if !self.deliver(rx, len, truncated) && each > 0 {
+                let tag = self.trunk.as_ref().and_then(|t| t.tag_of(&self.msgs[i]));
+                if !self.deliver(rx, len, truncated, tag) && each > 0 {
                     // The next message's data is in the next chain: move this one away.
                     rx.requeue_front();
                 }
@@ -470,14 +575,16 @@ impl AfPacketPort {
             )
         };
         if rc == 0 {
-            rx.q.counts.drops[DropReason::BackendQueue as usize] += u64::from(st[1]);
+            rx.q.counts
+                .drop_n(DropReason::BackendQueue, u64::from(st[1]));
         }
     }
 
     /// One frame of `len` bytes (10-byte vnet header included) is in the front pending
-    /// chains: fix up what the guest cannot take, then hand it over. Returns false if
-    /// the frame was dropped (its buffers stay pending).
-    fn deliver(&mut self, rx: &mut RxQueue, len: usize, truncated: bool) -> bool {
+    /// chains: fix up what the guest cannot take (on a trunk: put its VLAN `tag` back),
+    /// then hand it over. Returns false if the frame was dropped (its buffers stay
+    /// pending).
+    fn deliver(&mut self, rx: &mut RxQueue, len: usize, truncated: bool, tag: Option<u16>) -> bool {
         if truncated || len < LEGACY_NET_HDR_LEN {
             rx.drop_frame(DropReason::RxBufferTooSmall);
             return false;
@@ -503,21 +610,31 @@ impl AfPacketPort {
                 GuestFrame::new(rx, total, 0).set(0, hdr.flags & !NET_HDR_F_NEEDS_CSUM);
             }
         }
+        let len = match tag.map(|tci| trunk::insert_tag(rx, len, tci)) {
+            None => len,
+            Some(Some(tagged)) => tagged,
+            Some(None) => {
+                rx.drop_frame(DropReason::RxBufferTooSmall);
+                return false;
+            }
+        };
         rx.complete_read(len, true);
         true
     }
 }
 
 /// A frame's bytes in the front pending RX chains, from `base` on, readable and
-/// writable by offset (used only to complete a checksum: allocates).
-struct GuestFrame {
+/// writable by offset (used only to complete a checksum or re-tag a trunk frame:
+/// allocates).
+pub(crate) struct GuestFrame {
     segs: Vec<(*mut u8, usize)>,
     base: usize,
     len: usize,
 }
 
 impl GuestFrame {
-    fn new(rx: &RxQueue, total: usize, base: usize) -> Self {
+    /// The first `total` bytes of the pending chains, offsets counted from `base`.
+    pub(crate) fn new(rx: &RxQueue, total: usize, base: usize) -> Self {
         let mut segs = Vec::new();
         let mut have = 0;
         for s in rx.pending_segments() {

@@ -19,7 +19,9 @@ use crate::engine::Engine;
 use crate::interrupt::Interrupt;
 use crate::loopback::Loopback;
 use crate::port::PortEngine;
+use crate::portsec::PortSecurity;
 use crate::queue::Queue;
+use crate::ratelimit::RateControl;
 use crate::ring::DeviceRing;
 use crate::rxq::RxQueue;
 use crate::tap::{Tap, TapPort, GUEST_GSO, TAP_OFFLOADS};
@@ -50,6 +52,10 @@ pub struct SoftwareDatapath {
     interrupts: BTreeMap<u16, Arc<Interrupt>>,
     /// The vnet header length the tap's queues were last set to.
     tap_hdr_len: usize,
+    /// What the device may receive and send (af_packet and tap).
+    security: Arc<PortSecurity>,
+    /// The device's rate limits, shared with the control plane.
+    rates: Option<Arc<RateControl>>,
 }
 
 impl SoftwareDatapath {
@@ -84,7 +90,27 @@ impl SoftwareDatapath {
             workers: BTreeMap::new(),
             interrupts: BTreeMap::new(),
             tap_hdr_len: LEGACY_NET_HDR_LEN,
+            security: Arc::new(PortSecurity::default()),
+            rates: None,
         }
+    }
+
+    /// Checks (and on a VLAN tags) what the guest sends according to `security`, and
+    /// on a tap has the kernel filter what it receives (an AF_PACKET backend was
+    /// opened with its filter, [`AfPacket::open_secured`]).
+    pub fn with_port_security(mut self, security: Arc<PortSecurity>) -> std::io::Result<Self> {
+        if let Backend::Tap(tap) = &self.backend {
+            tap.set_rx_filter(&security)?;
+        }
+        self.security = security;
+        Ok(self)
+    }
+
+    /// Limits the device's rates (split over its queue pairs) as `rates` says, now and
+    /// after every change to it.
+    pub fn with_rates(mut self, rates: Arc<RateControl>) -> Self {
+        self.rates = Some(rates);
+        self
     }
 
     /// Offers no checksum/segmentation offloads even if the backend could.
@@ -244,7 +270,7 @@ impl SoftwareDatapath {
                 Box::new(PortEngine::new(
                     rx,
                     tx,
-                    TapPort::new(fd, max_rx, qp.features.mrg_rxbuf()),
+                    TapPort::secured(fd, max_rx, qp.features.mrg_rxbuf(), &self.security),
                 ))
             }
             Backend::AfPacket(p) => {
@@ -257,19 +283,24 @@ impl SoftwareDatapath {
                 Box::new(PortEngine::new(
                     rx,
                     tx,
-                    AfPacketPort::new(sock, max_rx, qp.features.bits),
+                    AfPacketPort::secured(sock, max_rx, qp.features.bits, &self.security),
                 ))
             }
         };
-        let worker = Worker::spawn(
+        let pairs = match &self.backend {
+            Backend::Loopback => 1,
+            Backend::Tap(t) => t.queues(),
+            Backend::AfPacket(p) => p.queues(),
+        };
+        let worker = Worker::spawn_limited(
             format!("{}-q{}", self.device, qp.pair),
             engine,
-            qp.rx.events.kick.clone(),
-            qp.tx.events.kick.clone(),
+            [qp.rx.events.kick.clone(), qp.tx.events.kick.clone()],
             self.tuning.clone(),
             (!self.tuning.cpus.is_empty())
                 .then(|| self.tuning.cpus[usize::from(qp.pair) % self.tuning.cpus.len()]),
             qp.ended.clone(),
+            self.rates.clone().map(|r| (r, pairs as u16)),
         )
         .map_err(|source| {
             self.detach_backend_queue(qp.pair);

@@ -15,6 +15,9 @@ pub enum TxState {
     Blocked,
     /// The work cap was reached with frames left: go again.
     Busy,
+    /// The direction is over its rate limit and was not served: wait for the
+    /// limiter's timer (kicks stay off; the guest sees a full ring).
+    Throttled,
 }
 
 /// State of the receive direction after a pass.
@@ -26,6 +29,9 @@ pub enum RxState {
     Starved,
     /// The work cap was reached with frames left: go again.
     Busy,
+    /// The direction is over its rate limit and was not served: wait for the
+    /// limiter's timer (frames wait in the backend).
+    Throttled,
 }
 
 /// The outcome of one pass.
@@ -57,6 +63,14 @@ pub trait Engine: Send {
     /// Moves up to `budget` frames in each direction. Used entries are written but not
     /// published; the worker calls [`flush`](Self::flush) after every pass.
     fn process(&mut self, budget: usize) -> Progress;
+
+    /// Like [`process`](Self::process) with a budget per direction (the rate
+    /// limiter's); a direction with a zero budget is left alone. Engines whose
+    /// directions cannot move apart (loopback: a TX frame is an RX frame) take the
+    /// smaller budget for both.
+    fn process_each(&mut self, tx_budget: usize, rx_budget: usize) -> Progress {
+        self.process(tx_budget.min(rx_budget))
+    }
 
     /// The two rings.
     fn queues(&mut self) -> (&mut RxQueue, &mut TxQueue);

@@ -13,6 +13,8 @@
 //! - [`announce`]: the RARP frame that announces a migrated guest (SEND_RARP).
 //! - [`csum`]: completing a partial checksum for a guest without GUEST_CSUM.
 //! - [`port`]: what fd-backed backends share (the [`port::Port`] trait).
+//! - [`portsec`]: port security (RX filter program, TX source and VLAN checks).
+//! - [`ratelimit`]: per-direction token buckets, enforced by the worker on a timer.
 //! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
 //! - [`tuning`]: the knobs (burst, polling, RX coalescing, pinning).
 //! - [`polling`]: how long a worker polls before it sleeps (adaptive by default).
@@ -28,10 +30,13 @@ pub mod interrupt;
 pub mod loopback;
 pub mod polling;
 pub mod port;
+pub mod portsec;
 pub mod queue;
+pub mod ratelimit;
 pub mod ring;
 pub mod rxq;
 pub mod tap;
+mod trunk;
 pub mod tuning;
 pub mod txq;
 pub mod worker;

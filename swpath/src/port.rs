@@ -51,6 +51,20 @@ impl<P: Port> Engine for PortEngine<P> {
         Progress { tx, rx }
     }
 
+    fn process_each(&mut self, tx_budget: usize, rx_budget: usize) -> Progress {
+        let tx = if tx_budget > 0 {
+            self.port.transmit(&mut self.tx, tx_budget)
+        } else {
+            TxState::Throttled
+        };
+        let rx = if rx_budget > 0 {
+            self.port.receive(&mut self.rx, rx_budget)
+        } else {
+            RxState::Throttled
+        };
+        Progress { tx, rx }
+    }
+
     fn queues(&mut self) -> (&mut RxQueue, &mut TxQueue) {
         (&mut self.rx, &mut self.tx)
     }

@@ -20,6 +20,7 @@ use vdpa::DropReason;
 
 use crate::engine::{RxState, TxState};
 use crate::port::{FirstError, Port, IOV_MAX};
+use crate::portsec::{PortSecurity, TxGuard};
 use crate::rxq::{Reserve, RxQueue};
 use crate::txq::{TxNext, TxQueue};
 
@@ -27,6 +28,10 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+const TUNSETTXFILTER: libc::c_ulong = 0x4004_54d1;
+const TUN_FLT_ALLMULTI: u16 = 0x0001;
+/// Addresses the tun driver matches exactly; further multicast ones are hashed.
+const TUN_FLT_EXACT: usize = 8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -212,6 +217,34 @@ impl Tap {
         Ok(())
     }
 
+    /// Makes the kernel drop, before they are queued, frames the host sends into the
+    /// tap that are not for `security`'s MAC, broadcast or its multicast groups
+    /// (`TUNSETTXFILTER`). Nothing is filtered without a MAC or when promiscuous.
+    pub fn set_rx_filter(&self, security: &PortSecurity) -> io::Result<()> {
+        let mut addrs: Vec<[u8; 6]> = Vec::new();
+        let mut flags = 0u16;
+        if let (Some(mac), false) = (security.mac, security.promiscuous) {
+            addrs.push(mac);
+            addrs.push([0xff; 6]);
+            match &security.multicast {
+                None => flags |= TUN_FLT_ALLMULTI,
+                Some(groups) => addrs.extend(groups),
+            }
+        }
+        // struct tun_filter { u16 flags; u16 count; u8 addr[count][6]; }
+        let mut buf = Vec::with_capacity(4 + 6 * addrs.len());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&(addrs.len() as u16).to_ne_bytes());
+        for a in &addrs {
+            buf.extend_from_slice(a);
+        }
+        debug_assert!(
+            addrs.len() <= TUN_FLT_EXACT || addrs[TUN_FLT_EXACT..].iter().all(|a| a[0] & 1 == 1)
+        );
+        ioctl_ptr(self.queues[0].as_raw_fd(), TUNSETTXFILTER, buf.as_mut_ptr())
+            .map_err(|e| io::Error::new(e.kind(), format!("TUNSETTXFILTER on {}: {e}", self.name)))
+    }
+
     /// Whether the tap accepts every offload flag (probed once at start).
     pub(crate) fn supports_offloads(&self) -> bool {
         let all = TAP_OFFLOADS;
@@ -278,6 +311,7 @@ pub struct TapPort {
     mrg: bool,
     errors: FirstError,
     iov: Vec<libc::iovec>,
+    guard: Option<TxGuard>,
 }
 
 // SAFETY: `iov` only caches pointers into guest memory, rebuilt before every call; it
@@ -288,7 +322,24 @@ impl TapPort {
     /// A port on tap queue `fd`; `max_rx` bounds one received frame (header included)
     /// and `mrg` says whether it may span several RX buffers.
     pub fn new(fd: File, max_rx: u64, mrg: bool) -> Self {
+        Self::secured(
+            fd,
+            max_rx,
+            mrg,
+            &std::sync::Arc::new(PortSecurity::default()),
+        )
+    }
+
+    /// A port as [`new`](Self::new) makes, checking (and on an access VLAN tagging)
+    /// what the guest sends according to `security`.
+    pub fn secured(
+        fd: File,
+        max_rx: u64,
+        mrg: bool,
+        security: &std::sync::Arc<PortSecurity>,
+    ) -> Self {
         TapPort {
+            guard: TxGuard::new(security, 1),
             fd,
             max_rx,
             mrg,
@@ -311,7 +362,22 @@ impl Port for TapPort {
                 TxNext::Frame => {}
             }
             self.iov.clear();
-            tx.append_iovecs(tx.frame(), false, &mut self.iov);
+            // A chain's shape first: one writev cannot take it whatever it holds.
+            if tx.frame().segs.len() > IOV_MAX {
+                tx.drop_frame(DropReason::TooManySegments);
+                continue;
+            }
+            let refused = match &mut self.guard {
+                None => {
+                    tx.append_iovecs(tx.frame(), false, &mut self.iov);
+                    None
+                }
+                Some(g) => g.append(tx, tx.frame(), 0, false, &mut self.iov).err(),
+            };
+            if let Some(reason) = refused {
+                tx.drop_frame(reason);
+                continue;
+            }
             if self.iov.len() > IOV_MAX {
                 // writev would refuse it (EINVAL), every time.
                 tx.drop_frame(DropReason::TooManySegments);

@@ -16,6 +16,10 @@
 //! dropped from the wait set instead of waking the thread forever. Each is counted
 //! ([`QueueFault`], on the pair's RX ring) and logged once; the datapath reports such
 //! a pair as lost ([`Worker::finished`]).
+//!
+//! A device with a rate limit ([`crate::ratelimit`]) has its passes go through a
+//! [`Limiter`]: a direction out of tokens is not served, and the worker sleeps on a
+//! timerfd (in its poll set with the kicks) until the bucket refills.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -34,6 +38,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::engine::{Engine, Progress, RxState, TxState};
 use crate::polling::PollBudget;
+use crate::ratelimit::{Limiter, RateControl, Timer};
 use crate::ring::UsedIndex;
 use crate::tuning::Tuning;
 
@@ -83,6 +88,20 @@ impl Worker {
         cpu: Option<usize>,
         ended: Arc<EventFd>,
     ) -> io::Result<Self> {
+        Self::spawn_limited(name, engine, [rx_kick, tx_kick], tuning, cpu, ended, None)
+    }
+
+    /// [`spawn`](Self::spawn) with the pair's share of a rate limit: `rates` and the
+    /// number of pairs it is split over.
+    pub fn spawn_limited(
+        name: String,
+        engine: Box<dyn Engine>,
+        [rx_kick, tx_kick]: [Arc<EventFd>; 2],
+        tuning: Tuning,
+        cpu: Option<usize>,
+        ended: Arc<EventFd>,
+        rates: Option<(Arc<RateControl>, u16)>,
+    ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = EventFd::new(libc::EFD_NONBLOCK)?;
         let ctx = Context {
@@ -92,6 +111,7 @@ impl Worker {
             tx_kick,
             tuning,
             cpu,
+            rates,
         };
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             let exit = guarded(engine, ctx);
@@ -147,6 +167,7 @@ struct Context {
     tx_kick: Arc<EventFd>,
     tuning: Tuning,
     cpu: Option<usize>,
+    rates: Option<(Arc<RateControl>, u16)>,
 }
 
 impl Context {
@@ -324,6 +345,11 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
     };
     let mut poll = PollBudget::new(t.polling);
     let mut faulted = None;
+    let mut limiter = ctx
+        .rates
+        .as_ref()
+        .map(|(c, pairs)| Limiter::new(c.clone(), *pairs));
+    let mut timer: Option<Timer> = None;
     // RX kicks are only wanted while a frame waits for buffers.
     engine.queues().0.q.ring.disable_notification();
     let mut rx_armed = false;
@@ -335,7 +361,10 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
         loop {
             #[cfg(test)]
             inject_faults();
-            let progress = engine.process(t.burst);
+            let progress = match &mut limiter {
+                None => engine.process(t.burst),
+                Some(l) => l.process(&mut *engine, t.burst),
+            };
             // A pass can end idle having moved frames (the ring ran dry): that is
             // work too, and ends an idle poll as a hit.
             let moved = engine.flush();
@@ -377,6 +406,8 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
                 // Kicks stay off: the frames are there, the backend is not ready.
                 TxState::Blocked => backend_events |= libc::POLLOUT,
                 TxState::Busy => again = true,
+                // Kicks stay off: the limiter's timer brings the worker back.
+                TxState::Throttled => {}
             }
             match progress.rx {
                 RxState::Starved => {
@@ -393,6 +424,8 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
                     backend_events |= libc::POLLIN;
                 }
                 RxState::Busy => again = true,
+                // The backend is not polled: frames wait there until the timer.
+                RxState::Throttled => {}
             }
             if !again {
                 break;
@@ -406,12 +439,23 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
             .q
             .interrupt_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
+        let throttled = limiter.as_ref().and_then(Limiter::wait);
+        let timer_fd = match throttled {
+            Some(after) => arm(&mut timer, after),
+            None => -1,
+        };
         let fds = [
             (rx_watch.poll_fd(), libc::POLLIN),
             (tx_watch.poll_fd(), libc::POLLIN),
             (ctx.wake.as_raw_fd(), libc::POLLIN),
             (backend.unwrap_or(-1), backend_events),
+            (timer_fd, libc::POLLIN),
         ];
+        // Without a timer, ppoll's own timeout ends the throttled wait.
+        let timeout = match (throttled, timer_fd) {
+            (Some(after), -1) => Some(timeout.map_or(after, |t| t.min(after))),
+            _ => timeout,
+        };
         let woke = wait(&fds, timeout);
         #[cfg(test)]
         count_wakeup();
@@ -430,6 +474,11 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
                 }
                 if ready[2] != 0 {
                     let _ = ctx.wake.read();
+                }
+                if ready[4] != 0 {
+                    if let Some(t) = &timer {
+                        t.clear();
+                    }
                 }
             }
             Err(e) => {
@@ -459,9 +508,28 @@ fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
     }
 }
 
+/// Arms the worker's throttle timer (made on first use) to fire after `after`, and
+/// returns its descriptor; without a timer (it could not be made) the worker polls
+/// with a short sleep instead, via the returned -1 and ppoll's own timeout.
+fn arm(timer: &mut Option<Timer>, after: Duration) -> RawFd {
+    if timer.is_none() {
+        match Timer::new() {
+            Ok(t) => *timer = Some(t),
+            Err(e) => {
+                warn!(error = %e, "cannot create the rate limiter's timer");
+                return -1;
+            }
+        }
+    }
+    match timer.as_ref().map(|t| (t.arm(after), t.fd())) {
+        Some((Ok(()), fd)) => fd,
+        _ => -1,
+    }
+}
+
 /// Blocks until one of `fds` is ready for its events (a negative fd or no events is
 /// ignored) or `timeout` passes. Returns each descriptor's reported events.
-fn wait(fds: &[(RawFd, i16); 4], timeout: Option<Duration>) -> io::Result<[i16; 4]> {
+fn wait(fds: &[(RawFd, i16); 5], timeout: Option<Duration>) -> io::Result<[i16; 5]> {
     let mut p = fds.map(|(fd, events)| libc::pollfd {
         fd: if events == 0 || fd < 0 { -1 } else { fd },
         events,
@@ -477,10 +545,10 @@ fn wait(fds: &[(RawFd, i16); 4], timeout: Option<Duration>) -> io::Result<[i16; 
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     loop {
-        // SAFETY: `p` is a valid array of 4 pollfd structs and `ts_ptr` is null or
+        // SAFETY: `p` is a valid array of 5 pollfd structs and `ts_ptr` is null or
         // points at a timespec, both alive for the duration of the call; a null
         // signal mask leaves the mask unchanged.
-        let n = unsafe { libc::ppoll(p.as_mut_ptr(), 4, ts_ptr, std::ptr::null()) };
+        let n = unsafe { libc::ppoll(p.as_mut_ptr(), 5, ts_ptr, std::ptr::null()) };
         if n >= 0 {
             return Ok(p.map(|x| x.revents));
         }

@@ -155,23 +155,7 @@ impl PacketSocket {
         buf: &mut [u8],
         timeout: Duration,
     ) -> io::Result<Option<(usize, PacketDirection)>> {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut p, 1, ms) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        if rc == 0 {
+        if !self.readable(timeout)? {
             return Ok(None);
         }
         let mut from = Self::address(0);
@@ -188,12 +172,7 @@ impl PacketSocket {
             )
         };
         if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            };
+            return nothing_on(io::ErrorKind::WouldBlock);
         }
         let dir = if from.sll_pkttype == libc::PACKET_OUTGOING {
             PacketDirection::Outgoing
@@ -201,6 +180,101 @@ impl PacketSocket {
             PacketDirection::Incoming
         };
         Ok(Some((n as usize, dir)))
+    }
+}
+
+/// The last OS error as `Ok(None)` when it is of `kind` (nothing to read now),
+/// else as the error.
+fn nothing_on<T>(kind: io::ErrorKind) -> io::Result<Option<T>> {
+    let e = io::Error::last_os_error();
+    if e.kind() == kind {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+impl PacketSocket {
+    /// Waits at most `timeout` for a frame to read; false on timeout (or a signal).
+    fn readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut p, 1, ms) };
+        if rc < 0 {
+            return nothing_on(io::ErrorKind::Interrupted).map(|n: Option<()>| n.is_some());
+        }
+        Ok(rc > 0)
+    }
+
+    /// Reports each received frame's VLAN tag from now on (`PACKET_AUXDATA`): the
+    /// kernel takes 802.1Q tags off frames before a packet socket sees them.
+    pub fn report_vlans(&self) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        // SAFETY: an int socket option passed with its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives one frame into `buf` within `timeout` with its VLAN id (after
+    /// [`report_vlans`](Self::report_vlans)); `None` on timeout.
+    pub fn recv_vlan(
+        &self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> io::Result<Option<(usize, Option<u16>)>> {
+        if !self.readable(timeout)? {
+            return Ok(None);
+        }
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: `msg` points at `buf` and `control`, both live for the call.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return nothing_on(io::ErrorKind::WouldBlock);
+        }
+        let mut vlan = None;
+        // SAFETY: the CMSG macros walk the control buffer the kernel filled, bounded by
+        // msg_controllen; PACKET_AUXDATA carries a tpacket_auxdata, read unaligned.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+                    let aux: libc::tpacket_auxdata =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    // TP_STATUS_VLAN_VALID
+                    if aux.tp_status & (1 << 4) != 0 {
+                        vlan = Some(aux.tp_vlan_tci & 0x0fff);
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        Ok(Some((n as usize, vlan)))
     }
 }
 

@@ -109,6 +109,28 @@ pub enum CtlCommand {
         /// The new filter.
         level: String,
     },
+    /// Changes a device's rate limits while it runs (0 = unlimited; limits not given
+    /// stay as they are) and prints the limits in effect. The configuration file's
+    /// values apply again after a restart or reload.
+    Rate {
+        /// The device.
+        name: String,
+        /// Guest-to-host packets per second.
+        #[arg(long)]
+        tx_pps: Option<u64>,
+        /// Guest-to-host bits per second.
+        #[arg(long)]
+        tx_bps: Option<u64>,
+        /// Host-to-guest packets per second.
+        #[arg(long)]
+        rx_pps: Option<u64>,
+        /// Host-to-guest bits per second.
+        #[arg(long)]
+        rx_bps: Option<u64>,
+        /// Bucket depth, microseconds at the limit.
+        #[arg(long)]
+        burst_us: Option<u64>,
+    },
     /// The daemon's version and control protocol version.
     Version,
     /// This host's PCI network functions and what vdpad's auto mode would do with

@@ -8,6 +8,7 @@
 //! ([`Daemon::retry_due`]), from 1 s up to 60 s between attempts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -33,6 +34,8 @@ struct Served {
     reason: String,
     pci_name: Option<String>,
     start_failures: u32,
+    /// Its rate limits, changeable at run time (software datapath, or the fallback).
+    rates: Option<Arc<swpath::ratelimit::RateControl>>,
 }
 
 /// A configured device that could not start, waiting for its next attempt.
@@ -237,6 +240,7 @@ impl Daemon {
                 reason: wired.reason,
                 pci_name,
                 start_failures,
+                rates: wired.rates,
             },
         );
         Ok(())
@@ -327,7 +331,13 @@ impl Daemon {
             .collect()
     }
 
-    /// Whether a device called `name` is configured (running or failed).
+    /// The rate limits of running device `name`, if its datapath (or fallback) is
+    /// software.
+    pub fn rate_control(&self, name: &str) -> Option<Arc<swpath::ratelimit::RateControl>> {
+        self.devices.get(name).and_then(|s| s.rates.clone())
+    }
+
+    /// Whether a device named `name` is configured (running or waiting to retry).
     pub fn has_device(&self, name: &str) -> bool {
         self.devices.contains_key(name) || self.failed.contains_key(name)
     }

@@ -226,7 +226,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
     }
 
     type Counter = fn(&crate::control::protocol::QueueView) -> u64;
-    let counters: [(&str, &str, Counter); 8] = [
+    let counters: [(&str, &str, Counter); 9] = [
         ("vdpad_queue_packets_total", "Frames completed on the queue.", |q| q.packets),
         (
             "vdpad_queue_bytes_total",
@@ -263,6 +263,11 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
             "Times a frame waited because the guest had posted no receive buffer.",
             |q| q.rx_no_buffer,
         ),
+        (
+            "vdpad_queue_throttled_total",
+            "Times the queue waited for its rate limit's tokens.",
+            |q| q.throttled,
+        ),
     ];
     for (name, help, get) in counters {
         e.family(name, "counter", help);
@@ -284,7 +289,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
     e.family(
         "vdpad_queue_drops_total",
         "counter",
-        "Frames dropped, by reason (rx_buffer_too_small, oversized, backend, backend_queue, too_many_segments).",
+        "Frames dropped, by reason (rx_buffer_too_small, oversized, backend, backend_queue, too_many_segments, spoofed_mac, spoofed_ip, spoofed_arp, vlan).",
     );
     for s in stats {
         for q in &s.queues {
@@ -323,6 +328,25 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
                     v,
                 );
             }
+        }
+    }
+    e.family(
+        "vdpad_queue_throttled_seconds_total",
+        "counter",
+        "Time the queue waited for its rate limit's tokens (vdpactl rate, tx_pps/tx_bps/rx_pps/rx_bps).",
+    );
+    for s in stats {
+        for q in &s.queues {
+            let queue = q.queue.to_string();
+            e.sample(
+                "vdpad_queue_throttled_seconds_total",
+                &[
+                    ("device", &s.name),
+                    ("queue", &queue),
+                    ("direction", &q.direction),
+                ],
+                q.throttled_seconds,
+            );
         }
     }
     e.family(
@@ -711,6 +735,8 @@ mod tests {
             bad_descriptors: [("address".to_string(), 0)].into_iter().collect(),
             bad_descriptors_total: 0,
             faults: [("guest_memory".to_string(), 1)].into_iter().collect(),
+            throttled: 2,
+            throttled_seconds: 0.5,
             packets_per_kick: Some(7.0),
             packets_per_interrupt: Some(7.0),
         };
@@ -741,6 +767,12 @@ mod tests {
         )));
         assert!(text.contains(&format!(
             "vdpad_queue_faults_total{{{esc},queue=\"1\",direction=\"tx\",kind=\"guest_memory\"}} 1\n"
+        )));
+        assert!(text.contains(&format!(
+            "vdpad_queue_throttled_seconds_total{{{esc},queue=\"1\",direction=\"tx\"}} 0.5\n"
+        )));
+        assert!(text.contains(&format!(
+            "vdpad_queue_throttled_total{{{esc},queue=\"1\",direction=\"tx\"}} 2\n"
         )));
         assert!(text.contains(&format!(
             "vdpad_device_state{{{esc},state=\"running\"}} 1\n"

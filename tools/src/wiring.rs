@@ -10,6 +10,8 @@ use std::time::Duration;
 use hwdrv::classify::netdev_of;
 use hwdrv::{classify, Decision, OffloadDatapath, VfioFunction, VfioVm};
 use swpath::af_packet::AfPacket;
+use swpath::portsec::{IpPrefix, PortSecurity};
+use swpath::ratelimit::{Rate, RateControl, Rates};
 use swpath::tap::Tap;
 use swpath::{Backend as SwBackend, SoftwareDatapath, Tuning};
 use thiserror::Error;
@@ -88,6 +90,9 @@ pub enum BuildError {
         /// The function.
         pci: String,
     },
+    /// The backend's kernel filter could not be set up.
+    #[error("port security")]
+    PortSecurity(#[source] std::io::Error),
     /// The packet sockets could not be opened.
     #[error("AF_PACKET on {ifname}")]
     AfPacket {
@@ -107,6 +112,9 @@ pub struct Wired {
     pub mode: &'static str,
     /// Why this datapath was chosen, for logs and `vdpactl`.
     pub reason: String,
+    /// The device's rate limits, as the software datapath (or the fallback) follows
+    /// them; `None` for an offloaded device without fallback.
+    pub rates: Option<Arc<RateControl>>,
 }
 
 /// IOMMU containers by VM: the devices of one VM share one, so its memory is mapped
@@ -155,15 +163,72 @@ pub fn tuning(dev: &DeviceConfig) -> Tuning {
     }
 }
 
+/// The rate limits of `dev`, in the datapath's terms.
+pub fn rates(dev: &DeviceConfig) -> Rates {
+    let r = &dev.rates;
+    Rates {
+        tx: Rate {
+            pps: r.tx_pps,
+            bps: r.tx_bps,
+        },
+        rx: Rate {
+            pps: r.rx_pps,
+            bps: r.rx_bps,
+        },
+        burst: Duration::from_micros(u64::from(r.burst_us)),
+    }
+}
+
+/// The port security of `dev`, in the datapath's terms (nothing for loopback: it has
+/// no wire).
+pub fn port_security(dev: &DeviceConfig) -> PortSecurity {
+    if dev.backend == Backend::Loopback {
+        return PortSecurity::default();
+    }
+    let s = &dev.security;
+    PortSecurity {
+        mac: dev.mac.map(|m| m.0),
+        promiscuous: s.promiscuous,
+        spoof_check: s.spoof_check,
+        allowed_ips: s
+            .allowed_ips
+            .iter()
+            .map(|p| IpPrefix {
+                addr: p.addr,
+                len: p.len,
+            })
+            .collect(),
+        multicast: s
+            .multicast
+            .as_ref()
+            .map(|g| g.iter().map(|m| m.0).collect()),
+        vlan: s.vlan,
+        trunk: s.trunk_vlans.clone(),
+    }
+}
+
 /// Builds `dev` with the datapath its configuration asks for.
 pub fn build(dev: &DeviceConfig, containers: &mut Containers) -> Result<Wired, WiringError> {
+    let control = RateControl::new(rates(dev));
+    let mut wired = build_with(dev, containers, &control)?;
+    if wired.mode == "software" || dev.fallback {
+        wired.rates = Some(control);
+    }
+    Ok(wired)
+}
+
+fn build_with(
+    dev: &DeviceConfig,
+    containers: &mut Containers,
+    control: &Arc<RateControl>,
+) -> Result<Wired, WiringError> {
     let err = |cause: BuildError| WiringError {
         device: dev.name.clone(),
         cause,
     };
     match dev.mode {
         Mode::Software => {
-            let dp = software(dev).map_err(err)?;
+            let dp = software(dev, control).map_err(err)?;
             let reason = format!(
                 "mode = \"software\", backend = \"{}\"",
                 dev.backend.keyword()
@@ -172,9 +237,10 @@ pub fn build(dev: &DeviceConfig, containers: &mut Containers) -> Result<Wired, W
                 device: Device::new(dev.clone(), Box::new(dp)),
                 mode: "software",
                 reason,
+                rates: None,
             })
         }
-        Mode::Offload => offload(dev, containers, "mode = \"offload\"".into()),
+        Mode::Offload => offload(dev, containers, "mode = \"offload\"".into(), control),
         Mode::Auto => {
             let bdf = pci_of(dev).map_err(err)?;
             let c = classify(&bdf).map_err(|source| {
@@ -184,13 +250,16 @@ pub fn build(dev: &DeviceConfig, containers: &mut Containers) -> Result<Wired, W
                 })
             })?;
             match c.decision {
-                Decision::Offload => offload(dev, containers, format!("auto: {}", c.reason)),
+                Decision::Offload => {
+                    offload(dev, containers, format!("auto: {}", c.reason), control)
+                }
                 Decision::Software => {
-                    let dp = software(dev).map_err(err)?;
+                    let dp = software(dev, control).map_err(err)?;
                     Ok(Wired {
                         device: Device::new(dev.clone(), Box::new(dp)),
                         mode: "software",
                         reason: format!("auto: {}", c.reason),
+                        rates: None,
                     })
                 }
             }
@@ -208,6 +277,7 @@ fn offload(
     dev: &DeviceConfig,
     containers: &mut Containers,
     why: String,
+    control: &Arc<RateControl>,
 ) -> Result<Wired, WiringError> {
     let err = |cause: BuildError| WiringError {
         device: dev.name.clone(),
@@ -225,8 +295,9 @@ fn offload(
     match primary {
         Ok(dp) if dev.fallback => {
             let cfg = dev.clone();
+            let control = control.clone();
             let make = Box::new(move || {
-                software(&cfg)
+                software(&cfg, &control)
                     .map(|d| Box::new(d) as Box<dyn Datapath>)
                     .map_err(Into::into)
             });
@@ -235,17 +306,19 @@ fn offload(
                 device: Device::new(dev.clone(), Box::new(wrapper)),
                 mode: "offload",
                 reason: format!("{why}; software fallback ready"),
+                rates: None,
             })
         }
         Ok(dp) => Ok(Wired {
             device: Device::new(dev.clone(), Box::new(dp)),
             mode: "offload",
             reason: why,
+            rates: None,
         }),
         Err(e) if dev.fallback => {
             let e_text = vdpa::server::error_chain(&e);
             warn!(device = %dev.name, error = %e_text, "offload unavailable; falling back to software");
-            let dp = software(dev).map_err(|f| {
+            let dp = software(dev, control).map_err(|f| {
                 err(BuildError::FallbackFailed {
                     offload: Box::new(e),
                     fallback: Box::new(f),
@@ -256,6 +329,7 @@ fn offload(
                 device,
                 mode: "software",
                 reason: format!("fallback: offload failed: {e_text}"),
+                rates: None,
             })
         }
         Err(e) => Err(err(BuildError::OffloadOnly(Box::new(e)))),
@@ -275,8 +349,13 @@ fn fallback_offloads(dev: &DeviceConfig) -> u64 {
     }
 }
 
-/// The software datapath with the configured backend.
-pub fn software(dev: &DeviceConfig) -> Result<SoftwareDatapath, BuildError> {
+/// The software datapath with the configured backend, port security and rate limits
+/// (following `control`).
+pub fn software(
+    dev: &DeviceConfig,
+    control: &Arc<RateControl>,
+) -> Result<SoftwareDatapath, BuildError> {
+    let security = Arc::new(port_security(dev));
     let backend = match &dev.backend {
         Backend::Loopback => SwBackend::Loopback,
         Backend::Tap { name } => {
@@ -296,12 +375,15 @@ pub fn software(dev: &DeviceConfig) -> Result<SoftwareDatapath, BuildError> {
                 }
                 (None, None) => return Err(BuildError::NoNetdev),
             };
-            let sockets = AfPacket::open(&ifname, dev.queue_pairs)
+            let sockets = AfPacket::open_secured(&ifname, dev.queue_pairs, security.clone())
                 .map_err(|source| BuildError::AfPacket { ifname, source })?;
             SwBackend::AfPacket(sockets)
         }
     };
-    let dp = SoftwareDatapath::new(&dev.name, backend, dev.mtu.unwrap_or(1500), tuning(dev));
+    let dp = SoftwareDatapath::new(&dev.name, backend, dev.mtu.unwrap_or(1500), tuning(dev))
+        .with_port_security(security)
+        .map_err(BuildError::PortSecurity)?
+        .with_rates(control.clone());
     Ok(if dev.offloads {
         dp
     } else {

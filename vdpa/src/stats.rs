@@ -21,16 +21,31 @@ pub enum DropReason {
     /// The frame's buffers are split into more pieces than one system call can take
     /// (the kernel's IOV_MAX, 1024): for RX, the guest's buffer chain is returned empty.
     TooManySegments = 4,
+    /// The guest sent a frame whose source MAC is not the device's (port security).
+    SpoofedMac = 5,
+    /// The guest sent an IPv4/IPv6 packet whose source address is not in the device's
+    /// `allowed_ips` (port security).
+    SpoofedIp = 6,
+    /// The guest sent an ARP packet whose sender address (IP, or MAC) is not the
+    /// device's (port security).
+    SpoofedArp = 7,
+    /// The guest sent a frame on a VLAN it is not on: tagged on an access port, with
+    /// a VLAN not in its trunk list, or untagged on a trunk without a native VLAN.
+    Vlan = 8,
 }
 
 impl DropReason {
     /// All reasons, in counter order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::RxBufferTooSmall,
         DropReason::Oversized,
         DropReason::Backend,
         DropReason::BackendQueue,
         DropReason::TooManySegments,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
+        DropReason::Vlan,
     ];
 
     /// Stable name used in logs, JSON and metrics.
@@ -41,6 +56,10 @@ impl DropReason {
             DropReason::Backend => "backend",
             DropReason::BackendQueue => "backend_queue",
             DropReason::TooManySegments => "too_many_segments",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::Vlan => "vlan",
         }
     }
 }
@@ -145,6 +164,8 @@ pub struct QueueCounters {
     drops: [AtomicU64; DropReason::ALL.len()],
     bad: [AtomicU64; BadDescriptor::ALL.len()],
     faults: [AtomicU64; QueueFault::ALL.len()],
+    throttled_ns: AtomicU64,
+    throttled: AtomicU64,
     interrupt_probe: Mutex<Option<CountProbe>>,
 }
 
@@ -183,21 +204,33 @@ pub struct BurstCounts {
     pub bursts: u64,
     /// Times the queue had no buffer when a frame was waiting.
     pub rx_no_buffer: u64,
-    /// Drops by reason, indexed by `DropReason as usize`.
+    /// Drops by reason, indexed by `DropReason as usize`. Count through
+    /// [`drop`](Self::drop) or [`drop_n`](Self::drop_n), which keep `exceptions`.
     pub drops: [u64; DropReason::ALL.len()],
-    /// Bad chains by kind, indexed by `BadDescriptor as usize`.
+    /// Bad chains by kind, indexed by `BadDescriptor as usize`. Count through
+    /// [`bad`](Self::bad).
     pub bad: [u64; BadDescriptor::ALL.len()],
+    /// Sum of `drops` and `bad`: the common burst has none, and then neither
+    /// [`is_empty`](Self::is_empty) nor [`QueueCounters::flush`] walks the arrays.
+    pub exceptions: u64,
 }
 
 impl BurstCounts {
     /// Counts one drop.
     pub fn drop(&mut self, reason: DropReason) {
-        self.drops[reason as usize] += 1;
+        self.drop_n(reason, 1);
+    }
+
+    /// Counts `n` drops for one reason.
+    pub fn drop_n(&mut self, reason: DropReason, n: u64) {
+        self.drops[reason as usize] += n;
+        self.exceptions += n;
     }
 
     /// Counts one bad chain.
     pub fn bad(&mut self, kind: BadDescriptor) {
         self.bad[kind as usize] += 1;
+        self.exceptions += 1;
     }
 
     /// Whether nothing was counted.
@@ -205,14 +238,14 @@ impl BurstCounts {
     pub fn is_empty(&self) -> bool {
         // One OR over every field, no early exits: this runs on every pass of a
         // busy-polling worker.
-        let common = self.packets
+        self.packets
             | self.bytes
             | self.kicks
             | self.interrupts
             | self.interrupts_suppressed
             | self.bursts
-            | self.rx_no_buffer;
-        common | self.drops.iter().fold(0, |a, &d| a | d) | self.bad.iter().fold(0, |a, &d| a | d)
+            | self.rx_no_buffer
+            | self.exceptions
             == 0
     }
 }
@@ -227,6 +260,13 @@ impl QueueCounters {
     /// Counts one sleep of the worker serving this ring (once per wait: not batched).
     pub fn slept(&self) {
         self.sleeps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one period in which the ring was held back by its rate limit, `ns`
+    /// nanoseconds long (rare: once per timer wakeup, not batched).
+    pub fn throttle(&self, ns: u64) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        self.throttled_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// Counts one fault event (rare: not batched).
@@ -247,11 +287,13 @@ impl QueueCounters {
         add(&self.interrupts_suppressed, b.interrupts_suppressed);
         add(&self.bursts, b.bursts);
         add(&self.rx_no_buffer, b.rx_no_buffer);
-        for (c, v) in self.drops.iter().zip(b.drops) {
-            add(c, v);
-        }
-        for (c, v) in self.bad.iter().zip(b.bad) {
-            add(c, v);
+        if b.exceptions != 0 {
+            for (c, v) in self.drops.iter().zip(b.drops) {
+                add(c, v);
+            }
+            for (c, v) in self.bad.iter().zip(b.bad) {
+                add(c, v);
+            }
         }
         *b = BurstCounts::default();
     }
@@ -297,6 +339,8 @@ impl QueueCounters {
                 .iter()
                 .map(|k| (k.name(), get(&self.faults[*k as usize])))
                 .collect(),
+            throttled: get(&self.throttled),
+            throttled_ns: get(&self.throttled_ns),
         }
     }
 }
@@ -332,6 +376,10 @@ pub struct QueueStats {
     pub bad_descriptors: Vec<(&'static str, u64)>,
     /// Events that stopped or degraded the queue, by kind ([`QueueFault`]).
     pub faults: Vec<(&'static str, u64)>,
+    /// Periods the ring waited for its rate limit's tokens.
+    pub throttled: u64,
+    /// Time the ring waited for its rate limit's tokens, in nanoseconds.
+    pub throttled_ns: u64,
 }
 
 impl QueueStats {

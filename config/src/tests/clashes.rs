@@ -54,6 +54,61 @@ fn netdev_used_twice_also_against_a_tap_name() {
     ));
 }
 
+/// Issue 17 item 5: one netdev for two devices only when each is filtered to its own
+/// MAC, or both opt in.
+#[test]
+fn netdev_shared_needs_distinct_macs_and_filtering_or_an_opt_in() {
+    let dev = |extra: &str| format!("backend = \"af_packet\"\nnetdev = \"eth1\"\n{extra}");
+    ok(&two(
+        &dev("mac = \"52:54:00:00:00:01\""),
+        &dev("mac = \"52:54:00:00:00:02\""),
+    ));
+    let e = assert_err(
+        &two(
+            &dev("mac = \"52:54:00:00:00:01\""),
+            &dev("mac = \"52:54:00:00:00:01\""),
+        ),
+        Duplicate,
+        9,
+        10,
+        "is already used by device `a` at t.toml:2:8, with the same mac 52:54:00:00:00:01",
+    );
+    assert!(e.help().unwrap().contains("shared_netdev = true"), "{e}");
+    assert_err(
+        &two(
+            &dev("mac = \"52:54:00:00:00:01\""),
+            &dev("mac = \"52:54:00:00:00:02\"\npromiscuous = true"),
+        ),
+        Duplicate,
+        9,
+        10,
+        "device `b` would receive the other's traffic",
+    );
+    assert_err(
+        &two(&dev(""), &dev("mac = \"52:54:00:00:00:02\"")),
+        Duplicate,
+        9,
+        10,
+        "device `a` would receive the other's traffic",
+    );
+    // Both opt in: a sniffer next to a device, knowingly.
+    ok(&two(
+        &dev("shared_netdev = true"),
+        &dev("mac = \"52:54:00:00:00:02\"\nshared_netdev = true"),
+    ));
+    // One opt-in is not enough.
+    assert_err(
+        &two(
+            &dev("shared_netdev = true"),
+            &dev("mac = \"52:54:00:00:00:02\""),
+        ),
+        Duplicate,
+        9,
+        10,
+        "would receive the other's traffic",
+    );
+}
+
 #[test]
 fn pci_used_twice_in_any_spelling() {
     let text = two("pci = \"0000:3b:00.2\"", "pci = \"3B:00.2\"");

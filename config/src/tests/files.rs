@@ -110,6 +110,8 @@ fn full_example_parses_to_expected_values() {
             rx_coalesce_usecs: 100,
             cpus: vec![2, 3],
         },
+        security: Default::default(),
+        rates: Default::default(),
     };
     assert_eq!(config.devices[0], vm1);
     let vm2 = &config.devices[1];
@@ -243,6 +245,21 @@ tap_name = "t'ap\"1"
     assert_round_trip(&config);
 }
 
+/// The port security and rate limit keys of a device with their defaults, as
+/// rendered after its tuning.
+const PORT_DEFAULTS: &str = "\
+promiscuous = false
+spoof_check = true
+allowed_ips = []
+trunk_vlans = []
+shared_netdev = false
+tx_pps = 0
+tx_bps = 0
+rx_pps = 0
+rx_bps = 0
+rate_burst_us = 5000
+";
+
 #[test]
 fn rendering_spells_out_defaults_canonically() {
     let config = ok("[daemon]\nrun_dir = \"/r\"\n[[device]]\nname = \"n\"\npci = \"3B:1f.7\"\nmac = \"52-54-00-AB-CD-EF\"\n");
@@ -280,7 +297,7 @@ rx_coalesce_frames = 0
 rx_coalesce_usecs = 0
 cpus = []
 ";
-    assert_eq!(config.to_string(), expected);
+    assert_eq!(config.to_string(), format!("{expected}{PORT_DEFAULTS}"));
 }
 
 #[test]
@@ -331,7 +348,7 @@ rx_coalesce_frames = 0
 rx_coalesce_usecs = 20
 cpus = [3, 1]
 ";
-    assert_eq!(config.to_string(), expected);
+    assert_eq!(config.to_string(), format!("{expected}{PORT_DEFAULTS}"));
     assert_round_trip(&config);
 }
 

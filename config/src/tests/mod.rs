@@ -9,6 +9,7 @@ mod dropins;
 mod files;
 mod frontend_rules;
 mod rules;
+mod security_rules;
 mod snippets;
 mod socket_role;
 mod socket_rules;

@@ -275,6 +275,43 @@ pub fn seed_cells() -> Vec<Cell> {
             size: 64,
             variants: busy_poll_variants(&[0, 50]),
         },
+        // Issue 17: a rate limit is held (compare the variant's rate with its limit)
+        // and costs nothing when off (the unlimited variant's CPU per packet against
+        // seed-busypoll-tp's busy_poll=0).
+        Cell {
+            id: "seed-rate-pps".into(),
+            group: Group::Seed,
+            title: "rate limit 100 kpps on 64-byte frames: achieved rate, drops".into(),
+            frontend: irq,
+            size: 64,
+            variants: vec![
+                vdpad("unlimited".into(), TuningOverrides::default()),
+                vdpad(
+                    "tx_pps=100000".into(),
+                    TuningOverrides {
+                        tx_pps: Some(100_000),
+                        ..Default::default()
+                    },
+                ),
+            ],
+        },
+        Cell {
+            id: "seed-rate-bps".into(),
+            group: Group::Seed,
+            title: "rate limit 1 Gbit/s on 1500-byte frames: achieved rate, drops".into(),
+            frontend: irq,
+            size: 1500,
+            variants: vec![
+                vdpad("unlimited".into(), TuningOverrides::default()),
+                vdpad(
+                    "tx_bps=1000000000".into(),
+                    TuningOverrides {
+                        tx_bps: Some(1_000_000_000),
+                        ..Default::default()
+                    },
+                ),
+            ],
+        },
     ]
 }
 

@@ -185,7 +185,7 @@ fn binary(explicit: &Option<PathBuf>, name: &str) -> Result<PathBuf> {
 
 /// Keys whose acceptance decides what can run, each with a device snippet that uses it
 /// (frames-based coalescing needs a time bound too).
-const KEYS: [(&str, &str); 7] = [
+const KEYS: [(&str, &str); 9] = [
     ("cpus", "cpus = [0]"),
     ("polling", "polling = \"fixed\"\nbusy_poll_us = 50"),
     ("event_idx", "event_idx = false"),
@@ -196,6 +196,8 @@ const KEYS: [(&str, &str); 7] = [
         "rx_coalesce_frames = 32\nrx_coalesce_usecs = 20",
     ),
     ("rx_coalesce_usecs", "rx_coalesce_usecs = 20"),
+    ("tx_pps", "tx_pps = 1000"),
+    ("tx_bps", "tx_bps = 1000000"),
 ];
 
 fn wait_for_load(limit: f64, max: Duration) {

@@ -37,6 +37,12 @@ pub struct TuningOverrides {
     /// `rx_coalesce_usecs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rx_coalesce_usecs: Option<u32>,
+    /// `tx_pps` (rate limit, packets per second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_pps: Option<u64>,
+    /// `tx_bps` (rate limit, bits per second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_bps: Option<u64>,
 }
 
 impl TuningOverrides {
@@ -60,6 +66,12 @@ impl TuningOverrides {
         }
         if let Some(x) = self.rx_coalesce_usecs {
             v.push(("rx_coalesce_usecs", x.to_string()));
+        }
+        if let Some(x) = self.tx_pps {
+            v.push(("tx_pps", x.to_string()));
+        }
+        if let Some(x) = self.tx_bps {
+            v.push(("tx_bps", x.to_string()));
         }
         v
     }

@@ -188,6 +188,42 @@ fn run(args: &Args) -> Result<(), Failure> {
                 outln!("log filter now {}", r.level.as_deref().unwrap_or(level));
             }
         }
+        Cmd::Rate {
+            name,
+            tx_pps,
+            tx_bps,
+            rx_pps,
+            rx_bps,
+            burst_us,
+        } => {
+            let r = ctl.call(Command::Rate {
+                device: name.clone(),
+                tx_pps: *tx_pps,
+                tx_bps: *tx_bps,
+                rx_pps: *rx_pps,
+                rx_bps: *rx_bps,
+                burst_us: *burst_us,
+            })?;
+            if ctl.json {
+                out!("{}", r.to_line());
+            } else if let Some(v) = r.rates {
+                let show = |x: u64| {
+                    if x == 0 {
+                        "unlimited".to_owned()
+                    } else {
+                        x.to_string()
+                    }
+                };
+                outln!(
+                    "{name}: tx {} pps, {} bit/s; rx {} pps, {} bit/s; burst {} us",
+                    show(v.tx_pps),
+                    show(v.tx_bps),
+                    show(v.rx_pps),
+                    show(v.rx_bps),
+                    v.burst_us
+                );
+            }
+        }
         Cmd::Nics { sysfs } => {
             let reports = match sysfs {
                 Some(dir) => vdpad::discover::scan(dir, Path::new("/dev/vfio/vfio").exists()),

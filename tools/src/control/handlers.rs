@@ -11,7 +11,7 @@ use vdpad_config::{Backend, DeviceConfig};
 use super::persist;
 use super::protocol::{
     Command, DeviceStats, DeviceView, ErrorCode, PciView, PeerView, ProtocolError, QueueView,
-    Response, StartFailureView, PROTOCOL_VERSION,
+    RateView, Response, StartFailureView, PROTOCOL_VERSION,
 };
 use crate::daemon::{Daemon, DeviceInfo, FailedInfo};
 use crate::logging::LogControl;
@@ -65,6 +65,14 @@ pub fn handle(ctx: &Context, command: Command) -> Response {
         ),
         Command::Remove { device, persist } => remove(ctx, &device, persist),
         Command::LogLevel { level } => log_level(ctx, &level),
+        Command::Rate {
+            device,
+            tx_pps,
+            tx_bps,
+            rx_pps,
+            rx_bps,
+            burst_us,
+        } => rate(ctx, &device, [tx_pps, tx_bps, rx_pps, rx_bps, burst_us]),
         Command::Version => Ok(Response {
             daemon_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             protocol: Some(PROTOCOL_VERSION),
@@ -347,6 +355,70 @@ pub fn check_log_level(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `rate`: the fields given ([tx_pps, tx_bps, rx_pps, rx_bps, burst_us]) replace the
+/// device's current limits.
+fn rate(ctx: &Context, name: &str, given: [Option<u64>; 5]) -> Result<Response, ProtocolError> {
+    let daemon = lock_daemon(&ctx.daemon);
+    let Some(control) = daemon.rate_control(name) else {
+        return Err(if daemon.has_device(name) {
+            ProtocolError::new(
+                ErrorCode::Invalid,
+                format!("device \"{name}\" runs offloaded without a software fallback: rate limits apply to the software datapath"),
+            )
+        } else {
+            not_found(name)
+        });
+    };
+    let max = vdpad_config::MAX_RATE;
+    if let Some(v) = given[..4].iter().flatten().find(|v| **v > max) {
+        return Err(ProtocolError::new(
+            ErrorCode::Invalid,
+            format!("rate {v} is above the largest accepted, {max}"),
+        ));
+    }
+    if let Some(b) = given[4].filter(|b| !(100..=1_000_000).contains(b)) {
+        return Err(ProtocolError::new(
+            ErrorCode::Invalid,
+            format!("burst_us {b} must be between 100 and 1000000"),
+        ));
+    }
+    let mut r = control.get();
+    let fields = [&mut r.tx.pps, &mut r.tx.bps, &mut r.rx.pps, &mut r.rx.bps];
+    for (f, v) in fields.into_iter().zip(given) {
+        if let Some(v) = v {
+            *f = v;
+        }
+    }
+    if let Some(b) = given[4] {
+        r.burst = std::time::Duration::from_micros(b);
+    }
+    control.set(r);
+    info!(
+        device = name,
+        tx_pps = r.tx.pps,
+        tx_bps = r.tx.bps,
+        rx_pps = r.rx.pps,
+        rx_bps = r.rx.bps,
+        burst_us = r.burst.as_micros() as u64,
+        "rate limits changed"
+    );
+    Ok(Response {
+        rates: Some(rate_view(&r)),
+        ..Response::ok()
+    })
+}
+
+/// Limits as the protocol shows them.
+pub fn rate_view(r: &swpath::ratelimit::Rates) -> RateView {
+    RateView {
+        tx_pps: r.tx.pps,
+        tx_bps: r.tx.bps,
+        rx_pps: r.rx.pps,
+        rx_bps: r.rx.bps,
+        burst_us: r.burst.as_micros() as u64,
+    }
+}
+
 fn not_found(name: &str) -> ProtocolError {
     ProtocolError::new(ErrorCode::NotFound, format!("no device named \"{name}\""))
 }
@@ -465,6 +537,8 @@ pub fn queue_view(q: &QueueStats) -> QueueView {
             .collect(),
         bad_descriptors_total: q.total_bad_descriptors(),
         faults: q.faults.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        throttled: q.throttled,
+        throttled_seconds: q.throttled_ns as f64 / 1e9,
         packets_per_kick: q.packets_per_kick(),
         packets_per_interrupt: q.packets_per_interrupt(),
     }

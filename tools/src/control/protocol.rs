@@ -10,6 +10,7 @@
 //! {"version":1,"command":"add","config":"[[device]]\nname = \"vm2-net0\"\n","origin":"vm2.toml"}
 //! {"version":1,"command":"remove","device":"vm2-net0"}
 //! {"version":1,"command":"log-level","level":"debug"}
+//! {"version":1,"command":"rate","device":"vm1-net0","tx_pps":100000}
 //! {"version":1,"command":"version"}
 //! ```
 //!
@@ -39,7 +40,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Every command, in the order `docs/operations.md` describes them.
-pub const COMMANDS: [&str; 6] = ["list", "stats", "add", "remove", "log-level", "version"];
+pub const COMMANDS: [&str; 7] = [
+    "list",
+    "stats",
+    "add",
+    "remove",
+    "log-level",
+    "rate",
+    "version",
+];
 
 /// What a client asks for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +90,28 @@ pub enum Command {
         /// A level (`error` ... `trace`) or a `tracing` filter directive.
         level: String,
     },
+    /// Changes a device's rate limits while it runs (fields left out keep their
+    /// value; 0 is unlimited) and answers with the limits now in effect. Not kept
+    /// across a restart or reload: the configuration file's values apply then.
+    Rate {
+        /// The device's name.
+        device: String,
+        /// Guest-to-host packets per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tx_pps: Option<u64>,
+        /// Guest-to-host bits per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tx_bps: Option<u64>,
+        /// Host-to-guest packets per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rx_pps: Option<u64>,
+        /// Host-to-guest bits per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rx_bps: Option<u64>,
+        /// Bucket depth in microseconds at the limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        burst_us: Option<u64>,
+    },
     /// The daemon's version and protocol version.
     Version,
 }
@@ -98,6 +129,7 @@ impl Command {
             Command::Add { .. } => "add",
             Command::Remove { .. } => "remove",
             Command::LogLevel { .. } => "log-level",
+            Command::Rate { .. } => "rate",
             Command::Version => "version",
         }
     }
@@ -106,7 +138,10 @@ impl Command {
     pub fn changes_state(&self) -> bool {
         matches!(
             self,
-            Command::Add { .. } | Command::Remove { .. } | Command::LogLevel { .. }
+            Command::Add { .. }
+                | Command::Remove { .. }
+                | Command::LogLevel { .. }
+                | Command::Rate { .. }
         )
     }
 }
@@ -295,6 +330,9 @@ pub struct Response {
     /// `log-level`: the filter now in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
+    /// `rate`: the device's limits now in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rates: Option<RateView>,
     /// `version`: the daemon's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_version: Option<String>,
@@ -484,10 +522,31 @@ pub struct QueueView {
     /// whole pair count on its RX queue. Absent (empty) from daemons that predate it.
     #[serde(default)]
     pub faults: BTreeMap<String, u64>,
+    /// Periods the queue waited for its rate limit (absent from older daemons).
+    #[serde(default)]
+    pub throttled: u64,
+    /// Seconds the queue waited for its rate limit.
+    #[serde(default)]
+    pub throttled_seconds: f64,
     /// Packets per guest notification, once there was one.
     pub packets_per_kick: Option<f64>,
     /// Packets per interrupt, once there was one.
     pub packets_per_interrupt: Option<f64>,
+}
+
+/// A device's rate limits (0: unlimited).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateView {
+    /// Guest-to-host packets per second.
+    pub tx_pps: u64,
+    /// Guest-to-host bits per second.
+    pub tx_bps: u64,
+    /// Host-to-guest packets per second.
+    pub rx_pps: u64,
+    /// Host-to-guest bits per second.
+    pub rx_bps: u64,
+    /// Bucket depth in microseconds at the limit.
+    pub burst_us: u64,
 }
 
 #[cfg(test)]

@@ -100,6 +100,8 @@ mod tests {
             bad_descriptors: Default::default(),
             bad_descriptors_total: 0,
             faults: Default::default(),
+            throttled: 0,
+            throttled_seconds: 0.0,
             packets_per_kick: None,
             packets_per_interrupt: None,
         }
