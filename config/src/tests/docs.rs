@@ -1,14 +1,24 @@
-//! Keeps docs/config.md honest: its example files parse, the embedded default shown
-//! there is the real one, every key has a section, and the error samples are real.
+//! Keeps docs/config.md and docs/config-datapath.md (the software datapath's keys)
+//! honest: their example files parse, the embedded default shown there is the real
+//! one, every key has a section, and the error samples are real.
 
 use std::path::PathBuf;
 
 use crate::raw::{DAEMON, DEVICE};
 use crate::{Config, EMBEDDED_DEFAULT_TOML};
 
+/// The configuration reference: both pages, one after the other.
 fn config_md() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    ["config.md", "config-datapath.md"]
+        .iter()
+        .map(|page| {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../docs")
+                .join(page);
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The contents of every fenced block in `doc` whose info string is `lang`.
