@@ -16,6 +16,13 @@
 //!   test`): frames injected on the simulated NIC's link arrive in `vdpa-rig`'s
 //!   `listen` workload byte for byte, through the offload datapath.
 //!
+//! * `a_migration_moves_an_offloaded_device_to_software_and_back` (plain `cargo
+//!   test`): an offload device on the simulated NIC with its software fallback
+//!   offers live migration (VHOST_F_LOG_ALL) although the NIC cannot log; a rig that
+//!   plays a migrating QEMU (dirty log shared, LOG_ALL acked) is served by the
+//!   software datapath, which marks the pages it writes, and the next connection
+//!   without a log is served by the NIC again.
+//!
 //! Run: `cargo test -p vdpad-tests --test offload_guest -- --include-ignored --nocapture`.
 
 #[path = "support/mod.rs"]
@@ -24,7 +31,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hwdrv::sim::{ChannelLink, TapLink};
+use hwdrv::sim::{ChannelLink, LoopbackLink, TapLink};
 use hwdrv::{OffloadDatapath, SimConfig, SimNic};
 use support::guest::{Guest, GuestConfig, READY};
 use support::lab::Lab;
@@ -392,4 +399,57 @@ fn injected_frames_reach_rig_listen_through_simulated_offload() {
     assert_eq!(nic.dma_faults(), 0);
     rig.disconnect();
     served.stop();
+}
+
+#[test]
+fn a_migration_moves_an_offloaded_device_to_software_and_back() {
+    init_logging();
+    let dir = TempDir::new("offload-migrate");
+    let nic =
+        Arc::new(SimNic::new(SimConfig::default(), Box::new(LoopbackLink::new())).expect("NIC"));
+    let mut cfg = sim_device_config(&dir, "mig0");
+    cfg.fallback = true;
+    let offload =
+        OffloadDatapath::for_device(nic.clone(), &cfg).expect("the simulated NIC can serve");
+    let make: vdpa::FallbackFactory = Box::new(|| {
+        Ok(Box::new(swpath::SoftwareDatapath::loopback("mig0")) as Box<dyn vdpa::Datapath>)
+    });
+    let datapath = vdpa::FallbackDatapath::new(Box::new(offload), make, 0).relays_migrations();
+    let shutdown = Shutdown::new().expect("shutdown eventfd");
+    let server = DeviceServer::start(
+        Device::new(cfg.clone(), Box::new(datapath)),
+        shutdown.clone(),
+    )
+    .expect("serve the device");
+    let handle = server.handle().clone();
+    let verify = |dirty_log: bool| {
+        let mut opts = RigOptions::new(&cfg.socket);
+        opts.dirty_log = dirty_log;
+        let mut rig = Rig::connect(opts).expect("rig connects");
+        let report = run_verify(&mut rig, &VerifyOptions::new(2000, 512)).expect("verify ran");
+        let serving = handle.datapath_description();
+        rig.disconnect();
+        assert!(report.passed(), "{}", report.summary());
+        serving
+    };
+
+    let before = verify(false);
+    assert!(before.starts_with("offload"), "{before}");
+    let during = verify(true);
+    assert!(
+        during.starts_with("software/loopback (while a migration logs; offload"),
+        "{during}"
+    );
+    let log = handle.status().dirty_log.expect("a dirty log was shared");
+    assert!(log.pages_marked > 0 && log.outside_log == 0, "{log:?}");
+    assert_eq!(
+        handle.status().fallback_reason,
+        None,
+        "a relay is not a fallback"
+    );
+    let after = verify(false);
+    assert!(after.starts_with("offload"), "{after}");
+    assert_eq!(nic.dma_faults(), 0);
+    shutdown.raise();
+    server.join();
 }

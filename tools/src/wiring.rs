@@ -301,7 +301,9 @@ fn offload(
                     .map(|d| Box::new(d) as Box<dyn Datapath>)
                     .map_err(Into::into)
             });
-            let wrapper = FallbackDatapath::new(Box::new(dp), make, fallback_offloads(dev));
+            // The software fallback logs dirty pages: it serves while a VM migrates.
+            let wrapper = FallbackDatapath::new(Box::new(dp), make, fallback_offloads(dev))
+                .relays_migrations();
             Ok(Wired {
                 device: Device::new(dev.clone(), Box::new(wrapper)),
                 mode: "offload",

@@ -2,13 +2,18 @@
 //! datapath until that one cannot start a queue pair, then moves every pair — where
 //! its rings are — to the second and stays there.
 //!
+//! With [`FallbackDatapath::relays_migrations`] it also hands the device to the second
+//! datapath while a live migration logs dirty pages and the first cannot (an offload
+//! NIC writes guest memory behind the daemon's back), and takes it back when the
+//! pairs start without a log again (a migration that was cancelled or failed).
+//!
 //! The device core sees one datapath throughout; moving between datapaths is this
 //! wrapper's business, not the control plane's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::datapath::{Datapath, DatapathError, PairPosition, QueuePairConfig, StartFailure};
@@ -17,10 +22,27 @@ use crate::datapath::{Datapath, DatapathError, PairPosition, QueuePairConfig, St
 pub type FallbackFactory =
     Box<dyn FnOnce() -> Result<Box<dyn Datapath>, Box<dyn std::error::Error + Send + Sync>> + Send>;
 
+/// Which of its two datapaths serves the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// The first datapath.
+    First,
+    /// The second, while a migration logs (the first is parked, reset, in `other`).
+    Relay,
+    /// The second, for good: the first failed.
+    FellBack,
+}
+
 /// A first datapath and the fallback that replaces it for good when it fails.
 pub struct FallbackDatapath {
     active: Box<dyn Datapath>,
+    /// The datapath not serving now: the fallback once built and parked after a
+    /// migration, or the first datapath parked during one.
+    other: Option<Box<dyn Datapath>>,
     make: Option<FallbackFactory>,
+    serving: Serving,
+    /// The fallback logs dirty pages, and takes over while a migration logs.
+    relay: bool,
     /// Datapath features both can serve: offered either way, so the guest sees the
     /// same device before and after the switch.
     features: u64,
@@ -37,17 +59,38 @@ impl FallbackDatapath {
         FallbackDatapath {
             features: primary.datapath_features() & fallback_features,
             active: primary,
+            other: None,
             make: Some(make),
+            serving: Serving::First,
+            relay: false,
             running: BTreeMap::new(),
             reason: None,
         }
     }
 
-    /// Moves every running pair from the failed datapath to the fallback. On failure
-    /// the running pairs are lost (returned with where they resume).
-    fn switch(&mut self, cause: DatapathError) -> Result<(), StartFailure> {
-        let from = self.active.describe();
-        let make = self.make.take().expect("switch happens once");
+    /// Declares that the fallback logs dirty pages (the software datapath does): the
+    /// device then offers live migration even when the first datapath cannot log, and
+    /// the fallback serves while a migration logs.
+    pub fn relays_migrations(mut self) -> Self {
+        self.relay = true;
+        self
+    }
+
+    /// The fallback, built now if it was not yet.
+    fn fallback(&mut self) -> Result<Box<dyn Datapath>, Box<dyn std::error::Error + Send + Sync>> {
+        match (self.other.take(), self.make.take()) {
+            (Some(d), make) => {
+                self.make = make;
+                Ok(d)
+            }
+            (None, Some(make)) => make(),
+            (None, None) => Err("the fallback datapath is gone".into()),
+        }
+    }
+
+    /// Stops every running pair on the active datapath and resets it; returns the
+    /// pairs with the bases they resume at.
+    fn stop_all_running(&mut self) -> Vec<QueuePairConfig> {
         let mut moving: Vec<QueuePairConfig> =
             std::mem::take(&mut self.running).into_values().collect();
         let stopped: Vec<PairPosition> = moving
@@ -61,16 +104,16 @@ impl FallbackDatapath {
             }
         }
         self.active.reset();
-        let positions = |qps: &[QueuePairConfig]| -> Vec<PairPosition> {
-            qps.iter()
-                .map(|qp| PairPosition {
-                    pair: qp.pair,
-                    rx: qp.rx.base,
-                    tx: qp.tx.base,
-                })
-                .collect()
-        };
-        let new = match make() {
+        moving
+    }
+
+    /// Moves every running pair to the fallback: for good (`to` = `FellBack`, the
+    /// first datapath failed with `cause`) or while a migration logs (`to` = `Relay`).
+    /// On failure the running pairs are lost (returned with where they resume).
+    fn switch(&mut self, cause: DatapathError, to: Serving) -> Result<(), StartFailure> {
+        let from = self.active.describe();
+        let moving = self.stop_all_running();
+        let new = match self.fallback() {
             Ok(d) => d,
             Err(source) => {
                 error!(%from, error = %cause, fallback_error = %source,
@@ -85,19 +128,43 @@ impl FallbackDatapath {
                 });
             }
         };
-        self.active = new;
-        let reason = format!("{from} failed: {cause}");
-        warn!(%from, to = %self.active.describe(), %reason, "falling back to the second datapath");
-        self.reason = Some(reason);
+        let old = std::mem::replace(&mut self.active, new);
+        if to == Serving::Relay {
+            info!(%from, to = %self.active.describe(), "a live migration logs dirty pages: the fallback serves until it ends");
+            self.other = Some(old);
+        } else {
+            let reason = format!("{from} failed: {cause}");
+            warn!(%from, to = %self.active.describe(), %reason, "falling back to the second datapath");
+            self.reason = Some(reason);
+        }
+        self.serving = to;
+        self.resume(moving)
+    }
+
+    /// Gives the device back to the parked first datapath after a migration (the
+    /// fallback is parked in turn, for the next one). If the first cannot take the
+    /// pairs, the fallback takes them back for good.
+    fn switch_back(&mut self) -> Result<(), StartFailure> {
+        let Some(first) = self.other.take() else {
+            return Ok(());
+        };
+        let moving = self.stop_all_running();
+        let relay = std::mem::replace(&mut self.active, first);
+        self.other = Some(relay);
+        self.serving = Serving::First;
+        info!(to = %self.active.describe(), "the migration ended: the first datapath serves again");
+        self.resume(moving)
+    }
+
+    /// Starts `moving` on the active datapath; pairs that cannot start are lost.
+    fn resume(&mut self, moving: Vec<QueuePairConfig>) -> Result<(), StartFailure> {
         let mut lost = Vec::new();
         for qp in moving {
             let pair = qp.pair;
-            match self.active.start(qp.clone()) {
-                Ok(()) => {
-                    self.running.insert(pair, qp);
-                }
+            match self.start(qp.clone()) {
+                Ok(()) => {}
                 Err(f) => {
-                    warn!(pair, error = %f.error, "pair could not resume on the fallback");
+                    warn!(pair, error = %f.error, "pair could not resume after the switch");
                     lost.extend(positions(std::slice::from_ref(&qp)));
                     lost.extend(f.lost);
                 }
@@ -109,27 +176,52 @@ impl FallbackDatapath {
             Err(StartFailure {
                 error: DatapathError::Pair {
                     pair: lost[0].pair,
-                    why: "could not resume on the fallback datapath".into(),
+                    why: "could not resume on the other datapath".into(),
                 },
                 lost,
             })
         }
     }
+
+    /// Whether the fallback can still be had (built, parked, or buildable).
+    fn has_fallback(&self) -> bool {
+        self.serving == Serving::First && (self.other.is_some() || self.make.is_some())
+    }
+}
+
+/// Where each of `qps` resumes.
+fn positions(qps: &[QueuePairConfig]) -> Vec<PairPosition> {
+    qps.iter()
+        .map(|qp| PairPosition {
+            pair: qp.pair,
+            rx: qp.rx.base,
+            tx: qp.tx.base,
+        })
+        .collect()
 }
 
 impl Datapath for FallbackDatapath {
     fn describe(&self) -> String {
-        self.active.describe()
+        match self.serving {
+            Serving::Relay => format!(
+                "{} (while a migration logs; {} parked)",
+                self.active.describe(),
+                self.other
+                    .as_ref()
+                    .map_or_else(String::new, |d| d.describe())
+            ),
+            _ => self.active.describe(),
+        }
     }
 
     fn datapath_features(&self) -> u64 {
         self.features
     }
 
-    /// Only if the first datapath logs (the device's offer is made before any switch;
-    /// the software fallback always can).
+    /// If the first datapath logs, or the fallback relays migrations (the device's
+    /// offer is made before any switch).
     fn supports_dirty_log(&self) -> bool {
-        self.active.supports_dirty_log()
+        self.active.supports_dirty_log() || self.relay
     }
 
     fn announce(&mut self, mac: [u8; 6]) -> bool {
@@ -137,23 +229,32 @@ impl Datapath for FallbackDatapath {
     }
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
+        let logging = qp.log.is_some();
+        if logging && !self.active.supports_dirty_log() && self.relay && self.has_fallback() {
+            self.switch(
+                DatapathError::Pair {
+                    pair: qp.pair,
+                    why: "a live migration logs dirty pages, which this datapath cannot".into(),
+                },
+                Serving::Relay,
+            )?;
+        } else if !logging && self.serving == Serving::Relay {
+            self.switch_back()?;
+        }
         match self.active.start(qp.clone()) {
             Ok(()) => {
                 self.running.insert(qp.pair, qp);
                 Ok(())
             }
-            Err(f) if self.make.is_some() => {
+            Err(f) if self.has_fallback() => {
                 for p in &f.lost {
                     if let Some(lost) = self.running.get_mut(&p.pair) {
                         lost.rx.base = p.rx;
                         lost.tx.base = p.tx;
                     }
                 }
-                let pair = qp.pair;
-                self.switch(f.error)?;
-                self.active.start(qp.clone())?;
-                self.running.insert(pair, qp);
-                Ok(())
+                self.switch(f.error, Serving::FellBack)?;
+                self.start(qp)
             }
             Err(f) => {
                 for p in &f.lost {
@@ -200,8 +301,16 @@ impl Datapath for FallbackDatapath {
         self.reason.clone()
     }
 
+    /// The frontend went away or reset the device: a migration relay ends with it.
     fn reset(&mut self) {
         self.running.clear();
         self.active.reset();
+        if self.serving == Serving::Relay {
+            if let Some(first) = self.other.take() {
+                let relay = std::mem::replace(&mut self.active, first);
+                self.other = Some(relay);
+                self.serving = Serving::First;
+            }
+        }
     }
 }

@@ -8,10 +8,12 @@ use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 
 use support::{device_config, Event, Recorder};
+use vdpa::virtio::features::VHOST_F_LOG_ALL;
 use vdpa::virtio::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX};
 use vdpa::vring::{AddrSpace, RingLocation};
 use vdpa::{
-    ConnectionState, Datapath, Device, FallbackDatapath, GuestMemory, MemoryRegion, RingAddrs,
+    ConnectionState, Datapath, Device, DirtyLog, FallbackDatapath, GuestMemory, MemoryRegion,
+    RingAddrs,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -35,13 +37,19 @@ impl DirectFrontend {
         DirectFrontend { dev }
     }
 
-    fn memory() -> GuestMemory {
+    /// A memfd of `size` bytes.
+    fn memfd(size: u64) -> File {
         // SAFETY: a valid NUL-terminated name; the returned fd is new and ours.
         let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), libc::MFD_ALLOW_SEALING) };
         assert!(fd >= 0);
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(MEM).unwrap();
+        file.set_len(size).unwrap();
+        file
+    }
+
+    fn memory() -> GuestMemory {
+        let file = Self::memfd(MEM);
         // An IOVA-keyed table: the frontend's "virtual address" is never used.
         let region = MemoryRegion::map(GUEST_BASE, MEM, 0, 0, file).unwrap();
         GuestMemory::from_regions(vec![region]).unwrap()
@@ -219,6 +227,51 @@ fn a_fallback_that_cannot_be_built_leaves_the_pairs_stopped_and_says_why() {
         err.contains("refused by the test") && err.contains("fallback could not be built"),
         "{err}"
     );
+}
+
+/// A first datapath that cannot log (an offload NIC) hands the device to a fallback
+/// that can while a migration logs, and takes it back when the migration ends
+/// without the VM leaving (cancelled): the rings move where they are, both ways.
+#[test]
+fn a_migration_is_relayed_by_the_fallback_and_the_first_datapath_resumes_after() {
+    let primary = Recorder::default();
+    let second = Recorder {
+        logs: true,
+        ..Default::default()
+    };
+    let s2 = second.clone();
+    let wrapper = FallbackDatapath::new(
+        Box::new(primary.clone()),
+        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
+        0,
+    )
+    .relays_migrations();
+    let (mut f, handle) = two_pairs_ready(wrapper, [1, 2, 3, 4]);
+    assert!(f.dev.offered_features() & VHOST_F_LOG_ALL != 0);
+    assert_eq!(primary.starts(), 2);
+
+    // QEMU's order: the log first, then the features with LOG_ALL.
+    let log = DirtyLog::map(DirectFrontend::memfd(4096), 4096, 0, f.dev.memory()).unwrap();
+    f.dev.set_log(log);
+    let features = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
+    f.dev.set_features(features | VHOST_F_LOG_ALL).unwrap();
+    f.dev.reconcile();
+    assert_eq!(second.events(), vec![start(0, 6, 7), start(1, 8, 9)]);
+    assert_eq!(handle.status().running_pairs, vec![0, 1]);
+    let how = handle.status();
+    assert!(how.logging, "{how:?}");
+    let described = handle.datapath_description();
+    assert!(described.contains("while a migration logs"), "{described}");
+    assert_eq!(how.fallback_reason, None, "a relay is not a fallback");
+
+    // Cancelled: the features come back without LOG_ALL, the first datapath resumes.
+    f.dev.set_features(features).unwrap();
+    f.dev.reconcile();
+    let back: Vec<Event> = primary.events().into_iter().skip(4).collect();
+    assert!(back.contains(&start(0, 11, 12)), "{back:?}");
+    assert!(back.contains(&start(1, 13, 14)), "{back:?}");
+    assert_eq!(handle.datapath_description(), "recorder");
+    assert_eq!(handle.status().running_pairs, vec![0, 1]);
 }
 
 /// A frontend that kept its rings across a reconnect but sends base 0 (DPDK

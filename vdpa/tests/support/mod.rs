@@ -31,6 +31,10 @@ pub struct Recorder {
     pub live_call: bool,
     /// Pairs it refuses to start.
     pub refuse: Vec<u16>,
+    /// Whether it marks dirty pages (offered as `supports_dirty_log`).
+    pub logs: bool,
+    /// Panics in the next `start` (once), as a datapath with a bug would.
+    pub panic_next_start: Arc<std::sync::atomic::AtomicBool>,
     pub events: Arc<Mutex<Vec<Event>>>,
     pub running: Arc<Mutex<std::collections::BTreeMap<u16, (u16, u16)>>>,
 }
@@ -51,7 +55,16 @@ impl Datapath for Recorder {
     fn describe(&self) -> String {
         "recorder".into()
     }
+    fn supports_dirty_log(&self) -> bool {
+        self.logs
+    }
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
+        if self
+            .panic_next_start
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("the recorder panics starting pair {}", qp.pair);
+        }
         if self.refuse.contains(&qp.pair) {
             return Err(DatapathError::Pair {
                 pair: qp.pair,
