@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -301,13 +302,48 @@ pub(crate) fn serve_stream(
     shutdown: &Shutdown,
     first_request: Option<std::time::Duration>,
 ) -> Ended {
-    match Connection::new(stream) {
-        Ok(conn) => serve_connection(device, conn, shutdown, first_request),
-        Err(e) => Ended {
-            reason: format!("socket setup failed: {e}"),
+    let conn = match Connection::new(stream) {
+        Ok(conn) => conn,
+        Err(e) => {
+            return Ended {
+                reason: format!("socket setup failed: {e}"),
+                requests: 0,
+            }
+        }
+    };
+    // A panic while serving (a bug of ours or of a datapath, triggered by what this
+    // frontend sent) costs this connection, not the device: the device is reset as
+    // after a disconnect and waits for the next frontend; its status says why.
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        serve_connection(device, conn, shutdown, first_request)
+    }));
+    served.unwrap_or_else(|panic| {
+        let what = panic_text(panic.as_ref());
+        error!(device = device.name(), panic = %what,
+               "device thread panicked serving a frontend; the connection is closed and the device reset");
+        device.record_error(format!(
+            "the device thread panicked serving a frontend ({what}); the connection was closed"
+        ));
+        if catch_unwind(AssertUnwindSafe(|| device.disconnected())).is_err() {
+            error!(
+                device = device.name(),
+                "resetting the device after a panic panicked too"
+            );
+        }
+        Ended {
+            reason: format!("device thread panicked: {what}"),
             requests: 0,
-        },
-    }
+        }
+    })
+}
+
+/// The message of a panic payload (`&str` or `String`), or a placeholder.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned())
 }
 
 fn serve_connection(

@@ -265,6 +265,17 @@ impl Frontend {
         self.acked(R::SET_VRING_ENABLE, &Self::state(ring, on as u32), &[])
     }
 
+    /// Whether the device closed the connection (within the 5 s read timeout) without
+    /// sending anything more.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 12];
+        match self.s.read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
+
     fn get_vring_base(&mut self, ring: u32) -> u32 {
         self.send(R::GET_VRING_BASE, 0, &Self::state(ring, 0), &[]);
         let b = self.reply(R::GET_VRING_BASE);
@@ -451,6 +462,51 @@ fn disconnect_mid_setup_then_a_second_frontend_succeeds() {
     assert_eq!(f.enable(1, true), 0);
     let ev = h.wait_events(2);
     assert_eq!(ev, vec![Event::Reset, start_event(0, 0, 0)]);
+    assert_eq!(h.handle.status().connections, 2);
+}
+
+#[test]
+fn a_panic_while_serving_costs_the_connection_not_the_device() {
+    let h = Harness::new(1);
+    h.rec
+        .panic_next_start
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    {
+        let mut f = h.connect();
+        f.negotiate(REPLY_ACK);
+        assert_eq!(f.set_features(FEATURES), 0);
+        assert_eq!(f.set_mem_table(), 0);
+        f.ring_setup(0, 0, true);
+        f.ring_setup(1, 0, true);
+        assert_eq!(f.enable(0, true), 0);
+        // The pair starts with this enable, and the datapath panics: no reply comes,
+        // the connection is closed.
+        f.send(R::SET_VRING_ENABLE, NEED_REPLY, &Frontend::state(1, 1), &[]);
+        assert!(f.closed(), "the connection stayed open");
+    }
+    // The connection closes while the panic unwinds; the status follows.
+    let said = |st: &vdpa::DeviceStatus| {
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("panicked"))
+    };
+    let t = Instant::now();
+    while !said(&h.handle.status()) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = h.handle.status();
+    assert!(said(&st), "{:?}", st.last_error);
+    // The device serves the next frontend as usual.
+    let mut f = h.connect();
+    f.negotiate(REPLY_ACK);
+    assert_eq!(f.set_features(FEATURES), 0);
+    assert_eq!(f.set_mem_table(), 0);
+    f.ring_setup(0, 0, true);
+    f.ring_setup(1, 0, true);
+    assert_eq!(f.enable(0, true), 0);
+    assert_eq!(f.enable(1, true), 0);
+    // The panic's reset, then the second frontend's pair.
+    assert_eq!(h.wait_events(2), vec![Event::Reset, start_event(0, 0, 0)]);
     assert_eq!(h.handle.status().connections, 2);
 }
 
