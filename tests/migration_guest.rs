@@ -25,6 +25,7 @@ use serde_json::json;
 use support::guest::{Guest, GuestConfig};
 use support::lab::Lab;
 use support::netns::Netns;
+use support::operator::vdpactl;
 use support::process::Spawn;
 use support::qmp::Qmp;
 use support::swdev::{start_daemon, SwBackend, SwDevice};
@@ -99,6 +100,19 @@ fn write_random(path: &Path, len: usize) {
     std::fs::write(path, data).expect("write the data file");
 }
 
+/// The `migration` object `vdpactl list --json` shows for `device` (`None` before the
+/// frontend shared a dirty log).
+fn migration_view(control: &Path, device: &str) -> Option<serde_json::Value> {
+    let out = vdpactl(&["--socket", &control.to_string_lossy(), "--json", "list"]);
+    assert!(out.status.success(), "vdpactl list: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answer: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("vdpactl list --json: {e}: {text}"));
+    let devices = answer["devices"].as_array()?;
+    let dev = devices.iter().find(|d| d["name"] == device)?;
+    dev.get("migration").cloned()
+}
+
 fn side_dir(dir: &Path, name: &str) -> PathBuf {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).expect("create a side's directory");
@@ -119,9 +133,19 @@ struct Migrated {
     t0: Instant,
 }
 
+/// How a migration ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// It runs to completion: the guest lives on on `mdst`.
+    Complete,
+    /// QMP `migrate_cancel` once the source logs (bandwidth held low so that it
+    /// cannot finish first): the guest stays on `msrc`.
+    Cancel,
+}
+
 /// Boots the guest on `msrc`, migrates it to `mdst` while it receives, and returns
-/// once the migration completed.
-fn migrate(tag: &str) -> Migrated {
+/// once the migration completed or, with [`End::Cancel`], was cancelled.
+fn migrate(tag: &str, end: End) -> Migrated {
     let t0 = Instant::now();
     let lab = Lab::require();
     let dir = TempDir::new(tag);
@@ -176,20 +200,33 @@ fn migrate(tag: &str) -> Migrated {
     src.wait_for("MIG-RECEIVING", BOOT_TIMEOUT);
     note(t0, "guest receives; migrating");
 
+    // Cancelled: 8 MiB/s for 512 MiB of RAM leaves about a minute to cancel in.
+    let bandwidth: u64 = match end {
+        End::Complete => 1 << 30,
+        End::Cancel => 8 << 20,
+    };
     qs.execute(
         "migrate-set-parameters",
-        json!({"max-bandwidth": 1u64 << 30, "downtime-limit": 300}),
+        json!({"max-bandwidth": bandwidth, "downtime-limit": 300}),
     );
     qs.execute(
         "migrate",
         json!({"uri": format!("unix:{}", channel.display())}),
     );
     let started = Instant::now();
+    let control = dir.join("run/control.sock");
+    let mut seen_logging = None;
     let info = poll(MIGRATE_TIMEOUT, Duration::from_millis(200), || {
+        if seen_logging.is_none() {
+            seen_logging = migration_view(&control, "msrc").filter(|m| m["logging"] == true);
+            if seen_logging.is_some() && end == End::Cancel {
+                qs.execute("migrate_cancel", json!({}));
+            }
+        }
         let r = qs.execute("query-migrate", json!({}));
-        match r["status"].as_str() {
-            Some("completed") => Some(Ok(r)),
-            Some("failed") | Some("cancelled") => Some(Err(r)),
+        match (r["status"].as_str(), end) {
+            (Some("completed"), End::Complete) | (Some("cancelled"), End::Cancel) => Some(Ok(r)),
+            (Some("completed" | "failed" | "cancelled"), _) => Some(Err(r)),
             _ => None,
         }
     })
@@ -199,12 +236,13 @@ fn migrate(tag: &str) -> Migrated {
             daemon.tail()
         )
     })
-    .unwrap_or_else(|r| panic!("migration failed: {r}{}", daemon.tail()));
+    .unwrap_or_else(|r| panic!("migration ended otherwise than asked: {r}{}", daemon.tail()));
     note(
         t0,
         &format!(
-            "migration completed in {:?}: total {} ms, downtime {} ms, {} MiB of RAM sent \
+            "migration {} after {:?}: total {} ms, downtime {} ms, {} MiB of RAM sent \
              in {} rounds",
+            info["status"],
             started.elapsed(),
             info["total-time"],
             info["downtime"],
@@ -213,6 +251,26 @@ fn migrate(tag: &str) -> Migrated {
         ),
     );
     qs.quit();
+    // What an operator sees: vdpactl showed the source logging while the VM moved,
+    // with pages marked, and nothing outside the log.
+    let during = seen_logging.unwrap_or_else(|| {
+        panic!(
+            "vdpactl list never showed device msrc logging during the migration{}",
+            daemon.tail()
+        )
+    });
+    note(t0, &format!("vdpactl during the migration: msrc {during}"));
+    // After the migration the source stops logging (cancelled: QEMU acks the
+    // features without LOG_ALL again, and the pairs run on without the log).
+    let after = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        migration_view(&control, "msrc").filter(|m| m["logging"] == false)
+    })
+    .unwrap_or_else(|| panic!("msrc still logging after the migration{}", daemon.tail()));
+    note(t0, &format!("vdpactl after the migration: msrc {after}"));
+    assert!(
+        after["pages_marked"].as_u64().unwrap_or(0) > 0 && after["outside_log"] == 0,
+        "source's dirty log after the migration: {after}"
+    );
     Migrated {
         dst,
         src,
@@ -228,7 +286,7 @@ fn migrate(tag: &str) -> Migrated {
 #[test]
 #[ignore = "needs the lab: QEMU 10, the lab guest, root for namespaces and taps"]
 fn guest_migrates_between_devices_while_receiving() {
-    let mut m = migrate("mig");
+    let mut m = migrate("mig", End::Complete);
     let t0 = m.t0;
     // The rest of the guest's life happens on the destination.
     let received = m.dst.wait_for("MIG-RECEIVED", MIGRATE_TIMEOUT);
@@ -288,5 +346,56 @@ fn guest_migrates_between_devices_while_receiving() {
         0,
         "{}",
         m.dst.tail()
+    );
+}
+
+#[test]
+#[ignore = "needs the lab: QEMU 10, the lab guest, root for namespaces and taps"]
+fn cancelled_migration_leaves_the_guest_running_on_the_source() {
+    let mut m = migrate("migc", End::Cancel);
+    let t0 = m.t0;
+    // The guest never left: the transfer ends on the source, whole, and its pings
+    // carried on through the logging and back.
+    let received = m.src.wait_for("MIG-RECEIVED", MIGRATE_TIMEOUT);
+    let md5 = m.src.wait_for("MIG-MD5", MIGRATE_TIMEOUT);
+    let ping = m.src.wait_for("MIG-PING", MIGRATE_TIMEOUT);
+    note(t0, &format!("source guest: {received} / {md5} / {ping}"));
+    assert!(
+        md5.ends_with(&m.want),
+        "the guest received a corrupted stream: {md5}, sent {}{}",
+        m.want,
+        m.src.tail()
+    );
+    let p = parse_ping(ping.trim_start_matches("MIG-PING "))
+        .unwrap_or_else(|| panic!("cannot parse {ping:?}"));
+    assert_eq!(p.transmitted, u64::from(PINGS), "{ping}");
+    assert!(
+        p.transmitted - p.received <= MAX_PING_LOSS,
+        "ping lost {} of {} around the cancelled migration{}",
+        p.transmitted - p.received,
+        p.transmitted,
+        m.src.tail()
+    );
+    let log = m.daemon.log();
+    for want in [
+        "dirty logging starts device=\"msrc\"",
+        "dirty logging ends device=\"msrc\"",
+    ] {
+        assert!(
+            log.contains(want),
+            "vdpad never logged {want:?}{}",
+            m.daemon.tail()
+        );
+    }
+    assert!(
+        !log.contains("queue pair started device=\"mdst\""),
+        "the destination started a queue pair although the migration was cancelled{}",
+        m.daemon.tail()
+    );
+    assert_eq!(
+        m.src.wait_exit(Duration::from_secs(60)),
+        0,
+        "{}",
+        m.src.tail()
     );
 }

@@ -10,8 +10,8 @@ use vdpad_config::{Backend, DeviceConfig};
 
 use super::persist;
 use super::protocol::{
-    Command, DeviceStats, DeviceView, ErrorCode, PciView, PeerView, ProtocolError, QueueView,
-    RateView, Response, StartFailureView, PROTOCOL_VERSION,
+    Command, DeviceStats, DeviceView, ErrorCode, MigrationView, PciView, PeerView, ProtocolError,
+    QueueView, RateView, Response, StartFailureView, PROTOCOL_VERSION,
 };
 use crate::daemon::{Daemon, DeviceInfo, FailedInfo};
 use crate::logging::LogControl;
@@ -146,6 +146,7 @@ pub fn failed_view(f: &FailedInfo) -> DeviceView {
             attempts: f.failures,
             retry_in_seconds: Some(f.retry_in.as_secs_f64()),
         }),
+        migration: None,
     }
 }
 
@@ -474,6 +475,12 @@ pub fn device_view(d: &DeviceInfo) -> DeviceView {
             error: None,
             attempts: d.start_failures,
             retry_in_seconds: None,
+        }),
+        migration: st.dirty_log.map(|log| MigrationView {
+            logging: st.logging,
+            log_bytes: log.bytes,
+            pages_marked: log.pages_marked,
+            outside_log: log.outside_log,
         }),
     }
 }

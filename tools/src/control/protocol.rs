@@ -430,6 +430,24 @@ pub struct DeviceView {
     /// tried again; for a running one, how many attempts failed before it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_failure: Option<StartFailureView>,
+    /// The dirty log of a live migration, once the frontend shared one on the current
+    /// connection (absent before and from daemons that predate migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationView>,
+}
+
+/// A device's part in a live migration: whether it logs the guest pages it writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationView {
+    /// The frontend acked VHOST_F_LOG_ALL: a migration runs and every write into
+    /// guest memory is marked in the log.
+    pub logging: bool,
+    /// Size of the shared log in bytes (one bit per 4 KiB guest page).
+    pub log_bytes: u64,
+    /// Pages this device marked dirty that were not marked yet.
+    pub pages_marked: u64,
+    /// Pages beyond the end of the log that could not be marked (should stay 0).
+    pub outside_log: u64,
 }
 
 fn server_role() -> String {

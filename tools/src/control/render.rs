@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::protocol::{DeviceStats, DeviceView, PeerView, QueueView};
+use super::protocol::{DeviceStats, DeviceView, MigrationView, PeerView, QueueView};
 use super::rates::QueueRates;
 
 /// A table: a header and rows of cells; columns marked numeric are right-aligned.
@@ -195,6 +195,9 @@ pub fn list(devices: &[DeviceView]) -> String {
             field(&mut out, "mtu", mtu.to_string());
         }
         field(&mut out, "fallback", or_dash(d.fallback_reason.clone()));
+        if let Some(m) = &d.migration {
+            field(&mut out, "migration", migration_text(m));
+        }
         if let Some(f) = &d.start_failure {
             let text = match (&f.error, f.retry_in_seconds) {
                 (Some(e), Some(secs)) => format!(
@@ -210,6 +213,24 @@ pub fn list(devices: &[DeviceView]) -> String {
         }
     }
     out
+}
+
+/// `logging: 12345 page(s) marked, 64 KiB log` (or `not logging (last log: ...)`).
+pub fn migration_text(m: &MigrationView) -> String {
+    let what = if m.logging {
+        "logging dirty pages"
+    } else {
+        "not logging (last migration's log)"
+    };
+    let mut text = format!(
+        "{what}: {} page(s) marked, {} KiB log",
+        m.pages_marked,
+        m.log_bytes / 1024
+    );
+    if m.outside_log > 0 {
+        text.push_str(&format!(", {} page(s) outside the log", m.outside_log));
+    }
+    text
 }
 
 /// `vdpactl stats`: one table per device. With `rates` (from `--watch`), PPS and BPS

@@ -149,6 +149,33 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
         );
     }
     e.family(
+        "vdpad_device_dirty_logging",
+        "gauge",
+        "1 while a live migration has the device log the guest pages it writes (VHOST_F_LOG_ALL acked), else 0.",
+    );
+    for d in devices {
+        e.sample(
+            "vdpad_device_dirty_logging",
+            &[("device", &d.name)],
+            u8::from(d.migration.as_ref().is_some_and(|m| m.logging)),
+        );
+    }
+    e.family(
+        "vdpad_device_dirty_pages_total",
+        "counter",
+        "Guest pages the device marked dirty in the migration log of the current connection (and pages it could not mark: outside_log).",
+    );
+    for d in devices.iter().filter(|d| d.migration.is_some()) {
+        let m = d.migration.as_ref().expect("filtered");
+        for (kind, n) in [("marked", m.pages_marked), ("outside_log", m.outside_log)] {
+            e.sample(
+                "vdpad_device_dirty_pages_total",
+                &[("device", &d.name), ("kind", kind)],
+                n,
+            );
+        }
+    }
+    e.family(
         "vdpad_device_queue_pairs",
         "gauge",
         "Queue pairs offered to the guest.",
@@ -351,7 +378,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{PciView, QueueView};
+    use crate::control::protocol::{MigrationView, PciView, QueueView};
 
     fn device() -> (DeviceView, DeviceStats) {
         let view = DeviceView {
@@ -378,6 +405,12 @@ mod tests {
             fallback_reason: None,
             last_error: None,
             start_failure: None,
+            migration: Some(MigrationView {
+                logging: true,
+                log_bytes: 65536,
+                pages_marked: 12,
+                outside_log: 0,
+            }),
         };
         let q = QueueView {
             queue: 1,
@@ -442,6 +475,10 @@ mod tests {
             "vdpad_device_state{{{esc},state=\"waiting\"}} 0\n"
         )));
         assert!(text.contains("# TYPE vdpad_device_connections_total counter\n"));
+        assert!(text.contains(&format!("vdpad_device_dirty_logging{{{esc}}} 1\n")));
+        assert!(text.contains(&format!(
+            "vdpad_device_dirty_pages_total{{{esc},kind=\"marked\"}} 12\n"
+        )));
         assert!(text.contains("vdpad_start_time_seconds 1.500\n"));
         // Every sample belongs to the family declared last before it.
         let mut family = String::new();
