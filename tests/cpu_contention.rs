@@ -67,7 +67,8 @@ fn contended_share(tag: &str, tuning: &str) -> (u64, u64) {
     let spec = DeviceSpec::loopback("lo0");
     let toml = format!("{}cpus = [0]\n{tuning}\n", config_toml(dir.path(), &[spec]));
     let socket = dir.join("lo0.sock");
-    let mut daemon = Daemon::start_custom(dir.path(), &toml, vec![socket.clone()], None, None);
+    let mut daemon =
+        Daemon::start_custom(dir.path(), &toml, vec![(socket.clone(), false)], None, None);
     let mut best = (0, 0);
     for _ in 0..PAIRS {
         let quiet = bench(&socket);

@@ -6,8 +6,11 @@
 //! (kernel and initramfs, the guest's script and share over 9p filesystems).
 //!
 //! vdpad runs in a test namespace with a two-pair tap device (`queue_size = 1024` to
-//! match the XML's ring sizes, `socket_owner = "libvirt-qemu"` because libvirt runs
-//! QEMU as that user), as an operator following docs/operations.md would set it up.
+//! match the XML's ring sizes), as an operator following docs/attaching.md would set
+//! it up, in both socket modes: vdpad listens (`<source mode='client'>`, the shipped
+//! XML as it is, `socket_owner = "libvirt-qemu"` because libvirt runs QEMU as that
+//! user), or QEMU listens (`<source mode='server'>` without `<reconnect>`, the device
+//! in client mode, `socket_role = "client"`: vdpad connects and reconnects).
 //!
 //! The scenario ([`libvirt_scenario`]), per socket mode:
 //!
@@ -17,7 +20,8 @@
 //!    --interface`): what libvirt answers is printed; vdpad's own per-queue counters
 //!    (its SIGUSR1 dump, what `vdpactl stats` shows) must have moved;
 //! 3. vdpad is killed and started again under the running domain: QEMU reconnects
-//!    (`<reconnect enabled='yes' timeout='1'/>`) and the same boot pings again;
+//!    (`<reconnect enabled='yes' timeout='1'/>`), or vdpad reconnects to QEMU's
+//!    socket, and the same boot pings again;
 //! 4. `virsh reboot` (ACPI: the guest powers off on the power button, libvirt resets
 //!    it): the guest boots a second time in the same QEMU and pings;
 //! 5. `virsh shutdown` (ACPI) leaves the domain `shut off`; `virsh start` boots it a
@@ -44,8 +48,7 @@ use support::libvirt::{Domain, Libvirtd, DOMAIN_PREFIX};
 use support::note;
 use support::swdev::dump;
 use support::tapnet::{
-    assert_no_loss, ping_from_guest, tap_device, wait_until_guest_pings, TapNet, GUEST_NET_SETUP,
-    PEER_ADDR,
+    assert_no_loss, logs, ping_from_guest, restart_vdpad_under, tap_device, TapNet, GUEST_NET_SETUP,
 };
 use support::tmp::TempDir;
 
@@ -59,10 +62,13 @@ const MAC: &str = "52:54:00:00:02:02";
 const QEMU_USER: &str = "libvirt-qemu";
 
 /// Which side owns the vhost-user socket.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SocketSide {
     /// vdpad listens, QEMU connects: libvirt's `<source mode='client'>`.
     VdpadListens,
+    /// QEMU listens, vdpad connects (`socket_role = "client"`): libvirt's
+    /// `<source mode='server'>`, OpenStack's `vhostuser_mode=server`.
+    QemuListens,
 }
 
 impl SocketSide {
@@ -70,6 +76,7 @@ impl SocketSide {
     fn libvirt_mode(self) -> &'static str {
         match self {
             SocketSide::VdpadListens => "client",
+            SocketSide::QemuListens => "server",
         }
     }
 }
@@ -103,6 +110,18 @@ fn element(xml: &str, tag: &str) -> String {
         .find(&close)
         .map(|i| start + i + close.len())
         .unwrap_or_else(|| panic!("no </{tag}> in the shipped XML"));
+    xml[start..end].to_string()
+}
+
+/// Extracts the empty element `<tag .../>` (the first one) from `xml`.
+fn element_empty(xml: &str, tag: &str) -> String {
+    let start = xml
+        .find(&format!("<{tag}"))
+        .unwrap_or_else(|| panic!("no <{tag}> in the shipped XML"));
+    let end = xml[start..]
+        .find("/>")
+        .map(|i| start + i + 2)
+        .unwrap_or_else(|| panic!("<{tag}> in the shipped XML is not empty"));
     xml[start..end].to_string()
 }
 
@@ -140,6 +159,11 @@ fn domain_xml(
     ] {
         let old = format!("{key}='{}'", attr(&source, key));
         interface = interface.replacen(&old, &format!("{key}='{value}'"), 1);
+    }
+    if side == SocketSide::QemuListens {
+        // QEMU keeps listening when the backend goes away: nothing to reconnect.
+        let reconnect = element_empty(&interface, "reconnect");
+        interface = interface.replacen(&reconnect, "", 1);
     }
     let old_mac = attr(&interface, "address").to_string();
     interface = interface.replacen(&old_mac, MAC, 1);
@@ -223,10 +247,6 @@ fn pings_both_ways(shell: &mut GuestShell, net: &TapNet, when: &str) {
     );
 }
 
-fn logs(shell: &GuestShell, net: &TapNet) -> String {
-    format!("{}{}", shell.guest.tail(), net.daemon.tail())
-}
-
 /// Waits for the guest's next boot after a power event and its network; returns the
 /// time it took.
 fn next_boot(shell: &mut GuestShell, domain: &Domain, what: &str) -> Duration {
@@ -267,7 +287,14 @@ fn libvirt_scenario(tag: &str, side: SocketSide) {
 
     let mut device = tap_device("lv0", 2);
     device.queue_size = Some(1024);
-    device.socket_owner = Some(QEMU_USER.to_string());
+    match side {
+        SocketSide::VdpadListens => device.socket_owner = Some(QEMU_USER.to_string()),
+        SocketSide::QemuListens => {
+            // QEMU, as libvirt's user, creates the socket in the test's directory.
+            device.client = true;
+            give_to_qemu_user(dir.path());
+        }
+    }
     let mut net = TapNet::start(dir.path(), device);
 
     let script = shell_script(&format!("{POWER_BUTTON}{GUEST_NET_SETUP}"));
@@ -337,21 +364,9 @@ fn libvirt_scenario(tag: &str, side: SocketSide) {
     );
 
     // vdpad restarts under the running domain.
-    net.kill_daemon();
-    let down = shell.run(
-        &format!("timeout 20 ping -c 3 -i 0.3 -W 1 {PEER_ADDR}"),
-        Duration::from_secs(30),
-    );
-    assert_ne!(
-        down.rc, 0,
-        "pings answered with vdpad dead:\n{}",
-        down.output
-    );
-    net.restart_daemon();
-    let back = wait_until_guest_pings(&mut shell, RECOVER_TIMEOUT)
-        .unwrap_or_else(|| panic!("QEMU did not reconnect{}", logs(&shell, &net)));
+    let back = restart_vdpad_under(&mut shell, &mut net, RECOVER_TIMEOUT);
     println!(
-        "RESULT libvirt: connectivity back {:.1} s after vdpad restarted",
+        "RESULT libvirt {tag}: connectivity back {:.1} s after vdpad restarted",
         back.as_secs_f64()
     );
     pings_both_ways(&mut shell, &net, "after the vdpad restart");
@@ -410,4 +425,10 @@ fn libvirt_scenario(tag: &str, side: SocketSide) {
 #[ignore = "needs the lab: tests/lab/setup.sh"]
 fn libvirt_domain_with_vdpad_listening() {
     libvirt_scenario("lv-srv", SocketSide::VdpadListens);
+}
+
+#[test]
+#[ignore = "needs the lab: tests/lab/setup.sh"]
+fn libvirt_domain_with_qemu_listening() {
+    libvirt_scenario("lv-cli", SocketSide::QemuListens);
 }

@@ -32,8 +32,7 @@ use support::guest_shell::{shell_script, GuestShell};
 use support::lab::{qemu_version, Lab};
 use support::note;
 use support::tapnet::{
-    assert_no_loss, ping_from_guest, tap_device, wait_until_guest_pings, TapNet, GUEST_NET_SETUP,
-    PEER_ADDR,
+    assert_no_loss, logs, ping_from_guest, restart_vdpad_under, tap_device, TapNet, GUEST_NET_SETUP,
 };
 use support::tmp::TempDir;
 
@@ -81,8 +80,6 @@ fn guest_pings_through_vdpad(tag: &str, lab: &Lab, qemu: &Path) {
     note(t0, &format!("QEMU {version} guest: {up}"));
     assert!(up.contains("driver=virtio_net"), "{up}{}", guest.tail());
     let mut shell = GuestShell::attach(guest, BOOT_TIMEOUT);
-    let logs =
-        |shell: &GuestShell, net: &TapNet| format!("{}{}", shell.guest.tail(), net.daemon.tail());
 
     let p = ping_from_guest(&mut shell, 10);
     assert_no_loss("ping from the guest", &p, &logs(&shell, &net));
@@ -99,23 +96,7 @@ fn guest_pings_through_vdpad(tag: &str, lab: &Lab, qemu: &Path) {
     assert_no_loss("ping with two queue pairs", &p, &logs(&shell, &net));
     note(t0, "pings through vdpad, one and two queue pairs");
 
-    net.kill_daemon();
-    let down = shell.run(
-        &format!("timeout 20 ping -c 3 -i 0.3 -W 1 {PEER_ADDR}"),
-        Duration::from_secs(30),
-    );
-    assert_ne!(
-        down.rc, 0,
-        "pings answered with vdpad dead:\n{}",
-        down.output
-    );
-    net.restart_daemon();
-    let back = wait_until_guest_pings(&mut shell, RECOVER_TIMEOUT).unwrap_or_else(|| {
-        panic!(
-            "QEMU {version} did not reconnect within {RECOVER_TIMEOUT:?}{}",
-            logs(&shell, &net)
-        )
-    });
+    let back = restart_vdpad_under(&mut shell, &mut net, RECOVER_TIMEOUT);
     println!(
         "RESULT QEMU {version}: connectivity back {:.1} s after vdpad restarted",
         back.as_secs_f64()

@@ -232,23 +232,7 @@ impl Rig {
 
     /// `count` pings from the namespace to the guest (0.2 s apart).
     fn ping_from_ns(&mut self, count: u32) -> PingSummary {
-        let out = self.ns.exec(
-            "ping",
-            &["-c", &count.to_string(), "-i", "0.2", "-W", "5", GUEST_ADDR],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let p = parse_ping(&text).unwrap_or_else(|| {
-            panic!(
-                "no ping summary from the namespace:\n{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        println!(
-            "RESULT ping {} -> {GUEST_ADDR}: {}",
-            self.ns.name(),
-            p.summary()
-        );
-        p
+        support::tapnet::ping_guest_from(&self.ns, count)
     }
 
     /// Asserts 0 % loss of `p`, with the logs.

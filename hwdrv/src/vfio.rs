@@ -78,16 +78,6 @@ impl VfioVm {
         &self.name
     }
 
-    /// The underlying container.
-    pub fn container(&self) -> &Arc<VfioContainer> {
-        &self.container
-    }
-
-    /// Bytes mapped in this container.
-    pub fn mapped_bytes(&self) -> u64 {
-        lock(&self.maps).bytes()
-    }
-
     /// Maps `[iova, iova + size)` to `host` for device `owner` (reference counted per
     /// identical range showing the same memory; refused for other memory).
     ///

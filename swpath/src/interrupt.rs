@@ -15,6 +15,8 @@ pub struct Interrupt {
     call: Mutex<Option<Arc<EventFd>>>,
     /// A failed write was logged (once per line).
     logged: AtomicBool,
+    /// A full counter was logged (once per line).
+    full_logged: AtomicBool,
 }
 
 impl Interrupt {
@@ -23,6 +25,7 @@ impl Interrupt {
         Interrupt {
             call: Mutex::new(call),
             logged: AtomicBool::new(false),
+            full_logged: AtomicBool::new(false),
         }
     }
 
@@ -33,8 +36,15 @@ impl Interrupt {
         let call = self.call.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fd) = call.as_ref() {
             match notify::signal(fd.as_raw_fd()) {
-                // A saturated counter still reads as "interrupt pending".
-                Signal::Sent | Signal::Full => {}
+                Signal::Sent => {}
+                // A saturated counter still reads as "interrupt pending". Only a
+                // frontend that never reads its eventfd (or hands over a blocking one
+                // it filled) gets here: said once, then skipped without a word.
+                Signal::Full => {
+                    if !self.full_logged.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("the call eventfd's counter is full (the frontend does not read it); interrupts are skipped while it stays full (logged once)");
+                    }
+                }
                 Signal::Failed(e) => {
                     if !self.logged.swap(true, Ordering::Relaxed) {
                         tracing::warn!(error = %e, "cannot write the call eventfd; the guest misses interrupts (logged once)");

@@ -78,6 +78,21 @@ pub fn config_toml(dir: &Path, devices: &[DeviceSpec]) -> String {
     s
 }
 
+/// What a daemon start waits for: each server device's socket (`false`), and the
+/// control socket (`<dir>/run/control.sock`) if any device is a client (`true`), whose
+/// socket is the frontend's to create.
+fn ready_paths(dir: &Path, sockets: &[(PathBuf, bool)]) -> Vec<PathBuf> {
+    let mut ready: Vec<PathBuf> = sockets
+        .iter()
+        .filter(|(_, client)| !client)
+        .map(|(path, _)| path.clone())
+        .collect();
+    if sockets.iter().any(|(_, client)| *client) {
+        ready.push(dir.join("run/control.sock"));
+    }
+    ready
+}
+
 fn socket_path(dir: &Path, d: &DeviceSpec) -> PathBuf {
     dir.join(format!("{}.sock", d.name))
 }
@@ -124,34 +139,17 @@ impl Daemon {
 
     /// Like [`Daemon::start`], pinned to `cpu` (or floating with `None`).
     pub fn start_on(dir: &Path, devices: &[DeviceSpec], cpu: Option<usize>) -> Daemon {
-        let config = dir.join("vdpad.toml");
-        std::fs::write(&config, config_toml(dir, devices)).expect("write vdpad.toml");
-        let mut ready: Vec<PathBuf> = devices
+        let sockets = devices
             .iter()
-            .filter(|d| !d.client)
-            .map(|d| socket_path(dir, d))
+            .map(|d| (socket_path(dir, d), d.client))
             .collect();
-        if devices.iter().any(|d| d.client) {
-            ready.push(dir.join("run/control.sock"));
-        }
-        let mut daemon = Daemon {
-            dir: dir.to_path_buf(),
-            config,
-            log: dir.join("vdpad.log"),
-            sockets: devices.iter().map(|d| socket_path(dir, d)).collect(),
-            ready,
-            clients: devices.iter().map(|d| d.client).collect(),
-            cpu,
-            netns: None,
-            proc: None,
-            starts: 0,
-        };
-        daemon.launch();
-        daemon
+        Daemon::start_custom(dir, &config_toml(dir, devices), sockets, cpu, None)
     }
 
     /// Starts the daemon on a config the caller wrote (`toml`, saved as
-    /// `<dir>/vdpad.toml`) and waits until each of `sockets` exists.
+    /// `<dir>/vdpad.toml`, with `run_dir = <dir>/run`) and waits until each of
+    /// `sockets` exists; a socket marked `true` is a client device's (the frontend's
+    /// to create), for which the daemon's control socket is waited for instead.
     ///
     /// With `netns`, the daemon runs inside that network namespace (`ip netns exec`),
     /// so the interfaces it creates or attaches to (taps, packet sockets) are the
@@ -160,7 +158,7 @@ impl Daemon {
     pub fn start_custom(
         dir: &Path,
         toml: &str,
-        sockets: Vec<PathBuf>,
+        sockets: Vec<(PathBuf, bool)>,
         cpu: Option<usize>,
         netns: Option<&str>,
     ) -> Daemon {
@@ -170,9 +168,9 @@ impl Daemon {
             dir: dir.to_path_buf(),
             config,
             log: dir.join("vdpad.log"),
-            ready: sockets.clone(),
-            clients: vec![false; sockets.len()],
-            sockets,
+            ready: ready_paths(dir, &sockets),
+            clients: sockets.iter().map(|s| s.1).collect(),
+            sockets: sockets.into_iter().map(|s| s.0).collect(),
             cpu,
             netns: netns.map(str::to_string),
             proc: None,

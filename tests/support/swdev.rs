@@ -56,6 +56,8 @@ pub struct SwDevice {
     pub queue_size: Option<u16>,
     /// `socket_owner` (e.g. `libvirt-qemu`, for QEMU started by libvirt).
     pub socket_owner: Option<String>,
+    /// `socket_role = "client"`: the frontend owns the socket and vdpad connects.
+    pub client: bool,
 }
 
 impl SwDevice {
@@ -76,6 +78,7 @@ impl SwDevice {
             cpus: Vec::new(),
             queue_size: None,
             socket_owner: None,
+            client: false,
         }
     }
 
@@ -96,6 +99,9 @@ pub fn config_toml(dir: &Path, log_level: &str, devices: &[SwDevice]) -> String 
         let _ = writeln!(s, "\n[[device]]");
         let _ = writeln!(s, "name = {:?}", d.name);
         let _ = writeln!(s, "socket = {:?}", d.socket(dir).to_string_lossy());
+        if d.client {
+            let _ = writeln!(s, "socket_role = \"client\"");
+        }
         let _ = writeln!(s, "mode = \"software\"");
         match &d.backend {
             SwBackend::Loopback => {
@@ -152,7 +158,7 @@ pub fn config_toml(dir: &Path, log_level: &str, devices: &[SwDevice]) -> String 
 pub fn start_daemon(dir: &Path, netns: Option<&str>, devices: &[SwDevice]) -> Daemon {
     let level = std::env::var("VDPAD_TEST_LOG").unwrap_or_else(|_| "info".to_string());
     let toml = config_toml(dir, &level, devices);
-    let sockets = devices.iter().map(|d| d.socket(dir)).collect();
+    let sockets = devices.iter().map(|d| (d.socket(dir), d.client)).collect();
     Daemon::start_custom(dir, &toml, sockets, Some(0), netns)
 }
 

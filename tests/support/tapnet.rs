@@ -106,24 +106,26 @@ impl TapNet {
 
     /// `count` pings from the namespace to the guest (0.2 s apart); prints the result.
     pub fn ping_from_ns(&self, count: u32) -> PingSummary {
-        let out = self.ns.exec(
-            "ping",
-            &["-c", &count.to_string(), "-i", "0.2", "-W", "5", GUEST_ADDR],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let p = parse_ping(&text).unwrap_or_else(|| {
-            panic!(
-                "no ping summary from the namespace:\n{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        println!(
-            "RESULT ping {} -> {GUEST_ADDR}: {}",
-            self.ns.name(),
-            p.summary()
-        );
-        p
+        ping_guest_from(&self.ns, count)
     }
+}
+
+/// `count` pings from `ns` to the guest at [`GUEST_ADDR`] (0.2 s apart); prints the
+/// result.
+pub fn ping_guest_from(ns: &Netns, count: u32) -> PingSummary {
+    let out = ns.exec(
+        "ping",
+        &["-c", &count.to_string(), "-i", "0.2", "-W", "5", GUEST_ADDR],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let p = parse_ping(&text).unwrap_or_else(|| {
+        panic!(
+            "no ping summary from the namespace:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    println!("RESULT ping {} -> {GUEST_ADDR}: {}", ns.name(), p.summary());
+    p
 }
 
 /// `count` pings from the guest to [`PEER_ADDR`] (0.2 s apart); prints the result.
@@ -148,6 +150,39 @@ pub fn wait_until_guest_pings(shell: &mut GuestShell, timeout: Duration) -> Opti
             Duration::from_secs(30),
         );
         (r.rc == 0).then(|| started.elapsed())
+    })
+}
+
+/// The guest's console tail and vdpad's log tail, for panic messages.
+pub fn logs(shell: &GuestShell, net: &TapNet) -> String {
+    format!("{}{}", shell.guest.tail(), net.daemon.tail())
+}
+
+/// Kills vdpad under the running guest (SIGKILL: its socket stays behind, as after a
+/// crash), checks that the guest's pings then go unanswered, starts vdpad again, and
+/// waits up to `timeout` until the guest pings through it again. Returns how long
+/// that took after the restart; panics with both logs if it did not come back.
+pub fn restart_vdpad_under(
+    shell: &mut GuestShell,
+    net: &mut TapNet,
+    timeout: Duration,
+) -> Duration {
+    net.kill_daemon();
+    let down = shell.run(
+        &format!("timeout 20 ping -c 3 -i 0.3 -W 1 {PEER_ADDR}"),
+        Duration::from_secs(30),
+    );
+    assert_ne!(
+        down.rc, 0,
+        "pings answered with vdpad dead:\n{}",
+        down.output
+    );
+    net.restart_daemon();
+    wait_until_guest_pings(shell, timeout).unwrap_or_else(|| {
+        panic!(
+            "the vhost-user connection did not come back within {timeout:?}{}",
+            logs(shell, net)
+        )
     })
 }
 

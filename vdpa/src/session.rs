@@ -21,7 +21,9 @@ use crate::device::{Device, DeviceError};
 use crate::dirty_log::{DirtyLog, LogError};
 use crate::features::offered_protocol_features;
 use crate::memory::{GuestMemory, MemoryError, MemoryRegion, MAX_REGIONS};
-use crate::request::{decode, read_obj, ConfigRead, Limits, RegionSpec, Request, RequestError};
+use crate::request::{
+    decode, read_obj, ConfigRead, Limits, LogSpec, RegionSpec, Request, RequestError, Ring,
+};
 use crate::virtio::features::{VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES};
 use crate::wire::Message;
 
@@ -139,23 +141,7 @@ impl<'d> Session<'d> {
         let dev = &mut *self.dev;
         match request {
             Request::GetFeatures => return Ok(payload(VhostUserU64::new(dev.offered_features()))),
-            Request::SetFeatures(bits) => {
-                let shmfd = VhostUserProtocolFeatures::LOG_SHMFD.bits();
-                if bits & VHOST_F_LOG_ALL != 0 {
-                    if self.protocol_features & shmfd == 0 {
-                        return Err(SessionError::NoLog(
-                            "without the LOG_SHMFD protocol feature",
-                        ));
-                    }
-                    if !dev.has_log() {
-                        return Err(SessionError::NoLog(
-                            "before a dirty log was shared (SET_LOG_BASE)",
-                        ));
-                    }
-                }
-                dev.set_features(bits)?;
-                dev.set_rings_need_enable(bits & VHOST_USER_F_PROTOCOL_FEATURES != 0);
-            }
+            Request::SetFeatures(bits) => self.set_features(bits)?,
             Request::SetOwner => self.owner = true,
             Request::Reset => dev.reset(),
             Request::GetProtocolFeatures => {
@@ -196,19 +182,7 @@ impl<'d> Session<'d> {
                 dev.set_ring_location(ring.as_usize(), location)
             }
             Request::SetVringBase { ring, base } => dev.set_ring_base(ring.as_usize(), base),
-            Request::GetVringBase { ring } => {
-                let base = dev.stop_ring(ring.as_usize());
-                debug!(
-                    device = dev.name(),
-                    ring = ring.index(),
-                    base,
-                    "ring stopped by GET_VRING_BASE"
-                );
-                return Ok(payload(VhostUserVringState::new(
-                    u32::from(ring.index()),
-                    u32::from(base),
-                )));
-            }
+            Request::GetVringBase { ring } => return Ok(get_vring_base(dev, ring)),
             Request::SetVringKick { ring, fd } => dev.set_kick(ring.as_usize(), fd),
             Request::SetVringCall { ring, fd } => dev.set_call(ring.as_usize(), fd),
             Request::SetVringErr { ring, fd } => dev.set_err(ring.as_usize(), fd),
@@ -219,17 +193,7 @@ impl<'d> Session<'d> {
             Request::GetStatus => {
                 return Ok(payload(VhostUserU64::new(u64::from(dev.status_byte()))))
             }
-            Request::SetLogBase(spec) => {
-                if !dev.offers_dirty_log() {
-                    return Err(LogError::NotOffered.into());
-                }
-                let (size, offset) = (spec.size, spec.offset);
-                let log = DirtyLog::map(spec.file, size, offset, dev.memory())?;
-                dev.set_log(log);
-                // Always answered (QEMU waits for it with LOG_SHMFD), with the body
-                // echoed as rust-vmm's frontend expects.
-                return Ok(payload(VhostUserLog::new(size, offset)));
-            }
+            Request::SetLogBase(spec) => return set_log_base(dev, spec),
             // The "log changed" eventfd is closed with the request: nothing signals it.
             Request::SetLogFd => {}
             Request::SendRarp(mac) => {
@@ -238,6 +202,27 @@ impl<'d> Session<'d> {
             }
         }
         Ok(Reply::Ack)
+    }
+
+    /// SET_FEATURES: LOG_ALL only with LOG_SHMFD and after a log was shared.
+    fn set_features(&mut self, bits: u64) -> Result<(), SessionError> {
+        let shmfd = VhostUserProtocolFeatures::LOG_SHMFD.bits();
+        if bits & VHOST_F_LOG_ALL != 0 {
+            if self.protocol_features & shmfd == 0 {
+                return Err(SessionError::NoLog(
+                    "without the LOG_SHMFD protocol feature",
+                ));
+            }
+            if !self.dev.has_log() {
+                return Err(SessionError::NoLog(
+                    "before a dirty log was shared (SET_LOG_BASE)",
+                ));
+            }
+        }
+        self.dev.set_features(bits)?;
+        self.dev
+            .set_rings_need_enable(bits & VHOST_USER_F_PROTOCOL_FEATURES != 0);
+        Ok(())
     }
 
     /// Ends the session: the device stops and forgets this frontend.
@@ -270,4 +255,31 @@ fn config_reply(dev: &Device, read: &ConfigRead) -> Reply {
     debug_assert_eq!(out.len(), size_of::<VhostUserConfig>());
     out.extend_from_slice(&space[read.offset..read.offset + read.size]);
     Reply::Payload(out)
+}
+
+/// GET_VRING_BASE: the ring stops; the reply says where it resumes.
+fn get_vring_base(dev: &mut Device, ring: Ring) -> Reply {
+    let base = dev.stop_ring(ring.as_usize());
+    debug!(
+        device = dev.name(),
+        ring = ring.index(),
+        base,
+        "ring stopped by GET_VRING_BASE"
+    );
+    payload(VhostUserVringState::new(
+        u32::from(ring.index()),
+        u32::from(base),
+    ))
+}
+
+/// SET_LOG_BASE: maps the frontend's dirty log, always answered (QEMU waits for the
+/// reply with LOG_SHMFD), with the body echoed as rust-vmm's frontend expects.
+fn set_log_base(dev: &mut Device, spec: LogSpec) -> Result<Reply, SessionError> {
+    if !dev.offers_dirty_log() {
+        return Err(LogError::NotOffered.into());
+    }
+    let (size, offset) = (spec.size, spec.offset);
+    let log = DirtyLog::map(spec.file, size, offset, dev.memory())?;
+    dev.set_log(log);
+    Ok(payload(VhostUserLog::new(size, offset)))
 }

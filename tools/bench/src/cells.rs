@@ -88,6 +88,9 @@ pub struct Cell {
     pub size: usize,
     /// Variants, run in this order within each repetition.
     pub variants: Vec<Variant>,
+    /// A CPU hog (`sh -c 'while :; do :; done'`) shares the backend's CPU during every
+    /// variant: what a backend keeps when a vCPU thread or another job wants its core.
+    pub hog: bool,
 }
 
 /// vdpad's busy-poll budget for B in the A/B cells: DPDK's vhost PMD polls all the
@@ -126,7 +129,65 @@ fn main_cell(id: &str, frontend: Frontend, size: usize, b_busy_poll_us: u32) -> 
         frontend,
         size,
         variants: ab(b_busy_poll_us),
+        hog: false,
     }
+}
+
+/// B without any tuning: what a user who installs vdpad and compares it gets.
+fn defaults_cell(id: &str, frontend: Frontend, size: usize) -> Cell {
+    let mut c = main_cell(id, frontend, size, 0);
+    c.title = format!("{}; vdpad defaults", c.title);
+    c
+}
+
+/// A and B with a CPU hog on the backend CPU; B polls as `mode` says.
+fn contention_cell(id: &str, mode: &str, b_busy_poll_us: u32) -> Cell {
+    let mut c = main_cell(id, Frontend::Testpmd, 64, b_busy_poll_us);
+    c.title = format!("{}; a CPU hog on the backend CPU; vdpad {mode}", c.title);
+    c.hog = true;
+    c
+}
+
+/// The cells beside the tuned A/B cells: vdpad's defaults (`dflt-`), and the backend
+/// CPU shared with a hog (`contend-`: vdpad's defaults, fixed 200 µs polling, and
+/// notifications only).
+pub fn defaults_and_contention_cells() -> Vec<Cell> {
+    let mut v = Vec::new();
+    for size in [64, 1518] {
+        v.push(defaults_cell(
+            &format!("dflt-tp-{size}"),
+            Frontend::Testpmd,
+            size,
+        ));
+        v.push(defaults_cell(
+            &format!("dflt-rig-{size}"),
+            Frontend::RigBench { poll: false },
+            size,
+        ));
+    }
+    v.push(defaults_cell(
+        "dflt-lat-64",
+        Frontend::RigLatency { poll: false },
+        64,
+    ));
+    v.push(contention_cell(
+        "contend-tp-64",
+        "defaults (adaptive polling)",
+        0,
+    ));
+    v.push(contention_cell(
+        "contend-fixed-tp-64",
+        "polling = \"fixed\", busy_poll_us = 200",
+        B_BUSY_POLL_US,
+    ));
+    let mut notify = contention_cell(
+        "contend-notify-tp-64",
+        "notifications only (fixed, busy_poll_us = 0)",
+        0,
+    );
+    notify.variants[1].backend = VhostBackend::Vdpad(fixed_polling(0));
+    v.push(notify);
+    v
 }
 
 /// The A/B cells: testpmd and the rig (interrupts, and polling) at 64 and 1518 bytes,
@@ -215,6 +276,19 @@ fn busy_poll_variants(values: &[u32]) -> Vec<Variant> {
         .collect()
 }
 
+/// A seed cell: vdpad configurations compared, no hog.
+fn seed(id: &str, title: &str, frontend: Frontend, size: usize, variants: Vec<Variant>) -> Cell {
+    Cell {
+        id: id.into(),
+        group: Group::Seed,
+        title: title.into(),
+        frontend,
+        size,
+        variants,
+        hog: false,
+    }
+}
+
 /// The seed's questions, on vdpad with the rig in interrupt mode at 64 bytes.
 pub fn seed_cells() -> Vec<Cell> {
     let irq = Frontend::RigBench { poll: false };
@@ -233,58 +307,50 @@ pub fn seed_cells() -> Vec<Cell> {
         }
     }
     vec![
-        Cell {
-            id: "seed-notify".into(),
-            group: Group::Seed,
-            title: "packets per kick and per interrupt at saturation: EVENT_IDX on/off x burst"
-                .into(),
-            frontend: irq,
-            size: 64,
-            variants: notify,
-        },
-        Cell {
-            id: "seed-coalesce-lat".into(),
-            group: Group::Seed,
-            title: "latency cost of RX interrupt coalescing (one frame in flight)".into(),
-            frontend: lat,
-            size: 64,
-            variants: coalesce_variants(),
-        },
-        Cell {
-            id: "seed-coalesce-tp".into(),
-            group: Group::Seed,
-            title: "RX interrupt coalescing at saturation: packets per interrupt".into(),
-            frontend: irq,
-            size: 64,
-            variants: coalesce_variants(),
-        },
-        Cell {
-            id: "seed-busypoll-lat".into(),
-            group: Group::Seed,
-            title: "busy-poll vs notification: latency and CPU per packet (one frame in flight)"
-                .into(),
-            frontend: lat,
-            size: 64,
-            variants: busy_poll_variants(&[0, 50, 200]),
-        },
-        Cell {
-            id: "seed-busypoll-tp".into(),
-            group: Group::Seed,
-            title: "busy-poll vs notification: CPU per packet at saturation".into(),
-            frontend: irq,
-            size: 64,
-            variants: busy_poll_variants(&[0, 50]),
-        },
+        seed(
+            "seed-notify",
+            "packets per kick and per interrupt at saturation: EVENT_IDX on/off x burst",
+            irq,
+            64,
+            notify,
+        ),
+        seed(
+            "seed-coalesce-lat",
+            "latency cost of RX interrupt coalescing (one frame in flight)",
+            lat,
+            64,
+            coalesce_variants(),
+        ),
+        seed(
+            "seed-coalesce-tp",
+            "RX interrupt coalescing at saturation: packets per interrupt",
+            irq,
+            64,
+            coalesce_variants(),
+        ),
+        seed(
+            "seed-busypoll-lat",
+            "busy-poll vs notification: latency and CPU per packet (one frame in flight)",
+            lat,
+            64,
+            busy_poll_variants(&[0, 50, 200]),
+        ),
+        seed(
+            "seed-busypoll-tp",
+            "busy-poll vs notification: CPU per packet at saturation",
+            irq,
+            64,
+            busy_poll_variants(&[0, 50]),
+        ),
         // Issue 17: a rate limit is held (compare the variant's rate with its limit)
         // and costs nothing when off (the unlimited variant's CPU per packet against
         // seed-busypoll-tp's busy_poll=0).
-        Cell {
-            id: "seed-rate-pps".into(),
-            group: Group::Seed,
-            title: "rate limit 100 kpps on 64-byte frames: achieved rate, drops".into(),
-            frontend: irq,
-            size: 64,
-            variants: vec![
+        seed(
+            "seed-rate-pps",
+            "rate limit 100 kpps on 64-byte frames: achieved rate, drops",
+            irq,
+            64,
+            vec![
                 vdpad("unlimited".into(), TuningOverrides::default()),
                 vdpad(
                     "tx_pps=100000".into(),
@@ -294,14 +360,13 @@ pub fn seed_cells() -> Vec<Cell> {
                     },
                 ),
             ],
-        },
-        Cell {
-            id: "seed-rate-bps".into(),
-            group: Group::Seed,
-            title: "rate limit 1 Gbit/s on 1500-byte frames: achieved rate, drops".into(),
-            frontend: irq,
-            size: 1500,
-            variants: vec![
+        ),
+        seed(
+            "seed-rate-bps",
+            "rate limit 1 Gbit/s on 1500-byte frames: achieved rate, drops",
+            irq,
+            1500,
+            vec![
                 vdpad("unlimited".into(), TuningOverrides::default()),
                 vdpad(
                     "tx_bps=1000000000".into(),
@@ -311,7 +376,7 @@ pub fn seed_cells() -> Vec<Cell> {
                     },
                 ),
             ],
-        },
+        ),
     ]
 }
 
@@ -322,6 +387,7 @@ mod tests {
     #[test]
     fn cells_are_unique_and_complete() {
         let mut all = main_cells(B_BUSY_POLL_US);
+        all.extend(defaults_and_contention_cells());
         all.extend(seed_cells());
         let mut ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
         ids.sort_unstable();
@@ -331,6 +397,21 @@ mod tests {
         assert!(main_cells(B_BUSY_POLL_US)
             .iter()
             .all(|c| c.variants.len() == 2));
+        // The extra A/B cells: B untuned except where the id says, a hog where it says.
+        for c in defaults_and_contention_cells() {
+            assert_eq!(c.variants.len(), 2, "{}", c.id);
+            assert_eq!(c.hog, c.id.starts_with("contend-"), "{}", c.id);
+            let VhostBackend::Vdpad(t) = &c.variants[1].backend else {
+                panic!("{}: B is not vdpad", c.id);
+            };
+            let tuned = t.polling.is_some();
+            assert_eq!(
+                tuned,
+                c.id.contains("-fixed-") || c.id.contains("-notify-"),
+                "{}",
+                c.id
+            );
+        }
         let notify = &seed_cells()[0];
         assert_eq!(notify.variants.len(), 8);
         assert!(notify

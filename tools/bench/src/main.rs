@@ -366,6 +366,7 @@ fn real_main() -> Result<ExitCode> {
         bail!("--reps and --seconds must be at least 1, --latency-seconds at least 1");
     }
     let mut cells = cells::main_cells(args.b_busy_poll_us);
+    cells.extend(cells::defaults_and_contention_cells());
     if args.seed_questions {
         cells.extend(cells::seed_cells());
     }

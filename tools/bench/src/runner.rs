@@ -302,6 +302,18 @@ fn backend_cmd(s: &Settings, v: &Variant, socket: &Path) -> String {
     }
 }
 
+/// A busy loop pinned to the backend CPU (a contention cell's hog).
+fn start_hog(s: &Settings, t: &str) -> Result<Proc> {
+    let mut spawn = Spawn::new(
+        "hog",
+        Path::new("/bin/sh"),
+        vec!["-c".into(), "while :; do :; done".into()],
+        &s.logs.join(format!("{t}-hog.log")),
+    );
+    spawn.cpu = Some(s.be_cpu);
+    spawn.start()
+}
+
 /// Runs `variant` of `cell` once.
 pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
     let t = tag(cell, v, rep);
@@ -313,6 +325,19 @@ pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
         started: machine::utc(std::time::SystemTime::now()),
         backend_cmd: backend_cmd(s, v, &socket),
         ..Default::default()
+    };
+    // The hog runs for the whole run, backend start to stop, so that neither side
+    // gets a head start on a free CPU.
+    let mut hog = if cell.hog {
+        match start_hog(s, &t) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                run.error = Some(format!("{e:#}"));
+                return run;
+            }
+        }
+    } else {
+        None
     };
     let steal0 = machine::steal_ticks();
     let (busy0, ours0, t0) = (
@@ -335,6 +360,9 @@ pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
             }
         })
     });
+    if let Some(p) = hog.as_mut() {
+        p.stop(libc::SIGKILL, Duration::from_secs(2));
+    }
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(s.work.join(format!("{t}.toml")));
     if let Err(e) = result {
