@@ -215,13 +215,20 @@ fn migrate(tag: &str, end: End) -> Migrated {
     );
     let started = Instant::now();
     let control = dir.join("run/control.sock");
-    let mut seen_logging = None;
+    // What vdpactl shows while the VM moves: whether the source logged, and the most
+    // pages it had marked (the view goes when the source QEMU disconnects).
+    let mut seen_logging = false;
+    let mut most_marked = 0;
+    let mut cancelled = false;
     let info = poll(MIGRATE_TIMEOUT, Duration::from_millis(200), || {
-        if seen_logging.is_none() {
-            seen_logging = migration_view(&control, "msrc").filter(|m| m["logging"] == true);
-            if seen_logging.is_some() && end == End::Cancel {
-                qs.execute("migrate_cancel", json!({}));
-            }
+        if let Some(view) = migration_view(&control, "msrc") {
+            seen_logging |= view["logging"] == true;
+            most_marked = most_marked.max(view["pages_marked"].as_u64().unwrap_or(0));
+        }
+        // Cancelled well into the migration: once the source logs and has marked pages.
+        if end == End::Cancel && !cancelled && seen_logging && most_marked > 0 {
+            qs.execute("migrate_cancel", json!({}));
+            cancelled = true;
         }
         let r = qs.execute("query-migrate", json!({}));
         match (r["status"].as_str(), end) {
@@ -253,24 +260,24 @@ fn migrate(tag: &str, end: End) -> Migrated {
     qs.quit();
     // What an operator sees: vdpactl showed the source logging while the VM moved,
     // with pages marked, and nothing outside the log.
-    let during = seen_logging.unwrap_or_else(|| {
-        panic!(
-            "vdpactl list never showed device msrc logging during the migration{}",
-            daemon.tail()
-        )
-    });
-    note(t0, &format!("vdpactl during the migration: msrc {during}"));
-    // After the migration the source stops logging (cancelled: QEMU acks the
-    // features without LOG_ALL again, and the pairs run on without the log).
-    let after = poll(Duration::from_secs(10), Duration::from_millis(100), || {
-        migration_view(&control, "msrc").filter(|m| m["logging"] == false)
-    })
-    .unwrap_or_else(|| panic!("msrc still logging after the migration{}", daemon.tail()));
-    note(t0, &format!("vdpactl after the migration: msrc {after}"));
     assert!(
-        after["pages_marked"].as_u64().unwrap_or(0) > 0 && after["outside_log"] == 0,
-        "source's dirty log after the migration: {after}"
+        seen_logging && most_marked > 0,
+        "vdpactl list never showed device msrc logging with pages marked (most {most_marked}){}",
+        daemon.tail()
     );
+    note(
+        t0,
+        &format!("vdpactl during the migration: msrc logging, up to {most_marked} page(s) marked"),
+    );
+    if end == End::Cancel {
+        // QEMU acks the features without LOG_ALL again; the pairs run on without it.
+        let after = poll(Duration::from_secs(30), Duration::from_millis(100), || {
+            migration_view(&control, "msrc").filter(|m| m["logging"] == false)
+        })
+        .unwrap_or_else(|| panic!("msrc still logging after the cancel{}", daemon.tail()));
+        note(t0, &format!("vdpactl after the cancel: msrc {after}"));
+        assert_eq!(after["outside_log"], 0, "source's dirty log: {after}");
+    }
     Migrated {
         dst,
         src,
