@@ -268,6 +268,10 @@ fn next_boot(shell: &mut GuestShell, domain: &Domain, what: &str) -> Duration {
 
 /// The scenario of the module documentation, with the socket owned by `side`.
 fn libvirt_scenario(tag: &str, side: SocketSide) {
+    // One scenario at a time: each may start (and then stop) libvirtd, and the domain
+    // is defined before the guest lock is taken.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let lab = Lab::require();
     let dir = TempDir::new(tag);
