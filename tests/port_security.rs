@@ -8,12 +8,14 @@
 //! 2. A guest sending with a foreign source MAC: every such frame dropped and counted
 //!    as `spoofed_mac`, the peer sees none of them, and frames with the device's own
 //!    MAC still go through.
-//! 3. VLAN: a peer on VLAN 100 (a VLAN interface on the far end, in its own namespace)
+//! 3. VLAN: a peer on VLAN 100 (a packet socket on the far end that tags its frames
+//!    itself: the test kernel has no `8021q` module)
 //!    reaches the device on access VLAN 100 and the device reaches it; a peer on VLAN
 //!    200 and an untagged one reach nothing, and see nothing.
 //! 4. Rate limit on a loopback device: no drops, the round-trip rate not above the
-//!    limit (with slack; the precise measurement is `vdpa-bench ratelimit`), time spent
-//!    throttled counted, and `vdpactl rate` changing the limit while traffic runs.
+//!    limit (with slack; the precise measurement is `vdpa-bench --seed-questions
+//!    --only seed-rate`), time spent throttled counted, and `vdpactl rate` changing
+//!    the limit while traffic runs.
 //!
 //! Needs root (namespaces, veths). Every wait is bounded.
 //!

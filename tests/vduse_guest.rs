@@ -160,6 +160,8 @@ echo "VDUSE-DRIVER-RESET rc=$? if=$IF2 $(grep 'packets transmitted' /lab/ping-af
 chroot /host $VDPACTL --socket /run/vdpad-vduse/control.sock stats vdu0 > /lab/stats.log 2>&1
 echo "VDUSE-STATS rc=$?"
 cat /lab/stats.log
+chroot /host $VDPACTL --socket /run/vdpad-vduse/control.sock list > /lab/list.log 2>&1
+echo "VDUSE-LIST rc=$? $(grep 'vdpa bus' /lab/list.log | tr -s ' ' | tr '\n' ';')"
 
 # ---- 2. vhost_vdpa: DPDK virtio-user through /dev/vhost-vdpa-N
 $H /usr/bin/timeout 60 /usr/bin/dpdk-testpmd --lcores 0@0,1@0 --no-pci --no-huge -m 512 \
@@ -278,6 +280,16 @@ fn vduse_device_serves_the_kernel_driver_and_dpdk_through_the_vdpa_bus() {
     );
     let stats = guest.wait_for("VDUSE-STATS", STEP_TIMEOUT);
     assert!(stats.contains("rc=0"), "{stats}\n{}", guest.tail());
+    // vdpactl list says what each device's vDPA bus driver made of it.
+    let list = guest.wait_for("VDUSE-LIST", STEP_TIMEOUT);
+    note(t0, &list);
+    assert!(
+        list.contains("rc=0")
+            && list.contains("virtio_vdpa: network interface")
+            && list.contains("vhost_vdpa: /dev/vhost-vdpa-"),
+        "{list}\n{}",
+        guest.tail()
+    );
     let testpmd = guest.wait_for("VDUSE-TESTPMD", STEP_TIMEOUT);
     note(t0, &testpmd);
     let rx: u64 = testpmd

@@ -36,6 +36,8 @@ struct Served {
     start_failures: u32,
     /// Its rate limits, changeable at run time (software datapath, or the fallback).
     rates: Option<Arc<swpath::ratelimit::RateControl>>,
+    /// A VDUSE device: what its vDPA bus driver made of it, or why it is not attached.
+    vdpa_attach: Option<String>,
 }
 
 /// A configured device that could not start, waiting for its next attempt.
@@ -85,6 +87,9 @@ pub struct DeviceInfo {
     pub start_failures: u32,
     /// Live status and counters.
     pub handle: DeviceHandle,
+    /// A VDUSE device: what its vDPA bus driver made of it (`/dev/vhost-vdpa-0`,
+    /// `network interface eth1`), or why it is not attached.
+    pub vdpa_attach: Option<String>,
 }
 
 /// What a reload changed.
@@ -224,7 +229,7 @@ impl Daemon {
         let shutdown = Shutdown::new().context("creating a shutdown eventfd")?;
         let server = DeviceServer::start(wired.device, shutdown.clone())
             .with_context(|| format!("device {}", dev.name))?;
-        attach_to_vdpa_bus(&dev);
+        let vdpa_attach = attach_to_vdpa_bus(&dev);
         let pci_name = dev
             .pci
             .and_then(|p| hwdrv::classify(&p.to_string()).ok())
@@ -241,6 +246,7 @@ impl Daemon {
                 pci_name,
                 start_failures,
                 rates: wired.rates,
+                vdpa_attach,
             },
         );
         Ok(())
@@ -327,6 +333,7 @@ impl Daemon {
                 pci_name: s.pci_name.clone(),
                 start_failures: s.start_failures,
                 handle: s.server.handle().clone(),
+                vdpa_attach: s.vdpa_attach.clone(),
             })
             .collect()
     }
@@ -385,17 +392,23 @@ impl Daemon {
 /// Puts a VDUSE device on the vDPA bus with the driver its configuration names, and
 /// says what it became. A failure is logged and the device keeps serving: the
 /// operator can still attach it by hand (`vdpa dev add name <name> mgmtdev vduse`).
-fn attach_to_vdpa_bus(dev: &DeviceConfig) {
-    let Frontend::Vduse {
-        driver: Some(driver),
-    } = dev.frontend
-    else {
-        return;
+fn attach_to_vdpa_bus(dev: &DeviceConfig) -> Option<String> {
+    let Frontend::Vduse { driver } = dev.frontend else {
+        return None;
+    };
+    let Some(driver) = driver else {
+        return Some("not attached (vdpa_driver = \"none\": attach it by hand)".into());
     };
     match vdpa_bus::attach(&dev.name, driver) {
-        Ok(attached) => info!(device = %dev.name, %driver, "attach with: {attached}"),
-        Err(e) => error!(device = %dev.name, %driver, error = %e,
-                         "VDUSE device not attached to the vDPA bus; attach it by hand"),
+        Ok(attached) => {
+            info!(device = %dev.name, %driver, "attach with: {attached}");
+            Some(format!("{driver}: {}", attached.short()))
+        }
+        Err(e) => {
+            error!(device = %dev.name, %driver, error = %e,
+                   "VDUSE device not attached to the vDPA bus; attach it by hand");
+            Some(format!("{driver}: not attached ({e})"))
+        }
     }
 }
 

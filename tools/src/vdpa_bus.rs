@@ -70,6 +70,17 @@ pub enum Attached {
     VirtioVdpa(String),
 }
 
+impl Attached {
+    /// What the driver made of the device, without the QEMU hint: the character
+    /// device's path, or `network interface NAME`.
+    pub fn short(&self) -> String {
+        match self {
+            Attached::VhostVdpa(dev) => dev.display().to_string(),
+            Attached::VirtioVdpa(ifname) => format!("network interface {ifname}"),
+        }
+    }
+}
+
 impl std::fmt::Display for Attached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -120,64 +120,9 @@ fn run(args: &Args) -> Result<(), Failure> {
             queue,
             watch,
             count,
-        } => {
-            let command = Command::Stats {
-                device: device.clone(),
-                queue: *queue,
-            };
-            match watch {
-                None => {
-                    let r = ctl.call(command)?;
-                    if ctl.json {
-                        out!("{}", r.to_line());
-                    } else {
-                        out!(
-                            "{}",
-                            render::stats(r.stats.as_deref().unwrap_or_default(), None)
-                        );
-                    }
-                }
-                Some(secs) => watch_stats(&ctl, command, *secs, *count)?,
-            }
-        }
-        Cmd::Add { config, persist } => {
-            let (text, origin) = read_snippet(config)?;
-            let r = ctl.call(Command::Add {
-                config: text,
-                origin: Some(origin),
-                persist: *persist,
-            })?;
-            if ctl.json {
-                out!("{}", r.to_line());
-            } else {
-                for d in r.devices.as_deref().unwrap_or_default() {
-                    outln!(
-                        "added {}: {} ({}), socket {}",
-                        d.name,
-                        d.mode,
-                        d.datapath,
-                        d.socket
-                    );
-                }
-                for file in r.persisted.as_deref().unwrap_or_default() {
-                    outln!("persisted in {file}");
-                }
-            }
-        }
-        Cmd::Remove { name, persist } => {
-            let r = ctl.call(Command::Remove {
-                device: name.clone(),
-                persist: *persist,
-            })?;
-            if ctl.json {
-                out!("{}", r.to_line());
-            } else {
-                outln!("removed {}", r.removed.as_deref().unwrap_or(name));
-                for file in r.persisted.as_deref().unwrap_or_default() {
-                    outln!("deleted {file}");
-                }
-            }
-        }
+        } => stats(&ctl, device, *queue, *watch, *count)?,
+        Cmd::Add { config, persist } => add(&ctl, config, *persist)?,
+        Cmd::Remove { name, persist } => remove(&ctl, name, *persist)?,
         Cmd::LogLevel { level } => {
             let r = ctl.call(Command::LogLevel {
                 level: level.clone(),
@@ -195,48 +140,18 @@ fn run(args: &Args) -> Result<(), Failure> {
             rx_pps,
             rx_bps,
             burst_us,
-        } => {
-            let r = ctl.call(Command::Rate {
+        } => rate(
+            &ctl,
+            Command::Rate {
                 device: name.clone(),
                 tx_pps: *tx_pps,
                 tx_bps: *tx_bps,
                 rx_pps: *rx_pps,
                 rx_bps: *rx_bps,
                 burst_us: *burst_us,
-            })?;
-            if ctl.json {
-                out!("{}", r.to_line());
-            } else if let Some(v) = r.rates {
-                let show = |x: u64| {
-                    if x == 0 {
-                        "unlimited".to_owned()
-                    } else {
-                        x.to_string()
-                    }
-                };
-                outln!(
-                    "{name}: tx {} pps, {} bit/s; rx {} pps, {} bit/s; burst {} us",
-                    show(v.tx_pps),
-                    show(v.tx_bps),
-                    show(v.rx_pps),
-                    show(v.rx_bps),
-                    v.burst_us
-                );
-            }
-        }
-        Cmd::Nics { sysfs } => {
-            let reports = match sysfs {
-                Some(dir) => vdpad::discover::scan(dir, Path::new("/dev/vfio/vfio").exists()),
-                None => vdpad::discover::scan_host(),
-            }
-            .map_err(|e| Failure::Usage(format!("cannot read PCI functions: {e}")))?;
-            if ctl.json {
-                let line = serde_json::json!({"ok": true, "nics": reports});
-                outln!("{line}");
-            } else {
-                out!("{}", vdpad::discover::render(&reports));
-            }
-        }
+            },
+        )?,
+        Cmd::Nics { sysfs } => nics(&ctl, sysfs.as_deref())?,
         Cmd::Version => {
             let r = ctl.call(Command::Version)?;
             if ctl.json {
@@ -250,6 +165,122 @@ fn run(args: &Args) -> Result<(), Failure> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `vdpactl stats`: once, or every `watch` seconds with rates.
+fn stats(
+    ctl: &Ctl,
+    device: &Option<String>,
+    queue: Option<u16>,
+    watch: Option<f64>,
+    count: Option<u64>,
+) -> Result<(), Failure> {
+    let command = Command::Stats {
+        device: device.clone(),
+        queue,
+    };
+    let Some(secs) = watch else {
+        let r = ctl.call(command)?;
+        if ctl.json {
+            out!("{}", r.to_line());
+        } else {
+            out!(
+                "{}",
+                render::stats(r.stats.as_deref().unwrap_or_default(), None)
+            );
+        }
+        return Ok(());
+    };
+    watch_stats(ctl, command, secs, count)
+}
+
+/// `vdpactl add`: the snippet's devices start (and, with `persist`, get a drop-in).
+fn add(ctl: &Ctl, config: &PathBuf, persist: bool) -> Result<(), Failure> {
+    let (text, origin) = read_snippet(config)?;
+    let r = ctl.call(Command::Add {
+        config: text,
+        origin: Some(origin),
+        persist,
+    })?;
+    if ctl.json {
+        out!("{}", r.to_line());
+        return Ok(());
+    }
+    for d in r.devices.as_deref().unwrap_or_default() {
+        outln!(
+            "added {}: {} ({}), socket {}",
+            d.name,
+            d.mode,
+            d.datapath,
+            d.socket
+        );
+    }
+    for file in r.persisted.as_deref().unwrap_or_default() {
+        outln!("persisted in {file}");
+    }
+    Ok(())
+}
+
+/// `vdpactl remove`: the device stops (and, with `persist`, its drop-in goes).
+fn remove(ctl: &Ctl, name: &str, persist: bool) -> Result<(), Failure> {
+    let r = ctl.call(Command::Remove {
+        device: name.to_owned(),
+        persist,
+    })?;
+    if ctl.json {
+        out!("{}", r.to_line());
+        return Ok(());
+    }
+    outln!("removed {}", r.removed.as_deref().unwrap_or(name));
+    for file in r.persisted.as_deref().unwrap_or_default() {
+        outln!("deleted {file}");
+    }
+    Ok(())
+}
+
+/// `vdpactl rate`: changes the limits and prints those in effect.
+fn rate(ctl: &Ctl, command: Command) -> Result<(), Failure> {
+    let name = match &command {
+        Command::Rate { device, .. } => device.clone(),
+        _ => String::new(),
+    };
+    let r = ctl.call(command)?;
+    if ctl.json {
+        out!("{}", r.to_line());
+    } else if let Some(v) = r.rates {
+        let show = |x: u64| {
+            if x == 0 {
+                "unlimited".to_owned()
+            } else {
+                x.to_string()
+            }
+        };
+        outln!(
+            "{name}: tx {} pps, {} bit/s; rx {} pps, {} bit/s; burst {} us",
+            show(v.tx_pps),
+            show(v.tx_bps),
+            show(v.rx_pps),
+            show(v.rx_bps),
+            v.burst_us
+        );
+    }
+    Ok(())
+}
+
+/// `vdpactl nics`: this host's network functions and what auto mode would do.
+fn nics(ctl: &Ctl, sysfs: Option<&Path>) -> Result<(), Failure> {
+    let reports = match sysfs {
+        Some(dir) => vdpad::discover::scan(dir, Path::new("/dev/vfio/vfio").exists()),
+        None => vdpad::discover::scan_host(),
+    }
+    .map_err(|e| Failure::Usage(format!("cannot read PCI functions: {e}")))?;
+    if ctl.json {
+        let line = serde_json::json!({"ok": true, "nics": reports});
+        outln!("{line}");
+    } else {
+        out!("{}", vdpad::discover::render(&reports));
     }
     Ok(())
 }

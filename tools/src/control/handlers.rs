@@ -146,6 +146,7 @@ pub fn failed_view(f: &FailedInfo) -> DeviceView {
             attempts: f.failures,
             retry_in_seconds: Some(f.retry_in.as_secs_f64()),
         }),
+        vdpa_attach: None,
         migration: None,
     }
 }
@@ -476,6 +477,7 @@ pub fn device_view(d: &DeviceInfo) -> DeviceView {
             attempts: d.start_failures,
             retry_in_seconds: None,
         }),
+        vdpa_attach: d.vdpa_attach.clone(),
         migration: st.dirty_log.map(|log| MigrationView {
             logging: st.logging,
             log_bytes: log.bytes,

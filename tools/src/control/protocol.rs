@@ -430,6 +430,11 @@ pub struct DeviceView {
     /// tried again; for a running one, how many attempts failed before it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_failure: Option<StartFailureView>,
+    /// A VDUSE device: its vDPA bus driver and what that made of it
+    /// (`vhost_vdpa: /dev/vhost-vdpa-0`, `virtio_vdpa: network interface eth1`), or why
+    /// it is not attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vdpa_attach: Option<String>,
     /// The dirty log of a live migration, once the frontend shared one on the current
     /// connection (absent before and from daemons that predate migration).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -160,6 +160,9 @@ pub fn list(devices: &[DeviceView]) -> String {
             _ => "server: vdpad listens, the frontend connects",
         };
         field(&mut out, "socket", format!("{} ({role})", d.socket));
+        if let Some(a) = &d.vdpa_attach {
+            field(&mut out, "vdpa bus", a.clone());
+        }
         field(
             &mut out,
             "state",

@@ -89,10 +89,19 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
     );
     e.sample("vdpad_devices", &[], devices.len());
 
+    device_families(&mut e, devices);
+    device_runtime_families(&mut e, devices);
+    queue_counters(&mut e, stats);
+    queue_breakdowns(&mut e, stats);
+    e.out
+}
+
+/// One series per device: what it is, its state, its connections and migration.
+fn device_families(e: &mut Exposition, devices: &[DeviceView]) {
     e.family(
         "vdpad_device_info",
         "gauge",
-        "Device description; always 1. mode is offload or software, datapath what serves it now, socket_role server (vdpad listens) or client (vdpad connects).",
+        "Device description; always 1. mode is offload or software, datapath what serves it now, socket_role server (vdpad listens) or client (vdpad connects), vdpa (VDUSE devices) the vDPA bus driver and what it made of the device.",
     );
     for d in devices {
         let pci = d.pci.as_ref().map(|p| p.address.as_str()).unwrap_or("");
@@ -106,6 +115,7 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
                 ("pci", pci),
                 ("socket", &d.socket),
                 ("socket_role", &d.socket_role),
+                ("vdpa", d.vdpa_attach.as_deref().unwrap_or("")),
             ],
             1,
         );
@@ -148,6 +158,10 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
             d.connections,
         );
     }
+}
+
+/// One series per device: its migration, queue pairs, fallback and features.
+fn device_runtime_families(e: &mut Exposition, devices: &[DeviceView]) {
     e.family(
         "vdpad_device_dirty_logging",
         "gauge",
@@ -225,7 +239,10 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
             );
         }
     }
+}
 
+/// The per-queue counters, one family each.
+fn queue_counters(e: &mut Exposition, stats: &[DeviceStats]) {
     type Counter = fn(&crate::control::protocol::QueueView) -> u64;
     let counters: [(&str, &str, Counter); 9] = [
         ("vdpad_queue_packets_total", "Frames completed on the queue.", |q| q.packets),
@@ -287,6 +304,11 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
             }
         }
     }
+}
+
+/// Per-queue counters broken down by reason or kind (drops, bad descriptors, faults,
+/// throttling).
+fn queue_breakdowns(e: &mut Exposition, stats: &[DeviceStats]) {
     e.family(
         "vdpad_queue_drops_total",
         "counter",
@@ -372,7 +394,6 @@ pub fn render(process: ProcessInfo, devices: &[DeviceView], stats: &[DeviceStats
             }
         }
     }
-    e.out
 }
 
 #[cfg(test)]
@@ -405,6 +426,7 @@ mod tests {
             fallback_reason: None,
             last_error: None,
             start_failure: None,
+            vdpa_attach: None,
             migration: Some(MigrationView {
                 logging: true,
                 log_bytes: 65536,
