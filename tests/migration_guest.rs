@@ -113,6 +113,33 @@ fn migration_view(control: &Path, device: &str) -> Option<serde_json::Value> {
     dev.get("migration").cloned()
 }
 
+/// Parses the guest's `MIG-PING` line: all [`PINGS`] sent, at most [`MAX_PING_LOSS`]
+/// lost while the guest moved (or did not).
+fn assert_pings(ping: &str, guest: &Guest) -> support::traffic::PingSummary {
+    let p = parse_ping(ping.trim_start_matches("MIG-PING "))
+        .unwrap_or_else(|| panic!("cannot parse {ping:?}"));
+    assert_eq!(p.transmitted, u64::from(PINGS), "{ping}");
+    assert!(
+        p.transmitted - p.received <= MAX_PING_LOSS,
+        "ping lost {} of {} around the migration{}",
+        p.transmitted - p.received,
+        p.transmitted,
+        guest.tail()
+    );
+    p
+}
+
+/// Panics unless vdpad's `log` has every line of `wants`.
+fn assert_logged(log: &str, wants: &[&str], daemon: &support::daemon::Daemon) {
+    for want in wants {
+        assert!(
+            log.contains(want),
+            "vdpad never logged {want:?}{}",
+            daemon.tail()
+        );
+    }
+}
+
 fn side_dir(dir: &Path, name: &str) -> PathBuf {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).expect("create a side's directory");
@@ -311,32 +338,21 @@ fn guest_migrates_between_devices_while_receiving() {
         m.want,
         m.dst.tail()
     );
-    let p = parse_ping(ping.trim_start_matches("MIG-PING "))
-        .unwrap_or_else(|| panic!("cannot parse {ping:?}"));
+    let p = assert_pings(&ping, &m.dst);
     note(
         t0,
         &format!("ping: {} sent, {} answered", p.transmitted, p.received),
     );
-    assert_eq!(p.transmitted, u64::from(PINGS), "{ping}");
-    assert!(
-        p.transmitted - p.received <= MAX_PING_LOSS,
-        "ping lost {} of {} across the migration{}",
-        p.transmitted - p.received,
-        p.transmitted,
-        m.dst.tail()
-    );
 
     let log = m.daemon.log();
-    for want in [
-        "dirty log mapped (SET_LOG_BASE) device=\"msrc\"",
-        "dirty logging starts device=\"msrc\"",
-    ] {
-        assert!(
-            log.contains(want),
-            "vdpad never logged {want:?}{}",
-            m.daemon.tail()
-        );
-    }
+    assert_logged(
+        &log,
+        &[
+            "dirty log mapped (SET_LOG_BASE) device=\"msrc\"",
+            "dirty logging starts device=\"msrc\"",
+        ],
+        &m.daemon,
+    );
     let resumed = log
         .lines()
         .filter(|l| l.contains("queue pair started") && l.contains("device=\"mdst\""))
@@ -373,27 +389,16 @@ fn cancelled_migration_leaves_the_guest_running_on_the_source() {
         m.want,
         m.src.tail()
     );
-    let p = parse_ping(ping.trim_start_matches("MIG-PING "))
-        .unwrap_or_else(|| panic!("cannot parse {ping:?}"));
-    assert_eq!(p.transmitted, u64::from(PINGS), "{ping}");
-    assert!(
-        p.transmitted - p.received <= MAX_PING_LOSS,
-        "ping lost {} of {} around the cancelled migration{}",
-        p.transmitted - p.received,
-        p.transmitted,
-        m.src.tail()
-    );
+    assert_pings(&ping, &m.src);
     let log = m.daemon.log();
-    for want in [
-        "dirty logging starts device=\"msrc\"",
-        "dirty logging ends device=\"msrc\"",
-    ] {
-        assert!(
-            log.contains(want),
-            "vdpad never logged {want:?}{}",
-            m.daemon.tail()
-        );
-    }
+    assert_logged(
+        &log,
+        &[
+            "dirty logging starts device=\"msrc\"",
+            "dirty logging ends device=\"msrc\"",
+        ],
+        &m.daemon,
+    );
     assert!(
         !log.contains("queue pair started device=\"mdst\""),
         "the destination started a queue pair although the migration was cancelled{}",
