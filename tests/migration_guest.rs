@@ -284,7 +284,12 @@ fn migrate(tag: &str, end: End) -> Migrated {
             info["ram"]["dirty-sync-count"],
         ),
     );
-    qs.quit();
+    // The guest lives on where the migration left it: a completed one ends the
+    // source QEMU, a cancelled one keeps it running.
+    match end {
+        End::Complete => qs.quit(),
+        End::Cancel => drop(qs),
+    }
     // What an operator sees: vdpactl showed the source logging while the VM moved,
     // with pages marked, and nothing outside the log.
     assert!(
