@@ -13,6 +13,9 @@ pub enum Frontend {
     /// `dpdk-testpmd --vdev net_virtio_user0`, io forwarding, `--tx-first`: polls, and
     /// kicks only when the backend asks.
     Testpmd,
+    /// The same testpmd without `--tx-first`: it polls its rings but never sends (an
+    /// idle VM); what is measured is the backend's CPU.
+    TestpmdIdle,
     /// `vdpa-rig bench`: keeps TX full and RX refilled; NAPI-like interrupts unless
     /// `poll`.
     RigBench {
@@ -31,6 +34,7 @@ impl Frontend {
     pub fn describe(&self) -> &'static str {
         match self {
             Frontend::Testpmd => "testpmd virtio-user io fwd",
+            Frontend::TestpmdIdle => "testpmd virtio-user, nothing sent",
             Frontend::RigBench { poll: false } => "vdpa-rig bench (interrupts)",
             Frontend::RigBench { poll: true } => "vdpa-rig bench --poll",
             Frontend::RigLatency { poll: false } => "vdpa-rig latency (interrupts)",
@@ -50,7 +54,7 @@ impl Frontend {
 pub enum VhostBackend {
     /// A: `dpdk-testpmd --vdev net_vhost0`, io forwarding in loop topology.
     Dpdk,
-    /// B: `vdpad` with one loopback device and this tuning.
+    /// B: `vdpad` with a loopback device per port and this tuning.
     Vdpad(TuningOverrides),
 }
 
@@ -91,6 +95,9 @@ pub struct Cell {
     /// A CPU hog (`sh -c 'while :; do :; done'`) shares the backend's CPU during every
     /// variant: what a backend keeps when a vCPU thread or another job wants its core.
     pub hog: bool,
+    /// Devices (vhost-user ports) served from the one backend CPU, each with one queue
+    /// pair; the frontend drives them all from its one CPU and the rate is their sum.
+    pub devices: usize,
 }
 
 /// vdpad's busy-poll budget for B in the A/B cells: DPDK's vhost PMD polls all the
@@ -130,6 +137,7 @@ fn main_cell(id: &str, frontend: Frontend, size: usize, b_busy_poll_us: u32) -> 
         size,
         variants: ab(b_busy_poll_us),
         hog: false,
+        devices: 1,
     }
 }
 
@@ -148,9 +156,9 @@ fn contention_cell(id: &str, mode: &str, b_busy_poll_us: u32) -> Cell {
     c
 }
 
-/// The cells beside the tuned A/B cells: vdpad's defaults (`dflt-`), and the backend
+/// The cells beside the tuned A/B cells: vdpad's defaults (`dflt-`), the backend
 /// CPU shared with a hog (`contend-`: vdpad's defaults, fixed 200 µs polling, and
-/// notifications only).
+/// notifications only), and notifications only without the hog (`quiet-notify-`).
 pub fn defaults_and_contention_cells() -> Vec<Cell> {
     let mut v = Vec::new();
     for size in [64, 1518] {
@@ -186,7 +194,60 @@ pub fn defaults_and_contention_cells() -> Vec<Cell> {
         0,
     );
     notify.variants[1].backend = VhostBackend::Vdpad(fixed_polling(0));
+    // The same mode without the hog: what the notifications-only mode keeps of its
+    // own quiet rate.
+    let mut quiet = notify.clone();
+    quiet.id = "quiet-notify-tp-64".into();
+    quiet.hog = false;
+    quiet.title = format!(
+        "{}; vdpad notifications only (fixed, busy_poll_us = 0), no hog",
+        main_cell("", Frontend::Testpmd, 64, 0).title
+    );
     v.push(notify);
+    v.push(quiet);
+    v
+}
+
+/// Device counts of the `scale-` and `idle-` cells.
+pub const SCALE_DEVICES: [usize; 3] = [1, 4, 16];
+
+/// Many devices on one backend CPU: `scale-N` (N ports, 64-byte frames, aggregate
+/// rate; B with vdpad's defaults) and `idle-N` (N ports connected, nothing sent: the
+/// backend CPU it costs, A's polling beside vdpad's defaults and its fixed 200 µs
+/// polling).
+pub fn scale_cells() -> Vec<Cell> {
+    let mut v = Vec::new();
+    for n in SCALE_DEVICES {
+        let mut c = defaults_cell(&format!("scale-{n}"), Frontend::Testpmd, 64);
+        c.title = format!(
+            "aggregate throughput of {n} device(s), one queue pair each, on one backend CPU: \
+             {}, 64 B; vdpad defaults",
+            Frontend::Testpmd.describe()
+        );
+        c.devices = n;
+        v.push(c);
+    }
+    for n in [1, 16] {
+        let mut c = seed(
+            &format!("idle-{n}"),
+            &format!("{n} idle device(s) on one backend CPU: backend CPU with nothing sent"),
+            Frontend::TestpmdIdle,
+            64,
+            vec![
+                Variant {
+                    name: "A (DPDK)".into(),
+                    backend: VhostBackend::Dpdk,
+                },
+                vdpad("vdpad defaults".into(), TuningOverrides::default()),
+                vdpad(
+                    format!("vdpad busy_poll_us={B_BUSY_POLL_US}"),
+                    fixed_polling(B_BUSY_POLL_US),
+                ),
+            ],
+        );
+        c.devices = n;
+        v.push(c);
+    }
     v
 }
 
@@ -286,6 +347,7 @@ fn seed(id: &str, title: &str, frontend: Frontend, size: usize, variants: Vec<Va
         size,
         variants,
         hog: false,
+        devices: 1,
     }
 }
 
@@ -388,6 +450,7 @@ mod tests {
     fn cells_are_unique_and_complete() {
         let mut all = main_cells(B_BUSY_POLL_US);
         all.extend(defaults_and_contention_cells());
+        all.extend(scale_cells());
         all.extend(seed_cells());
         let mut ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
         ids.sort_unstable();
@@ -411,6 +474,18 @@ mod tests {
                 "{}",
                 c.id
             );
+        }
+        // Many devices: only the scale and idle cells, and only testpmd drives them.
+        for c in &all {
+            let many = c.id.starts_with("scale-") || c.id.starts_with("idle-");
+            assert_eq!(c.devices > 1, many && !c.id.ends_with("-1"), "{}", c.id);
+            if many {
+                assert!(
+                    matches!(c.frontend, Frontend::Testpmd | Frontend::TestpmdIdle),
+                    "{}",
+                    c.id
+                );
+            }
         }
         let notify = &seed_cells()[0];
         assert_eq!(notify.variants.len(), 8);

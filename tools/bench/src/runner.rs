@@ -131,6 +131,8 @@ pub struct Run {
     pub backend_cmd: String,
     /// The frontend's command line.
     pub frontend_cmd: String,
+    /// Nothing was sent (an `idle-` cell): the headline is the backend's CPU.
+    pub idle: bool,
 }
 
 impl Run {
@@ -139,6 +141,7 @@ impl Run {
         self.error.is_none()
             && match &self.latency {
                 Some(l) => l.count > 0 && l.p50_us > 0.0,
+                None if self.idle => self.backend_cpu_util.is_some(),
                 None => self.mpps.is_some_and(|m| m > 0.0),
             }
     }
@@ -237,11 +240,18 @@ fn tag(cell: &Cell, v: &Variant, rep: usize) -> String {
     format!("{}-{}-r{rep}", cell.id, clean)
 }
 
-fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<BackendProc> {
-    let _ = std::fs::remove_file(socket);
+/// Waits until every one of `sockets` exists while `p` runs.
+fn wait_sockets(p: &mut Proc, sockets: &[PathBuf], timeout: Duration) -> Result<()> {
+    sockets.iter().try_for_each(|s| wait_socket(p, s, timeout))
+}
+
+fn start_backend(s: &Settings, v: &Variant, sockets: &[PathBuf], t: &str) -> Result<BackendProc> {
+    for socket in sockets {
+        let _ = std::fs::remove_file(socket);
+    }
     match &v.backend {
         VhostBackend::Dpdk => {
-            let tp = Testpmd::vhost_backend(socket, s.be_cpu, &be_prefix(), s.memory);
+            let tp = Testpmd::vhost_backend(sockets, s.be_cpu, &be_prefix(), s.memory);
             tp.cleanup();
             let spawn = tp.spawn(
                 "dpdk-testpmd (net_vhost0)",
@@ -249,7 +259,7 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
                 &s.logs.join(format!("{t}-be.log")),
             );
             let mut p = spawn.start()?;
-            if let Err(e) = wait_socket(&mut p, socket, Duration::from_secs(30)) {
+            if let Err(e) = wait_sockets(&mut p, sockets, Duration::from_secs(30)) {
                 p.stop(libc::SIGKILL, Duration::from_secs(2));
                 tp.cleanup();
                 return Err(e);
@@ -259,7 +269,7 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
         VhostBackend::Vdpad(tuning) => {
             let run_dir = s.work.join("run");
             let worker = (s.pinning == Pinning::ConfigCpus).then_some(s.be_cpu);
-            let cfg = vdpad::config_toml(&run_dir, socket, worker, tuning);
+            let cfg = vdpad::config_toml(&run_dir, sockets, worker, tuning);
             let cfg_path = s.work.join(format!("{t}.toml"));
             std::fs::write(&cfg_path, cfg)
                 .with_context(|| format!("cannot write {}", cfg_path.display()))?;
@@ -273,7 +283,7 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
                 spawn.cpu = Some(s.be_cpu);
             }
             let mut p = spawn.start()?;
-            wait_socket(&mut p, socket, Duration::from_secs(15))?;
+            wait_sockets(&mut p, sockets, Duration::from_secs(15))?;
             Ok(BackendProc::Vdpad(VdpadProcess::new(
                 p,
                 s.vdpactl.clone(),
@@ -284,9 +294,9 @@ fn start_backend(s: &Settings, v: &Variant, socket: &Path, t: &str) -> Result<Ba
 }
 
 /// The backend's command line as the report shows it.
-fn backend_cmd(s: &Settings, v: &Variant, socket: &Path) -> String {
+fn backend_cmd(s: &Settings, v: &Variant, sockets: &[PathBuf]) -> String {
     match &v.backend {
-        VhostBackend::Dpdk => Testpmd::vhost_backend(socket, s.be_cpu, &be_prefix(), s.memory)
+        VhostBackend::Dpdk => Testpmd::vhost_backend(sockets, s.be_cpu, &be_prefix(), s.memory)
             .spawn("", &s.testpmd, Path::new(""))
             .command_line(),
         VhostBackend::Vdpad(t) => {
@@ -295,7 +305,8 @@ fn backend_cmd(s: &Settings, v: &Variant, socket: &Path) -> String {
                 Pinning::Affinity => format!("taskset -c {}", s.be_cpu),
             };
             format!(
-                "vdpad --config FILE (loopback, {pin}, tuning {})",
+                "vdpad --config FILE ({} loopback device(s), {pin}, tuning {})",
+                sockets.len(),
                 t.label()
             )
         }
@@ -317,13 +328,16 @@ fn start_hog(s: &Settings, t: &str) -> Result<Proc> {
 /// Runs `variant` of `cell` once.
 pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
     let t = tag(cell, v, rep);
-    let socket = s.work.join("vhu.sock");
+    let sockets: Vec<PathBuf> = (0..cell.devices.max(1))
+        .map(|i| s.work.join(format!("vhu{i}.sock")))
+        .collect();
     let mut run = Run {
         cell: cell.id.clone(),
         variant: v.name.clone(),
         rep,
         started: machine::utc(std::time::SystemTime::now()),
-        backend_cmd: backend_cmd(s, v, &socket),
+        backend_cmd: backend_cmd(s, v, &sockets),
+        idle: cell.frontend == Frontend::TestpmdIdle,
         ..Default::default()
     };
     // The hog runs for the whole run, backend start to stop, so that neither side
@@ -345,8 +359,8 @@ pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
         proc::own_and_children_cpu(),
         Instant::now(),
     );
-    let result = start_backend(s, v, &socket, &t).and_then(|mut be| {
-        let r = drive(s, cell, &mut be, &socket, &t, &mut run);
+    let result = start_backend(s, v, &sockets, &t).and_then(|mut be| {
+        let r = drive(s, cell, &mut be, &sockets, &t, &mut run);
         if let BackendProc::Vdpad(d) = &be {
             run.counter_source = Some(d.counter_source().into());
         }
@@ -363,7 +377,9 @@ pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
     if let Some(p) = hog.as_mut() {
         p.stop(libc::SIGKILL, Duration::from_secs(2));
     }
-    let _ = std::fs::remove_file(&socket);
+    for socket in &sockets {
+        let _ = std::fs::remove_file(socket);
+    }
     let _ = std::fs::remove_file(s.work.join(format!("{t}.toml")));
     if let Err(e) = result {
         run.error = Some(format!("{e:#}"));
@@ -403,12 +419,14 @@ fn drive(
     s: &Settings,
     cell: &Cell,
     be: &mut BackendProc,
-    socket: &Path,
+    sockets: &[PathBuf],
     t: &str,
     run: &mut Run,
 ) -> Result<()> {
+    // The rig drives one device: the first.
+    let socket = &sockets[0];
     match cell.frontend {
-        Frontend::Testpmd => drive_testpmd(s, cell, be, socket, t, run),
+        Frontend::Testpmd | Frontend::TestpmdIdle => drive_testpmd(s, cell, be, sockets, t, run),
         Frontend::RigBench { poll } => {
             let secs = f64::from(s.seconds);
             let mut args = vec![
@@ -557,16 +575,17 @@ fn drive_testpmd(
     s: &Settings,
     cell: &Cell,
     be: &mut BackendProc,
-    socket: &Path,
+    sockets: &[PathBuf],
     t: &str,
     run: &mut Run,
 ) -> Result<()> {
     let tp = Testpmd::virtio_user_frontend(
-        socket,
+        sockets,
         s.fe_cpu,
         &format!("vbench{}fe", std::process::id()),
         s.memory,
         cell.size,
+        cell.frontend == Frontend::Testpmd,
     );
     tp.cleanup();
     let spawn = tp.spawn(
@@ -584,7 +603,8 @@ fn drive_testpmd(
     let mut m0 = None;
     let result = loop {
         let log = std::fs::read(fe.log()).unwrap_or_default();
-        let samples = testpmd::rx_pps_samples(&String::from_utf8_lossy(&log), 0);
+        let ports = u16::try_from(sockets.len()).unwrap_or(u16::MAX);
+        let samples = testpmd::total_rx_pps_samples(&String::from_utf8_lossy(&log), ports);
         if m0.is_none() && samples.len() > warm {
             m0 = Some(be.mark());
         }
@@ -623,5 +643,11 @@ fn drive_testpmd(
     run.gbps = Some(pps * cell.size as f64 * 8.0 / 1e9);
     let secs = m1.at.duration_since(m0.at).as_secs_f64();
     window(run, &m0, &m1, pps * secs);
+    if sockets.len() > 1 {
+        // The counters are the first device's; the CPU is every device's.
+        run.backend_cpu_ns_per_pkt = run
+            .backend_cpu_util
+            .and_then(|u| stats::ratio(u * secs * 1e9, pps * secs));
+    }
     Ok(())
 }

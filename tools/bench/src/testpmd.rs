@@ -62,8 +62,8 @@ pub fn find(explicit: Option<&Path>) -> Result<PathBuf> {
 /// One testpmd process: which role, where, how.
 #[derive(Debug, Clone)]
 pub struct Testpmd {
-    /// The `--vdev` argument.
-    pub vdev: String,
+    /// The `--vdev` arguments, one per port.
+    pub vdevs: Vec<String>,
     /// CPU for both lcores (`--lcores 0@N,1@N`).
     pub cpu: usize,
     /// EAL file prefix (runtime dir and hugepage file names); unique per process.
@@ -75,10 +75,15 @@ pub struct Testpmd {
 }
 
 impl Testpmd {
-    /// Backend A: DPDK's vhost library on `socket`, io forwarding back to the same port.
-    pub fn vhost_backend(socket: &Path, cpu: usize, prefix: &str, memory: Memory) -> Testpmd {
+    /// Backend A: DPDK's vhost library, one port per socket, each port's frames
+    /// forwarded back to it (io forwarding, loop topology, one forwarding core).
+    pub fn vhost_backend(sockets: &[PathBuf], cpu: usize, prefix: &str, memory: Memory) -> Testpmd {
         Testpmd {
-            vdev: format!("net_vhost0,iface={},queues=1", socket.display()),
+            vdevs: sockets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("net_vhost{i},iface={},queues=1", s.display()))
+                .collect(),
             cpu,
             prefix: prefix.into(),
             memory,
@@ -86,20 +91,28 @@ impl Testpmd {
         }
     }
 
-    /// The frontend: DPDK virtio-user on `socket`, io forwarding, one burst of `size`-byte
-    /// frames sent first (`start tx_first`), statistics every second.
+    /// The frontend: DPDK virtio-user, one port per socket, io forwarding, statistics
+    /// every second; with `send`, one burst of `size`-byte frames per port sent first
+    /// (`--tx-first`), else nothing is ever sent (an idle VM).
     pub fn virtio_user_frontend(
-        socket: &Path,
+        sockets: &[PathBuf],
         cpu: usize,
         prefix: &str,
         memory: Memory,
         size: usize,
+        send: bool,
     ) -> Testpmd {
         let mut app = io_loop_args();
-        app.push("--tx-first".into());
+        if send {
+            app.push("--tx-first".into());
+        }
         app.push(format!("--txpkts={size}"));
         Testpmd {
-            vdev: format!("net_virtio_user0,path={},queues=1", socket.display()),
+            vdevs: sockets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("net_virtio_user{i},path={},queues=1", s.display()))
+                .collect(),
             cpu,
             prefix: prefix.into(),
             memory,
@@ -117,8 +130,10 @@ impl Testpmd {
             self.prefix.clone(),
         ];
         args.extend(self.memory.args());
-        args.push("--vdev".into());
-        args.push(self.vdev.clone());
+        for v in &self.vdevs {
+            args.push("--vdev".into());
+            args.push(v.clone());
+        }
         args.push("--".into());
         args.extend(self.app.iter().cloned());
         Spawn::new(name, program, args, log)
@@ -139,7 +154,7 @@ impl Testpmd {
     }
 }
 
-/// io forwarding, loop topology (port 0 → port 0), one forwarding core, stats every
+/// io forwarding, loop topology (each port → itself), one forwarding core, stats every
 /// second (without a stats period non-interactive testpmd exits when stdin is closed).
 fn io_loop_args() -> Vec<String> {
     [
@@ -180,6 +195,16 @@ pub fn rx_pps_samples(log: &str, port: u16) -> Vec<u64> {
     out
 }
 
+/// The per-second `Rx-pps` summed over ports `0..ports`, as many samples as every
+/// port has printed.
+pub fn total_rx_pps_samples(log: &str, ports: u16) -> Vec<u64> {
+    let per_port: Vec<Vec<u64>> = (0..ports).map(|p| rx_pps_samples(log, p)).collect();
+    let n = per_port.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
+        .map(|i| per_port.iter().map(|v| v[i]).sum())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,21 +216,32 @@ mod tests {
         assert_eq!(rx_pps_samples(LOG, 0), vec![0, 9_707_230]);
         assert_eq!(rx_pps_samples(LOG, 1), vec![5]);
         assert!(rx_pps_samples("", 0).is_empty());
+        // Port 1 printed one sample: the total has one.
+        assert_eq!(total_rx_pps_samples(LOG, 2), vec![5]);
+        assert_eq!(total_rx_pps_samples(LOG, 1), vec![0, 9_707_230]);
     }
 
     #[test]
     fn command_lines() {
-        let t = Testpmd::virtio_user_frontend(Path::new("/s.sock"), 1, "vb1", Memory::Huge, 64);
+        let one = [PathBuf::from("/s.sock")];
+        let t = Testpmd::virtio_user_frontend(&one, 1, "vb1", Memory::Huge, 64, true);
         let s = t.spawn("fe", Path::new("dpdk-testpmd"), Path::new("/l"));
         let line = s.command_line();
         assert!(line.contains("--lcores 0@1,1@1"), "{line}");
         assert!(line.contains("--vdev net_virtio_user0,path=/s.sock,queues=1"));
         assert!(line.contains("--tx-first --txpkts=64"));
         assert!(line.contains("--port-topology=loop"));
-        let b = Testpmd::vhost_backend(Path::new("/s.sock"), 0, "vb2", Memory::NoHuge);
+        let b = Testpmd::vhost_backend(&one, 0, "vb2", Memory::NoHuge);
         let line = b
             .spawn("be", Path::new("t"), Path::new("/l"))
             .command_line();
         assert!(line.contains("--no-huge -m 1024 --vdev net_vhost0,iface=/s.sock,queues=1"));
+        let two = [PathBuf::from("/a.sock"), PathBuf::from("/b.sock")];
+        let idle = Testpmd::virtio_user_frontend(&two, 1, "vb3", Memory::Huge, 64, false);
+        let line = idle
+            .spawn("fe", Path::new("t"), Path::new("/l"))
+            .command_line();
+        assert!(line.contains("--vdev net_virtio_user0,path=/a.sock,queues=1 --vdev net_virtio_user1,path=/b.sock,queues=1"), "{line}");
+        assert!(!line.contains("--tx-first"), "{line}");
     }
 }
