@@ -68,6 +68,8 @@ fn smoke_every_cell_has_numbers() {
         "seed-busypoll-tp",
         "scale-16",
         "idle-16",
+        "kern-tap-64",
+        "kern-afp-1518",
     ] {
         assert!(ids.contains(&want), "cell {want} missing from {ids:?}");
     }

@@ -285,6 +285,18 @@ fn alive(v: &mut Vdpad) {
 }
 
 /// `faults[kind]` of `hostile`'s ring `ring` in `stats --json`.
+/// Prints the daemon's log lines that contain any of `needles`: what an operator sees
+/// of the fault (shown with `--nocapture`).
+fn show_log(v: &Vdpad, needles: &[&str]) {
+    let text = v.log_text();
+    for line in text
+        .lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+    {
+        println!("    vdpad log: {line}");
+    }
+}
+
 fn fault_count(stats: &Value, ring: usize, kind: &str) -> u64 {
     stats["stats"]
         .as_array()
@@ -366,6 +378,7 @@ fn truncated_guest_memory_costs_only_its_own_connection() {
     control_answers(&v, t0, "after the fault");
     the_other_device_kept_forwarding(bystander, &v, t0, "during the fault");
     alive(&mut v);
+    show_log(&v, &["faulted", "SIGBUS", HOSTILE]);
 }
 
 // --------------------------------------------------------------------------------- 2
@@ -398,6 +411,7 @@ fn blocking_call_eventfd_with_a_full_counter_wedges_nothing() {
     alive(&mut v);
 
     the_other_device_kept_forwarding(bystander, &v, t0, "meanwhile");
+    show_log(&v, &["call eventfd"]);
     // A fresh hostile connection with full counters again, left connected.
     let (socket, fd) = (v.socket(HOSTILE), full.clone());
     let rig = within(

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::netlab::Port;
 use crate::vdpad::TuningOverrides;
 
 /// The vhost-user frontend that plays the VM.
@@ -98,6 +99,8 @@ pub struct Cell {
     /// Devices (vhost-user ports) served from the one backend CPU, each with one queue
     /// pair; the frontend drives them all from its one CPU and the rate is their sum.
     pub devices: usize,
+    /// What the backend forwards to (both A and B the same kind).
+    pub port: Port,
 }
 
 /// vdpad's busy-poll budget for B in the A/B cells: DPDK's vhost PMD polls all the
@@ -138,6 +141,7 @@ fn main_cell(id: &str, frontend: Frontend, size: usize, b_busy_poll_us: u32) -> 
         variants: ab(b_busy_poll_us),
         hog: false,
         devices: 1,
+        port: Port::Loopback,
     }
 }
 
@@ -251,6 +255,29 @@ pub fn scale_cells() -> Vec<Cell> {
     v
 }
 
+/// Real backends side by side (`kern-tap-`, `kern-afp-` at 64 and 1518 B): vdpad's
+/// `tap` and `af_packet` with its defaults against testpmd's vhost port forwarding to
+/// `net_tap` / `net_af_packet` on the same kind of interface, which a tc reflector
+/// turns around ([`crate::netlab`]). The frontend is the polling rig, so that it is
+/// never the limit and drops on the kernel path cost nothing but their frames.
+pub fn kernel_cells() -> Vec<Cell> {
+    let mut v = Vec::new();
+    for (port, tag) in [(Port::Tap, "tap"), (Port::AfPacket, "afp")] {
+        for size in [64, 1518] {
+            let frontend = Frontend::RigBench { poll: true };
+            let mut c = defaults_cell(&format!("kern-{tag}-{size}"), frontend, size);
+            c.title = format!(
+                "throughput through the kernel, one queue pair: {}, {size} B, {}; vdpad defaults",
+                frontend.describe(),
+                port.describe()
+            );
+            c.port = port;
+            v.push(c);
+        }
+    }
+    v
+}
+
 /// The A/B cells: testpmd and the rig (interrupts, and polling) at 64 and 1518 bytes,
 /// and latency (interrupts, and polling) at 64 bytes; B with `b_busy_poll_us`.
 pub fn main_cells(b_busy_poll_us: u32) -> Vec<Cell> {
@@ -348,6 +375,7 @@ fn seed(id: &str, title: &str, frontend: Frontend, size: usize, variants: Vec<Va
         variants,
         hog: false,
         devices: 1,
+        port: Port::Loopback,
     }
 }
 
@@ -451,6 +479,7 @@ mod tests {
         let mut all = main_cells(B_BUSY_POLL_US);
         all.extend(defaults_and_contention_cells());
         all.extend(scale_cells());
+        all.extend(kernel_cells());
         all.extend(seed_cells());
         let mut ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
         ids.sort_unstable();
@@ -486,6 +515,22 @@ mod tests {
                     c.id
                 );
             }
+        }
+        // Kernel interfaces: only the kern- cells, A/B with B untuned, one device.
+        for c in &all {
+            assert_eq!(
+                c.port != Port::Loopback,
+                c.id.starts_with("kern-"),
+                "{}",
+                c.id
+            );
+        }
+        for c in kernel_cells() {
+            assert_eq!((c.devices, c.variants.len()), (1, 2), "{}", c.id);
+            assert_eq!(
+                c.variants[1].backend,
+                VhostBackend::Vdpad(TuningOverrides::default())
+            );
         }
         let notify = &seed_cells()[0];
         assert_eq!(notify.variants.len(), 8);

@@ -7,6 +7,7 @@
 
 mod cells;
 mod machine;
+mod netlab;
 mod proc;
 mod report;
 mod runner;
@@ -368,6 +369,7 @@ fn real_main() -> Result<ExitCode> {
     let mut cells = cells::main_cells(args.b_busy_poll_us);
     cells.extend(cells::defaults_and_contention_cells());
     cells.extend(cells::scale_cells());
+    cells.extend(cells::kernel_cells());
     if args.seed_questions {
         cells.extend(cells::seed_cells());
     }

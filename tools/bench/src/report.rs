@@ -326,8 +326,8 @@ pub fn text(cells: &[CellSummary]) -> String {
     let mut out = String::new();
     let rows = main_rows(cells);
     if !rows.is_empty() {
-        out += "A/B: A = DPDK vhost library (testpmd net_vhost0), B = vdpad loopback; per cell \
-                the median [min-max] over repetitions, ratio B/A pair by pair\n";
+        out += "A/B: A = DPDK vhost library (testpmd net_vhost0), B = vdpad loopback \
+                (kern- cells: both on the same kernel interface); per cell the median [min-max] over repetitions, ratio B/A pair by pair\n";
         out += &text_table(MAIN_HEAD, &rows);
         out += "\nratios pair by pair (repetition 0, 1, ...):\n";
         out += &pair_lines(cells);

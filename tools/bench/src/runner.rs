@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::cells::{Cell, Frontend, Variant, VhostBackend};
 use crate::machine;
+use crate::netlab::{Port, Reflector};
 use crate::proc::{self, Proc, Spawn};
 use crate::stats;
 use crate::testpmd::{self, Memory, Testpmd};
@@ -245,19 +246,32 @@ fn wait_sockets(p: &mut Proc, sockets: &[PathBuf], timeout: Duration) -> Result<
     sockets.iter().try_for_each(|s| wait_socket(p, s, timeout))
 }
 
-fn start_backend(s: &Settings, v: &Variant, sockets: &[PathBuf], t: &str) -> Result<BackendProc> {
+/// Starts the backend of `v` on `sockets`; inside `ns`'s namespace when the cell
+/// forwards to a kernel interface.
+fn start_backend(
+    s: &Settings,
+    cell: &Cell,
+    v: &Variant,
+    sockets: &[PathBuf],
+    ns: Option<&Reflector>,
+    t: &str,
+) -> Result<BackendProc> {
     for socket in sockets {
         let _ = std::fs::remove_file(socket);
     }
+    let place = |spawn: Spawn| match ns {
+        Some(r) => r.inside(spawn),
+        None => spawn,
+    };
     match &v.backend {
         VhostBackend::Dpdk => {
-            let tp = Testpmd::vhost_backend(sockets, s.be_cpu, &be_prefix(), s.memory);
+            let tp = Testpmd::vhost_backend(sockets, cell.port, s.be_cpu, &be_prefix(), s.memory);
             tp.cleanup();
-            let spawn = tp.spawn(
+            let spawn = place(tp.spawn(
                 "dpdk-testpmd (net_vhost0)",
                 &s.testpmd,
                 &s.logs.join(format!("{t}-be.log")),
-            );
+            ));
             let mut p = spawn.start()?;
             if let Err(e) = wait_sockets(&mut p, sockets, Duration::from_secs(30)) {
                 p.stop(libc::SIGKILL, Duration::from_secs(2));
@@ -269,7 +283,7 @@ fn start_backend(s: &Settings, v: &Variant, sockets: &[PathBuf], t: &str) -> Res
         VhostBackend::Vdpad(tuning) => {
             let run_dir = s.work.join("run");
             let worker = (s.pinning == Pinning::ConfigCpus).then_some(s.be_cpu);
-            let cfg = vdpad::config_toml(&run_dir, sockets, worker, tuning);
+            let cfg = vdpad::config_toml(&run_dir, sockets, cell.port, worker, tuning);
             let cfg_path = s.work.join(format!("{t}.toml"));
             std::fs::write(&cfg_path, cfg)
                 .with_context(|| format!("cannot write {}", cfg_path.display()))?;
@@ -282,7 +296,7 @@ fn start_backend(s: &Settings, v: &Variant, sockets: &[PathBuf], t: &str) -> Res
             if s.pinning == Pinning::Affinity {
                 spawn.cpu = Some(s.be_cpu);
             }
-            let mut p = spawn.start()?;
+            let mut p = place(spawn).start()?;
             wait_sockets(&mut p, sockets, Duration::from_secs(15))?;
             Ok(BackendProc::Vdpad(VdpadProcess::new(
                 p,
@@ -294,19 +308,22 @@ fn start_backend(s: &Settings, v: &Variant, sockets: &[PathBuf], t: &str) -> Res
 }
 
 /// The backend's command line as the report shows it.
-fn backend_cmd(s: &Settings, v: &Variant, sockets: &[PathBuf]) -> String {
+fn backend_cmd(s: &Settings, cell: &Cell, v: &Variant, sockets: &[PathBuf]) -> String {
     match &v.backend {
-        VhostBackend::Dpdk => Testpmd::vhost_backend(sockets, s.be_cpu, &be_prefix(), s.memory)
-            .spawn("", &s.testpmd, Path::new(""))
-            .command_line(),
+        VhostBackend::Dpdk => {
+            Testpmd::vhost_backend(sockets, cell.port, s.be_cpu, &be_prefix(), s.memory)
+                .spawn("", &s.testpmd, Path::new(""))
+                .command_line()
+        }
         VhostBackend::Vdpad(t) => {
             let pin = match s.pinning {
                 Pinning::ConfigCpus => format!("cpus=[{}]", s.be_cpu),
                 Pinning::Affinity => format!("taskset -c {}", s.be_cpu),
             };
             format!(
-                "vdpad --config FILE ({} loopback device(s), {pin}, tuning {})",
+                "vdpad --config FILE ({} {} device(s), {pin}, tuning {})",
                 sockets.len(),
+                cell.port.describe(),
                 t.label()
             )
         }
@@ -325,6 +342,15 @@ fn start_hog(s: &Settings, t: &str) -> Result<Proc> {
     spawn.start()
 }
 
+/// The namespace and reflector of a cell on a kernel interface, fresh for each run.
+fn kernel_side(cell: &Cell) -> Result<Option<Reflector>> {
+    if cell.port == Port::Loopback {
+        return Ok(None);
+    }
+    let ns = format!("vbench{}", std::process::id());
+    Reflector::create(&ns, cell.port).map(Some)
+}
+
 /// Runs `variant` of `cell` once.
 pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
     let t = tag(cell, v, rep);
@@ -336,7 +362,7 @@ pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
         variant: v.name.clone(),
         rep,
         started: machine::utc(std::time::SystemTime::now()),
-        backend_cmd: backend_cmd(s, v, &sockets),
+        backend_cmd: backend_cmd(s, cell, v, &sockets),
         idle: cell.frontend == Frontend::TestpmdIdle,
         ..Default::default()
     };
@@ -359,8 +385,12 @@ pub fn run_one(s: &Settings, cell: &Cell, v: &Variant, rep: usize) -> Run {
         proc::own_and_children_cpu(),
         Instant::now(),
     );
-    let result = start_backend(s, v, &sockets, &t).and_then(|mut be| {
-        let r = drive(s, cell, &mut be, &sockets, &t, &mut run);
+    let result = kernel_side(cell).and_then(|ns| {
+        let mut be = start_backend(s, cell, v, &sockets, ns.as_ref(), &t)?;
+        let r = ns
+            .as_ref()
+            .map_or(Ok(()), |r| r.attach(Duration::from_secs(15)))
+            .and_then(|()| drive(s, cell, &mut be, &sockets, &t, &mut run));
         if let BackendProc::Vdpad(d) = &be {
             run.counter_source = Some(d.counter_source().into());
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
+use crate::netlab::{self, Port};
 use crate::proc::Spawn;
 
 /// Where testpmd's memory comes from.
@@ -75,19 +76,38 @@ pub struct Testpmd {
 }
 
 impl Testpmd {
-    /// Backend A: DPDK's vhost library, one port per socket, each port's frames
-    /// forwarded back to it (io forwarding, loop topology, one forwarding core).
-    pub fn vhost_backend(sockets: &[PathBuf], cpu: usize, prefix: &str, memory: Memory) -> Testpmd {
+    /// Backend A: DPDK's vhost library, one port per socket. On the loopback port each
+    /// port's frames are forwarded back to it (io forwarding, loop topology); on a
+    /// kernel port the vhost port and a `net_tap` / `net_af_packet` port on
+    /// [`netlab::IFACE`] forward to each other (paired topology). One forwarding core.
+    pub fn vhost_backend(
+        sockets: &[PathBuf],
+        port: Port,
+        cpu: usize,
+        prefix: &str,
+        memory: Memory,
+    ) -> Testpmd {
+        let mut vdevs: Vec<String> = sockets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("net_vhost{i},iface={},queues=1", s.display()))
+            .collect();
+        let mut app = io_loop_args();
+        let kernel = match port {
+            Port::Loopback => None,
+            Port::Tap => Some(format!("net_tap0,iface={}", netlab::IFACE)),
+            Port::AfPacket => Some(format!("net_af_packet0,iface={},qpairs=1", netlab::IFACE)),
+        };
+        if let Some(k) = kernel {
+            vdevs.push(k);
+            app[1] = "--port-topology=paired".into();
+        }
         Testpmd {
-            vdevs: sockets
-                .iter()
-                .enumerate()
-                .map(|(i, s)| format!("net_vhost{i},iface={},queues=1", s.display()))
-                .collect(),
+            vdevs,
             cpu,
             prefix: prefix.into(),
             memory,
-            app: io_loop_args(),
+            app,
         }
     }
 
@@ -231,7 +251,7 @@ mod tests {
         assert!(line.contains("--vdev net_virtio_user0,path=/s.sock,queues=1"));
         assert!(line.contains("--tx-first --txpkts=64"));
         assert!(line.contains("--port-topology=loop"));
-        let b = Testpmd::vhost_backend(&one, 0, "vb2", Memory::NoHuge);
+        let b = Testpmd::vhost_backend(&one, Port::Loopback, 0, "vb2", Memory::NoHuge);
         let line = b
             .spawn("be", Path::new("t"), Path::new("/l"))
             .command_line();
@@ -243,5 +263,19 @@ mod tests {
             .command_line();
         assert!(line.contains("--vdev net_virtio_user0,path=/a.sock,queues=1 --vdev net_virtio_user1,path=/b.sock,queues=1"), "{line}");
         assert!(!line.contains("--tx-first"), "{line}");
+        for (port, vdev) in [
+            (Port::Tap, "--vdev net_tap0,iface=vbk0 "),
+            (Port::AfPacket, "--vdev net_af_packet0,iface=vbk0,qpairs=1 "),
+        ] {
+            let k = Testpmd::vhost_backend(&one, port, 0, "vb4", Memory::Huge);
+            let line = k
+                .spawn("be", Path::new("t"), Path::new("/l"))
+                .command_line();
+            assert!(
+                line.contains(&format!("queues=1 {vdev}--")),
+                "the kernel port follows the vhost port: {line}"
+            );
+            assert!(line.contains("--port-topology=paired"), "{line}");
+        }
     }
 }
