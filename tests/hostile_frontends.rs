@@ -378,7 +378,7 @@ fn truncated_guest_memory_costs_only_its_own_connection() {
     control_answers(&v, t0, "after the fault");
     the_other_device_kept_forwarding(bystander, &v, t0, "during the fault");
     alive(&mut v);
-    show_log(&v, &["faulted", "SIGBUS", HOSTILE]);
+    show_log(&v, &["not sealed", "faulted", "stopped on its own"]);
 }
 
 // --------------------------------------------------------------------------------- 2
