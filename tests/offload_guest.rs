@@ -444,8 +444,17 @@ fn a_migration_moves_an_offloaded_device_to_software_and_back() {
     let log = status.dirty_log.expect("a dirty log was shared");
     assert!(log.pages_marked > 0 && log.outside_log == 0, "{log:?}");
     assert_eq!(status.fallback_reason, None, "a relay is not a fallback");
-    let (after, _) = verify(false);
+    let relay = status.relay.expect("the relay is reported");
+    assert_eq!(
+        (relay.relays, relay.since.is_some()),
+        (1, true),
+        "{relay:?}"
+    );
+    let (after, status) = verify(false);
     assert!(after.starts_with("offload"), "{after}");
+    let relay = status.relay.expect("the relay is still reported");
+    assert_eq!((relay.relays, relay.since), (1, None), "{relay:?}");
+    assert!(!relay.completed.is_zero(), "{relay:?}");
     assert_eq!(nic.dma_faults(), 0);
     shutdown.raise();
     server.join();

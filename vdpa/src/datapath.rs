@@ -8,6 +8,7 @@
 //! routes them to a NIC's doorbell and MSI-X vectors.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
@@ -179,6 +180,44 @@ impl From<DatapathError> for StartFailure {
 
 /// A way of moving packets for one device: software workers or a NIC.
 ///
+/// How long a device has been served by a software relay while live migrations
+/// logged dirty pages (an offload device hands its rings to the software datapath for
+/// each migration, see [`crate::fallback`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayTime {
+    /// Migrations relayed so far (each switch to the relay counts one).
+    pub relays: u64,
+    /// Time spent in relays that ended.
+    pub completed: Duration,
+    /// When the relay running now began, if one runs.
+    pub since: Option<Instant>,
+}
+
+impl RelayTime {
+    /// Total time relayed up to `now`, the running relay included.
+    pub fn total(&self, now: Instant) -> Duration {
+        self.completed
+            + self
+                .since
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// A relay begins at `now`.
+    pub fn begin(&mut self, now: Instant) {
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.relays += 1;
+        }
+    }
+
+    /// The running relay, if any, ends at `now`.
+    pub fn end(&mut self, now: Instant) {
+        if let Some(t) = self.since.take() {
+            self.completed += now.saturating_duration_since(t);
+        }
+    }
+}
+
 /// The control plane calls these from one thread, never concurrently. Implementations
 /// must not block for long: a frontend waits for the reply. Counters are not asked
 /// for: every ring's [`QueueCounters`] come with its [`RingConfig`].
@@ -241,8 +280,35 @@ pub trait Datapath: Send {
         None
     }
 
+    /// For a datapath that relays migrations through another one: how long it has
+    /// (`None`: it never relays).
+    fn migration_relay(&self) -> Option<RelayTime> {
+        None
+    }
+
     /// Stops everything and releases what the frontend's last session gave it (a
     /// NIC is reset, DMA unmapped). Called when the frontend disconnects or resets the
     /// device; ring positions are the control plane's to keep.
     fn reset(&mut self);
+}
+
+#[cfg(test)]
+mod relay_time_tests {
+    use super::*;
+
+    #[test]
+    fn relays_are_counted_and_timed_running_or_ended() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut r = RelayTime::default();
+        assert_eq!(r.total(t0 + s), Duration::ZERO);
+        r.begin(t0);
+        r.begin(t0 + s); // already relaying: neither a second relay nor a new start
+        assert_eq!((r.relays, r.total(t0 + 2 * s)), (1, 2 * s));
+        r.end(t0 + 3 * s);
+        r.end(t0 + 9 * s); // nothing runs: nothing added
+        assert_eq!((r.since, r.total(t0 + 9 * s)), (None, 3 * s));
+        r.begin(t0 + 10 * s);
+        assert_eq!((r.relays, r.total(t0 + 11 * s)), (2, 4 * s));
+    }
 }

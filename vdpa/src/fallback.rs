@@ -12,11 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::{error, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::datapath::{Datapath, DatapathError, PairPosition, QueuePairConfig, StartFailure};
+use crate::datapath::{
+    Datapath, DatapathError, PairPosition, QueuePairConfig, RelayTime, StartFailure,
+};
 
 /// Builds the datapath a device falls back to, when it is first needed.
 pub type FallbackFactory =
@@ -43,6 +46,8 @@ pub struct FallbackDatapath {
     serving: Serving,
     /// The fallback logs dirty pages, and takes over while a migration logs.
     relay: bool,
+    /// Migrations relayed, and for how long.
+    relayed: RelayTime,
     /// Datapath features both can serve: offered either way, so the guest sees the
     /// same device before and after the switch.
     features: u64,
@@ -63,6 +68,7 @@ impl FallbackDatapath {
             make: Some(make),
             serving: Serving::First,
             relay: false,
+            relayed: RelayTime::default(),
             running: BTreeMap::new(),
             reason: None,
         }
@@ -130,6 +136,7 @@ impl FallbackDatapath {
         };
         let old = std::mem::replace(&mut self.active, new);
         if to == Serving::Relay {
+            self.relayed.begin(Instant::now());
             info!(%from, to = %self.active.describe(), "a live migration logs dirty pages: the fallback serves until it ends");
             self.other = Some(old);
         } else {
@@ -152,6 +159,7 @@ impl FallbackDatapath {
         let relay = std::mem::replace(&mut self.active, first);
         self.other = Some(relay);
         self.serving = Serving::First;
+        self.relayed.end(Instant::now());
         info!(to = %self.active.describe(), "the migration ended: the first datapath serves again");
         self.resume(moving)
     }
@@ -301,6 +309,10 @@ impl Datapath for FallbackDatapath {
         self.reason.clone()
     }
 
+    fn migration_relay(&self) -> Option<RelayTime> {
+        self.relay.then_some(self.relayed)
+    }
+
     /// The frontend went away or reset the device: a migration relay ends with it.
     fn reset(&mut self) {
         self.running.clear();
@@ -312,5 +324,6 @@ impl Datapath for FallbackDatapath {
                 self.serving = Serving::First;
             }
         }
+        self.relayed.end(Instant::now());
     }
 }

@@ -25,8 +25,8 @@ pub mod vring;
 pub mod wire;
 
 pub use datapath::{
-    Datapath, DatapathError, PairPosition, QueuePairConfig, RingAddrs, RingConfig, RingEvents,
-    StartFailure,
+    Datapath, DatapathError, PairPosition, QueuePairConfig, RelayTime, RingAddrs, RingConfig,
+    RingEvents, StartFailure,
 };
 pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus, PeerStatus};
 pub use dirty_log::{DirtyLog, LogWriter};

@@ -263,8 +263,12 @@ fn a_migration_is_relayed_by_the_fallback_and_the_first_datapath_resumes_after()
     let described = handle.datapath_description();
     assert!(described.contains("while a migration logs"), "{described}");
     assert_eq!(how.fallback_reason, None, "a relay is not a fallback");
+    let relay = how.relay.expect("a relaying device reports its relays");
+    assert_eq!(relay.relays, 1, "{relay:?}");
+    assert!(relay.since.is_some(), "the relay runs: {relay:?}");
 
     // Cancelled: the features come back without LOG_ALL, the first datapath resumes.
+    std::thread::sleep(std::time::Duration::from_millis(20));
     f.dev.set_features(features).unwrap();
     f.dev.reconcile();
     let back: Vec<Event> = primary.events().into_iter().skip(4).collect();
@@ -272,6 +276,15 @@ fn a_migration_is_relayed_by_the_fallback_and_the_first_datapath_resumes_after()
     assert!(back.contains(&start(1, 13, 14)), "{back:?}");
     assert_eq!(handle.datapath_description(), "recorder");
     assert_eq!(handle.status().running_pairs, vec![0, 1]);
+    let relay = handle
+        .status()
+        .relay
+        .expect("still reported after the relay");
+    assert_eq!((relay.relays, relay.since), (1, None), "{relay:?}");
+    assert!(
+        relay.completed >= std::time::Duration::from_millis(20),
+        "the relay's time is kept: {relay:?}"
+    );
 }
 
 /// A frontend that kept its rings across a reconnect but sends base 0 (DPDK

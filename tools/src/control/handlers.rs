@@ -11,7 +11,7 @@ use vdpad_config::{Backend, DeviceConfig};
 use super::persist;
 use super::protocol::{
     Command, DeviceStats, DeviceView, ErrorCode, MigrationView, PciView, PeerView, ProtocolError,
-    QueueView, RateView, Response, StartFailureView, PROTOCOL_VERSION,
+    QueueView, RateView, RelayView, Response, StartFailureView, PROTOCOL_VERSION,
 };
 use crate::daemon::{Daemon, DeviceInfo, FailedInfo};
 use crate::logging::LogControl;
@@ -478,13 +478,29 @@ pub fn device_view(d: &DeviceInfo) -> DeviceView {
             retry_in_seconds: None,
         }),
         vdpa_attach: d.vdpa_attach.clone(),
-        migration: st.dirty_log.map(|log| MigrationView {
-            logging: st.logging,
-            log_bytes: log.bytes,
-            pages_marked: log.pages_marked,
-            outside_log: log.outside_log,
-        }),
+        migration: migration_view(&st),
     }
+}
+
+/// The device's part in migrations: its dirty log (current or last connection's) and,
+/// for an offload device that relays, the relays so far. `None` if it has neither.
+fn migration_view(st: &vdpa::DeviceStatus) -> Option<MigrationView> {
+    let relay = st.relay.map(|r| RelayView {
+        relaying: r.since.is_some(),
+        relays: r.relays,
+        relay_ms: r.total(std::time::Instant::now()).as_millis() as u64,
+    });
+    if st.dirty_log.is_none() && relay.as_ref().is_none_or(|r| r.relays == 0) {
+        return None;
+    }
+    let log = st.dirty_log.unwrap_or_default();
+    Some(MigrationView {
+        logging: st.logging,
+        log_bytes: log.bytes,
+        pages_marked: log.pages_marked,
+        outside_log: log.outside_log,
+        relay,
+    })
 }
 
 /// The connection state's name (`waiting`, `connected`, `running`).

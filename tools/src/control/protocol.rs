@@ -453,6 +453,22 @@ pub struct MigrationView {
     pub pages_marked: u64,
     /// Pages beyond the end of the log that could not be marked (should stay 0).
     pub outside_log: u64,
+    /// An offload device with a software fallback: the migrations its software
+    /// datapath relayed (`None` for a device that never relays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayView>,
+}
+
+/// How an offload device served its migrations: the software fallback takes the
+/// rings while a migration logs (the NIC cannot log what it writes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayView {
+    /// A relay runs now.
+    pub relaying: bool,
+    /// Migrations relayed since the device started.
+    pub relays: u64,
+    /// Time spent relaying, in milliseconds, the running relay included.
+    pub relay_ms: u64,
 }
 
 fn server_role() -> String {

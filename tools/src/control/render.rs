@@ -233,6 +233,14 @@ pub fn migration_text(m: &MigrationView) -> String {
     if m.outside_log > 0 {
         text.push_str(&format!(", {} page(s) outside the log", m.outside_log));
     }
+    if let Some(r) = &m.relay {
+        let now = if r.relaying { ", relaying now" } else { "" };
+        text.push_str(&format!(
+            "; software relay: {} migration(s), {:.1} s{now}",
+            r.relays,
+            r.relay_ms as f64 / 1e3
+        ));
+    }
     text
 }
 
@@ -366,5 +374,30 @@ mod tests {
         let mut s = String::new();
         t.render(&mut s);
         assert_eq!(s, "A            NUM\nlong-name      1\nx          12345\n");
+    }
+
+    #[test]
+    fn the_migration_line_says_what_the_relay_did() {
+        let mut m = MigrationView {
+            logging: false,
+            log_bytes: 65_536,
+            pages_marked: 7,
+            outside_log: 0,
+            relay: None,
+        };
+        assert_eq!(
+            migration_text(&m),
+            "not logging (last migration's log): 7 page(s) marked, 64 KiB log"
+        );
+        m.relay = Some(crate::control::protocol::RelayView {
+            relaying: true,
+            relays: 2,
+            relay_ms: 2_340,
+        });
+        assert!(
+            migration_text(&m).ends_with("; software relay: 2 migration(s), 2.3 s, relaying now"),
+            "{}",
+            migration_text(&m)
+        );
     }
 }

@@ -190,6 +190,20 @@ fn device_runtime_families(e: &mut Exposition, devices: &[DeviceView]) {
         }
     }
     e.family(
+        "vdpad_device_migration_relay_seconds_total",
+        "counter",
+        "Offload devices with a software fallback: time the software datapath served the rings while migrations logged.",
+    );
+    for d in devices {
+        if let Some(r) = d.migration.as_ref().and_then(|m| m.relay.as_ref()) {
+            e.sample(
+                "vdpad_device_migration_relay_seconds_total",
+                &[("device", &d.name)],
+                format_args!("{:.3}", r.relay_ms as f64 / 1e3),
+            );
+        }
+    }
+    e.family(
         "vdpad_device_queue_pairs",
         "gauge",
         "Queue pairs offered to the guest.",
@@ -399,7 +413,7 @@ fn queue_breakdowns(e: &mut Exposition, stats: &[DeviceStats]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{MigrationView, PciView, QueueView};
+    use crate::control::protocol::{MigrationView, PciView, QueueView, RelayView};
 
     fn device() -> (DeviceView, DeviceStats) {
         let view = DeviceView {
@@ -432,6 +446,11 @@ mod tests {
                 log_bytes: 65536,
                 pages_marked: 12,
                 outside_log: 0,
+                relay: Some(RelayView {
+                    relaying: true,
+                    relays: 2,
+                    relay_ms: 1500,
+                }),
             }),
         };
         let q = QueueView {
@@ -500,6 +519,9 @@ mod tests {
         assert!(text.contains(&format!("vdpad_device_dirty_logging{{{esc}}} 1\n")));
         assert!(text.contains(&format!(
             "vdpad_device_dirty_pages_total{{{esc},kind=\"marked\"}} 12\n"
+        )));
+        assert!(text.contains(&format!(
+            "vdpad_device_migration_relay_seconds_total{{{esc}}} 1.500\n"
         )));
         assert!(text.contains("vdpad_start_time_seconds 1.500\n"));
         // Every sample belongs to the family declared last before it.

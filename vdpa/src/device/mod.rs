@@ -378,10 +378,12 @@ impl Device {
         self.datapath.reset();
         self.forget_driver();
         self.mem = Arc::new(self.no_memory());
+        let relay = self.datapath.migration_relay();
         self.observed.update(|s| {
             s.state = ConnectionState::Waiting;
             s.acked_features = 0;
             s.running_pairs.clear();
+            s.relay = relay;
         });
     }
 
@@ -404,6 +406,7 @@ impl Device {
             .map(|p| p as u16)
             .collect();
         let features = self.features.unwrap_or(0);
+        let relay = self.datapath.migration_relay();
         self.observed.update(|s| {
             s.state = if running.is_empty() {
                 ConnectionState::Connected
@@ -413,6 +416,7 @@ impl Device {
             s.acked_features = features;
             s.running_pairs = running;
             s.logging = features & VHOST_F_LOG_ALL != 0;
+            s.relay = relay;
         });
     }
 }

@@ -48,6 +48,10 @@ pub struct DeviceStatus {
     pub logging: bool,
     /// The dirty log of the current or last migration of this connection, if any.
     pub dirty_log: Option<DirtyLogStatus>,
+    /// A device whose datapath relays migrations (offload with its software
+    /// fallback): how many it relayed, and for how long.
+    #[serde(skip)]
+    pub relay: Option<crate::datapath::RelayTime>,
 }
 
 /// A client-mode device's connection to the socket its frontend listens on.
