@@ -231,6 +231,31 @@ pub fn scale_cells() -> Vec<Cell> {
         c.devices = n;
         v.push(c);
     }
+    // What polling costs when 16 workers share the CPU: a shorter adaptive ceiling,
+    // and no polling at all, beside the defaults and DPDK.
+    let mut polling = seed(
+        "scale-16-polling",
+        "aggregate throughput of 16 devices on one backend CPU by vdpad polling mode",
+        Frontend::Testpmd,
+        64,
+        vec![
+            Variant {
+                name: "A (DPDK)".into(),
+                backend: VhostBackend::Dpdk,
+            },
+            vdpad("vdpad defaults".into(), TuningOverrides::default()),
+            vdpad(
+                "adaptive, busy_poll_us=25".into(),
+                TuningOverrides {
+                    busy_poll_us: Some(25),
+                    ..Default::default()
+                },
+            ),
+            vdpad("notifications only".into(), fixed_polling(0)),
+        ],
+    );
+    polling.devices = 16;
+    v.push(polling);
     for n in [1, 16] {
         let mut c = seed(
             &format!("idle-{n}"),
