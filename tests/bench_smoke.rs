@@ -7,7 +7,7 @@
 //! optional): `sudo tests/lab/setup.sh`. `vdpa-bench`, `vdpad` and `vdpa-rig` are built
 //! by the test itself, with its profile (`support::bins`):
 //! `cargo test -p vdpad-tests --test bench_smoke -- --ignored`.
-//! Takes about six minutes (77 runs).
+//! Takes about six minutes (81 runs).
 
 #[path = "support/mod.rs"]
 mod support;

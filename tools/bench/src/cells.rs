@@ -212,6 +212,20 @@ pub fn defaults_and_contention_cells() -> Vec<Cell> {
     v
 }
 
+/// DPDK, vdpad's defaults, then `more` vdpad settings: the variants of the cells that
+/// compare polling choices with many devices.
+fn dpdk_and_defaults_and<const N: usize>(more: [Variant; N]) -> Vec<Variant> {
+    let mut v = vec![
+        Variant {
+            name: "A (DPDK)".into(),
+            backend: VhostBackend::Dpdk,
+        },
+        vdpad("vdpad defaults".into(), TuningOverrides::default()),
+    ];
+    v.extend(more);
+    v
+}
+
 /// Device counts of the `scale-` and `idle-` cells.
 pub const SCALE_DEVICES: [usize; 3] = [1, 4, 16];
 
@@ -238,12 +252,7 @@ pub fn scale_cells() -> Vec<Cell> {
         "aggregate throughput of 16 devices on one backend CPU by vdpad polling mode",
         Frontend::Testpmd,
         64,
-        vec![
-            Variant {
-                name: "A (DPDK)".into(),
-                backend: VhostBackend::Dpdk,
-            },
-            vdpad("vdpad defaults".into(), TuningOverrides::default()),
+        dpdk_and_defaults_and([
             vdpad(
                 "adaptive, busy_poll_us=25".into(),
                 TuningOverrides {
@@ -252,7 +261,7 @@ pub fn scale_cells() -> Vec<Cell> {
                 },
             ),
             vdpad("notifications only".into(), fixed_polling(0)),
-        ],
+        ]),
     );
     polling.devices = 16;
     v.push(polling);
@@ -262,17 +271,10 @@ pub fn scale_cells() -> Vec<Cell> {
             &format!("{n} idle device(s) on one backend CPU: backend CPU with nothing sent"),
             Frontend::TestpmdIdle,
             64,
-            vec![
-                Variant {
-                    name: "A (DPDK)".into(),
-                    backend: VhostBackend::Dpdk,
-                },
-                vdpad("vdpad defaults".into(), TuningOverrides::default()),
-                vdpad(
-                    format!("vdpad busy_poll_us={B_BUSY_POLL_US}"),
-                    fixed_polling(B_BUSY_POLL_US),
-                ),
-            ],
+            dpdk_and_defaults_and([vdpad(
+                format!("vdpad busy_poll_us={B_BUSY_POLL_US}"),
+                fixed_polling(B_BUSY_POLL_US),
+            )]),
         );
         c.devices = n;
         v.push(c);

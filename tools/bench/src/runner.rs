@@ -309,7 +309,12 @@ fn start_backend(
 
 /// The backend's command line as the report shows it.
 fn backend_cmd(s: &Settings, cell: &Cell, v: &Variant, sockets: &[PathBuf]) -> String {
-    match &v.backend {
+    let netns = if cell.port == Port::Loopback {
+        String::new()
+    } else {
+        format!("ip netns exec {} ", namespace_name())
+    };
+    let cmd = match &v.backend {
         VhostBackend::Dpdk => {
             Testpmd::vhost_backend(sockets, cell.port, s.be_cpu, &be_prefix(), s.memory)
                 .spawn("", &s.testpmd, Path::new(""))
@@ -327,7 +332,8 @@ fn backend_cmd(s: &Settings, cell: &Cell, v: &Variant, sockets: &[PathBuf]) -> S
                 t.label()
             )
         }
-    }
+    };
+    netns + &cmd
 }
 
 /// A busy loop pinned to the backend CPU (a contention cell's hog).
@@ -347,8 +353,12 @@ fn kernel_side(cell: &Cell) -> Result<Option<Reflector>> {
     if cell.port == Port::Loopback {
         return Ok(None);
     }
-    let ns = format!("vbench{}", std::process::id());
-    Reflector::create(&ns, cell.port).map(Some)
+    Reflector::create(&namespace_name(), cell.port).map(Some)
+}
+
+/// The network namespace of this harness's `kern-` runs.
+fn namespace_name() -> String {
+    format!("vbench{}", std::process::id())
 }
 
 /// Runs `variant` of `cell` once.
