@@ -16,6 +16,10 @@
 //!   test`): frames injected on the simulated NIC's link arrive in `vdpa-rig`'s
 //!   `listen` workload byte for byte, through the offload datapath.
 //!
+//! * `a_frontend_truncating_its_memory_stops_only_its_offloaded_device` (plain `cargo
+//!   test`): two offloaded devices on simulated NICs; one frontend truncates its guest
+//!   memory; the fault is contained, that device closes the connection and serves the
+//!   next frontend, the other one never stops moving frames.
 //! * `a_migration_moves_an_offloaded_device_to_software_and_back` (plain `cargo
 //!   test`): an offload device on the simulated NIC with its software fallback
 //!   offers live migration (VHOST_F_LOG_ALL) although the NIC cannot log; a rig that
@@ -97,6 +101,20 @@ impl SimServed {
             shutdown,
             socket: cfg.socket.clone(),
         }
+    }
+
+    /// What the device reports about itself.
+    fn status(&self) -> vdpa::DeviceStatus {
+        self.server.as_ref().expect("serving").handle().status()
+    }
+
+    /// Runs `vdpa-rig verify` (`frames` frames of 512 bytes) against the device and
+    /// asserts it passed.
+    fn verify(&self, frames: u64) {
+        let mut rig = Rig::connect(RigOptions::new(&self.socket)).expect("rig connects");
+        let report = run_verify(&mut rig, &VerifyOptions::new(frames, 512)).expect("verify ran");
+        rig.disconnect();
+        assert!(report.passed(), "{}", report.summary());
     }
 
     /// The device's per-ring counters.
@@ -458,4 +476,49 @@ fn a_migration_moves_an_offloaded_device_to_software_and_back() {
     assert_eq!(nic.dma_faults(), 0);
     shutdown.raise();
     server.join();
+}
+
+#[test]
+fn a_frontend_truncating_its_memory_stops_only_its_offloaded_device() {
+    init_logging();
+    let dir = TempDir::new("offload-contain");
+    let nic =
+        || Arc::new(SimNic::new(SimConfig::default(), Box::new(LoopbackLink::new())).unwrap());
+    let (nic_a, nic_b) = (nic(), nic());
+    let a = SimServed::start(&sim_device_config(&dir, "hostile0"), nic_a.clone());
+    let b = SimServed::start(&sim_device_config(&dir, "other0"), nic_b.clone());
+    let mut rig = Rig::connect(RigOptions::new(&a.socket)).expect("rig connects");
+    let report = run_verify(&mut rig, &VerifyOptions::new(1000, 512)).expect("verify ran");
+    assert!(report.passed(), "{}", report.summary());
+    b.verify(1000);
+
+    // The rig's memfd was created without MFD_ALLOW_SEALING: vdpad could not seal it.
+    rig.memory().memfd().set_len(0).expect("truncate");
+    let end = Instant::now() + Duration::from_secs(10);
+    let faulted = |s: &vdpa::DeviceStatus| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("guest memory faulted"))
+    };
+    while !faulted(&a.status()) && Instant::now() < end {
+        b.verify(200);
+    }
+    let status = a.status();
+    assert!(faulted(&status), "{status:#?}");
+    let counted: u64 = a
+        .stats()
+        .iter()
+        .map(|s| s.faulted(vdpa::stats::QueueFault::GuestMemory))
+        .sum();
+    assert_eq!(counted, 1, "{:#?}", a.stats());
+    // The rig still maps the truncated file: it must never touch it again.
+    std::mem::forget(rig);
+
+    // The other device never noticed; the hostile one serves the next good frontend,
+    // offloaded again.
+    b.verify(1000);
+    a.verify(1000);
+    assert_eq!((nic_a.dma_faults(), nic_b.dma_faults()), (0, 0));
+    let desc = a.server.as_ref().unwrap().handle().datapath_description();
+    assert!(desc.starts_with("offload"), "{desc}");
 }

@@ -12,6 +12,13 @@
 //! stops), which gives offloaded rings their packet and byte counts
 //! ([`crate::used_tally`]).
 //!
+//! It also watches the guest memory the rings live in: when an access to it faulted
+//! (the frontend truncated its memory; `vdpa::fault` contained the SIGBUS), the relay
+//! counts `QueueFault::GuestMemory` on each pair's receive ring, stops relaying and
+//! signals the device's attention eventfd, so that the device closes that frontend's
+//! connection (or leaves its VDUSE device stopped) as the software datapath does.
+//! Only that device is affected.
+//!
 //! Kick descriptors come from the frontend and are read without ever blocking
 //! (`vdpa::notify`). One that hangs up, fails, reaches end of file, or cannot be
 //! waited on at all (a regular file) is taken out of the wait set, counted
@@ -22,6 +29,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use vdpa::memory::GuestMemory;
 use vdpa::notify::{self, Kicks};
 use vdpa::stats::QueueFault;
 use vdpa::{stats::BurstCounts, QueueCounters};
@@ -49,6 +57,14 @@ pub struct KickTarget {
     pub counters: Arc<QueueCounters>,
 }
 
+/// The guest memory a relay watches for faults, and where it reports one.
+pub struct MemoryWatch {
+    /// The rings' guest memory.
+    pub mem: Arc<GuestMemory>,
+    /// The device's attention eventfd (`QueuePairConfig::ended`).
+    pub ended: Arc<EventFd>,
+}
+
 /// A running relay thread.
 pub struct KickRelay {
     stop: Arc<EventFd>,
@@ -56,13 +72,14 @@ pub struct KickRelay {
 }
 
 impl KickRelay {
-    /// Starts relaying kicks of `targets` to doorbells of `pci`, and sampling
-    /// `tallies` (one per target, in the same order).
+    /// Starts relaying kicks of `targets` to doorbells of `pci`, sampling `tallies`
+    /// (one per target, in the same order) and watching `watch` for faults.
     pub(crate) fn start(
         name: &str,
         pci: Arc<dyn PciFunction>,
         targets: Vec<KickTarget>,
         tallies: Vec<Option<UsedTally>>,
+        watch: Option<MemoryWatch>,
     ) -> io::Result<Self> {
         // SAFETY: epoll_create1 has no memory preconditions; the result is checked.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -99,7 +116,7 @@ impl KickRelay {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-kick"))
-            .spawn(move || relay(ep, stop2, pci, targets, tallies))?;
+            .spawn(move || relay(ep, stop2, pci, targets, tallies, watch))?;
         Ok(KickRelay {
             stop,
             thread: Some(thread),
@@ -131,6 +148,7 @@ fn relay(
     pci: Arc<dyn PciFunction>,
     targets: Vec<KickTarget>,
     mut tallies: Vec<Option<UsedTally>>,
+    watch: Option<MemoryWatch>,
 ) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; targets.len() + 1];
     let mut failed = vec![false; targets.len()];
@@ -139,6 +157,11 @@ fn relay(
         if sampled.elapsed() >= SAMPLE_INTERVAL {
             tallies.iter_mut().flatten().for_each(UsedTally::sample);
             sampled = std::time::Instant::now();
+            if let Some(w) = &watch {
+                if memory_faulted(w, &targets) {
+                    return;
+                }
+            }
         }
         // SAFETY: `events` has room for `events.len()` entries; `ep` is valid.
         let n = unsafe {
@@ -209,6 +232,23 @@ fn relay(
             }
         }
     }
+}
+
+/// Whether the guest memory of `w` faulted; if it did, counts it on the receive ring
+/// of each pair, logs it and signals the device.
+fn memory_faulted(w: &MemoryWatch, targets: &[KickTarget]) -> bool {
+    let Some(fault) = w.mem.fault() else {
+        return false;
+    };
+    for t in targets.iter().filter(|t| t.ring % 2 == 0) {
+        t.counters.fault(QueueFault::GuestMemory);
+    }
+    tracing::error!(%fault, "offload: guest memory faulted; the kick relay stops and the device \
+                    stops until the frontend sets a new memory table");
+    if let Err(e) = w.ended.write(1) {
+        tracing::error!(error = %e, "offload: cannot signal the device about the fault");
+    }
+    true
 }
 
 /// The poll(2) events matching epoll events `ev`.
@@ -323,7 +363,7 @@ mod tests {
         let counters: Vec<_> = targets.iter().map(|t| t.counters.clone()).collect();
         let kick = targets[2].kick.clone();
         let pci = Arc::new(Doorbells::default());
-        let relay = KickRelay::start("test", pci.clone(), targets, Vec::new()).unwrap();
+        let relay = KickRelay::start("test", pci.clone(), targets, Vec::new(), None).unwrap();
         let faults = |i: usize| counters[i].snapshot(i as u16).faulted(QueueFault::KickFd);
         assert!(eventually(|| faults(0) == 1 && faults(1) == 1));
         kick.write(1).unwrap();

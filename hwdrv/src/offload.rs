@@ -29,7 +29,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::capabilities::{NicCapabilities, Unsuitable};
 use crate::dma_share::{backing_of, SharedView};
-use crate::kick_relay::{KickRelay, KickTarget};
+use crate::kick_relay::{KickRelay, KickTarget, MemoryWatch};
 use crate::pci::PciFunction;
 use crate::used_tally::UsedTally;
 use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
@@ -461,7 +461,11 @@ impl OffloadDatapath {
         if targets.is_empty() {
             return Ok(());
         }
-        let relay = KickRelay::start(&self.name, self.pci.clone(), targets, tallies)
+        let watch = self.running.values().next().map(|qp| MemoryWatch {
+            mem: qp.mem.clone(),
+            ended: qp.ended.clone(),
+        });
+        let relay = KickRelay::start(&self.name, self.pci.clone(), targets, tallies, watch)
             .map_err(|source| DatapathError::Spawn { pair: 0, source })?;
         self.relay = Some(relay);
         Ok(())

@@ -28,6 +28,7 @@ use crate::port::{FirstError, Port, IOV_MAX};
 use crate::portsec::{self, PortSecurity, TxGuard};
 use crate::ring::Chain;
 use crate::rxq::{Reserve, RxQueue};
+use crate::syscall_vec::SyscallVec;
 use crate::tap::TAP_OFFLOADS;
 use crate::trunk::{self, Trunk};
 use crate::txq::{TxNext, TxQueue};
@@ -317,8 +318,8 @@ pub struct AfPacketPort {
     max_rx: u64,
     guest_features: u64,
     tx_chains: Vec<Chain>,
-    iov: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
+    iov: SyscallVec<libc::iovec>,
+    msgs: SyscallVec<libc::mmsghdr>,
     errors: FirstError,
     /// TX port security, if the device checks anything.
     guard: Option<TxGuard>,
@@ -326,10 +327,6 @@ pub struct AfPacketPort {
     /// `PACKET_AUXDATA`.
     trunk: Option<Trunk>,
 }
-
-// SAFETY: `iov` and `msgs` only cache pointers into guest memory and into `iov`,
-// rebuilt before every system call; they move with the engine.
-unsafe impl Send for AfPacketPort {}
 
 impl AfPacketPort {
     /// A port on packet socket `sock`; `max_rx` bounds one received frame (the guest's
@@ -358,9 +355,9 @@ impl AfPacketPort {
             max_rx,
             guest_features,
             tx_chains: (0..BATCH).map(|_| Chain::with_capacity(4)).collect(),
-            iov: Vec::with_capacity(BATCH * 4),
+            iov: SyscallVec::with_capacity(BATCH * 4),
             // SAFETY: an all-zero mmsghdr is a valid (empty) value.
-            msgs: vec![unsafe { std::mem::zeroed() }; BATCH],
+            msgs: SyscallVec::from_vec(vec![unsafe { std::mem::zeroed() }; BATCH]),
             errors: FirstError::new("AF_PACKET"),
         }
     }
@@ -388,7 +385,7 @@ impl AfPacketPort {
                 let next = tx.take_into(&mut c, n > 0);
                 let start = self.iov.len();
                 let mut refused = None;
-                if next == TxNext::Frame && c.segs.len() > IOV_MAX {
+                if next == TxNext::Frame && c.segs().len() > IOV_MAX {
                     // The chain's shape first: no check of what it holds.
                     refused = Some(DropReason::TooManySegments);
                 } else if next == TxNext::Frame {
@@ -641,8 +638,8 @@ impl GuestFrame {
             if have >= total {
                 break;
             }
-            let l = (s.len as usize).min(total - have);
-            segs.push((s.ptr, l));
+            let l = (s.len() as usize).min(total - have);
+            segs.push((s.as_ptr(), l));
             have += l;
         }
         GuestFrame {

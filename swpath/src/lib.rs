@@ -15,6 +15,7 @@
 //! - [`port`]: what fd-backed backends share (the [`port::Port`] trait).
 //! - [`portsec`]: port security (RX filter program, TX source and VLAN checks).
 //! - [`ratelimit`]: per-direction token buckets, enforced by the worker on a timer.
+//! - [`syscall_vec`]: reusable iovec and mmsghdr vectors the ports hand the kernel.
 //! - [`tap`]: the tap backend (multi-queue, vnet header pass-through).
 //! - [`tuning`]: the knobs (burst, polling, RX coalescing, pinning).
 //! - [`polling`]: how long a worker polls before it sleeps (adaptive by default).
@@ -35,6 +36,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod ring;
 pub mod rxq;
+pub mod syscall_vec;
 pub mod tap;
 mod trunk;
 pub mod tuning;
@@ -43,6 +45,8 @@ pub mod worker;
 
 #[cfg(test)]
 mod containment_tests;
+#[cfg(test)]
+mod test_driver;
 
 pub use datapath::{Backend, SoftwareDatapath};
 pub use polling::{PollCounts, Polling};

@@ -204,18 +204,13 @@ impl PortSecurity {
 pub fn read_head(chain: &Chain, hdr_len: usize, out: &mut [u8; HEAD_LEN]) -> usize {
     let mut skip = hdr_len;
     let mut got = 0;
-    for s in &chain.segs {
-        let len = s.len as usize;
+    for s in chain.segs() {
+        let len = s.len() as usize;
         if skip >= len {
             skip -= len;
             continue;
         }
-        let n = (len - skip).min(HEAD_LEN - got);
-        // SAFETY: the segment was translated for `len` bytes and `skip + n <= len`; `out`
-        // has room for `n` more bytes. Guest memory may change under us (a plain copy
-        // of bytes, no reference into it is kept).
-        unsafe { std::ptr::copy(s.ptr.add(skip), out[got..].as_mut_ptr(), n) };
-        got += n;
+        got += s.read_at(skip, &mut out[got..]);
         skip = 0;
         if got == HEAD_LEN {
             break;
@@ -247,12 +242,8 @@ pub fn push_tagged(
     let mut got = 0;
     let mut skip = 0;
     // The guest's header, which may be spread over several buffers.
-    for s in &chain.segs {
-        let len = s.len as usize;
-        let n = len.min(hdr_len - got);
-        // SAFETY: translated for `len >= n` bytes; `hdr` has room for `hdr_len <= 12`.
-        unsafe { std::ptr::copy(s.ptr, hdr[got..].as_mut_ptr(), n) };
-        got += n;
+    for s in chain.segs() {
+        got += s.read_at(0, &mut hdr[got..hdr_len]);
         if got == hdr_len {
             break;
         }
@@ -268,14 +259,22 @@ pub fn push_tagged(
     scratch[..wire_hdr].copy_from_slice(&hdr[..wire_hdr]);
     scratch[12..14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
     scratch[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+    // Both iovecs into `scratch` come from one raw pointer taken after the last write
+    // through the reference: reborrowing `scratch` later would invalidate pointers
+    // taken before (Miri's Stacked Borrows check found exactly that).
+    let base = scratch.as_mut_ptr();
+    let tag = libc::iovec {
+        iov_base: base.wrapping_add(12).cast(),
+        iov_len: 4,
+    };
     out.push(libc::iovec {
-        iov_base: scratch.as_mut_ptr().cast(),
+        iov_base: base.cast(),
         iov_len: wire_hdr,
     });
     // Frame bytes: the first 12 (MACs), then the tag, then the rest.
     let mut pos = 0usize; // frame offset of the segment start (after the header)
-    for s in &chain.segs {
-        let len = s.len as usize;
+    for s in chain.segs() {
+        let len = s.len() as usize;
         if skip + len <= hdr_len {
             skip += len;
             continue;
@@ -285,15 +284,14 @@ pub fn push_tagged(
         let (seg_from, seg_len) = (start, len - start);
         let (a, b) = (pos, pos + seg_len);
         pos = b;
-        // SAFETY: offsets stay inside the translated segment.
-        let base = unsafe { s.ptr.add(seg_from) };
+        let base = s.as_ptr().wrapping_add(seg_from);
         if b <= 12 || a >= 12 {
             out.push(libc::iovec {
                 iov_base: base.cast(),
                 iov_len: seg_len,
             });
             if b == 12 {
-                push_tag(scratch, out);
+                out.push(tag);
             }
             continue;
         }
@@ -303,21 +301,13 @@ pub fn push_tagged(
             iov_base: base.cast(),
             iov_len: first,
         });
-        push_tag(scratch, out);
+        out.push(tag);
         out.push(libc::iovec {
             // SAFETY: first < seg_len.
             iov_base: unsafe { base.add(first) }.cast(),
             iov_len: seg_len - first,
         });
     }
-}
-
-fn push_tag(scratch: &mut TagScratch, out: &mut Vec<libc::iovec>) {
-    out.push(libc::iovec {
-        // SAFETY: 12 + 4 <= 16.
-        iov_base: unsafe { scratch.as_mut_ptr().add(12) }.cast(),
-        iov_len: 4,
-    });
 }
 
 /// The TX side of port security for one port: checks each frame and builds its

@@ -3,7 +3,6 @@
 //! runs it for real in swpath/tests/port_security.rs).
 
 use super::*;
-use crate::ring::Segment;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x17, 1];
 const OTHER: [u8; 6] = [0x52, 0x54, 0, 0, 0x17, 2];
@@ -176,15 +175,8 @@ fn vlan_modes() {
 
 /// A chain over `parts` (owned by the caller), the first `hdr` bytes being the header.
 fn chain_over(parts: &mut [Vec<u8>]) -> Chain {
-    let mut c = Chain::with_capacity(parts.len());
-    for p in parts.iter_mut() {
-        c.segs.push(Segment {
-            ptr: p.as_mut_ptr(),
-            len: p.len() as u32,
-        });
-        c.total += p.len() as u64;
-    }
-    c
+    // SAFETY: every caller keeps `parts` alive and unchanged while it uses the chain.
+    unsafe { Chain::over_host_buffers(0, parts) }
 }
 
 fn gather(iov: &[libc::iovec]) -> Vec<u8> {

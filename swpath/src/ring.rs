@@ -3,11 +3,19 @@
 //! entries in batches, and EVENT_IDX notification suppression in both directions.
 //!
 //! Guest memory is shared with a running guest, so every access here goes through a
-//! raw pointer obtained from [`GuestMemory::translate`], which proves the whole range
-//! lies inside a mapping that the `Arc<GuestMemory>` held by the ring keeps alive.
-//! Index fields are accessed atomically with the orderings the virtio memory model
-//! asks for; everything else with volatile reads and writes.
+//! raw pointer obtained from a [`Translator`], which proves the whole range lies inside
+//! a mapping that the ring's `Arc<GuestMemory>` keeps alive. Index fields are accessed
+//! atomically with the orderings the virtio memory model asks for; descriptors and used
+//! elements with volatile reads and writes. No Rust reference to guest memory is ever
+//! formed (the guest may change it at any time): frame bytes are moved with raw-pointer
+//! copies only ([`Segment`]'s methods, and the backends' system calls).
+//!
+//! A translated buffer is a [`Segment`], which borrows what keeps its memory mapped:
+//! the [`Chain`] it was read into (a chain holds the `Arc` of the table its buffers
+//! came from) or the ring it was peeked from. So the compiler, not a comment, makes
+//! sure no buffer address outlives its guest memory.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
@@ -15,7 +23,7 @@ use vdpa::virtio::ring::{
     self, need_event, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
-use vdpa::{BadDescriptor, DatapathError, DirtyLog, GuestMemory, RegionCache, RingConfig};
+use vdpa::{BadDescriptor, DatapathError, DirtyLog, GuestMemory, RingConfig, Translator};
 
 /// One descriptor as laid out in the table.
 #[repr(C)]
@@ -29,30 +37,97 @@ struct Descriptor {
 
 const _: () = assert!(std::mem::size_of::<Descriptor>() == ring::DESC_SIZE);
 
-/// One guest buffer of a chain, already translated to a host address.
+/// One guest buffer, translated to a host address. It borrows (`'a`) the [`Chain`] or
+/// [`DeviceRing`] it came from, which keeps the guest memory mapped, so it cannot
+/// outlive that memory.
 #[derive(Clone, Copy, Debug)]
-pub struct Segment {
-    /// Host address of the buffer.
-    pub ptr: *mut u8,
-    /// Length in bytes.
-    pub len: u32,
+pub struct Segment<'a> {
+    ptr: *mut u8,
+    len: u32,
+    _mem: PhantomData<&'a GuestMemory>,
 }
 
-// SAFETY: a segment is only an address into guest memory, whose mapping is kept alive
-// by the `Arc<GuestMemory>` of the ring that produced it; segments live in the same
-// mover as that ring and move between threads together with it.
-unsafe impl Send for Segment {}
+impl<'a> Segment<'a> {
+    /// A buffer of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `[ptr, ptr + len)` must lie in one mapping that stays valid for `'a`.
+    unsafe fn new(ptr: *mut u8, len: u32) -> Self {
+        Segment {
+            ptr,
+            len,
+            _mem: PhantomData,
+        }
+    }
 
-/// A validated descriptor chain: its head and its buffers, all of one direction.
+    /// Length in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether the buffer is empty (never for a validated descriptor).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host address of the buffer's first byte, for system calls and copies; valid
+    /// for `len()` bytes while the segment lives.
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// The buffer without its first `n` bytes; `None` if it is shorter than `n`.
+    #[inline]
+    pub fn skip(&self, n: usize) -> Option<Segment<'a>> {
+        let rest = (self.len as usize).checked_sub(n)?;
+        // SAFETY: `n <= len`: the rest lies inside this segment's mapping.
+        Some(unsafe { Segment::new(self.ptr.add(n), rest as u32) })
+    }
+
+    /// Copies bytes from offset `off` of the buffer into `out`, as many as both have;
+    /// returns how many.
+    #[inline]
+    pub fn read_at(&self, off: usize, out: &mut [u8]) -> usize {
+        let n = (self.len as usize).saturating_sub(off).min(out.len());
+        if n > 0 {
+            // SAFETY: `off + n <= len` bytes of guest memory, mapped while `'a` lasts;
+            // `out` is our own memory, so the two cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), n) };
+        }
+        n
+    }
+
+    /// Copies `data` into the buffer at offset `off`, as much as fits; returns how
+    /// many bytes.
+    #[inline]
+    pub fn write_at(&self, off: usize, data: &[u8]) -> usize {
+        let n = (self.len as usize).saturating_sub(off).min(data.len());
+        if n > 0 {
+            // SAFETY: as in read_at, the other way round.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), n) };
+        }
+        n
+    }
+}
+
+/// A validated descriptor chain: its head and its buffers, all of one direction. The
+/// chain holds the guest memory its buffers are in, so they stay mapped while it lives.
 #[derive(Debug)]
 pub struct Chain {
     /// Head descriptor index, to return in the used ring.
     pub head: u16,
-    /// The buffers in order.
-    pub segs: Vec<Segment>,
-    /// Total length of all buffers.
-    pub total: u64,
+    /// The buffers in order; `'static` only inside: they are handed out borrowing the
+    /// chain ([`segs`](Self::segs)), whose `mem` keeps them mapped.
+    segs: Vec<Segment<'static>>,
+    total: u64,
+    mem: Option<Arc<GuestMemory>>,
 }
+
+// SAFETY: the segments point into the mappings `mem` keeps alive, and the Arc moves
+// with the chain; nothing in the chain is tied to a thread.
+unsafe impl Send for Chain {}
 
 /// Buffers a reusable [`Chain`] keeps room for after holding a longer chain (Linux
 /// posts at most MAX_SKB_FRAGS + 2 = 19): a chain's scratch memory grows with the
@@ -66,7 +141,51 @@ impl Chain {
             head: 0,
             segs: Vec::with_capacity(capacity),
             total: 0,
+            mem: None,
         }
+    }
+
+    /// The buffers in order, borrowing the chain.
+    #[inline(always)]
+    pub fn segs(&self) -> &[Segment<'_>] {
+        &self.segs
+    }
+
+    /// Total length of all buffers.
+    #[inline(always)]
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Makes the chain hold `mem`, the table its next buffers are read from.
+    #[inline(always)]
+    fn hold(&mut self, mem: &Arc<GuestMemory>) {
+        let held = self.mem.as_ref().map_or(std::ptr::null(), Arc::as_ptr);
+        if held != Arc::as_ptr(mem) {
+            self.mem = Some(mem.clone());
+        }
+    }
+
+    /// Buffers the chain has room for without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.segs.capacity()
+    }
+
+    /// A chain over buffers of the test's own, at `head`.
+    ///
+    /// # Safety
+    /// Every buffer must stay valid, and not move, while the chain is used.
+    #[cfg(test)]
+    pub(crate) unsafe fn over_host_buffers(head: u16, bufs: &mut [Vec<u8>]) -> Self {
+        let mut c = Chain::with_capacity(bufs.len());
+        c.head = head;
+        for b in bufs {
+            // SAFETY: the caller keeps the buffers alive and in place.
+            c.segs
+                .push(unsafe { Segment::new(b.as_mut_ptr(), b.len() as u32) });
+            c.total += b.len() as u64;
+        }
+        c
     }
 
     /// Gives back the memory of a long chain this one held, keeping room for
@@ -90,19 +209,20 @@ pub enum Direction {
 
 /// The used index of a ring, readable while this handle keeps its memory mapped.
 pub struct UsedIndex {
-    field: *const AtomicU16,
-    _mem: Arc<GuestMemory>,
+    mem: Arc<GuestMemory>,
+    /// Guest-physical address of the used index (checked when the ring was mapped).
+    gpa: u64,
 }
-
-// SAFETY: `field` points into guest memory kept mapped by `_mem`, and is only read
-// atomically.
-unsafe impl Send for UsedIndex {}
 
 impl UsedIndex {
     /// The used index in guest memory now.
     pub fn load(&self) -> u16 {
-        // SAFETY: see the Send impl: valid, aligned, mapped while `_mem` lives.
-        unsafe { (*self.field).load(Ordering::Acquire) }
+        // The table is immutable and the ring was mapped in it, so this translates.
+        self.mem.translate(self.gpa, 2).map_or(0, |p| {
+            // SAFETY: two bytes of a mapping `mem` keeps alive, 2-byte aligned (the
+            // used ring is 4-byte aligned); AtomicU16 has the layout of u16.
+            unsafe { (*(p as *const AtomicU16)).load(Ordering::Acquire) }
+        })
     }
 }
 
@@ -113,6 +233,7 @@ pub struct DeviceRing {
     desc: *const Descriptor,
     avail: *mut u8,
     used: *mut u8,
+    used_gpa: u64,
     event_idx: bool,
     next_avail: u16,
     /// The avail index as last read: chains up to it are known to be there without
@@ -123,8 +244,7 @@ pub struct DeviceRing {
     published_used: u16,
     /// Used index when we last decided about an interrupt.
     signalled_used: u16,
-    mem: Arc<GuestMemory>,
-    cache: RegionCache,
+    mem: Translator,
     broken: bool,
     /// While a migration runs: where writes to the used ring are logged.
     log: Option<UsedLog>,
@@ -138,8 +258,8 @@ struct UsedLog {
     len: u64,
 }
 
-// SAFETY: the raw pointers point into guest memory kept mapped by `mem` (an Arc that
-// moves with the ring); the ring is used by one thread at a time.
+// SAFETY: the raw pointers point into guest memory kept mapped by `mem` (which holds
+// the table's Arc and moves with the ring); the ring is used by one thread at a time.
 unsafe impl Send for DeviceRing {}
 
 impl DeviceRing {
@@ -176,14 +296,14 @@ impl DeviceRing {
             desc: desc as *const Descriptor,
             avail,
             used,
+            used_gpa: cfg.addrs.used,
             event_idx,
             next_avail: cfg.base,
             avail_seen: cfg.base,
             next_used: 0,
             published_used: 0,
             signalled_used: 0,
-            mem,
-            cache: RegionCache::default(),
+            mem: Translator::new(mem),
             broken: false,
             log: None,
         };
@@ -229,16 +349,15 @@ impl DeviceRing {
 
     /// The guest memory the ring lives in.
     pub fn memory(&self) -> &Arc<GuestMemory> {
-        &self.mem
+        self.mem.memory()
     }
 
     /// A handle that reads this ring's used index from guest memory, usable after the
     /// ring is gone (to resume a ring whose worker died where the guest saw it stop).
     pub fn used_index(&self) -> UsedIndex {
         UsedIndex {
-            // SAFETY: `used + 2` is inside the translated used ring, 2-byte aligned.
-            field: unsafe { self.used.add(2) } as *const AtomicU16,
-            _mem: self.mem.clone(),
+            mem: self.mem.memory().clone(),
+            gpa: self.used_gpa + ring::USED_IDX_OFFSET as u64,
         }
     }
 
@@ -356,7 +475,7 @@ impl DeviceRing {
             return Err(BadDescriptor::ZeroLength);
         }
         self.mem
-            .translate_with(&mut self.cache, d.addr, u64::from(d.len))
+            .translate(d.addr, u64::from(d.len))
             .ok_or(BadDescriptor::Address)
     }
 
@@ -365,8 +484,8 @@ impl DeviceRing {
     /// [`pop_head`](Self::pop_head) to consume it. `None` for anything else (no chain,
     /// several descriptors, or a bad one: [`read_chain`](Self::read_chain) then
     /// handles and counts it).
-    #[inline]
-    pub fn peek_single(&mut self, dir: Direction) -> Option<Segment> {
+    #[inline(always)]
+    pub fn peek_single(&mut self, dir: Direction) -> Option<(u16, Segment<'_>)> {
         let seen = self.avail_seen.wrapping_sub(self.next_avail);
         if seen == 0 || seen > self.size {
             if self.broken {
@@ -395,10 +514,13 @@ impl DeviceRing {
             return None;
         }
         let ptr = self.check(&d, dir).ok()?;
-        Some(Segment { ptr, len: d.len })
+        // SAFETY: checked to lie in guest memory that `self.mem` keeps mapped while the
+        // segment borrows the ring.
+        Some((head, unsafe { Segment::new(ptr, d.len) }))
     }
 
-    /// The head index of the chain [`peek_single`](Self::peek_single) saw.
+    /// The head index at `next_avail`: valid once [`available`](Self::available) said
+    /// there is a chain (which read the avail index).
     #[inline]
     pub fn peeked_head(&self) -> u16 {
         let slot = usize::from(self.next_avail & (self.size - 1));
@@ -425,7 +547,7 @@ impl DeviceRing {
     /// [`read_chain`](Self::read_chain) that stops with
     /// [`BadDescriptor::ChainTooLong`] after `max` (at most `size`) descriptors: a
     /// caller can look at longer chains on a slower path.
-    #[inline]
+    #[inline(always)]
     pub fn read_chain_max(
         &mut self,
         head: u16,
@@ -436,6 +558,7 @@ impl DeviceRing {
         out.head = head;
         out.segs.clear();
         out.total = 0;
+        out.hold(self.mem.memory());
         if head >= self.size {
             return Err(BadDescriptor::HeadOutOfRange);
         }
@@ -446,7 +569,8 @@ impl DeviceRing {
             }
             let d = self.descriptor(i);
             let ptr = self.check(&d, dir)?;
-            out.segs.push(Segment { ptr, len: d.len });
+            // SAFETY: checked to lie in the guest memory `out.mem` now holds.
+            out.segs.push(unsafe { Segment::new(ptr, d.len) });
             out.total += u64::from(d.len);
             if d.flags & VRING_DESC_F_NEXT == 0 {
                 return Ok(());
@@ -542,87 +666,47 @@ impl DeviceRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vdpa::{MemoryRegion, QueueCounters, RingAddrs, RingEvents};
-    use vmm_sys_util::eventfd::EventFd;
+    use crate::test_driver::{get, memory, put, DriverRing};
 
-    const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
     const USED: u64 = 0x3000;
 
-    /// A 4-entry ring in 64 KiB of anonymous guest memory at gpa 0 (runs under Miri).
-    fn ring(event_idx: bool) -> (DeviceRing, Arc<GuestMemory>) {
-        let region = MemoryRegion::anonymous(0, 0x10000, 0x7f00_0000).unwrap();
-        let mem = Arc::new(GuestMemory::from_regions(vec![region]).unwrap());
-        let cfg = RingConfig {
-            index: 1,
-            size: 4,
-            addrs: RingAddrs {
-                desc: DESC,
-                avail: AVAIL,
-                used: USED,
-            },
-            base: 0,
-            events: RingEvents {
-                kick: Arc::new(EventFd::new(0).unwrap()),
-                call: None,
-            },
-            counters: Arc::new(QueueCounters::default()),
-            log_used: None,
-        };
-        (DeviceRing::new(&cfg, mem.clone(), event_idx).unwrap(), mem)
-    }
-
-    fn put<T: Copy>(mem: &GuestMemory, gpa: u64, v: T) {
-        let p = mem.translate(gpa, size_of::<T>() as u64).unwrap();
-        // SAFETY: translate proved room for a T at p; the test owns the memory.
-        unsafe { std::ptr::write_unaligned(p.cast::<T>(), v) }
-    }
-
-    fn get<T: Copy>(mem: &GuestMemory, gpa: u64) -> T {
-        let p = mem.translate(gpa, size_of::<T>() as u64).unwrap();
-        // SAFETY: as in put.
-        unsafe { std::ptr::read_unaligned(p.cast::<T>()) }
-    }
-
-    fn desc(mem: &GuestMemory, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = DESC + 16 * u64::from(i);
-        put(mem, at, addr.to_le());
-        put(mem, at + 8, len.to_le());
-        put(mem, at + 12, flags.to_le());
-        put(mem, at + 14, next.to_le());
-    }
-
-    fn offer(mem: &GuestMemory, heads: &[u16]) {
-        let idx: u16 = get(mem, AVAIL + 2);
-        for (k, &h) in heads.iter().enumerate() {
-            let slot = (idx.wrapping_add(k as u16) & 3) as u64;
-            put(mem, AVAIL + 4 + 2 * slot, h.to_le());
-        }
-        put(mem, AVAIL + 2, idx.wrapping_add(heads.len() as u16).to_le());
+    /// A 4-entry ring in 64 KiB of anonymous guest memory at gpa 0 (runs under Miri),
+    /// its parts at 0x1000, AVAIL and USED.
+    fn ring(event_idx: bool) -> (DeviceRing, DriverRing) {
+        let mem = memory(0x10000);
+        let d = DriverRing::new(&mem, 0x1000, 4);
+        (DeviceRing::new(&d.config(1), mem, event_idx).unwrap(), d)
     }
 
     #[test]
     fn chains_are_read_checked_and_returned() {
-        let (mut r, mem) = ring(false);
-        desc(&mem, 0, 0x8000, 12, VRING_DESC_F_NEXT, 1);
-        desc(&mem, 1, 0x9000, 1500, 0, 0);
-        desc(&mem, 2, 0xa000, 2048, VRING_DESC_F_WRITE, 0);
-        desc(&mem, 3, 0xfff0, 32, 0, 0); // runs past the end of guest memory
-        offer(&mem, &[0, 2, 3]);
+        let (mut r, d) = ring(false);
+        d.desc(0, 0x8000, 12, VRING_DESC_F_NEXT, 1);
+        d.desc(1, 0x9000, 1500, 0, 0);
+        d.desc(2, 0xa000, 2048, VRING_DESC_F_WRITE, 0);
+        d.desc(3, 0xfff0, 32, 0, 0); // runs past the end of guest memory
+        d.offer(&[0, 2, 3]);
         assert_eq!(r.available(), Ok(3));
         assert!(r.peek_single(Direction::DeviceReads).is_none()); // two buffers
         let mut chain = Chain::with_capacity(4);
         let head = r.pop_head();
         r.read_chain(head, Direction::DeviceReads, &mut chain)
             .unwrap();
-        assert_eq!((chain.head, chain.segs.len(), chain.total), (0, 2, 1512));
-        assert_eq!(chain.segs[1].ptr, mem.translate(0x9000, 1500).unwrap());
-        let single = r.peek_single(Direction::DeviceWrites).unwrap();
         assert_eq!(
-            (single.ptr, single.len),
-            (mem.translate(0xa000, 1).unwrap(), 2048)
+            (chain.head, chain.segs().len(), chain.total()),
+            (0, 2, 1512)
+        );
+        assert_eq!(
+            chain.segs()[1].as_ptr(),
+            d.mem.translate(0x9000, 1500).unwrap()
         );
         assert_eq!(r.peeked_head(), 2);
+        let (head, single) = r.peek_single(Direction::DeviceWrites).unwrap();
+        assert_eq!(
+            (head, single.as_ptr(), single.len()),
+            (2, d.mem.translate(0xa000, 1).unwrap(), 2048)
+        );
         let head = r.pop_head();
         assert_eq!(
             r.read_chain(head, Direction::DeviceReads, &mut chain),
@@ -638,22 +722,22 @@ mod tests {
         }
         assert!(r.has_unpublished());
         r.publish_used();
-        assert_eq!(u16::from_le(get(&mem, USED + 2)), 3);
-        assert_eq!(u32::from_le(get(&mem, USED + 4 + 8)), 2);
-        assert_eq!(u32::from_le(get(&mem, USED + 4 + 8 + 4)), 64);
+        assert_eq!(u16::from_le(get(&d.mem, USED + 2)), 3);
+        assert_eq!(u32::from_le(get(&d.mem, USED + 4 + 8)), 2);
+        assert_eq!(u32::from_le(get(&d.mem, USED + 4 + 8 + 4)), 64);
         assert!(r.needs_interrupt());
         assert!(!r.needs_interrupt());
         assert!(!r.enable_notification());
         r.disable_notification();
-        assert_eq!(u16::from_le(get(&mem, USED)), VRING_USED_F_NO_NOTIFY);
+        assert_eq!(u16::from_le(get(&d.mem, USED)), VRING_USED_F_NO_NOTIFY);
     }
 
     #[test]
     fn loops_and_index_jumps_break_nothing() {
-        let (mut r, mem) = ring(true);
-        desc(&mem, 0, 0x8000, 8, VRING_DESC_F_NEXT, 1);
-        desc(&mem, 1, 0x8008, 8, VRING_DESC_F_NEXT, 0);
-        offer(&mem, &[0]);
+        let (mut r, d) = ring(true);
+        d.desc(0, 0x8000, 8, VRING_DESC_F_NEXT, 1);
+        d.desc(1, 0x8008, 8, VRING_DESC_F_NEXT, 0);
+        d.offer(&[0]);
         assert_eq!(r.available(), Ok(1));
         let mut chain = Chain::with_capacity(4);
         let head = r.pop_head();
@@ -667,11 +751,11 @@ mod tests {
         );
         r.push_used(head, 0);
         r.publish_used();
-        put(&mem, AVAIL + 4 + 2 * 4, 0u16); // used_event 0: crossed by 0 -> 1
+        put(&d.mem, AVAIL + 4 + 2 * 4, 0u16); // used_event 0: crossed by 0 -> 1
         assert!(r.needs_interrupt());
         assert!(!r.enable_notification());
-        assert_eq!(u16::from_le(get(&mem, USED + 4 + 8 * 4)), 1); // avail_event
-        put(&mem, AVAIL + 2, 9u16.to_le()); // 8 ahead of a 4-entry ring
+        assert_eq!(u16::from_le(get(&d.mem, USED + 4 + 8 * 4)), 1); // avail_event
+        put(&d.mem, AVAIL + 2, 9u16.to_le()); // 8 ahead of a 4-entry ring
         assert_eq!(r.available(), Err(BadDescriptor::AvailIndexJump));
         assert!(r.is_broken());
         assert_eq!(r.available(), Ok(0));

@@ -14,6 +14,7 @@ use vdpa::{BadDescriptor, DropReason, LogWriter};
 
 use crate::queue::Queue;
 use crate::ring::{Chain, Direction, Segment, KEEP_SEGMENTS};
+use crate::syscall_vec::SyscallVec;
 
 /// Validated RX chains taken from the ring and not used yet, oldest first, in a ring
 /// of preallocated slots (no allocation or moving of chains per frame).
@@ -79,7 +80,7 @@ impl Pending {
         let front = self.slot(0);
         // Only a chain longer than KEEP_SEGMENTS grows a slot beyond that (slots start
         // smaller and are trimmed back to it): one comparison in the common case.
-        if self.slots[front].segs.capacity() > KEEP_SEGMENTS {
+        if self.slots[front].capacity() > KEEP_SEGMENTS {
             self.release_long(front);
         }
         self.head = self.slot(1);
@@ -90,7 +91,7 @@ impl Pending {
     #[cold]
     #[inline(never)]
     fn release_long(&mut self, slot: usize) {
-        let n = self.slots[slot].segs.len();
+        let n = self.slots[slot].segs().len();
         if n > KEEP_SEGMENTS {
             self.long_segs -= n;
         }
@@ -116,7 +117,7 @@ impl Pending {
 
     /// Scratch memory held by all slots, in buffers.
     fn capacity(&self) -> usize {
-        self.slots.iter().map(|c| c.segs.capacity()).sum()
+        self.slots.iter().map(Chain::capacity).sum()
     }
 }
 
@@ -141,15 +142,11 @@ pub struct RxQueue {
     /// A bad chain was returned after the first pending one was taken: pending chains
     /// can no longer be handed back by rewinding.
     interleaved: bool,
-    iov: Vec<libc::iovec>,
+    iov: SyscallVec<libc::iovec>,
     /// While a migration runs: the dirty log every byte written into a buffer is
     /// marked in, before the buffer is returned.
     log: Option<LogWriter>,
 }
-
-// SAFETY: `iov` only caches addresses into guest memory (kept mapped by the ring's
-// Arc<GuestMemory>); it is rebuilt before every use and moves with the queue.
-unsafe impl Send for RxQueue {}
 
 impl RxQueue {
     /// An RX half over `q`; the guest expects a `hdr_len`-byte header and, with `mrg`,
@@ -162,7 +159,7 @@ impl RxQueue {
             mrg,
             pending: Pending::new(cap),
             interleaved: false,
-            iov: Vec::with_capacity(64),
+            iov: SyscallVec::with_capacity(64),
             log: None,
         }
     }
@@ -175,13 +172,13 @@ impl RxQueue {
     /// Marks the first `written` bytes of `segs` in the dirty log.
     #[cold]
     #[inline(never)]
-    fn log_written(log: &mut LogWriter, segs: &[Segment], mut written: u64) {
+    fn log_written(log: &mut LogWriter, segs: &[Segment<'_>], mut written: u64) {
         for s in segs {
             if written == 0 {
                 break;
             }
-            let n = written.min(u64::from(s.len));
-            log.mark_host(s.ptr, n);
+            let n = written.min(u64::from(s.len()));
+            log.mark_host(s.as_ptr(), n);
             written -= n;
         }
     }
@@ -213,7 +210,7 @@ impl RxQueue {
     fn fit(&self, need: u64) -> (usize, u64) {
         let mut cap = 0;
         for (i, c) in self.pending.iter().enumerate() {
-            cap += c.total;
+            cap += c.total();
             if cap >= need || !self.mrg {
                 return (i + 1, cap);
             }
@@ -229,33 +226,33 @@ impl RxQueue {
     /// Copies a frame (`frame_len` bytes from `src`, after skipping `skip` bytes of
     /// them) into the first `nbufs` pending chains behind a fresh header, and returns
     /// those chains to the guest.
-    pub fn deliver_copy(&mut self, nbufs: usize, src: &[Segment], skip: usize, frame_len: u64) {
+    pub fn deliver_copy(&mut self, nbufs: usize, src: &[Segment<'_>], skip: usize, frame_len: u64) {
         let hdr = self.header(nbufs);
         let whole = self.hdr_len as u64 + frame_len;
         let first = self.pending.get(0);
-        if nbufs == 1 && u64::from(first.segs[0].len) >= whole {
+        if nbufs == 1 && u64::from(first.segs()[0].len()) >= whole {
             // The common case: one buffer holds header and frame.
-            let (head, mut dst) = (first.head, first.segs[0].ptr);
+            let (head, mut dst) = (first.head, first.segs()[0].as_ptr());
             // SAFETY: the segment was translated for `whole` bytes or more; the header
             // is ours, the frame bytes come from translated TX segments (possibly the
             // same guest memory, hence memmove).
             unsafe {
-                self.write_header(dst, &hdr);
+                write_header(self.hdr_len, dst, &hdr);
                 dst = dst.add(self.hdr_len);
                 let mut skip = skip;
                 for seg in src {
-                    let len = seg.len as usize;
+                    let len = seg.len() as usize;
                     if skip >= len {
                         skip -= len;
                         continue;
                     }
-                    std::ptr::copy(seg.ptr.add(skip), dst, len - skip);
+                    std::ptr::copy(seg.as_ptr().add(skip), dst, len - skip);
                     dst = dst.add(len - skip);
                     skip = 0;
                 }
             }
             if let Some(log) = &mut self.log {
-                Self::log_written(log, &first.segs[..1], whole);
+                Self::log_written(log, &first.segs()[..1], whole);
             }
             self.q.ring.push_used(head, whole as u32);
             self.pending.pop_front();
@@ -271,13 +268,13 @@ impl RxQueue {
         dst.write_from(chains, hdr.as_ptr(), self.hdr_len);
         let mut skip = skip;
         for seg in src {
-            let len = seg.len as usize;
+            let len = seg.len() as usize;
             if skip >= len {
                 skip -= len;
                 continue;
             }
             // SAFETY: `seg` was translated for `len` bytes and `skip < len`.
-            let from = unsafe { seg.ptr.add(skip) };
+            let from = unsafe { seg.as_ptr().add(skip) };
             dst.write_from(chains, from, len - skip);
             skip = 0;
         }
@@ -294,52 +291,40 @@ impl RxQueue {
         })
     }
 
-    /// Writes `hdr` (its first `hdr_len` bytes) at `dst`.
-    ///
-    /// # Safety
-    /// `dst` must be valid for `hdr_len` bytes of writing.
-    #[inline(always)]
-    unsafe fn write_header(&self, dst: *mut u8, hdr: &[u8; NET_HDR_LEN]) {
-        // SAFETY: the caller vouches for `dst`; the header comes from our stack, so the
-        // two cannot overlap. Constant lengths let the copy be inlined.
-        unsafe {
-            if self.hdr_len == NET_HDR_LEN {
-                std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, NET_HDR_LEN);
-            } else {
-                std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, LEGACY_NET_HDR_LEN);
-            }
-        }
-    }
-
     /// The fast path for a frame in `frame` (a translated guest buffer, header not included)
     /// when no chain is pending and the next one is a single buffer big enough: the
     /// frame is copied in behind a fresh header and the buffer returned. Returns false,
     /// having taken nothing, when the general path must handle it.
     #[inline]
-    pub fn deliver_single(&mut self, frame: &Segment) -> bool {
-        let (src, frame_len) = (frame.ptr as *const u8, u64::from(frame.len));
+    pub fn deliver_single(&mut self, frame: Segment<'_>) -> bool {
+        let frame_len = u64::from(frame.len());
         if !self.pending.is_empty() {
             return false;
         }
-        let whole = self.hdr_len as u64 + frame_len;
-        let Some(buf) = self.q.ring.peek_single(Direction::DeviceWrites) else {
+        let hdr_len = self.hdr_len;
+        let whole = hdr_len as u64 + frame_len;
+        let hdr = self.header(1);
+        let Some((head, buf)) = self.q.ring.peek_single(Direction::DeviceWrites) else {
             return false;
         };
-        if u64::from(buf.len) < whole {
+        if u64::from(buf.len()) < whole {
             return false;
         }
-        let head = self.q.ring.pop_head();
-        let hdr = self.header(1);
-        // SAFETY: `buf` was translated for `buf.len >= whole` bytes; `frame` is a
+        // SAFETY: `buf` was translated for `buf.len() >= whole` bytes; `frame` is a
         // translated guest buffer of `frame_len` bytes, which may be the same buffer if
         // the guest posted it twice (memmove).
         unsafe {
-            self.write_header(buf.ptr, &hdr);
-            std::ptr::copy(src, buf.ptr.add(self.hdr_len), frame_len as usize);
+            write_header(hdr_len, buf.as_ptr(), &hdr);
+            std::ptr::copy(
+                frame.as_ptr(),
+                buf.as_ptr().add(hdr_len),
+                frame_len as usize,
+            );
         }
         if let Some(log) = &mut self.log {
             Self::log_written(log, &[buf], whole);
         }
+        self.q.ring.pop_head();
         self.q.ring.push_used(head, whole as u32);
         self.q.counts.packets += 1;
         self.q.counts.bytes += frame_len;
@@ -370,8 +355,8 @@ impl RxQueue {
     ) {
         let mut iov = HdrIovecs::new(self.hdr_len, hole);
         for c in chains.map(|i| self.pending.get(i)) {
-            for s in &c.segs {
-                iov.push(s.ptr, s.len as usize, out);
+            for s in c.segs() {
+                iov.push(s.as_ptr(), s.len() as usize, out);
             }
         }
     }
@@ -385,7 +370,7 @@ impl RxQueue {
                 .pending
                 .iter()
                 .take(max)
-                .take_while(|c| c.total >= need)
+                .take_while(|c| c.total() >= need)
                 .count();
             if fit == max || fit < self.pending.len() {
                 return fit;
@@ -442,7 +427,7 @@ impl RxQueue {
             return false;
         }
         // (The guest may have shortened the chain since the first read.)
-        let n = chain.segs.len();
+        let n = chain.segs().len();
         if n > KEEP_SEGMENTS {
             if self.pending.long_segs + n > usize::from(self.q.ring.size()) {
                 self.refuse(head, BadDescriptor::ChainTooLong);
@@ -487,7 +472,7 @@ impl RxQueue {
             let c = self.pending.get(i);
             let written = dst.written_in(i, c);
             if let Some(log) = &mut self.log {
-                Self::log_written(log, &c.segs, written);
+                Self::log_written(log, c.segs(), written);
             }
             self.q.ring.push_used(c.head, written as u32);
         }
@@ -507,10 +492,7 @@ impl RxQueue {
         let mut out = [0u8; LEGACY_NET_HDR_LEN];
         let mut got = 0;
         for s in self.pending_segments() {
-            let n = (s.len as usize).min(LEGACY_NET_HDR_LEN - got);
-            // SAFETY: `s.ptr` is valid for `s.len >= n` bytes of guest memory.
-            unsafe { std::ptr::copy(s.ptr, out[got..].as_mut_ptr(), n) };
-            got += n;
+            got += s.read_at(0, &mut out[got..]);
             if got == LEGACY_NET_HDR_LEN {
                 break;
             }
@@ -519,8 +501,8 @@ impl RxQueue {
     }
 
     /// The buffers of the pending chains, in order.
-    pub fn pending_segments(&self) -> impl Iterator<Item = &Segment> {
-        self.pending.iter().flat_map(|c| c.segs.iter())
+    pub fn pending_segments(&self) -> impl Iterator<Item = &Segment<'_>> {
+        self.pending.iter().flat_map(|c| c.segs().iter())
     }
 
     /// Moves the front pending chain (unused: its frame was dropped) to the back, for
@@ -575,6 +557,23 @@ impl RxQueue {
     }
 }
 
+/// Writes `hdr` (its first `hdr_len` bytes) at `dst`.
+///
+/// # Safety
+/// `dst` must be valid for `hdr_len` bytes of writing.
+#[inline(always)]
+unsafe fn write_header(hdr_len: usize, dst: *mut u8, hdr: &[u8; NET_HDR_LEN]) {
+    // SAFETY: the caller vouches for `dst`; the header comes from our stack, so the two
+    // cannot overlap. Constant lengths let the copy be inlined.
+    unsafe {
+        if hdr_len == NET_HDR_LEN {
+            std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, NET_HDR_LEN);
+        } else {
+            std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, LEGACY_NET_HDR_LEN);
+        }
+    }
+}
+
 /// A write position across the first `limit` pending chains' buffers.
 struct Cursor {
     limit: usize,
@@ -603,12 +602,12 @@ impl Cursor {
             let Some(seg) = self.current(chains) else {
                 return;
             };
-            let n = (seg.len as usize - self.off).min(len);
-            // SAFETY: `seg.ptr` was translated for `seg.len` bytes and `off + n <=
-            // seg.len`; `src` has `len >= n` readable bytes. Source and destination are
+            let n = (seg.len() as usize - self.off).min(len);
+            // SAFETY: `seg` was translated for `seg.len()` bytes and `off + n <=
+            // seg.len()`; `src` has `len >= n` readable bytes. Source and destination are
             // guest memory (or our header array) and overlap if the guest posted the
             // same buffer twice, so this is a memmove.
-            unsafe { std::ptr::copy(src, seg.ptr.add(self.off), n) };
+            unsafe { std::ptr::copy(src, seg.as_ptr().add(self.off), n) };
             // SAFETY: n <= len, so `src + n` stays within (or one past) the source.
             src = unsafe { src.add(n) };
             len -= n;
@@ -623,7 +622,7 @@ impl Cursor {
             let Some(seg) = self.current(chains) else {
                 return;
             };
-            let n = (seg.len as usize - self.off).min(len);
+            let n = (seg.len() as usize - self.off).min(len);
             len -= n;
             self.off += n;
             self.in_chain += n as u64;
@@ -631,14 +630,14 @@ impl Cursor {
     }
 
     /// The segment at the cursor, moving on over full segments and chains.
-    fn current(&mut self, chains: &Pending) -> Option<Segment> {
+    fn current<'c>(&mut self, chains: &'c Pending) -> Option<Segment<'c>> {
         loop {
             if self.chain >= self.limit {
                 return None;
             }
             let chain = chains.get(self.chain);
-            match chain.segs.get(self.seg) {
-                Some(s) if self.off < s.len as usize => return Some(*s),
+            match chain.segs().get(self.seg) {
+                Some(s) if self.off < s.len() as usize => return Some(*s),
                 Some(_) => {
                     self.seg += 1;
                     self.off = 0;
@@ -657,7 +656,7 @@ impl Cursor {
     fn written_in(&self, i: usize, c: &Chain) -> u64 {
         use std::cmp::Ordering::*;
         match i.cmp(&self.chain) {
-            Less => c.total,
+            Less => c.total(),
             Equal => self.in_chain,
             Greater => 0,
         }

@@ -22,6 +22,7 @@ use crate::engine::{RxState, TxState};
 use crate::port::{FirstError, Port, IOV_MAX};
 use crate::portsec::{PortSecurity, TxGuard};
 use crate::rxq::{Reserve, RxQueue};
+use crate::syscall_vec::SyscallVec;
 use crate::txq::{TxNext, TxQueue};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -310,13 +311,9 @@ pub struct TapPort {
     max_rx: u64,
     mrg: bool,
     errors: FirstError,
-    iov: Vec<libc::iovec>,
+    iov: SyscallVec<libc::iovec>,
     guard: Option<TxGuard>,
 }
-
-// SAFETY: `iov` only caches pointers into guest memory, rebuilt before every call; it
-// moves with the port and its rings.
-unsafe impl Send for TapPort {}
 
 impl TapPort {
     /// A port on tap queue `fd`; `max_rx` bounds one received frame (header included)
@@ -344,7 +341,7 @@ impl TapPort {
             max_rx,
             mrg,
             errors: FirstError::new("tap"),
-            iov: Vec::with_capacity(16),
+            iov: SyscallVec::with_capacity(16),
         }
     }
 }
@@ -363,7 +360,7 @@ impl Port for TapPort {
             }
             self.iov.clear();
             // A chain's shape first: one writev cannot take it whatever it holds.
-            if tx.frame().segs.len() > IOV_MAX {
+            if tx.frame().segs().len() > IOV_MAX {
                 tx.drop_frame(DropReason::TooManySegments);
                 continue;
             }

@@ -53,22 +53,11 @@ impl TxQueue {
     /// (after the header) as a segment. Nothing is taken; `None` sends the caller to
     /// [`take`](Self::take), which also validates and counts bad chains.
     #[inline]
-    pub fn peek_single(&mut self) -> Option<(u16, Segment)> {
-        let buf = self.q.ring.peek_single(Direction::DeviceReads)?;
-        let len = u64::from(buf.len);
-        let hdr = self.hdr_len as u64;
-        if len < hdr || len - hdr > MAX_FRAME {
-            return None;
-        }
-        // SAFETY: hdr <= len: the result stays inside the translated buffer.
-        let ptr = unsafe { buf.ptr.add(self.hdr_len) };
-        Some((
-            self.q.ring.peeked_head(),
-            Segment {
-                ptr,
-                len: buf.len - self.hdr_len as u32,
-            },
-        ))
+    pub fn peek_single(&mut self) -> Option<(u16, Segment<'_>)> {
+        let hdr_len = self.hdr_len;
+        let (head, buf) = self.q.ring.peek_single(Direction::DeviceReads)?;
+        let frame = buf.skip(hdr_len)?;
+        (u64::from(frame.len()) <= MAX_FRAME).then_some((head, frame))
     }
 
     /// Completes the frame [`peek_single`](Self::peek_single) returned (after the
@@ -95,7 +84,7 @@ impl TxQueue {
     pub fn complete_chain(&mut self, chain: &Chain) {
         self.q.ring.push_used(chain.head, 0);
         self.q.counts.packets += 1;
-        self.q.counts.bytes += chain.total - self.hdr_len as u64;
+        self.q.counts.bytes += chain.total() - self.hdr_len as u64;
     }
 
     /// `chain` cannot be sent: return it, count the drop.
@@ -116,7 +105,7 @@ impl TxQueue {
 
     /// Length of the current frame without its header.
     pub fn frame_len(&self) -> u64 {
-        self.chain.total - self.hdr_len as u64
+        self.chain.total() - self.hdr_len as u64
     }
 
     /// Length of the virtio-net header in front of every frame.
@@ -128,7 +117,7 @@ impl TxQueue {
     pub fn complete(&mut self) {
         self.q.ring.push_used(self.chain.head, 0);
         self.q.counts.packets += 1;
-        self.q.counts.bytes += self.chain.total - self.hdr_len as u64;
+        self.q.counts.bytes += self.chain.total() - self.hdr_len as u64;
     }
 
     /// The current frame cannot be sent: return the chain, count the drop.
@@ -141,8 +130,8 @@ impl TxQueue {
     /// the 12-byte header are left out (for a backend that takes the 10-byte one).
     pub fn append_iovecs(&self, chain: &Chain, hole: bool, out: &mut Vec<libc::iovec>) {
         let mut iov = HdrIovecs::new(self.hdr_len, hole);
-        for s in &chain.segs {
-            iov.push(s.ptr, s.len as usize, out);
+        for s in chain.segs() {
+            iov.push(s.as_ptr(), s.len() as usize, out);
         }
     }
 
@@ -164,8 +153,8 @@ fn take(q: &mut Queue, hdr_len: usize, chain: &mut Chain, defer_bad: bool) -> Tx
     // Err: a malformed chain (a bad descriptor); Ok: a well-formed frame that is dropped.
     let problem = match q.ring.read_chain(head, Direction::DeviceReads, chain) {
         Err(kind) => Some(Err(kind)),
-        Ok(()) if chain.total < hdr_len as u64 => Some(Err(BadDescriptor::BadLength)),
-        Ok(()) if chain.total - hdr_len as u64 > MAX_FRAME => Some(Ok(DropReason::Oversized)),
+        Ok(()) if chain.total() < hdr_len as u64 => Some(Err(BadDescriptor::BadLength)),
+        Ok(()) if chain.total() - hdr_len as u64 > MAX_FRAME => Some(Ok(DropReason::Oversized)),
         Ok(()) => None,
     };
     match problem {

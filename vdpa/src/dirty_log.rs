@@ -176,21 +176,15 @@ impl DirtyLog {
 #[derive(Debug)]
 pub struct LogWriter {
     log: std::sync::Arc<DirtyLog>,
-    mem: std::sync::Arc<GuestMemory>,
-    cache: crate::memory::RegionCache,
+    mem: crate::memory::Translator,
 }
-
-// SAFETY: the region cache only holds addresses of regions kept mapped by `mem`,
-// which moves with the writer.
-unsafe impl Send for LogWriter {}
 
 impl LogWriter {
     /// A writer marking `log` for buffers in `mem`.
     pub fn new(log: std::sync::Arc<DirtyLog>, mem: std::sync::Arc<GuestMemory>) -> Self {
         LogWriter {
             log,
-            mem,
-            cache: crate::memory::RegionCache::default(),
+            mem: crate::memory::Translator::new(mem),
         }
     }
 
@@ -203,7 +197,7 @@ impl LogWriter {
     /// A pointer outside guest memory is counted as outside the log.
     #[inline]
     pub fn mark_host(&mut self, ptr: *const u8, len: u64) {
-        match self.mem.host_to_gpa(&mut self.cache, ptr) {
+        match self.mem.host_to_gpa(ptr) {
             Some(gpa) => self.log.mark(gpa, len),
             None => self.log.mark_outside(ptr as u64, len.div_ceil(LOG_PAGE)),
         }

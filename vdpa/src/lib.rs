@@ -31,5 +31,5 @@ pub use datapath::{
 pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus, PeerStatus};
 pub use dirty_log::{DirtyLog, LogWriter};
 pub use fallback::{FallbackDatapath, FallbackFactory};
-pub use memory::{GuestMemory, MemoryError, MemoryRegion, RegionCache};
+pub use memory::{GuestMemory, MemoryError, MemoryRegion, Translator};
 pub use stats::{BadDescriptor, BurstCounts, CountProbe, DropReason, QueueCounters, QueueStats};

@@ -14,6 +14,9 @@ use thiserror::Error;
 
 use crate::fault::{self, Registration};
 
+mod translator;
+pub use translator::Translator;
+
 /// Why a memory region could not be used.
 #[derive(Debug, Error)]
 pub enum MemoryError {
@@ -350,7 +353,7 @@ impl MemoryRegion {
     }
 
     /// Whether `[gpa, gpa + len)` lies in this region. The start must be inside the
-    /// region even for an empty range, as [`GuestMemory::translate_with`]'s cache
+    /// region even for an empty range, as [`Translator`]'s cache
     /// check has it: an empty range at the end of one region belongs to the region
     /// that starts there, so the cached and the searched translation always agree.
     fn contains_gpa(&self, gpa: u64, len: u64) -> bool {
@@ -410,24 +413,6 @@ fn page_size() -> u64 {
 
 fn ranges_overlap(a: u64, alen: u64, b: u64, blen: u64) -> bool {
     a < b.saturating_add(blen) && b < a.saturating_add(alen)
-}
-
-/// The last region a translation hit (see [`GuestMemory::translate_with`]).
-#[derive(Clone, Copy, Debug)]
-pub struct RegionCache {
-    gpa: u64,
-    size: u64,
-    host: *mut u8,
-}
-
-impl Default for RegionCache {
-    fn default() -> Self {
-        RegionCache {
-            gpa: 0,
-            size: 0,
-            host: std::ptr::null_mut(),
-        }
-    }
 }
 
 /// An immutable table of guest memory regions.
@@ -564,57 +549,13 @@ impl GuestMemory {
     }
 
     /// Host pointer for guest-physical `[gpa, gpa + len)`, which must lie within one
-    /// region. `None` for any range that is not entirely guest memory.
+    /// region. `None` for any range that is not entirely guest memory. The pointer is
+    /// valid while this table (or a [`Translator`] over it) lives; hot paths translate
+    /// through a [`Translator`], which caches the last region.
     pub fn translate(&self, gpa: u64, len: u64) -> Option<*mut u8> {
         let r = self.regions.iter().find(|r| r.contains_gpa(gpa, len))?;
         // SAFETY: contains_gpa proved `gpa - r.gpa + len <= r.size`.
         Some(unsafe { r.host.add((gpa - r.gpa) as usize) })
-    }
-
-    /// [`translate`](Self::translate) that tries the region in `cache` first and leaves
-    /// the region that matched there: consecutive buffers of a guest usually sit in
-    /// the same region, so the hot path needs two comparisons and no lookup. A cache
-    /// must only be used with the table that filled it.
-    #[inline]
-    pub fn translate_with(&self, cache: &mut RegionCache, gpa: u64, len: u64) -> Option<*mut u8> {
-        let off = gpa.wrapping_sub(cache.gpa);
-        if off < cache.size && len <= cache.size - off {
-            // SAFETY: the cache describes a region of this table (see above), and
-            // `off + len <= size` was just checked.
-            return Some(unsafe { cache.host.add(off as usize) });
-        }
-        let r = self.regions.iter().find(|r| r.contains_gpa(gpa, len))?;
-        *cache = RegionCache {
-            gpa: r.gpa,
-            size: r.size,
-            host: r.host,
-        };
-        // SAFETY: contains_gpa proved the range lies within the region.
-        Some(unsafe { r.host.add((gpa - r.gpa) as usize) })
-    }
-
-    /// Guest-physical address of host address `ptr` (one that [`translate`] returned),
-    /// looking in the region of `cache` first, as [`translate_with`] does. `None` for
-    /// an address outside guest memory.
-    ///
-    /// [`translate`]: Self::translate
-    /// [`translate_with`]: Self::translate_with
-    #[inline]
-    pub fn host_to_gpa(&self, cache: &mut RegionCache, ptr: *const u8) -> Option<u64> {
-        let off = (ptr as u64).wrapping_sub(cache.host as u64);
-        if off < cache.size {
-            return Some(cache.gpa + off);
-        }
-        let r = self.regions.iter().find(|r| {
-            let off = (ptr as u64).wrapping_sub(r.host as u64);
-            off < r.size
-        })?;
-        *cache = RegionCache {
-            gpa: r.gpa,
-            size: r.size,
-            host: r.host,
-        };
-        Some(r.gpa + (ptr as u64 - r.host as u64))
     }
 
     /// Guest-physical address of frontend virtual address `va`, if `[va, va + len)`

@@ -31,6 +31,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// Guest memory: one memfd region with a bump allocator.
 pub struct Guest {
     pub mem: Arc<GuestMemory>,
+    /// The memfd behind `mem` (a second descriptor), for tests that take it away.
+    pub file: File,
     next: u64,
     end: u64,
 }
@@ -52,9 +54,18 @@ impl Guest {
     }
 
     pub fn at(gpa: u64, size: u64) -> Self {
-        let region = MemoryRegion::map(gpa, size, 0x7f00_0000_0000 + gpa, 0, memfd(size)).unwrap();
+        let file = memfd(size);
+        let region = MemoryRegion::map(
+            gpa,
+            size,
+            0x7f00_0000_0000 + gpa,
+            0,
+            file.try_clone().unwrap(),
+        )
+        .unwrap();
         Guest {
             mem: Arc::new(GuestMemory::from_regions(vec![region]).unwrap()),
+            file,
             next: gpa,
             end: gpa + size,
         }

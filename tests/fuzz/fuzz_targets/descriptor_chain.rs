@@ -162,7 +162,9 @@ fuzz_target!(|data: &[u8]| {
                 Direction::DeviceReads
             }
         };
-        let single = dev.peek_single(dir);
+        let single = dev
+            .peek_single(dir)
+            .map(|(h, s)| (h, s.as_ptr(), s.len()));
         let head = dev.pop_head();
         assert_eq!(head, oracle.head_index());
         let got = dev.read_chain(head, dir, &mut chain);
@@ -179,23 +181,24 @@ fuzz_target!(|data: &[u8]| {
         match got {
             Ok(()) => {
                 let ours: Vec<Buf> = chain
-                    .segs
+                    .segs()
                     .iter()
                     .map(|s| Buf {
-                        addr: (s.ptr as usize - host) as u64,
-                        len: s.len,
+                        addr: (s.as_ptr() as usize - host) as u64,
+                        len: s.len(),
                         write: dir == Direction::DeviceWrites,
                     })
                     .collect();
                 assert_eq!(ours, theirs, "head {head}: chains differ");
                 assert!(complete, "vdpad accepts a chain the oracle cut short");
                 assert_eq!(
-                    chain.total,
+                    chain.total(),
                     ours.iter().map(|b| u64::from(b.len)).sum::<u64>()
                 );
-                if let Some(s) = single {
+                if let Some((h, ptr, len)) = single {
+                    let first = chain.segs()[0];
                     assert_eq!(ours.len(), 1);
-                    assert_eq!((s.ptr, s.len), (chain.segs[0].ptr, chain.segs[0].len));
+                    assert_eq!((h, ptr, len), (head, first.as_ptr(), first.len()));
                 } else {
                     assert!(ours.len() > 1, "peek_single missed a one-buffer chain");
                 }

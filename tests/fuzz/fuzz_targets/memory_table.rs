@@ -1,6 +1,7 @@
 //! Guest memory tables: regions with arbitrary gpa/size/user_addr/offset over a small
 //! memfd through `MemoryRegion::map`, `GuestMemory::from_regions`, `with_region` and
-//! `without_region`, then `translate`, `translate_with` and `va_to_gpa` on arbitrary
+//! `without_region`, then `translate`, a `Translator`'s cached translation and
+//! `host_to_gpa`, and `va_to_gpa` on arbitrary
 //! addresses. Never panics; every translation lands inside its region, and each answer
 //! matches a plain search over the table's regions (which never overlap).
 //!
@@ -10,7 +11,7 @@
 //!   1 without_region:    index of an existing region u8, or (if >= count) the next
 //!                        gpa u64, size u64, user_addr u64
 //!   2 from_regions:      the next opcode-0 fields, for two regions at once
-//!   3 translate:         gpa u64, len u64 (also through translate_with)
+//!   3 translate:         gpa u64, len u64 (also through a Translator)
 //!   4 va_to_gpa:         va u64, len u64
 //! Small values are the interesting ones: each u64 field is read as a u16 when the
 //! opcode's bit 7 is set.
@@ -19,7 +20,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use vdpa::memory::{GuestMemory, MemoryRegion, RegionCache};
+use vdpa::memory::{GuestMemory, MemoryRegion, Translator};
 use vdpad_fuzz::{memfd, Cursor};
 
 /// Most operations per input, to keep one input quick.
@@ -80,10 +81,13 @@ fn check_table(mem: &GuestMemory) {
     }
 }
 
-fn check_translate(mem: &GuestMemory, cache: &mut RegionCache, gpa: u64, len: u64) {
+fn check_translate(mem: &GuestMemory, cache: &mut Translator, gpa: u64, len: u64) {
     let got = mem.translate(gpa, len);
-    let cached = mem.translate_with(cache, gpa, len);
-    assert_eq!(got, cached, "translate_with disagrees with translate");
+    let cached = cache.translate(gpa, len);
+    assert_eq!(got, cached, "the cached translation disagrees with translate");
+    if let Some(p) = got {
+        assert_eq!(cache.host_to_gpa(p), Some(gpa), "host_to_gpa is not the inverse");
+    }
     match (got, holder(mem, gpa, len)) {
         (Some(p), Some(r)) => {
             let off = (gpa - r.gpa()) as usize;
@@ -122,8 +126,8 @@ fn check_va(mem: &GuestMemory, va: u64, len: u64) {
 fuzz_target!(|data: &[u8]| {
     let mut input = Cursor::new(data);
     let file_len = u64::from(input.u16());
-    let mut mem = GuestMemory::empty();
-    let mut cache = RegionCache::default();
+    let mut mem = Arc::new(GuestMemory::empty());
+    let mut cache = Translator::new(mem.clone());
     for _ in 0..MAX_OPS {
         if input.is_empty() {
             break;
@@ -134,8 +138,8 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 if let Some(r) = map(&mut input, small, file_len) {
                     if let Ok(m) = mem.with_region(r) {
-                        mem = m;
-                        cache = RegionCache::default();
+                        mem = Arc::new(m);
+                        cache = Translator::new(mem.clone());
                     }
                 }
             }
@@ -157,8 +161,8 @@ fuzz_target!(|data: &[u8]| {
                     Ok(m) => {
                         assert!(known);
                         assert_eq!(m.regions().len() + 1, mem.regions().len());
-                        mem = m;
-                        cache = RegionCache::default();
+                        mem = Arc::new(m);
+                        cache = Translator::new(mem.clone());
                     }
                     Err(_) => assert!(!known, "an existing region could not be removed"),
                 }
@@ -168,8 +172,8 @@ fuzz_target!(|data: &[u8]| {
                     .filter_map(|_| map(&mut input, small, file_len))
                     .collect();
                 if let Ok(m) = GuestMemory::from_regions(regions) {
-                    mem = m;
-                    cache = RegionCache::default();
+                    mem = Arc::new(m);
+                    cache = Translator::new(mem.clone());
                 }
             }
             3 => {

@@ -19,16 +19,16 @@ fn memfd(len: u64) -> File {
 fn anonymous_regions_translate_within_bounds() {
     let a = MemoryRegion::anonymous(0x10000, 0x2000, 0x7f00_0000).unwrap();
     let b = MemoryRegion::anonymous(0x20000, 0x1000, 0x7e00_0000).unwrap();
-    let mem = GuestMemory::from_regions(vec![b, a]).unwrap();
+    let mem = Arc::new(GuestMemory::from_regions(vec![b, a]).unwrap());
     assert_eq!(mem.regions()[0].gpa(), 0x10000);
-    let mut cache = RegionCache::default();
+    let mut cache = Translator::new(mem.clone());
     for (gpa, len) in [
         (0x10000, 0x2000),
         (0x11ff8, 8),
         (0x20000, 0x1000),
         (0x20ff0, 16),
     ] {
-        let p = mem.translate_with(&mut cache, gpa, len).unwrap();
+        let p = cache.translate(gpa, len).unwrap();
         assert_eq!(Some(p), mem.translate(gpa, len));
         // SAFETY: translate guaranteed `len` bytes at p, inside a live mapping.
         let bytes = unsafe { std::slice::from_raw_parts_mut(p, len as usize) };
@@ -43,7 +43,7 @@ fn anonymous_regions_translate_within_bounds() {
         (u64::MAX, 2),
     ] {
         assert!(mem.translate(gpa, len).is_none(), "{gpa:#x}+{len:#x}");
-        assert!(mem.translate_with(&mut cache, gpa, len).is_none());
+        assert!(cache.translate(gpa, len).is_none());
     }
     assert_eq!(mem.va_to_gpa(0x7e00_0ff0, 16), Some(0x20ff0));
     assert_eq!(mem.va_to_gpa(0x7e00_0ff0, 17), None);
@@ -105,13 +105,10 @@ fn an_empty_range_at_a_region_boundary_translates_the_same_with_a_cache() {
     // the end of the first; the cache holds the second.
     let low = MemoryRegion::anonymous(0x1000, 0x1000, 0x10_0000).unwrap();
     let high = MemoryRegion::anonymous(0x2000, 0x1000, 0x20_0000).unwrap();
-    let mem = GuestMemory::from_regions(vec![low, high]).unwrap();
-    let mut cache = RegionCache::default();
-    assert!(mem.translate_with(&mut cache, 0x2800, 8).is_some());
-    assert_eq!(
-        mem.translate(0x2000, 0),
-        mem.translate_with(&mut cache, 0x2000, 0)
-    );
+    let mem = Arc::new(GuestMemory::from_regions(vec![low, high]).unwrap());
+    let mut cache = Translator::new(mem.clone());
+    assert!(cache.translate(0x2800, 8).is_some());
+    assert_eq!(mem.translate(0x2000, 0), cache.translate(0x2000, 0));
     assert_eq!(mem.translate(0x2000, 0), mem.translate(0x2000, 1));
     assert!(mem.translate(0x3000, 0).is_none(), "past the last region");
 }
