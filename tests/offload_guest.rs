@@ -473,6 +473,20 @@ fn a_migration_moves_an_offloaded_device_to_software_and_back() {
     let relay = status.relay.expect("the relay is still reported");
     assert_eq!((relay.relays, relay.since), (1, None), "{relay:?}");
     assert!(!relay.completed.is_zero(), "{relay:?}");
+
+    // As QEMU does it: logging starts and stops while frames flow on one connection.
+    // The rings move from the NIC to the software relay and back where they are.
+    let mut rig = Rig::connect(RigOptions::new(&cfg.socket)).expect("rig connects");
+    let mut opts = VerifyOptions::new(6000, 512);
+    opts.migrate = Some((1000, 4000));
+    let report = run_verify(&mut rig, &opts).expect("verify ran");
+    let serving = handle.datapath_description();
+    let relay = handle.status().relay.expect("the relay is reported");
+    rig.disconnect();
+    assert!(report.passed(), "{}", report.summary());
+    assert!(report.logged.is_some(), "{}", report.summary());
+    assert!(serving.starts_with("offload"), "{serving}");
+    assert_eq!((relay.relays, relay.since), (2, None), "{relay:?}");
     assert_eq!(nic.dma_faults(), 0);
     shutdown.raise();
     server.join();

@@ -16,7 +16,17 @@
 //!    the rig's call eventfd; the rig checks every byte, the order and the count;
 //! 3. `vdpa-rig listen` receives frames this test **injects** on the host tap (known
 //!    bytes, ethertype 0x88b6) and prints them; the test compares them byte for byte;
-//! 4. vdpad restarts with `mode = "auto"` on all three NICs (the Intel ones left on
+//! 4. vdpad restarts with the software fallback allowed (`fallback = true`, a
+//!    loopback backend: the function bound to vfio-pci has no netdev), which
+//!    offloaded devices need to migrate, and the rig plays a **live migration** while
+//!    frames flow: after 2000 frames it shares a dirty log and acks LOG_ALL as QEMU
+//!    does, and the rings move from the NIC to vdpad's software relay where they are;
+//!    after 7000 it stops logging (a cancelled migration). This NIC cannot start a
+//!    queue anywhere but at 0, so the relay serves on until the device is reset; the
+//!    next connection is offloaded again. Both verifies must show every frame back,
+//!    0 lost, 0 corrupt, and vdpad's log both switches and the queues programmed on
+//!    the NIC twice;
+//! 5. vdpad restarts with `mode = "auto"` on all three NICs (the Intel ones left on
 //!    their kernel drivers): the e1000e and igb must be classified **software**
 //!    (af_packet on their netdev) with the reason, the virtio function **offload**;
 //!    a short rig verify runs through each of them, reflected on their taps.
@@ -46,6 +56,10 @@ use support::tmp::TempDir;
 
 /// Frames the offload verify sends (sizes vary over the whole Ethernet range).
 const OFFLOAD_PACKETS: u64 = 10_000;
+/// Frames of the verify during which the rig plays a migration.
+const MIGRATE_PACKETS: u64 = 10_000;
+/// Dirty logging from/to (frames sent) during that verify.
+const MIGRATE_WINDOW: (u64, u64) = (2_000, 7_000);
 /// Frames each software (auto-mode) verify sends.
 const SOFTWARE_PACKETS: u64 = 300;
 /// Frames the test injects on the host tap for `vdpa-rig listen`.
@@ -143,6 +157,20 @@ kill -USR1 $VP; sleep 1
 kill -TERM $VP; wait $VP
 echo "VDPAD-HW-OFFLOAD-EXIT rc=$?"
 
+# ---- 1b. a live migration while frames flow: NIC -> software relay -> NIC
+sed -e 's/^fallback = false/fallback = true\nbackend = "loopback"/' -e 's/^name = "hw0"/name = "hwm"/' \
+    -e 's|hw0.sock|hwm.sock|' /host/run/hw-offload.toml > /host/run/hw-migrate.toml
+chroot /host env NO_COLOR=1 $VDPAD --config /run/hw-migrate.toml > /lab/vdpad-migrate.log 2>&1 &
+VP=$!
+wait_file /host/run/vdpad-hw/hwm.sock 60 || {{ echo "VDPAD-HW-FAIL no socket"; cat /lab/vdpad-migrate.log; exit 1; }}
+chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hwm.sock verify --packets {MIGRATE_PACKETS} --size 60 --size-max 1514 --timeout 100 --migrate {mfrom}:{mto} > /lab/rig-migrate.log 2>&1
+echo "VDPAD-HW-MIGRATE-VERIFY rc=$? $(head -n 1 /lab/rig-migrate.log)"
+chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hwm.sock verify --packets {SOFTWARE_PACKETS} --size 60 --size-max 1514 --timeout 100 > /lab/rig-migrate-after.log 2>&1
+echo "VDPAD-HW-MIGRATE-AFTER rc=$? $(head -n 1 /lab/rig-migrate-after.log)"
+kill -USR1 $VP; sleep 1
+kill -TERM $VP; wait $VP
+echo "VDPAD-HW-MIGRATE-EXIT rc=$?"
+
 # ---- 2. auto mode on every NIC; Intel NICs stay on their kernel drivers
 cat > /host/run/hw-auto.toml <<EOF
 [daemon]
@@ -181,6 +209,8 @@ echo "VDPAD-HW-DONE"
 "#,
         vdpad = vdpad.display(),
         rig = rig.display(),
+        mfrom = MIGRATE_WINDOW.0,
+        mto = MIGRATE_WINDOW.1,
     )
 }
 
@@ -330,6 +360,37 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         ctx(&guest)
     );
 
+    // 1b. A migration while frames flow through the NIC.
+    let migrated = guest.wait_for("VDPAD-HW-MIGRATE-VERIFY ", STEP_TIMEOUT);
+    note(t0, &format!("guest: {migrated}"));
+    let migrate_ctx = |g: &Guest| {
+        format!(
+            "{}{}",
+            g.tail(),
+            support::log_tail(&g.share().join("vdpad-migrate.log"), 60)
+        )
+    };
+    assert_verify(
+        &migrated,
+        MIGRATE_PACKETS,
+        "migration",
+        &migrate_ctx(&guest),
+    );
+    assert!(
+        migrated.contains("dirty-logged from frame"),
+        "the rig did not play the migration: {migrated}"
+    );
+    let after = guest.wait_for("VDPAD-HW-MIGRATE-AFTER ", STEP_TIMEOUT);
+    note(t0, &format!("guest: {after}"));
+    assert_verify(
+        &after,
+        SOFTWARE_PACKETS,
+        "after the migration",
+        &migrate_ctx(&guest),
+    );
+    let exit = guest.wait_for("VDPAD-HW-MIGRATE-EXIT", STEP_TIMEOUT);
+    assert!(exit.contains("rc=0"), "{exit}{}", migrate_ctx(&guest));
+
     // 3. Auto mode: software on the Intel NICs, offload on the virtio function.
     guest.wait_for("VDPAD-HW-AUTO-UP", STEP_TIMEOUT);
     let mut auto_lines = Vec::new();
@@ -348,6 +409,7 @@ fn offload_through_real_vfio_in_a_nested_guest() {
 
     // The logs, for the record (the issue's closing note quotes them).
     let offload_log = share_file(&guest, "vdpad-offload.log");
+    let migrate_log = share_file(&guest, "vdpad-migrate.log");
     let auto_log = share_file(&guest, "vdpad-auto.log");
     let key = [
         "datapath chosen",
@@ -362,6 +424,11 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         "offload: function reset",
         "offload: reset",
         "queue stats",
+        "a live migration logs",
+        "the migration ended",
+        "falling back",
+        "queue pair started",
+        "queue pair stopped",
     ];
     eprintln!("\n===== vdpad (offload, real VFIO) =====");
     for l in lines_with(&offload_log, &key) {
@@ -370,6 +437,14 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     eprintln!(
         "===== vdpa-rig =====\n{}",
         share_file(&guest, "rig-offload.log").trim_end()
+    );
+    eprintln!("===== vdpad (a migration through the NIC) =====");
+    for l in lines_with(&migrate_log, &key) {
+        eprintln!("{l}");
+    }
+    eprintln!(
+        "===== vdpa-rig =====\n{}",
+        share_file(&guest, "rig-migrate.log").trim_end()
     );
     eprintln!("===== vdpad (auto) =====");
     for l in lines_with(&auto_log, &key) {
@@ -396,6 +471,25 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     assert!(
         !offload_log.contains("falling back"),
         "offload fell back:\n{offload_log}"
+    );
+    // The migration: to the software relay, which serves until the next session (this
+    // NIC cannot resume rings mid-way), then the NIC again; never a fallback for good.
+    need(&migrate_log, "a live migration logs dirty pages", 1);
+    need(
+        &migrate_log,
+        "the software relay serves until the driver resets the device",
+        1,
+    );
+    need(
+        &migrate_log,
+        "datapath=software/loopback (after a migration",
+        1,
+    );
+    need(&migrate_log, "offload: queue enabled device=hwm ring=0", 2);
+    need(&migrate_log, "offload: queue enabled device=hwm ring=1", 2);
+    assert!(
+        !migrate_log.contains("falling back"),
+        "the migration made the device fall back:\n{migrate_log}"
     );
     // Kicks relayed to the NIC's doorbells on the TX ring (ring 1).
     let tx_kicks = offload_log

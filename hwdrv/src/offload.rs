@@ -593,6 +593,10 @@ impl Datapath for OffloadDatapath {
         format!("offload/{}", self.pci.describe())
     }
 
+    fn resumes_anywhere(&self) -> bool {
+        self.caps.ring_state
+    }
+
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
         self.check_pair(&qp)?;
         if self.running.is_empty() {

@@ -394,3 +394,26 @@ fn coalescing_workers_sleep_with_a_tight_timer_slack() {
     let slack = std::fs::read_to_string(format!("/proc/{tid}/timerslack_ns")).unwrap();
     assert_eq!(slack.trim(), "1");
 }
+
+#[test]
+fn a_migration_starting_and_stopping_under_traffic_loses_nothing() {
+    // As QEMU migrates: logging is switched on and off while frames flow (SET_LOG_BASE,
+    // SET_FEATURES with LOG_ALL and SET_VRING_ADDR with the log flag, then back); the
+    // software datapath restarts its pair where the rings are each time.
+    let d = served(1, 256);
+    let mut rig = Rig::connect(d.options()).expect("rig setup");
+    let mut o = vdpa_rig::VerifyOptions::new(20_000, 256);
+    o.migrate = Some((2_000, 12_000));
+    let report = vdpa_rig::run_verify(&mut rig, &o).expect("verify ran");
+    println!("{}", report.summary());
+    let status = d.handle.status();
+    rig.disconnect();
+    assert!(report.passed(), "{}", report.failure_details());
+    let (from, to) = report.logged.expect("logging started and stopped");
+    assert!(from >= 2_000 && to >= 12_000 && to > from, "{from}..{to}");
+    assert!(!status.logging, "logging is off after the migration");
+    let log = status
+        .dirty_log
+        .expect("the log stays mapped until it is replaced");
+    assert!(log.pages_marked > 0 && log.outside_log == 0, "{log:?}");
+}

@@ -234,6 +234,13 @@ pub trait Datapath: Send {
         0
     }
 
+    /// Whether a queue pair can start at any ring position, not only at 0. Software
+    /// datapaths can; a NIC only with a way to load its rings' state (vdpad's ring-state
+    /// registers on the simulated NIC; no standard virtio-pci function has one).
+    fn resumes_anywhere(&self) -> bool {
+        true
+    }
+
     /// Whether this datapath marks what it writes into guest memory in a
     /// [`QueuePairConfig::log`] (live migration). Only then does a vhost-user device
     /// offer VHOST_F_LOG_ALL. False by default.

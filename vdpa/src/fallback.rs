@@ -5,7 +5,9 @@
 //! With [`FallbackDatapath::relays_migrations`] it also hands the device to the second
 //! datapath while a live migration logs dirty pages and the first cannot (an offload
 //! NIC writes guest memory behind the daemon's back), and takes it back when the
-//! pairs start without a log again (a migration that was cancelled or failed).
+//! pairs start without a log again (a migration that was cancelled or failed) — at
+//! once if the first can resume rings where they are, otherwise at the next reset of
+//! the device (a NIC that starts every queue at 0).
 //!
 //! The device core sees one datapath throughout; moving between datapaths is this
 //! wrapper's business, not the control plane's.
@@ -32,6 +34,9 @@ enum Serving {
     First,
     /// The second, while a migration logs (the first is parked, reset, in `other`).
     Relay,
+    /// The second, after a migration, until the device is reset: the first cannot
+    /// resume the rings where they are (parked in `other`).
+    RelayUntilReset,
     /// The second, for good: the first failed.
     FellBack,
 }
@@ -148,6 +153,19 @@ impl FallbackDatapath {
         self.resume(moving)
     }
 
+    /// The migration ended: the first datapath takes the pairs back if it can resume
+    /// them where they are; otherwise the relay keeps serving until the next reset.
+    fn end_relay(&mut self) -> Result<(), StartFailure> {
+        if self.other.as_ref().is_none_or(|d| d.resumes_anywhere()) {
+            return self.switch_back();
+        }
+        self.serving = Serving::RelayUntilReset;
+        info!(to = %self.active.describe(),
+              "the migration ended; the first datapath cannot resume the rings where they are, \
+               so the software relay serves until the driver resets the device");
+        Ok(())
+    }
+
     /// Gives the device back to the parked first datapath after a migration (the
     /// fallback is parked in turn, for the next one). If the first cannot take the
     /// pairs, the fallback takes them back for good.
@@ -195,6 +213,13 @@ impl FallbackDatapath {
     fn has_fallback(&self) -> bool {
         self.serving == Serving::First && (self.other.is_some() || self.make.is_some())
     }
+
+    /// What the parked datapath is, for descriptions.
+    fn parked(&self) -> String {
+        self.other
+            .as_ref()
+            .map_or_else(String::new, |d| d.describe())
+    }
 }
 
 /// Where each of `qps` resumes.
@@ -214,9 +239,12 @@ impl Datapath for FallbackDatapath {
             Serving::Relay => format!(
                 "{} (while a migration logs; {} parked)",
                 self.active.describe(),
-                self.other
-                    .as_ref()
-                    .map_or_else(String::new, |d| d.describe())
+                self.parked()
+            ),
+            Serving::RelayUntilReset => format!(
+                "{} (after a migration, until the device is reset; {} parked)",
+                self.active.describe(),
+                self.parked()
             ),
             _ => self.active.describe(),
         }
@@ -247,7 +275,7 @@ impl Datapath for FallbackDatapath {
                 Serving::Relay,
             )?;
         } else if !logging && self.serving == Serving::Relay {
-            self.switch_back()?;
+            self.end_relay()?;
         }
         match self.active.start(qp.clone()) {
             Ok(()) => {
@@ -317,7 +345,7 @@ impl Datapath for FallbackDatapath {
     fn reset(&mut self) {
         self.running.clear();
         self.active.reset();
-        if self.serving == Serving::Relay {
+        if matches!(self.serving, Serving::Relay | Serving::RelayUntilReset) {
             if let Some(first) = self.other.take() {
                 let relay = std::mem::replace(&mut self.active, first);
                 self.other = Some(relay);

@@ -287,6 +287,67 @@ fn a_migration_is_relayed_by_the_fallback_and_the_first_datapath_resumes_after()
     );
 }
 
+/// The same migration, cancelled, with a first datapath that can only start rings at
+/// 0 (a NIC without ring-state registers): the relay keeps serving, logging off,
+/// until the device is reset; the next session starts on the first datapath again.
+#[test]
+fn a_first_datapath_that_cannot_resume_gets_the_device_back_at_the_next_reset() {
+    let primary = Recorder {
+        zero_only: true,
+        ..Default::default()
+    };
+    let second = Recorder {
+        logs: true,
+        ..Default::default()
+    };
+    let s2 = second.clone();
+    let wrapper = FallbackDatapath::new(
+        Box::new(primary.clone()),
+        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
+        0,
+    )
+    .relays_migrations();
+    let (mut f, handle) = two_pairs_ready(wrapper, [0, 0, 0, 0]);
+    let log = DirtyLog::map(DirectFrontend::memfd(4096), 4096, 0, f.dev.memory()).unwrap();
+    f.dev.set_log(log);
+    let features = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
+    f.dev.set_features(features | VHOST_F_LOG_ALL).unwrap();
+    f.dev.reconcile();
+    assert_eq!(second.events(), vec![start(0, 5, 5), start(1, 5, 5)]);
+
+    f.dev.set_features(features).unwrap();
+    f.dev.reconcile();
+    assert_eq!(
+        primary.starts(),
+        2,
+        "the first datapath cannot take rings at 10"
+    );
+    assert!(
+        second.events().contains(&start(0, 10, 10)),
+        "{:?}",
+        second.events()
+    );
+    let described = handle.datapath_description();
+    assert!(
+        described.contains("until the device is reset"),
+        "{described}"
+    );
+    assert!(!handle.status().logging);
+    assert_eq!(handle.status().fallback_reason, None, "not a fallback");
+
+    // The driver resets the device (here: the frontend reconnects).
+    f.dev.disconnected();
+    f.dev.set_features(features).unwrap();
+    f.dev.set_memory(DirectFrontend::memory());
+    for ring in 0..4 {
+        f.ring_ready(ring, 0);
+    }
+    assert_eq!(primary.starts(), 4, "{:?}", primary.events());
+    assert_eq!(handle.datapath_description(), "recorder");
+    let relay = handle.status().relay.expect("reported");
+    assert_eq!((relay.relays, relay.since), (1, None), "{relay:?}");
+}
+
 /// A frontend that kept its rings across a reconnect but sends base 0 (DPDK
 /// virtio-user as the socket's server): the ring resumes at the used index in guest
 /// memory. A frontend that names a position (QEMU) is taken at its word.

@@ -10,6 +10,7 @@
 //! * [`verify`](mod@verify), [`bench`](mod@bench), [`latency`](mod@latency),
 //!   [`listen`](mod@listen): the workloads of the CLI.
 //! * [`hostile`]: broken descriptor chains for robustness tests.
+//! * [`migration`]: playing a migrating QEMU (a dirty log, LOG_ALL on and off).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -32,6 +33,7 @@ pub mod kick_call;
 pub mod latency;
 pub mod listen;
 pub mod memory;
+pub mod migration;
 pub mod options;
 pub mod rig;
 pub mod rxq;

@@ -200,6 +200,10 @@ impl Rig {
     pub fn options(&self) -> &RigOptions {
         &self.opts
     }
+    pub(crate) fn set_acked_features(&mut self, features: u64) {
+        self.neg.acked_features = features;
+    }
+
     /// What was negotiated.
     pub fn negotiated(&self) -> &Negotiation {
         &self.neg

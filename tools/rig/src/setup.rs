@@ -9,22 +9,21 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use serde::Serialize;
-use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserVringAddrFlags};
+use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
-use vhost::{VhostBackend, VhostUserDirtyLogRegion, VringConfigData};
+use vhost::VhostBackend;
 
 use crate::connection::{accept_one, connect_with_retry, FrontendConnection};
 use crate::driver_ring::{DriverRing, RingLayout};
 use crate::error::RigError;
 use crate::kick_call::KickCall;
 use crate::memory::{MemoryLayout, RigMemory};
+use crate::migration::{set_vring_addr, share_dirty_log};
 use crate::options::RigOptions;
 use crate::rig::{Negotiation, PairAreas, PreparedRing, Rig, RigParts, Scratch, Transport};
-use vdpa::dirty_log::log_bytes_for;
 use vdpa::features::feature_names;
 use vdpa::virtio::features::{
     VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
@@ -334,7 +333,8 @@ impl RigSetup {
                             describe_features(offered)
                         )));
                     }
-                    self.share_dirty_log().map_err(req)?;
+                    let mem = self.mem.clone();
+                    share_dirty_log(self.conn()?.frontend(), &mem).map_err(req)?;
                     ack |= VHOST_F_LOG_ALL;
                 }
                 self.conn()?.frontend().set_features(ack).map_err(req)?;
@@ -382,22 +382,9 @@ impl RigSetup {
             }
             SetupStep::VringAddr(r) => {
                 let layout = *self.ring_at(r)?.ring.layout();
-                let va = |gpa| self.mem.user_addr(gpa);
                 // A migrating QEMU asks for the used ring to be logged at its GPA.
-                let log = self.opts.dirty_log;
-                let cfg = VringConfigData {
-                    queue_max_size: layout.size,
-                    queue_size: layout.size,
-                    flags: VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits() * u32::from(log),
-                    desc_table_addr: va(layout.desc)?,
-                    used_ring_addr: va(layout.used)?,
-                    avail_ring_addr: va(layout.avail)?,
-                    log_addr: log.then_some(layout.used),
-                };
-                self.conn()?
-                    .frontend()
-                    .set_vring_addr(r, &cfg)
-                    .map_err(req)?;
+                let (log, mem) = (self.opts.dirty_log, self.mem.clone());
+                set_vring_addr(self.conn()?.frontend(), &mem, r, &layout, log)?;
             }
             SetupStep::VringKick(r) => {
                 let conn = self.conn.as_mut().ok_or_else(not_connected)?;
@@ -423,37 +410,6 @@ impl RigSetup {
         Ok(())
     }
 
-    /// Shares a dirty log covering all of guest memory, as QEMU does when a migration
-    /// starts: a memfd with one bit per 4 KiB page, sent with SET_LOG_BASE (the backend
-    /// answers it). The rig does not read it; the backend keeps its own mapping.
-    fn share_dirty_log(&mut self) -> Result<(), vhost::Error> {
-        let end = self
-            .mem
-            .region_infos()
-            .iter()
-            .map(|r| r.guest_phys_addr + r.memory_size)
-            .max()
-            .unwrap_or(0);
-        let size = log_bytes_for(end).next_multiple_of(8);
-        // SAFETY: memfd_create takes a NUL-terminated name, which the literal is.
-        let fd = unsafe { libc::memfd_create(c"vdpa-rig-log".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(vhost::Error::IOError(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        file.set_len(size).map_err(vhost::Error::IOError)?;
-        let region = VhostUserDirtyLogRegion {
-            mmap_size: size,
-            mmap_offset: 0,
-            mmap_handle: file.as_raw_fd(),
-        };
-        let conn = self
-            .conn()
-            .map_err(|e| vhost::Error::IOError(std::io::Error::other(e.to_string())))?;
-        conn.frontend().set_log_base(0, Some(region))
-    }
-
     fn ring_at(&self, r: usize) -> Result<&PreparedRing, RigError> {
         self.rings.get(r).ok_or_else(|| bad_ring(r))
     }
@@ -475,15 +431,14 @@ impl RigSetup {
         if want_slots {
             ack |= offered & VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
         }
-        if want_log {
-            if !offered.contains(VhostUserProtocolFeatures::LOG_SHMFD) {
-                return Err(RigError::Unsupported(format!(
-                    "a dirty log: protocol feature LOG_SHMFD not offered ({:#x})",
-                    offered.bits()
-                )));
-            }
-            ack |= VhostUserProtocolFeatures::LOG_SHMFD;
+        if want_log && !offered.contains(VhostUserProtocolFeatures::LOG_SHMFD) {
+            return Err(RigError::Unsupported(format!(
+                "a dirty log: protocol feature LOG_SHMFD not offered ({:#x})",
+                offered.bits()
+            )));
         }
+        // As QEMU: LOG_SHMFD whenever offered, so that a migration can start later on.
+        ack |= offered & VhostUserProtocolFeatures::LOG_SHMFD;
         if pairs > 1 && !ack.contains(VhostUserProtocolFeatures::MQ) {
             return Err(RigError::Unsupported(format!(
                 "{pairs} queue pairs: protocol feature MQ not offered ({:#x})",

@@ -29,6 +29,10 @@ pub struct VerifyOptions {
     pub stall_timeout: Duration,
     /// Busy-poll instead of sleeping on call eventfds.
     pub poll: bool,
+    /// Play a live migration during the run: start dirty logging once this many frames
+    /// were sent, stop it once the second number were (QEMU's messages, while the rings
+    /// run: see [`crate::migration`]).
+    pub migrate: Option<(u64, u64)>,
 }
 
 impl VerifyOptions {
@@ -41,6 +45,7 @@ impl VerifyOptions {
             timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(3),
             poll: false,
+            migrate: None,
         }
     }
 }
@@ -105,6 +110,9 @@ pub struct VerifyReport {
     pub max_buffers: u16,
     /// Why the run ended early, if it did.
     pub aborted: Option<String>,
+    /// With [`VerifyOptions::migrate`]: the frames sent when logging started and when
+    /// it stopped.
+    pub logged: Option<(u64, u64)>,
     /// A few descriptions of corrupt frames.
     pub corrupt_examples: Vec<String>,
     /// Per-pair results.
@@ -152,6 +160,9 @@ impl VerifyReport {
             self.tx_kicks + self.rx_kicks,
             self.interrupts
         );
+        if let Some((from, to)) = self.logged {
+            s += &format!(" dirty-logged from frame {from} to {to}");
+        }
         if self.bad_len + self.bad_num_buffers + self.bad_hdr > 0 {
             s += &format!(
                 " bad_len {} bad_num_buffers {} bad_hdr {}",
@@ -322,7 +333,10 @@ pub fn run_verify(rig: &mut Rig, o: &VerifyOptions) -> Result<VerifyReport, RigE
     let start = Instant::now();
     let mut last_progress = start;
     let mut aborted = None;
+    let mut migration = Migration::new(o.migrate);
     loop {
+        let sent: u64 = trackers.iter().map(|t| t.next_seq).sum();
+        migration.step(rig, sent)?;
         let mut progress = false;
         for (p, t) in rig.pairs_mut().iter_mut().zip(trackers.iter_mut()) {
             progress |= p.tx.reap()? > 0;
@@ -382,6 +396,7 @@ pub fn run_verify(rig: &mut Rig, o: &VerifyOptions) -> Result<VerifyReport, RigE
         max_buffers: checker.max_buffers,
         aborted,
         corrupt_examples: checker.examples,
+        logged: migration.logged(),
         ..Default::default()
     };
     for mut t in trackers {
@@ -399,4 +414,41 @@ pub fn run_verify(rig: &mut Rig, o: &VerifyOptions) -> Result<VerifyReport, RigE
         r.pairs.push(t.stats);
     }
     Ok(r)
+}
+
+/// Where a verify run is in the migration it plays.
+struct Migration {
+    window: Option<(u64, u64)>,
+    started: Option<u64>,
+    stopped: Option<u64>,
+}
+
+impl Migration {
+    fn new(window: Option<(u64, u64)>) -> Self {
+        Migration {
+            window,
+            started: None,
+            stopped: None,
+        }
+    }
+
+    /// Starts or stops logging when `sent` frames crossed the window's ends.
+    fn step(&mut self, rig: &mut Rig, sent: u64) -> Result<(), RigError> {
+        let Some((from, to)) = self.window else {
+            return Ok(());
+        };
+        if self.started.is_none() && sent >= from {
+            rig.start_dirty_log()?;
+            self.started = Some(sent);
+        }
+        if self.started.is_some() && self.stopped.is_none() && sent >= to {
+            rig.stop_dirty_log()?;
+            self.stopped = Some(sent);
+        }
+        Ok(())
+    }
+
+    fn logged(&self) -> Option<(u64, u64)> {
+        Some((self.started?, self.stopped?))
+    }
 }

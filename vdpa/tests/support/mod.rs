@@ -33,6 +33,8 @@ pub struct Recorder {
     pub refuse: Vec<u16>,
     /// Whether it marks dirty pages (offered as `supports_dirty_log`).
     pub logs: bool,
+    /// Whether it can only start rings at position 0 (a NIC without ring state).
+    pub zero_only: bool,
     /// Panics in the next `start` (once), as a datapath with a bug would.
     pub panic_next_start: Arc<std::sync::atomic::AtomicBool>,
     pub events: Arc<Mutex<Vec<Event>>>,
@@ -58,12 +60,22 @@ impl Datapath for Recorder {
     fn supports_dirty_log(&self) -> bool {
         self.logs
     }
+    fn resumes_anywhere(&self) -> bool {
+        !self.zero_only
+    }
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {
         if self
             .panic_next_start
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             panic!("the recorder panics starting pair {}", qp.pair);
+        }
+        if self.zero_only && (qp.rx.base, qp.tx.base) != (0, 0) {
+            return Err(DatapathError::Pair {
+                pair: qp.pair,
+                why: "this datapath starts rings at 0 only".into(),
+            }
+            .into());
         }
         if self.refuse.contains(&qp.pair) {
             return Err(DatapathError::Pair {

@@ -95,6 +95,11 @@ enum Cmd {
         /// Busy-poll instead of sleeping on call eventfds.
         #[arg(long)]
         poll: bool,
+        /// Play a live migration while frames flow: start dirty logging (SET_LOG_BASE,
+        /// SET_FEATURES with LOG_ALL, SET_VRING_ADDR with the log flag) after FROM
+        /// frames were sent and stop it after TO, written FROM:TO.
+        #[arg(long, value_name = "FROM:TO")]
+        migrate: Option<String>,
     },
     /// Saturate the device and report rates, packets per kick and per interrupt.
     Bench {
@@ -241,10 +246,15 @@ fn main() -> ExitCode {
             size_max,
             timeout,
             poll,
+            migrate,
         } => {
             let mut o = VerifyOptions::new(packets, size);
             o.size_max = size_max.unwrap_or(size);
             o.poll = poll;
+            o.migrate = match migrate.as_deref().map(parse_window).transpose() {
+                Ok(w) => w,
+                Err(m) => return usage(m),
+            };
             o.timeout = match secs(timeout, "timeout") {
                 Ok(d) => d,
                 Err(m) => return usage(m),
@@ -386,5 +396,20 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// `FROM:TO` frame counts of `--migrate`, FROM below TO.
+fn parse_window(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--migrate wants FROM:TO frame counts with FROM < TO, not {s:?}");
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let (a, b) = (
+        a.trim().parse::<u64>().map_err(|_| bad())?,
+        b.trim().parse::<u64>().map_err(|_| bad())?,
+    );
+    if a < b {
+        Ok((a, b))
+    } else {
+        Err(bad())
     }
 }
