@@ -125,6 +125,8 @@ pub struct Daemon {
     cpu: Option<usize>,
     /// Network namespace the daemon runs in (`ip netns exec`), if any.
     netns: Option<String>,
+    /// Added to the daemon's environment.
+    env: Vec<(String, String)>,
     proc: Option<Proc>,
     starts: u32,
 }
@@ -162,6 +164,19 @@ impl Daemon {
         cpu: Option<usize>,
         netns: Option<&str>,
     ) -> Daemon {
+        Daemon::start_custom_env(dir, toml, sockets, cpu, netns, &[])
+    }
+
+    /// [`Daemon::start_custom`] with `env` added to the daemon's environment (for
+    /// every start).
+    pub fn start_custom_env(
+        dir: &Path,
+        toml: &str,
+        sockets: Vec<(PathBuf, bool)>,
+        cpu: Option<usize>,
+        netns: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let config = dir.join("vdpad.toml");
         std::fs::write(&config, toml).expect("write vdpad.toml");
         let mut daemon = Daemon {
@@ -173,6 +188,10 @@ impl Daemon {
             sockets: sockets.into_iter().map(|s| s.0).collect(),
             cpu,
             netns: netns.map(str::to_string),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             proc: None,
             starts: 0,
         };
@@ -251,6 +270,9 @@ impl Daemon {
         spawn.append_log = self.starts > 1;
         // Plain text in the log file (tracing-subscriber honours NO_COLOR).
         spawn = spawn.env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            spawn = spawn.env(k, v);
+        }
         if let Ok(filter) = std::env::var("VDPAD_TEST_LOG") {
             spawn = spawn.env("RUST_LOG", &filter);
         }

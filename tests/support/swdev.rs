@@ -156,10 +156,20 @@ pub fn config_toml(dir: &Path, log_level: &str, devices: &[SwDevice]) -> String 
 /// Starts `vdpad` for `devices` in `dir`, pinned to CPU 0, inside network namespace
 /// `netns` (if given), with `$VDPAD_TEST_LOG` or `info` as its log filter.
 pub fn start_daemon(dir: &Path, netns: Option<&str>, devices: &[SwDevice]) -> Daemon {
+    start_daemon_env(dir, netns, devices, &[])
+}
+
+/// [`start_daemon`] with `env` added to the daemon's environment.
+pub fn start_daemon_env(
+    dir: &Path,
+    netns: Option<&str>,
+    devices: &[SwDevice],
+    env: &[(&str, &str)],
+) -> Daemon {
     let level = std::env::var("VDPAD_TEST_LOG").unwrap_or_else(|_| "info".to_string());
     let toml = config_toml(dir, &level, devices);
     let sockets = devices.iter().map(|d| (d.socket(dir), d.client)).collect();
-    Daemon::start_custom(dir, &toml, sockets, Some(0), netns)
+    Daemon::start_custom_env(dir, &toml, sockets, Some(0), netns, env)
 }
 
 /// The counters of one ring, as the daemon's `queue stats` log line gives them.

@@ -8,6 +8,8 @@ pub struct PingSummary {
     pub transmitted: u64,
     /// Replies received.
     pub received: u64,
+    /// Replies received more than once (`+K duplicates` / `K duplicates`).
+    pub duplicates: u64,
     /// Round-trip minimum, average and maximum in milliseconds (absent when nothing
     /// came back).
     pub rtt_ms: Option<(f64, f64, f64)>,
@@ -47,6 +49,17 @@ pub fn parse_ping(output: &str) -> Option<PingSummary> {
         .filter_map(|part| part.split_whitespace().next()?.parse::<u64>().ok());
     let transmitted = numbers.next()?;
     let received = numbers.next()?;
+    let duplicates = counts
+        .split(',')
+        .find(|part| part.contains("duplicates"))
+        .and_then(|part| {
+            part.split_whitespace()
+                .next()?
+                .trim_start_matches('+')
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
     let rtt_ms = output
         .lines()
         .find(|l| l.contains("min/avg/max"))
@@ -63,6 +76,7 @@ pub fn parse_ping(output: &str) -> Option<PingSummary> {
     Some(PingSummary {
         transmitted,
         received,
+        duplicates,
         rtt_ms,
     })
 }
@@ -139,6 +153,10 @@ mod tests {
         let p = parse_ping(ip).unwrap();
         assert_eq!((p.transmitted, p.received, p.loss_percent()), (10, 10, 0.0));
         assert_eq!(p.rtt_ms, Some((0.030, 0.041, 0.051)));
+        let dup = "500 packets transmitted, 498 received, +3 duplicates, 0.4% packet loss\n";
+        assert_eq!(parse_ping(dup).unwrap().duplicates, 3);
+        let bb_dup = "9 packets transmitted, 9 packets received, 2 duplicates, 0% packet loss\n";
+        assert_eq!(parse_ping(bb_dup).unwrap().duplicates, 2);
         let none = "3 packets transmitted, 0 packets received, 100% packet loss\n";
         assert_eq!(parse_ping(none).unwrap().rtt_ms, None);
         assert!(parse_ping("ping: bad address").is_none());

@@ -24,6 +24,27 @@ use crate::memory::{GuestMemory, MemoryError, MemoryRegion};
 /// Bytes of guest memory one bit of the log stands for (`VHOST_LOG_PAGE`).
 pub const LOG_PAGE: u64 = 0x1000;
 
+/// Environment variable of the migration tests' control run: when it is `1`, the
+/// daemon accepts a dirty log and VHOST_F_LOG_ALL as usual but marks nothing, so that a
+/// migration copies stale guest pages. Never set it outside that test.
+pub const TEST_UNMARKED_ENV: &str = "VDPAD_TEST_UNMARKED_MIGRATION";
+
+/// Whether [`TEST_UNMARKED_ENV`] disables marking in this process (read once; says so
+/// in the log, loudly, the first time it does).
+pub fn marking_disabled_for_a_test() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| {
+        let off = std::env::var(TEST_UNMARKED_ENV).is_ok_and(|v| v == "1");
+        if off {
+            tracing::error!(
+                "{TEST_UNMARKED_ENV}=1: dirty pages are NOT marked; a migrating guest will be \
+                 corrupted (a test's control run only)"
+            );
+        }
+        off
+    })
+}
+
 /// Log bytes the frontend may map beyond what the largest possible guest needs: QEMU
 /// allocates 4 KiB more than it needs (`VHOST_LOG_BUFFER`) and rounds to 64-bit words.
 const LOG_SLACK: u64 = 64 * 1024;
