@@ -1,6 +1,8 @@
 //! A datapath with a second one behind it: [`FallbackDatapath`] serves with its first
 //! datapath until that one cannot start a queue pair, then moves every pair — where
-//! its rings are — to the second and stays there.
+//! its rings are — to the second and stays there until the device is reset (the
+//! frontend reconnects, or its driver resets the device): the first then gets another
+//! chance, and the device falls back again only if it fails again.
 //!
 //! With [`FallbackDatapath::relays_migrations`] it also hands the device to the second
 //! datapath while a live migration logs dirty pages and the first cannot (an offload
@@ -37,7 +39,7 @@ enum Serving {
     /// The second, after a migration, until the device is reset: the first cannot
     /// resume the rings where they are (parked in `other`).
     RelayUntilReset,
-    /// The second, for good: the first failed.
+    /// The second, until the device is reset: the first failed (parked in `other`).
     FellBack,
 }
 
@@ -140,13 +142,14 @@ impl FallbackDatapath {
             }
         };
         let old = std::mem::replace(&mut self.active, new);
+        self.other = Some(old);
         if to == Serving::Relay {
             self.relayed.begin(Instant::now());
             info!(%from, to = %self.active.describe(), "a live migration logs dirty pages: the fallback serves until it ends");
-            self.other = Some(old);
         } else {
             let reason = format!("{from} failed: {cause}");
-            warn!(%from, to = %self.active.describe(), %reason, "falling back to the second datapath");
+            warn!(%from, to = %self.active.describe(), %reason,
+                  "falling back to the second datapath until the device is reset");
             self.reason = Some(reason);
         }
         self.serving = to;
@@ -341,14 +344,19 @@ impl Datapath for FallbackDatapath {
         self.relay.then_some(self.relayed)
     }
 
-    /// The frontend went away or reset the device: a migration relay ends with it.
+    /// The frontend went away or reset the device: a migration relay ends with it, and
+    /// a first datapath that failed gets another chance with the next session.
     fn reset(&mut self) {
         self.running.clear();
         self.active.reset();
-        if matches!(self.serving, Serving::Relay | Serving::RelayUntilReset) {
+        if self.serving != Serving::First {
             if let Some(first) = self.other.take() {
-                let relay = std::mem::replace(&mut self.active, first);
-                self.other = Some(relay);
+                let second = std::mem::replace(&mut self.active, first);
+                self.other = Some(second);
+                if let Some(reason) = self.reason.take() {
+                    info!(to = %self.active.describe(), after = %reason,
+                          "the device was reset: the first datapath serves again");
+                }
                 self.serving = Serving::First;
             }
         }

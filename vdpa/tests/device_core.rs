@@ -208,6 +208,51 @@ fn the_fallback_wrapper_moves_running_pairs_where_they_are() {
     assert!(why.contains("refused by the test"), "{why}");
 }
 
+/// Falling back lasts until the device is reset: the next session starts on the first
+/// datapath again, which serves if it can (and falls back again if it cannot).
+#[test]
+fn a_device_that_fell_back_tries_the_first_datapath_again_after_a_reset() {
+    let primary = Recorder {
+        refuse: vec![1],
+        heal_on_reset: true,
+        ..Default::default()
+    };
+    let second = Recorder::default();
+    let s2 = second.clone();
+    let wrapper = FallbackDatapath::new(
+        Box::new(primary.clone()),
+        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
+        0,
+    );
+    let (mut f, handle) = two_pairs_ready(wrapper, [1, 2, 0, 0]);
+    assert_eq!(second.starts(), 2);
+    assert!(handle.status().fallback_reason.is_some());
+
+    f.dev.disconnected();
+    assert_eq!(second.events().last(), Some(&Event::Reset));
+    assert_eq!(
+        handle.status().fallback_reason,
+        None,
+        "cleared at the reset"
+    );
+    assert_eq!(handle.datapath_description(), "recorder");
+    f.dev
+        .set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ)
+        .unwrap();
+    f.dev.set_memory(DirectFrontend::memory());
+    for ring in 0..4 {
+        f.ring_ready(ring, 0);
+    }
+    let back: Vec<Event> = primary.events().into_iter().skip(3).collect();
+    assert!(
+        back.contains(&start(0, 0, 0)) && back.contains(&start(1, 0, 0)),
+        "{back:?}"
+    );
+    assert_eq!(second.starts(), 2, "the fallback is parked");
+    assert_eq!(handle.status().running_pairs, vec![0, 1]);
+    assert_eq!(handle.status().fallback_reason, None);
+}
+
 #[test]
 fn a_fallback_that_cannot_be_built_leaves_the_pairs_stopped_and_says_why() {
     let primary = Recorder {

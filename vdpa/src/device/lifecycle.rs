@@ -198,13 +198,14 @@ impl Device {
     }
 
     /// Publishes a datapath switch (a wrapper moved the device to its fallback).
-    fn observe_fallback(&self) {
-        if let Some(reason) = self.datapath.fallback_reason() {
-            self.observed.update(|s| {
-                if s.fallback_reason.is_none() {
-                    s.fallback_reason = Some(reason);
-                }
-            });
+    pub(super) fn observe_fallback(&self) {
+        let reason = self.datapath.fallback_reason();
+        let mut changed = false;
+        self.observed.update(|s| {
+            changed = s.fallback_reason != reason;
+            s.fallback_reason = reason;
+        });
+        if changed {
             self.observed.set_datapath(self.datapath.describe());
         }
     }

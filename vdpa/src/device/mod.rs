@@ -367,6 +367,7 @@ impl Device {
     pub fn reset(&mut self) {
         self.stop_all();
         self.datapath.reset();
+        self.observe_fallback();
         self.forget_driver();
         self.publish_status();
     }
@@ -376,6 +377,7 @@ impl Device {
     pub fn disconnected(&mut self) {
         self.stop_all();
         self.datapath.reset();
+        self.observe_fallback();
         self.forget_driver();
         self.mem = Arc::new(self.no_memory());
         let relay = self.datapath.migration_relay();

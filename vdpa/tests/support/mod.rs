@@ -35,6 +35,8 @@ pub struct Recorder {
     pub logs: bool,
     /// Whether it can only start rings at position 0 (a NIC without ring state).
     pub zero_only: bool,
+    /// Whether a reset makes it accept the pairs it refused (a NIC that was busy).
+    pub heal_on_reset: bool,
     /// Panics in the next `start` (once), as a datapath with a bug would.
     pub panic_next_start: Arc<std::sync::atomic::AtomicBool>,
     pub events: Arc<Mutex<Vec<Event>>>,
@@ -114,6 +116,9 @@ impl Datapath for Recorder {
         self.live_call
     }
     fn reset(&mut self) {
+        if self.heal_on_reset {
+            self.refuse.clear();
+        }
         let pairs: Vec<u16> = self.running.lock().unwrap().keys().copied().collect();
         for p in pairs {
             self.stop(p);
