@@ -26,7 +26,13 @@
 //!    next connection is offloaded again. Both verifies must show every frame back,
 //!    0 lost, 0 corrupt, and vdpad's log both switches and the queues programmed on
 //!    the NIC twice;
-//! 5. vdpad restarts with `mode = "auto"` on all three NICs (the Intel ones left on
+//! 5. **Two devices of one VM** (`vm = "nested-share"`: one IOMMU container) on the two
+//!    virtio functions, and two frontends with *different* memory at the same guest
+//!    addresses, as a second VM wrongly given the first one's `vm` would be: while the
+//!    first rig's verify runs, the second's DMA mapping must be refused with an error
+//!    naming both devices (sharing it would let the second NIC reach the first VM's
+//!    memory), the second rig gets nothing through, and the first loses no frame;
+//! 6. vdpad restarts with `mode = "auto"` on all three NICs (the Intel ones left on
 //!    their kernel drivers): the e1000e and igb must be classified **software**
 //!    (af_packet on their netdev) with the reason, the virtio function **offload**;
 //!    a short rig verify runs through each of them, reflected on their taps.
@@ -60,6 +66,8 @@ const OFFLOAD_PACKETS: u64 = 10_000;
 const MIGRATE_PACKETS: u64 = 10_000;
 /// Dirty logging from/to (frames sent) during that verify.
 const MIGRATE_WINDOW: (u64, u64) = (2_000, 7_000);
+/// Frames of the first rig's verify while a second frontend tries the other function.
+const SHARE_PACKETS: u64 = 30_000;
 /// Frames each software (auto-mode) verify sends.
 const SOFTWARE_PACKETS: u64 = 300;
 /// Frames the test injects on the host tap for `vdpa-rig listen`.
@@ -170,6 +178,45 @@ echo "VDPAD-HW-MIGRATE-AFTER rc=$? $(head -n 1 /lab/rig-migrate-after.log)"
 kill -USR1 $VP; sleep 1
 kill -TERM $VP; wait $VP
 echo "VDPAD-HW-MIGRATE-EXIT rc=$?"
+
+# ---- 1c. two devices of one vm; the second frontend's memory is not the first's
+VN2=$(bdf_nth 0x1af4:0x1041 2) || {{ echo "VDPAD-HW-FAIL no second virtio-net function"; exit 1; }}
+bind_vfio $VN2 || {{ echo "VDPAD-HW-FAIL vfio-pci did not take $VN2"; exit 1; }}
+cat > /host/run/hw-share.toml <<EOF
+[daemon]
+run_dir = "/run/vdpad-hw"
+log_level = "info"
+
+[[device]]
+name = "hwa"
+socket = "/run/vdpad-hw/hwa.sock"
+mode = "offload"
+pci = "$VN"
+vm = "nested-share"
+fallback = false
+queue_size = 256
+
+[[device]]
+name = "hwb"
+socket = "/run/vdpad-hw/hwb.sock"
+mode = "offload"
+pci = "$VN2"
+vm = "nested-share"
+fallback = false
+queue_size = 256
+EOF
+chroot /host env NO_COLOR=1 $VDPAD --config /run/hw-share.toml > /lab/vdpad-share.log 2>&1 &
+VP=$!
+wait_file /host/run/vdpad-hw/hwb.sock 60 || {{ echo "VDPAD-HW-FAIL no socket"; cat /lab/vdpad-share.log; exit 1; }}
+chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hwa.sock verify --packets {SHARE_PACKETS} --size 60 --size-max 1514 --timeout 100 > /lab/rig-share-a.log 2>&1 &
+AP=$!
+wait_grep 'queue pair started device="hwa"' /lab/vdpad-share.log 60 || echo "VDPAD-HW-FAIL hwa did not start"
+chroot /host timeout 60 $RIG --socket /run/vdpad-hw/hwb.sock verify --packets 300 --size 60 --timeout 10 > /lab/rig-share-b.log 2>&1
+echo "VDPAD-HW-SHARE-B rc=$? $(head -n 1 /lab/rig-share-b.log)"
+wait $AP
+echo "VDPAD-HW-SHARE-A rc=$? $(head -n 1 /lab/rig-share-a.log)"
+kill -TERM $VP; wait $VP
+echo "VDPAD-HW-SHARE-EXIT rc=$?"
 
 # ---- 2. auto mode on every NIC; Intel NICs stay on their kernel drivers
 cat > /host/run/hw-auto.toml <<EOF
@@ -391,6 +438,32 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     let exit = guest.wait_for("VDPAD-HW-MIGRATE-EXIT", STEP_TIMEOUT);
     assert!(exit.contains("rc=0"), "{exit}{}", migrate_ctx(&guest));
 
+    // 1c. Two devices of one vm, the second frontend with other memory: refused.
+    let b = guest.wait_for("VDPAD-HW-SHARE-B ", STEP_TIMEOUT);
+    note(t0, &format!("guest: {b}"));
+    let a = guest.wait_for("VDPAD-HW-SHARE-A ", STEP_TIMEOUT);
+    note(t0, &format!("guest: {a}"));
+    let share_ctx = |g: &Guest| {
+        format!(
+            "{}{}",
+            g.tail(),
+            support::log_tail(&g.share().join("vdpad-share.log"), 60)
+        )
+    };
+    assert_verify(
+        &a,
+        SHARE_PACKETS,
+        "the first VM's device",
+        &share_ctx(&guest),
+    );
+    assert!(
+        !b.contains("rc=0 "),
+        "the second frontend got frames through the first one's mapping: {b}{}",
+        share_ctx(&guest)
+    );
+    let exit = guest.wait_for("VDPAD-HW-SHARE-EXIT", STEP_TIMEOUT);
+    assert!(exit.contains("rc=0"), "{exit}{}", share_ctx(&guest));
+
     // 3. Auto mode: software on the Intel NICs, offload on the virtio function.
     guest.wait_for("VDPAD-HW-AUTO-UP", STEP_TIMEOUT);
     let mut auto_lines = Vec::new();
@@ -410,6 +483,7 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     // The logs, for the record (the closing note quotes them).
     let offload_log = share_file(&guest, "vdpad-offload.log");
     let migrate_log = share_file(&guest, "vdpad-migrate.log");
+    let share_log = share_file(&guest, "vdpad-share.log");
     let auto_log = share_file(&guest, "vdpad-auto.log");
     let key = [
         "datapath chosen",
@@ -429,6 +503,7 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         "falling back",
         "queue pair started",
         "queue pair stopped",
+        "already mapped by",
     ];
     eprintln!("\n===== vdpad (offload, real VFIO) =====");
     for l in lines_with(&offload_log, &key) {
@@ -446,6 +521,10 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         "===== vdpa-rig =====\n{}",
         share_file(&guest, "rig-migrate.log").trim_end()
     );
+    eprintln!("===== vdpad (two devices of one vm, two memories) =====");
+    for l in lines_with(&share_log, &key) {
+        eprintln!("{l}");
+    }
     eprintln!("===== vdpad (auto) =====");
     for l in lines_with(&auto_log, &key) {
         eprintln!("{l}");
@@ -491,6 +570,15 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         !migrate_log.contains("falling back"),
         "the migration made the device fall back:\n{migrate_log}"
     );
+    // The second device's mapping was refused, naming both devices.
+    let refused = share_log
+        .lines()
+        .find(|l| l.contains("already mapped by"))
+        .unwrap_or_else(|| panic!("no refused DMA mapping in the log:\n{share_log}"));
+    assert!(
+        refused.contains("hwa") && refused.contains("hwb"),
+        "the refusal does not name both devices: {refused}"
+    );
     // Kicks relayed to the NIC's doorbells on the TX ring (ring 1).
     let tx_kicks = offload_log
         .lines()
@@ -527,7 +615,10 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     for line in &auto_lines {
         assert_verify(line, SOFTWARE_PACKETS, "auto", &format!("\n{auto_log}"));
     }
-    for r in &reflectors[1..] {
+    let intel: Vec<&str> = std::iter::once(machine.e1000e.tap.as_str())
+        .chain(machine.igb.as_ref().map(|n| n.tap.as_str()))
+        .collect();
+    for r in reflectors.iter().filter(|r| intel.contains(&r.ifname())) {
         assert!(
             r.reflected() >= SOFTWARE_PACKETS,
             "the tap {} saw {} frames",

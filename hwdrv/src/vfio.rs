@@ -162,6 +162,9 @@ struct Bar {
 // group is open), and the container (in `vm`) must outlive the device.
 pub struct VfioFunction {
     bdf: String,
+    /// Who the function's DMA mappings are for, in messages about sharing them: the
+    /// device it serves and its address ([`serving`](Self::serving)), or the address.
+    owner: String,
     fd: File,
     flags: u32,
     config: RegionInfo,
@@ -211,6 +214,13 @@ fn check_bound_to_vfio(bdf: &str) -> io::Result<()> {
 }
 
 impl VfioFunction {
+    /// Names the device this function serves in what its DMA mappings say about their
+    /// owner (a refused shared mapping names both devices and their functions).
+    pub fn serving(mut self, device: &str) -> Self {
+        self.owner = format!("device {device} ({})", self.bdf);
+        self
+    }
+
     /// Opens function `bdf` (e.g. `0000:01:00.0`, bound to vfio-pci) in `vm`'s
     /// container, reads its regions and MSI-X count, and mmaps its BARs.
     pub fn open(vm: &Arc<VfioVm>, bdf: &str) -> io::Result<Self> {
@@ -242,6 +252,7 @@ impl VfioFunction {
         Ok(VfioFunction {
             vm: vm.clone(),
             bdf: bdf.into(),
+            owner: bdf.into(),
             _device: device,
             fd,
             flags,
@@ -344,7 +355,7 @@ fn map_bar(fd: &File, bdf: &str, index: u32, info: &RegionInfo) -> Vec<Mapped> {
 impl Drop for VfioFunction {
     fn drop(&mut self) {
         for (iova, size) in std::mem::take(&mut *lock(&self.my_maps)) {
-            if let Err(e) = self.vm.unmap(iova, size, &self.bdf) {
+            if let Err(e) = self.vm.unmap(iova, size, &self.owner) {
                 tracing::error!(bdf = %self.bdf, error = %e, "vfio: unmap on close failed");
             }
         }
@@ -461,7 +472,7 @@ impl PciFunction for VfioFunction {
 
     unsafe fn dma_map(&self, iova: u64, size: u64, host: *mut u8) -> io::Result<()> {
         // SAFETY: forwarded from this function's contract.
-        unsafe { self.vm.map(iova, size, host, &self.bdf) }?;
+        unsafe { self.vm.map(iova, size, host, &self.owner) }?;
         lock(&self.my_maps).push((iova, size));
         Ok(())
     }
@@ -476,7 +487,7 @@ impl PciFunction for VfioFunction {
             }
             .into());
         };
-        self.vm.unmap(iova, size, &self.bdf)?;
+        self.vm.unmap(iova, size, &self.owner)?;
         mine.swap_remove(i);
         Ok(())
     }

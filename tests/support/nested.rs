@@ -45,6 +45,8 @@ pub struct Nic {
 pub struct NestedGuest {
     /// The virtio-net function that gets bound to vfio-pci.
     pub virtio: Nic,
+    /// A second one, behind its own root port (two devices of one VM's container).
+    pub virtio2: Nic,
     /// The e1000e.
     pub e1000e: Nic,
     /// The igb, if QEMU has the model (QEMU >= 8.0).
@@ -77,15 +79,17 @@ impl NestedGuest {
         };
         NestedGuest {
             virtio: nic("virtio-net-pci", VIRTIO_NET_ID, "v", "52:54:00:00:04:01"),
+            virtio2: nic("virtio-net-pci", VIRTIO_NET_ID, "w", "52:54:00:00:04:04"),
             e1000e: nic("e1000e", E1000E_ID, "e", "52:54:00:00:04:02"),
             igb: qemu_has_device(lab, "igb").then(|| nic("igb", IGB_ID, "i", "52:54:00:00:04:03")),
         }
     }
 
-    /// Every NIC, virtio first.
+    /// Every NIC: the first virtio function, the Intel ones, the second virtio one.
     pub fn nics(&self) -> Vec<&Nic> {
         let mut v = vec![&self.virtio, &self.e1000e];
         v.extend(self.igb.as_ref());
+        v.push(&self.virtio2);
         v
     }
 
@@ -106,6 +110,8 @@ impl NestedGuest {
             "intel-iommu,intremap=on,caching-mode=on,device-iotlb=on",
             "-device",
             "pcie-root-port,id=rp1,chassis=1,addr=0x4",
+            "-device",
+            "pcie-root-port,id=rp2,chassis=2,addr=0x5",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -116,15 +122,17 @@ impl NestedGuest {
                 format!("tap,id={id},ifname={},script=no,downscript=no", nic.tap),
             ]
         };
-        a.extend(tap("hwv", &self.virtio));
-        a.extend([
-            "-device".to_string(),
-            format!(
-                "virtio-net-pci,netdev=hwv,bus=rp1,disable-legacy=on,iommu_platform=on,ats=on,\
-                 mac={},romfile=",
-                self.virtio.mac
-            ),
-        ]);
+        for (id, bus, nic) in [("hwv", "rp1", &self.virtio), ("hww", "rp2", &self.virtio2)] {
+            a.extend(tap(id, nic));
+            a.extend([
+                "-device".to_string(),
+                format!(
+                    "virtio-net-pci,netdev={id},bus={bus},disable-legacy=on,iommu_platform=on,\
+                     ats=on,mac={},romfile=",
+                    nic.mac
+                ),
+            ]);
+        }
         a.extend(tap("hwe", &self.e1000e));
         a.extend([
             "-device".to_string(),
@@ -158,19 +166,22 @@ impl NestedGuest {
 /// Shell functions for guest scripts on a [`NestedGuest`]:
 ///
 /// * `bdf_of VENDOR:DEVICE` prints the first PCI function with that id (as sysfs
-///   prints it, `0x1af4:0x1041`);
+///   prints it, `0x1af4:0x1041`), `bdf_nth VENDOR:DEVICE N` the N-th (from 1);
 /// * `bind_vfio BDF` unbinds the function from its driver, binds it to vfio-pci and
 ///   prints `VDPAD-HW-VFIO <bdf> driver=<driver> group=<n>`;
 /// * `netdev_of BDF` prints the function's network interface;
 /// * `wait_file PATH SECONDS` waits until PATH exists (returns 1 on timeout);
 /// * `wait_grep TEXT FILE SECONDS` waits until FILE contains TEXT (1 on timeout).
 pub const GUEST_FUNCTIONS: &str = r#"
-bdf_of() {
+bdf_nth() {
+  n=0
   for d in /sys/bus/pci/devices/*; do
-    [ "$(cat $d/vendor):$(cat $d/device)" = "$1" ] && { echo ${d##*/}; return 0; }
+    [ "$(cat $d/vendor):$(cat $d/device)" = "$1" ] || continue
+    n=$((n + 1)); [ $n -eq $2 ] && { echo ${d##*/}; return 0; }
   done
   return 1
 }
+bdf_of() { bdf_nth $1 1; }
 bind_vfio() {
   d=/sys/bus/pci/devices/$1
   [ -e $d/driver ] && echo $1 > $d/driver/unbind

@@ -287,6 +287,7 @@ fn offload(
     let primary = containers
         .for_device(dev)
         .and_then(|vm| VfioFunction::open(&vm, &bdf))
+        .map(|f| f.serving(&dev.name))
         .map_err(|source| BuildError::Vfio {
             bdf: bdf.clone(),
             source,

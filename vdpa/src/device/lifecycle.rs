@@ -48,9 +48,10 @@ impl Device {
                 }
                 Err(StartFailure { error, lost }) => {
                     self.mark_lost(&lost, "went down while another pair started");
+                    let error = crate::server::error_chain(&error);
                     let why = format!("datapath refused to start: {error}");
                     if self.not_ready[pair].as_deref() != Some(why.as_str()) {
-                        warn!(device = self.name(), pair, error = %error, "queue pair cannot start");
+                        warn!(device = self.name(), pair, %error, "queue pair cannot start");
                         self.record_error(why.clone());
                         self.not_ready[pair] = Some(why);
                     }
