@@ -216,7 +216,7 @@ fn relay(
             if let Some(tally) = tallies.get_mut(i).and_then(Option::as_mut) {
                 tally.count_avail();
             }
-            match pci.bar_write16(t.doorbell.bar, t.doorbell.offset, t.doorbell.queue) {
+            match t.doorbell.ring(&*pci) {
                 Ok(()) => {
                     let mut b = BurstCounts {
                         kicks: 1,

@@ -482,8 +482,7 @@ impl OffloadDatapath {
                     }
                 }
                 if let Some(Some(call)) = self.calls.get(&ring) {
-                    // Never blocks: a full counter already means "interrupt pending".
-                    let _ = vdpa::notify::signal(call.as_raw_fd());
+                    raise_once(call);
                 }
             }
         }
@@ -586,6 +585,14 @@ impl OffloadDatapath {
         self.doorbells.clear();
         out
     }
+}
+
+/// Signals `call` once: an interrupt the NIC raised while a ring's vector or eventfd
+/// changed hands would otherwise be lost (a spurious one costs the guest a look at its
+/// used ring). Never blocks: a full counter already means an interrupt is pending, and
+/// the frontend may have handed over a blocking eventfd.
+fn raise_once(call: &EventFd) {
+    let _ = vdpa::notify::signal(call.as_raw_fd());
 }
 
 impl Datapath for OffloadDatapath {
@@ -706,8 +713,7 @@ impl Datapath for OffloadDatapath {
             return false;
         }
         if let Some(c) = &call {
-            // Never blocks (the frontend may hand us a blocking eventfd, full).
-            let _ = vdpa::notify::signal(c.as_raw_fd());
+            raise_once(c);
         }
         info!(device = %self.name, ring, vector = ring + 1, polled = call.is_none(),
               "offload: call eventfd switched");

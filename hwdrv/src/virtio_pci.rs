@@ -221,6 +221,14 @@ pub struct Doorbell {
     pub offset: u64,
 }
 
+impl Doorbell {
+    /// Rings it: the one way vdpad tells the NIC about new buffers (the kick relay per
+    /// kick, the datapath once after the rings changed hands).
+    pub fn ring(&self, pci: &dyn PciFunction) -> io::Result<()> {
+        pci.bar_write16(self.bar, self.offset, self.queue)
+    }
+}
+
 /// How to program one queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueSetup {
@@ -620,7 +628,7 @@ impl VirtioPci {
 
     /// Rings a doorbell.
     pub(crate) fn notify(&self, db: &Doorbell) -> io::Result<()> {
-        self.pci.bar_write16(db.bar, db.offset, db.queue)
+        db.ring(&*self.pci)
     }
 
     /// Reads the virtio-net device configuration, retrying while
