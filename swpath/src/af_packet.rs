@@ -26,7 +26,7 @@ use crate::csum::{self, Bytes};
 use crate::engine::{RxState, TxState};
 use crate::port::{FirstError, Port, IOV_MAX};
 use crate::portsec::{self, PortSecurity, TxGuard};
-use crate::ring::Chain;
+use crate::ring::{Chain, Segment};
 use crate::rxq::{Reserve, RxQueue};
 use crate::syscall_vec::SyscallVec;
 use crate::tap::TAP_OFFLOADS;
@@ -622,16 +622,17 @@ impl AfPacketPort {
 
 /// A frame's bytes in the front pending RX chains, from `base` on, readable and
 /// writable by offset (used only to complete a checksum or re-tag a trunk frame:
-/// allocates).
-pub(crate) struct GuestFrame {
-    segs: Vec<(*mut u8, usize)>,
+/// allocates). It borrows the queue whose chains hold the buffers.
+pub(crate) struct GuestFrame<'a> {
+    /// Each buffer, with how many of its bytes belong to the frame.
+    segs: Vec<(Segment<'a>, usize)>,
     base: usize,
     len: usize,
 }
 
-impl GuestFrame {
+impl<'a> GuestFrame<'a> {
     /// The first `total` bytes of the pending chains, offsets counted from `base`.
-    pub(crate) fn new(rx: &RxQueue, total: usize, base: usize) -> Self {
+    pub(crate) fn new(rx: &'a RxQueue, total: usize, base: usize) -> Self {
         let mut segs = Vec::new();
         let mut have = 0;
         for s in rx.pending_segments() {
@@ -639,7 +640,7 @@ impl GuestFrame {
                 break;
             }
             let l = (s.len() as usize).min(total - have);
-            segs.push((s.as_ptr(), l));
+            segs.push((*s, l));
             have += l;
         }
         GuestFrame {
@@ -651,10 +652,10 @@ impl GuestFrame {
 
     fn locate(&self, i: usize) -> *mut u8 {
         let mut i = i + self.base;
-        for &(p, l) in &self.segs {
-            if i < l {
-                // SAFETY: i < l, inside a translated guest segment.
-                return unsafe { p.add(i) };
+        for (s, l) in &self.segs {
+            if i < *l {
+                // SAFETY: i < l <= the segment's length: inside its buffer.
+                return unsafe { s.as_ptr().add(i) };
             }
             i -= l;
         }
@@ -662,7 +663,7 @@ impl GuestFrame {
     }
 }
 
-impl Bytes for GuestFrame {
+impl Bytes for GuestFrame<'_> {
     fn len(&self) -> usize {
         self.len
     }
