@@ -43,7 +43,8 @@ enum Serving {
     FellBack,
 }
 
-/// A first datapath and the fallback that replaces it for good when it fails.
+/// A first datapath and the fallback that replaces it, until the device is reset, when
+/// it fails.
 pub struct FallbackDatapath {
     active: Box<dyn Datapath>,
     /// The datapath not serving now: the fallback once built and parked after a
@@ -120,9 +121,10 @@ impl FallbackDatapath {
         moving
     }
 
-    /// Moves every running pair to the fallback: for good (`to` = `FellBack`, the
-    /// first datapath failed with `cause`) or while a migration logs (`to` = `Relay`).
-    /// On failure the running pairs are lost (returned with where they resume).
+    /// Moves every running pair to the fallback: until the device is reset (`to` =
+    /// `FellBack`, the first datapath failed with `cause`) or while a migration logs
+    /// (`to` = `Relay`). On failure the running pairs are lost (returned with where they
+    /// resume).
     fn switch(&mut self, cause: DatapathError, to: Serving) -> Result<(), StartFailure> {
         let from = self.active.describe();
         let moving = self.stop_all_running();
@@ -171,7 +173,7 @@ impl FallbackDatapath {
 
     /// Gives the device back to the parked first datapath after a migration (the
     /// fallback is parked in turn, for the next one). If the first cannot take the
-    /// pairs, the fallback takes them back for good.
+    /// pairs, the fallback takes them back until the device is reset.
     fn switch_back(&mut self) -> Result<(), StartFailure> {
         let Some(first) = self.other.take() else {
             return Ok(());
