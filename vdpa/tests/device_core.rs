@@ -174,6 +174,33 @@ fn two_pairs_ready(
 ) -> (DirectFrontend, vdpa::DeviceHandle) {
     let mut f = DirectFrontend::new(2, Box::new(datapath));
     let handle = f.dev.handle();
+    session(&mut f, bases);
+    (f, handle)
+}
+
+/// `primary` with `second` behind it, as the daemon wires an offload device.
+fn behind(primary: &Recorder, second: &Recorder) -> FallbackDatapath {
+    let s2 = second.clone();
+    FallbackDatapath::new(
+        Box::new(primary.clone()),
+        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
+        0,
+    )
+}
+
+/// A migration starts as QEMU starts it: the log first, then the features with
+/// LOG_ALL. Returns the features without LOG_ALL.
+fn start_logging(f: &mut DirectFrontend) -> u64 {
+    let log = DirtyLog::map(DirectFrontend::memfd(4096), 4096, 0, f.dev.memory()).unwrap();
+    f.dev.set_log(log);
+    let features = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
+    f.dev.set_features(features | VHOST_F_LOG_ALL).unwrap();
+    f.dev.reconcile();
+    features
+}
+
+/// A session of a two-pair frontend: features, memory, every ring made ready at `bases`.
+fn session(f: &mut DirectFrontend, bases: [u16; 4]) {
     f.dev
         .set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ)
         .unwrap();
@@ -181,7 +208,6 @@ fn two_pairs_ready(
     for (ring, base) in bases.into_iter().enumerate() {
         f.ring_ready(ring as u16, base);
     }
-    (f, handle)
 }
 
 #[test]
@@ -191,12 +217,7 @@ fn the_fallback_wrapper_moves_running_pairs_where_they_are() {
         ..Default::default()
     };
     let second = Recorder::default();
-    let s2 = second.clone();
-    let wrapper = FallbackDatapath::new(
-        Box::new(primary.clone()),
-        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
-        0,
-    );
+    let wrapper = behind(&primary, &second);
     let (_f, handle) = two_pairs_ready(wrapper, [1, 2, 0, 0]);
     assert_eq!(
         primary.events(),
@@ -218,12 +239,7 @@ fn a_device_that_fell_back_tries_the_first_datapath_again_after_a_reset() {
         ..Default::default()
     };
     let second = Recorder::default();
-    let s2 = second.clone();
-    let wrapper = FallbackDatapath::new(
-        Box::new(primary.clone()),
-        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
-        0,
-    );
+    let wrapper = behind(&primary, &second);
     let (mut f, handle) = two_pairs_ready(wrapper, [1, 2, 0, 0]);
     assert_eq!(second.starts(), 2);
     assert!(handle.status().fallback_reason.is_some());
@@ -236,13 +252,7 @@ fn a_device_that_fell_back_tries_the_first_datapath_again_after_a_reset() {
         "cleared at the reset"
     );
     assert_eq!(handle.datapath_description(), "recorder");
-    f.dev
-        .set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ)
-        .unwrap();
-    f.dev.set_memory(DirectFrontend::memory());
-    for ring in 0..4 {
-        f.ring_ready(ring, 0);
-    }
+    session(&mut f, [0; 4]);
     let back: Vec<Event> = primary.events().into_iter().skip(3).collect();
     assert!(
         back.contains(&start(0, 0, 0)) && back.contains(&start(1, 0, 0)),
@@ -284,23 +294,12 @@ fn a_migration_is_relayed_by_the_fallback_and_the_first_datapath_resumes_after()
         logs: true,
         ..Default::default()
     };
-    let s2 = second.clone();
-    let wrapper = FallbackDatapath::new(
-        Box::new(primary.clone()),
-        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
-        0,
-    )
-    .relays_migrations();
+    let wrapper = behind(&primary, &second).relays_migrations();
     let (mut f, handle) = two_pairs_ready(wrapper, [1, 2, 3, 4]);
     assert!(f.dev.offered_features() & VHOST_F_LOG_ALL != 0);
     assert_eq!(primary.starts(), 2);
 
-    // QEMU's order: the log first, then the features with LOG_ALL.
-    let log = DirtyLog::map(DirectFrontend::memfd(4096), 4096, 0, f.dev.memory()).unwrap();
-    f.dev.set_log(log);
-    let features = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
-    f.dev.set_features(features | VHOST_F_LOG_ALL).unwrap();
-    f.dev.reconcile();
+    let features = start_logging(&mut f);
     assert_eq!(second.events(), vec![start(0, 6, 7), start(1, 8, 9)]);
     assert_eq!(handle.status().running_pairs, vec![0, 1]);
     let how = handle.status();
@@ -345,19 +344,9 @@ fn a_first_datapath_that_cannot_resume_gets_the_device_back_at_the_next_reset() 
         logs: true,
         ..Default::default()
     };
-    let s2 = second.clone();
-    let wrapper = FallbackDatapath::new(
-        Box::new(primary.clone()),
-        Box::new(move || Ok(Box::new(s2) as Box<dyn Datapath>)),
-        0,
-    )
-    .relays_migrations();
+    let wrapper = behind(&primary, &second).relays_migrations();
     let (mut f, handle) = two_pairs_ready(wrapper, [0, 0, 0, 0]);
-    let log = DirtyLog::map(DirectFrontend::memfd(4096), 4096, 0, f.dev.memory()).unwrap();
-    f.dev.set_log(log);
-    let features = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
-    f.dev.set_features(features | VHOST_F_LOG_ALL).unwrap();
-    f.dev.reconcile();
+    let features = start_logging(&mut f);
     assert_eq!(second.events(), vec![start(0, 5, 5), start(1, 5, 5)]);
 
     f.dev.set_features(features).unwrap();
@@ -382,11 +371,7 @@ fn a_first_datapath_that_cannot_resume_gets_the_device_back_at_the_next_reset() 
 
     // The driver resets the device (here: the frontend reconnects).
     f.dev.disconnected();
-    f.dev.set_features(features).unwrap();
-    f.dev.set_memory(DirectFrontend::memory());
-    for ring in 0..4 {
-        f.ring_ready(ring, 0);
-    }
+    session(&mut f, [0; 4]);
     assert_eq!(primary.starts(), 4, "{:?}", primary.events());
     assert_eq!(handle.datapath_description(), "recorder");
     let relay = handle.status().relay.expect("reported");

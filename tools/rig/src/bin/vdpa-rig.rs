@@ -413,3 +413,18 @@ fn parse_window(s: &str) -> Result<(u64, u64), String> {
         Err(bad())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_window;
+
+    #[test]
+    fn migrate_windows_are_two_increasing_frame_counts() {
+        assert_eq!(parse_window("2000:7000"), Ok((2000, 7000)));
+        assert_eq!(parse_window(" 0 : 1 "), Ok((0, 1)));
+        for bad in ["7000:2000", "5:5", "2000", "a:b", ":7", "1:2:3", "-1:4"] {
+            let e = parse_window(bad).unwrap_err();
+            assert!(e.contains("FROM:TO") && e.contains(bad), "{bad}: {e}");
+        }
+    }
+}
