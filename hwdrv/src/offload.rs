@@ -21,8 +21,8 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 use vdpa::virtio::ring;
 use vdpa::{
-    CountProbe, Datapath, DatapathError, GuestMemory, MemoryRegion, PairPosition, QueueCounters,
-    QueuePairConfig, RingConfig, StartFailure,
+    CountProbe, Datapath, DatapathError, GuestMemory, MemoryRegion, NotifyArea, PairPosition,
+    QueueCounters, QueuePairConfig, RingConfig, StartFailure,
 };
 use vdpad_config::{DeviceConfig, Frontend};
 use vmm_sys_util::eventfd::EventFd;
@@ -101,6 +101,9 @@ pub struct OffloadDatapath {
     active: bool,
     /// What the addresses in the rings and the memory table are.
     addresses: Addresses,
+    /// Whether each doorbell is alone on a page a frontend may map (host notifiers),
+    /// or why not.
+    doorbell_pages: Result<(), String>,
 }
 
 /// What the frontend's ring and buffer addresses are, and so the IOVAs the NIC uses:
@@ -168,6 +171,13 @@ impl OffloadDatapath {
               max_pairs = caps.max_pairs, vectors = caps.msix_vectors,
               queue_max = caps.queue_max_size, ring_state = caps.ring_state,
               ring_reset = caps.ring_reset, "offload: NIC ready");
+        let doorbell_pages = nic.doorbells_on_own_pages();
+        match &doorbell_pages {
+            Ok(()) => info!(device = name, pci = %pci_name,
+                "offload: each doorbell is alone on its page: host notifiers offered"),
+            Err(why) => info!(device = name, pci = %pci_name, why = %why,
+                "offload: no host notifiers; every kick goes through the kick relay"),
+        }
         Ok(OffloadDatapath {
             name: name.into(),
             pci,
@@ -186,6 +196,7 @@ impl OffloadDatapath {
             probed: BTreeMap::new(),
             active: false,
             addresses: Addresses::GuestPhysical,
+            doorbell_pages,
         })
     }
 
@@ -434,6 +445,12 @@ impl OffloadDatapath {
               desc = format_args!("{:#x}", r.addrs.desc), avail = format_args!("{:#x}", r.addrs.avail),
               used = format_args!("{:#x}", r.addrs.used), vector = r.index + 1, ?resume,
               doorbell = format_args!("bar{}+{:#x}", db.bar, db.offset), "offload: queue enabled");
+        if self.doorbell_pages.is_ok() {
+            if let Err(why) = self.pci.doorbell_page(db.bar, db.offset) {
+                warn!(device = %self.name, ring = r.index, why = %why,
+                      "offload: this ring's doorbell page cannot be handed out; its kicks go through the kick relay");
+            }
+        }
         self.doorbells.insert(r.index, db);
         Ok(())
     }
@@ -602,6 +619,22 @@ impl Datapath for OffloadDatapath {
 
     fn resumes_anywhere(&self) -> bool {
         self.caps.ring_state
+    }
+
+    fn offers_notify_areas(&self) -> bool {
+        self.doorbell_pages.is_ok()
+    }
+
+    /// The ring's doorbell page while its pair runs on the NIC. The kick relay keeps
+    /// watching the kick eventfd: kicks sent before the frontend mapped the page (or
+    /// after it dropped it) still arrive.
+    fn notify_area(&self, ring: u16) -> Option<NotifyArea> {
+        self.doorbell_pages.as_ref().ok()?;
+        if !self.running.contains_key(&(ring / 2)) {
+            return None;
+        }
+        let db = self.doorbells.get(&ring)?;
+        self.pci.doorbell_page(db.bar, db.offset).ok()
     }
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {

@@ -9,6 +9,7 @@
 
 use std::io;
 
+use vdpa::NotifyArea;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::spec::cfg;
@@ -81,6 +82,14 @@ pub trait PciFunction: Send + Sync {
     /// Resets the function (VFIO_DEVICE_RESET: FLR or equivalent) and says whether a
     /// reset really happened.
     fn reset(&self) -> io::Result<ResetOutcome>;
+
+    /// The page holding the doorbell at `offset` in BAR `bar`, as a file and offset a
+    /// frontend can map (vhost-user host notifier), or why it cannot be handed out (the
+    /// BAR or that part of it cannot be mapped). The caller checks that nothing but
+    /// that doorbell lives on the page.
+    fn doorbell_page(&self, bar: u8, _offset: u64) -> Result<NotifyArea, String> {
+        Err(format!("BAR{bar} of this function cannot be mapped"))
+    }
 
     /// How many times MSI-X vector `vector` fired, if the implementation can know.
     /// The simulator counts; with VFIO the interrupt goes from the device to the

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use vdpa::NotifyArea;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
     VFIO_REGION_INFO_FLAG_MMAP,
@@ -165,7 +166,7 @@ pub struct VfioFunction {
     /// Who the function's DMA mappings are for, in messages about sharing them: the
     /// device it serves and its address ([`serving`](Self::serving)), or the address.
     owner: String,
-    fd: File,
+    fd: Arc<File>,
     flags: u32,
     config: RegionInfo,
     bars: Vec<Bar>,
@@ -254,7 +255,7 @@ impl VfioFunction {
             bdf: bdf.into(),
             owner: bdf.into(),
             _device: device,
-            fd,
+            fd: Arc::new(fd),
             flags,
             config,
             bars,
@@ -490,6 +491,37 @@ impl PciFunction for VfioFunction {
         self.vm.unmap(iova, size, &self.owner)?;
         mine.swap_remove(i);
         Ok(())
+    }
+
+    /// The page's place in the device descriptor, when it lies inside an area of the
+    /// BAR that VFIO lets us map (a sparse area: never the MSI-X table).
+    fn doorbell_page(&self, bar: u8, offset: u64) -> Result<NotifyArea, String> {
+        const PAGE: u64 = 4096;
+        let b = self.bar(bar).map_err(|e| e.to_string())?;
+        if b.info.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+            return Err(format!(
+                "VFIO does not let BAR{bar} of {} be mapped",
+                self.bdf
+            ));
+        }
+        if offset % PAGE != 0 {
+            return Err(format!("BAR{bar} offset {offset:#x} is not page-aligned"));
+        }
+        let inside = b
+            .maps
+            .iter()
+            .any(|m| m.area.offset <= offset && offset + PAGE <= m.area.offset + m.area.size);
+        if !inside {
+            return Err(format!(
+                "BAR{bar} offset {offset:#x} of {} is outside the areas VFIO lets us map",
+                self.bdf
+            ));
+        }
+        Ok(NotifyArea {
+            file: self.fd.clone(),
+            offset: b.info.offset + offset,
+            size: PAGE,
+        })
     }
 
     fn msix_vectors(&self) -> u16 {

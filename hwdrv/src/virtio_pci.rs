@@ -265,6 +265,7 @@ pub struct VirtioPci {
     pci: Arc<dyn PciFunction>,
     ids: (u16, u16),
     common: BarRegion,
+    isr: BarRegion,
     notify: BarRegion,
     notify_multiplier: u32,
     device: Option<BarRegion>,
@@ -307,7 +308,7 @@ impl VirtioPci {
         let common = find(cap::COMMON).ok_or_else(|| missing("COMMON_CFG"))?;
         let notify = find(cap::NOTIFY).ok_or_else(|| missing("NOTIFY_CFG"))?;
         // Required of a modern device, though this driver never reads it (MSI-X only).
-        find(cap::ISR).ok_or_else(|| missing("ISR_CFG"))?;
+        let isr = find(cap::ISR).ok_or_else(|| missing("ISR_CFG"))?;
         if common.length < 0x38 {
             return Err(VirtioError::NotModern(NotModern::CommonTooShort(
                 common.length,
@@ -318,6 +319,7 @@ impl VirtioPci {
             pci,
             ids,
             common: common.into(),
+            isr: isr.into(),
             notify: notify.into(),
             notify_multiplier: notify.notify_off_multiplier,
             device: find(cap::DEVICE).map(Into::into),
@@ -422,6 +424,51 @@ impl VirtioPci {
     /// `notify_off_multiplier` of the NOTIFY capability.
     pub fn notify_multiplier(&self) -> u32 {
         self.notify_multiplier
+    }
+
+    /// Whether every queue's doorbell sits alone on a page, so that the page can be
+    /// mapped into a guest (a host notifier) without handing it anything else: the
+    /// notify area page-aligned, `notify_off_multiplier` a multiple of the page size,
+    /// and no other virtio structure on the notify area's pages. Otherwise, why not.
+    pub fn doorbells_on_own_pages(&self) -> std::result::Result<(), String> {
+        const PAGE: u64 = 4096;
+        let mult = u64::from(self.notify_multiplier);
+        if mult == 0 || mult % PAGE != 0 {
+            return Err(format!(
+                "notify_off_multiplier {mult} puts several doorbells on one page (QEMU's \
+                 virtio-net-pci needs page-per-vq=on)"
+            ));
+        }
+        if self.notify.offset % PAGE != 0 {
+            return Err(format!(
+                "the notify area at BAR{}+{:#x} is not page-aligned",
+                self.notify.bar, self.notify.offset
+            ));
+        }
+        let pages = |r: &BarRegion| {
+            let start = r.offset / PAGE * PAGE;
+            (
+                start,
+                (r.offset + u64::from(r.length)).div_ceil(PAGE) * PAGE,
+            )
+        };
+        let (n0, n1) = pages(&self.notify);
+        let others = [
+            Some(self.common),
+            Some(self.isr),
+            self.device,
+            self.ring_state,
+        ];
+        for r in others.into_iter().flatten() {
+            let (o0, o1) = pages(&r);
+            if r.bar == self.notify.bar && o0 < n1 && n0 < o1 {
+                return Err(format!(
+                    "another virtio structure (BAR{}+{:#x}) shares a page with the doorbells",
+                    r.bar, r.offset
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The device status register.

@@ -27,7 +27,17 @@ fn capabilities_are_found_and_described() {
     assert_eq!(snap.msix_table_size(), Some(9));
     let types: Vec<u8> = snap.virtio_caps().iter().map(|c| c.cfg_type).collect();
     assert_eq!(types, vec![1, 3, 4, 2, 5, 0xf0]);
-    assert_eq!(drv.notify_multiplier(), layout::NOTIFY_MULTIPLIER);
+    assert_eq!(drv.notify_multiplier(), layout::PAGE_MULTIPLIER);
+    assert_eq!(drv.doorbells_on_own_pages(), Ok(()));
+    let (_, packed) = nic(SimConfig {
+        doorbell_pages: false,
+        ..SimConfig::default()
+    });
+    assert_eq!(packed.notify_multiplier(), layout::PACKED_MULTIPLIER);
+    assert!(packed
+        .doorbells_on_own_pages()
+        .unwrap_err()
+        .contains("page-per-vq"));
     assert_eq!(drv.num_queues(), 8);
     assert!(drv.has_ring_state());
     assert!(drv.has_pci_cfg());
@@ -99,7 +109,7 @@ fn vectors_are_read_back_and_queues_programmed() {
     assert_eq!(db.queue, 1);
     assert_eq!(
         db.offset,
-        layout::NOTIFY + u64::from(layout::NOTIFY_MULTIPLIER)
+        layout::NOTIFY + u64::from(layout::PAGE_MULTIPLIER)
     );
     drv.enable_queue(1).unwrap();
     assert!(sim.queue_enabled(1));

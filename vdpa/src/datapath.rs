@@ -293,10 +293,44 @@ pub trait Datapath: Send {
         None
     }
 
+    /// Whether this datapath can hand out [`NotifyArea`]s (a NIC whose doorbells each
+    /// sit alone on a page the daemon can map). Only then does a vhost-user device
+    /// offer the HOST_NOTIFIER protocol feature. False by default.
+    fn offers_notify_areas(&self) -> bool {
+        false
+    }
+
+    /// The page a frontend may map as ring `ring`'s notify area, so that the guest's
+    /// kicks reach the NIC without the daemon: only while the ring runs on hardware
+    /// whose doorbell for it is alone on a mappable page. None by default.
+    fn notify_area(&self, _ring: u16) -> Option<NotifyArea> {
+        None
+    }
+
     /// Stops everything and releases what the frontend's last session gave it (a
     /// NIC is reset, DMA unmapped). Called when the frontend disconnects or resets the
     /// device; ring positions are the control plane's to keep.
     fn reset(&mut self);
+}
+
+/// One ring's doorbell page, to be mapped by the frontend into the guest as the ring's
+/// notify area (vhost-user VRING_HOST_NOTIFIER_MSG): a store of the queue index into
+/// it rings the NIC directly.
+#[derive(Clone, Debug)]
+pub struct NotifyArea {
+    /// The file to map: a VFIO device descriptor, or the simulated NIC's doorbell memfd.
+    pub file: Arc<std::fs::File>,
+    /// Offset of the page in `file`.
+    pub offset: u64,
+    /// Length to map: one page.
+    pub size: u64,
+}
+
+impl NotifyArea {
+    /// Whether `other` maps the same page of the same file.
+    pub fn same_page(&self, other: &NotifyArea) -> bool {
+        Arc::ptr_eq(&self.file, &other.file) && self.offset == other.offset
+    }
 }
 
 #[cfg(test)]

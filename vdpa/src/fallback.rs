@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::datapath::{
-    Datapath, DatapathError, PairPosition, QueuePairConfig, RelayTime, StartFailure,
+    Datapath, DatapathError, NotifyArea, PairPosition, QueuePairConfig, RelayTime, StartFailure,
 };
 
 /// Builds the datapath a device falls back to, when it is first needed.
@@ -340,6 +340,23 @@ impl Datapath for FallbackDatapath {
 
     fn fallback_reason(&self) -> Option<String> {
         self.reason.clone()
+    }
+
+    /// If the first datapath can: the offer is made before any switch.
+    fn offers_notify_areas(&self) -> bool {
+        match self.serving {
+            Serving::First => self.active.offers_notify_areas(),
+            _ => self
+                .other
+                .as_ref()
+                .is_some_and(|first| first.offers_notify_areas()),
+        }
+    }
+
+    /// The serving datapath's: none once the device fell back to software, so the
+    /// frontend's notifiers are removed and kicks come through the eventfds again.
+    fn notify_area(&self, ring: u16) -> Option<NotifyArea> {
+        self.active.notify_area(ring)
     }
 
     fn migration_relay(&self) -> Option<RelayTime> {

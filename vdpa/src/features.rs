@@ -43,27 +43,35 @@ pub fn offered_features(cfg: &DeviceConfig) -> u64 {
 
 /// The vhost-user protocol features this control plane implements, and so offers;
 /// with `dirty_log` (the device offers VHOST_F_LOG_ALL: its datapath can log) also
-/// LOG_SHMFD and RARP, the two that live migration needs.
+/// LOG_SHMFD and RARP, the two that live migration needs; with `host_notifiers` (its
+/// datapath can hand out doorbell pages) BACKEND_REQ, BACKEND_SEND_FD and
+/// HOST_NOTIFIER, which let the frontend map a NIC doorbell into the guest.
 ///
 /// LOG_ALL and LOG_SHMFD always go together: a frontend that acks LOG_ALL without
 /// LOG_SHMFD would keep the log in its own memory, and migrate without any page the
 /// device wrote being copied again.
 ///
-/// STATUS, BACKEND_REQ, HOST_NOTIFIER and INFLIGHT are deliberately absent: they are
-/// only offered once they are implemented. CONFIG is not offered either: GET_CONFIG
-/// is answered, but QEMU keeps a vhost-user net device's config space itself and
-/// warns about a backend that offers it.
-pub fn offered_protocol_features(dirty_log: bool) -> VhostUserProtocolFeatures {
-    let base = VhostUserProtocolFeatures::MQ
+/// STATUS and INFLIGHT are deliberately absent: they are only offered once they are
+/// implemented. CONFIG is not offered either: GET_CONFIG is answered, but QEMU keeps a
+/// vhost-user net device's config space itself and warns about a backend that offers it.
+pub fn offered_protocol_features(
+    dirty_log: bool,
+    host_notifiers: bool,
+) -> VhostUserProtocolFeatures {
+    let mut f = VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::MTU
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
     if dirty_log {
-        base | VhostUserProtocolFeatures::LOG_SHMFD | VhostUserProtocolFeatures::RARP
-    } else {
-        base
+        f |= VhostUserProtocolFeatures::LOG_SHMFD | VhostUserProtocolFeatures::RARP;
     }
+    if host_notifiers {
+        f |= VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::HOST_NOTIFIER;
+    }
+    f
 }
 
 /// Negotiated features as the datapath needs them.

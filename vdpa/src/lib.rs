@@ -5,6 +5,7 @@
 //! Layering: `vdpa` depends only on `vdpad-config`; the datapaths (`swpath`, `hwdrv`)
 //! depend on `vdpa`; the daemon (`tools`) wires them together.
 
+pub mod backend_channel;
 pub mod client;
 pub mod datapath;
 pub mod device;
@@ -25,8 +26,8 @@ pub mod vring;
 pub mod wire;
 
 pub use datapath::{
-    Datapath, DatapathError, PairPosition, QueuePairConfig, RelayTime, RingAddrs, RingConfig,
-    RingEvents, StartFailure,
+    Datapath, DatapathError, NotifyArea, PairPosition, QueuePairConfig, RelayTime, RingAddrs,
+    RingConfig, RingEvents, StartFailure,
 };
 pub use device::{ConnectionState, Device, DeviceHandle, DeviceStatus, PeerStatus};
 pub use dirty_log::{DirtyLog, LogWriter};

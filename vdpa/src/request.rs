@@ -202,6 +202,9 @@ pub enum Request {
     SetLogFd,
     /// SEND_RARP: announce the guest with this MAC address after a migration.
     SendRarp([u8; 6]),
+    /// SET_BACKEND_REQ_FD: the socket the device sends its own requests on (host
+    /// notifiers), checked to be a socket.
+    SetBackendReqFd(std::os::unix::net::UnixStream),
 }
 
 impl std::fmt::Debug for ConfigRead {
@@ -253,6 +256,7 @@ impl Request {
             Request::SetLogBase(_) => "SET_LOG_BASE",
             Request::SetLogFd => "SET_LOG_FD",
             Request::SendRarp(_) => "SEND_RARP",
+            Request::SetBackendReqFd(_) => "SET_BACKEND_REQ_FD",
         }
     }
 
@@ -372,6 +376,7 @@ pub fn decode(mut msg: Message, limits: &Limits) -> Result<Request, RequestError
         FrontendReq::SET_LOG_BASE | FrontendReq::SET_LOG_FD | FrontendReq::SEND_RARP => {
             d.migration_request(&mut msg)?
         }
+        FrontendReq::SET_BACKEND_REQ_FD => d.backend_channel(&mut msg)?,
         other => return Err(invalid(other, "not supported by this device")),
     })
 }
@@ -539,6 +544,28 @@ impl Decoder<'_> {
                 Request::SendRarp(mac)
             }
         })
+    }
+
+    /// SET_BACKEND_REQ_FD: one descriptor, which must be a socket (the device writes
+    /// requests to it and never blocks on it).
+    fn backend_channel(&self, msg: &mut Message) -> Result<Request, RequestError> {
+        if msg.fds.len() != 1 {
+            return Err(RequestError::BadFd {
+                req: self.req,
+                why: format!("{} file descriptors, expected one socket", msg.fds.len()),
+            });
+        }
+        let file = self.take_fd(msg)?;
+        let kind = fd_kind(&file);
+        if !kind.starts_with("socket:") {
+            return Err(RequestError::BadFd {
+                req: self.req,
+                why: format!("the fd is {kind}, not a socket"),
+            });
+        }
+        Ok(Request::SetBackendReqFd(
+            std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(file)),
+        ))
     }
 
     fn body<T: ByteValued + Default>(&self, msg: &Message) -> Result<T, RequestError> {

@@ -357,7 +357,8 @@ fn serve_connection(
     let mut requests = 0u64;
     let first_ms = first_request.map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX));
     let reason = loop {
-        let fds = [conn.stream().as_raw_fd(), shutdown.as_raw_fd(), attention];
+        let mut fds = vec![conn.stream().as_raw_fd(), shutdown.as_raw_fd(), attention];
+        fds.extend(session.backend_fd());
         let timeout = if requests == 0 { first_ms } else { -1 };
         match poll_readable(&fds, timeout) {
             Ok(r) if r[1] => break "daemon shutting down".to_owned(),
@@ -365,8 +366,15 @@ fn serve_connection(
                 // vhost-user has no "needs reset" for a frontend without STATUS: the
                 // connection closes, and the frontend reconnects with new memory.
                 Some(why) => break why,
-                None => continue,
+                None => {
+                    session.sync_host_notifiers();
+                    continue;
+                }
             },
+            Ok(r) if r.get(3) == Some(&true) => {
+                session.read_backend_answers();
+                continue;
+            }
             Ok(r) if r[0] => {}
             Ok(_) if requests == 0 && timeout >= 0 => {
                 break format!("the frontend sent no request within {timeout} ms of connecting")
@@ -407,6 +415,8 @@ fn serve_connection(
         if let Err(e) = sent {
             break format!("sending a reply failed: {}", error_chain(&e));
         }
+        // Only now, with the reply out: the frontend may be waiting for it.
+        session.sync_host_notifiers();
     };
     session.close();
     Ended { reason, requests }

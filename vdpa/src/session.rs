@@ -8,15 +8,17 @@
 //! an error code and a log line; the connection stays up.
 
 use std::mem::size_of;
+use std::os::fd::{AsRawFd, RawFd};
 
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserConfig, VhostUserLog, VhostUserProtocolFeatures, VhostUserU64,
     VhostUserVringState,
 };
 use vm_memory::ByteValued;
 
+use crate::backend_channel::BackendChannel;
 use crate::device::{Device, DeviceError};
 use crate::dirty_log::{DirtyLog, LogError};
 use crate::features::offered_protocol_features;
@@ -48,6 +50,9 @@ pub enum SessionError {
     /// of the pages the device writes, so it must fail instead.
     #[error("VHOST_F_LOG_ALL acked {0}")]
     NoLog(&'static str),
+    /// The backend channel could not be set up.
+    #[error("setting up the backend channel")]
+    BackendChannel(#[source] std::io::Error),
 }
 
 /// What to send back for one request.
@@ -69,6 +74,8 @@ pub struct Session<'d> {
     limits: Limits,
     owner: bool,
     protocol_features: u64,
+    /// The channel for the device's own requests (SET_BACKEND_REQ_FD), if any.
+    backend: Option<BackendChannel>,
 }
 
 impl<'d> Session<'d> {
@@ -85,6 +92,7 @@ impl<'d> Session<'d> {
             limits,
             owner: false,
             protocol_features: 0,
+            backend: None,
         }
     }
 
@@ -146,12 +154,17 @@ impl<'d> Session<'d> {
             Request::Reset => dev.reset(),
             Request::GetProtocolFeatures => {
                 return Ok(payload(VhostUserU64::new(
-                    offered_protocol_features(dev.offers_dirty_log()).bits(),
+                    offered_protocol_features(dev.offers_dirty_log(), dev.offers_host_notifiers())
+                        .bits(),
                 )))
             }
             Request::SetProtocolFeatures(bits) => {
-                self.protocol_features =
-                    bits & offered_protocol_features(dev.offers_dirty_log()).bits();
+                self.protocol_features = bits
+                    & offered_protocol_features(
+                        dev.offers_dirty_log(),
+                        dev.offers_host_notifiers(),
+                    )
+                    .bits();
             }
             Request::GetQueueNum => {
                 return Ok(payload(VhostUserU64::new(u64::from(
@@ -182,7 +195,13 @@ impl<'d> Session<'d> {
                 dev.set_ring_location(ring.as_usize(), location)
             }
             Request::SetVringBase { ring, base } => dev.set_ring_base(ring.as_usize(), base),
-            Request::GetVringBase { ring } => return Ok(get_vring_base(dev, ring)),
+            Request::GetVringBase { ring } => {
+                // QEMU drops the ring's host notifier with every GET_VRING_BASE.
+                if let Some(ch) = self.backend.as_mut() {
+                    ch.forget(ring.index());
+                }
+                return Ok(get_vring_base(dev, ring));
+            }
             Request::SetVringKick { ring, fd } => dev.set_kick(ring.as_usize(), fd),
             Request::SetVringCall { ring, fd } => dev.set_call(ring.as_usize(), fd),
             Request::SetVringErr { ring, fd } => dev.set_err(ring.as_usize(), fd),
@@ -199,6 +218,11 @@ impl<'d> Session<'d> {
             Request::SendRarp(mac) => {
                 let sent = dev.announce(mac);
                 debug!(device = dev.name(), mac = ?mac, sent, "SEND_RARP");
+            }
+            Request::SetBackendReqFd(stream) => {
+                self.backend =
+                    Some(BackendChannel::new(stream).map_err(SessionError::BackendChannel)?);
+                debug!(device = dev.name(), "backend channel set up");
             }
         }
         Ok(Reply::Ack)
@@ -223,6 +247,87 @@ impl<'d> Session<'d> {
         self.dev
             .set_rings_need_enable(bits & VHOST_USER_F_PROTOCOL_FEATURES != 0);
         Ok(())
+    }
+
+    /// Whether the frontend acked a protocol feature.
+    fn acked(&self, f: VhostUserProtocolFeatures) -> bool {
+        self.protocol_features & f.bits() == f.bits()
+    }
+
+    /// The backend channel's descriptor, to poll for the frontend's answers.
+    pub fn backend_fd(&self) -> Option<RawFd> {
+        self.backend.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Gives the frontend each ring's doorbell page that it should map into the guest
+    /// (or takes back one it should no longer use: the device fell back to software,
+    /// or was reset). Called after the reply to every request and whenever the
+    /// datapath changed on its own, never before a reply: QEMU may be waiting for it.
+    pub fn sync_host_notifiers(&mut self) {
+        let hn = VhostUserProtocolFeatures::BACKEND_REQ | VhostUserProtocolFeatures::HOST_NOTIFIER;
+        if !self.acked(hn) {
+            return;
+        }
+        let Some(ch) = self.backend.as_mut() else {
+            return;
+        };
+        for ring in 0..self.dev.ring_count() {
+            let want = self.dev.notify_area(ring);
+            match ch.sync(ring, want.as_ref()) {
+                Ok(false) => {}
+                Ok(true) => match &want {
+                    Some(a) => info!(
+                        device = self.dev.name(),
+                        ring,
+                        offset = format_args!("{:#x}", a.offset),
+                        "host notifier: the frontend was given the NIC's doorbell page"
+                    ),
+                    None => info!(
+                        device = self.dev.name(),
+                        ring, "host notifier: removed; kicks go through the kick eventfd"
+                    ),
+                },
+                Err(e) => {
+                    warn!(device = self.dev.name(), error = %e,
+                          "host notifiers: the backend channel failed; kicks go through the kick eventfds");
+                    self.backend = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what the frontend answered on the backend channel; a refused notifier is
+    /// logged with the usual cause, and the ring keeps its kick relay.
+    pub fn read_backend_answers(&mut self) {
+        let Some(ch) = self.backend.as_mut() else {
+            return;
+        };
+        match ch.read_answers() {
+            Ok(answers) => {
+                for a in answers.into_iter().filter(|a| a.install) {
+                    if a.done {
+                        debug!(
+                            device = self.dev.name(),
+                            ring = a.ring,
+                            "host notifier mapped by the frontend"
+                        );
+                    } else {
+                        warn!(
+                            device = self.dev.name(),
+                            ring = a.ring,
+                            "host notifier refused by the frontend (QEMU's virtio-net-pci needs \
+                               page-per-vq=on); this ring's kicks go through the kick relay"
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(device = self.dev.name(), error = %e,
+                      "host notifiers: the backend channel failed; kicks go through the kick eventfds");
+                self.backend = None;
+            }
+        }
     }
 
     /// Ends the session: the device stops and forgets this frontend.

@@ -46,7 +46,7 @@ pub struct Header {
 }
 
 impl Header {
-    fn from_bytes(b: &[u8; HEADER_LEN]) -> Self {
+    pub(crate) fn from_bytes(b: &[u8; HEADER_LEN]) -> Self {
         let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         Header {
             request: word(0),
@@ -55,7 +55,7 @@ impl Header {
         }
     }
 
-    fn to_bytes(self) -> [u8; HEADER_LEN] {
+    pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&self.request.to_ne_bytes());
         b[4..8].copy_from_slice(&self.flags.to_ne_bytes());

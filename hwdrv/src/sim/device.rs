@@ -16,6 +16,7 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dma::Dma;
+use super::doorbell_pages::DoorbellPages;
 use super::layout;
 use super::link::Link;
 use super::ring::{Seg, SimRingError, SplitRing};
@@ -36,11 +37,14 @@ const BACKLOG_LIMIT: usize = 1024;
 const MAX_FRAME: usize = 65536;
 /// How long the device thread sleeps without doorbells (picks up injected frames).
 const TICK: Duration = Duration::from_millis(20);
+/// How often it looks at its doorbell pages once one was handed out.
+const PAGE_WATCH: Duration = Duration::from_micros(200);
 
 /// Counters of the simulated NIC.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub doorbells: AtomicU64,
+    pub page_doorbells: AtomicU64,
     pub tx_frames: AtomicU64,
     pub rx_frames: AtomicU64,
     pub rx_dropped: AtomicU64,
@@ -107,6 +111,8 @@ pub(crate) struct Shared {
     pub wake: EventFd,
     pub stop: AtomicBool,
     pub counters: Counters,
+    /// The mappable doorbell pages, with [`SimConfig::doorbell_pages`].
+    pub pages: Option<DoorbellPages>,
 }
 
 pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,6 +122,7 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn new(cfg: SimConfig, link: Box<dyn Link>) -> std::io::Result<Self> {
         let nq = usize::from(cfg.num_queues());
+        let cfg_pages = cfg.doorbell_pages;
         let state = State {
             config: layout::config_space(&cfg),
             dev_feature_select: 0,
@@ -142,6 +149,11 @@ impl Shared {
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             stop: AtomicBool::new(false),
             counters: Counters::default(),
+            pages: if cfg_pages {
+                Some(DoorbellPages::new(nq)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -430,19 +442,37 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 revents: 0,
             });
         }
-        // SAFETY: `fds` is a valid array of pollfd of the given length for the call.
+        let watch = shared.pages.as_ref().filter(|p| p.watched());
+        let wait = if watch.is_some() { PAGE_WATCH } else { TICK };
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: wait.as_nanos() as libc::c_long,
+        };
+        // SAFETY: `fds` is a valid array of pollfd of the given length and `ts` a valid
+        // timespec, both alive for the call; no signal mask is passed.
         unsafe {
-            libc::poll(
+            libc::ppoll(
                 fds.as_mut_ptr(),
                 fds.len() as libc::nfds_t,
-                TICK.as_millis() as i32,
+                &ts,
+                std::ptr::null(),
             )
         };
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
         let _ = shared.wake.read();
-        let bits = shared.pending.swap(0, Ordering::SeqCst);
+        let mut bits = shared.pending.swap(0, Ordering::SeqCst);
+        if let Some(pages) = watch {
+            let rung = pages.take_rung();
+            let n = u64::from(rung.count_ones());
+            shared
+                .counters
+                .page_doorbells
+                .fetch_add(n, Ordering::Relaxed);
+            shared.counters.doorbells.fetch_add(n, Ordering::Relaxed);
+            bits |= rung;
+        }
         let mut st = lock(&shared.state);
         let mut again = 0u64;
         pull_wire(&shared, &mut st, &mut scratch);

@@ -3,14 +3,14 @@
 //! structures the way QEMU's virtio-net-pci does.
 //!
 //! ```text
-//! config space            BAR 4 (32 KiB)
+//! config space            BAR 4 (288 KiB)
 //! 0x40 MSI-X cap          0x0000 common cfg (0x3c bytes)
 //! 0x50 virtio COMMON      0x1000 ISR (1 byte)
 //! 0x60 virtio ISR         0x2000 device cfg (virtio_net_config)
-//! 0x70 virtio DEVICE      0x3000 doorbells: queue q at 0x3000 + 4 q
-//! 0x80 virtio NOTIFY      0x4000 ring state (vdpad extension): u32 per queue,
-//! 0x98 virtio PCI_CFG            last_avail | last_used << 16
-//! 0xb0 ring state (opt.)
+//! 0x70 virtio DEVICE      0x4000 ring state (vdpad extension): u32 per queue,
+//! 0x80 virtio NOTIFY             last_avail | last_used << 16
+//! 0x98 virtio PCI_CFG     0x8000 doorbells: queue q at 0x8000 + q * multiplier
+//! 0xb0 ring state (opt.)         (4096: a page per queue, which can be mapped; or 4)
 //! ```
 
 use super::SimConfig;
@@ -27,14 +27,17 @@ pub(crate) const COMMON: u64 = 0x0000;
 pub(crate) const ISR: u64 = 0x1000;
 /// Device configuration offset.
 pub(crate) const DEVICE: u64 = 0x2000;
-/// Doorbell area offset.
-pub const NOTIFY: u64 = 0x3000;
-/// `notify_off_multiplier`: bytes between two queues' doorbells.
-pub const NOTIFY_MULTIPLIER: u32 = 4;
 /// Ring-state area offset.
 pub(crate) const RING_STATE: u64 = 0x4000;
-/// Size of BAR 4.
-pub const BAR4_SIZE: u64 = 0x8000;
+/// Doorbell area offset.
+pub const NOTIFY: u64 = 0x8000;
+/// `notify_off_multiplier` with [`SimConfig::doorbell_pages`]: every queue's doorbell
+/// alone on its page.
+pub const PAGE_MULTIPLIER: u32 = 4096;
+/// `notify_off_multiplier` without: doorbells packed 4 bytes apart on one page.
+pub const PACKED_MULTIPLIER: u32 = 4;
+/// Size of BAR 4: room for a page per queue of the largest device.
+pub const BAR4_SIZE: u64 = NOTIFY + 64 * PAGE_MULTIPLIER as u64;
 /// Size of configuration space (PCI Express).
 pub(crate) const CONFIG_SIZE: usize = 4096;
 
@@ -124,9 +127,9 @@ pub fn config_space(c: &SimConfig) -> Vec<u8> {
         20,
         cap::NOTIFY,
         NOTIFY,
-        nq * NOTIFY_MULTIPLIER,
+        nq * c.notify_multiplier(),
     );
-    put32(&mut b, 0x80 + 16, NOTIFY_MULTIPLIER);
+    put32(&mut b, 0x80 + 16, c.notify_multiplier());
     let after_pci_cfg = if c.ring_state { 0xb0 } else { 0 };
     virtio_cap(&mut b, 0x98, after_pci_cfg, 20, cap::PCI_CFG, 0, 0);
     if c.ring_state {

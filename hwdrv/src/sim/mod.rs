@@ -13,6 +13,7 @@
 
 mod device;
 pub mod dma;
+mod doorbell_pages;
 pub mod layout;
 pub mod link;
 mod ring;
@@ -22,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use vdpa::NotifyArea;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::pci::{check_width, PciFunction, ResetOutcome};
@@ -59,6 +61,10 @@ pub struct SimConfig {
     pub ring_state: bool,
     /// Support function-level reset (VFIO_DEVICE_RESET).
     pub flr: bool,
+    /// Give every queue's doorbell a page of its own, which a frontend can map as a
+    /// host notifier (the device then watches those pages); otherwise doorbells are
+    /// packed 4 bytes apart and cannot be handed out.
+    pub doorbell_pages: bool,
 }
 
 impl Default for SimConfig {
@@ -81,6 +87,7 @@ impl Default for SimConfig {
             link_up: true,
             ring_state: true,
             flr: true,
+            doorbell_pages: true,
         }
     }
 }
@@ -89,6 +96,15 @@ impl SimConfig {
     /// Number of virtqueues: two per pair (no control queue is modelled).
     pub(crate) fn num_queues(&self) -> u16 {
         2 * self.max_pairs
+    }
+
+    /// The NOTIFY capability's `notify_off_multiplier`.
+    pub fn notify_multiplier(&self) -> u32 {
+        if self.doorbell_pages {
+            layout::PAGE_MULTIPLIER
+        } else {
+            layout::PACKED_MULTIPLIER
+        }
     }
 }
 
@@ -181,9 +197,14 @@ impl SimNic {
         self.shared.counters.rx_dropped.load(Ordering::Relaxed)
     }
 
-    /// Doorbell writes seen.
+    /// Doorbell writes seen (through the BAR and through mapped doorbell pages).
     pub fn doorbells(&self) -> u64 {
         self.shared.counters.doorbells.load(Ordering::Relaxed)
+    }
+
+    /// Doorbell writes that came through a mapped doorbell page (a host notifier).
+    pub fn page_doorbells(&self) -> u64 {
+        self.shared.counters.page_doorbells.load(Ordering::Relaxed)
     }
 
     /// Function-level resets performed.
@@ -269,13 +290,12 @@ impl PciFunction for SimNic {
                 st.isr = 0;
                 v
             }
-            o if o < layout::NOTIFY => {
+            o if o < layout::RING_STATE => {
                 drop(st);
                 sh.device_cfg_read(o - layout::DEVICE, buf);
                 return Ok(());
             }
-            o if o < layout::RING_STATE => 0,
-            o if sh.cfg.ring_state => {
+            o if o < layout::NOTIFY && sh.cfg.ring_state => {
                 let rel = o - layout::RING_STATE;
                 sh.ring_state_read(&st, (rel / 4) as usize) >> (8 * (rel % 4))
             }
@@ -299,9 +319,9 @@ impl PciFunction for SimNic {
         let v = u32::from_le_bytes(b);
         let sh = &self.shared;
         match offset {
-            o if (layout::NOTIFY..layout::RING_STATE).contains(&o) => {
+            o if o >= layout::NOTIFY => {
                 // Doorbells never wait for the device lock (the kick relay's hot path).
-                let q = (o - layout::NOTIFY) / u64::from(layout::NOTIFY_MULTIPLIER);
+                let q = (o - layout::NOTIFY) / u64::from(sh.cfg.notify_multiplier());
                 sh.doorbell(q as u16);
             }
             o if o < layout::ISR => {
@@ -368,6 +388,34 @@ impl PciFunction for SimNic {
             .function_resets
             .fetch_add(1, Ordering::Relaxed);
         Ok(ResetOutcome::Done)
+    }
+
+    fn doorbell_page(&self, bar: u8, offset: u64) -> Result<NotifyArea, String> {
+        let pages = self
+            .shared
+            .pages
+            .as_ref()
+            .ok_or("its doorbells share a page (notify_off_multiplier 4)")?;
+        let page = u64::from(layout::PAGE_MULTIPLIER);
+        if bar != layout::VIRTIO_BAR || offset < layout::NOTIFY || offset % page != 0 {
+            return Err(format!(
+                "BAR{bar} offset {offset:#x} is not a doorbell page"
+            ));
+        }
+        let q = (offset - layout::NOTIFY) / page;
+        if q >= u64::from(self.shared.cfg.num_queues()) {
+            return Err(format!(
+                "BAR{bar} offset {offset:#x} is past the last doorbell"
+            ));
+        }
+        if !pages.exported.swap(true, Ordering::SeqCst) {
+            let _ = self.shared.wake.write(1);
+        }
+        Ok(NotifyArea {
+            file: pages.file.clone(),
+            offset: q * page,
+            size: page,
+        })
     }
 
     fn vector_fired(&self, vector: u16) -> Option<u64> {

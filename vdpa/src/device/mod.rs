@@ -20,7 +20,7 @@ use tracing::info;
 use vdpad_config::{DeviceConfig, Frontend};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, NotifyArea};
 use crate::dirty_log::DirtyLog;
 use crate::features::{feature_names, offered_features, Negotiated};
 use crate::memory::GuestMemory;
@@ -141,6 +141,17 @@ impl Device {
     /// Whether the device offers dirty logging for live migration (VHOST_F_LOG_ALL).
     pub fn offers_dirty_log(&self) -> bool {
         self.offered & VHOST_F_LOG_ALL != 0
+    }
+
+    /// Whether the datapath can hand out doorbell pages for the frontend to map into
+    /// the guest (vhost-user host notifiers).
+    pub fn offers_host_notifiers(&self) -> bool {
+        self.datapath.offers_notify_areas()
+    }
+
+    /// Ring `ring`'s doorbell page, while the ring runs on hardware that has one.
+    pub fn notify_area(&self, ring: u16) -> Option<NotifyArea> {
+        self.datapath.notify_area(ring)
     }
 
     /// Whether the frontend shared a dirty log (SET_LOG_BASE) on this connection.
