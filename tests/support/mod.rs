@@ -29,6 +29,7 @@
 //! - [`raw_frontend`]: a vhost-user frontend that sends exactly the bytes and
 //!   descriptors a test asks for (hostile frontends);
 //! - [`rig_lines`]: rig verify lines, frames on the wire and log lines, checked;
+//! - [`sim_served`]: an offload device on a simulated NIC, served in the test process;
 //! - [`bins`]: the workspace's programs (`vdpad`, `vdpactl`, `vdpa-rig`, `vdpa-bench`),
 //!   built on first use.
 //!
@@ -53,6 +54,7 @@ pub mod process;
 pub mod qmp;
 pub mod raw_frontend;
 pub mod rig_lines;
+pub mod sim_served;
 pub mod swdev;
 pub mod tapnet;
 pub mod testpmd;

@@ -322,6 +322,13 @@ impl<'d> Session<'d> {
                     }
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                info!(
+                    device = self.dev.name(),
+                    "the frontend closed the backend channel"
+                );
+                self.backend = None;
+            }
             Err(e) => {
                 warn!(device = self.dev.name(), error = %e,
                       "host notifiers: the backend channel failed; kicks go through the kick eventfds");

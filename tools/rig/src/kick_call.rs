@@ -2,16 +2,22 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::host_notifier::NotifierPage;
 
 /// The kick (driver → device) and call (device → driver) eventfds of one ring.
 #[derive(Debug)]
 pub struct KickCall {
     kick: EventFd,
     call: EventFd,
+    /// A mapped doorbell page (host notifier) and the queue index to store into it.
+    notifier: Option<(Arc<NotifierPage>, u16)>,
     kicks: u64,
+    page_kicks: u64,
     interrupts: u64,
     interrupt_sum: u64,
 }
@@ -22,7 +28,9 @@ impl KickCall {
         Ok(Self {
             kick: EventFd::new(libc::EFD_NONBLOCK)?,
             call: EventFd::new(libc::EFD_NONBLOCK)?,
+            notifier: None,
             kicks: 0,
+            page_kicks: 0,
             interrupts: 0,
             interrupt_sum: 0,
         })
@@ -35,11 +43,28 @@ impl KickCall {
     pub fn call_fd(&self) -> &EventFd {
         &self.call
     }
-    /// Kicks the device (one eventfd write) and counts it.
+    /// Kicks ring `queue` through `page` from now on (`None`: through the eventfd).
+    pub fn set_notifier(&mut self, page: Option<Arc<NotifierPage>>, queue: u16) {
+        self.notifier = page.map(|p| (p, queue));
+    }
+
+    /// Kicks the device (a store into its doorbell page when the backend gave one,
+    /// else one eventfd write) and counts it.
     pub fn kick(&mut self) -> io::Result<()> {
-        self.kick.write(1)?;
+        match &self.notifier {
+            Some((page, queue)) => {
+                page.ring(*queue);
+                self.page_kicks += 1;
+            }
+            None => self.kick.write(1)?,
+        }
         self.kicks += 1;
         Ok(())
+    }
+
+    /// Kicks that went through a doorbell page (included in [`kicks`](Self::kicks)).
+    pub fn page_kicks(&self) -> u64 {
+        self.page_kicks
     }
     /// Reads the call eventfd if signalled. One successful read counts as one interrupt;
     /// the counter value (how many times the device signalled) is added to the sum.

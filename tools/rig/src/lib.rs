@@ -28,6 +28,7 @@ pub mod connection;
 pub mod driver_ring;
 pub mod error;
 pub mod frame;
+pub mod host_notifier;
 pub mod hostile;
 pub mod kick_call;
 pub mod latency;

@@ -44,6 +44,9 @@ pub struct RigOptions {
     /// VHOST_F_LOG_ALL and ask for every used ring to be logged, so that the backend
     /// logs every page it writes (to measure what logging costs).
     pub dirty_log: bool,
+    /// Ask for host notifiers (BACKEND_REQ, BACKEND_SEND_FD, HOST_NOTIFIER), map the
+    /// doorbell pages the backend sends, and kick through them instead of eventfds.
+    pub host_notifiers: bool,
     /// Own the socket instead of connecting to it: create it (replacing a stale
     /// socket), listen, and accept the backend's connection — QEMU's
     /// `-chardev socket,server=on` for a backend in client mode.
@@ -81,6 +84,7 @@ impl RigOptions {
             mem_regions: 1,
             mem_slots: false,
             dirty_log: false,
+            host_notifiers: false,
             listen: false,
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(5),

@@ -18,6 +18,7 @@ use vhost::vhost_user::VhostUserProtocolFeatures;
 use crate::connection::FrontendConnection;
 use crate::driver_ring::DriverRing;
 use crate::error::RigError;
+use crate::host_notifier::BackendRequests;
 use crate::kick_call::KickCall;
 use crate::kick_call::{raw, wait_readable};
 use crate::memory::RigMemory;
@@ -133,6 +134,8 @@ pub(crate) struct RigParts {
     pub(crate) rings: Vec<PreparedRing>,
     pub(crate) areas: Vec<PairAreas>,
     pub(crate) scratch: Scratch,
+    /// The backend channel, with host notifiers.
+    pub(crate) backend: Option<BackendRequests>,
 }
 
 /// A vhost-user frontend playing the VM, fully set up.
@@ -144,6 +147,7 @@ pub struct Rig {
     neg: Negotiation,
     pairs: Vec<QueuePair>,
     scratch: Scratch,
+    backend: Option<BackendRequests>,
 }
 
 impl Rig {
@@ -193,7 +197,15 @@ impl Rig {
             neg: p.neg,
             pairs,
             scratch: p.scratch,
+            backend: p.backend,
         }
+    }
+
+    /// Rings that kick through a doorbell page the backend gave (host notifiers).
+    pub fn notifier_rings(&self) -> Vec<u16> {
+        self.backend
+            .as_ref()
+            .map_or_else(Vec::new, BackendRequests::rings)
     }
 
     /// The session options.

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use vhost::vhost_user::message::VhostUserHeaderFlag;
@@ -19,6 +20,7 @@ use vhost::VhostBackend;
 use crate::connection::{accept_one, connect_with_retry, FrontendConnection};
 use crate::driver_ring::{DriverRing, RingLayout};
 use crate::error::RigError;
+use crate::host_notifier::BackendRequests;
 use crate::kick_call::KickCall;
 use crate::memory::{MemoryLayout, RigMemory};
 use crate::migration::{set_vring_addr, share_dirty_log};
@@ -93,7 +95,11 @@ pub struct RigSetup {
     rings: Vec<PreparedRing>,
     areas: Vec<PairAreas>,
     scratch: Scratch,
+    backend: Option<BackendRequests>,
 }
+
+/// How long the end of setup waits for the backend's host notifiers.
+const NOTIFIER_WAIT: Duration = Duration::from_secs(2);
 
 impl Rig {
     /// Connects and runs the whole setup.
@@ -163,6 +169,7 @@ impl RigSetup {
             rings,
             areas,
             scratch,
+            backend: None,
         })
     }
 
@@ -239,6 +246,7 @@ impl RigSetup {
     /// Runs every remaining step and returns the ready rig.
     pub fn finish(mut self) -> Result<Rig, RigError> {
         while self.step()?.is_some() {}
+        self.take_notifiers()?;
         let conn = self
             .conn
             .take()
@@ -251,7 +259,28 @@ impl RigSetup {
             rings: self.rings,
             areas: self.areas,
             scratch: self.scratch,
+            backend: self.backend,
         }))
+    }
+
+    /// With host notifiers: waits (bounded) for the backend's doorbell pages, one per
+    /// ring, and kicks through each ring's page from now on. A backend that sends none
+    /// (a software datapath, a NIC whose doorbells share a page) leaves eventfd kicks.
+    fn take_notifiers(&mut self) -> Result<(), RigError> {
+        let Some(backend) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        let rings = self.rings.len();
+        backend
+            .serve(NOTIFIER_WAIT, |b| b.rings().len() >= rings)
+            .map_err(|source| RigError::RawRequest {
+                request: "backend channel (host notifiers)",
+                source,
+            })?;
+        for (i, r) in self.rings.iter_mut().enumerate() {
+            r.kick_call.set_notifier(backend.page(i as u16), i as u16);
+        }
+        Ok(())
     }
 
     /// The memory and rings laid out, for a transport other than vhost-user.
@@ -422,7 +451,8 @@ impl RigSetup {
         let pairs = self.opts.queue_pairs;
         let want_slots = self.opts.mem_slots;
         let want_log = self.opts.dirty_log;
-        let conn = self.conn()?;
+        let want_notifiers = self.opts.host_notifiers;
+        let conn = self.conn.as_mut().ok_or_else(not_connected)?;
         let offered = conn
             .without_need_reply(|fe| fe.get_protocol_features())
             .map_err(req)?;
@@ -445,11 +475,35 @@ impl RigSetup {
                 offered.bits()
             )));
         }
+        let notifiers = VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::HOST_NOTIFIER;
+        if want_notifiers {
+            if !offered.contains(notifiers) {
+                return Err(RigError::Unsupported(format!(
+                    "host notifiers: protocol features BACKEND_REQ, BACKEND_SEND_FD and \
+                     HOST_NOTIFIER not all offered ({:#x})",
+                    offered.bits()
+                )));
+            }
+            ack |= notifiers;
+        }
         conn.frontend().set_protocol_features(ack).map_err(req)?;
         if ack.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             // From now on every setter waits for the backend's acknowledgement, so setup
             // is synchronous and a failure is reported at the step that caused it.
             conn.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        if want_notifiers {
+            // As QEMU: the backend channel right after the protocol features.
+            let (ours, theirs) = BackendRequests::new().map_err(|source| RigError::RawRequest {
+                request: "socketpair for the backend channel",
+                source,
+            })?;
+            conn.frontend()
+                .set_backend_request_fd(&theirs)
+                .map_err(req)?;
+            self.backend = Some(ours);
         }
         self.neg.offered_protocol = offered.bits();
         self.neg.acked_protocol = ack.bits();

@@ -13,8 +13,10 @@ pub struct DriverQueueStats {
     pub completions: u64,
     /// Used elements that completed hostile (raw) chains.
     pub raw_completions: u64,
-    /// Kicks the rig sent (eventfd writes).
+    /// Kicks the rig sent (eventfd writes or doorbell-page stores).
     pub kicks: u64,
+    /// Of those, stores into a doorbell page the backend gave (host notifier).
+    pub page_kicks: u64,
     /// Interrupts received (successful call eventfd reads).
     pub interrupts: u64,
     /// Sum of the call eventfd counter values read.
@@ -35,6 +37,7 @@ impl DriverQueueStats {
         self.completions += o.completions;
         self.raw_completions += o.raw_completions;
         self.kicks += o.kicks;
+        self.page_kicks += o.page_kicks;
         self.interrupts += o.interrupts;
         self.interrupt_sum += o.interrupt_sum;
         self.bad_len += o.bad_len;
@@ -61,6 +64,7 @@ impl DriverQueueStats {
             completions: self.completions - earlier.completions,
             raw_completions: self.raw_completions - earlier.raw_completions,
             kicks: self.kicks - earlier.kicks,
+            page_kicks: self.page_kicks - earlier.page_kicks,
             interrupts: self.interrupts - earlier.interrupts,
             interrupt_sum: self.interrupt_sum - earlier.interrupt_sum,
             bad_len: self.bad_len - earlier.bad_len,

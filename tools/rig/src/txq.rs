@@ -275,6 +275,7 @@ impl DriverTxQueue {
     pub fn stats(&self) -> DriverQueueStats {
         DriverQueueStats {
             kicks: self.kick_call.kicks(),
+            page_kicks: self.kick_call.page_kicks(),
             interrupts: self.kick_call.interrupts(),
             interrupt_sum: self.kick_call.interrupt_sum(),
             ..self.stats

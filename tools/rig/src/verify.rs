@@ -96,6 +96,8 @@ pub struct VerifyReport {
     pub tx_kicks: u64,
     /// Kicks the rig sent on RX rings (buffer refills).
     pub rx_kicks: u64,
+    /// Of all kicks, those stored into a doorbell page (host notifiers).
+    pub page_kicks: u64,
     /// Interrupts received (call eventfd reads), all rings.
     pub interrupts: u64,
     /// Sum of call eventfd counter values, all rings.
@@ -162,6 +164,9 @@ impl VerifyReport {
         );
         if let Some((from, to)) = self.logged {
             s += &format!(" dirty-logged from frame {from} to {to}");
+        }
+        if self.page_kicks > 0 {
+            s += &format!(" ({} kicks through doorbell pages)", self.page_kicks);
         }
         if self.bad_len + self.bad_num_buffers + self.bad_hdr > 0 {
             s += &format!(
@@ -388,6 +393,7 @@ pub fn run_verify(rig: &mut Rig, o: &VerifyOptions) -> Result<VerifyReport, RigE
         seconds,
         tx_kicks: d.tx.kicks,
         rx_kicks: d.rx.kicks,
+        page_kicks: d.tx.page_kicks + d.rx.page_kicks,
         interrupts: d.tx.interrupts + d.rx.interrupts,
         interrupt_sum: d.tx.interrupt_sum + d.rx.interrupt_sum,
         bad_len: d.rx.bad_len,

@@ -128,5 +128,6 @@ pub fn connect(path: &Path, opts: RigOptions) -> Result<Rig, RigError> {
         rings,
         areas,
         scratch,
+        backend: None,
     }))
 }

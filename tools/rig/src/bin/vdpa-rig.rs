@@ -61,6 +61,11 @@ struct Cli {
     /// VM: the backend then logs every page it writes (measures what that costs).
     #[arg(long)]
     dirty_log: bool,
+    /// Ask for host notifiers: map the doorbell pages the backend sends
+    /// (VRING_HOST_NOTIFIER_MSG) and kick by storing into them, as a guest does when
+    /// QEMU maps a vDPA NIC's doorbell into it.
+    #[arg(long, conflicts_with = "vhost_vdpa")]
+    host_notifiers: bool,
     /// Own the socket like QEMU's `server=on`: create it, listen, and wait for the
     /// backend to connect (a vdpad device with `socket_role = "client"`).
     #[arg(long, conflicts_with = "vhost_vdpa")]
@@ -224,6 +229,7 @@ fn main() -> ExitCode {
     opts.mem_regions = cli.mem_regions;
     opts.mem_slots = cli.mem_slots;
     opts.dirty_log = cli.dirty_log;
+    opts.host_notifiers = cli.host_notifiers;
     opts.listen = cli.listen;
     opts.connect_timeout = connect_timeout;
     opts.max_frame = u32::try_from(max_frame).unwrap_or(u32::MAX);
