@@ -504,7 +504,7 @@ impl PciFunction for VfioFunction {
                 self.bdf
             ));
         }
-        if offset % PAGE != 0 {
+        if !offset.is_multiple_of(PAGE) {
             return Err(format!("BAR{bar} offset {offset:#x} is not page-aligned"));
         }
         let inside = b

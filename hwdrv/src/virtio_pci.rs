@@ -433,13 +433,13 @@ impl VirtioPci {
     pub fn doorbells_on_own_pages(&self) -> std::result::Result<(), String> {
         const PAGE: u64 = 4096;
         let mult = u64::from(self.notify_multiplier);
-        if mult == 0 || mult % PAGE != 0 {
+        if mult == 0 || !mult.is_multiple_of(PAGE) {
             return Err(format!(
                 "notify_off_multiplier {mult} puts several doorbells on one page (QEMU's \
                  virtio-net-pci needs page-per-vq=on)"
             ));
         }
-        if self.notify.offset % PAGE != 0 {
+        if !self.notify.offset.is_multiple_of(PAGE) {
             return Err(format!(
                 "the notify area at BAR{}+{:#x} is not page-aligned",
                 self.notify.bar, self.notify.offset

@@ -397,7 +397,7 @@ impl PciFunction for SimNic {
             .as_ref()
             .ok_or("its doorbells share a page (notify_off_multiplier 4)")?;
         let page = u64::from(layout::PAGE_MULTIPLIER);
-        if bar != layout::VIRTIO_BAR || offset < layout::NOTIFY || offset % page != 0 {
+        if bar != layout::VIRTIO_BAR || offset < layout::NOTIFY || !offset.is_multiple_of(page) {
             return Err(format!(
                 "BAR{bar} offset {offset:#x} is not a doorbell page"
             ));
