@@ -13,7 +13,10 @@
 //!    reads them from the rig's memory by DMA (through the IOMMU), QEMU puts them on
 //!    the host tap, where a reflector in this test process sends every frame back; the
 //!    NIC writes them into the rig's RX buffers by DMA and raises MSI-X straight into
-//!    the rig's call eventfd; the rig checks every byte, the order and the count;
+//!    the rig's call eventfd; the rig checks every byte, the order and the count. The
+//!    rig asks for **host notifiers**: vdpad hands it the NIC's doorbell pages (the
+//!    VFIO device fd at BAR 4's region offset; the NIC has `page-per-vq=on`), the rig
+//!    maps them and kicks by storing into them, and vdpad's kick relay relays nothing;
 //! 3. `vdpa-rig listen` receives frames this test **injects** on the host tap (known
 //!    bytes, ethertype 0x88b6) and prints them; the test compares them byte for byte;
 //! 4. vdpad restarts with the software fallback allowed (`fallback = true`, a
@@ -154,9 +157,9 @@ chroot /host env NO_COLOR=1 $VDPAD --config /run/hw-offload.toml > /lab/vdpad-of
 VP=$!
 wait_file /host/run/vdpad-hw/hw0.sock 60 || {{ echo "VDPAD-HW-FAIL no socket"; cat /lab/vdpad-offload.log; exit 1; }}
 echo "VDPAD-HW-OFFLOAD-UP pid=$VP"
-chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hw0.sock verify --packets {OFFLOAD_PACKETS} --size 60 --size-max 1514 --timeout 100 > /lab/rig-offload.log 2>&1
+chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hw0.sock --host-notifiers verify --packets {OFFLOAD_PACKETS} --size 60 --size-max 1514 --timeout 100 > /lab/rig-offload.log 2>&1
 echo "VDPAD-HW-VERIFY rc=$? $(head -n 1 /lab/rig-offload.log)"
-chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hw0.sock listen --count {INJECTED} --ethertype {INJECT_ETHERTYPE:#06x} --timeout 100 > /lab/rig-listen.log 2>&1 &
+chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hw0.sock --host-notifiers listen --count {INJECTED} --ethertype {INJECT_ETHERTYPE:#06x} --timeout 100 > /lab/rig-listen.log 2>&1 &
 LP=$!
 wait_grep "listen: ready" /lab/rig-listen.log 60 && echo "VDPAD-HW-LISTEN-READY"
 wait $LP
@@ -504,6 +507,8 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         "queue pair started",
         "queue pair stopped",
         "already mapped by",
+        "host notifier",
+        "doorbell",
     ];
     eprintln!("\n===== vdpad (offload, real VFIO) =====");
     for l in lines_with(&offload_log, &key) {
@@ -551,6 +556,33 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         !offload_log.contains("falling back"),
         "offload fell back:\n{offload_log}"
     );
+    // Host notifiers on real VFIO: the rig stored its kicks into the doorbell pages of
+    // the NIC's BAR that vdpad handed over (the VFIO device fd at the BAR's region
+    // offset); vdpad's kick relay relayed none of them.
+    need(&offload_log, "each doorbell is alone on its page", 1);
+    need(&offload_log, "the frontend was given the NIC's doorbell page", 2);
+    assert!(
+        verify.contains("kicks through doorbell pages"),
+        "the rig kicked through eventfds: {verify}"
+    );
+    let hw0: Vec<_> = offload_log
+        .lines()
+        .filter_map(support::swdev::parse_queue_stats)
+        .filter(|q| q.device == "hw0")
+        .collect();
+    assert!(!hw0.is_empty(), "no queue stats for hw0:\n{offload_log}");
+    for q in &hw0 {
+        assert_eq!(q.kicks, 0, "the kick relay relayed kicks: {}", q.summary());
+    }
+    note(
+        t0,
+        &format!(
+            "host notifiers on real VFIO: {verify}; relayed kicks per ring {:?}",
+            hw0.iter().map(|q| q.kicks).collect::<Vec<_>>()
+        ),
+    );
+    // The second function packs its doorbells on one page: no notifiers offered.
+    need(&share_log, "no host notifiers", 1);
     // The migration: to the software relay, which serves until the next session (this
     // NIC cannot resume rings mid-way), then the NIC again; never a fallback for good.
     need(&migrate_log, "a live migration logs dirty pages", 1);
@@ -579,20 +611,16 @@ fn offload_through_real_vfio_in_a_nested_guest() {
         refused.contains("hwa") && refused.contains("hwb"),
         "the refusal does not name both devices: {refused}"
     );
-    // Kicks relayed to the NIC's doorbells on the TX ring (ring 1).
-    let tx_kicks = offload_log
+    // Without host notifiers (the migration's rig), kicks were relayed to the NIC's
+    // doorbells on the TX ring (ring 1).
+    let tx_kicks = migrate_log
         .lines()
-        .find(|l| {
-            l.contains("queue stats") && l.contains("device=\"hw0\"") && l.contains("ring=1 ")
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("kicks="))
-                .and_then(|v| v.parse::<u64>().ok())
-        });
+        .filter_map(support::swdev::parse_queue_stats)
+        .find(|q| q.device == "hwm" && q.ring == 1)
+        .map(|q| q.kicks);
     assert!(
         tx_kicks.unwrap_or(0) > 0,
-        "no TX kick relayed:\n{offload_log}"
+        "no TX kick relayed:\n{migrate_log}"
     );
 
     // Auto mode's decisions and reasons.

@@ -122,13 +122,18 @@ impl NestedGuest {
                 format!("tap,id={id},ifname={},script=no,downscript=no", nic.tap),
             ]
         };
-        for (id, bus, nic) in [("hwv", "rp1", &self.virtio), ("hww", "rp2", &self.virtio2)] {
+        // The first function has a doorbell page per queue (host notifiers can be
+        // handed out), the second packs its doorbells on one page (they cannot).
+        for (id, bus, nic, pages) in [
+            ("hwv", "rp1", &self.virtio, "on"),
+            ("hww", "rp2", &self.virtio2, "off"),
+        ] {
             a.extend(tap(id, nic));
             a.extend([
                 "-device".to_string(),
                 format!(
                     "virtio-net-pci,netdev={id},bus={bus},disable-legacy=on,iommu_platform=on,\
-                     ats=on,mac={},romfile=",
+                     ats=on,page-per-vq={pages},mac={},romfile=",
                     nic.mac
                 ),
             ]);
