@@ -9,6 +9,11 @@
 //! * `a_nic_whose_doorbells_share_a_page_offers_no_host_notifiers` (plain): the same
 //!   NIC with doorbells packed 4 bytes apart: HOST_NOTIFIER is not offered, a rig that
 //!   insists is told so, and a plain rig is served through the kick relay.
+//! * `what_a_kick_costs_vdpad_on_the_simulated_nic` (plain): `vdpa-rig latency` runs
+//!   (every round trip one TX kick), with and without host notifiers, interleaved; for
+//!   each, the kick relay thread's wake-ups and CPU time (its `/proc` schedstat, read
+//!   while the connection is up) per round trip are printed, and the relay must have
+//!   relayed no kick with notifiers and every kick without.
 //! * `linux_guest_kicks_the_simulated_nic_through_a_host_notifier` (lab): QEMU with
 //!   `virtio-net-pci,page-per-vq=on` maps the pages into the guest (QMP's `info mtree`
 //!   lists them); while the guest pings through a tap 20 times with 0 % loss, the
@@ -35,7 +40,7 @@ use support::packet::run_in;
 use support::qmp::Qmp;
 use support::sim_served::{init_logging, sim_device_config, SimServed, MAC};
 use support::tmp::TempDir;
-use vdpa_rig::{run_verify, Rig, RigError, RigOptions, VerifyOptions};
+use vdpa_rig::{run_latency, run_verify, LatencyOptions, Rig, RigError, RigOptions, VerifyOptions};
 
 /// Kicks the device's kick relay passed on to the NIC, all rings.
 fn relayed_kicks(served: &SimServed) -> u64 {
@@ -103,6 +108,67 @@ fn a_nic_whose_doorbells_share_a_page_offers_no_host_notifiers() {
     served.verify(500);
     assert!(relayed_kicks(&served) > 0, "{:?}", served.stats());
     assert_eq!(nic.page_doorbells(), 0);
+}
+
+/// The kick relay thread of device `name` (`{name}-kick`): CPU time in ns and the
+/// number of times it ran, from its schedstat.
+fn relay_thread_usage(name: &str) -> Option<(u64, u64)> {
+    let want = format!("{name}-kick");
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != want {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        let mut f = stat.split_whitespace().map(|v| v.parse::<u64>().ok());
+        let cpu = f.next()??;
+        let _wait = f.next()??;
+        return Some((cpu, f.next()??));
+    }
+    None
+}
+
+#[test]
+fn what_a_kick_costs_vdpad_on_the_simulated_nic() {
+    const ROUND_TRIPS: u64 = 1000;
+    init_logging();
+    let dir = TempDir::new("hn-econ");
+    let nic = Arc::new(SimNic::loopback(SimConfig::default()).expect("simulated NIC"));
+    let served = SimServed::start(&sim_device_config(&dir, "hn2"), nic.clone());
+    for notifiers in [false, true, false, true, false, true] {
+        let mut opts = RigOptions::new(&served.socket);
+        opts.host_notifiers = notifiers;
+        let mut rig = Rig::connect(opts).expect("rig connects");
+        // The thread names itself once it runs: give it a moment.
+        let relay0 = support::poll(Duration::from_secs(2), Duration::from_millis(10), || {
+            relay_thread_usage("hn2")
+        })
+        .expect("the kick relay thread runs");
+        let kicks0 = relayed_kicks(&served);
+        let mut lo = LatencyOptions::new(ROUND_TRIPS, 64);
+        lo.warmup = 0;
+        let report = run_latency(&mut rig, &lo).expect("latency ran");
+        let relay1 = relay_thread_usage("hn2").expect("the kick relay thread runs");
+        let relayed = relayed_kicks(&served) - kicks0;
+        rig.disconnect();
+        let (cpu, runs) = (relay1.0 - relay0.0, relay1.1 - relay0.1);
+        let trips = report.count as f64;
+        println!(
+            "RESULT kick economics on the simulated NIC, host notifiers {}: {} round trips, \
+             p50 {:.1} us; kicks relayed {relayed}; relay thread {:.2} runs and {:.0} ns CPU \
+             per round trip",
+            if notifiers { "on" } else { "off" },
+            report.count,
+            report.p50_us,
+            runs as f64 / trips,
+            cpu as f64 / trips
+        );
+        if notifiers {
+            assert_eq!(relayed, 0, "kicks went through the relay with notifiers");
+        } else {
+            assert!(relayed >= report.tx_kicks, "{relayed} relayed, {} sent", report.tx_kicks);
+        }
+    }
 }
 
 /// Guest side: eth0 up, then (once the host took its counters) 20 pings to the tap.
