@@ -166,7 +166,11 @@ fn what_a_kick_costs_vdpad_on_the_simulated_nic() {
         if notifiers {
             assert_eq!(relayed, 0, "kicks went through the relay with notifiers");
         } else {
-            assert!(relayed >= report.tx_kicks, "{relayed} relayed, {} sent", report.tx_kicks);
+            assert!(
+                relayed >= report.tx_kicks,
+                "{relayed} relayed, {} sent",
+                report.tx_kicks
+            );
         }
     }
 }

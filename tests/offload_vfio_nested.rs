@@ -628,7 +628,11 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     // the NIC's BAR that vdpad handed over (the VFIO device fd at the BAR's region
     // offset); vdpad's kick relay relayed none of them.
     need(&offload_log, "each doorbell is alone on its page", 1);
-    need(&offload_log, "the frontend was given the NIC's doorbell page", 2);
+    need(
+        &offload_log,
+        "the frontend was given the NIC's doorbell page",
+        2,
+    );
     assert!(
         verify.contains("kicks through doorbell pages"),
         "the rig kicked through eventfds: {verify}"
@@ -739,8 +743,10 @@ fn kick_economics_lines_are_parsed() {
                 1200.00; tx kicks 500, rx irqs 498)";
     let got = kick_economics(line);
     assert!(
-        got.contains("host notifiers off: 550 round trips, p50 812 us; kicks relayed by vdpad 551 \
-                      (1.00 per round trip); vdpad CPU 310 ms (564 us per round trip)"),
+        got.contains(
+            "host notifiers off: 550 round trips, p50 812 us; kicks relayed by vdpad 551 \
+                      (1.00 per round trip); vdpad CPU 310 ms (564 us per round trip)"
+        ),
         "{got}"
     );
     assert!(kick_economics("VDPAD-HW-ECON garbage").starts_with("unparsed"));
