@@ -19,6 +19,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
+use vdpa::virtio::features::VIRTIO_NET_F_STATUS;
+use vdpa::virtio::net_config::VIRTIO_NET_S_LINK_UP;
 use vdpa::virtio::ring;
 use vdpa::{
     CountProbe, Datapath, DatapathError, GuestMemory, MemoryRegion, NotifyArea, PairPosition,
@@ -554,6 +556,8 @@ impl OffloadDatapath {
         }
         self.start_relay()?;
         self.nudge(&ids);
+        // The link may have changed while the NIC was down: have it read again.
+        raise_once(&self.config_event);
         Ok(())
     }
 
@@ -619,6 +623,25 @@ impl Datapath for OffloadDatapath {
 
     fn resumes_anywhere(&self) -> bool {
         self.caps.ring_state
+    }
+
+    /// The NIC's config interrupt (vector 0), while pairs run on a NIC that reports
+    /// its link (VIRTIO_NET_F_STATUS negotiated).
+    fn link_event(&self) -> Option<std::os::fd::RawFd> {
+        let reports = self.nic_features & VIRTIO_NET_F_STATUS != 0;
+        (reports && !self.running.is_empty()).then(|| self.config_event.as_raw_fd())
+    }
+
+    /// Consumes the config interrupt and reads the NIC's `status`.
+    fn link_up(&mut self) -> Option<bool> {
+        let _ = self.config_event.read();
+        match self.nic.net_config() {
+            Ok(c) => c.status.map(|s| s & VIRTIO_NET_S_LINK_UP != 0),
+            Err(e) => {
+                warn!(device = %self.name, error = %e, "offload: reading the NIC's link status failed");
+                None
+            }
+        }
     }
 
     fn offers_notify_areas(&self) -> bool {

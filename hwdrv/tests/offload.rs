@@ -421,3 +421,39 @@ fn device_config() -> vdpad_config::DeviceConfig {
         ..vdpad_config::DeviceConfig::software_loopback("vm1-net0", "/tmp/vm1-net0.sock".into())
     }
 }
+
+/// Whether `fd` becomes readable within a second.
+fn readable(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, alive across the call.
+    unsafe { libc::poll(&mut p, 1, 1000) == 1 }
+}
+
+#[test]
+fn a_link_change_on_the_nic_is_read_through_its_config_interrupt() {
+    let (nic, mut dp) = offload(SimConfig::default(), 1);
+    let mut g = Guest::new(4 << 20);
+    let mut p = PairRig::new(&mut g, 0, 64, true, 2048);
+    p.fill_rx(&g);
+    assert_eq!(dp.link_event(), None, "no link events before a pair runs");
+    dp.start(p.config(&g, features(0))).unwrap();
+    let fd = dp
+        .link_event()
+        .expect("a NIC with VIRTIO_NET_F_STATUS reports its link");
+    // Bring-up asks for one read: the link may have changed while the NIC was down.
+    assert!(readable(fd));
+    assert_eq!(dp.link_up(), Some(true));
+    nic.set_link(false);
+    assert!(readable(fd), "the config interrupt (vector 0) fired");
+    assert_eq!(dp.link_up(), Some(false));
+    nic.set_link(true);
+    assert!(readable(fd));
+    assert_eq!(dp.link_up(), Some(true));
+    exchange(&g, &mut p, 0, 10);
+    dp.reset();
+    assert_eq!(dp.link_event(), None);
+}

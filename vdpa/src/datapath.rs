@@ -307,6 +307,19 @@ pub trait Datapath: Send {
         None
     }
 
+    /// A descriptor that becomes readable when the link under this datapath may have
+    /// changed (a NIC's config interrupt), while pairs run on it; then
+    /// [`link_up`](Self::link_up) says how it is. None by default: the link is up.
+    fn link_event(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// After [`link_event`](Self::link_event) fired: consumes the event and says
+    /// whether the link is up, if this datapath knows.
+    fn link_up(&mut self) -> Option<bool> {
+        None
+    }
+
     /// Stops everything and releases what the frontend's last session gave it (a
     /// NIC is reset, DMA unmapped). Called when the frontend disconnects or resets the
     /// device; ring positions are the control plane's to keep.

@@ -353,6 +353,14 @@ impl Datapath for FallbackDatapath {
         }
     }
 
+    fn link_event(&self) -> Option<std::os::fd::RawFd> {
+        self.active.link_event()
+    }
+
+    fn link_up(&mut self) -> Option<bool> {
+        self.active.link_up()
+    }
+
     /// The serving datapath's: none once the device fell back to software, so the
     /// frontend's notifiers are removed and kicks come through the eventfds again.
     fn notify_area(&self, ring: u16) -> Option<NotifyArea> {

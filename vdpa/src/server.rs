@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use vdpad_config::{Frontend, SocketPerms, SocketRole};
 use vhost::vhost_user::message::FrontendReq;
 use vmm_sys_util::eventfd::EventFd;
@@ -358,7 +358,15 @@ fn serve_connection(
     let first_ms = first_request.map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX));
     let reason = loop {
         let mut fds = vec![conn.stream().as_raw_fd(), shutdown.as_raw_fd(), attention];
-        fds.extend(session.backend_fd());
+        let backend_at = session.backend_fd().map(|fd| {
+            fds.push(fd);
+            fds.len() - 1
+        });
+        let link_at = session.device().link_event_fd().map(|fd| {
+            fds.push(fd);
+            fds.len() - 1
+        });
+        let ready = |r: &[bool], at: Option<usize>| at.is_some_and(|i| r[i]);
         let timeout = if requests == 0 { first_ms } else { -1 };
         match poll_readable(&fds, timeout) {
             Ok(r) if r[1] => break "daemon shutting down".to_owned(),
@@ -371,8 +379,19 @@ fn serve_connection(
                     continue;
                 }
             },
-            Ok(r) if r.get(3) == Some(&true) => {
+            Ok(r) if ready(&r, backend_at) => {
                 session.read_backend_answers();
+                continue;
+            }
+            Ok(r) if ready(&r, link_at) => {
+                // QEMU keeps a vhost-user net device's config space itself and has no
+                // way to hear a change: logged and shown in the status only.
+                if session.device_mut().poll_link().is_some() {
+                    debug!(
+                        device = session.device().name(),
+                        "link change not passed on: vhost-user net has no config-change path"
+                    );
+                }
                 continue;
             }
             Ok(r) if r[0] => {}

@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// The mappable doorbell pages, with [`SimConfig::doorbell_pages`].
     pub pages: Option<DoorbellPages>,
+    /// The port's link, as the device config's `status` reports it.
+    pub link_up: AtomicBool,
 }
 
 pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +125,7 @@ impl Shared {
     pub(crate) fn new(cfg: SimConfig, link: Box<dyn Link>) -> std::io::Result<Self> {
         let nq = usize::from(cfg.num_queues());
         let cfg_pages = cfg.doorbell_pages;
+        let link_up = cfg.link_up;
         let state = State {
             config: layout::config_space(&cfg),
             dev_feature_select: 0,
@@ -149,6 +152,7 @@ impl Shared {
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             stop: AtomicBool::new(false),
             counters: Counters::default(),
+            link_up: AtomicBool::new(link_up),
             pages: if cfg_pages {
                 Some(DoorbellPages::new(nq)?)
             } else {
@@ -174,6 +178,21 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The port's link went up or down: the config's `status` changes, its generation
+    /// moves on and the config vector fires, as a virtio-pci NIC does.
+    pub(crate) fn set_link(&self, up: bool) {
+        if self.link_up.swap(up, Ordering::SeqCst) == up {
+            return;
+        }
+        let vector = {
+            let mut st = lock(&self.state);
+            st.generation = st.generation.wrapping_add(1);
+            st.isr |= 2;
+            st.msix_config
+        };
+        self.fire(vector);
     }
 
     /// A doorbell write: the device thread will look at queue `q`.
@@ -391,7 +410,7 @@ impl Shared {
     pub(crate) fn device_cfg_read(&self, off: u64, buf: &mut [u8]) {
         let c = NetConfigSpace {
             mac: self.cfg.mac,
-            status: if self.cfg.link_up {
+            status: if self.link_up.load(Ordering::SeqCst) {
                 VIRTIO_NET_S_LINK_UP
             } else {
                 0

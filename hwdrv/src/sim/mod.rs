@@ -207,6 +207,12 @@ impl SimNic {
         self.shared.counters.page_doorbells.load(Ordering::Relaxed)
     }
 
+    /// Takes the port's link down or up: the device config's `status` follows and the
+    /// config interrupt (vector `msix_config`) fires on a change.
+    pub fn set_link(&self, up: bool) {
+        self.shared.set_link(up);
+    }
+
     /// Function-level resets performed.
     pub fn function_resets(&self) -> u64 {
         self.shared.counters.function_resets.load(Ordering::Relaxed)

@@ -9,6 +9,7 @@
 //! serves it.
 
 mod lifecycle;
+mod link;
 mod observe;
 
 use std::fs::File;
@@ -62,6 +63,8 @@ pub struct Device {
     status: u8,
     /// The MTU the driver set (vhost-user NET_SET_MTU), over the configured one.
     mtu: Option<u16>,
+    /// The link as the datapath last reported it ([`Device::poll_link`]).
+    link_up: bool,
     /// Signalled by the datapath when a pair stops on its own ([`Device::attend`]).
     ended: Arc<EventFd>,
     /// The dirty log the frontend shared for a migration (vhost-user SET_LOG_BASE).
@@ -92,6 +95,7 @@ impl Device {
             not_ready: vec![None; pairs],
             status: 0,
             mtu: None,
+            link_up: true,
             ended: Arc::new(
                 EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd for the device (fd limit?)"),
             ),
@@ -224,7 +228,7 @@ impl Device {
 
     /// The virtio-net config space as the driver sees it now.
     pub fn config_space(&self) -> [u8; NET_CONFIG_LEN] {
-        net_config_bytes(&self.cfg, self.mtu)
+        net_config_bytes(&self.cfg, self.mtu, self.link_up)
     }
 
     /// A frontend connected: counted, and the device is ready for a new driver.

@@ -48,6 +48,8 @@ pub struct DeviceStatus {
     pub logging: bool,
     /// The dirty log of the current or last migration of this connection, if any.
     pub dirty_log: Option<DirtyLogStatus>,
+    /// The link under the device is down (its offload NIC said so).
+    pub link_down: bool,
     /// A device whose datapath relays migrations (offload with its software
     /// fallback): how many it relayed, and for how long.
     #[serde(skip)]

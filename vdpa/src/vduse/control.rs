@@ -237,6 +237,39 @@ impl VduseDevice {
         Ok(Some((e, unsafe { File::from_raw_fd(fd) })))
     }
 
+    /// Writes `bytes` into the kernel's copy of the device's config space at `offset`
+    /// (VDUSE_DEV_SET_CONFIG) and interrupts the driver for the change
+    /// (VDUSE_DEV_INJECT_CONFIG_IRQ).
+    pub fn config_changed(&self, offset: u32, bytes: &[u8]) -> io::Result<()> {
+        let header = sys::ConfigDataHeader {
+            offset,
+            length: bytes.len() as u32,
+        };
+        let mut arg =
+            Vec::with_capacity(std::mem::size_of::<sys::ConfigDataHeader>() + bytes.len());
+        arg.extend_from_slice(&header.offset.to_ne_bytes());
+        arg.extend_from_slice(&header.length.to_ne_bytes());
+        arg.extend_from_slice(bytes);
+        // SAFETY: SET_CONFIG reads the 8-byte header and then `length` bytes after it,
+        // all inside `arg`, which lives across the call; it writes nothing back.
+        if unsafe {
+            vmm_sys_util::ioctl::ioctl_with_ptr(
+                self.fd(),
+                sys::VDUSE_DEV_SET_CONFIG(),
+                arg.as_ptr(),
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: INJECT_CONFIG_IRQ takes no argument.
+        if unsafe { vmm_sys_util::ioctl::ioctl(self.fd(), sys::VDUSE_DEV_INJECT_CONFIG_IRQ()) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// A second descriptor of the device, for the thread that injects interrupts
     /// (it must be closed before the device can be destroyed).
     pub fn irq_handle(&self) -> io::Result<IrqHandle> {

@@ -15,6 +15,7 @@ use tracing::{error, info};
 use crate::device::Device;
 use crate::server::{poll_readable, Shutdown};
 use crate::virtio::features::VIRTIO_F_ACCESS_PLATFORM;
+use crate::virtio::net_config::STATUS_OFFSET;
 use control::{DeviceSpec, VduseDevice, VduseError};
 use frontend::VduseFrontend;
 
@@ -32,6 +33,24 @@ pub fn create(device: &Device) -> Result<VduseDevice, VduseError> {
     })
 }
 
+/// Tells the driver the link changed: the config space's `status` and a config
+/// interrupt, as a virtio-pci device would.
+fn tell_link(frontend: &VduseFrontend, device: &Device, up: bool) {
+    let status = &device.config_space()[STATUS_OFFSET..STATUS_OFFSET + 2];
+    match frontend
+        .vduse()
+        .config_changed(STATUS_OFFSET as u32, status)
+    {
+        Ok(()) => info!(
+            device = device.name(),
+            up, "VDUSE: the driver was told the link changed"
+        ),
+        Err(e) => {
+            error!(device = device.name(), error = %e, "VDUSE: telling the driver the link changed failed")
+        }
+    }
+}
+
 /// Serves `vduse` for `device` until `shutdown`, then stops the device; the VDUSE
 /// device is destroyed when `vduse` is dropped at the end.
 pub fn serve(mut device: Device, vduse: VduseDevice, shutdown: Shutdown) {
@@ -40,8 +59,16 @@ pub fn serve(mut device: Device, vduse: VduseDevice, shutdown: Shutdown) {
     let attention = device.attention_fd();
     let reason = loop {
         let fd = frontend.vduse().raw_fd();
-        match poll_readable(&[fd, shutdown.as_raw_fd(), attention], -1) {
+        let mut fds = vec![fd, shutdown.as_raw_fd(), attention];
+        fds.extend(device.link_event_fd());
+        match poll_readable(&fds, -1) {
             Ok(r) if r[1] => break "daemon shutting down".to_owned(),
+            Ok(r) if r.get(3) == Some(&true) => {
+                if let Some(up) = device.poll_link() {
+                    tell_link(&frontend, &device, up);
+                }
+                continue;
+            }
             Ok(r) if r[2] => {
                 // A pair stopped on its own. With faulted memory nothing can run until
                 // the driver resets the device (VDUSE cannot ask it to); say so.

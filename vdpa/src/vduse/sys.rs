@@ -157,7 +157,19 @@ const _: () = assert!(std::mem::size_of::<IotlbEntry>() == 32);
 const _: () = assert!(std::mem::size_of::<VqConfig>() == 32);
 const _: () = assert!(std::mem::size_of::<VqInfo>() == 48);
 const _: () = assert!(std::mem::offset_of!(VqInfo, ready) == 40);
+/// `struct vduse_config_data` without its flexible `buffer[]`: VDUSE_DEV_SET_CONFIG
+/// reads this header and then `length` bytes right after it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConfigDataHeader {
+    /// Offset in the device's config space.
+    pub offset: u32,
+    /// Bytes that follow.
+    pub length: u32,
+}
+
 const _: () = assert!(std::mem::size_of::<VqEventFd>() == 8);
+const _: () = assert!(std::mem::size_of::<ConfigDataHeader>() == 8);
 const _: () = assert!(std::mem::size_of::<DevRequest>() == 152);
 const _: () = assert!(std::mem::offset_of!(DevRequest, payload) == 24);
 const _: () = assert!(std::mem::size_of::<DevResponse>() == 152);
@@ -168,6 +180,7 @@ ioctl_iow_nr!(VDUSE_CREATE_DEV, VDUSE_BASE, 0x02, DevConfig);
 ioctl_iow_nr!(VDUSE_DESTROY_DEV, VDUSE_BASE, 0x03, [u8; VDUSE_NAME_MAX]);
 ioctl_iowr_nr!(VDUSE_IOTLB_GET_FD, VDUSE_BASE, 0x10, IotlbEntry);
 ioctl_ior_nr!(VDUSE_DEV_GET_FEATURES, VDUSE_BASE, 0x11, u64);
+ioctl_iow_nr!(VDUSE_DEV_SET_CONFIG, VDUSE_BASE, 0x12, ConfigDataHeader);
 ioctl_io_nr!(VDUSE_DEV_INJECT_CONFIG_IRQ, VDUSE_BASE, 0x13);
 ioctl_iow_nr!(VDUSE_VQ_SETUP, VDUSE_BASE, 0x14, VqConfig);
 ioctl_iowr_nr!(VDUSE_VQ_GET_INFO, VDUSE_BASE, 0x15, VqInfo);
@@ -188,6 +201,7 @@ mod tests {
         assert_eq!(VDUSE_IOTLB_GET_FD(), 0xc020_8110);
         assert_eq!(VDUSE_DEV_GET_FEATURES(), 0x8008_8111);
         assert_eq!(VDUSE_DEV_INJECT_CONFIG_IRQ(), 0x8113);
+        assert_eq!(VDUSE_DEV_SET_CONFIG(), 0x4008_8112);
         assert_eq!(VDUSE_VQ_SETUP(), 0x4020_8114);
         assert_eq!(VDUSE_VQ_GET_INFO(), 0xc030_8115);
         assert_eq!(VDUSE_VQ_SETUP_KICKFD(), 0x4008_8116);
