@@ -41,12 +41,14 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use support::guest::{Guest, READY};
 use support::lab::Lab;
 use support::nested::{NestedGuest, GUEST_FUNCTIONS};
 use support::netns::Netns;
 use support::note;
 use support::packet::Reflector;
+use support::qmp::Qmp;
 use support::rig_lines::{
     assert_tap_carried_verify, assert_verify, datapath_chosen, lines_with, log_field,
 };
@@ -122,6 +124,24 @@ $H /usr/bin/timeout 200 $RIG --vhost-vdpa $DEV_vo0 verify --packets {OFFLOAD_PAC
 echo "VDUSE-HW-VERIFY rc=$? seconds=$(($(date +%s) - T0)) $(head -n 1 /lab/rig-offload.log)"
 stop_vdpad
 echo "VDUSE-HW-OFFLOAD-EXIT rc=$? left=$(ls /dev/vduse | grep -vc control)"
+
+# ---- 1b. link state: the host takes the NIC's link down and up (QMP set_link on its
+# netdev); vdpad reads the NIC's config interrupt and tells the driver through VDUSE's
+# config interrupt; the rig, a vhost-vdpa driver, watches its config space
+sed -e 's/^name = "vo0"/name = "vl0"/' /host/run/vo-offload.toml > /host/run/vo-link.toml
+start_vdpad /run/vo-link.toml /lab/vdpad-link.log vl0
+$H /usr/bin/timeout 200 $RIG --vhost-vdpa $DEV_vl0 link --changes 2 --timeout 180 > /lab/rig-link.log 2>&1 &
+RP=$!
+wait_grep "link: watching" /lab/rig-link.log 60
+echo "VDUSE-LINK-READY rc=$? $(head -n 1 /lab/rig-link.log)"
+wait_file /lab/link-down 120 || fail "the host never took the link down"
+wait_grep "link: down" /lab/rig-link.log 60
+echo "VDUSE-LINK-DOWN rc=$? $(tail -n 1 /lab/rig-link.log)"
+wait_file /lab/link-up 120 || fail "the host never took the link up"
+wait $RP
+echo "VDUSE-LINK-UP rc=$? $(tail -n 1 /lab/rig-link.log)"
+stop_vdpad
+echo "VDUSE-LINK-EXIT rc=$?"
 
 # ---- 2. auto mode: offload with a software fallback on the virtio function,
 # software (af_packet) on the e1000e
@@ -199,6 +219,11 @@ fn vhost_vdpa_frontend_offloaded_through_vduse_to_a_real_vfio_nic() {
         .guest_config(&guest_script(vdpad, rig), &ns)
         .kernel_6_12();
     config.limit = Duration::from_secs(900);
+    let qmp_path = dir.join("qmp.sock");
+    let config = config.qemu_args([
+        "-qmp".to_string(),
+        format!("unix:{},server=on,wait=off", qmp_path.display()),
+    ]);
     let mut guest = Guest::boot(&lab, dir.path(), config);
     guest.wait_noted(t0, READY, BOOT_TIMEOUT);
     let ctx = |g: &Guest, log: &str| {
@@ -225,6 +250,25 @@ fn vhost_vdpa_frontend_offloaded_through_vduse_to_a_real_vfio_nic() {
     assert_tap_carried_verify(t0, &virtio_refl, OFFLOAD_PACKETS);
     let exit = guest.wait_noted(t0, "VDUSE-HW-OFFLOAD-EXIT", STEP_TIMEOUT);
 
+    // 1b. The NIC's link down and up, seen by the kernel's virtio_net on the VDUSE device.
+    let ready = guest.wait_noted(t0, "VDUSE-LINK-READY", STEP_TIMEOUT);
+    assert!(
+        ready.contains("rc=0 link: watching (up)"),
+        "{ready}{}",
+        ctx(&guest, "vdpad-link.log")
+    );
+    let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(10));
+    let set_link = |qmp: &mut Qmp, up: bool| {
+        qmp.execute("set_link", json!({"name": "hwv", "up": up}));
+    };
+    set_link(&mut qmp, false);
+    std::fs::write(guest.share().join("link-down"), b"1\n").expect("write /lab/link-down");
+    let down = guest.wait_noted(t0, "VDUSE-LINK-DOWN", STEP_TIMEOUT);
+    set_link(&mut qmp, true);
+    std::fs::write(guest.share().join("link-up"), b"1\n").expect("write /lab/link-up");
+    let up = guest.wait_noted(t0, "VDUSE-LINK-UP", STEP_TIMEOUT);
+    let link_exit = guest.wait_noted(t0, "VDUSE-LINK-EXIT", STEP_TIMEOUT);
+
     // 2. auto mode and the software fallback.
     guest.wait_noted(t0, "VDUSE-HW-AUTO-UP", STEP_TIMEOUT);
     let vo1 = guest.wait_noted(t0, "VDUSE-HW-AUTO-VERIFY dev=vo1", STEP_TIMEOUT);
@@ -240,6 +284,7 @@ fn vhost_vdpa_frontend_offloaded_through_vduse_to_a_real_vfio_nic() {
     let share = |name: &str| support::read_log(&guest.share().join(name));
     let offload_log = share("vdpad-offload.log");
     let auto_log = share("vdpad-auto.log");
+    let link_log = share("vdpad-link.log");
     let key = [
         "datapath chosen",
         "attach with",
@@ -255,6 +300,22 @@ fn vhost_vdpa_frontend_offloaded_through_vduse_to_a_real_vfio_nic() {
         "fallback",
         "queue stats",
     ];
+    eprintln!("\n===== vdpad (VDUSE + offload, the NIC's link down and up) =====");
+    for l in lines_with(&link_log, &["link", "attach with", "DRIVER_OK"]) {
+        eprintln!("{l}");
+    }
+    assert!(
+        down.contains("rc=0 link: down"),
+        "the driver did not see the NIC's link go down: {down}\n{link_log}"
+    );
+    assert!(up.contains("rc=0 link: up"), "{up}\n{link_log}");
+    assert!(link_exit.contains("rc=0"), "{link_exit}\n{link_log}");
+    for what in [
+        "link down (the datapath's NIC says so)",
+        "link up (the datapath's NIC says so)",
+    ] {
+        assert!(link_log.contains(what), "{what:?} not logged:\n{link_log}");
+    }
     eprintln!("\n===== vdpad (VDUSE + offload, real VFIO) =====");
     for l in lines_with(&offload_log, &key) {
         eprintln!("{l}");

@@ -32,6 +32,7 @@ pub mod host_notifier;
 pub mod hostile;
 pub mod kick_call;
 pub mod latency;
+pub mod link_watch;
 pub mod listen;
 pub mod memory;
 pub mod migration;
@@ -49,6 +50,7 @@ pub use driver_ring::{DriverRing, DriverSegment, RawDesc, RingLayout, UsedElem, 
 pub use error::RigError;
 pub use hostile::{Hostile, Injected, PairRing};
 pub use latency::{run_latency, LatencyOptions, LatencyReport};
+pub use link_watch::{run_link_watch, LinkWatchOptions};
 pub use listen::{run_listen, ListenOptions, ListenReport};
 pub use memory::{MemoryLayout, RigMemory};
 pub use options::RigOptions;

@@ -26,6 +26,7 @@ use crate::options::RigOptions;
 use crate::rxq::DriverRxQueue;
 use crate::stats::RigStats;
 use crate::txq::{DriverTxQueue, SlotPool};
+use vdpa::virtio::net_config::{STATUS_OFFSET, VIRTIO_NET_S_LINK_UP};
 use vdpa::virtio::net_hdr::VirtioNetHdr;
 
 /// RX and TX queue of one queue pair.
@@ -418,6 +419,36 @@ impl Rig {
                 request: format!("GET_VRING_BASE (ring {ring})"),
                 source,
             })
+    }
+
+    /// Has the device signal `call` when its config space changes (vhost-vdpa only:
+    /// VHOST_VDPA_SET_CONFIG_CALL).
+    pub fn watch_config(&self, call: &vmm_sys_util::eventfd::EventFd) -> Result<(), RigError> {
+        let Transport::VhostVdpa(dev) = &self.conn else {
+            return Err(RigError::Unsupported(
+                "watching the link over vhost-user (QEMU keeps that config space)".into(),
+            ));
+        };
+        dev.set_config_call(call).map_err(|source| RigError::Vdpa {
+            step: "VHOST_VDPA_SET_CONFIG_CALL".into(),
+            source,
+        })
+    }
+
+    /// Whether the device's config space says the link is up (vhost-vdpa only).
+    pub fn link_up(&self) -> Result<bool, RigError> {
+        let Transport::VhostVdpa(dev) = &self.conn else {
+            return Err(RigError::Unsupported(
+                "reading the config space over vhost-user".into(),
+            ));
+        };
+        let mut status = [0u8; 2];
+        dev.get_config(STATUS_OFFSET as u32, &mut status)
+            .map_err(|source| RigError::Vdpa {
+                step: "VHOST_VDPA_GET_CONFIG (status)".into(),
+                source,
+            })?;
+        Ok(u16::from_le_bytes(status) & VIRTIO_NET_S_LINK_UP != 0)
     }
 
     /// SET_VRING_ENABLE for `ring`.

@@ -19,7 +19,8 @@ use crate::options::RigOptions;
 use crate::rig::{Negotiation, Rig, RigParts, Transport};
 use crate::setup::RigSetup;
 use vdpa::virtio::features::{
-    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// virtio device status bits.
@@ -73,6 +74,8 @@ pub fn connect(path: &Path, opts: RigOptions) -> Result<Rig, RigError> {
     if opts.mrg_rxbuf {
         ack |= offered & VIRTIO_NET_F_MRG_RXBUF;
     }
+    // As a virtio-net driver: the link status in config space is read when offered.
+    ack |= offered & VIRTIO_NET_F_STATUS;
     dev.set_features(ack)
         .map_err(|e| failed("VHOST_SET_FEATURES", e))?;
     dev.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK)

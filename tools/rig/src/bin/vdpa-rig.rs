@@ -155,6 +155,16 @@ enum Cmd {
         #[arg(long)]
         poll: bool,
     },
+    /// vhost-vdpa only: watch the device's link (config interrupt, `status`) and print
+    /// each change, until CHANGES were seen. Exit 1 on timeout.
+    Link {
+        /// Link changes to see.
+        #[arg(long, default_value_t = 2)]
+        changes: u32,
+        /// Overall timeout in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
     /// Publish chains whose buffers lie outside the device's memory (guest memory, or
     /// for vhost-vdpa every IOTLB entry) on the TX ring of pair 0, each followed by a good
     /// frame that must come back: the device counts the bad chains and keeps serving.
@@ -212,7 +222,7 @@ fn main() -> ExitCode {
     let max_frame = match &cli.cmd {
         Cmd::Verify { size, size_max, .. } => (*size).max(size_max.unwrap_or(0)),
         Cmd::Bench { size, .. } | Cmd::Latency { size, .. } => *size,
-        Cmd::Listen { .. } | Cmd::Hostile { .. } => 1514,
+        Cmd::Listen { .. } | Cmd::Hostile { .. } | Cmd::Link { .. } => 1514,
     };
     let connect_timeout = match secs(cli.connect_timeout, "connect timeout") {
         Ok(d) => d,
@@ -380,6 +390,17 @@ fn main() -> ExitCode {
                 println!("{}", r.summary());
             }
             ExitCode::from(if r.complete(&o) { 0 } else { 1 })
+        }
+        Cmd::Link { changes, timeout } => {
+            let timeout = match secs(timeout, "timeout") {
+                Ok(d) => d,
+                Err(m) => return usage(m),
+            };
+            let o = vdpa_rig::LinkWatchOptions { changes, timeout };
+            match vdpa_rig::run_link_watch(&mut rig, &o, &mut std::io::stdout()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => run_error(e),
+            }
         }
         Cmd::Hostile { rounds } => {
             let good = vdpa_rig::frame::build_frame(0, 1, 64);
