@@ -625,6 +625,10 @@ impl Datapath for OffloadDatapath {
         self.caps.ring_state
     }
 
+    fn reports_link(&self) -> bool {
+        self.caps.features & VIRTIO_NET_F_STATUS != 0
+    }
+
     /// The NIC's config interrupt (vector 0), while pairs run on a NIC that reports
     /// its link (VIRTIO_NET_F_STATUS negotiated).
     fn link_event(&self) -> Option<std::os::fd::RawFd> {

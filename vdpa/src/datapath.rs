@@ -307,6 +307,12 @@ pub trait Datapath: Send {
         None
     }
 
+    /// Whether this datapath knows the state of its link (a NIC with
+    /// VIRTIO_NET_F_STATUS). Only then does a VDUSE device offer STATUS to its driver.
+    fn reports_link(&self) -> bool {
+        false
+    }
+
     /// A descriptor that becomes readable when the link under this datapath may have
     /// changed (a NIC's config interrupt), while pairs run on it; then
     /// [`link_up`](Self::link_up) says how it is. None by default: the link is up.

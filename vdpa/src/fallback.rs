@@ -353,6 +353,14 @@ impl Datapath for FallbackDatapath {
         }
     }
 
+    /// If the first datapath does: the offer is made before any switch.
+    fn reports_link(&self) -> bool {
+        match self.serving {
+            Serving::First => self.active.reports_link(),
+            _ => self.other.as_ref().is_some_and(|first| first.reports_link()),
+        }
+    }
+
     fn link_event(&self) -> Option<std::os::fd::RawFd> {
         self.active.link_event()
     }

@@ -15,14 +15,13 @@ use crate::virtio::net_hdr::net_hdr_len;
 /// vhost-user device offers the protocol-features bit and GUEST_ANNOUNCE (QEMU runs
 /// the control queue that announcing needs, and masks the bit for a guest without
 /// one), a VDUSE device ACCESS_PLATFORM (the kernel requires it: every address is an
-/// IOVA), STATUS (its config space is the device's own, so a link change reaches the
-/// driver) and no GUEST_ANNOUNCE (it has no control queue, and Linux refuses the bit
+/// IOVA) and no GUEST_ANNOUNCE (it has no control queue, and Linux refuses the bit
 /// without one).
 pub fn offered_features(cfg: &DeviceConfig) -> u64 {
     let mut f = VIRTIO_F_VERSION_1
         | match cfg.frontend {
             Frontend::VhostUser => VHOST_USER_F_PROTOCOL_FEATURES | VIRTIO_NET_F_GUEST_ANNOUNCE,
-            Frontend::Vduse { .. } => VIRTIO_F_ACCESS_PLATFORM | VIRTIO_NET_F_STATUS,
+            Frontend::Vduse { .. } => VIRTIO_F_ACCESS_PLATFORM,
         };
     if cfg.event_idx {
         f |= VIRTIO_RING_F_EVENT_IDX;

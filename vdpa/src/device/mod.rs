@@ -26,7 +26,7 @@ use crate::dirty_log::DirtyLog;
 use crate::features::{feature_names, offered_features, Negotiated};
 use crate::memory::GuestMemory;
 use crate::net_config::net_config_bytes;
-use crate::virtio::features::VHOST_F_LOG_ALL;
+use crate::virtio::features::{VHOST_F_LOG_ALL, VIRTIO_NET_F_STATUS};
 use crate::virtio::net_config::NET_CONFIG_LEN;
 use crate::vring::{CallSetting, RingLocation, RingState};
 
@@ -83,8 +83,15 @@ impl Device {
         } else {
             0
         };
+        // A VDUSE device owns its config space: where the datapath knows the link (an
+        // offload NIC), the driver is told its status (vhost-user: QEMU keeps it).
+        let status = if cfg.frontend != Frontend::VhostUser && datapath.reports_link() {
+            VIRTIO_NET_F_STATUS
+        } else {
+            0
+        };
         Device {
-            offered: offered_features(&cfg) | datapath.datapath_features() | log_all,
+            offered: offered_features(&cfg) | datapath.datapath_features() | log_all | status,
             observed: Arc::new(Observed::new(&cfg.name, 2 * pairs, datapath.describe())),
             datapath,
             features: None,
