@@ -357,7 +357,10 @@ impl Datapath for FallbackDatapath {
     fn reports_link(&self) -> bool {
         match self.serving {
             Serving::First => self.active.reports_link(),
-            _ => self.other.as_ref().is_some_and(|first| first.reports_link()),
+            _ => self
+                .other
+                .as_ref()
+                .is_some_and(|first| first.reports_link()),
         }
     }
 

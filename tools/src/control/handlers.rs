@@ -140,6 +140,7 @@ pub fn failed_view(f: &FailedInfo) -> DeviceView {
         mac: f.config.mac.map(|m| m.to_string()),
         mtu: f.config.mtu,
         fallback_reason: None,
+        link_down: false,
         last_error: Some(f.error.clone()),
         start_failure: Some(StartFailureView {
             error: Some(f.error.clone()),
@@ -471,6 +472,7 @@ pub fn device_view(d: &DeviceInfo) -> DeviceView {
         mac: d.config.mac.map(|m| m.to_string()),
         mtu: d.config.mtu,
         fallback_reason: st.fallback_reason.clone(),
+        link_down: st.link_down,
         last_error: st.last_error.clone(),
         start_failure: (d.start_failures > 0).then_some(StartFailureView {
             error: None,

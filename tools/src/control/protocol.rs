@@ -424,6 +424,9 @@ pub struct DeviceView {
     pub mtu: Option<u16>,
     /// Why the device left offload for software, if it did.
     pub fallback_reason: Option<String>,
+    /// The offload NIC under the device reports its link down (absent when up).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub link_down: bool,
     /// The last error a frontend caused, if any.
     pub last_error: Option<String>,
     /// Start attempts that failed: for a `failed` device, the reason and when it is

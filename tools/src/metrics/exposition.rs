@@ -240,6 +240,18 @@ fn device_runtime_families(e: &mut Exposition, devices: &[DeviceView]) {
         );
     }
     e.family(
+        "vdpad_device_link_up",
+        "gauge",
+        "0 if the offload NIC under the device reports its link down, else 1.",
+    );
+    for d in devices {
+        e.sample(
+            "vdpad_device_link_up",
+            &[("device", &d.name)],
+            u8::from(!d.link_down),
+        );
+    }
+    e.family(
         "vdpad_device_feature_acked",
         "gauge",
         "Virtio features the current frontend acked; one series per feature, always 1.",
@@ -438,6 +450,7 @@ mod tests {
             mac: None,
             mtu: None,
             fallback_reason: None,
+            link_down: false,
             last_error: None,
             start_failure: None,
             vdpa_attach: None,
