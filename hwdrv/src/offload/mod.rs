@@ -23,18 +23,20 @@ use vdpa::virtio::features::VIRTIO_NET_F_STATUS;
 use vdpa::virtio::net_config::VIRTIO_NET_S_LINK_UP;
 use vdpa::virtio::ring;
 use vdpa::{
-    CountProbe, Datapath, DatapathError, GuestMemory, MemoryRegion, NotifyArea, PairPosition,
-    QueueCounters, QueuePairConfig, RingConfig, StartFailure,
+    CountProbe, Datapath, DatapathError, GuestMemory, NotifyArea, PairPosition, QueueCounters,
+    QueuePairConfig, RingConfig, StartFailure,
 };
 use vdpad_config::{DeviceConfig, Frontend};
 use vmm_sys_util::eventfd::EventFd;
 
+mod dma;
+
 use crate::capabilities::{NicCapabilities, Unsuitable};
-use crate::dma_share::{backing_of, SharedView};
 use crate::kick_relay::{KickRelay, KickTarget, MemoryWatch};
 use crate::pci::PciFunction;
 use crate::used_tally::UsedTally;
 use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
+use dma::DmaMapping;
 
 /// Why an offload datapath could not be created for a NIC.
 #[derive(Debug, thiserror::Error)]
@@ -92,10 +94,8 @@ pub struct OffloadDatapath {
     calls: BTreeMap<u16, Option<Arc<EventFd>>>,
     doorbells: BTreeMap<u16, Doorbell>,
     nic_features: u64,
-    mapped: Option<Arc<GuestMemory>>,
-    /// Shared read-only views DMA-mapped instead of the regions mapped privately
-    /// (by region index in `mapped`); dropped only after the DMA unmap.
-    views: BTreeMap<usize, SharedView>,
+    /// The guest memory DMA-mapped for the NIC (unmapped when dropped).
+    mapped: Option<DmaMapping>,
     relay: Option<KickRelay>,
     /// Counters whose interrupt count this NIC's vectors provide, until reset.
     probed: BTreeMap<u16, Arc<QueueCounters>>,
@@ -193,7 +193,6 @@ impl OffloadDatapath {
             doorbells: BTreeMap::new(),
             nic_features: 0,
             mapped: None,
-            views: BTreeMap::new(),
             relay: None,
             probed: BTreeMap::new(),
             active: false,
@@ -329,87 +328,23 @@ impl OffloadDatapath {
     }
 
     /// Maps `mem` for DMA at the addresses it is keyed by (IOVA = GPA for vhost-user,
-    /// the driver's IOVA for VDUSE), replacing whatever was mapped before.
+    /// the driver's IOVA for VDUSE), replacing (and so unmapping) whatever was mapped.
     fn map_memory(&mut self, mem: &Arc<GuestMemory>) -> Result<(), DatapathError> {
-        if self.mapped.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
+        if self
+            .mapped
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m.memory(), mem))
+        {
             return Ok(());
         }
-        self.unmap_memory();
-        for (i, r) in mem.regions().iter().enumerate() {
-            let res = self.dma_target(i, r).and_then(|host| {
-                // SAFETY: `host` is a live mapping of the region's memory owned by
-                // `mem` or by `self.views`, which `self.mapped`/`self.views` keep alive
-                // until unmap_memory has unmapped it; nothing in this process holds
-                // references into guest memory.
-                unsafe { self.pci.dma_map(r.gpa(), r.size(), host) }
-            });
-            if let Err(e) = res {
-                for done in &mem.regions()[..i] {
-                    let _ = self.pci.dma_unmap(done.gpa(), done.size());
-                }
-                self.views.clear();
-                return Err(DatapathError::backend(
-                    format!(
-                        "DMA map of guest region gpa {:#x} size {:#x}",
-                        r.gpa(),
-                        r.size()
-                    ),
-                    e,
-                ));
-            }
-            let (iova, size) = (r.gpa(), r.size());
-            let access = if self.views.contains_key(&i) {
-                "read-only"
-            } else {
-                "read-write"
-            };
-            match self.addresses {
-                Addresses::GuestPhysical => info!(device = %self.name,
-                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"), access = %access,
-                    "offload: DMA mapped (IOVA = GPA)"),
-                Addresses::DriverIova => info!(device = %self.name,
-                    iova = format_args!("{iova:#x}"), size = format_args!("{size:#x}"), access = %access,
-                    "offload: DMA mapped (IOVA = the driver's IOVA, a VDUSE IOTLB region)"),
-            }
-        }
-        self.mapped = Some(mem.clone());
+        self.mapped = None;
+        self.mapped = Some(DmaMapping::map(
+            &self.name,
+            self.pci.clone(),
+            mem,
+            self.addresses,
+        )?);
         Ok(())
-    }
-
-    /// The host address to DMA-map for region `i`: the region itself, or for a region
-    /// this process maps privately from a file (a VDUSE IOTLB entry the device may only
-    /// read, mapped copy-on-write) a shared read-only view of the same piece of the
-    /// file, kept in `self.views`: pinning the private mapping would copy it, and the
-    /// NIC would read a snapshot instead of the frontend's memory.
-    fn dma_target(&mut self, i: usize, r: &MemoryRegion) -> std::io::Result<*mut u8> {
-        let private_file = backing_of(r.host_addr()).is_ok_and(|b| b.is_private_file());
-        let Some(file) = r.file().filter(|_| private_file) else {
-            return Ok(r.host_addr());
-        };
-        let view = SharedView::map(file, r.mmap_offset(), r.size())?;
-        let host = view.host_addr();
-        self.views.insert(i, view);
-        Ok(host)
-    }
-
-    fn unmap_memory(&mut self) {
-        let Some(mem) = self.mapped.take() else {
-            return;
-        };
-        let mut failed = false;
-        for r in mem.regions() {
-            if let Err(e) = self.pci.dma_unmap(r.gpa(), r.size()) {
-                error!(device = %self.name, gpa = format_args!("{:#x}", r.gpa()), error = %e,
-                       "offload: DMA unmap failed; keeping guest memory mapped");
-                failed = true;
-            }
-        }
-        let views = std::mem::take(&mut self.views);
-        if failed {
-            // The NIC may still reach this memory: never unmap it from the process.
-            std::mem::forget(mem);
-            std::mem::forget(views);
-        }
     }
 
     /// Routes the full vector list: 0 = config, i+1 = call of ring i (or a spare).
@@ -792,7 +727,7 @@ impl Datapath for OffloadDatapath {
         if let Err(e) = self.pci.clear_msix() {
             warn!(device = %self.name, error = %e, "offload: clearing MSI-X failed");
         }
-        self.unmap_memory();
+        self.mapped = None;
         self.running.clear();
         self.calls.clear();
         self.doorbells.clear();
