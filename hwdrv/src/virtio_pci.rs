@@ -673,11 +673,6 @@ impl VirtioPci {
         Ok(self.status()? & status::DEVICE_NEEDS_RESET != 0)
     }
 
-    /// Rings a doorbell.
-    pub(crate) fn notify(&self, db: &Doorbell) -> io::Result<()> {
-        db.ring(&*self.pci)
-    }
-
     /// Reads the virtio-net device configuration, retrying while
     /// `config_generation` changes underneath (at most 3 times).
     pub fn net_config(&self) -> Result<NetConfig> {

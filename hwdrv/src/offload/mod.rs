@@ -431,7 +431,7 @@ impl OffloadDatapath {
         for p in pairs {
             for ring in [2 * p, 2 * p + 1] {
                 if let Some(db) = self.doorbells.get(&ring) {
-                    if let Err(e) = self.nic.notify(db) {
+                    if let Err(e) = db.ring(&*self.pci) {
                         warn!(device = %self.name, ring, error = %e, "offload: doorbell failed");
                     }
                 }
