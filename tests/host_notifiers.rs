@@ -29,16 +29,14 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hwdrv::sim::TapLink;
 use hwdrv::{SimConfig, SimNic};
 use serde_json::json;
 use support::guest::{Guest, GuestConfig, READY};
 use support::lab::Lab;
 use support::netns::Netns;
 use support::note;
-use support::packet::run_in;
 use support::qmp::Qmp;
-use support::sim_served::{init_logging, sim_device_config, SimServed, MAC};
+use support::sim_served::{init_logging, sim_device_config, tap_in_namespace, SimServed, MAC};
 use support::tmp::TempDir;
 use vdpa_rig::{run_latency, run_verify, LatencyOptions, Rig, RigError, RigOptions, VerifyOptions};
 
@@ -86,6 +84,7 @@ fn rig_kicks_reach_the_simulated_nic_through_its_doorbell_pages() {
         served.stats()
     );
     assert!(nic.page_doorbells() > pages, "the NIC saw no page doorbell");
+    assert!(nic.watching_doorbell_pages());
     assert_eq!(nic.dma_faults(), 0, "{:?}", nic.last_dma_fault());
 }
 
@@ -200,13 +199,7 @@ fn linux_guest_kicks_the_simulated_nic_through_a_host_notifier() {
     let lab = Lab::require();
     let dir = TempDir::new("hn-guest");
     let ns = Netns::new();
-    ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    let tap = run_in(&ns, || TapLink::open("vdh0"))
-        .join()
-        .expect("namespace thread")
-        .expect("open tap vdh0 in the namespace");
-    ns.addr("vdh0", "192.0.2.1/24");
-    ns.up("vdh0");
+    let tap = tap_in_namespace(&ns, "vdh0");
     let nic = Arc::new(SimNic::new(SimConfig::default(), Box::new(tap)).expect("simulated NIC"));
     let served = SimServed::start(&sim_device_config(&dir, "hnguest0"), nic.clone());
     let qmp_path = dir.join("qmp.sock");

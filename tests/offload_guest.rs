@@ -35,20 +35,21 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hwdrv::sim::{ChannelLink, LoopbackLink, TapLink};
+use hwdrv::sim::{ChannelLink, LoopbackLink};
 use hwdrv::{OffloadDatapath, SimConfig, SimNic};
 use support::guest::{Guest, GuestConfig, READY};
 use support::lab::Lab;
 use support::netns::Netns;
 use support::note;
-use support::packet::run_in;
 use support::tmp::TempDir;
 use vdpa::server::{DeviceServer, Shutdown};
 use vdpa::Device;
 use vdpa_rig::{run_listen, run_verify, ListenOptions, Rig, RigOptions, VerifyOptions};
 use vdpad_config::Config;
 
-use support::sim_served::{config, init_logging, sim_device_config, SimServed, MAC, NO_SUCH_PCI};
+use support::sim_served::{
+    config, init_logging, sim_device_config, tap_in_namespace, SimServed, MAC, NO_SUCH_PCI,
+};
 
 /// Guest side, in three phases, each ending with 10 pings from eth0 (192.0.2.2/24)
 /// to the tap's 192.0.2.1 that must all be answered:
@@ -103,15 +104,7 @@ fn linux_guest_pings_through_offload_over_the_simulated_nic() {
     let lab = Lab::require();
     let dir = TempDir::new("offload-guest");
     let ns = Netns::new();
-    ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    // The tap is created by opening it in the namespace; it lives as long as the NIC.
-    let tap = run_in(&ns, || TapLink::open("vdo0"))
-        .join()
-        .expect("namespace thread")
-        .expect("open tap vdo0 in the namespace");
-    ns.addr("vdo0", "192.0.2.1/24");
-    ns.up("vdo0");
+    let tap = tap_in_namespace(&ns, "vdo0");
     let nic = Arc::new(SimNic::new(SimConfig::default(), Box::new(tap)).expect("simulated NIC"));
     let cfg = sim_device_config(&dir, "simoff0");
     let mut served = SimServed::start(&cfg, nic.clone());

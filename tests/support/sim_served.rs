@@ -10,6 +10,10 @@ use vdpa::Device;
 use vdpa_rig::{run_verify, Rig, RigOptions, VerifyOptions};
 use vdpad_config::{Config, DeviceConfig};
 
+use hwdrv::sim::TapLink;
+
+use super::netns::Netns;
+use super::packet::run_in;
 use super::tmp::TempDir;
 
 /// The guest NIC's MAC.
@@ -107,4 +111,19 @@ impl Drop for SimServed {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A tap `name` for a simulated NIC's port, opened inside `ns` (IPv6 off there) and
+/// given 192.0.2.1/24; it lives as long as the NIC that owns it.
+pub fn tap_in_namespace(ns: &Netns, name: &str) -> TapLink {
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    let owned = name.to_owned();
+    let tap = run_in(ns, move || TapLink::open(&owned))
+        .join()
+        .expect("namespace thread")
+        .unwrap_or_else(|e| panic!("open tap {name} in the namespace: {e}"));
+    ns.addr(name, "192.0.2.1/24");
+    ns.up(name);
+    tap
 }

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
@@ -106,6 +107,8 @@ pub struct OffloadDatapath {
     /// Whether each doorbell is alone on a page a frontend may map (host notifiers),
     /// or why not.
     doorbell_pages: Result<(), String>,
+    /// Why a doorbell page could not be handed out was logged (once per datapath).
+    page_refusal_logged: AtomicBool,
 }
 
 /// What the frontend's ring and buffer addresses are, and so the IOVAs the NIC uses:
@@ -198,6 +201,7 @@ impl OffloadDatapath {
             active: false,
             addresses: Addresses::GuestPhysical,
             doorbell_pages,
+            page_refusal_logged: AtomicBool::new(false),
         })
     }
 
@@ -382,12 +386,6 @@ impl OffloadDatapath {
               desc = format_args!("{:#x}", r.addrs.desc), avail = format_args!("{:#x}", r.addrs.avail),
               used = format_args!("{:#x}", r.addrs.used), vector = r.index + 1, ?resume,
               doorbell = format_args!("bar{}+{:#x}", db.bar, db.offset), "offload: queue enabled");
-        if self.doorbell_pages.is_ok() {
-            if let Err(why) = self.pci.doorbell_page(db.bar, db.offset) {
-                warn!(device = %self.name, ring = r.index, why = %why,
-                      "offload: this ring's doorbell page cannot be handed out; its kicks go through the kick relay");
-            }
-        }
         self.doorbells.insert(r.index, db);
         Ok(())
     }
@@ -596,7 +594,18 @@ impl Datapath for OffloadDatapath {
             return None;
         }
         let db = self.doorbells.get(&ring)?;
-        self.pci.doorbell_page(db.bar, db.offset).ok()
+        // Asked only by a frontend that wants notifiers: handing the page out is what
+        // makes the simulated NIC watch its pages, so nothing asks before that.
+        match self.pci.doorbell_page(db.bar, db.offset) {
+            Ok(area) => Some(area),
+            Err(why) => {
+                if !self.page_refusal_logged.swap(true, Ordering::Relaxed) {
+                    warn!(device = %self.name, ring, why = %why,
+                          "offload: a doorbell page cannot be handed out; kicks go through the kick relay");
+                }
+                None
+            }
+        }
     }
 
     fn start(&mut self, qp: QueuePairConfig) -> Result<(), StartFailure> {

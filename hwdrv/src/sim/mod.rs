@@ -202,6 +202,14 @@ impl SimNic {
         self.shared.counters.doorbells.load(Ordering::Relaxed)
     }
 
+    /// Whether a doorbell page was handed out, so that the device thread watches them.
+    pub fn watching_doorbell_pages(&self) -> bool {
+        self.shared
+            .pages
+            .as_ref()
+            .is_some_and(|p| p.exported.load(Ordering::SeqCst))
+    }
+
     /// Doorbell writes that came through a mapped doorbell page (a host notifier).
     pub fn page_doorbells(&self) -> u64 {
         self.shared.counters.page_doorbells.load(Ordering::Relaxed)

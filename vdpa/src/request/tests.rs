@@ -493,3 +493,20 @@ fn mtu_is_within_bounds() {
         assert!(invalid_why(dec(R::NET_SET_MTU, &u64_body(bad), vec![])).contains("outside"));
     }
 }
+
+#[test]
+fn the_backend_channel_must_be_one_socket() {
+    let (ours, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let sock = File::from(std::os::fd::OwnedFd::from(ours));
+    assert!(matches!(
+        dec(R::SET_BACKEND_REQ_FD, &[], vec![sock]),
+        Ok(Request::SetBackendReqFd(_))
+    ));
+    let why = invalid_why(dec(R::SET_BACKEND_REQ_FD, &[], vec![pipe_file()]));
+    assert!(
+        why.contains("pipe") && why.contains("not a socket"),
+        "{why}"
+    );
+    let why = invalid_why(dec(R::SET_BACKEND_REQ_FD, &[], vec![]));
+    assert!(why.contains("expected one socket"), "{why}");
+}
