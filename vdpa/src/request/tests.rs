@@ -495,6 +495,10 @@ fn mtu_is_within_bounds() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "fd_kind reads /proc/self/fd, which Miri's isolation forbids"
+)]
 fn the_backend_channel_must_be_one_socket() {
     let (ours, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
     let sock = File::from(std::os::fd::OwnedFd::from(ours));
