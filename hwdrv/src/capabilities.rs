@@ -73,21 +73,12 @@ pub enum Unsuitable {
         usable: u16,
     },
     /// More queue pairs configured than the NIC can drive.
-    #[error(
-        "{configured} queue pairs configured, the NIC can drive {usable}{}",
-        if *.control_queue_mq {
-            " (multiqueue through the NIC's control queue is not implemented)"
-        } else {
-            ""
-        }
-    )]
+    #[error("{configured} queue pairs configured, the NIC can drive {usable}")]
     PairsConfigured {
         /// Queue pairs in the configuration.
         configured: u16,
         /// Queue pairs the NIC can drive.
         usable: u16,
-        /// The NIC has multiqueue, but only through its control queue.
-        control_queue_mq: bool,
     },
     /// Fewer MSI-X vectors than one per ring plus the config vector.
     #[error(
@@ -158,19 +149,37 @@ impl NicCapabilities {
         })
     }
 
-    /// Queue pairs offload can drive. A spec device with MQ uses only pair 0 until
-    /// the driver sends VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET on its control queue, which
-    /// this driver does not implement; so MQ counts only without CTRL_VQ (a device
-    /// that runs every enabled queue, like the simulator or ifcvf with its vendor MQ
-    /// register).
+    /// Queue pairs offload can drive: `max_virtqueue_pairs` with MQ, else 1, and no
+    /// more than the queues allow (with CTRL_VQ the last queue is the control queue).
+    /// A spec device with MQ and CTRL_VQ uses only pair 0 until told otherwise on its
+    /// control queue, which the datapath drives ([`ControlQueue`]); a device with MQ
+    /// alone runs every enabled queue (the simulator, ifcvf's vendor MQ register).
+    ///
+    /// [`ControlQueue`]: crate::offload
     pub(crate) fn usable_pairs(features: u64, max_pairs: u16, num_queues: u16) -> u16 {
-        let by_queues = num_queues / 2;
-        let pairs = if features & VIRTIO_NET_F_MQ != 0 && features & VIRTIO_NET_F_CTRL_VQ == 0 {
+        let data_queues = if features & VIRTIO_NET_F_CTRL_VQ != 0 {
+            num_queues.saturating_sub(1)
+        } else {
+            num_queues
+        };
+        let pairs = if features & VIRTIO_NET_F_MQ != 0 {
             max_pairs
         } else {
             1
         };
-        pairs.min(by_queues)
+        pairs.min(data_queues / 2)
+    }
+
+    /// Whether pairs beyond the first must be switched on through the NIC's control
+    /// queue (MQ with CTRL_VQ, the spec way).
+    pub(crate) fn pairs_through_control_queue(&self) -> bool {
+        let both = VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ;
+        self.features & both == both
+    }
+
+    /// The control queue's index: after every data queue of `max_virtqueue_pairs`.
+    pub(crate) fn control_queue_index(&self) -> u16 {
+        2 * self.net.max_pairs.max(1)
     }
 
     /// MSI-X vectors needed to serve `pairs`: one per ring plus the config vector.
@@ -211,6 +220,9 @@ impl NicCapabilities {
                     | VIRTIO_NET_F_MTU));
         if pairs > 1 {
             wanted |= VIRTIO_NET_F_MQ;
+            if self.pairs_through_control_queue() {
+                wanted |= VIRTIO_NET_F_CTRL_VQ;
+            }
         }
         Ok(wanted)
     }
@@ -228,8 +240,6 @@ impl NicCapabilities {
             why.push(Unsuitable::PairsConfigured {
                 configured: cfg.queue_pairs,
                 usable: self.max_pairs,
-                control_queue_mq: self.features & VIRTIO_NET_F_CTRL_VQ != 0
-                    && self.features & VIRTIO_NET_F_MQ != 0,
             });
         }
         if let Err(e) = self.check_vectors(cfg.queue_pairs) {
@@ -282,15 +292,36 @@ mod tests {
     }
 
     #[test]
-    fn multiqueue_needs_mq_without_control_queue() {
+    fn multiqueue_counts_with_or_without_the_control_queue() {
         let f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ;
         assert_eq!(NicCapabilities::usable_pairs(f, 4, 8), 4);
+        let ctrl = f | VIRTIO_NET_F_CTRL_VQ;
+        assert_eq!(NicCapabilities::usable_pairs(ctrl, 4, 9), 4);
         assert_eq!(
-            NicCapabilities::usable_pairs(f | VIRTIO_NET_F_CTRL_VQ, 4, 9),
-            1
+            NicCapabilities::usable_pairs(ctrl, 4, 8),
+            3,
+            "the last is control"
         );
         assert_eq!(NicCapabilities::usable_pairs(VIRTIO_F_VERSION_1, 4, 3), 1);
         assert_eq!(NicCapabilities::usable_pairs(f, 4, 4), 2);
+    }
+
+    #[test]
+    fn more_than_one_pair_on_a_spec_nic_negotiates_its_control_queue() {
+        let mut c = caps(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ);
+        c.net.max_pairs = 4;
+        let guest = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ;
+        let one = c.nic_features_for(guest, 1).unwrap();
+        assert_eq!(one & (VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ), 0);
+        let two = c.nic_features_for(guest, 2).unwrap();
+        assert_eq!(
+            two & (VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ),
+            VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ
+        );
+        assert_eq!(c.control_queue_index(), 8);
+        let vendor = caps(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ);
+        let two = vendor.nic_features_for(guest, 2).unwrap();
+        assert_eq!(two & VIRTIO_NET_F_CTRL_VQ, 0, "no control queue to drive");
     }
 
     #[test]

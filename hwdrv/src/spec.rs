@@ -127,3 +127,17 @@ pub mod common {
 
 /// MSI-X "no vector" value.
 pub const NO_VECTOR: u16 = 0xffff;
+
+/// The virtio-net control queue (5.1.6.5): a command is a read-only header (class,
+/// command) and data, followed by one device-writable byte for the ack.
+pub mod ctrl {
+    /// Class of the multiqueue commands (`VIRTIO_NET_CTRL_MQ`).
+    pub const CLASS_MQ: u8 = 4;
+    /// Sets the number of queue pairs the device uses (`VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`);
+    /// the data is a little-endian u16 from 1 to `max_virtqueue_pairs`.
+    pub const MQ_VQ_PAIRS_SET: u8 = 0;
+    /// Ack: the command was carried out (`VIRTIO_NET_OK`).
+    pub const OK: u8 = 0;
+    /// Ack: the command failed (`VIRTIO_NET_ERR`).
+    pub const ERR: u8 = 1;
+}

@@ -10,7 +10,8 @@ use common::*;
 use hwdrv::spec::status;
 use hwdrv::{OffloadDatapath, OffloadError, PciFunction, SimConfig, SimNic};
 use vdpa::virtio::features::{
-    VIRTIO_F_RING_RESET, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_F_RING_RESET, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 use vdpa::{Datapath, DatapathError};
 
@@ -267,6 +268,70 @@ fn stopping_one_of_two_pairs_keeps_the_other_running() {
         exchange(&g, &mut p0, 30, 30);
         assert!(!nic.queue_enabled(3));
         assert_eq!(nic.dma_faults(), 0);
+    }
+}
+
+/// A NIC with MQ and CTRL_VQ (the spec way, QEMU's virtio-net with `mq=on`) uses
+/// pair 0 only until told otherwise: the datapath sends VQ_PAIRS_SET on its own
+/// control queue whenever the running pairs change. Without the command the second
+/// pair's frames would never come back.
+#[test]
+fn pairs_on_a_spec_nic_are_switched_on_through_its_control_queue() {
+    let spec = SimConfig {
+        control_queue: true,
+        ..Default::default()
+    };
+    let spec_generic = SimConfig {
+        control_queue: true,
+        ..generic()
+    };
+    for (what, cfg, live) in [("ring_reset", spec), ("generic", spec_generic)]
+        .map(|(w, c)| (w, c.clone(), c.features & VIRTIO_F_RING_RESET != 0))
+    {
+        let (nic, mut dp) = offload(cfg, 2);
+        let mut g = Guest::new(8 << 20);
+        let mut p0 = PairRig::new(&mut g, 0, 64, true, 2048);
+        let mut p1 = PairRig::new(&mut g, 1, 64, true, 2048);
+        p0.fill_rx(&g);
+        p1.fill_rx(&g);
+        let f = features(VIRTIO_RING_F_EVENT_IDX | VIRTIO_NET_F_MQ);
+        dp.start(p0.config(&g, f)).unwrap();
+        assert_eq!(nic.pairs_in_use(), 1, "{what}");
+        assert_eq!(
+            nic.control_commands(),
+            0,
+            "{what}: one pair needs no command"
+        );
+        let both = VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ;
+        assert_eq!(nic.driver_features() & both, both, "{what}");
+        if live {
+            exchange(&g, &mut p0, 0, 50);
+        }
+        dp.start(p1.config(&g, f))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(nic.pairs_in_use(), 2, "{what}");
+        assert_eq!(nic.control_commands(), 1, "{what}");
+        let first = if live { 50 } else { 0 };
+        exchange(&g, &mut p0, first, 50);
+        exchange(&g, &mut p1, 0, 50);
+        let page = nic
+            .dma_mappings()
+            .into_iter()
+            .find(|&(iova, _)| iova >= 4 << 30);
+        assert_eq!(page, Some((4 << 30, 4096)), "{what}: the control page");
+        let at = dp.stop(1);
+        if live {
+            assert_eq!(at.len(), 1, "{what}: {at:?}");
+            assert_eq!(nic.pairs_in_use(), 1, "{what}");
+            assert_eq!(nic.control_commands(), 2, "{what}");
+            exchange(&g, &mut p0, first + 50, 20);
+        } else {
+            // A NIC reset cannot resume pair 0 without ring-state registers.
+            assert_eq!(at.len(), 2, "{what}: {at:?}");
+        }
+        assert_eq!(nic.dma_faults(), 0, "{what}");
+        dp.reset();
+        assert!(nic.dma_mappings().is_empty(), "{what}: everything unmapped");
     }
 }
 

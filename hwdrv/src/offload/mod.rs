@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
-use vdpa::virtio::features::VIRTIO_NET_F_STATUS;
+use vdpa::virtio::features::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_STATUS};
 use vdpa::virtio::net_config::VIRTIO_NET_S_LINK_UP;
 use vdpa::virtio::ring;
 use vdpa::{
@@ -30,6 +30,7 @@ use vdpa::{
 use vdpad_config::{DeviceConfig, Frontend};
 use vmm_sys_util::eventfd::EventFd;
 
+mod control_queue;
 mod dma;
 
 use crate::capabilities::{NicCapabilities, Unsuitable};
@@ -37,6 +38,7 @@ use crate::kick_relay::{KickRelay, KickTarget, MemoryWatch};
 use crate::pci::PciFunction;
 use crate::used_tally::UsedTally;
 use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
+use control_queue::ControlQueue;
 use dma::DmaMapping;
 
 /// Why an offload datapath could not be created for a NIC.
@@ -109,6 +111,9 @@ pub struct OffloadDatapath {
     doorbell_pages: Result<(), String>,
     /// Why a doorbell page could not be handed out was logged (once per datapath).
     page_refusal_logged: AtomicBool,
+    /// vdpad's own control queue on the NIC, while pairs run on a NIC that switches
+    /// pairs on through it (MQ and CTRL_VQ negotiated); dropped after every NIC reset.
+    control: Option<ControlQueue>,
 }
 
 /// What the frontend's ring and buffer addresses are, and so the IOVAs the NIC uses:
@@ -202,6 +207,7 @@ impl OffloadDatapath {
             addresses: Addresses::GuestPhysical,
             doorbell_pages,
             page_refusal_logged: AtomicBool::new(false),
+            control: None,
         })
     }
 
@@ -390,6 +396,37 @@ impl OffloadDatapath {
         Ok(())
     }
 
+    /// Sets up vdpad's control queue when the negotiated features make the NIC use
+    /// pair 0 only until told otherwise (MQ with CTRL_VQ). Between FEATURES_OK and
+    /// DRIVER_OK; `mem` is the memory mapped for the NIC, which the page keeps clear of.
+    fn start_control_queue(&mut self, mem: &GuestMemory) -> Result<(), DatapathError> {
+        let both = VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ;
+        if self.nic_features & both != both {
+            return Ok(());
+        }
+        let queue = self.caps.control_queue_index();
+        let cq = ControlQueue::start(&self.name, self.pci.clone(), &self.nic, queue, mem)
+            .map_err(backend)?;
+        self.control = Some(cq);
+        Ok(())
+    }
+
+    /// Tells the NIC how many pairs to use, `running` being the pairs that will run
+    /// (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET with the highest plus one), when the NIC has
+    /// a control queue and the count changes.
+    fn tell_pairs(&mut self, running: impl Iterator<Item = u16>) -> Result<(), DatapathError> {
+        let Some(cq) = self.control.as_mut() else {
+            return Ok(());
+        };
+        let n = running.max().map_or(1, |p| p + 1);
+        if cq.pairs() == n {
+            return Ok(());
+        }
+        cq.set_pairs(n).map_err(backend)?;
+        info!(device = %self.name, pairs = n, "offload: the NIC uses {n} queue pair(s) (VQ_PAIRS_SET on its control queue)");
+        Ok(())
+    }
+
     fn stop_relay(&mut self) {
         if let Some(r) = self.relay.take() {
             r.stop();
@@ -471,13 +508,15 @@ impl OffloadDatapath {
                 self.program_ring(qp, &qp.rx)?;
                 self.program_ring(qp, &qp.tx)?;
             }
+            self.start_control_queue(&mem)?;
             self.nic.driver_ok().map_err(backend)?;
             info!(device = %self.name, features = format_args!("{:#x}", self.nic_features),
                   pairs = ?pairs.iter().map(|p| p.pair).collect::<Vec<_>>(), "offload: DRIVER_OK");
-            Ok(())
+            self.tell_pairs(pairs.iter().map(|p| p.pair))
         })();
         if let Err(e) = result {
             let _ = self.nic.reset();
+            self.control = None;
             self.running.clear();
             self.calls.clear();
             self.doorbells.clear();
@@ -501,10 +540,12 @@ impl OffloadDatapath {
             self.calls.insert(r.index, r.events.call.clone());
             self.probe_interrupts(r);
         }
+        let with_it: Vec<u16> = self.running.keys().copied().chain([qp.pair]).collect();
         let result = self
             .route_vectors()
             .and_then(|()| self.program_ring(&qp, &qp.rx))
-            .and_then(|()| self.program_ring(&qp, &qp.tx));
+            .and_then(|()| self.program_ring(&qp, &qp.tx))
+            .and_then(|()| self.tell_pairs(with_it.into_iter()));
         if let Err(e) = result {
             for ring in [qp.rx.index, qp.tx.index] {
                 let _ = self.nic.stop_queue(ring);
@@ -529,6 +570,7 @@ impl OffloadDatapath {
         if let Err(e) = self.nic.reset() {
             error!(device = %self.name, error = %e, "offload: NIC reset failed");
         }
+        self.control = None;
         let mut out = Vec::new();
         for (_, mut qp) in std::mem::take(&mut self.running) {
             let at = Self::position(&qp);
@@ -661,7 +703,19 @@ impl Datapath for OffloadDatapath {
         };
         self.stop_relay();
         let alone = self.running.len() == 1;
+        let others: Vec<u16> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|&p| p != pair)
+            .collect();
         let per_queue = !alone
+            && self
+                .tell_pairs(others.into_iter())
+                .inspect_err(
+                    |e| warn!(device = %self.name, pair, error = %e, "offload: VQ_PAIRS_SET"),
+                )
+                .is_ok()
             && [qp.rx.index, qp.tx.index]
                 .iter()
                 .all(|&q| match self.nic.stop_queue(q) {
@@ -729,6 +783,7 @@ impl Datapath for OffloadDatapath {
         if let Err(e) = self.nic.reset() {
             error!(device = %self.name, error = %e, "offload: NIC reset failed");
         }
+        self.control = None;
         match self.pci.reset() {
             Ok(outcome) => info!(device = %self.name, ?outcome, "offload: function reset"),
             Err(e) => warn!(device = %self.name, error = %e, "offload: function reset failed"),

@@ -19,6 +19,7 @@ use super::dma::Dma;
 use super::doorbell_pages::DoorbellPages;
 use super::layout;
 use super::link::Link;
+use super::multiqueue;
 use super::ring::{Seg, SimRingError, SplitRing};
 use super::SimConfig;
 use crate::spec::{common as cc, status, NO_VECTOR};
@@ -50,6 +51,7 @@ pub(crate) struct Counters {
     pub rx_dropped: AtomicU64,
     pub function_resets: AtomicU64,
     pub device_resets: AtomicU64,
+    pub control_commands: AtomicU64,
 }
 
 /// Registers of one virtqueue.
@@ -98,6 +100,8 @@ pub(crate) struct State {
     pub queues: Vec<QueueRegs>,
     pub backlog: Vec<VecDeque<Vec<u8>>>,
     pub link: Box<dyn Link>,
+    /// Queue pairs set by VQ_PAIRS_SET (used with MQ and CTRL_VQ negotiated).
+    pub active_pairs: u16,
 }
 
 /// Everything the device thread and the register interface share.
@@ -141,6 +145,7 @@ impl Shared {
                 .collect(),
             backlog: (0..cfg.max_pairs).map(|_| VecDeque::new()).collect(),
             link,
+            active_pairs: 1,
         };
         Ok(Shared {
             fired: (0..cfg.msix_vectors).map(|_| AtomicU64::new(0)).collect(),
@@ -221,6 +226,7 @@ impl Shared {
         for b in st.backlog.iter_mut() {
             b.clear();
         }
+        st.active_pairs = 1;
         self.pending.store(0, Ordering::SeqCst);
         self.counters.device_resets.fetch_add(1, Ordering::Relaxed);
     }
@@ -496,7 +502,12 @@ pub(crate) fn run(shared: Arc<Shared>) {
         let mut again = 0u64;
         pull_wire(&shared, &mut st, &mut scratch);
         if st.status & status::DRIVER_OK != 0 && st.status & status::DEVICE_NEEDS_RESET == 0 {
-            for q in 0..st.queues.len().min(2 * usize::from(shared.cfg.max_pairs)) {
+            let control = 2 * usize::from(shared.cfg.max_pairs);
+            if shared.cfg.control_queue && bits & (1 << control) != 0 {
+                multiqueue::process_control(&shared, &mut st, control, &mut segs);
+            }
+            let in_use = usize::from(multiqueue::pairs_in_use(&shared, &st));
+            for q in 0..st.queues.len().min(2 * in_use) {
                 if bits & (1 << q) != 0
                     && q % 2 == 1
                     && process_tx(&shared, &mut st, q, &mut scratch, &mut segs)
@@ -505,7 +516,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 }
             }
             pull_wire(&shared, &mut st, &mut scratch);
-            for p in 0..usize::from(shared.cfg.max_pairs) {
+            for p in 0..in_use {
                 if !st.backlog[p].is_empty() {
                     process_rx(&shared, &mut st, p, &mut scratch, &mut segs);
                 }
@@ -531,11 +542,9 @@ fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
             }
         };
         let (pair, len) = got;
-        let pair = if pair < shared.cfg.max_pairs {
-            usize::from(pair)
-        } else {
-            0
-        };
+        let chosen = st.link.chooses_pair().then_some(pair);
+        let in_use = multiqueue::pairs_in_use(shared, st);
+        let pair = usize::from(multiqueue::steer(chosen, &scratch[..len], in_use));
         if st.status & status::DRIVER_OK == 0 || st.backlog[pair].len() >= BACKLOG_LIMIT {
             shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -544,7 +553,7 @@ fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
     }
 }
 
-fn ring_failed(shared: &Shared, st: &mut State, q: usize, e: SimRingError) {
+pub(crate) fn ring_failed(shared: &Shared, st: &mut State, q: usize, e: SimRingError) {
     match e {
         SimRingError::Dma(f) => {
             let why = format!("queue {q}: ring not reachable by DMA at {:#x}", f.iova);

@@ -30,6 +30,14 @@ pub trait Link: Send {
     fn poll_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// Whether the link names each received frame's queue pair (a loopback returns a
+    /// frame to the pair that sent it). A link that does not (a tap) leaves the choice
+    /// to the NIC, which spreads flows over the pairs in use by hashing addresses and
+    /// ports, as a multiqueue NIC does.
+    fn chooses_pair(&self) -> bool {
+        true
+    }
 }
 
 /// Every frame transmitted on pair p is received on pair p.
@@ -139,7 +147,8 @@ struct IfReq {
 }
 
 /// A tap interface (IFF_TAP | IFF_NO_PI, non-blocking): frames the NIC transmits
-/// appear on the interface, frames sent to the interface arrive on queue pair 0.
+/// appear on the interface; frames sent to the interface are spread over the queue
+/// pairs in use by the NIC (by flow).
 #[derive(Debug)]
 pub struct TapLink {
     file: File,
@@ -213,6 +222,10 @@ impl Link for TapLink {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
+    }
+
+    fn chooses_pair(&self) -> bool {
+        false
     }
 }
 

@@ -16,6 +16,7 @@ pub mod dma;
 mod doorbell_pages;
 pub mod layout;
 pub mod link;
+mod multiqueue;
 mod ring;
 
 use std::io;
@@ -32,9 +33,9 @@ use device::{lock, Shared};
 pub use dma::{DmaFault, FaultReason};
 pub use link::{ChannelLink, Link, LoopbackLink, TapLink};
 use vdpa::virtio::features::{
-    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Largest number of queue pairs the simulator models (doorbells are a 64-bit mask).
@@ -65,6 +66,11 @@ pub struct SimConfig {
     /// host notifier (the device then watches those pages); otherwise doorbells are
     /// packed 4 bytes apart and cannot be handed out.
     pub doorbell_pages: bool,
+    /// Offer VIRTIO_NET_F_CTRL_VQ with a control queue (the last queue) that takes
+    /// VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET: with MQ and CTRL_VQ negotiated only pair 0
+    /// runs until the driver sets the pair count, as on a spec virtio-net NIC.
+    /// Without it every enabled pair runs (a vendor multiqueue register, as ifcvf's).
+    pub control_queue: bool,
 }
 
 impl Default for SimConfig {
@@ -88,14 +94,15 @@ impl Default for SimConfig {
             ring_state: true,
             flr: true,
             doorbell_pages: true,
+            control_queue: false,
         }
     }
 }
 
 impl SimConfig {
-    /// Number of virtqueues: two per pair (no control queue is modelled).
+    /// Number of virtqueues: two per pair, and the control queue if there is one.
     pub(crate) fn num_queues(&self) -> u16 {
-        2 * self.max_pairs
+        2 * self.max_pairs + u16::from(self.control_queue)
     }
 
     /// The NOTIFY capability's `notify_off_multiplier`.
@@ -118,7 +125,11 @@ pub struct SimNic {
 impl SimNic {
     /// A function configured by `cfg` whose port is plugged into `link`.
     pub fn new(mut cfg: SimConfig, link: Box<dyn Link>) -> io::Result<Self> {
-        cfg.max_pairs = cfg.max_pairs.clamp(1, SIM_MAX_PAIRS);
+        let most = SIM_MAX_PAIRS - u16::from(cfg.control_queue);
+        cfg.max_pairs = cfg.max_pairs.clamp(1, most);
+        if cfg.control_queue {
+            cfg.features |= VIRTIO_NET_F_CTRL_VQ;
+        }
         cfg.msix_vectors = cfg.msix_vectors.min(2048);
         if !cfg.queue_max_size.is_power_of_two() {
             return Err(io::Error::new(
@@ -219,6 +230,20 @@ impl SimNic {
     /// config interrupt (vector `msix_config`) fires on a change.
     pub fn set_link(&self, up: bool) {
         self.shared.set_link(up);
+    }
+
+    /// Queue pairs the device serves now: the count the driver set with
+    /// VQ_PAIRS_SET while MQ and CTRL_VQ are negotiated, else every pair.
+    pub fn pairs_in_use(&self) -> u16 {
+        multiqueue::pairs_in_use(&self.shared, &lock(&self.shared.state))
+    }
+
+    /// Commands taken from the control queue.
+    pub fn control_commands(&self) -> u64 {
+        self.shared
+            .counters
+            .control_commands
+            .load(Ordering::Relaxed)
     }
 
     /// Function-level resets performed.
