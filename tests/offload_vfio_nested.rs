@@ -35,6 +35,13 @@
 //!    first rig's verify runs, the second's DMA mapping must be refused with an error
 //!    naming both devices (sharing it would let the second NIC reach the first VM's
 //!    memory), the second rig gets nothing through, and the first loses no frame;
+//! 5b. **Two queue pairs** on the second function, which QEMU gives `mq=on` (a
+//!    multi_queue tap with two queues): the NIC has MQ and a control queue, and uses
+//!    pair 0 only until told otherwise. vdpad serves a two-pair device, sends
+//!    VQ_PAIRS_SET 2 on the NIC's control queue when the rig starts the second pair,
+//!    and a verify that sends all its frames on pair 1 gets every one back on pair 1
+//!    (the tap returns a flow on the queue it came from; QEMU detaches the tap queue
+//!    of a pair the NIC does not use);
 //! 6. vdpad restarts with `mode = "auto"` on all three NICs (the Intel ones left on
 //!    their kernel drivers): the e1000e and igb must be classified **software**
 //!    (af_packet on their netdev) with the reason, the virtio function **offload**;
@@ -74,6 +81,8 @@ const SHARE_PACKETS: u64 = 30_000;
 /// Measured round trips of each latency run that shows what kicks cost vdpad (with and
 /// without host notifiers; 50 more warm up).
 const ECON_ROUND_TRIPS: u64 = 500;
+/// Frames the verify on the second of two queue pairs sends.
+const MQ_PACKETS: u64 = 2_000;
 /// Frames each software (auto-mode) verify sends.
 const SOFTWARE_PACKETS: u64 = 300;
 /// Frames the test injects on the host tap for `vdpa-rig listen`.
@@ -280,6 +289,31 @@ wait $AP
 echo "VDPAD-HW-SHARE-A rc=$? $(head -n 1 /lab/rig-share-a.log)"
 kill -TERM $VP; wait $VP
 echo "VDPAD-HW-SHARE-EXIT rc=$?"
+
+# ---- 1d. two queue pairs on the second function (mq=on: MQ with a control queue)
+cat > /host/run/hw-mq.toml <<EOF
+[daemon]
+run_dir = "/run/vdpad-hw"
+log_level = "info"
+
+[[device]]
+name = "hwq"
+socket = "/run/vdpad-hw/hwq.sock"
+mode = "offload"
+pci = "$VN2"
+vm = "nested-mq"
+fallback = false
+queue_size = 256
+queue_pairs = 2
+EOF
+chroot /host env NO_COLOR=1 $VDPAD --config /run/hw-mq.toml > /lab/vdpad-mq.log 2>&1 &
+VP=$!
+wait_file /host/run/vdpad-hw/hwq.sock 60 || {{ echo "VDPAD-HW-FAIL no socket"; cat /lab/vdpad-mq.log; exit 1; }}
+chroot /host timeout 120 $RIG --socket /run/vdpad-hw/hwq.sock --queue-pairs 2 verify --only-pair 1 --packets {MQ_PACKETS} --size 60 --size-max 1514 --timeout 100 > /lab/rig-mq.log 2>&1
+echo "VDPAD-HW-MQ-VERIFY rc=$? $(head -n 1 /lab/rig-mq.log)"
+kill -USR1 $VP; sleep 1
+kill -TERM $VP; wait $VP
+echo "VDPAD-HW-MQ-EXIT rc=$?"
 
 # ---- 2. auto mode on every NIC; Intel NICs stay on their kernel drivers
 cat > /host/run/hw-auto.toml <<EOF
@@ -534,6 +568,32 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     );
     let exit = guest.wait_for("VDPAD-HW-SHARE-EXIT", STEP_TIMEOUT);
     assert!(exit.contains("rc=0"), "{exit}{}", share_ctx(&guest));
+
+    // 1d. Two queue pairs: the NIC is told through its control queue; every frame of
+    // the second pair comes back on it (a pair the NIC does not use has its tap queue
+    // detached by QEMU: nothing would come back).
+    let mq = guest.wait_for("VDPAD-HW-MQ-VERIFY ", STEP_TIMEOUT);
+    note(t0, &format!("guest: {mq}"));
+    let mq_ctx = |g: &Guest| {
+        format!(
+            "{}{}",
+            g.tail(),
+            support::log_tail(&g.share().join("vdpad-mq.log"), 60)
+        )
+    };
+    assert_verify(&mq, MQ_PACKETS, "pair 1 of two", &mq_ctx(&guest));
+    let exit = guest.wait_for("VDPAD-HW-MQ-EXIT", STEP_TIMEOUT);
+    assert!(exit.contains("rc=0"), "{exit}{}", mq_ctx(&guest));
+    let mq_log = share_file(&guest, "vdpad-mq.log");
+    let told = lines_with(&mq_log, &["VQ_PAIRS_SET"]);
+    println!(
+        "RESULT two queue pairs on real VFIO: {mq}\n{}",
+        told.join("\n")
+    );
+    assert!(
+        told.iter().any(|l| l.contains("pairs=2")),
+        "the NIC was never told to use 2 pairs:\n{mq_log}"
+    );
 
     // 3. Auto mode: software on the Intel NICs, offload on the virtio function.
     guest.wait_for("VDPAD-HW-AUTO-UP", STEP_TIMEOUT);

@@ -65,20 +65,24 @@ pub enum Unsuitable {
     #[error("the NIC lacks {}", describe_bits(*.0))]
     MissingFeatures(u64),
     /// More queue pairs asked of the datapath than the NIC can drive (or none).
-    #[error("{requested} queue pairs requested, the NIC can drive {usable}")]
+    #[error("{requested} queue pairs requested, the NIC can drive {usable} ({why})")]
     PairsRequested {
         /// Queue pairs asked for.
         requested: u16,
         /// Queue pairs the NIC can drive.
         usable: u16,
+        /// What limits them ([`NicCapabilities::pairs_limit`]).
+        why: String,
     },
     /// More queue pairs configured than the NIC can drive.
-    #[error("{configured} queue pairs configured, the NIC can drive {usable}")]
+    #[error("{configured} queue pairs configured, the NIC can drive {usable} ({why})")]
     PairsConfigured {
         /// Queue pairs in the configuration.
         configured: u16,
         /// Queue pairs the NIC can drive.
         usable: u16,
+        /// What limits them ([`NicCapabilities::pairs_limit`]).
+        why: String,
     },
     /// Fewer MSI-X vectors than one per ring plus the config vector.
     #[error(
@@ -132,8 +136,12 @@ impl NicCapabilities {
         let features = nic.device_features();
         let net = nic.net_config()?;
         let max_pairs = Self::usable_pairs(features, net.max_pairs, nic.num_queues());
+        // Only the queues that exist before negotiation can be read (see
+        // `usable_pairs`); the others are taken to be like them.
+        let control = u16::from(features & VIRTIO_NET_F_CTRL_VQ != 0);
+        let data_queues = nic.num_queues().saturating_sub(control);
         let mut queue_max_size = u16::MAX;
-        for q in 0..2 * max_pairs {
+        for q in 0..(2 * max_pairs).min(data_queues) {
             queue_max_size = queue_max_size.min(nic.queue_max_size(q)?);
         }
         Ok(NicCapabilities {
@@ -149,25 +157,40 @@ impl NicCapabilities {
         })
     }
 
-    /// Queue pairs offload can drive: `max_virtqueue_pairs` with MQ, else 1, and no
-    /// more than the queues allow (with CTRL_VQ the last queue is the control queue).
-    /// A spec device with MQ and CTRL_VQ uses only pair 0 until told otherwise on its
-    /// control queue, which the datapath drives ([`ControlQueue`]); a device with MQ
-    /// alone runs every enabled queue (the simulator, ifcvf's vendor MQ register).
+    /// Queue pairs offload can drive.
     ///
-    /// [`ControlQueue`]: crate::offload
+    /// - MQ with CTRL_VQ (the spec way): `max_virtqueue_pairs`. Such a device uses only
+    ///   pair 0 until told otherwise on its control queue, which the datapath drives
+    ///   (`offload/control_queue.rs`). Its `num_queues` before negotiation is not a
+    ///   bound: QEMU's virtio-net shows 3 queues (one pair and the control queue) until
+    ///   MQ is negotiated, and all of them after.
+    /// - MQ alone (the simulator, ifcvf's vendor MQ register): every enabled queue runs,
+    ///   so `max_virtqueue_pairs` as far as the queues go.
+    /// - No MQ: one pair.
     pub(crate) fn usable_pairs(features: u64, max_pairs: u16, num_queues: u16) -> u16 {
-        let data_queues = if features & VIRTIO_NET_F_CTRL_VQ != 0 {
-            num_queues.saturating_sub(1)
-        } else {
-            num_queues
-        };
-        let pairs = if features & VIRTIO_NET_F_MQ != 0 {
+        let both = VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ;
+        if features & both == both {
             max_pairs
+        } else if features & VIRTIO_NET_F_MQ != 0 {
+            max_pairs.min(num_queues / 2)
         } else {
-            1
+            1.min(num_queues / 2)
+        }
+    }
+
+    /// What limits the pairs this NIC can drive, for error messages.
+    pub fn pairs_limit(&self) -> String {
+        let mq = if self.features & VIRTIO_NET_F_MQ != 0 {
+            format!("MQ with max_virtqueue_pairs {}", self.net.max_pairs)
+        } else {
+            "no VIRTIO_NET_F_MQ".to_owned()
         };
-        pairs.min(data_queues / 2)
+        let ctrl = if self.features & VIRTIO_NET_F_CTRL_VQ != 0 {
+            " and a control queue"
+        } else {
+            ""
+        };
+        format!("{mq}{ctrl}; {} queues", self.num_queues)
     }
 
     /// Whether pairs beyond the first must be switched on through the NIC's control
@@ -240,6 +263,7 @@ impl NicCapabilities {
             why.push(Unsuitable::PairsConfigured {
                 configured: cfg.queue_pairs,
                 usable: self.max_pairs,
+                why: self.pairs_limit(),
             });
         }
         if let Err(e) = self.check_vectors(cfg.queue_pairs) {
@@ -298,9 +322,9 @@ mod tests {
         let ctrl = f | VIRTIO_NET_F_CTRL_VQ;
         assert_eq!(NicCapabilities::usable_pairs(ctrl, 4, 9), 4);
         assert_eq!(
-            NicCapabilities::usable_pairs(ctrl, 4, 8),
-            3,
-            "the last is control"
+            NicCapabilities::usable_pairs(ctrl, 4, 3),
+            4,
+            "QEMU shows its queues only once MQ is negotiated"
         );
         assert_eq!(NicCapabilities::usable_pairs(VIRTIO_F_VERSION_1, 4, 3), 1);
         assert_eq!(NicCapabilities::usable_pairs(f, 4, 4), 2);

@@ -525,6 +525,9 @@ impl VirtioPci {
             });
         }
         self.negotiated = bits;
+        // QEMU's virtio-net shows the queues of pairs beyond the first only once MQ
+        // is negotiated (and drops them again at reset): count them again.
+        self.num_queues = self.read16(cc::NUM_QUEUES, "num_queues")?;
         Ok(bits)
     }
 

@@ -38,6 +38,9 @@ pub struct Nic {
     pub tap: String,
     /// The NIC's MAC address.
     pub mac: String,
+    /// Queue pairs (more than one: a multi_queue tap and `mq=on`, so the function has
+    /// MQ and a control queue, VIRTIO_NET_F_CTRL_VQ).
+    pub queues: u16,
 }
 
 /// The NICs of a nested-VFIO guest and how to boot it.
@@ -76,10 +79,14 @@ impl NestedGuest {
             id,
             tap: format!("{prefix}{suffix}"),
             mac: mac.to_string(),
+            queues: 1,
         };
         NestedGuest {
             virtio: nic("virtio-net-pci", VIRTIO_NET_ID, "v", "52:54:00:00:04:01"),
-            virtio2: nic("virtio-net-pci", VIRTIO_NET_ID, "w", "52:54:00:00:04:04"),
+            virtio2: Nic {
+                queues: 2,
+                ..nic("virtio-net-pci", VIRTIO_NET_ID, "w", "52:54:00:00:04:04")
+            },
             e1000e: nic("e1000e", E1000E_ID, "e", "52:54:00:00:04:02"),
             igb: qemu_has_device(lab, "igb").then(|| nic("igb", IGB_ID, "i", "52:54:00:00:04:03")),
         }
@@ -96,7 +103,19 @@ impl NestedGuest {
     /// Creates every NIC's tap in `ns` and sets it up (QEMU attaches to them).
     pub fn create_taps(&self, ns: &Netns) {
         for nic in self.nics() {
-            ns.tap(&nic.tap);
+            if nic.queues > 1 {
+                ns.ip(&[
+                    "tuntap",
+                    "add",
+                    "dev",
+                    &nic.tap,
+                    "mode",
+                    "tap",
+                    "multi_queue",
+                ]);
+            } else {
+                ns.tap(&nic.tap);
+            }
             ns.up(&nic.tap);
         }
     }
@@ -119,21 +138,30 @@ impl NestedGuest {
         let tap = |id: &str, nic: &Nic| {
             vec![
                 "-netdev".to_string(),
-                format!("tap,id={id},ifname={},script=no,downscript=no", nic.tap),
+                format!(
+                    "tap,id={id},ifname={},script=no,downscript=no,queues={}",
+                    nic.tap, nic.queues
+                ),
             ]
         };
         // The first function has a doorbell page per queue (host notifiers can be
-        // handed out), the second packs its doorbells on one page (they cannot).
+        // handed out), the second packs its doorbells on one page (they cannot) and
+        // has two queue pairs, switched on through its control queue.
         for (id, bus, nic, pages) in [
             ("hwv", "rp1", &self.virtio, "on"),
             ("hww", "rp2", &self.virtio2, "off"),
         ] {
+            let mq = if nic.queues > 1 {
+                format!(",mq=on,vectors={}", 2 * nic.queues + 2)
+            } else {
+                String::new()
+            };
             a.extend(tap(id, nic));
             a.extend([
                 "-device".to_string(),
                 format!(
                     "virtio-net-pci,netdev={id},bus={bus},disable-legacy=on,iommu_platform=on,\
-                     ats=on,page-per-vq={pages},mac={},romfile=",
+                     ats=on,page-per-vq={pages},mac={}{mq},romfile=",
                     nic.mac
                 ),
             ]);

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 use vdpa::virtio::features::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_STATUS};
 use vdpa::virtio::net_config::VIRTIO_NET_S_LINK_UP;
-use vdpa::virtio::ring;
 use vdpa::{
     CountProbe, Datapath, DatapathError, GuestMemory, NotifyArea, PairPosition, QueueCounters,
     QueuePairConfig, RingConfig, StartFailure,
@@ -32,6 +31,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 mod control_queue;
 mod dma;
+mod rings;
 
 use crate::capabilities::{NicCapabilities, Unsuitable};
 use crate::kick_relay::{KickRelay, KickTarget, MemoryWatch};
@@ -144,6 +144,7 @@ impl OffloadDatapath {
             reasons.push(Unsuitable::PairsRequested {
                 requested: pairs,
                 usable: caps.max_pairs,
+                why: caps.pairs_limit(),
             });
         }
         if let Err(e) = caps.check_vectors(pairs) {
@@ -254,71 +255,6 @@ impl OffloadDatapath {
         }
     }
 
-    /// Where a ring resumes: its used index, read from guest memory.
-    fn position(qp: &QueuePairConfig) -> PairPosition {
-        PairPosition {
-            pair: qp.pair,
-            rx: Self::used_idx(&qp.mem, &qp.rx).unwrap_or(qp.rx.base),
-            tx: Self::used_idx(&qp.mem, &qp.tx).unwrap_or(qp.tx.base),
-        }
-    }
-
-    /// The used index of a ring, read from guest memory.
-    fn used_idx(mem: &GuestMemory, r: &RingConfig) -> Option<u16> {
-        let p = mem.translate(r.addrs.used + ring::USED_IDX_OFFSET as u64, 2)?;
-        if !(p as usize).is_multiple_of(2) {
-            return None;
-        }
-        // SAFETY: translate returned 2 bytes of mapped guest memory, aligned; guest
-        // memory is shared with the guest and the NIC, so read it volatile, no reference.
-        Some(u16::from_le(unsafe {
-            std::ptr::read_volatile(p as *const u16)
-        }))
-    }
-
-    /// Checks a ring against guest memory and the NIC, and says where it resumes.
-    fn ring_plan(
-        &self,
-        qp: &QueuePairConfig,
-        r: &RingConfig,
-    ) -> Result<Option<(u16, u16)>, DatapathError> {
-        let bad = |what: String| DatapathError::Ring {
-            ring: r.index,
-            what,
-        };
-        if !r.size.is_power_of_two() || r.size > self.caps.queue_max_size {
-            return Err(bad(format!(
-                "size {} does not fit the NIC (maximum {}, power of two)",
-                r.size, self.caps.queue_max_size
-            )));
-        }
-        let (desc_len, avail_len, used_len) = ring::area_sizes(r.size);
-        let areas = [
-            (r.addrs.desc, desc_len, ring::DESC_ALIGN, "descriptor table"),
-            (r.addrs.avail, avail_len, ring::AVAIL_ALIGN, "avail ring"),
-            (r.addrs.used, used_len, ring::USED_ALIGN, "used ring"),
-        ];
-        for (gpa, len, align, what) in areas {
-            if gpa % align != 0 || qp.mem.translate(gpa, len).is_none() {
-                return Err(bad(format!(
-                    "{what} at {gpa:#x} ({len} bytes) is misaligned or not in guest memory"
-                )));
-            }
-        }
-        let used = Self::used_idx(&qp.mem, r).unwrap_or(0);
-        if r.base == 0 && used == 0 {
-            return Ok(None);
-        }
-        if !self.caps.ring_state {
-            return Err(bad(format!(
-                "cannot resume at avail index {} (used index {used}): this NIC starts every \
-                 queue at 0 and has no ring-state registers",
-                r.base
-            )));
-        }
-        Ok(Some((r.base, used)))
-    }
-
     fn check_pair(&self, qp: &QueuePairConfig) -> Result<(), DatapathError> {
         if qp.pair >= self.pairs {
             return Err(DatapathError::Pair {
@@ -332,8 +268,8 @@ impl OffloadDatapath {
                 pair: qp.pair,
                 why: why.to_string(),
             })?;
-        self.ring_plan(qp, &qp.rx)?;
-        self.ring_plan(qp, &qp.tx)?;
+        rings::plan(&self.caps, qp, &qp.rx)?;
+        rings::plan(&self.caps, qp, &qp.tx)?;
         Ok(())
     }
 
@@ -374,7 +310,7 @@ impl OffloadDatapath {
     }
 
     fn program_ring(&mut self, qp: &QueuePairConfig, r: &RingConfig) -> Result<(), DatapathError> {
-        let resume = self.ring_plan(qp, r)?;
+        let resume = rings::plan(&self.caps, qp, r)?;
         let setup = QueueSetup {
             size: r.size,
             desc: r.addrs.desc,
@@ -573,7 +509,7 @@ impl OffloadDatapath {
         self.control = None;
         let mut out = Vec::new();
         for (_, mut qp) in std::mem::take(&mut self.running) {
-            let at = Self::position(&qp);
+            let at = rings::position(&qp);
             qp.rx.base = at.rx;
             qp.tx.base = at.tx;
             out.push(qp);
@@ -675,7 +611,7 @@ impl Datapath for OffloadDatapath {
         if !self.caps.ring_state {
             for p in self.running.values() {
                 for r in [&p.rx, &p.tx] {
-                    if Self::used_idx(&p.mem, r).unwrap_or(1) != 0 {
+                    if rings::used_idx(&p.mem, r).unwrap_or(1) != 0 {
                         return Err(DatapathError::Pair {
                             pair: qp.pair,
                             why: format!(
@@ -690,7 +626,7 @@ impl Datapath for OffloadDatapath {
             }
         }
         let others = self.quiesce_all();
-        let lost: Vec<PairPosition> = others.iter().map(Self::position).collect();
+        let lost: Vec<PairPosition> = others.iter().map(rings::position).collect();
         let mut all = others;
         all.push(qp);
         self.bring_up(all)
@@ -735,20 +671,20 @@ impl Datapath for OffloadDatapath {
                 error!(device = %self.name, error = %e, "offload: restarting relay after stop");
             }
             info!(device = %self.name, pair, "offload: queue pair stopped (per-queue)");
-            return vec![Self::position(&qp)];
+            return vec![rings::position(&qp)];
         }
         let mut others = self.quiesce_all();
         others.retain(|p| p.pair != pair);
         for r in [&qp.rx, &qp.tx] {
             self.calls.remove(&r.index);
         }
-        let stopped = Self::position(&qp);
+        let stopped = rings::position(&qp);
         info!(device = %self.name, pair, rx_base = stopped.rx, tx_base = stopped.tx,
               "offload: queue pair stopped (NIC reset)");
         if others.is_empty() {
             return vec![stopped];
         }
-        let lost: Vec<PairPosition> = others.iter().map(Self::position).collect();
+        let lost: Vec<PairPosition> = others.iter().map(rings::position).collect();
         let ids: Vec<u16> = others.iter().map(|p| p.pair).collect();
         match self.bring_up(others) {
             Ok(()) => vec![stopped],

@@ -33,6 +33,11 @@ pub struct VerifyOptions {
     /// were sent, stop it once the second number were (QEMU's messages, while the rings
     /// run: see [`crate::migration`]).
     pub migrate: Option<(u64, u64)>,
+    /// Send every frame on this pair; the other pairs only keep RX buffers posted. A
+    /// device whose far end picks the receive queue by flow (a multiqueue tap behind a
+    /// NIC) returns a pair's frames on the queue that sent them only when one pair
+    /// sends.
+    pub only_pair: Option<usize>,
 }
 
 impl VerifyOptions {
@@ -46,6 +51,7 @@ impl VerifyOptions {
             stall_timeout: Duration::from_secs(3),
             poll: false,
             migrate: None,
+            only_pair: None,
         }
     }
 }
@@ -299,9 +305,18 @@ pub fn run_verify(rig: &mut Rig, o: &VerifyOptions) -> Result<VerifyReport, RigE
         )));
     }
     let n = rig.pairs().len() as u64;
+    if let Some(p) = o.only_pair.filter(|&p| p as u64 >= n) {
+        return Err(RigError::Options(format!(
+            "pair {p} to send on, but the rig has {n} pair(s)"
+        )));
+    }
     let mut trackers: Vec<Tracker> = (0..rig.pairs().len())
         .map(|i| {
-            let quota = o.packets / n + u64::from((i as u64) < o.packets % n);
+            let quota = match o.only_pair {
+                Some(p) if p == i => o.packets,
+                Some(_) => 0,
+                None => o.packets / n + u64::from((i as u64) < o.packets % n),
+            };
             let window = rig.pairs()[i].rx.frames_capacity(size_max);
             Tracker {
                 pair: i,

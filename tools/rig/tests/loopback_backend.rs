@@ -159,6 +159,14 @@ fn two_queue_pairs() {
     let r = run_verify(&mut rig, &VerifyOptions::new(10, 64)).unwrap();
     assert_eq!(r.pairs.len(), 2);
     assert_eq!(r.pairs[0].sent, 5);
+    let mut one = VerifyOptions::new(10, 64);
+    one.only_pair = Some(1);
+    let r = run_verify(&mut rig, &one).unwrap();
+    assert!(r.passed(), "{}", r.summary());
+    assert_eq!((r.pairs[0].sent, r.pairs[1].sent), (0, 10));
+    one.only_pair = Some(2);
+    let e = run_verify(&mut rig, &one).unwrap_err();
+    assert!(e.to_string().contains("pair 2 to send on"), "{e}");
 }
 
 #[test]

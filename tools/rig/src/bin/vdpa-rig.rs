@@ -105,6 +105,11 @@ enum Cmd {
         /// frames were sent and stop it after TO, written FROM:TO.
         #[arg(long, value_name = "FROM:TO")]
         migrate: Option<String>,
+        /// Send every frame on queue pair N (the others keep RX buffers posted):
+        /// frames come back on the sending pair even through a far end that picks the
+        /// receive queue by flow.
+        #[arg(long, value_name = "N")]
+        only_pair: Option<usize>,
     },
     /// Saturate the device and report rates, packets per kick and per interrupt.
     Bench {
@@ -263,10 +268,12 @@ fn main() -> ExitCode {
             timeout,
             poll,
             migrate,
+            only_pair,
         } => {
             let mut o = VerifyOptions::new(packets, size);
             o.size_max = size_max.unwrap_or(size);
             o.poll = poll;
+            o.only_pair = only_pair;
             o.migrate = match migrate.as_deref().map(parse_window).transpose() {
                 Ok(w) => w,
                 Err(m) => return usage(m),
