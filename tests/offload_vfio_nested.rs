@@ -35,14 +35,14 @@
 //!    first rig's verify runs, the second's DMA mapping must be refused with an error
 //!    naming both devices (sharing it would let the second NIC reach the first VM's
 //!    memory), the second rig gets nothing through, and the first loses no frame;
-//! 5b. **Two queue pairs** on the second function, which QEMU gives `mq=on` (a
+//! 6. **Two queue pairs** on the second function, which QEMU gives `mq=on` (a
 //!    multi_queue tap with two queues): the NIC has MQ and a control queue, and uses
 //!    pair 0 only until told otherwise. vdpad serves a two-pair device, sends
 //!    VQ_PAIRS_SET 2 on the NIC's control queue when the rig starts the second pair,
 //!    and a verify that sends all its frames on pair 1 gets every one back on pair 1
 //!    (the tap returns a flow on the queue it came from; QEMU detaches the tap queue
 //!    of a pair the NIC does not use);
-//! 6. vdpad restarts with `mode = "auto"` on all three NICs (the Intel ones left on
+//! 7. vdpad restarts with `mode = "auto"` on all three NICs (the Intel ones left on
 //!    their kernel drivers): the e1000e and igb must be classified **software**
 //!    (af_packet on their netdev) with the reason, the virtio function **offload**;
 //!    a short rig verify runs through each of them, reflected on their taps.

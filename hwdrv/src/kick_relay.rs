@@ -3,9 +3,11 @@
 //! on the NIC — the userspace hop DPDK's ifcvf driver also makes when host notifiers
 //! (doorbell pages mapped into the guest) are not in use.
 //!
-//! The set of rings is fixed for the life of a relay; changing it means stopping the
-//! relay (which joins the thread, so no doorbell is written afterwards) and starting
-//! a new one.
+//! One thread serves a device from its first pair start to its reset. The rings it
+//! serves change in place ([`KickRelay::serve`]): the thread takes the new set
+//! between two waits and acknowledges it, so once `serve` returns no doorbell of a
+//! ring that left the set is written (an empty set pauses the relay while the NIC
+//! is reprogrammed).
 //!
 //! The same thread samples the rings' used indices in guest memory (every
 //! [`SAMPLE_INTERVAL`](crate::used_tally::SAMPLE_INTERVAL) and once more when it
@@ -42,7 +44,10 @@ use crate::virtio_pci::Doorbell;
 /// Bound on one wait: the used-index sampling period (which also keeps a lost stop
 /// signal from hanging a join).
 const WAIT_MS: i32 = SAMPLE_INTERVAL.as_millis() as i32;
-const STOP_TOKEN: u64 = u64::MAX;
+const CONTROL_TOKEN: u64 = u64::MAX;
+/// Bound on the wait for the thread to take a new ring set (it takes it between two
+/// waits, each at most `WAIT_MS`).
+const ORDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One ring the relay serves.
 #[derive(Clone, Debug)]
@@ -65,22 +70,40 @@ pub struct MemoryWatch {
     pub ended: Arc<EventFd>,
 }
 
+/// The rings a relay serves: their kicks and doorbells, their used-index tallies (one
+/// per target, in the same order, `None` where a ring cannot be tallied) and the
+/// guest memory to watch for faults.
+#[derive(Default)]
+pub(crate) struct RingSet {
+    pub targets: Vec<KickTarget>,
+    pub tallies: Vec<Option<UsedTally>>,
+    pub watch: Option<MemoryWatch>,
+}
+
+/// What the owner asks of the thread.
+enum Order {
+    /// Serve this set from now on (replacing the current one).
+    Serve(RingSet),
+    /// Count what is left and end.
+    Stop,
+}
+
+/// The owner's side of the thread's mailbox.
+struct Mailbox {
+    order: std::sync::Mutex<Option<Order>>,
+    wake: EventFd,
+}
+
 /// A running relay thread.
 pub struct KickRelay {
-    stop: Arc<EventFd>,
+    mailbox: Arc<Mailbox>,
+    taken: std::sync::mpsc::Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl KickRelay {
-    /// Starts relaying kicks of `targets` to doorbells of `pci`, sampling `tallies`
-    /// (one per target, in the same order) and watching `watch` for faults.
-    pub(crate) fn start(
-        name: &str,
-        pci: Arc<dyn PciFunction>,
-        targets: Vec<KickTarget>,
-        tallies: Vec<Option<UsedTally>>,
-        watch: Option<MemoryWatch>,
-    ) -> io::Result<Self> {
+    /// Starts relaying the kicks of `set` to doorbells of `pci`.
+    pub(crate) fn start(name: &str, pci: Arc<dyn PciFunction>, set: RingSet) -> io::Result<Self> {
         // SAFETY: epoll_create1 has no memory preconditions; the result is checked.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if ep < 0 {
@@ -88,38 +111,45 @@ impl KickRelay {
         }
         // SAFETY: `ep` is a fresh descriptor that nothing else owns.
         let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let add = |fd: i32, token: u64| -> io::Result<()> {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: token,
-            };
-            // SAFETY: valid epoll fd, a valid fd to watch and a valid event struct.
-            let rc = unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        };
-        add(stop.as_raw_fd(), STOP_TOKEN)?;
-        for (i, t) in targets.iter().enumerate() {
-            if !notify::pollable(t.kick.as_raw_fd()) {
-                t.counters.fault(QueueFault::KickFd);
-                tracing::warn!(
-                    ring = t.ring,
-                    "kick relay: kick descriptor is a regular file; not relayed"
-                );
-                continue;
-            }
-            add(t.kick.as_raw_fd(), i as u64)?;
-        }
-        let stop2 = stop.clone();
+        let mailbox = Arc::new(Mailbox {
+            order: std::sync::Mutex::new(None),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+        });
+        watch_fd(
+            &ep,
+            libc::EPOLL_CTL_ADD,
+            mailbox.wake.as_raw_fd(),
+            CONTROL_TOKEN,
+        )?;
+        watch_kicks(&ep, &set.targets, libc::EPOLL_CTL_ADD)?;
+        let (taken_tx, taken) = std::sync::mpsc::channel();
+        let mb = mailbox.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-kick"))
-            .spawn(move || relay(ep, stop2, pci, targets, tallies, watch))?;
+            .spawn(move || relay(ep, mb, taken_tx, pci, set))?;
         Ok(KickRelay {
-            stop,
+            mailbox,
+            taken,
             thread: Some(thread),
+        })
+    }
+
+    /// Serves `set` from now on, in place of the rings served so far. Returns once the
+    /// thread took it: afterwards no doorbell of a ring left out is written. An error
+    /// (the thread is gone or did not answer within 2 s) leaves the relay unusable:
+    /// stop it and start another.
+    pub(crate) fn serve(&mut self, set: RingSet) -> io::Result<()> {
+        self.order(Order::Serve(set))
+    }
+
+    fn order(&mut self, order: Order) -> io::Result<()> {
+        *self.mailbox.order.lock().unwrap_or_else(|e| e.into_inner()) = Some(order);
+        self.mailbox.wake.write(1)?;
+        self.taken.recv_timeout(ORDER_TIMEOUT).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("kick relay did not take its new rings: {e}"),
+            )
         })
     }
 
@@ -129,10 +159,11 @@ impl KickRelay {
     }
 
     fn halt(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        let _ = self.order(Order::Stop);
+        let _ = t.join();
     }
 }
 
@@ -142,14 +173,56 @@ impl Drop for KickRelay {
     }
 }
 
+/// Adds (`EPOLL_CTL_ADD`) or removes (`EPOLL_CTL_DEL`) `fd` in `ep`'s set.
+fn watch_fd(ep: &OwnedFd, op: i32, fd: i32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: valid epoll fd, a valid fd and a valid event struct (ignored for DEL).
+    let rc = unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Adds the kick descriptors of `targets` to `ep`'s set (token = index), or removes
+/// them. One that cannot be waited on (a regular file) is counted and left out.
+fn watch_kicks(ep: &OwnedFd, targets: &[KickTarget], op: i32) -> io::Result<()> {
+    for (i, t) in targets.iter().enumerate() {
+        if !notify::pollable(t.kick.as_raw_fd()) {
+            if op == libc::EPOLL_CTL_ADD {
+                t.counters.fault(QueueFault::KickFd);
+                tracing::warn!(
+                    ring = t.ring,
+                    "kick relay: kick descriptor is a regular file; not relayed"
+                );
+            }
+            continue;
+        }
+        match watch_fd(ep, op, t.kick.as_raw_fd(), i as u64) {
+            Ok(()) => {}
+            // Taken out already (it died), or the frontend closed it meanwhile.
+            Err(_) if op == libc::EPOLL_CTL_DEL => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn relay(
     ep: OwnedFd,
-    stop: Arc<EventFd>,
+    mailbox: Arc<Mailbox>,
+    taken: std::sync::mpsc::Sender<()>,
     pci: Arc<dyn PciFunction>,
-    targets: Vec<KickTarget>,
-    mut tallies: Vec<Option<UsedTally>>,
-    watch: Option<MemoryWatch>,
+    set: RingSet,
 ) {
+    let RingSet {
+        mut targets,
+        mut tallies,
+        mut watch,
+    } = set;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; targets.len() + 1];
     let mut failed = vec![false; targets.len()];
     let mut sampled = std::time::Instant::now();
@@ -159,7 +232,11 @@ fn relay(
             sampled = std::time::Instant::now();
             if let Some(w) = &watch {
                 if memory_faulted(w, &targets) {
-                    return;
+                    // Serve nothing more, but keep answering the owner.
+                    let _ = watch_kicks(&ep, &targets, libc::EPOLL_CTL_DEL);
+                    targets.clear();
+                    tallies.clear();
+                    watch = None;
                 }
             }
         }
@@ -182,11 +259,37 @@ fn relay(
         }
         for ev in &events[..n as usize] {
             let token = ev.u64;
-            if token == STOP_TOKEN {
-                let _ = stop.read();
+            if token == CONTROL_TOKEN {
+                let _ = mailbox.wake.read();
+                let order = mailbox
+                    .order
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 // What completed since the last sample still counts.
                 tallies.iter_mut().flatten().for_each(UsedTally::sample);
-                return;
+                match order {
+                    Some(Order::Stop) => {
+                        let _ = taken.send(());
+                        return;
+                    }
+                    Some(Order::Serve(next)) => {
+                        let _ = watch_kicks(&ep, &targets, libc::EPOLL_CTL_DEL);
+                        if let Err(e) = watch_kicks(&ep, &next.targets, libc::EPOLL_CTL_ADD) {
+                            tracing::error!(error = %e, "kick relay: cannot wait on the new kicks; relay stops");
+                            return;
+                        }
+                        targets = next.targets;
+                        tallies = next.tallies;
+                        watch = next.watch;
+                        failed = vec![false; targets.len()];
+                        events.resize(targets.len() + 1, libc::epoll_event { events: 0, u64: 0 });
+                        let _ = taken.send(());
+                    }
+                    None => {}
+                }
+                // Events of this round may name rings of the old set.
+                break;
             }
             let Some(t) = targets.get(token as usize) else {
                 continue;
@@ -312,6 +415,9 @@ mod tests {
         fn set_msix(&self, _: &[&EventFd]) -> io::Result<()> {
             Ok(())
         }
+        fn set_msix_vector(&self, _: u16, _: &EventFd) -> io::Result<()> {
+            Ok(())
+        }
         fn clear_msix(&self) -> io::Result<()> {
             Ok(())
         }
@@ -363,7 +469,11 @@ mod tests {
         let counters: Vec<_> = targets.iter().map(|t| t.counters.clone()).collect();
         let kick = targets[2].kick.clone();
         let pci = Arc::new(Doorbells::default());
-        let relay = KickRelay::start("test", pci.clone(), targets, Vec::new(), None).unwrap();
+        let set = RingSet {
+            targets,
+            ..Default::default()
+        };
+        let relay = KickRelay::start("test", pci.clone(), set).unwrap();
         let faults = |i: usize| counters[i].snapshot(i as u16).faulted(QueueFault::KickFd);
         assert!(eventually(|| faults(0) == 1 && faults(1) == 1));
         kick.write(1).unwrap();
@@ -373,6 +483,39 @@ mod tests {
         assert_eq!(pci.0[0].load(Ordering::Relaxed), 0);
         assert_eq!(pci.0[1].load(Ordering::Relaxed), 0);
         assert_eq!(faults(0), 1);
+        relay.stop();
+    }
+
+    #[test]
+    fn the_rings_change_in_place_and_a_ring_left_out_is_not_relayed() {
+        let pci = Arc::new(Doorbells::default());
+        let first = target(0, EventFd::new(0).unwrap());
+        let old_kick = first.kick.clone();
+        let set = RingSet {
+            targets: vec![first],
+            ..Default::default()
+        };
+        let mut relay = KickRelay::start("test", pci.clone(), set).unwrap();
+        old_kick.write(1).unwrap();
+        assert!(eventually(|| pci.0[0].load(Ordering::Relaxed) == 1));
+        let second = target(1, EventFd::new(0).unwrap());
+        let new_kick = second.kick.clone();
+        relay
+            .serve(RingSet {
+                targets: vec![second],
+                ..Default::default()
+            })
+            .unwrap();
+        old_kick.write(1).unwrap();
+        new_kick.write(1).unwrap();
+        assert!(eventually(|| pci.0[1].load(Ordering::Relaxed) == 1));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(pci.0[0].load(Ordering::Relaxed), 1, "ring 0 left the set");
+        // Paused: nothing is relayed.
+        relay.serve(RingSet::default()).unwrap();
+        new_kick.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(pci.0[1].load(Ordering::Relaxed), 1);
         relay.stop();
     }
 }

@@ -76,6 +76,11 @@ pub trait PciFunction: Send + Sync {
     /// VFIO programs vectors `0..n` in one call.
     fn set_msix(&self, fds: &[&EventFd]) -> io::Result<()>;
 
+    /// Routes MSI-X vector `vector`, one of those the last [`set_msix`](Self::set_msix)
+    /// routed, to `fd`, leaving every other vector as it is (an error for a vector
+    /// that is not routed).
+    fn set_msix_vector(&self, vector: u16, fd: &EventFd) -> io::Result<()>;
+
     /// Removes all MSI-X routing and disables MSI-X.
     fn clear_msix(&self) -> io::Result<()>;
 

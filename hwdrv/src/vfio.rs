@@ -173,6 +173,9 @@ pub struct VfioFunction {
     msix_count: u16,
     my_maps: Mutex<Vec<(u64, u64)>>,
     msix_on: std::sync::atomic::AtomicBool,
+    /// How many vectors the last `set_msix` routed (the ones `set_msix_vector` may
+    /// change).
+    msix_routed: std::sync::atomic::AtomicU16,
     _device: VfioDevice,
     vm: Arc<VfioVm>,
 }
@@ -262,6 +265,7 @@ impl VfioFunction {
             msix_count,
             my_maps: Mutex::new(Vec::new()),
             msix_on: std::sync::atomic::AtomicBool::new(false),
+            msix_routed: std::sync::atomic::AtomicU16::new(0),
         })
     }
 
@@ -540,7 +544,22 @@ impl PciFunction for VfioFunction {
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
         vfio_sys::set_msix(self.fd.as_raw_fd(), &raw)?;
         self.msix_on.store(!raw.is_empty(), Ordering::SeqCst);
+        self.msix_routed.store(raw.len() as u16, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn set_msix_vector(&self, vector: u16, fd: &EventFd) -> io::Result<()> {
+        let routed = self.msix_routed.load(Ordering::SeqCst);
+        if !self.msix_on.load(Ordering::SeqCst) || vector >= routed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: MSI-X vector {vector} is not routed ({routed} are)",
+                    self.bdf
+                ),
+            ));
+        }
+        vfio_sys::set_msix_from(self.fd.as_raw_fd(), u32::from(vector), &[fd.as_raw_fd()])
     }
 
     fn clear_msix(&self) -> io::Result<()> {

@@ -189,6 +189,13 @@ pub(crate) fn parse_region_caps(raw: &[u8], first: usize, min: usize, out: &mut 
 /// VFIO_DEVICE_SET_IRQS on the MSI-X index: vectors `0..fds.len()` trigger `fds`;
 /// an empty list disables MSI-X.
 pub(crate) fn set_msix(fd: RawFd, fds: &[RawFd]) -> io::Result<()> {
+    set_msix_from(fd, 0, fds)
+}
+
+/// VFIO_DEVICE_SET_IRQS on the MSI-X index: vectors `start..start + fds.len()`
+/// trigger `fds`. With MSI-X enabled and those vectors among the ones enabled, the
+/// kernel swaps only their eventfds (vfio_msi_set_block); the others keep theirs.
+pub(crate) fn set_msix_from(fd: RawFd, start: u32, fds: &[RawFd]) -> io::Result<()> {
     let head = std::mem::size_of::<vfio_irq_set>();
     let len = head + 4 * fds.len();
     let mut buf = vec![0u32; len.div_ceil(4)];
@@ -200,7 +207,7 @@ pub(crate) fn set_msix(fd: RawFd, fds: &[RawFd]) -> io::Result<()> {
             VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
         },
         index: VFIO_PCI_MSIX_IRQ_INDEX,
-        start: 0,
+        start,
         count: fds.len() as u32,
         data: Default::default(),
     };
@@ -213,7 +220,7 @@ pub(crate) fn set_msix(fd: RawFd, fds: &[RawFd]) -> io::Result<()> {
     let rc = unsafe { libc::ioctl(fd, VFIO_DEVICE_SET_IRQS as _, buf.as_ptr()) };
     if rc < 0 {
         return Err(ioctl_err(&format!(
-            "VFIO_DEVICE_SET_IRQS(MSI-X, {} vectors)",
+            "VFIO_DEVICE_SET_IRQS(MSI-X, {} vectors from {start})",
             fds.len()
         )));
     }

@@ -184,7 +184,13 @@ fn set_call_reroutes_interrupts_while_running() {
     exchange(&g, &mut p, 0, 5);
     let old = p.rx_call.clone();
     let new = efd();
+    let routings = nic.msix_routings();
     assert!(dp.set_call(0, Some(new.clone())));
+    assert_eq!(
+        nic.msix_routings(),
+        routings,
+        "one vector changes, the table is not routed again"
+    );
     // set_call signals the new eventfd once, so a switch cannot lose an interrupt.
     assert!(wait_fd(&new, Duration::from_secs(1)));
     while old.read().is_ok() {}
@@ -196,6 +202,13 @@ fn set_call_reroutes_interrupts_while_running() {
     assert!(
         !dp.set_call(4, Some(efd())),
         "a ring that does not run cannot switch"
+    );
+    // Polling (no call eventfd): the vector goes to a spare, the old one stays silent.
+    assert!(dp.set_call(0, None));
+    exchange(&g, &mut p, 25, 5);
+    assert!(
+        new.read().is_err(),
+        "a polled ring's interrupt went to its old eventfd"
     );
 }
 

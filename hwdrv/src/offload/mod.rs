@@ -32,14 +32,17 @@ use vmm_sys_util::eventfd::EventFd;
 mod control_queue;
 mod dma;
 mod rings;
+mod vectors;
 
 use crate::capabilities::{NicCapabilities, Unsuitable};
-use crate::kick_relay::{KickRelay, KickTarget, MemoryWatch};
+use crate::kick_relay::{KickRelay, KickTarget, MemoryWatch, RingSet};
 use crate::pci::PciFunction;
 use crate::used_tally::UsedTally;
-use crate::virtio_pci::{Doorbell, QueueSetup, VirtioError, VirtioPci};
+use crate::virtio_pci::{QueueSetup, VirtioError, VirtioPci};
 use control_queue::ControlQueue;
 use dma::DmaMapping;
+use rings::RingRecord;
+use vectors::{vector_of, Vectors};
 
 /// Why an offload datapath could not be created for a NIC.
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +94,11 @@ pub struct OffloadDatapath {
     nic: VirtioPci,
     caps: NicCapabilities,
     pairs: u16,
-    config_event: EventFd,
-    spare_calls: Vec<EventFd>,
+    /// The NIC's MSI-X vectors: the config interrupt and a spare per ring.
+    vectors: Vectors,
     running: BTreeMap<u16, QueuePairConfig>,
-    calls: BTreeMap<u16, Option<Arc<EventFd>>>,
-    doorbells: BTreeMap<u16, Doorbell>,
+    /// Call eventfd and doorbell of every ring of a running pair.
+    rings: BTreeMap<u16, RingRecord>,
     nic_features: u64,
     /// The guest memory DMA-mapped for the NIC (unmapped when dropped).
     mapped: Option<DmaMapping>,
@@ -163,18 +166,9 @@ impl OffloadDatapath {
                 source,
             })?;
         nic.reset().map_err(probe)?;
-        let spare_calls = (0..2 * pairs)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| {
-                probe(VirtioError::Io {
-                    what: "creating eventfds".into(),
-                    source: e,
-                })
-            })?;
-        let config_event = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| {
+        let vectors = Vectors::new(name, pci.clone(), 2 * pairs).map_err(|e| {
             probe(VirtioError::Io {
-                what: "creating eventfd".into(),
+                what: "creating eventfds".into(),
                 source: e,
             })
         })?;
@@ -195,11 +189,9 @@ impl OffloadDatapath {
             nic,
             caps,
             pairs,
-            config_event,
-            spare_calls,
+            vectors,
             running: BTreeMap::new(),
-            calls: BTreeMap::new(),
-            doorbells: BTreeMap::new(),
+            rings: BTreeMap::new(),
             nic_features: 0,
             mapped: None,
             relay: None,
@@ -246,7 +238,7 @@ impl OffloadDatapath {
     /// Counts a ring's interrupts through the NIC's own count of its vector, where
     /// the PCI function keeps one (the simulated NIC does).
     fn probe_interrupts(&mut self, r: &RingConfig) {
-        let vector = r.index + 1;
+        let vector = vector_of(r.index);
         if self.pci.vector_fired(vector).is_some() {
             let pci = self.pci.clone();
             r.counters
@@ -293,19 +285,19 @@ impl OffloadDatapath {
         Ok(())
     }
 
-    /// Routes the full vector list: 0 = config, i+1 = call of ring i (or a spare).
-    fn route_vectors(&self) -> Result<(), DatapathError> {
-        let mut fds: Vec<&EventFd> = vec![&self.config_event];
-        for ring in 0..2 * self.pairs {
-            match self.calls.get(&ring) {
-                Some(Some(call)) => fds.push(call),
-                _ => fds.push(&self.spare_calls[usize::from(ring)]),
-            }
+    /// Routes every vector (at bring-up): each ring's to its call eventfd.
+    fn route_all_vectors(&self) -> Result<(), DatapathError> {
+        self.vectors
+            .route_all(|ring| self.rings.get(&ring).and_then(|r| r.call.as_deref()))
+    }
+
+    /// Routes the vector of each of `rings` to its call eventfd, or to its spare when
+    /// it has none (or is not running), one vector at a time.
+    fn route_ring_vectors(&self, rings: &[u16]) -> Result<(), DatapathError> {
+        for &ring in rings {
+            let call = self.rings.get(&ring).and_then(|r| r.call.as_deref());
+            self.vectors.route_ring(ring, call)?;
         }
-        self.pci.set_msix(&fds).map_err(|e| {
-            DatapathError::backend(format!("routing {} MSI-X vectors", fds.len()), e)
-        })?;
-        info!(device = %self.name, vectors = fds.len(), "offload: MSI-X routed (0 = config, i+1 = ring i)");
         Ok(())
     }
 
@@ -316,7 +308,7 @@ impl OffloadDatapath {
             desc: r.addrs.desc,
             driver: r.addrs.avail,
             device: r.addrs.used,
-            vector: r.index + 1,
+            vector: vector_of(r.index),
             resume,
         };
         let db = self
@@ -326,9 +318,9 @@ impl OffloadDatapath {
             .map_err(|e| DatapathError::backend(format!("programming ring {}", r.index), e))?;
         info!(device = %self.name, ring = r.index, size = r.size,
               desc = format_args!("{:#x}", r.addrs.desc), avail = format_args!("{:#x}", r.addrs.avail),
-              used = format_args!("{:#x}", r.addrs.used), vector = r.index + 1, ?resume,
+              used = format_args!("{:#x}", r.addrs.used), vector = vector_of(r.index), ?resume,
               doorbell = format_args!("bar{}+{:#x}", db.bar, db.offset), "offload: queue enabled");
-        self.doorbells.insert(r.index, db);
+        self.rings.entry(r.index).or_default().doorbell = Some(db);
         Ok(())
     }
 
@@ -363,34 +355,68 @@ impl OffloadDatapath {
         Ok(())
     }
 
+    /// Ends the relay thread (at reset).
     fn stop_relay(&mut self) {
         if let Some(r) = self.relay.take() {
             r.stop();
         }
     }
 
-    fn start_relay(&mut self) -> Result<(), DatapathError> {
-        let mut targets = Vec::new();
-        let mut tallies = Vec::new();
+    /// Has the relay serve no ring until [`start_relay`](Self::start_relay): no doorbell
+    /// is written while the NIC is reprogrammed.
+    fn pause_relay(&mut self) {
+        let Some(r) = self.relay.as_mut() else {
+            return;
+        };
+        if let Err(e) = r.serve(RingSet::default()) {
+            error!(device = %self.name, error = %e, "offload: kick relay did not pause; ending it");
+            self.stop_relay();
+        }
+    }
+
+    /// The rings of every running pair, for the relay.
+    fn ring_set(&self) -> RingSet {
+        let mut set = RingSet::default();
         for qp in self.running.values() {
             for r in [&qp.rx, &qp.tx] {
-                targets.push(KickTarget {
+                let Some(doorbell) = self.rings.get(&r.index).and_then(|x| x.doorbell) else {
+                    continue;
+                };
+                set.targets.push(KickTarget {
                     ring: r.index,
                     kick: r.events.kick.clone(),
-                    doorbell: self.doorbells[&r.index],
+                    doorbell,
                     counters: r.counters.clone(),
                 });
-                tallies.push(UsedTally::new(qp.mem.clone(), r, qp.features.bits));
+                set.tallies
+                    .push(UsedTally::new(qp.mem.clone(), r, qp.features.bits));
             }
         }
-        if targets.is_empty() {
-            return Ok(());
-        }
-        let watch = self.running.values().next().map(|qp| MemoryWatch {
+        set.watch = self.running.values().next().map(|qp| MemoryWatch {
             mem: qp.mem.clone(),
             ended: qp.ended.clone(),
         });
-        let relay = KickRelay::start(&self.name, self.pci.clone(), targets, tallies, watch)
+        set
+    }
+
+    /// Has the relay serve every running ring: the same thread from the first pair
+    /// start to the reset, its rings changed in place.
+    fn start_relay(&mut self) -> Result<(), DatapathError> {
+        let set = self.ring_set();
+        if let Some(r) = self.relay.as_mut() {
+            match r.serve(set) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    error!(device = %self.name, error = %e, "offload: kick relay did not take its rings; starting another");
+                    self.stop_relay();
+                }
+            }
+        }
+        let set = self.ring_set();
+        if set.targets.is_empty() {
+            return Ok(());
+        }
+        let relay = KickRelay::start(&self.name, self.pci.clone(), set)
             .map_err(|source| DatapathError::Spawn { pair: 0, source })?;
         self.relay = Some(relay);
         Ok(())
@@ -401,12 +427,15 @@ impl OffloadDatapath {
     fn nudge(&self, pairs: &[u16]) {
         for p in pairs {
             for ring in [2 * p, 2 * p + 1] {
-                if let Some(db) = self.doorbells.get(&ring) {
+                let Some(rec) = self.rings.get(&ring) else {
+                    continue;
+                };
+                if let Some(db) = rec.doorbell {
                     if let Err(e) = db.ring(&*self.pci) {
                         warn!(device = %self.name, ring, error = %e, "offload: doorbell failed");
                     }
                 }
-                if let Some(Some(call)) = self.calls.get(&ring) {
+                if let Some(call) = &rec.call {
                     raise_once(call);
                 }
             }
@@ -415,7 +444,7 @@ impl OffloadDatapath {
 
     /// Full bring-up of `pairs` on a reset NIC.
     fn bring_up(&mut self, pairs: Vec<QueuePairConfig>) -> Result<(), DatapathError> {
-        self.stop_relay();
+        self.pause_relay();
         let Some(first) = pairs.first() else {
             return Ok(());
         };
@@ -434,11 +463,11 @@ impl OffloadDatapath {
             self.nic_features = self.nic.initialize(wanted).map_err(backend)?;
             for qp in &pairs {
                 for r in [&qp.rx, &qp.tx] {
-                    self.calls.insert(r.index, r.events.call.clone());
+                    self.rings.entry(r.index).or_default().call = r.events.call.clone();
                     self.probe_interrupts(r);
                 }
             }
-            self.route_vectors()?;
+            self.route_all_vectors()?;
             self.nic.set_config_vector(0).map_err(backend)?;
             for qp in &pairs {
                 self.program_ring(qp, &qp.rx)?;
@@ -454,8 +483,7 @@ impl OffloadDatapath {
             let _ = self.nic.reset();
             self.control = None;
             self.running.clear();
-            self.calls.clear();
-            self.doorbells.clear();
+            self.rings.clear();
             return Err(e);
         }
         let ids: Vec<u16> = pairs.iter().map(|p| p.pair).collect();
@@ -465,30 +493,30 @@ impl OffloadDatapath {
         self.start_relay()?;
         self.nudge(&ids);
         // The link may have changed while the NIC was down: have it read again.
-        raise_once(&self.config_event);
+        raise_once(self.vectors.config());
         Ok(())
     }
 
     /// Adds a pair while others run, with per-queue control (VIRTIO_F_RING_RESET).
     fn add_live(&mut self, qp: QueuePairConfig) -> Result<(), DatapathError> {
-        self.stop_relay();
+        self.pause_relay();
+        let its_rings = [qp.rx.index, qp.tx.index];
         for r in [&qp.rx, &qp.tx] {
-            self.calls.insert(r.index, r.events.call.clone());
+            self.rings.entry(r.index).or_default().call = r.events.call.clone();
             self.probe_interrupts(r);
         }
         let with_it: Vec<u16> = self.running.keys().copied().chain([qp.pair]).collect();
         let result = self
-            .route_vectors()
+            .route_ring_vectors(&its_rings)
             .and_then(|()| self.program_ring(&qp, &qp.rx))
             .and_then(|()| self.program_ring(&qp, &qp.tx))
             .and_then(|()| self.tell_pairs(with_it.into_iter()));
         if let Err(e) = result {
-            for ring in [qp.rx.index, qp.tx.index] {
+            for ring in its_rings {
                 let _ = self.nic.stop_queue(ring);
-                self.calls.remove(&ring);
-                self.doorbells.remove(&ring);
+                self.rings.remove(&ring);
             }
-            let _ = self.route_vectors();
+            let _ = self.route_ring_vectors(&its_rings);
             self.start_relay()?;
             return Err(e);
         }
@@ -502,7 +530,7 @@ impl OffloadDatapath {
     /// Resets the NIC, records where every running pair stopped and returns their
     /// configurations with `base` set to that position.
     fn quiesce_all(&mut self) -> Vec<QueuePairConfig> {
-        self.stop_relay();
+        self.pause_relay();
         if let Err(e) = self.nic.reset() {
             error!(device = %self.name, error = %e, "offload: NIC reset failed");
         }
@@ -514,7 +542,9 @@ impl OffloadDatapath {
             qp.tx.base = at.tx;
             out.push(qp);
         }
-        self.doorbells.clear();
+        for r in self.rings.values_mut() {
+            r.doorbell = None;
+        }
         out
     }
 }
@@ -544,12 +574,12 @@ impl Datapath for OffloadDatapath {
     /// its link (VIRTIO_NET_F_STATUS negotiated).
     fn link_event(&self) -> Option<std::os::fd::RawFd> {
         let reports = self.nic_features & VIRTIO_NET_F_STATUS != 0;
-        (reports && !self.running.is_empty()).then(|| self.config_event.as_raw_fd())
+        (reports && !self.running.is_empty()).then(|| self.vectors.config().as_raw_fd())
     }
 
     /// Consumes the config interrupt and reads the NIC's `status`.
     fn link_up(&mut self) -> Option<bool> {
-        let _ = self.config_event.read();
+        let _ = self.vectors.config().read();
         match self.nic.net_config() {
             Ok(c) => c.status.map(|s| s & VIRTIO_NET_S_LINK_UP != 0),
             Err(e) => {
@@ -571,7 +601,7 @@ impl Datapath for OffloadDatapath {
         if !self.running.contains_key(&(ring / 2)) {
             return None;
         }
-        let db = self.doorbells.get(&ring)?;
+        let db = self.rings.get(&ring)?.doorbell?;
         // Asked only by a frontend that wants notifiers: handing the page out is what
         // makes the simulated NIC watch its pages, so nothing asks before that.
         match self.pci.doorbell_page(db.bar, db.offset) {
@@ -637,7 +667,7 @@ impl Datapath for OffloadDatapath {
         let Some(qp) = self.running.get(&pair).cloned() else {
             return Vec::new();
         };
-        self.stop_relay();
+        self.pause_relay();
         let alone = self.running.len() == 1;
         let others: Vec<u16> = self
             .running
@@ -663,11 +693,12 @@ impl Datapath for OffloadDatapath {
                 });
         if per_queue {
             self.running.remove(&pair);
-            for r in [&qp.rx, &qp.tx] {
-                self.doorbells.remove(&r.index);
-                self.calls.remove(&r.index);
+            let its_rings = [qp.rx.index, qp.tx.index];
+            for ring in its_rings {
+                self.rings.remove(&ring);
             }
-            if let Err(e) = self.route_vectors().and_then(|()| self.start_relay()) {
+            let rerouted = self.route_ring_vectors(&its_rings);
+            if let Err(e) = rerouted.and_then(|()| self.start_relay()) {
                 error!(device = %self.name, error = %e, "offload: restarting relay after stop");
             }
             info!(device = %self.name, pair, "offload: queue pair stopped (per-queue)");
@@ -676,7 +707,7 @@ impl Datapath for OffloadDatapath {
         let mut others = self.quiesce_all();
         others.retain(|p| p.pair != pair);
         for r in [&qp.rx, &qp.tx] {
-            self.calls.remove(&r.index);
+            self.rings.remove(&r.index);
         }
         let stopped = rings::position(&qp);
         info!(device = %self.name, pair, rx_base = stopped.rx, tx_base = stopped.tx,
@@ -701,16 +732,16 @@ impl Datapath for OffloadDatapath {
         if !self.running.contains_key(&(ring / 2)) {
             return false;
         }
-        self.calls.insert(ring, call.clone());
-        if let Err(e) = self.route_vectors() {
-            error!(device = %self.name, ring, error = %e, "offload: re-routing interrupts failed");
+        self.rings.entry(ring).or_default().call = call.clone();
+        if let Err(e) = self.route_ring_vectors(&[ring]) {
+            error!(device = %self.name, ring, error = %e, "offload: re-routing the ring's interrupt failed");
             return false;
         }
         if let Some(c) = &call {
             raise_once(c);
         }
-        info!(device = %self.name, ring, vector = ring + 1, polled = call.is_none(),
-              "offload: call eventfd switched");
+        info!(device = %self.name, ring, vector = vector_of(ring), polled = call.is_none(),
+              "offload: call eventfd switched (one MSI-X vector)");
         true
     }
 
@@ -729,8 +760,7 @@ impl Datapath for OffloadDatapath {
         }
         self.mapped = None;
         self.running.clear();
-        self.calls.clear();
-        self.doorbells.clear();
+        self.rings.clear();
         for c in std::mem::take(&mut self.probed).into_values() {
             c.set_interrupt_probe(None);
         }

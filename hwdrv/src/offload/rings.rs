@@ -72,3 +72,13 @@ pub(super) fn plan(
     }
     Ok(Some((r.base, used)))
 }
+
+/// What the datapath keeps about one ring of a running pair.
+#[derive(Clone, Debug, Default)]
+pub(super) struct RingRecord {
+    /// Where its interrupt goes (`None`: the frontend polls; the vector goes to a
+    /// spare).
+    pub call: Option<std::sync::Arc<vmm_sys_util::eventfd::EventFd>>,
+    /// Its doorbell, once the ring is programmed on the NIC (dropped by a NIC reset).
+    pub doorbell: Option<crate::virtio_pci::Doorbell>,
+}

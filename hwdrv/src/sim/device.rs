@@ -52,6 +52,7 @@ pub(crate) struct Counters {
     pub function_resets: AtomicU64,
     pub device_resets: AtomicU64,
     pub control_commands: AtomicU64,
+    pub msix_routings: AtomicU64,
 }
 
 /// Registers of one virtqueue.

@@ -188,6 +188,12 @@ impl SimNic {
             .is_some_and(|q| q.ring.is_some())
     }
 
+    /// How many times the whole MSI-X table was routed (`set_msix`); single vectors
+    /// changed with `set_msix_vector` do not count.
+    pub fn msix_routings(&self) -> u64 {
+        self.shared.counters.msix_routings.load(Ordering::Relaxed)
+    }
+
     /// Number of MSI-X vectors currently routed to eventfds.
     pub fn msix_routed(&self) -> usize {
         lock(&self.shared.msix).len()
@@ -408,6 +414,23 @@ impl PciFunction for SimNic {
             .map(|fd| fd.try_clone())
             .collect::<io::Result<Vec<_>>>()?;
         *lock(&self.shared.msix) = table;
+        self.shared
+            .counters
+            .msix_routings
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn set_msix_vector(&self, vector: u16, fd: &EventFd) -> io::Result<()> {
+        let mut table = lock(&self.shared.msix);
+        let routed = table.len();
+        let slot = table.get_mut(usize::from(vector)).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("MSI-X vector {vector} is not routed ({routed} are)"),
+            )
+        })?;
+        *slot = fd.try_clone()?;
         Ok(())
     }
 
