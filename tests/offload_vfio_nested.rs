@@ -585,15 +585,38 @@ fn offload_through_real_vfio_in_a_nested_guest() {
     let exit = guest.wait_for("VDPAD-HW-MQ-EXIT", STEP_TIMEOUT);
     assert!(exit.contains("rc=0"), "{exit}{}", mq_ctx(&guest));
     let mq_log = share_file(&guest, "vdpad-mq.log");
-    let told = lines_with(&mq_log, &["VQ_PAIRS_SET"]);
+    let told = lines_with(
+        &mq_log,
+        &[
+            "VQ_PAIRS_SET",
+            "MSI-X routed",
+            "queue enabled",
+            "control queue enabled",
+        ],
+    );
     println!(
         "RESULT two queue pairs on real VFIO: {mq}\n{}",
         told.join("\n")
     );
     assert!(
-        told.iter().any(|l| l.contains("pairs=2")),
+        told.iter()
+            .any(|l| l.contains("VQ_PAIRS_SET") && l.contains("pairs=2")),
         "the NIC was never told to use 2 pairs:\n{mq_log}"
     );
+    // The rig starts pair 1 after pair 0: the NIC (RING_RESET) takes it live, with
+    // its two vectors routed one at a time; the whole table is routed once, at
+    // bring-up (what follows the rig's disconnect is a new bring-up, not counted).
+    let until_two = told
+        .iter()
+        .position(|l| l.contains("VQ_PAIRS_SET") && l.contains("pairs=2"))
+        .map_or(told.len(), |i| i + 1);
+    let live = &told[..until_two];
+    let full = live.iter().filter(|l| l.contains("MSI-X routed")).count();
+    let enabled = live
+        .iter()
+        .filter(|l| l.contains("queue enabled") && l.contains(" ring="))
+        .count();
+    assert_eq!((full, enabled), (1, 4), "{}", live.join("\n"));
 
     // 3. Auto mode: software on the Intel NICs, offload on the virtio function.
     guest.wait_for("VDPAD-HW-AUTO-UP", STEP_TIMEOUT);

@@ -544,8 +544,8 @@ fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
         };
         let (pair, len) = got;
         let chosen = st.link.chooses_pair().then_some(pair);
-        let in_use = multiqueue::pairs_in_use(shared, st);
-        let pair = usize::from(multiqueue::steer(chosen, &scratch[..len], in_use));
+        let receiving = multiqueue::receiving_pairs(shared, st);
+        let pair = usize::from(multiqueue::steer(chosen, &scratch[..len], &receiving));
         if st.status & status::DRIVER_OK == 0 || st.backlog[pair].len() >= BACKLOG_LIMIT {
             shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
             continue;

@@ -28,14 +28,26 @@ pub(crate) fn pairs_in_use(shared: &Shared, st: &State) -> u16 {
     }
 }
 
-/// The pair a received frame goes to: the link's choice where it makes one, else a
-/// hash of the frame's IPv4 addresses and TCP/UDP ports (other frames: pair 0).
-pub(crate) fn steer(link_pair: Option<u16>, frame: &[u8], in_use: u16) -> u16 {
-    let in_use = in_use.max(1);
+/// The pairs a received frame may go to: those in use whose receive queue runs.
+pub(crate) fn receiving_pairs(shared: &Shared, st: &State) -> Vec<u16> {
+    (0..pairs_in_use(shared, st))
+        .filter(|&p| {
+            st.queues
+                .get(usize::from(2 * p))
+                .is_some_and(|q| q.ring.is_some())
+        })
+        .collect()
+}
+
+/// The pair a received frame goes to: the link's choice where it makes one (pair 0
+/// if that pair does not receive), else one of `receiving` by a hash of the frame's
+/// IPv4 addresses and TCP/UDP ports (other frames: the first).
+pub(crate) fn steer(link_pair: Option<u16>, frame: &[u8], receiving: &[u16]) -> u16 {
     match link_pair {
-        Some(p) if p < in_use => p,
+        Some(p) if receiving.contains(&p) => p,
         Some(_) => 0,
-        None => (flow_hash(frame) % u64::from(in_use)) as u16,
+        None if receiving.is_empty() => 0,
+        None => receiving[(flow_hash(frame) % receiving.len() as u64) as usize],
     }
 }
 
@@ -152,18 +164,29 @@ mod tests {
         let mut seen = [0u32; 2];
         // Even ports only, as Linux picks them for connect().
         for port in (1000..1400).step_by(2) {
-            let p = steer(None, &udp(port), 2);
-            assert_eq!(p, steer(None, &udp(port), 2), "one flow, one pair");
+            let p = steer(None, &udp(port), &[0, 1]);
+            assert_eq!(p, steer(None, &udp(port), &[0, 1]), "one flow, one pair");
             seen[usize::from(p)] += 1;
         }
         assert!(seen[0] > 20 && seen[1] > 20, "{seen:?}");
-        assert_eq!(steer(None, &udp(1), 1), 0);
-        assert_eq!(steer(None, &[0u8; 20], 4), 0, "not IPv4: pair 0");
+        assert_eq!(steer(None, &udp(1), &[0]), 0);
+        assert_eq!(
+            steer(None, &[0u8; 20], &[0, 1, 2, 3]),
+            0,
+            "not IPv4: the first"
+        );
     }
 
     #[test]
-    fn a_link_choice_beyond_the_pairs_in_use_goes_to_pair_0() {
-        assert_eq!(steer(Some(1), &udp(1), 2), 1);
-        assert_eq!(steer(Some(3), &udp(1), 2), 0);
+    fn only_pairs_that_receive_get_frames() {
+        for port in 1000..1100 {
+            assert_eq!(steer(None, &udp(port), &[2]), 2, "the only running pair");
+        }
+        assert_eq!(steer(Some(1), &udp(1), &[0, 1]), 1);
+        assert_eq!(
+            steer(Some(3), &udp(1), &[0, 1]),
+            0,
+            "a link choice not receiving"
+        );
     }
 }
