@@ -5,6 +5,7 @@
 //!
 //! See docs/performance.md for the method and the latest results.
 
+mod breakdown;
 mod cells;
 mod machine;
 mod netlab;
@@ -114,6 +115,11 @@ struct Args {
     /// At most this many repeats per repetition for --redo-noisy.
     #[arg(long, default_value_t = 2)]
     redo_max: usize,
+    /// In interrupt-mode latency cells, trace one second of each run with perf
+    /// (scheduler wake-ups and switches, eventfd writes) and show where the round
+    /// trip goes: the rig, the backend, the call signal, the rig's wake-up. Needs perf.
+    #[arg(long)]
+    breakdown: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -340,8 +346,16 @@ fn write_outputs(
         res.load_end[0]
     );
     w("ratios.svg", report::svg(summaries, &subtitle))?;
-    w("table.md", report::markdown(summaries))?;
-    w("table.txt", report::text(summaries))?;
+    let traced = breakdown::table(runs);
+    let with_breakdown = |t: String| {
+        if traced.is_empty() {
+            t
+        } else {
+            format!("{t}\nWhere the round trip goes (--breakdown, µs, medians):\n\n{traced}")
+        }
+    };
+    w("table.md", with_breakdown(report::markdown(summaries)))?;
+    w("table.txt", with_breakdown(report::text(summaries)))?;
     Ok(())
 }
 
@@ -391,6 +405,9 @@ fn real_main() -> Result<ExitCode> {
             "vdpa-bench: warning: {} repetitions; a report needs at least 5",
             args.reps
         );
+    }
+    if args.breakdown {
+        breakdown::check_perf()?;
     }
     let testpmd_bin = testpmd::find(args.testpmd.as_deref())?;
     let vdpad_bin = binary(&args.vdpad, "vdpad")?;
@@ -468,6 +485,7 @@ fn real_main() -> Result<ExitCode> {
         latency_seconds: args.latency_seconds,
         work: work.clone(),
         logs: logs.clone(),
+        breakdown: args.breakdown,
     };
     let version = std::process::Command::new(&vdpad_bin)
         .arg("--version")
@@ -606,6 +624,10 @@ fn real_main() -> Result<ExitCode> {
         res.load_end[0]
     );
     print!("{}", report::text(&summaries));
+    let traced = breakdown::table(&runs);
+    if !traced.is_empty() {
+        println!("\nwhere the round trip goes (--breakdown, us, medians):\n{traced}");
+    }
     println!("\nresults: {}", out.display());
     if proc::interrupted() {
         eprintln!("vdpa-bench: interrupted; partial results written");

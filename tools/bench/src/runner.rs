@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::breakdown::{self, Breakdown};
 use crate::cells::{Cell, Frontend, Variant, VhostBackend};
 use crate::machine;
 use crate::netlab::{Port, Reflector};
@@ -56,6 +57,9 @@ pub struct Settings {
     pub work: PathBuf,
     /// Where process logs go.
     pub logs: PathBuf,
+    /// Trace interrupt-mode latency runs and cut their round trips into segments
+    /// ([`crate::breakdown`]).
+    pub breakdown: bool,
 }
 
 /// Latency figures of one run (µs).
@@ -134,6 +138,9 @@ pub struct Run {
     pub frontend_cmd: String,
     /// Nothing was sent (an `idle-` cell): the headline is the backend's CPU.
     pub idle: bool,
+    /// Where a traced round trip spent its time (`--breakdown`, interrupt-mode latency
+    /// cells).
+    pub breakdown: Option<Breakdown>,
 }
 
 impl Run {
@@ -479,7 +486,7 @@ fn drive(
             if poll {
                 args.push("--poll".into());
             }
-            let (v, m0, m1) = drive_rig(s, be, socket, t, run, args, secs)?;
+            let (v, m0, m1) = drive_rig(s, be, socket, t, run, args, secs, false)?;
             let mpps = v["mpps"]
                 .as_f64()
                 .ok_or_else(|| anyhow!("rig JSON has no mpps: {v}"))?;
@@ -508,7 +515,8 @@ fn drive(
             if poll {
                 args.push("--poll".into());
             }
-            let (v, m0, m1) = drive_rig(s, be, socket, t, run, args, secs)?;
+            let trace = s.breakdown && !poll;
+            let (v, m0, m1) = drive_rig(s, be, socket, t, run, args, secs, trace)?;
             let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
             let count = v["count"].as_u64().unwrap_or(0);
             run.latency = Some(Latency {
@@ -534,7 +542,9 @@ fn drive(
 }
 
 /// Runs the rig (pinned to the frontend CPU) with `args` for about `secs` seconds,
-/// marks the window inside its measured interval, and returns its JSON report.
+/// marks the window inside its measured interval, and returns its JSON report. With
+/// `trace`, one second of the window is traced for [`Run::breakdown`].
+#[allow(clippy::too_many_arguments)]
 fn drive_rig(
     s: &Settings,
     be: &mut BackendProc,
@@ -543,6 +553,7 @@ fn drive_rig(
     run: &mut Run,
     args: Vec<String>,
     secs: f64,
+    trace: bool,
 ) -> Result<(Value, Mark, Mark)> {
     let mut all = vec![
         "--socket".to_string(),
@@ -587,6 +598,20 @@ fn drive_rig(
     {
         wait_until(&mut rig, start.elapsed().as_secs_f64() + 0.05)?;
         m0 = be.mark();
+    }
+    if trace {
+        let left = secs - trail - start.elapsed().as_secs_f64() - 0.2;
+        if left < 0.3 {
+            bail!("--breakdown needs a longer latency run (--latency-seconds 3 or more)");
+        }
+        let data = s.logs.join(format!("{t}-perf.data"));
+        run.breakdown = Some(breakdown::trace(
+            rig.pid(),
+            be.proc_mut().pid(),
+            left.min(1.0),
+            &data,
+        )?);
+        let _ = std::fs::remove_file(&data);
     }
     wait_until(&mut rig, secs - trail)?;
     let m1 = be.mark();
