@@ -115,9 +115,10 @@ struct Args {
     /// At most this many repeats per repetition for --redo-noisy.
     #[arg(long, default_value_t = 2)]
     redo_max: usize,
-    /// In interrupt-mode latency cells, trace one second of each run with perf
-    /// (scheduler wake-ups and switches, eventfd writes) and show where the round
-    /// trip goes: the rig, the backend, the call signal, the rig's wake-up. Needs perf.
+    /// In interrupt-mode latency cells, trace half a second of each run with the
+    /// kernel's tracer (scheduler wake-ups and switches, eventfd writes) and show where
+    /// the round trip goes: to the backend's call, the call signal, the rig's wake-up.
+    /// Needs root and tracefs.
     #[arg(long)]
     breakdown: bool,
 }
@@ -407,7 +408,7 @@ fn real_main() -> Result<ExitCode> {
         );
     }
     if args.breakdown {
-        breakdown::check_perf()?;
+        breakdown::check_tracefs()?;
     }
     let testpmd_bin = testpmd::find(args.testpmd.as_deref())?;
     let vdpad_bin = binary(&args.vdpad, "vdpad")?;

@@ -543,7 +543,7 @@ fn drive(
 
 /// Runs the rig (pinned to the frontend CPU) with `args` for about `secs` seconds,
 /// marks the window inside its measured interval, and returns its JSON report. With
-/// `trace`, one second of the window is traced for [`Run::breakdown`].
+/// `trace`, half a second of the window is traced for [`Run::breakdown`].
 #[allow(clippy::too_many_arguments)]
 fn drive_rig(
     s: &Settings,
@@ -600,18 +600,14 @@ fn drive_rig(
         m0 = be.mark();
     }
     if trace {
-        let left = secs - trail - start.elapsed().as_secs_f64() - 0.2;
-        if left < 0.3 {
+        // The last half second before the window closes: the rig has long been past
+        // its setup (slower against DPDK's backend) and its warm-up by then.
+        let at = secs - trail - 0.7;
+        if at < start.elapsed().as_secs_f64() {
             bail!("--breakdown needs a longer latency run (--latency-seconds 3 or more)");
         }
-        let data = s.logs.join(format!("{t}-perf.data"));
-        run.breakdown = Some(breakdown::trace(
-            rig.pid(),
-            be.proc_mut().pid(),
-            left.min(1.0),
-            &data,
-        )?);
-        let _ = std::fs::remove_file(&data);
+        wait_until(&mut rig, at)?;
+        run.breakdown = Some(breakdown::trace(rig.pid(), be.proc_mut().pid(), 0.5)?);
     }
     wait_until(&mut rig, secs - trail)?;
     let m1 = be.mark();
