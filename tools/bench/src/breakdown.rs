@@ -402,7 +402,9 @@ pub fn table(runs: &[Run]) -> String {
         .filter(|r| r.breakdown.is_some() && !r.discarded)
         .map(|r| (r.cell.as_str(), r.variant.as_str()))
         .collect();
-    keys.dedup();
+    // Runs come interleaved (A B A B ...): one row per pair, in first-seen order.
+    let mut seen = HashSet::new();
+    keys.retain(|k| seen.insert(*k));
     if keys.is_empty() {
         return String::new();
     }
@@ -536,6 +538,34 @@ mod tests {
         );
         let l = l.replace(", 8, ", ", 40, ");
         assert_eq!(parse_line(&l, |raw| raw), None);
+    }
+
+    #[test]
+    fn interleaved_runs_make_one_row_per_variant() {
+        let run = |variant: &str, rep: usize, traced_us: f64| Run {
+            cell: "lat-64".into(),
+            variant: variant.into(),
+            rep,
+            breakdown: Some(Breakdown {
+                round_trips: 10,
+                traced_us,
+                ..Breakdown::default()
+            }),
+            ..Run::default()
+        };
+        let runs = [
+            run("A", 0, 10.0),
+            run("B", 0, 20.0),
+            run("A", 1, 12.0),
+            run("B", 1, 22.0),
+            run("A", 2, 14.0),
+        ];
+        let t = table(&runs);
+        let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("| lat-64")).collect();
+        assert_eq!(rows.len(), 2, "{t}");
+        assert!(rows[0].starts_with("| lat-64 | A | 3 | - | 12.00 |"), "{t}");
+        assert!(rows[1].starts_with("| lat-64 | B | 2 | - | 22.00 |"), "{t}");
+        assert!(rows[1].contains("| 0 of 20 |"), "{t}");
     }
 
     #[test]
