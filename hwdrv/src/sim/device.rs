@@ -533,6 +533,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
 
 /// Moves frames from the link into the per-pair RX backlogs.
 fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
+    // The pairs cannot change while this holds the state: reckoned once per burst.
+    let receiving = multiqueue::receiving_pairs(shared, st);
     for _ in 0..BURST {
         let got = match st.link.receive(scratch) {
             Ok(Some(g)) => g,
@@ -544,7 +546,6 @@ fn pull_wire(shared: &Shared, st: &mut State, scratch: &mut [u8]) {
         };
         let (pair, len) = got;
         let chosen = st.link.chooses_pair().then_some(pair);
-        let receiving = multiqueue::receiving_pairs(shared, st);
         let pair = usize::from(multiqueue::steer(chosen, &scratch[..len], &receiving));
         if st.status & status::DRIVER_OK == 0 || st.backlog[pair].len() >= BACKLOG_LIMIT {
             shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);

@@ -95,10 +95,10 @@ fn parse_line(line: &str, us: impl Fn(f64) -> f64) -> Option<Event> {
     let at = us(ts);
     let field = |key: &str| fields.split_whitespace().find_map(|w| w.strip_prefix(key));
     match event {
-        // raw_syscalls:sys_enter, filtered to write(2): "NR 1 (fd, buf, count, ...)",
+        // raw_syscalls:sys_enter, filtered to write(2): "NR n (fd, buf, count, ...)",
         // in hex. (The per-syscall events stay silent in tracefs on this kernel.)
         "sys_enter" => {
-            let args = fields.strip_prefix("NR 1 (")?;
+            let args = fields.strip_prefix(&format!("NR {WRITE_NR} ("))?;
             let count = args.split(", ").nth(2)?;
             let n = u64::from_str_radix(count, 16).ok()?;
             (n == 8).then_some(Event::Signal { tid, at })
@@ -281,6 +281,11 @@ fn threads(pid: u32) -> HashSet<u32> {
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// write(2)'s number, as `raw_syscalls:sys_enter` reports it.
+#[cfg(target_arch = "x86_64")]
+const WRITE_NR: u32 = 1;
+#[cfg(target_arch = "aarch64")]
+const WRITE_NR: u32 = 64;
 /// The events traced.
 const EVENTS: [&str; 3] = [
     "sched/sched_waking",
@@ -354,8 +359,11 @@ pub fn trace(rig_pid: u32, backend_pid: u32, secs: f64) -> Result<Breakdown> {
     inst.set("buffer_size_kb", "32768")?;
     inst.set("trace_clock", "x86-tsc")
         .or_else(|_| inst.set("trace_clock", "mono"))?;
-    // write(2) on x86_64; the 8-byte ones are picked out when the trace is read.
-    inst.set("events/raw_syscalls/sys_enter/filter", "id == 1")?;
+    // write(2) only; the 8-byte ones are picked out when the trace is read.
+    inst.set(
+        "events/raw_syscalls/sys_enter/filter",
+        &format!("id == {WRITE_NR}"),
+    )?;
     for e in EVENTS {
         inst.set(&format!("events/{e}/enable"), "1")?;
     }
@@ -463,7 +471,9 @@ mod tests {
         )
     }
 
-    const WRITE8: &str = "NR 1 (7, 7ffd13b7cc67, 8, 0, 0, 0)";
+    fn write8() -> String {
+        format!("NR {WRITE_NR} (7, 7ffd13b7cc67, 8, 0, 0, 0)")
+    }
 
     fn events(lines: &[String]) -> Vec<Event> {
         lines
@@ -478,15 +488,15 @@ mod tests {
         let waking = |pid: u32| format!("comm=x pid={pid} prio=120 target_cpu=000");
         vec![
             line("swapper/1", 0, 0.0, "sched_switch", &sw(0, "R", RIG)),
-            line("vdpa-rig", RIG, 10.0, "sys_enter", WRITE8),
+            line("vdpa-rig", RIG, 10.0, "sys_enter", &write8()),
             line("vdpa-rig", RIG, 14.0, "sched_waking", &waking(WORKER)),
             line("vdpa-rig", RIG, 20.0, "sched_switch", &sw(RIG, "S", 0)),
             line("swapper/0", 0, 30.0, "sched_switch", &sw(0, "R", WORKER)),
-            line("vdpa-w 0", WORKER, 40.0, "sys_enter", WRITE8),
+            line("vdpa-w 0", WORKER, 40.0, "sys_enter", &write8()),
             line("vdpa-w 0", WORKER, 45.0, "sched_waking", &waking(RIG)),
             line("swapper/1", 0, 65.0, "sched_switch", &sw(0, "R", RIG)),
             // Second trip: the call comes before the rig sleeps.
-            line("vdpa-w 0", WORKER, 70.0, "sys_enter", WRITE8),
+            line("vdpa-w 0", WORKER, 70.0, "sys_enter", &write8()),
             line("vdpa-rig", RIG, 72.0, "sched_switch", &sw(RIG, "S", 0)),
             line("vdpa-w 0", WORKER, 73.0, "sched_waking", &waking(RIG)),
             line("swapper/1", 0, 85.0, "sched_switch", &sw(0, "R", RIG)),
@@ -527,10 +537,12 @@ mod tests {
 
     #[test]
     fn lines_are_read_with_dashed_comms_and_only_eight_byte_writes_signal() {
-        let l = "    rte-worker-1-30556   [000] d..2. 73080801882867: sys_enter: \
-                 NR 1 (1e, 7f0f716fb868, 8, 0, 7, 73)";
+        let l = format!(
+            "    rte-worker-1-30556   [000] d..2. 73080801882867: sys_enter: \
+             NR {WRITE_NR} (1e, 7f0f716fb868, 8, 0, 7, 73)"
+        );
         assert_eq!(
-            parse_line(l, |raw| raw),
+            parse_line(&l, |raw| raw),
             Some(Event::Signal {
                 tid: 30556,
                 at: 73080801882867.0
