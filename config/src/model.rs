@@ -309,6 +309,8 @@ pub struct Tuning {
     pub rx_coalesce_usecs: u32,
     /// CPUs workers are pinned to: pair i on `cpus[i % len]`; empty = no pinning.
     pub cpus: Vec<u16>,
+    /// Whether each pair gets a thread of its own or shares its CPU's thread.
+    pub workers: Workers,
 }
 
 impl Default for Tuning {
@@ -321,6 +323,26 @@ impl Default for Tuning {
             rx_coalesce_frames: 0,
             rx_coalesce_usecs: 0,
             cpus: Vec::new(),
+            workers: Workers::PerPair,
+        }
+    }
+}
+
+/// How queue pairs are spread over worker threads (`workers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// A thread per queue pair (the default).
+    PerPair,
+    /// One thread per CPU in `cpus`, serving every such pair pinned there.
+    PerCpu,
+}
+
+impl Workers {
+    /// The configuration keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Workers::PerPair => "per-pair",
+            Workers::PerCpu => "per-cpu",
         }
     }
 }

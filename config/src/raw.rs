@@ -82,6 +82,7 @@ pub(crate) struct RawDevice {
     /// The array's span and each element with its own, so that a bad CPU number is
     /// reported at the element.
     pub cpus: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub workers: Option<Spanned<String>>,
     pub promiscuous: Option<Spanned<bool>>,
     pub spoof_check: Option<Spanned<bool>>,
     pub allowed_ips: Option<Spanned<Vec<Spanned<String>>>>,
@@ -295,6 +296,7 @@ pub(crate) const DEVICE: TableSpec = TableSpec {
             "rx_coalesce_usecs = 50",
         ),
         key("cpus", ValueType::IntegerArray, "cpus = [2, 3]"),
+        key("workers", ValueType::String, "workers = \"per-cpu\""),
         key("promiscuous", ValueType::Boolean, "promiscuous = false"),
         key("spoof_check", ValueType::Boolean, "spoof_check = true"),
         key(

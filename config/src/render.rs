@@ -152,7 +152,8 @@ fn write_tuning(f: &mut fmt::Formatter<'_>, t: &Tuning) -> fmt::Result {
     writeln!(f, "rx_coalesce_frames = {}", t.rx_coalesce_frames)?;
     writeln!(f, "rx_coalesce_usecs = {}", t.rx_coalesce_usecs)?;
     let cpus: Vec<String> = t.cpus.iter().map(u16::to_string).collect();
-    writeln!(f, "cpus = [{}]", cpus.join(", "))
+    writeln!(f, "cpus = [{}]", cpus.join(", "))?;
+    writeln!(f, "workers = \"{}\"", t.workers.keyword())
 }
 
 fn write_device(f: &mut fmt::Formatter<'_>, d: &DeviceConfig) -> fmt::Result {

@@ -17,7 +17,7 @@ use crate::error::{ConfigError, ErrorKind, Source};
 use crate::fields::{self, IdKind};
 use crate::model::{
     Backend, DaemonConfig, DeviceConfig, Frontend, LogFormat, Mode, Polling, SocketPerms,
-    SocketRole, Tuning, VdpaDriver, MAX_QUEUE_PAIRS,
+    SocketRole, Tuning, VdpaDriver, Workers, MAX_QUEUE_PAIRS,
 };
 use crate::raw::{RawDaemon, RawDevice, RawId};
 use crate::unique;
@@ -558,6 +558,24 @@ fn tuning(src: &Source<'_>, d: &RawDevice) -> Result<Tuning, ConfigError> {
         Some(v) => fields::cpus(src, v)?,
         None => defaults.cpus,
     };
+    let workers = match &d.workers {
+        Some(v) => fields::choice(
+            src,
+            v,
+            "workers",
+            &[("per-pair", Workers::PerPair), ("per-cpu", Workers::PerCpu)],
+        )?,
+        None => defaults.workers,
+    };
+    if let (Some(w), Workers::PerCpu, true) = (&d.workers, workers, cpus.is_empty()) {
+        return Err(src
+            .error(
+                ErrorKind::Conflict,
+                w.span(),
+                "workers = \"per-cpu\" without cpus: a shared thread serves the pairs pinned to its CPU",
+            )
+            .with_help("add cpus = [2] (the CPUs whose threads serve this device's pairs)"));
+    }
     Ok(Tuning {
         burst,
         weight,
@@ -566,6 +584,7 @@ fn tuning(src: &Source<'_>, d: &RawDevice) -> Result<Tuning, ConfigError> {
         rx_coalesce_frames,
         rx_coalesce_usecs,
         cpus,
+        workers,
     })
 }
 

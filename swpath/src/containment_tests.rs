@@ -1,6 +1,7 @@
 //! One guest cannot hurt another: faults injected into one software device (its
 //! memory truncated, its worker panicking, hostile kick and call descriptors) stop or
-//! degrade that device only, and never wedge its worker.
+//! degrade that device only, and never wedge its worker; also when the devices' pairs
+//! share one worker thread (`workers = "per-cpu"`).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -19,7 +20,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::SoftwareDatapath;
+use crate::{Backend, SoftwareDatapath, Tuning, Workers};
 
 const BASE: u64 = 0x10_0000;
 const SIZE: usize = 0x10_0000;
@@ -318,4 +319,86 @@ fn a_regular_file_as_kick_is_not_spun_on() {
     let fd = unsafe { libc::dup(f.as_raw_fd()) };
     assert!(fd >= 0);
     dead_kick_is_dropped(as_eventfd(fd), "file-kick");
+}
+
+/// Tuning that puts a device's pair on the shared thread of `cpu` (a CPU number this
+/// machine may not have: the thread then runs unpinned, and is still the one thread of
+/// that number).
+fn per_cpu(cpu: usize) -> Tuning {
+    Tuning {
+        cpus: vec![cpu],
+        workers: Workers::PerCpu,
+        ..Tuning::default()
+    }
+}
+
+fn started_with(name: &str, fe: &Frontend, tuning: Tuning) -> SoftwareDatapath {
+    let mut dp = SoftwareDatapath::new(name, Backend::Loopback, 1500, tuning);
+    dp.start(fe.config()).unwrap();
+    dp
+}
+
+/// Threads of this process named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn pairs_sharing_a_cpus_thread_fault_alone() {
+    let (mut a, mut b, mut c) = (Frontend::new(), Frontend::new(), Frontend::new());
+    let mut da = started_with("shr-a", &a, per_cpu(901));
+    let mut db = started_with("shr-b", &b, per_cpu(901));
+    let mut dc = started_with("shr-c", &c, per_cpu(901));
+    for fe in [&mut a, &mut b, &mut c] {
+        fe.send();
+    }
+    assert!(eventually(|| a.received() == 1 && b.received() == 1 && c.received() == 1));
+    // One thread serves the three devices' pairs; none has a thread of its own.
+    assert_eq!(threads_named("vdpad-cpu901"), 1);
+    assert_eq!(threads_named("shr-a-q0"), 0);
+
+    // A's pair panics: it alone is lost, and restarts on the same thread.
+    crate::worker::PANIC_IN
+        .lock()
+        .unwrap()
+        .push("shr-a-q0".to_owned());
+    a.send();
+    let lost = reaped(&mut da, &a);
+    assert_eq!(fault_count(&a, QueueFault::WorkerPanic), 1);
+    assert_eq!(lost[0].rx, a.received());
+    b.send();
+    c.send();
+    assert!(eventually(|| b.received() == 2 && c.received() == 2));
+    let mut cfg = a.config();
+    cfg.rx.base = lost[0].rx;
+    cfg.tx.base = lost[0].tx;
+    da.start(cfg).unwrap();
+    let _ = a.tx.events.kick.write(1);
+    assert!(eventually(|| a.received() == 2));
+
+    // B's frontend takes its memory away: B's pair stops, A and C go on.
+    b.file.set_len(0).unwrap();
+    let _ = b.tx.events.kick.write(1);
+    let lost = reaped(&mut db, &b);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(fault_count(&b, QueueFault::GuestMemory), 1);
+    a.send();
+    c.send();
+    assert!(eventually(|| a.received() == 3 && c.received() == 3));
+    for fe in [&a, &c] {
+        assert_eq!(fault_count(fe, QueueFault::GuestMemory), 0);
+        assert!(fe.ended.read().is_err(), "a healthy pair ended");
+    }
+    assert_eq!(fault_count(&c, QueueFault::WorkerPanic), 0);
+
+    // Stopping one pair leaves the others served; the thread ends with its last pair.
+    assert_eq!(da.stop(0).len(), 1);
+    c.send();
+    assert!(eventually(|| c.received() == 4));
+    assert_eq!(dc.stop(0)[0].rx, 4);
+    assert!(eventually(|| threads_named("vdpad-cpu901") == 0));
 }

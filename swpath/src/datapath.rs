@@ -1,5 +1,6 @@
-//! The software [`Datapath`]: one worker thread per running queue pair, ring positions
-//! kept across stops, counters kept for the life of the device.
+//! The software [`Datapath`]: a worker per running queue pair (on a thread of its own or
+//! its CPU's shared one), ring positions kept across stops, counters kept for the life
+//! of the device.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,10 +26,10 @@ use crate::ratelimit::RateControl;
 use crate::ring::DeviceRing;
 use crate::rxq::RxQueue;
 use crate::tap::{Tap, TapPort, GUEST_GSO, TAP_OFFLOADS};
-use crate::tuning::Tuning;
+use crate::tuning::{Tuning, Workers};
 use crate::txq::TxQueue;
 use crate::txq::MAX_FRAME;
-use crate::worker::Worker;
+use crate::worker::{Job, Placement, Worker};
 
 /// Where a software device's frames go.
 pub enum Backend {
@@ -292,17 +293,20 @@ impl SoftwareDatapath {
             Backend::Tap(t) => t.queues(),
             Backend::AfPacket(p) => p.queues(),
         };
-        let worker = Worker::spawn_limited(
-            format!("{}-q{}", self.device, qp.pair),
+        let cpu = self.tuning.cpu_of(qp.pair);
+        let placement = match (self.tuning.workers, cpu) {
+            (Workers::PerCpu, Some(cpu)) => Placement::Shared { cpu },
+            _ => Placement::Own { cpu },
+        };
+        let job = Job {
+            name: format!("{}-q{}", self.device, qp.pair),
             engine,
-            [qp.rx.events.kick.clone(), qp.tx.events.kick.clone()],
-            self.tuning.clone(),
-            (!self.tuning.cpus.is_empty())
-                .then(|| self.tuning.cpus[usize::from(qp.pair) % self.tuning.cpus.len()]),
-            qp.ended.clone(),
-            self.rates.clone().map(|r| (r, pairs as u16)),
-        )
-        .map_err(|source| {
+            kicks: [qp.rx.events.kick.clone(), qp.tx.events.kick.clone()],
+            tuning: self.tuning.clone(),
+            ended: qp.ended.clone(),
+            rates: self.rates.clone().map(|r| (r, pairs as u16)),
+        };
+        let worker = Worker::start(job, placement).map_err(|source| {
             self.detach_backend_queue(qp.pair);
             DatapathError::Spawn {
                 pair: qp.pair,

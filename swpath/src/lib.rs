@@ -29,6 +29,7 @@ pub mod datapath;
 pub mod engine;
 pub mod interrupt;
 pub mod loopback;
+mod pair_loop;
 pub mod polling;
 pub mod port;
 pub mod portsec;
@@ -50,4 +51,4 @@ mod test_driver;
 
 pub use datapath::{Backend, SoftwareDatapath};
 pub use polling::{PollCounts, Polling};
-pub use tuning::Tuning;
+pub use tuning::{Tuning, Workers};

@@ -208,6 +208,7 @@ pub enum Direction {
 }
 
 /// The used index of a ring, readable while this handle keeps its memory mapped.
+#[derive(Clone)]
 pub struct UsedIndex {
     mem: Arc<GuestMemory>,
     /// Guest-physical address of the used index (checked when the ring was mapped).

@@ -22,6 +22,21 @@ pub struct Tuning {
     pub rx_coalesce_time: Duration,
     /// CPUs to pin workers to: pair i runs on `cpus[i % cpus.len()]`. Empty: no pinning.
     pub cpus: Vec<usize>,
+    /// Whether each pair has a thread of its own or shares its CPU's thread.
+    pub workers: Workers,
+}
+
+/// How pairs are spread over worker threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Workers {
+    /// A thread per queue pair, pinned to the pair's CPU if `cpus` names one: the
+    /// scheduler shares a CPU among its pairs.
+    #[default]
+    PerPair,
+    /// One thread per CPU in `cpus`, serving every pair of every device with this
+    /// setting pinned there, in turn (as a DPDK lcore serves its ports). Without
+    /// `cpus`, pairs get threads of their own.
+    PerCpu,
 }
 
 /// Default burst: the configuration's default (16 chains, measured; see
@@ -36,11 +51,17 @@ impl Default for Tuning {
             rx_coalesce_frames: 0,
             rx_coalesce_time: Duration::ZERO,
             cpus: Vec::new(),
+            workers: Workers::PerPair,
         }
     }
 }
 
 impl Tuning {
+    /// The CPU pair `pair` is pinned to, if any.
+    pub fn cpu_of(&self, pair: u16) -> Option<usize> {
+        (!self.cpus.is_empty()).then(|| self.cpus[usize::from(pair) % self.cpus.len()])
+    }
+
     /// Whether RX interrupts are coalesced.
     pub(crate) fn coalescing(&self) -> bool {
         self.rx_coalesce_frames > 1 || !self.rx_coalesce_time.is_zero()

@@ -1,8 +1,10 @@
-//! The worker thread of one queue pair: sleeps on the kick eventfds and the backend,
-//! processes in bursts with notifications off, re-arms notifications before sleeping
-//! again (the disable → drain → enable → re-check loop), and stops on request. The
-//! knobs of [`Tuning`] (burst, polling, RX interrupt coalescing, CPU pinning) act
-//! here.
+//! Worker threads. A thread serves one queue pair ([`Placement::Own`], the default)
+//! or every pair pinned to its CPU ([`Placement::Shared`], `workers = "per-cpu"`: one
+//! thread per CPU, as a DPDK lcore visits its ports in turn). Either way it runs each
+//! pair's [`PairLoop`]: passes in bursts with notifications off, polls while the
+//! pair's budget says so, re-arms notifications and re-checks before sleeping on
+//! every pair's kicks and backend at once. The knobs of [`Tuning`] (burst, polling,
+//! RX interrupt coalescing, CPU pinning) act per pair.
 //!
 //! A busy worker never calls `sched_yield`: under EEVDF (Linux 6.6 and later) each
 //! yield pushes the thread's virtual deadline a whole slice out, and a worker that
@@ -10,42 +12,39 @@
 //! (0.18 Mpps instead of its fair half). The kernel preempts a running worker when
 //! its slice is spent; that is all the sharing a core needs.
 //!
-//! A worker only ever costs its own pair: it stops on its own when its guest memory
-//! faults (the frontend truncated it, see `vdpa::fault`), a panic is caught at the
-//! thread boundary, and a kick descriptor that hangs up or cannot be waited on is
-//! dropped from the wait set instead of waking the thread forever. Each is counted
-//! ([`QueueFault`], on the pair's RX ring) and logged once; the datapath reports such
-//! a pair as lost ([`Worker::finished`]).
+//! A pair only ever costs itself, also on a shared thread: it stops on its own when
+//! its guest memory faults (the frontend truncated it, see `vdpa::fault`), a panic in
+//! one of its steps is caught and ends that pair alone, and a kick descriptor that
+//! hangs up or cannot be waited on is dropped from the wait set instead of waking the
+//! thread forever. Each is counted ([`QueueFault`](vdpa::stats::QueueFault), on the
+//! pair's RX ring) and logged once; the datapath reports such a pair as lost
+//! ([`Worker::finished`]).
 //!
 //! A device with a rate limit ([`crate::ratelimit`]) has its passes go through a
-//! [`Limiter`]: a direction out of tokens is not served, and the worker sleeps on a
-//! timerfd (in its poll set with the kicks) until the bucket refills.
+//! `Limiter`: a direction out of tokens is not served, and the pair waits on a
+//! timerfd (in the thread's poll set with the kicks) until the bucket refills.
 
+use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tracing::{debug, error, warn};
+use tracing::{error, warn};
 use vdpa::memory::MemoryFault;
-use vdpa::notify::{self, Kicks};
-use vdpa::stats::QueueFault;
-use vdpa::{GuestMemory, QueueCounters};
+use vdpa::QueueCounters;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::engine::{Engine, Progress, RxState, TxState};
-use crate::polling::PollBudget;
-use crate::ratelimit::{Limiter, RateControl, Timer};
+use crate::engine::Engine;
+use crate::pair_loop::{PairLoop, Pass};
+use crate::ratelimit::RateControl;
 use crate::ring::UsedIndex;
 use crate::tuning::Tuning;
 
-/// Empty passes of a polling worker between two looks at the clock.
-const IDLE_CHECK: u32 = 64;
-
-/// How a worker thread ended.
+/// How a pair ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// Asked to stop; the rings stopped at (rx, tx).
@@ -53,8 +52,8 @@ pub enum Exit {
     /// Its guest memory faulted; the rings stopped at (rx, tx). The memory is gone: the
     /// pair must not run on this memory table again.
     MemoryFault(u16, u16, MemoryFault),
-    /// The thread panicked. The rings resume where the guest saw completions stop
-    /// (their used indexes, rx and tx); buffers taken but not completed are lost.
+    /// A step of the pair panicked. The rings resume where the guest saw completions
+    /// stop (their used indexes, rx and tx); buffers taken but not completed are lost.
     Panicked(u16, u16),
 }
 
@@ -69,16 +68,35 @@ impl Exit {
     }
 }
 
-/// A running worker thread and the means to stop it.
+/// Which thread runs a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// A thread of its own, pinned to `cpu` if one is given.
+    Own {
+        /// The CPU to pin the thread to.
+        cpu: Option<usize>,
+    },
+    /// The one thread of the process that serves every shared pair on `cpu`, of
+    /// whichever device.
+    Shared {
+        /// The CPU the thread is pinned to.
+        cpu: usize,
+    },
+}
+
+/// A pair running on a worker thread, and the means to stop it.
 pub struct Worker {
-    stop: Arc<AtomicBool>,
-    wake: EventFd,
-    thread: Option<JoinHandle<Exit>>,
+    thread: Arc<Thread>,
+    id: u64,
+    /// Set by the thread when the pair ended on its own.
+    done: Arc<AtomicBool>,
+    stopped: bool,
 }
 
 impl Worker {
-    /// Starts a thread running `engine`, woken by `rx_kick` and `tx_kick`; `ended` is
-    /// signalled if the thread ends without being asked to.
+    /// Starts running `engine` on a thread of its own (pinned to `cpu` if given),
+    /// woken by `rx_kick` and `tx_kick`; `ended` is signalled if the pair ends without
+    /// being asked to.
     pub fn spawn(
         name: String,
         engine: Box<dyn Engine>,
@@ -88,91 +106,370 @@ impl Worker {
         cpu: Option<usize>,
         ended: Arc<EventFd>,
     ) -> io::Result<Self> {
-        Self::spawn_limited(name, engine, [rx_kick, tx_kick], tuning, cpu, ended, None)
+        let job = Job {
+            name,
+            engine,
+            kicks: [rx_kick, tx_kick],
+            tuning,
+            ended,
+            rates: None,
+        };
+        Self::start(job, Placement::Own { cpu })
     }
 
-    /// [`spawn`](Self::spawn) with the pair's share of a rate limit: `rates` and the
-    /// number of pairs it is split over.
-    pub fn spawn_limited(
-        name: String,
-        engine: Box<dyn Engine>,
-        [rx_kick, tx_kick]: [Arc<EventFd>; 2],
-        tuning: Tuning,
-        cpu: Option<usize>,
-        ended: Arc<EventFd>,
-        rates: Option<(Arc<RateControl>, u16)>,
-    ) -> io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
-        let ctx = Context {
-            stop: stop.clone(),
-            wake: wake.try_clone()?,
-            rx_kick,
-            tx_kick,
-            tuning,
-            cpu,
-            rates,
+    /// Starts running `job`'s pair on the thread `placement` says.
+    pub fn start(job: Job, placement: Placement) -> io::Result<Self> {
+        let thread = match placement {
+            Placement::Own { cpu } => Arc::new(Thread::start(job.name.clone(), cpu)?),
+            Placement::Shared { cpu } => shared_thread(cpu)?,
         };
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let exit = guarded(engine, ctx);
-            if !matches!(exit, Exit::Stopped(..)) {
-                // Ended on its own: tell the control plane to reap and restart it.
-                let _ = ended.write(1);
-            }
-            exit
-        })?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let done = Arc::new(AtomicBool::new(false));
+        let pair = PairLoop::new(job.name, job.engine, job.kicks, job.tuning, job.rates);
+        let (used, counters) = pair.wreckage();
+        thread.send(Command::Add(Box::new(Slot {
+            id,
+            pair,
+            used,
+            counters,
+            done: done.clone(),
+            ended: job.ended,
+        })));
         Ok(Worker {
-            stop,
-            wake,
-            thread: Some(thread),
+            thread,
+            id,
+            done,
+            stopped: false,
         })
     }
 
-    /// Stops the thread (if it still runs) and says how it ended; `None` only if the
+    /// Stops the pair (if it still runs) and says how it ended; `None` only if its
     /// thread could not even report that.
     pub fn stop(mut self) -> Option<Exit> {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.wake.write(1);
-        let t = self.thread.take()?;
-        match t.join() {
-            Ok(exit) => Some(exit),
-            Err(_) => {
+        self.remove()
+    }
+
+    fn remove(&mut self) -> Option<Exit> {
+        self.stopped = true;
+        let (reply, answer) = mpsc::channel();
+        self.thread.send(Command::Remove(self.id, reply));
+        match answer.recv() {
+            Ok(Some(exit)) => Some(exit),
+            _ => {
                 error!("datapath worker died; its ring positions are lost");
                 None
             }
         }
     }
 
-    /// Whether the thread ended on its own (memory fault, panic) or was stopped: then
+    /// Whether the pair ended on its own (memory fault, panic): then
     /// [`stop`](Self::stop) returns at once.
     pub fn finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
+        self.done.load(Ordering::Acquire) || self.thread.finished()
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stop.store(true, Ordering::Release);
-            let _ = self.wake.write(1);
-            let _ = t.join();
+        if !self.stopped {
+            let _ = self.remove();
         }
     }
 }
 
-struct Context {
-    stop: Arc<AtomicBool>,
-    wake: EventFd,
-    rx_kick: Arc<EventFd>,
-    tx_kick: Arc<EventFd>,
-    tuning: Tuning,
-    cpu: Option<usize>,
-    rates: Option<(Arc<RateControl>, u16)>,
+/// What a worker needs to run one pair.
+pub struct Job {
+    /// The pair's name in logs and thread names (`device-qN`).
+    pub name: String,
+    /// What moves the pair's frames.
+    pub engine: Box<dyn Engine>,
+    /// The RX and TX kick eventfds.
+    pub kicks: [Arc<EventFd>; 2],
+    /// The pair's knobs.
+    pub tuning: Tuning,
+    /// Signalled if the pair ends without being asked to.
+    pub ended: Arc<EventFd>,
+    /// The device's rate limits and the number of pairs they are split over.
+    pub rates: Option<(Arc<RateControl>, u16)>,
 }
 
-impl Context {
-    fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The shared threads, by CPU; a thread ends when its last pair's worker is gone.
+static SHARED: Mutex<BTreeMap<usize, Weak<Thread>>> = Mutex::new(BTreeMap::new());
+
+/// The shared thread of `cpu`, started if there is none.
+fn shared_thread(cpu: usize) -> io::Result<Arc<Thread>> {
+    let mut threads = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = threads.get(&cpu).and_then(Weak::upgrade) {
+        if !t.finished() {
+            return Ok(t);
+        }
+    }
+    let t = Arc::new(Thread::start(format!("vdpad-cpu{cpu}"), Some(cpu))?);
+    threads.insert(cpu, Arc::downgrade(&t));
+    Ok(t)
+}
+
+/// A request to a worker thread.
+enum Command {
+    /// Run this pair too.
+    Add(Box<Slot>),
+    /// Stop pair `id` and send how it ended (`None`: the thread does not know it).
+    Remove(u64, mpsc::Sender<Option<Exit>>),
+}
+
+/// Where a worker thread takes its requests from.
+struct Mailbox {
+    commands: Mutex<Vec<Command>>,
+    /// Commands wait: the thread looks at this once per round.
+    pending: AtomicBool,
+    /// The last handle is gone: end the thread.
+    shutdown: AtomicBool,
+    wake: EventFd,
+}
+
+/// A worker thread and its mailbox.
+struct Thread {
+    mailbox: Arc<Mailbox>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Thread {
+    fn start(name: String, cpu: Option<usize>) -> io::Result<Thread> {
+        let mailbox = Arc::new(Mailbox {
+            commands: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+        });
+        let m = mailbox.clone();
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || serve(&m, cpu))?;
+        Ok(Thread {
+            mailbox,
+            handle: Mutex::new(Some(handle)),
+        })
+    }
+
+    fn send(&self, command: Command) {
+        let m = &self.mailbox;
+        m.commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(command);
+        m.pending.store(true, Ordering::Release);
+        let _ = m.wake.write(1);
+    }
+
+    fn finished(&self) -> bool {
+        let h = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        h.as_ref().is_none_or(|h| h.is_finished())
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        self.mailbox.shutdown.store(true, Ordering::Release);
+        self.mailbox.pending.store(true, Ordering::Release);
+        let _ = self.mailbox.wake.write(1);
+        let handle = self.handle.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A pair on a thread, with what is needed to report it when it ends on its own.
+struct Slot {
+    id: u64,
+    pair: PairLoop,
+    used: [UsedIndex; 2],
+    counters: Arc<QueueCounters>,
+    done: Arc<AtomicBool>,
+    ended: Arc<EventFd>,
+}
+
+/// A worker thread's pairs, and the exits of those that ended on their own and were
+/// not yet removed.
+#[derive(Default)]
+struct Pairs {
+    slots: Vec<Slot>,
+    ended: BTreeMap<u64, Exit>,
+}
+
+impl Pairs {
+    /// Runs `step` on pair `i`, catching a panic; a panicking pair is ended.
+    fn guarded<T>(&mut self, i: usize, step: impl FnOnce(&mut PairLoop) -> T) -> Option<T> {
+        let slot = &mut self.slots[i];
+        match std::panic::catch_unwind(AssertUnwindSafe(|| step(&mut slot.pair))) {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let slot = self.slots.remove(i);
+                let exit = PairLoop::panicked(&slot.used, &slot.counters);
+                let (rx, tx) = exit.bases();
+                error!(worker = %slot.pair.name(), panic = %what, rx, tx,
+                       "datapath worker panicked; the pair stops and resumes where the guest saw it stop");
+                self.ended_alone(slot.id, &slot.done, &slot.ended, exit);
+                None
+            }
+        }
+    }
+
+    /// Pair `i` stops on its own (its memory faulted).
+    fn end(&mut self, i: usize) {
+        let slot = self.slots.remove(i);
+        let (id, done, ended) = (slot.id, slot.done, slot.ended);
+        let exit = slot.pair.finish();
+        self.ended_alone(id, &done, &ended, exit);
+    }
+
+    fn ended_alone(&mut self, id: u64, done: &AtomicBool, ended: &EventFd, exit: Exit) {
+        self.ended.insert(id, exit);
+        done.store(true, Ordering::Release);
+        // Tell the control plane to reap and restart it.
+        let _ = ended.write(1);
+    }
+
+    /// Stops pair `id` at a request, or gives the exit it already had.
+    fn remove(&mut self, id: u64) -> Option<Exit> {
+        match self.slots.iter().position(|s| s.id == id) {
+            Some(i) => {
+                let slot = self.slots.remove(i);
+                Some(slot.pair.finish())
+            }
+            None => self.ended.remove(&id),
+        }
+    }
+
+    /// Passes over every pair until all have settled and armed their notifications
+    /// (true: the thread may sleep) or commands wait (false).
+    fn run_until_idle(&mut self, mailbox: &Mailbox) -> bool {
+        loop {
+            if mailbox.pending.load(Ordering::Relaxed) {
+                return false;
+            }
+            let mut again = false;
+            let mut i = 0;
+            while i < self.slots.len() {
+                match self.guarded(i, PairLoop::pass) {
+                    Some(Pass::Again) => again = true,
+                    Some(Pass::Settled) => {}
+                    Some(Pass::Faulted) => {
+                        self.end(i);
+                        continue;
+                    }
+                    None => continue,
+                }
+                i += 1;
+            }
+            if again {
+                continue;
+            }
+            let mut i = 0;
+            while i < self.slots.len() {
+                match self.guarded(i, PairLoop::arm) {
+                    Some(woken) => again |= woken,
+                    None => continue,
+                }
+                i += 1;
+            }
+            if !again {
+                return true;
+            }
+        }
+    }
+}
+
+/// The thread's loop: take requests, run the pairs until idle, sleep on all their
+/// descriptors and the mailbox.
+fn serve(mailbox: &Mailbox, cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        if let Err(e) = pin_to(cpu) {
+            warn!(cpu, error = %e, "cannot pin worker; it runs unpinned");
+        }
+    }
+    let mut pairs = Pairs::default();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut slack_tight = false;
+    loop {
+        if mailbox.pending.swap(false, Ordering::AcqRel) {
+            let commands =
+                std::mem::take(&mut *mailbox.commands.lock().unwrap_or_else(|e| e.into_inner()));
+            for c in commands {
+                match c {
+                    Command::Add(slot) => {
+                        if slot.pair.coalescing() && !slack_tight {
+                            // A held interrupt is due in microseconds: without this
+                            // the kernel may fire the wait's deadline up to 50 µs late
+                            // (the default timer slack).
+                            match tighten_timer_slack() {
+                                Ok(()) => slack_tight = true,
+                                Err(e) => warn!(error = %e,
+                                    "cannot reduce the worker's timer slack; coalesced interrupts may be late"),
+                            }
+                        }
+                        pairs.slots.push(*slot);
+                    }
+                    Command::Remove(id, reply) => {
+                        let _ = reply.send(pairs.remove(id));
+                    }
+                }
+            }
+            if mailbox.shutdown.load(Ordering::Acquire) {
+                for slot in std::mem::take(&mut pairs.slots) {
+                    slot.pair.finish();
+                }
+                return;
+            }
+        }
+        if !pairs.run_until_idle(mailbox) {
+            continue;
+        }
+        fds.clear();
+        fds.push(pollfd(mailbox.wake.as_raw_fd(), libc::POLLIN));
+        let mut timeout: Option<Duration> = None;
+        for slot in &mut pairs.slots {
+            let (pfds, t) = slot.pair.sleep_on();
+            fds.extend(pfds.iter().map(|&(fd, events)| pollfd(fd, events)));
+            timeout = match (timeout, t) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if let Err(e) = wait(&mut fds, timeout) {
+            // Cannot happen with valid descriptors and memory; the pairs stop as if
+            // their memory had gone, and the control plane restarts them.
+            error!(error = %e, "worker poll failed; its pairs stop");
+            while !pairs.slots.is_empty() {
+                pairs.end(0);
+            }
+            continue;
+        }
+        if fds[0].revents != 0 {
+            let _ = mailbox.wake.read();
+        }
+        for (k, slot) in pairs.slots.iter_mut().enumerate() {
+            #[cfg(test)]
+            count_wakeup(slot.pair.name());
+            let r = &fds[1 + 4 * k..1 + 4 * k + 4];
+            slot.pair
+                .woke([r[0].revents, r[1].revents, r[2].revents, r[3].revents]);
+        }
+    }
+}
+
+fn pollfd(fd: i32, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd: if events == 0 || fd < 0 { -1 } else { fd },
+        events,
+        revents: 0,
     }
 }
 
@@ -204,60 +501,61 @@ fn tighten_timer_slack() -> io::Result<()> {
     Ok(())
 }
 
-/// Runs the worker loop, catching a panic at the thread boundary: the panic is counted
-/// and logged, and the rings resume where the guest last saw completions.
-fn guarded(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
-    let (counters, used) = {
-        let (rx, tx) = engine.queues();
-        (
-            rx.q.counters.clone(),
-            [rx.q.ring.used_index(), tx.q.ring.used_index()],
-        )
-    };
-    let name = std::thread::current().name().unwrap_or("worker").to_owned();
-    match std::panic::catch_unwind(AssertUnwindSafe(move || run(engine, ctx))) {
-        Ok(exit) => exit,
-        Err(payload) => {
-            counters.fault(QueueFault::WorkerPanic);
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let resume = resume_from(&used);
-            error!(worker = %name, panic = %what, rx = resume.0, tx = resume.1,
-                   "datapath worker panicked; the pair stops and resumes where the guest saw it stop");
-            Exit::Panicked(resume.0, resume.1)
+/// Blocks until one of `fds` is ready (a negative fd is ignored) or `timeout` passes;
+/// each entry's `revents` says what it reported.
+fn wait(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
+    // ppoll, not poll: a coalesced interrupt is due in microseconds, and poll's
+    // millisecond timeout would hold it a thousand times too long.
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    loop {
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd structs of
+        // the length passed, and `ts_ptr` is null or points at a timespec, both alive
+        // for the duration of the call; a null signal mask leaves the mask unchanged.
+        let n = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                ts_ptr,
+                std::ptr::null(),
+            )
+        };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
 
-fn resume_from(used: &[UsedIndex; 2]) -> (u16, u16) {
-    (used[0].load(), used[1].load())
-}
-
-/// Fault injection for tests: a worker whose thread name is listed here panics on its
-/// next pass.
+/// Fault injection for tests: a pair whose name is listed here panics on its next
+/// pass.
 #[cfg(test)]
 pub(crate) static PANIC_IN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 #[cfg(test)]
-fn inject_faults() {
-    let me = std::thread::current().name().unwrap_or_default().to_owned();
+pub(crate) fn inject_faults(pair: &str) {
     let mut list = PANIC_IN.lock().unwrap();
-    if let Some(i) = list.iter().position(|n| *n == me) {
+    if let Some(i) = list.iter().position(|n| n == pair) {
         list.remove(i);
         drop(list);
-        panic!("injected fault in {me}");
+        panic!("injected fault in {pair}");
     }
 }
 
-/// Wakeups per worker thread name, for tests that check a worker does not spin.
+/// Wakeups per pair name, for tests that check a worker does not spin.
 #[cfg(test)]
-static WAKEUPS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static WAKEUPS: std::sync::Mutex<BTreeMap<String, u64>> = std::sync::Mutex::new(BTreeMap::new());
 
-/// How many times the workers of device `device` returned from their wait.
+/// How many times the threads serving the pairs of device `device` returned from
+/// their wait.
 #[cfg(test)]
 pub(crate) fn wakeups(device: &str) -> u64 {
     let prefix = format!("{device}-q");
@@ -271,290 +569,6 @@ pub(crate) fn wakeups(device: &str) -> u64 {
 }
 
 #[cfg(test)]
-fn count_wakeup() {
-    let me = std::thread::current().name().unwrap_or_default().to_owned();
-    *WAKEUPS.lock().unwrap().entry(me).or_default() += 1;
-}
-
-/// A kick descriptor the worker waits on, until it turns out it cannot.
-struct KickWatch {
-    fd: RawFd,
-    live: bool,
-}
-
-impl KickWatch {
-    fn new(fd: &EventFd, ring: &'static str, counters: &QueueCounters) -> Self {
-        let fd = fd.as_raw_fd();
-        let live = notify::pollable(fd);
-        if !live {
-            counters.fault(QueueFault::KickFd);
-            warn!(ring, "kick descriptor is a regular file: not watched, the ring is served only when the worker wakes for other reasons");
-        }
-        KickWatch { fd, live }
-    }
-
-    fn poll_fd(&self) -> RawFd {
-        if self.live {
-            self.fd
-        } else {
-            -1
-        }
-    }
-
-    /// Reads the kicks behind `revents`; a dead descriptor is dropped from the wait
-    /// set, counted and logged.
-    fn take(&mut self, revents: i16, ring: &'static str, counters: &QueueCounters) -> u64 {
-        match notify::drain(self.fd, revents) {
-            Kicks::Some(n) => n,
-            Kicks::None => 0,
-            Kicks::Dead(e) => {
-                self.live = false;
-                counters.fault(QueueFault::KickFd);
-                warn!(ring, error = %e, "kick descriptor is dead: no longer watched");
-                0
-            }
-        }
-    }
-}
-
-/// The worker loop: process in bursts with notifications off until idle, poll a
-/// while if the [`PollBudget`] says so, re-arm notifications and re-check, then sleep
-/// until a kick, the backend, a held interrupt's deadline or a stop request.
-fn run(mut engine: Box<dyn Engine>, ctx: Context) -> Exit {
-    if let Some(cpu) = ctx.cpu {
-        if let Err(e) = pin_to(cpu) {
-            warn!(cpu, error = %e, "cannot pin worker; it runs unpinned");
-        }
-    }
-    let t = &ctx.tuning;
-    if t.coalescing() {
-        // A held interrupt is due in microseconds: without this the kernel may fire the
-        // ppoll deadline up to 50 µs late (the default timer slack).
-        if let Err(e) = tighten_timer_slack() {
-            warn!(error = %e, "cannot reduce the worker's timer slack; coalesced interrupts may be late");
-        }
-    }
-    let backend = engine.backend_fd();
-    let mem: Arc<GuestMemory> = engine.queues().0.q.ring.memory().clone();
-    let (mut rx_watch, mut tx_watch) = {
-        let (rx, tx) = engine.queues();
-        (
-            KickWatch::new(&ctx.rx_kick, "rx", &rx.q.counters),
-            KickWatch::new(&ctx.tx_kick, "tx", &tx.q.counters),
-        )
-    };
-    let mut poll = PollBudget::new(t.polling);
-    let mut faulted = None;
-    let mut limiter = ctx
-        .rates
-        .as_ref()
-        .map(|(c, pairs)| Limiter::new(c.clone(), *pairs));
-    let mut timer: Option<Timer> = None;
-    // RX kicks are only wanted while a frame waits for buffers.
-    engine.queues().0.q.ring.disable_notification();
-    let mut rx_armed = false;
-    // Kicks may have been sent before we started: look at the rings first.
-    'outer: while !ctx.stopping() {
-        engine.queues().1.q.ring.disable_notification();
-        let mut backend_events: i16;
-        let mut idle_passes: u32 = 0;
-        loop {
-            #[cfg(test)]
-            inject_faults();
-            let progress = match &mut limiter {
-                None => engine.process(t.burst),
-                Some(l) => l.process(&mut *engine, t.burst),
-            };
-            // A pass can end idle having moved frames (the ring ran dry): that is
-            // work too, and ends an idle poll as a hit.
-            let moved = engine.flush();
-            if ctx.stopping() {
-                break 'outer;
-            }
-            // Once per burst: did the frontend take our memory away (see vdpa::fault)?
-            if let Some(f) = mem.fault() {
-                faulted = Some(f);
-                break 'outer;
-            }
-            if moved || progress != Progress::IDLE {
-                poll.work();
-                idle_passes = 0;
-            }
-            if progress.busy() {
-                continue;
-            }
-            if progress == Progress::IDLE && !poll.budget().is_zero() {
-                // The clock is read on the first empty pass and then once every
-                // IDLE_CHECK, and there is no PAUSE: a polling worker is there for
-                // latency, and each pass is a round trip the frontend waits on.
-                let look = idle_passes.is_multiple_of(IDLE_CHECK);
-                idle_passes = idle_passes.wrapping_add(1);
-                if !look || poll.keep_polling(Instant::now()) {
-                    continue;
-                }
-            }
-            let (rx, tx) = engine.queues();
-            let mut again = false;
-            backend_events = 0;
-            match progress.tx {
-                TxState::Idle => {
-                    if tx.q.ring.enable_notification() {
-                        tx.q.ring.disable_notification();
-                        again = true;
-                    }
-                }
-                // Kicks stay off: the frames are there, the backend is not ready.
-                TxState::Blocked => backend_events |= libc::POLLOUT,
-                TxState::Busy => again = true,
-                // Kicks stay off: the limiter's timer brings the worker back.
-                TxState::Throttled => {}
-            }
-            match progress.rx {
-                RxState::Starved => {
-                    rx_armed = true;
-                    if rx.q.ring.enable_notification() {
-                        again = true;
-                    }
-                }
-                RxState::Idle => {
-                    if rx_armed {
-                        rx.q.ring.disable_notification();
-                        rx_armed = false;
-                    }
-                    backend_events |= libc::POLLIN;
-                }
-                RxState::Busy => again = true,
-                // The backend is not polled: frames wait there until the timer.
-                RxState::Throttled => {}
-            }
-            if !again {
-                break;
-            }
-        }
-        poll.sleeping(Instant::now());
-        engine.queues().0.q.counters.slept();
-        let timeout = engine
-            .queues()
-            .0
-            .q
-            .interrupt_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        let throttled = limiter.as_ref().and_then(Limiter::wait);
-        let timer_fd = match throttled {
-            Some(after) => arm(&mut timer, after),
-            None => -1,
-        };
-        let fds = [
-            (rx_watch.poll_fd(), libc::POLLIN),
-            (tx_watch.poll_fd(), libc::POLLIN),
-            (ctx.wake.as_raw_fd(), libc::POLLIN),
-            (backend.unwrap_or(-1), backend_events),
-            (timer_fd, libc::POLLIN),
-        ];
-        // Without a timer, ppoll's own timeout ends the throttled wait.
-        let timeout = match (throttled, timer_fd) {
-            (Some(after), -1) => Some(timeout.map_or(after, |t| t.min(after))),
-            _ => timeout,
-        };
-        let woke = wait(&fds, timeout);
-        #[cfg(test)]
-        count_wakeup();
-        match woke {
-            Ok(ready) => {
-                if ready[0] | ready[1] | ready[3] != 0 {
-                    poll.woke(Instant::now());
-                }
-                if ready[0] != 0 {
-                    let rx = &mut engine.queues().0.q;
-                    rx.counts.kicks += rx_watch.take(ready[0], "rx", &rx.counters);
-                }
-                if ready[1] != 0 {
-                    let tx = &mut engine.queues().1.q;
-                    tx.counts.kicks += tx_watch.take(ready[1], "tx", &tx.counters);
-                }
-                if ready[2] != 0 {
-                    let _ = ctx.wake.read();
-                }
-                if ready[4] != 0 {
-                    if let Some(t) = &timer {
-                        t.clear();
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "worker poll failed; stopping");
-                break;
-            }
-        }
-    }
-    let c = poll.counts();
-    debug!(
-        worker = std::thread::current().name().unwrap_or_default(),
-        polls_with_work = c.hits,
-        polls_without_work = c.misses,
-        sleeps = c.sleeps,
-        budget_us = poll.budget().as_micros() as u64,
-        "worker polling at stop"
-    );
-    let (rx, tx) = engine.finish();
-    match faulted {
-        None => Exit::Stopped(rx, tx),
-        Some(f) => {
-            engine.queues().0.q.counters.fault(QueueFault::GuestMemory);
-            error!(worker = std::thread::current().name().unwrap_or_default(), fault = %f,
-                   "guest memory faulted; the queue pair stops until the frontend sets a new memory table");
-            Exit::MemoryFault(rx, tx, f)
-        }
-    }
-}
-
-/// Arms the worker's throttle timer (made on first use) to fire after `after`, and
-/// returns its descriptor; without a timer (it could not be made) the worker polls
-/// with a short sleep instead, via the returned -1 and ppoll's own timeout.
-fn arm(timer: &mut Option<Timer>, after: Duration) -> RawFd {
-    if timer.is_none() {
-        match Timer::new() {
-            Ok(t) => *timer = Some(t),
-            Err(e) => {
-                warn!(error = %e, "cannot create the rate limiter's timer");
-                return -1;
-            }
-        }
-    }
-    match timer.as_ref().map(|t| (t.arm(after), t.fd())) {
-        Some((Ok(()), fd)) => fd,
-        _ => -1,
-    }
-}
-
-/// Blocks until one of `fds` is ready for its events (a negative fd or no events is
-/// ignored) or `timeout` passes. Returns each descriptor's reported events.
-fn wait(fds: &[(RawFd, i16); 5], timeout: Option<Duration>) -> io::Result<[i16; 5]> {
-    let mut p = fds.map(|(fd, events)| libc::pollfd {
-        fd: if events == 0 || fd < 0 { -1 } else { fd },
-        events,
-        revents: 0,
-    });
-    // ppoll, not poll: a coalesced interrupt is due in microseconds, and poll's
-    // millisecond timeout would hold it a thousand times too long.
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-    });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    loop {
-        // SAFETY: `p` is a valid array of 5 pollfd structs and `ts_ptr` is null or
-        // points at a timespec, both alive for the duration of the call; a null
-        // signal mask leaves the mask unchanged.
-        let n = unsafe { libc::ppoll(p.as_mut_ptr(), 5, ts_ptr, std::ptr::null()) };
-        if n >= 0 {
-            return Ok(p.map(|x| x.revents));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+fn count_wakeup(pair: &str) {
+    *WAKEUPS.lock().unwrap().entry(pair.to_owned()).or_default() += 1;
 }

@@ -160,6 +160,10 @@ pub fn tuning(dev: &DeviceConfig) -> Tuning {
         rx_coalesce_frames: t.rx_coalesce_frames,
         rx_coalesce_time: Duration::from_micros(u64::from(t.rx_coalesce_usecs)),
         cpus: t.cpus.iter().map(|&c| usize::from(c)).collect(),
+        workers: match t.workers {
+            vdpad_config::Workers::PerPair => swpath::Workers::PerPair,
+            vdpad_config::Workers::PerCpu => swpath::Workers::PerCpu,
+        },
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{assert_err, assert_round_trip, dev, ok, DEV};
 use crate::ErrorKind::{Conflict, InvalidValue, UnknownKey, WrongType};
-use crate::Polling;
+use crate::{Polling, Workers};
 
 #[test]
 fn offloads_switch() {
@@ -165,6 +165,25 @@ fn tuning_ranges() {
         .tuning
         .clone();
     assert_eq!((fixed.polling, fixed.busy_poll_us), (Polling::Fixed, 0));
+    let e = assert_err(
+        &dev("workers = \"per-cpu\""),
+        Conflict,
+        3,
+        11,
+        "workers = \"per-cpu\" without cpus",
+    );
+    assert!(e.help().unwrap().contains("cpus = [2]"), "{e}");
+    assert_err(
+        &dev("workers = \"per-core\""),
+        InvalidValue,
+        3,
+        11,
+        "unknown workers `per-core`",
+    );
+    let shared = ok(&dev("workers = \"per-cpu\"\ncpus = [1]")).devices[0]
+        .tuning
+        .clone();
+    assert_eq!((shared.workers, shared.cpus), (Workers::PerCpu, vec![1]));
     assert_err(
         &dev("burst = 99999999999999999999"),
         InvalidValue,

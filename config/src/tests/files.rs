@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::{assert_round_trip, ok};
 use crate::{
     default_run_dir, Backend, Config, DaemonConfig, DeviceConfig, ErrorKind, Frontend, LogFormat,
-    MacAddress, Mode, PciAddress, Polling, SocketPerms, Tuning, EMBEDDED_DEFAULT_TOML,
+    MacAddress, Mode, PciAddress, Polling, SocketPerms, Tuning, Workers, EMBEDDED_DEFAULT_TOML,
 };
 
 /// Every key, as in docs/config.md.
@@ -109,6 +109,7 @@ fn full_example_parses_to_expected_values() {
             rx_coalesce_frames: 16,
             rx_coalesce_usecs: 100,
             cpus: vec![2, 3],
+            workers: Workers::PerPair,
         },
         security: Default::default(),
         rates: Default::default(),
@@ -159,6 +160,7 @@ fn device_defaults_without_pci() {
         rx_coalesce_frames: 0,
         rx_coalesce_usecs: 0,
         cpus: Vec::new(),
+        workers: Workers::PerPair,
     };
     assert_eq!(d.tuning, tuning);
     assert_eq!(config.daemon.log_level, "info");
@@ -296,6 +298,7 @@ busy_poll_us = 200
 rx_coalesce_frames = 0
 rx_coalesce_usecs = 0
 cpus = []
+workers = \"per-pair\"
 ";
     assert_eq!(config.to_string(), format!("{expected}{PORT_DEFAULTS}"));
 }
@@ -347,6 +350,7 @@ busy_poll_us = 200
 rx_coalesce_frames = 0
 rx_coalesce_usecs = 20
 cpus = [3, 1]
+workers = \"per-pair\"
 ";
     assert_eq!(config.to_string(), format!("{expected}{PORT_DEFAULTS}"));
     assert_round_trip(&config);
