@@ -38,8 +38,10 @@ pub(crate) type SleepFds = [(RawFd, i16); 4];
 /// What one pass over a pair's rings found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pass {
-    /// Work is left, or the pair is still polling: go again.
-    Again,
+    /// The burst was full: frames are left, go again.
+    Busy,
+    /// Idle, but the pair is still polling: go again.
+    Polling,
     /// Idle and done polling: ready to arm notifications.
     Settled,
     /// The pair's guest memory faulted: it must stop.
@@ -157,7 +159,7 @@ impl PairLoop {
             self.idle_passes = 0;
         }
         if progress.busy() {
-            return Pass::Again;
+            return Pass::Busy;
         }
         if progress == Progress::IDLE && !self.poll.budget().is_zero() {
             // The clock is read on the first empty pass and then once every
@@ -166,7 +168,7 @@ impl PairLoop {
             let look = self.idle_passes.is_multiple_of(IDLE_CHECK);
             self.idle_passes = self.idle_passes.wrapping_add(1);
             if !look || self.poll.keep_polling(Instant::now()) {
-                return Pass::Again;
+                return Pass::Polling;
             }
         }
         self.last = progress;

@@ -195,6 +195,10 @@ pub struct Job {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Bursts a pair with frames left may move in a row before its thread turns to the
+/// next pair (a thread of its own goes on as long as there are frames).
+const BURSTS_PER_VISIT: usize = 8;
+
 /// The shared threads, by CPU; a thread ends when its last pair's worker is gone.
 static SHARED: Mutex<BTreeMap<usize, Weak<Thread>>> = Mutex::new(BTreeMap::new());
 
@@ -357,15 +361,23 @@ impl Pairs {
             }
             let mut again = false;
             let mut i = 0;
-            while i < self.slots.len() {
-                match self.guarded(i, PairLoop::pass) {
-                    Some(Pass::Again) => again = true,
-                    Some(Pass::Settled) => {}
-                    Some(Pass::Faulted) => {
-                        self.end(i);
-                        continue;
+            'pairs: while i < self.slots.len() {
+                // A pair with frames left keeps the thread for a few bursts: the next
+                // pair's ring has more time to fill, and each visit moves more.
+                for _ in 0..BURSTS_PER_VISIT {
+                    match self.guarded(i, PairLoop::pass) {
+                        Some(Pass::Busy) => again = true,
+                        Some(Pass::Polling) => {
+                            again = true;
+                            break;
+                        }
+                        Some(Pass::Settled) => break,
+                        Some(Pass::Faulted) => {
+                            self.end(i);
+                            continue 'pairs;
+                        }
+                        None => continue 'pairs,
                     }
-                    None => continue,
                 }
                 i += 1;
             }

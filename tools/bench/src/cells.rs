@@ -265,6 +265,27 @@ pub fn scale_cells() -> Vec<Cell> {
     );
     polling.devices = 16;
     v.push(polling);
+    // One thread per CPU serving every device's pair in turn, beside a thread per pair.
+    for n in [4, 16] {
+        let mut c = seed(
+            &format!("scale-{n}-workers"),
+            &format!(
+                "aggregate throughput of {n} devices on one backend CPU: a worker thread \
+                 per pair (defaults) or one per CPU (workers = \"per-cpu\")"
+            ),
+            Frontend::Testpmd,
+            64,
+            dpdk_and_defaults_and([vdpad(
+                "vdpad workers=per-cpu".into(),
+                TuningOverrides {
+                    workers: Some("per-cpu"),
+                    ..Default::default()
+                },
+            )]),
+        );
+        c.devices = n;
+        v.push(c);
+    }
     for n in [1, 16] {
         let mut c = seed(
             &format!("idle-{n}"),

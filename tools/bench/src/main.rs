@@ -193,8 +193,9 @@ fn binary(explicit: &Option<PathBuf>, name: &str) -> Result<PathBuf> {
 
 /// Keys whose acceptance decides what can run, each with a device snippet that uses it
 /// (frames-based coalescing needs a time bound too).
-const KEYS: [(&str, &str); 9] = [
+const KEYS: [(&str, &str); 10] = [
     ("cpus", "cpus = [0]"),
+    ("workers", "cpus = [0]\nworkers = \"per-cpu\""),
     ("polling", "polling = \"fixed\"\nbusy_poll_us = 50"),
     ("event_idx", "event_idx = false"),
     ("burst", "burst = 8"),

@@ -44,6 +44,9 @@ pub struct TuningOverrides {
     /// `tx_bps` (rate limit, bits per second).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tx_bps: Option<u64>,
+    /// `workers` (`"per-pair"` or `"per-cpu"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<&'static str>,
 }
 
 impl TuningOverrides {
@@ -73,6 +76,9 @@ impl TuningOverrides {
         }
         if let Some(x) = self.tx_bps {
             v.push(("tx_bps", x.to_string()));
+        }
+        if let Some(x) = self.workers {
+            v.push(("workers", format!("\"{x}\"")));
         }
         v
     }
