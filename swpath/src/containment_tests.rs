@@ -356,7 +356,9 @@ fn pairs_sharing_a_cpus_thread_fault_alone() {
     for fe in [&mut a, &mut b, &mut c] {
         fe.send();
     }
-    assert!(eventually(|| a.received() == 1 && b.received() == 1 && c.received() == 1));
+    assert!(eventually(|| a.received() == 1
+        && b.received() == 1
+        && c.received() == 1));
     // One thread serves the three devices' pairs; none has a thread of its own.
     assert_eq!(threads_named("vdpad-cpu901"), 1);
     assert_eq!(threads_named("shr-a-q0"), 0);

@@ -178,6 +178,13 @@ pub struct DriverRing {
     /// Per head: length of the in-flight chain, 0 when not in flight.
     chain_len: Vec<u16>,
     raw: Vec<RawChain>,
+    /// What each descriptor was last written with. The table is the driver's (the
+    /// device only reads it), so a descriptor that would get the same bytes again is
+    /// left alone: its cache line then stays shared with the device's CPU instead of
+    /// moving back and forth on every refill. Buffers and descriptors are taken from
+    /// and returned to their free lists in step, so in a steady stream each descriptor
+    /// keeps its buffer and most refills write only the avail ring.
+    written: Vec<RawDesc>,
     /// Next avail index to fill (includes entries not yet published).
     avail_idx: u16,
     /// Value last stored to `avail->idx`.
@@ -239,6 +246,8 @@ impl DriverRing {
             next: vec![0; usize::from(size)],
             chain_len: vec![0; usize::from(size)],
             raw: Vec::new(),
+            // `new` zeroed the table.
+            written: vec![RawDesc::default(); usize::from(size)],
             avail_idx: initial_index,
             published: initial_index,
             kicked: initial_index,
@@ -304,8 +313,9 @@ impl DriverRing {
             u32::from_le(len.load(Ordering::Relaxed)),
         )
     }
-    fn write_desc(&self, index: u16, d: RawDesc) {
+    fn write_desc(&mut self, index: u16, d: RawDesc) {
         debug_assert!(index < self.size);
+        self.written[usize::from(index)] = d;
         let mut bytes = [0u8; ring::DESC_SIZE];
         bytes[0..8].copy_from_slice(&d.addr.to_le_bytes());
         bytes[8..12].copy_from_slice(&d.len.to_le_bytes());
@@ -417,27 +427,26 @@ impl DriverRing {
         }
         // The chain takes the top `n` entries of the free stack; the top one is the head.
         let base = self.free.len() - n;
-        let take = |i: usize| self.free[base + n - 1 - i];
         for (i, s) in segs.iter().enumerate() {
-            let idx = take(i);
+            let idx = self.free[base + n - 1 - i];
             let more = i + 1 < n;
-            let next = if more { take(i + 1) } else { 0 };
+            let next = if more { self.free[base + n - 2 - i] } else { 0 };
             let mut flags = if more { VRING_DESC_F_NEXT } else { 0 };
             if s.writable {
                 flags |= VRING_DESC_F_WRITE;
             }
-            self.write_desc(
-                idx,
-                RawDesc {
-                    addr: s.gpa,
-                    len: s.len,
-                    flags,
-                    next,
-                },
-            );
+            let d = RawDesc {
+                addr: s.gpa,
+                len: s.len,
+                flags,
+                next,
+            };
+            if self.written[usize::from(idx)] != d {
+                self.write_desc(idx, d);
+            }
             self.next[usize::from(idx)] = next;
         }
-        let head = take(0);
+        let head = self.free[base + n - 1];
         self.free.truncate(base);
         self.chain_len[usize::from(head)] = n as u16;
         self.push_avail(head);

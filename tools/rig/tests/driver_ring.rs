@@ -155,6 +155,35 @@ fn chains_layout_and_free_list() {
 }
 
 #[test]
+fn a_descriptor_that_keeps_its_bytes_is_not_rewritten() {
+    let (mem, dev) = memories(1);
+    let mut a = mem.allocator();
+    let l = RingLayout::allocate(&mut a, 4).unwrap();
+    let buf = a.alloc(4096, 64).unwrap();
+    let mut ring = DriverRing::new(mem, l, 0).unwrap();
+    let mut q = queue(&l, 0, false);
+    let len_at = |h: u16| GuestAddress(l.desc + 16 * u64::from(h) + 8);
+    let mut cycle = |ring: &mut DriverRing, len: u32| {
+        let h = ring.add_chain(&[seg(buf, len)]).unwrap();
+        ring.publish();
+        let c = q.pop_descriptor_chain(&dev).unwrap();
+        q.add_used(&dev, c.head_index(), 0).unwrap();
+        assert_eq!(ring.pop_used().unwrap().unwrap().head, h);
+        h
+    };
+    let h = cycle(&mut ring, 100);
+    assert_eq!(dev.read_obj::<u32>(len_at(h)).unwrap(), 100);
+    // Mark the descriptor behind the driver's back (no device does: the table is the
+    // driver's). The same buffer again leaves it alone...
+    dev.write_obj(0xdeadu32, len_at(h)).unwrap();
+    assert_eq!(cycle(&mut ring, 100), h);
+    assert_eq!(dev.read_obj::<u32>(len_at(h)).unwrap(), 0xdead);
+    // ...and a different one is written.
+    assert_eq!(cycle(&mut ring, 200), h);
+    assert_eq!(dev.read_obj::<u32>(len_at(h)).unwrap(), 200);
+}
+
+#[test]
 fn used_idx_jump_is_reported() {
     let (mem, dev) = memories(1);
     let mut a = mem.allocator();
