@@ -7,6 +7,7 @@
 
 mod breakdown;
 mod cells;
+mod cpu_plot;
 mod machine;
 mod netlab;
 mod proc;
@@ -65,6 +66,10 @@ struct Args {
     /// List the cells and exit.
     #[arg(long)]
     list: bool,
+    /// Draw `cpu.svg` (backend CPU against throughput) for an earlier results
+    /// directory from its runs.csv, and exit.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
     /// Output directory [default: bench-results/<UTC date and time>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -348,6 +353,7 @@ fn write_outputs(
         res.load_end[0]
     );
     w("ratios.svg", report::svg(summaries, &subtitle))?;
+    w("cpu.svg", cpu_plot::svg(&cpu_plot::points(runs), &subtitle))?;
     let traced = breakdown::table(runs);
     let with_breakdown = |t: String| {
         if traced.is_empty() {
@@ -359,6 +365,27 @@ fn write_outputs(
     w("table.md", with_breakdown(report::markdown(summaries)))?;
     w("table.txt", with_breakdown(report::text(summaries)))?;
     Ok(())
+}
+
+/// `--plot DIR`: draws DIR/cpu.svg from DIR/runs.csv.
+fn replot(dir: &Path) -> Result<ExitCode> {
+    let csv = dir.join("runs.csv");
+    let text =
+        std::fs::read_to_string(&csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    let points =
+        cpu_plot::points_from_csv(&text).map_err(|e| anyhow::anyhow!("{}: {e}", csv.display()))?;
+    if points.is_empty() {
+        bail!(
+            "{}: no throughput run with backend CPU in it",
+            csv.display()
+        );
+    }
+    let subtitle = format!("{} ({} runs)", dir.display(), points.len());
+    let svg = dir.join("cpu.svg");
+    std::fs::write(&svg, cpu_plot::svg(&points, &subtitle))
+        .with_context(|| format!("cannot write {}", svg.display()))?;
+    println!("{}", svg.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -373,6 +400,9 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<ExitCode> {
     let mut args = Args::parse();
+    if let Some(dir) = &args.plot {
+        return replot(dir);
+    }
     if args.smoke {
         args.reps = 1;
         args.seconds = 2;
