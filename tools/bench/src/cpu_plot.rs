@@ -161,7 +161,11 @@ pub fn svg(points: &[Point], subtitle: &str) -> String {
         let y0 = top + (k / cols) as f64 * (ph + 70.0) + 20.0;
         let mine: Vec<&Point> = points.iter().filter(|p| p.cell == *cell).collect();
         let xmax = nice(mine.iter().map(|p| p.mpps).fold(0.1, f64::max));
-        let ymax = nice(mine.iter().map(|p| p.cpu).fold(1.0, f64::max));
+        // Headroom above one CPU, where DPDK's dots sit.
+        let ymax = match mine.iter().map(|p| p.cpu).fold(0.0, f64::max) {
+            m if m <= 1.2 => 1.2,
+            m => nice(m),
+        };
         let _ = writeln!(
             o,
             r##"<text x="{:.0}" y="{:.0}" font-weight="bold" text-anchor="middle">{}</text><rect x="{x0:.0}" y="{y0:.0}" width="{pw:.0}" height="{ph:.0}" fill="none" stroke="#999"/>"##,
