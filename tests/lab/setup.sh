@@ -23,7 +23,7 @@
 #   5. hugepages for testpmd, best effort (the tests also run with --no-huge);
 #   6. the guest initramfs images (tests/lab/initramfs.sh), one per kernel, rebuilt when
 #      that script, the kernel or the module list changes; the 6.12 one also ships the
-#      vDPA modules (vdpa, vduse, virtio_vdpa, vhost_vdpa) for guest scripts to modprobe;
+#      vDPA modules (vdpa, vduse, virtio_vdpa, vhost_vdpa), vhost_net and the tc reflector's (sch_ingress, cls_u32, act_mirred) for guest scripts to modprobe;
 #   7. cargo-fuzz and the nightly toolchain's miri and rust-src components, for
 #      tests/fuzz/run.sh and the Miri tests (needs rustup with a nightly toolchain);
 #   8. with --smoke (or VDPAD_LAB_SMOKE=1): boots each guest once as a check.
@@ -313,7 +313,7 @@ initramfs() {
 step "guest initramfs"
 INITRD=$LAB/initramfs.cpio.gz
 INITRD612=$LAB/initramfs-6.12.cpio.gz
-VDPA_MODULES="vdpa vduse virtio_vdpa vhost_vdpa vhost vhost_iotlb"
+VDPA_MODULES="vdpa vduse virtio_vdpa vhost_vdpa vhost vhost_iotlb vhost_net sch_ingress cls_u32 act_mirred"
 initramfs "$KROOT" "$KVER" "$INITRD" "$LAB/initramfs.stamp"
 [ -z "$KVER612" ] || initramfs "$KROOT612" "$KVER612" "$INITRD612" "$LAB/initramfs-6.12.stamp" "$VDPA_MODULES"
 done_step "${KVER}${KVER612:+ and $KVER612}"

@@ -19,6 +19,18 @@ pub enum RigError {
         #[source]
         source: vhost::Error,
     },
+    /// A vhost-net request failed.
+    #[error("vhost-net: {step}")]
+    VhostNet {
+        /// The request.
+        step: String,
+        /// The error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The tap for vhost-net could not be set up.
+    #[error("tap: {0}")]
+    Tap(String),
     /// The options are inconsistent.
     #[error("invalid options: {0}")]
     Options(String),

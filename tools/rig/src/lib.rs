@@ -43,6 +43,7 @@ pub mod setup;
 pub mod stats;
 pub mod txq;
 pub mod verify;
+pub mod vhost_net;
 pub mod vhost_vdpa;
 
 pub use bench::{run_bench, BenchOptions, BenchReport};

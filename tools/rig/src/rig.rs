@@ -114,6 +114,8 @@ pub enum Transport {
     VhostUser(FrontendConnection),
     /// A vhost-vdpa character device (`/dev/vhost-vdpa-N`).
     VhostVdpa(Box<crate::vhost_vdpa::VdpaHandle>),
+    /// The kernel's vhost-net, with the tap it forwards to.
+    VhostNet(Box<(crate::vhost_net::NetHandle, std::fs::File)>),
 }
 
 impl std::fmt::Debug for Transport {
@@ -121,6 +123,7 @@ impl std::fmt::Debug for Transport {
         match self {
             Transport::VhostUser(c) => f.debug_tuple("VhostUser").field(c).finish(),
             Transport::VhostVdpa(_) => f.write_str("VhostVdpa"),
+            Transport::VhostNet(_) => f.write_str("VhostNet"),
         }
     }
 }
@@ -251,11 +254,12 @@ impl Rig {
     /// The vhost-user connection.
     ///
     /// # Panics
-    /// On a rig connected through vhost-vdpa.
+    /// On a rig connected through vhost-vdpa or vhost-net.
     pub fn connection(&mut self) -> &mut FrontendConnection {
         match &mut self.conn {
             Transport::VhostUser(c) => c,
             Transport::VhostVdpa(_) => panic!("this rig is connected through vhost-vdpa"),
+            Transport::VhostNet(_) => panic!("this rig is connected through vhost-net"),
         }
     }
 
@@ -413,6 +417,14 @@ impl Rig {
                     source,
                 })
             }
+            Transport::VhostNet(net) => {
+                return vhost::VhostBackend::get_vring_base(&net.0, ring).map_err(|source| {
+                    RigError::VhostNet {
+                        step: format!("VHOST_GET_VRING_BASE (ring {ring})"),
+                        source,
+                    }
+                })
+            }
         };
         conn.without_need_reply(|fe| fe.get_vring_base(ring))
             .map_err(|source| RigError::Request {
@@ -453,6 +465,11 @@ impl Rig {
 
     /// SET_VRING_ENABLE for `ring`.
     pub fn set_vring_enable(&mut self, ring: usize, enable: bool) -> Result<(), RigError> {
+        if let Transport::VhostNet(_) = &self.conn {
+            return Err(RigError::Unsupported(
+                "enabling rings of vhost-net (it has no SET_VRING_ENABLE)".into(),
+            ));
+        }
         if let Transport::VhostVdpa(dev) = &self.conn {
             return dev
                 .set_vring_enable(ring, enable)
@@ -490,6 +507,8 @@ impl Rig {
                 // The kernel resets the device when its fd closes; say so first.
                 let _ = vhost::vdpa::VhostVdpa::set_status(&*dev, 0);
             }
+            // Closing the vhost-net fd stops its worker and releases the tap.
+            Transport::VhostNet(_) => {}
         }
     }
 }

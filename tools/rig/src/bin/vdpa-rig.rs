@@ -21,14 +21,19 @@ struct Cli {
     /// vhost-user socket of the backend.
     #[arg(
         long,
-        required_unless_present = "vhost_vdpa",
-        conflicts_with = "vhost_vdpa"
+        required_unless_present_any = ["vhost_vdpa", "vhost_net_tap"],
+        conflicts_with_all = ["vhost_vdpa", "vhost_net_tap"]
     )]
     socket: Option<PathBuf>,
     /// A vhost-vdpa device (`/dev/vhost-vdpa-N`, e.g. vdpad's VDUSE device bound to
     /// vhost_vdpa) instead of a vhost-user socket.
-    #[arg(long, value_name = "DEVICE")]
+    #[arg(long, value_name = "DEVICE", conflicts_with = "vhost_net_tap")]
     vhost_vdpa: Option<PathBuf>,
+    /// The kernel's vhost-net (`/dev/vhost-net`) with this tap as its backend (opened,
+    /// or created, multi-queue with the virtio-net header) instead of a vhost-user
+    /// socket; one queue pair.
+    #[arg(long, value_name = "TAP")]
+    vhost_net_tap: Option<String>,
     /// Queue pairs (RX of pair i is ring 2i, TX is 2i+1).
     #[arg(long, default_value_t = 1)]
     queue_pairs: usize,
@@ -249,9 +254,10 @@ fn main() -> ExitCode {
     opts.connect_timeout = connect_timeout;
     opts.max_frame = u32::try_from(max_frame).unwrap_or(u32::MAX);
 
-    let connected = match &cli.vhost_vdpa {
-        Some(dev) => vdpa_rig::vhost_vdpa::connect(dev, opts),
-        None => Rig::connect(opts),
+    let connected = match (&cli.vhost_vdpa, &cli.vhost_net_tap) {
+        (Some(dev), _) => vdpa_rig::vhost_vdpa::connect(dev, opts),
+        (None, Some(tap)) => vdpa_rig::vhost_net::connect(tap, opts),
+        (None, None) => Rig::connect(opts),
     };
     let mut rig = match connected {
         Ok(r) => r,
