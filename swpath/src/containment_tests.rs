@@ -404,3 +404,26 @@ fn pairs_sharing_a_cpus_thread_fault_alone() {
     assert_eq!(dc.stop(0)[0].rx, 4);
     assert!(eventually(|| threads_named("vdpad-cpu901") == 0));
 }
+
+#[test]
+fn a_pair_that_panics_while_stopping_leaves_its_shared_thread_serving() {
+    let (a, mut b) = (Frontend::new(), Frontend::new());
+    let mut da = started_with("shr2-a", &a, per_cpu(902));
+    let mut db = started_with("shr2-b", &b, per_cpu(902));
+    b.send();
+    assert!(eventually(|| b.received() == 1));
+    crate::worker::PANIC_IN
+        .lock()
+        .unwrap()
+        .push("shr2-a-q0:finish".to_owned());
+    // The stop still says where A's rings resume (where the guest saw them stop).
+    let stopped = da.stop(0);
+    assert_eq!(stopped.len(), 1);
+    assert_eq!((stopped[0].rx, stopped[0].tx), (0, 0));
+    assert_eq!(fault_count(&a, QueueFault::WorkerPanic), 1);
+    b.send();
+    assert!(eventually(|| b.received() == 2));
+    assert_eq!(threads_named("vdpad-cpu902"), 1);
+    db.stop(0);
+    assert!(eventually(|| threads_named("vdpad-cpu902") == 0));
+}

@@ -273,6 +273,8 @@ impl PairLoop {
     /// Stops the pair: pending RX buffers go back, the rings are published, and the
     /// exit says where they stopped.
     pub(crate) fn finish(mut self) -> Exit {
+        #[cfg(test)]
+        crate::worker::inject_faults(&format!("{}:finish", self.name));
         let c = self.poll.counts();
         debug!(
             worker = %self.name,

@@ -153,11 +153,16 @@ impl Worker {
         self.stopped = true;
         let (reply, answer) = mpsc::channel();
         self.thread.send(Command::Remove(self.id, reply));
-        match answer.recv() {
-            Ok(Some(exit)) => Some(exit),
-            _ => {
-                error!("datapath worker died; its ring positions are lost");
-                None
+        // A thread that died (outside a pair's steps) answers nobody: look at it
+        // between waits rather than wait for it forever.
+        loop {
+            match answer.recv_timeout(Duration::from_millis(100)) {
+                Ok(Some(exit)) => return Some(exit),
+                Err(mpsc::RecvTimeoutError::Timeout) if !self.thread.finished() => {}
+                _ => {
+                    error!("datapath worker died; its ring positions are lost");
+                    return None;
+                }
             }
         }
     }
@@ -295,6 +300,19 @@ struct Slot {
     ended: Arc<EventFd>,
 }
 
+impl Slot {
+    /// Stops the pair; a panic on the way is the pair's own (its rings resume where
+    /// the guest saw completions stop), not the thread's.
+    fn finish(self) -> Exit {
+        let (used, counters, name) = (self.used, self.counters, self.pair.name().to_owned());
+        let pair = self.pair;
+        std::panic::catch_unwind(AssertUnwindSafe(move || pair.finish())).unwrap_or_else(|_| {
+            error!(worker = %name, "datapath worker panicked while stopping");
+            PairLoop::panicked(&used, &counters)
+        })
+    }
+}
+
 /// A worker thread's pairs, and the exits of those that ended on their own and were
 /// not yet removed.
 #[derive(Default)]
@@ -329,8 +347,8 @@ impl Pairs {
     /// Pair `i` stops on its own (its memory faulted).
     fn end(&mut self, i: usize) {
         let slot = self.slots.remove(i);
-        let (id, done, ended) = (slot.id, slot.done, slot.ended);
-        let exit = slot.pair.finish();
+        let (id, done, ended) = (slot.id, slot.done.clone(), slot.ended.clone());
+        let exit = slot.finish();
         self.ended_alone(id, &done, &ended, exit);
     }
 
@@ -344,10 +362,7 @@ impl Pairs {
     /// Stops pair `id` at a request, or gives the exit it already had.
     fn remove(&mut self, id: u64) -> Option<Exit> {
         match self.slots.iter().position(|s| s.id == id) {
-            Some(i) => {
-                let slot = self.slots.remove(i);
-                Some(slot.pair.finish())
-            }
+            Some(i) => Some(self.slots.remove(i).finish()),
             None => self.ended.remove(&id),
         }
     }
@@ -436,7 +451,7 @@ fn serve(mailbox: &Mailbox, cpu: Option<usize>) {
             }
             if mailbox.shutdown.load(Ordering::Acquire) {
                 for slot in std::mem::take(&mut pairs.slots) {
-                    slot.pair.finish();
+                    slot.finish();
                 }
                 return;
             }
@@ -447,13 +462,18 @@ fn serve(mailbox: &Mailbox, cpu: Option<usize>) {
         fds.clear();
         fds.push(pollfd(mailbox.wake.as_raw_fd(), libc::POLLIN));
         let mut timeout: Option<Duration> = None;
-        for slot in &mut pairs.slots {
-            let (pfds, t) = slot.pair.sleep_on();
+        let mut i = 0;
+        while i < pairs.slots.len() {
+            // A pair whose step panics is gone from the list: the next one is at `i`.
+            let Some((pfds, t)) = pairs.guarded(i, PairLoop::sleep_on) else {
+                continue;
+            };
             fds.extend(pfds.iter().map(|&(fd, events)| pollfd(fd, events)));
             timeout = match (timeout, t) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            i += 1;
         }
         if let Err(e) = wait(&mut fds, timeout) {
             // Cannot happen with valid descriptors and memory; the pairs stop as if
@@ -467,12 +487,17 @@ fn serve(mailbox: &Mailbox, cpu: Option<usize>) {
         if fds[0].revents != 0 {
             let _ = mailbox.wake.read();
         }
-        for (k, slot) in pairs.slots.iter_mut().enumerate() {
+        let slept = pairs.slots.len();
+        let mut i = 0;
+        for k in 0..slept {
             #[cfg(test)]
-            count_wakeup(slot.pair.name());
+            count_wakeup(pairs.slots[i].pair.name());
             let r = &fds[1 + 4 * k..1 + 4 * k + 4];
-            slot.pair
-                .woke([r[0].revents, r[1].revents, r[2].revents, r[3].revents]);
+            let ready = [r[0].revents, r[1].revents, r[2].revents, r[3].revents];
+            // The pair that slept k-th is at `i` (those before it that panicked are gone).
+            if pairs.guarded(i, |p| p.woke(ready)).is_some() {
+                i += 1;
+            }
         }
     }
 }
@@ -548,7 +573,7 @@ fn wait(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
 }
 
 /// Fault injection for tests: a pair whose name is listed here panics on its next
-/// pass.
+/// pass (`NAME:finish`: when it is stopped).
 #[cfg(test)]
 pub(crate) static PANIC_IN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
