@@ -418,16 +418,16 @@ fn client_mode_guest_survives_vdpad_and_qemu_restarts() {
     let dir = TempDir::new("qemu-client");
     let mut daemon = Daemon::start(dir.path(), &[DeviceSpec::loopback("lo0").client()]);
     restart_test(&lab, &dir, &mut daemon);
-    let connects = |d: &Daemon| {
-        d.log()
-            .matches("connected to the frontend's socket")
-            .count()
-    };
-    // One connection per vdpad run (start, after SIGKILL, after SIGTERM).
-    assert_eq!(connects(&daemon), 3, "{}", daemon.tail());
+    // Sessions with a guest: the features a driver negotiated. (A QEMU that is
+    // quitting closes the connection before its listening socket, and vdpad may
+    // connect once more in between, to a socket that then resets: that is not a
+    // session, and whether it happens is a matter of microseconds.)
+    let sessions = |d: &Daemon| d.log().matches("features negotiated").count();
+    // One session per vdpad run (start, after SIGKILL, after SIGTERM).
+    assert_eq!(sessions(&daemon), 3, "{}", daemon.tail());
     let second = TempDir::new("qemu-client-2");
     traffic_test(&lab, &second, &daemon);
-    assert_eq!(connects(&daemon), 4, "{}", daemon.tail());
+    assert_eq!(sessions(&daemon), 4, "{}", daemon.tail());
     assert!(
         !daemon.log().contains("WARN"),
         "client mode warned about something{}",
