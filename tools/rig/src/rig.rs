@@ -512,3 +512,37 @@ impl Rig {
         }
     }
 }
+
+/// Programs `ring` (index `i`) into a kernel vhost device (vhost-vdpa or vhost-net)
+/// the way QEMU does: size, base, addresses, kick and call. On failure, the request
+/// that failed (`VHOST_SET_VRING_NUM (ring 1)`) and the error.
+pub(crate) fn program_kernel_ring(
+    dev: &impl vhost::VhostBackend,
+    i: usize,
+    r: &mut PreparedRing,
+    opts: &RigOptions,
+    event_idx: bool,
+) -> Result<(), (String, vhost::Error)> {
+    r.ring.set_event_idx(event_idx);
+    let layout = r.ring.layout();
+    let step = |name: &'static str| move |e| (format!("{name} (ring {i})"), e);
+    dev.set_vring_num(i, opts.queue_size)
+        .map_err(step("VHOST_SET_VRING_NUM"))?;
+    dev.set_vring_base(i, opts.initial_index)
+        .map_err(step("VHOST_SET_VRING_BASE"))?;
+    let config = vhost::VringConfigData {
+        queue_max_size: opts.queue_size,
+        queue_size: opts.queue_size,
+        flags: 0,
+        desc_table_addr: layout.desc,
+        used_ring_addr: layout.used,
+        avail_ring_addr: layout.avail,
+        log_addr: None,
+    };
+    dev.set_vring_addr(i, &config)
+        .map_err(step("VHOST_SET_VRING_ADDR"))?;
+    dev.set_vring_kick(i, r.kick_call.kick_fd())
+        .map_err(step("VHOST_SET_VRING_KICK"))?;
+    dev.set_vring_call(i, r.kick_call.call_fd())
+        .map_err(step("VHOST_SET_VRING_CALL"))
+}

@@ -11,12 +11,12 @@ use std::os::fd::AsRawFd;
 
 use vhost::net::VhostNet;
 use vhost::vhost_kern::net::Net;
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::error::RigError;
 use crate::options::RigOptions;
-use crate::rig::{Negotiation, Rig, RigParts, Transport};
+use crate::rig::{program_kernel_ring, Negotiation, Rig, RigParts, Transport};
 use crate::setup::RigSetup;
 use vdpa::virtio::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 
@@ -153,30 +153,10 @@ pub fn connect(tap: &str, opts: RigOptions) -> Result<Rig, RigError> {
         ..Default::default()
     };
     for (i, r) in rings.iter_mut().enumerate() {
-        r.ring.set_event_idx(neg.event_idx());
-        let layout = r.ring.layout();
-        let ring = |step: &str, e| failed(&format!("{step} (ring {i})"), e);
-        dev.set_vring_num(i, opts.queue_size)
-            .map_err(|e| ring("VHOST_SET_VRING_NUM", e))?;
-        dev.set_vring_base(i, opts.initial_index)
-            .map_err(|e| ring("VHOST_SET_VRING_BASE", e))?;
-        let config = VringConfigData {
-            queue_max_size: opts.queue_size,
-            queue_size: opts.queue_size,
-            flags: 0,
-            desc_table_addr: layout.desc,
-            used_ring_addr: layout.used,
-            avail_ring_addr: layout.avail,
-            log_addr: None,
-        };
-        dev.set_vring_addr(i, &config)
-            .map_err(|e| ring("VHOST_SET_VRING_ADDR", e))?;
-        dev.set_vring_kick(i, r.kick_call.kick_fd())
-            .map_err(|e| ring("VHOST_SET_VRING_KICK", e))?;
-        dev.set_vring_call(i, r.kick_call.call_fd())
-            .map_err(|e| ring("VHOST_SET_VRING_CALL", e))?;
+        program_kernel_ring(&dev, i, r, &opts, neg.event_idx())
+            .map_err(|(step, e)| failed(&step, e))?;
         dev.set_backend(i, Some(&tap))
-            .map_err(|e| ring("VHOST_NET_SET_BACKEND", e))?;
+            .map_err(|e| failed(&format!("VHOST_NET_SET_BACKEND (ring {i})"), e))?;
     }
     Ok(Rig::from_parts(RigParts {
         opts,

@@ -11,12 +11,12 @@ use std::path::Path;
 use vhost::vdpa::VhostVdpa;
 use vhost::vhost_kern::vdpa::VhostKernVdpa;
 use vhost::vhost_kern::VhostKernFeatures;
-use vhost::{VhostBackend, VringConfigData};
+use vhost::VhostBackend;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::error::RigError;
 use crate::options::RigOptions;
-use crate::rig::{Negotiation, Rig, RigParts, Transport};
+use crate::rig::{program_kernel_ring, Negotiation, Rig, RigParts, Transport};
 use crate::setup::RigSetup;
 use vdpa::virtio::features::{
     VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
@@ -96,30 +96,10 @@ pub fn connect(path: &Path, opts: RigOptions) -> Result<Rig, RigError> {
         ..Default::default()
     };
     for (i, r) in rings.iter_mut().enumerate() {
-        r.ring.set_event_idx(neg.event_idx());
-        let layout = r.ring.layout();
-        let ring = |step: &str, e| failed(&format!("{step} (ring {i})"), e);
-        dev.set_vring_num(i, opts.queue_size)
-            .map_err(|e| ring("VHOST_SET_VRING_NUM", e))?;
-        dev.set_vring_base(i, opts.initial_index)
-            .map_err(|e| ring("VHOST_SET_VRING_BASE", e))?;
-        let config = VringConfigData {
-            queue_max_size: opts.queue_size,
-            queue_size: opts.queue_size,
-            flags: 0,
-            desc_table_addr: layout.desc,
-            used_ring_addr: layout.used,
-            avail_ring_addr: layout.avail,
-            log_addr: None,
-        };
-        dev.set_vring_addr(i, &config)
-            .map_err(|e| ring("VHOST_SET_VRING_ADDR", e))?;
-        dev.set_vring_kick(i, r.kick_call.kick_fd())
-            .map_err(|e| ring("VHOST_SET_VRING_KICK", e))?;
-        dev.set_vring_call(i, r.kick_call.call_fd())
-            .map_err(|e| ring("VHOST_SET_VRING_CALL", e))?;
+        program_kernel_ring(&dev, i, r, &opts, neg.event_idx())
+            .map_err(|(step, e)| failed(&step, e))?;
         dev.set_vring_enable(i, true)
-            .map_err(|e| ring("VHOST_VDPA_SET_VRING_ENABLE", e))?;
+            .map_err(|e| failed(&format!("VHOST_VDPA_SET_VRING_ENABLE (ring {i})"), e))?;
     }
     dev.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
         .map_err(|e| failed("status DRIVER_OK", e))?;
