@@ -514,10 +514,13 @@ impl Rig {
 }
 
 /// Programs `ring` (index `i`) into a kernel vhost device (vhost-vdpa or vhost-net)
-/// the way QEMU does: size, base, addresses, kick and call. On failure, the request
+/// the way QEMU does: size, base, addresses, kick and call. The addresses go through
+/// `set_addr`: vhost-vdpa takes them as IOVAs (its own `set_vring_addr`), vhost-net as
+/// our virtual addresses (the trait's, which translates). On failure, the request
 /// that failed (`VHOST_SET_VRING_NUM (ring 1)`) and the error.
 pub(crate) fn program_kernel_ring(
     dev: &impl vhost::VhostBackend,
+    set_addr: impl Fn(usize, &vhost::VringConfigData) -> Result<(), vhost::Error>,
     i: usize,
     r: &mut PreparedRing,
     opts: &RigOptions,
@@ -539,8 +542,7 @@ pub(crate) fn program_kernel_ring(
         avail_ring_addr: layout.avail,
         log_addr: None,
     };
-    dev.set_vring_addr(i, &config)
-        .map_err(step("VHOST_SET_VRING_ADDR"))?;
+    set_addr(i, &config).map_err(step("VHOST_SET_VRING_ADDR"))?;
     dev.set_vring_kick(i, r.kick_call.kick_fd())
         .map_err(step("VHOST_SET_VRING_KICK"))?;
     dev.set_vring_call(i, r.kick_call.call_fd())

@@ -96,8 +96,15 @@ pub fn connect(path: &Path, opts: RigOptions) -> Result<Rig, RigError> {
         ..Default::default()
     };
     for (i, r) in rings.iter_mut().enumerate() {
-        program_kernel_ring(&dev, i, r, &opts, neg.event_idx())
-            .map_err(|(step, e)| failed(&step, e))?;
+        program_kernel_ring(
+            &dev,
+            |i, c| dev.set_vring_addr(i, c),
+            i,
+            r,
+            &opts,
+            neg.event_idx(),
+        )
+        .map_err(|(step, e)| failed(&step, e))?;
         dev.set_vring_enable(i, true)
             .map_err(|e| failed(&format!("VHOST_VDPA_SET_VRING_ENABLE (ring {i})"), e))?;
     }
